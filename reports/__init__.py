@@ -1,0 +1,3 @@
+"""segsweep reports package."""
+
+import trainer._env  # noqa: F401

@@ -1,0 +1,3 @@
+"""segsweep search_spaces package."""
+
+import trainer._env  # noqa: F401

@@ -1,0 +1,3 @@
+"""segsweep sweeps package."""
+
+import trainer._env  # noqa: F401

@@ -1,0 +1,114 @@
+"""CLI verbs of the trainer: ``cv``, ``data check``, ``data download`` and ``weights import``."""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+from typing import Any
+
+from trainer.config import CVConfig, load_config_file
+from trainer.errors import ConfigError
+
+# Options of `segsweep cv` that map one to one onto CVConfig fields.
+_CV_OPTIONS: dict[str, tuple[type, str]] = {
+    "encoder": (str, "encoder name (segmentation-models backbone), default efficientnetb1"),
+    "arch": (str, "unet, fpn or linknet (default unet)"),
+    "weights": (str, "imagenet, none, or a weights file for the encoder (default imagenet)"),
+    "batch_size": (int, "images per batch (default 30)"),
+    "epochs": (int, "epochs per fold (default 20)"),
+    "lr": (float, "Adam learning rate (default 1e-3)"),
+    "loss": (str, "iou, dice or bce_dice (default iou)"),
+    "folds": (int, "number of cross-validation folds (default 10)"),
+    "image_size": (int, "side of the square model input, a multiple of 32 (default 256)"),
+    "seed": (int, "seed for folds, augmentation and weights initialisation (default 0)"),
+    "limit": (int, "use only the first N pairs in stem order (quick runs)"),
+    "dev_split": (str, "split file (or its name in the data set) listing the development stems"),
+    "val_split": (str, "split file of validation stems: one given fold instead of K-fold"),
+}
+
+
+def register(sub: Any) -> None:
+    cv = sub.add_parser(
+        "cv",
+        help="cross-validate one configuration",
+        description="Train and cross-validate one configuration; writes OUT/cv.json. Rerunning the "
+        "same command into the same --out resumes at the first unfinished fold.",
+    )
+    cv.add_argument("--data", help="data set folder with images/ and masks/")
+    cv.add_argument("--out", help="output folder (cv.json, folds/)")
+    cv.add_argument("--config", help="YAML or JSON file with the same keys; options given here win")
+    for name, (kind, text) in _CV_OPTIONS.items():
+        cv.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
+    cv.add_argument("--no-augment", dest="augment", action="store_false", default=None,
+                    help="train without augmentation")
+    cv.add_argument("--tracker", default=None,
+                    help="comma-separated trackers: mlflow, neptune, none (default: none for cv)")
+    cv.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    cv.set_defaults(handler=_cmd_cv)
+
+    data = sub.add_parser("data", help="check or download data sets")
+    data_sub = data.add_subparsers(dest="data_command", metavar="ACTION", required=True)
+    check = data_sub.add_parser("check", help="report every problem of a data set folder in one pass")
+    check.add_argument("path", help="data set folder with images/ and masks/")
+    check.set_defaults(handler=_cmd_data_check)
+    download = data_sub.add_parser("download", help="download and verify an official data set")
+    download.add_argument("name", choices=["kvasir-seg", "kvasir-instrument"])
+    download.add_argument("--to", required=True, help="folder to download and unpack into")
+    download.add_argument("--url", default=None, help="archive address (default: the official one)")
+    download.set_defaults(handler=_cmd_data_download)
+
+    weights = sub.add_parser("weights", help="manage encoder weights")
+    weights_sub = weights.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
+    imp = weights_sub.add_parser(
+        "import", help="put a copy of an encoder's ImageNet weights file into the Keras cache"
+    )
+    imp.add_argument("file", help="the weights file (.h5) as published by the encoder's authors")
+    imp.add_argument("--encoder", required=True, help="encoder the file belongs to")
+    imp.set_defaults(handler=_cmd_weights_import)
+
+
+def resolve_cv_args(args: argparse.Namespace) -> tuple[CVConfig, Path, Path]:
+    """Merge --config with the command-line options (options win) and check what is needed."""
+    values: dict[str, Any] = {}
+    extras: dict[str, Any] = {}
+    if args.config:
+        config, extras = load_config_file(args.config)
+        values = config.to_dict()
+    for name in [*_CV_OPTIONS, "augment"]:
+        value = getattr(args, name, None)
+        if value is not None:
+            values[name] = value
+    config = CVConfig.from_dict(values, source="options")
+    config.validate()
+    data = args.data or extras.get("data")
+    out = args.out or extras.get("out")
+    if not data:
+        raise ConfigError("no data set given; pass --data FOLDER (a folder with images/ and masks/)")
+    if not out:
+        raise ConfigError("no output folder given; pass --out FOLDER")
+    return config, Path(data), Path(out)
+
+
+def _cmd_cv(args: argparse.Namespace) -> int:
+    from trainer.cv import run_cv_command
+
+    config, data, out = resolve_cv_args(args)
+    return run_cv_command(config, data, out, tracker=args.tracker, verbose=not args.quiet)
+
+
+def _cmd_data_check(args: argparse.Namespace) -> int:
+    from trainer.data_check import run_check_command
+
+    return run_check_command(Path(args.path))
+
+
+def _cmd_data_download(args: argparse.Namespace) -> int:
+    from trainer.download import run_download_command
+
+    return run_download_command(args.name, Path(args.to), url=args.url)
+
+
+def _cmd_weights_import(args: argparse.Namespace) -> int:
+    from trainer.weights import run_import_command
+
+    return run_import_command(Path(args.file), args.encoder)

@@ -1,0 +1,150 @@
+"""One cross-validation run's configuration: what `segsweep cv` takes as options or as a file."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from trainer.errors import ConfigError
+
+#: The 32 encoders of segmentation-models 1.0.1 (``sm.get_available_backbone_names()``; a test keeps
+#: this in step), listed here so that options are checked without importing TensorFlow.
+ENCODERS: tuple[str, ...] = (
+    "vgg16", "vgg19",
+    "resnet18", "resnet34", "resnet50", "resnet101", "resnet152",
+    "seresnet18", "seresnet34", "seresnet50", "seresnet101", "seresnet152",
+    "resnext50", "resnext101", "seresnext50", "seresnext101", "senet154",
+    "densenet121", "densenet169", "densenet201",
+    "inceptionv3", "inceptionresnetv2",
+    "mobilenet", "mobilenetv2",
+    "efficientnetb0", "efficientnetb1", "efficientnetb2", "efficientnetb3",
+    "efficientnetb4", "efficientnetb5", "efficientnetb6", "efficientnetb7",
+)  # fmt: skip
+ARCHITECTURES: tuple[str, ...] = ("unet", "fpn", "linknet")
+LOSSES: tuple[str, ...] = ("iou", "dice", "bce_dice")
+
+
+@dataclass
+class CVConfig:
+    """Everything that decides what one cross-validation computes.
+
+    ``weights`` is ``"imagenet"``, ``"none"`` or the path of a weights file. ``limit`` takes the
+    first N pairs in stem order; ``dev_split`` names a split file whose stems form the development
+    set (default: every pair); ``val_split`` replaces K-fold by one given train/validation split.
+    """
+
+    encoder: str = "efficientnetb1"
+    arch: str = "unet"
+    weights: str = "imagenet"
+    batch_size: int = 30
+    epochs: int = 20
+    lr: float = 1e-3
+    loss: str = "iou"
+    folds: int = 10
+    image_size: int = 256
+    seed: int = 0
+    limit: int | None = None
+    dev_split: str | None = None
+    val_split: str | None = None
+    augment: bool = True
+    lr_patience: int = 3
+    lr_factor: float = 0.1
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def validate(self) -> None:
+        """Raise ConfigError naming the first value that cannot be used and what to use instead."""
+        if self.encoder not in ENCODERS:
+            raise ConfigError(
+                f"unknown encoder {self.encoder!r}; choose one of: {', '.join(ENCODERS)}"
+            )
+        if self.arch not in ARCHITECTURES:
+            raise ConfigError(f"unknown architecture {self.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+        if self.loss not in LOSSES:
+            raise ConfigError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
+        if self.image_size < 32 or self.image_size % 32:
+            raise ConfigError(
+                f"image size {self.image_size} is not a multiple of 32 (the encoders downsample 32x); "
+                f"use e.g. {max(32, round(self.image_size / 32) * 32)}"
+            )
+        if self.batch_size < 1:
+            raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.epochs < 1:
+            raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
+        if not self.lr > 0:
+            raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if self.val_split is None and self.folds < 2:
+            raise ConfigError(f"folds must be at least 2, got {self.folds}")
+        if self.limit is not None and self.limit < 2:
+            raise ConfigError(f"--limit must be at least 2, got {self.limit}")
+        if not 0 < self.lr_factor < 1:
+            raise ConfigError(f"lr_factor must lie in (0, 1), got {self.lr_factor}")
+        if self.lr_patience < 1:
+            raise ConfigError(f"lr_patience must be at least 1, got {self.lr_patience}")
+
+    @property
+    def pretrained(self) -> bool:
+        return self.weights == "imagenet" or self.weights not in ("none", "")
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any], source: str = "configuration") -> CVConfig:
+        """Build from a mapping, rejecting unknown keys (typos must not silently do nothing)."""
+        known = {f.name: f for f in dataclasses.fields(cls)}
+        unknown = sorted(set(values) - set(known))
+        if unknown:
+            raise ConfigError(
+                f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}"
+            )
+        kwargs: dict[str, Any] = {}
+        for name, value in values.items():
+            kwargs[name] = _coerce(name, value, known[name].type, source)
+        return cls(**kwargs)
+
+
+_CASTS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
+
+
+def _coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
+    if value is None or name == "extra":
+        return value
+    text = str(annotation)
+    for type_name, cast in _CASTS.items():
+        if text.startswith(type_name):
+            if cast is bool and not isinstance(value, bool):
+                raise ConfigError(f"{source}: {name} must be true or false, got {value!r}")
+            try:
+                return cast(value)
+            except (TypeError, ValueError):
+                raise ConfigError(f"{source}: {name} must be a {type_name}, got {value!r}") from None
+    return value
+
+
+#: Keys a configuration file may hold besides CVConfig's fields.
+FILE_ONLY_KEYS = ("data", "out")
+
+
+def load_config_file(path: str | Path) -> tuple[CVConfig, dict[str, Any]]:
+    """Read a YAML or JSON configuration; return the config and the file-only keys (data, out)."""
+    import yaml
+
+    path = Path(path)
+    try:
+        text = path.read_text()
+    except OSError as exc:
+        raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
+    try:
+        values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
+    except (json.JSONDecodeError, yaml.YAMLError) as exc:
+        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"{path}: expected a mapping of option names to values")
+    # best.json from `segsweep report` nests the configuration under "config".
+    if "config" in values and isinstance(values["config"], dict):
+        values = {**values["config"], **{k: values[k] for k in FILE_ONLY_KEYS if k in values}}
+    extras = {k: values.pop(k) for k in FILE_ONLY_KEYS if k in values}
+    return CVConfig.from_dict(values, source=str(path)), extras

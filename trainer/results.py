@@ -1,0 +1,108 @@
+"""What a cross-validation produces, as written to ``cv.json`` and ``folds/fold_NN.json``."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+
+@dataclass
+class EpochRecord:
+    """One epoch of one fold. ``lr`` is the learning rate the epoch trained at."""
+
+    epoch: int
+    loss: float
+    val_loss: float
+    val_iou: float
+    lr: float
+
+
+@dataclass
+class FoldResult:
+    """One fold, scored MedAI-style on its validation images. ``fold`` counts from 1.
+
+    ``lr_drops`` are the epochs (from 1) at whose end the learning rate was cut.
+    """
+
+    fold: int
+    n_train: int
+    n_val: int
+    dice: float
+    iou: float
+    epochs_run: int
+    lr_drops: list[int]
+    history: list[EpochRecord]
+    seconds: float
+    val_stems: list[str] = field(default_factory=list)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> FoldResult:
+        values = dict(values)
+        values["history"] = [EpochRecord(**h) for h in values.get("history", [])]
+        return cls(**values)
+
+
+def summarise(folds: list[FoldResult]) -> tuple[dict[str, float], dict[str, float]]:
+    """Mean and sample standard deviation (ddof=1; 0 for a single fold) of Dice and IoU over folds."""
+    mean: dict[str, float] = {}
+    std: dict[str, float] = {}
+    for metric in ("dice", "iou"):
+        values = np.array([getattr(f, metric) for f in folds], dtype=float)
+        mean[metric] = float(values.mean()) if len(values) else float("nan")
+        std[metric] = float(values.std(ddof=1)) if len(values) > 1 else 0.0
+    return mean, std
+
+
+@dataclass
+class CVResult:
+    """A cross-validation, complete or in progress (``complete`` False until the last fold ends)."""
+
+    config: dict[str, Any]
+    data: dict[str, Any]
+    n_folds: int
+    folds: list[FoldResult]
+    seconds: float
+    complete: bool
+    mean: dict[str, float] = field(default_factory=dict)
+    std: dict[str, float] = field(default_factory=dict)
+    version: str = ""
+
+    def __post_init__(self) -> None:
+        if not self.mean:
+            self.mean, self.std = summarise(self.folds)
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, values: dict[str, Any]) -> CVResult:
+        values = dict(values)
+        values["folds"] = [FoldResult.from_dict(f) for f in values.get("folds", [])]
+        return cls(**values)
+
+    @classmethod
+    def load(cls, path: str | Path) -> CVResult:
+        return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as handle:
+            json.dump(payload, handle, indent=2, allow_nan=True)
+            handle.write("\n")
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
