@@ -89,8 +89,6 @@ def load_sweep(storage: str | Path, name: str) -> SweepResults:
     spec_path = path / "sweep.json"
     if not spec_path.is_file():
         storage = Path(storage)
-        known = sorted(p.name for p in storage.glob("*/sweep.json")) if storage.is_dir() else []
-        known = [Path(k).parent.name if "/" in k else k for k in known]
         names = sorted(p.parent.name for p in storage.glob("*/sweep.json")) if storage.is_dir() else []
         raise SegsweepError(
             f"no sweep named {name!r} in {storage} ({spec_path} missing); "
