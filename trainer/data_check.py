@@ -1,0 +1,367 @@
+"""``segsweep data check``: every problem of a data set folder, each naming its file, in one pass.
+
+A data set is a folder with images/ and masks/ whose files pair by stem (see trainer.data), plus
+optional split files (``*.txt`` beside them, as Kvasir-Instrument has, or in ``splits/``, as our
+Kvasir-SEG copy has). The check reads every file once, on a thread pool (OpenCV decodes outside the
+GIL), so the 1000 pairs of Kvasir-SEG take a few seconds.
+
+Errors are problems that stop training or silently change what it learns (a missing partner, a file
+that does not decode or is cut short, sizes that differ, masks that are not binary, split files naming
+stems that are not pairs). Warnings are worth a look but harmless (an empty mask, a stray file that
+segsweep ignores).
+"""
+
+from __future__ import annotations
+
+import os
+import struct
+from collections.abc import Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+
+from trainer.data import IMAGE_EXTENSIONS, MASK_THRESHOLD, read_split
+from trainer.errors import DataError
+
+Severity = Literal["error", "warning"]
+
+#: Kvasir-SEG masks are JPEGs of 0/255 masks: compression noise keeps every pixel within 30 grey
+#: levels of 0 or 255. Anything between is a soft or anti-aliased edge, or not a mask at all.
+BACKGROUND_MAX = 30
+FOREGROUND_MIN = 225
+
+_JPEG_MAGIC = b"\xff\xd8\xff"
+_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+
+
+@dataclass(frozen=True)
+class Finding:
+    """One problem: how bad it is, which file, what is wrong and how to fix it."""
+
+    severity: Severity
+    path: Path
+    problem: str
+    fix: str
+
+
+@dataclass
+class CheckReport:
+    """What ``check_dataset`` found in a data set folder."""
+
+    root: Path
+    findings: list[Finding] = field(default_factory=list)
+    n_images: int = 0
+    n_masks: int = 0
+    n_pairs: int = 0
+    split_files: dict[Path, int] = field(default_factory=dict)  # split file -> number of stems
+
+    @property
+    def errors(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "error"]
+
+    @property
+    def warnings(self) -> list[Finding]:
+        return [f for f in self.findings if f.severity == "warning"]
+
+    @property
+    def ok(self) -> bool:
+        """True when there is no error (warnings allowed)."""
+        return not self.errors
+
+    def format(self) -> str:
+        """A readable summary: counts, then one line per finding, then the verdict."""
+        lines = [f"data set {self.root}"]
+        lines.append(f"  {self.n_images} images, {self.n_masks} masks, {self.n_pairs} image/mask pairs")
+        if self.split_files:
+            splits = ", ".join(f"{self._show(p)} ({n} stems)" for p, n in self.split_files.items())
+            lines.append(f"  split files: {splits}")
+        order = {"error": 0, "warning": 1}
+        for finding in sorted(self.findings, key=lambda f: (order[f.severity], str(f.path))):
+            lines.append(
+                f"  {finding.severity:<7} {self._show(finding.path)}: {finding.problem} (fix: {finding.fix})"
+            )
+        n_err, n_warn = len(self.errors), len(self.warnings)
+        verdict = f"{n_err} error{'s' * (n_err != 1)}, {n_warn} warning{'s' * (n_warn != 1)}"
+        if n_err:
+            verdict += ": fix the errors before training on this data set"
+        else:
+            verdict += ": the data set is usable"
+        lines.append(verdict)
+        return "\n".join(lines)
+
+    def _show(self, path: Path) -> str:
+        if path == self.root:
+            return str(path)
+        try:
+            return str(path.relative_to(self.root))
+        except ValueError:
+            return str(path)
+
+
+def run_check_command(path: Path) -> int:
+    """``segsweep data check PATH``: print the report; exit 2 when there is an error, 0 otherwise."""
+    report = check_dataset(path)
+    print(report.format())
+    return 2 if report.errors else 0
+
+
+def check_dataset(path: str | Path, *, workers: int | None = None) -> CheckReport:
+    """Check a data set folder and return every problem found (never raises for a bad data set)."""
+    root = Path(path)
+    report = CheckReport(root)
+    if not root.exists():
+        report.findings.append(
+            Finding("error", root, "does not exist", "pass the folder that holds images/ and masks/")
+        )
+        return report
+    if not root.is_dir():
+        report.findings.append(
+            Finding("error", root, "is not a folder", "pass the folder that holds images/ and masks/")
+        )
+        return report
+
+    images = _scan_folder(root / "images", report)
+    masks = _scan_folder(root / "masks", report)
+    report.n_images, report.n_masks = len(images), len(masks)
+    if (root / "images").is_dir() and (root / "masks").is_dir() and not images and not masks:
+        report.findings.append(
+            Finding(
+                "error",
+                root,
+                f"images/ and masks/ hold no image files ({', '.join(IMAGE_EXTENSIONS)})",
+                "put the images in images/ and their masks, with the same names, in masks/",
+            )
+        )
+
+    pairs = sorted(set(images) & set(masks))
+    report.n_pairs = len(pairs)
+    for stem in sorted(set(images) - set(masks)):
+        if (root / "masks").is_dir():
+            report.findings.append(
+                Finding(
+                    "error",
+                    images[stem],
+                    f"has no mask (nothing named masks/{stem}.*)",
+                    f"add its mask as masks/{stem}.png (or .jpg), or remove the image",
+                )
+            )
+    for stem in sorted(set(masks) - set(images)):
+        if (root / "images").is_dir():
+            report.findings.append(
+                Finding(
+                    "error",
+                    masks[stem],
+                    f"has no image (nothing named images/{stem}.*)",
+                    f"add its image as images/{stem}.jpg (or .png), or remove the mask",
+                )
+            )
+
+    jobs = [(p, False) for p in images.values()] + [(p, True) for p in masks.values()]
+    with ThreadPoolExecutor(max_workers=workers or min(8, 2 * (os.cpu_count() or 2))) as pool:
+        inspected = dict(zip([p for p, _ in jobs], pool.map(_inspect_file, jobs), strict=True))
+    for info in inspected.values():
+        report.findings.extend(info.findings)
+
+    for stem in pairs:
+        image_shape, mask_shape = inspected[images[stem]].shape, inspected[masks[stem]].shape
+        if image_shape is not None and mask_shape is not None and image_shape != mask_shape:
+            report.findings.append(
+                Finding(
+                    "error",
+                    masks[stem],
+                    f"is {mask_shape[1]}x{mask_shape[0]} but its image {images[stem].name} is "
+                    f"{image_shape[1]}x{image_shape[0]}",
+                    "export the mask at the image's size",
+                )
+            )
+
+    _check_split_files(root, set(pairs), report)
+    return report
+
+
+def _scan_folder(folder: Path, report: CheckReport) -> dict[str, Path]:
+    """Image files of ``folder`` by stem; stray files, subfolders and shared stems become findings."""
+    if not folder.is_dir():
+        report.findings.append(
+            Finding(
+                "error",
+                folder,
+                f"missing: a data set needs both images/ and masks/ in {folder.parent}",
+                f"create {folder.name}/ with the {folder.name}, paired with the other folder by file name",
+            )
+        )
+        return {}
+    found: dict[str, Path] = {}
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            report.findings.append(
+                Finding(
+                    "warning",
+                    path,
+                    "is a subfolder; segsweep reads only the files directly in "
+                    f"{folder.name}/ and ignores it",
+                    f"move its files up into {folder.name}/ if they belong to the data set",
+                )
+            )
+        elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+            report.findings.append(
+                Finding(
+                    "warning",
+                    path,
+                    f"is not an image file (extension {path.suffix or 'none'!r}); segsweep ignores it",
+                    f"move it out of {folder.name}/, or convert it to one of {', '.join(IMAGE_EXTENSIONS)}",
+                )
+            )
+        elif path.stem in found:
+            report.findings.append(
+                Finding(
+                    "error",
+                    path,
+                    f"shares the stem {path.stem!r} with {found[path.stem].name}",
+                    "keep one of the two files",
+                )
+            )
+        else:
+            found[path.stem] = path
+    return found
+
+
+@dataclass(frozen=True)
+class _FileInfo:
+    shape: tuple[int, int] | None  # (height, width) when the file decoded
+    findings: list[Finding]
+
+
+def _inspect_file(job: tuple[Path, bool]) -> _FileInfo:
+    """Read one image or mask: complete, decodable, and (for masks) binary and not empty."""
+    import cv2
+
+    path, is_mask = job
+    kind = "mask" if is_mask else "image"
+    replace = f"replace the {kind} with a complete copy (re-download or re-export it)"
+    try:
+        data = path.read_bytes()
+    except OSError as exc:
+        return _FileInfo(None, [Finding("error", path, f"cannot be read: {exc.strerror or exc}", replace)])
+    if not data:
+        return _FileInfo(None, [Finding("error", path, "is empty (0 bytes)", replace)])
+    truncated = _truncation_problem(data)
+    if truncated:
+        # Not decoded: libjpeg would "recover" a cut JPEG (grey bottom rows) and only warn on stderr.
+        return _FileInfo(None, [Finding("error", path, truncated, replace)])
+    flag = cv2.IMREAD_GRAYSCALE if is_mask else cv2.IMREAD_COLOR
+    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
+    if decoded is None:
+        return _FileInfo(
+            None, [Finding("error", path, f"cannot be decoded as an image ({len(data)} bytes)", replace)]
+        )
+    shape = (int(decoded.shape[0]), int(decoded.shape[1]))
+    if not is_mask:
+        return _FileInfo(shape, [])
+    return _FileInfo(shape, _mask_findings(path, decoded))
+
+
+def _mask_findings(path: Path, mask: np.ndarray) -> list[Finding]:
+    """A mask must be 0/1, or 0/255 up to compression noise; an empty one is worth a warning."""
+    top = int(mask.max())
+    if top <= 1:
+        positive = int(np.count_nonzero(mask))
+    else:
+        between = int(np.count_nonzero((mask > BACKGROUND_MAX) & (mask < FOREGROUND_MIN)))
+        if between:
+            share = 100.0 * between / mask.size
+            return [
+                Finding(
+                    "error",
+                    path,
+                    f"is not binary: {between} pixels ({share:.1f}%) are between {BACKGROUND_MAX + 1} and "
+                    f"{FOREGROUND_MIN - 1} (masks must be 0/255, or 0/1)",
+                    "export the mask as black background and white object, without soft edges",
+                )
+            ]
+        if top <= BACKGROUND_MAX:
+            return [
+                Finding(
+                    "error",
+                    path,
+                    f"holds values 0..{top}: neither a 0/1 nor a 0/255 mask (a label map?); "
+                    "segsweep would read it as empty",
+                    "export a binary mask: 0 for background and 255 (or 1) for the object",
+                )
+            ]
+        positive = int(np.count_nonzero(mask >= MASK_THRESHOLD))
+    if positive == 0:
+        return [
+            Finding(
+                "warning",
+                path,
+                "is empty (no object pixel)",
+                "fine for an image without an object; otherwise re-export the mask",
+            )
+        ]
+    return []
+
+
+def _truncation_problem(data: bytes) -> str | None:
+    """Why the file is cut short, judged from its format's end marker or declared size; else None."""
+    if data.startswith(_JPEG_MAGIC):
+        # Some writers pad after the end-of-image marker with zero bytes; that is harmless.
+        if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
+            return f"truncated JPEG: no end-of-image marker (FFD9) at the end of its {len(data)} bytes"
+    elif data.startswith(_PNG_MAGIC):
+        if b"IEND" not in data[-64:]:
+            return f"truncated PNG: no IEND chunk at the end of its {len(data)} bytes"
+    elif data.startswith(b"BM") and len(data) >= 6:
+        (declared,) = struct.unpack("<I", data[2:6])
+        if declared > len(data):
+            return f"truncated BMP: {len(data)} bytes but its header declares {declared}"
+    elif data.startswith(b"RIFF") and data[8:12] == b"WEBP":
+        (declared,) = struct.unpack("<I", data[4:8])
+        if declared + 8 > len(data):
+            return f"truncated WebP: {len(data)} bytes but its header declares {declared + 8}"
+    return None
+
+
+def _check_split_files(root: Path, pairs: set[str], report: CheckReport) -> None:
+    """Every split file (``*.txt`` beside images/ or in splits/) must name only image/mask pairs."""
+    for split_path in _split_files(root):
+        try:
+            stems = read_split(root, str(split_path))
+        except DataError:
+            report.findings.append(
+                Finding("warning", split_path, "lists no stems", "fill it or remove it")
+            )
+            continue
+        report.split_files[split_path] = len(stems)
+        missing = [s for s in stems if s not in pairs]
+        if missing:
+            shown = ", ".join(missing[:10]) + (f" and {len(missing) - 10} more" if len(missing) > 10 else "")
+            report.findings.append(
+                Finding(
+                    "error",
+                    split_path,
+                    f"names {len(missing)} of its {len(stems)} stems without an image/mask pair: {shown}",
+                    "remove those lines, or add the missing images and masks",
+                )
+            )
+        repeated = len(stems) - len(set(stems))
+        if repeated:
+            report.findings.append(
+                Finding(
+                    "warning",
+                    split_path,
+                    f"names {repeated} stem(s) more than once",
+                    "remove the repeated lines",
+                )
+            )
+
+
+def _split_files(root: Path) -> Iterable[Path]:
+    yield from sorted(root.glob("*.txt"))
+    yield from sorted((root / "splits").glob("*.txt"))
+
