@@ -1,0 +1,276 @@
+"""K-fold cross-validation of one configuration: the worker each sweep trial runs.
+
+Each fold's result is written the moment the fold ends (``folds/fold_NN.json``, then ``cv.json``),
+so rerunning into the same output folder resumes at the first unfinished fold. Imports nothing
+from Ray: the sweep adapts it through a Reporter.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+
+from trainer.config import CVConfig
+from trainer.data import PreparedData, prepare_dataset, read_split
+from trainer.errors import ConfigError
+from trainer.reporting import FoldPreview, MultiReporter, Reporter
+from trainer.results import CVResult, FoldResult, write_json_atomic
+
+#: Validation images shown per fold in tracker previews.
+PREVIEW_IMAGES = 4
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("segsweep")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
+def make_folds(
+    stems: tuple[str, ...] | list[str], config: CVConfig, val_stems: list[str] | None = None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """(train rows, validation rows) per fold: shuffled seeded K-fold, or one given split."""
+    n = len(stems)
+    if val_stems is not None:
+        wanted = set(val_stems)
+        val = np.array([i for i, s in enumerate(stems) if s in wanted], dtype=np.int64)
+        if len(val) == 0:
+            raise ConfigError(f"the validation split {config.val_split!r} names none of the {n} images in use")
+        train = np.setdiff1d(np.arange(n), val)
+        return [(train, val)]
+    from sklearn.model_selection import KFold
+
+    if config.folds > n:
+        raise ConfigError(f"{config.folds} folds need at least {config.folds} images, but there are {n}; "
+                          "use fewer --folds or more images")
+    splitter = KFold(n_splits=config.folds, shuffle=True, random_state=config.seed)
+    return [(train, val) for train, val in splitter.split(np.arange(n))]
+
+
+def check_output_dir(out_dir: Path) -> None:
+    """Fail early (not after an hour of training) when the output folder cannot be written."""
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+        probe = out_dir / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write to output folder {out_dir}: {exc.strerror}; choose another --out") from None
+
+
+def _fold_path(out_dir: Path, fold: int) -> Path:
+    return out_dir / "folds" / f"fold_{fold:02d}.json"
+
+
+def load_finished_folds(out_dir: Path, config: CVConfig, data_key: str) -> list[FoldResult]:
+    """Folds already written by an earlier run of the same configuration on the same data."""
+    cv_path = out_dir / "cv.json"
+    if not cv_path.is_file():
+        return []
+    previous = json.loads(cv_path.read_text())
+    if previous.get("config") != config.to_dict() or previous.get("data", {}).get("cache_key") != data_key:
+        raise ConfigError(
+            f"{out_dir} holds a cross-validation of another configuration or data set; "
+            "choose another --out, or delete that folder to start over"
+        )
+    finished = []
+    for path in sorted((out_dir / "folds").glob("fold_*.json")):
+        try:
+            finished.append(FoldResult.from_dict(json.loads(path.read_text())))
+        except (json.JSONDecodeError, TypeError, KeyError):
+            continue  # unreadable fold file: that fold runs again
+    return sorted(finished, key=lambda f: f.fold)
+
+
+def run_cv(
+    config: CVConfig,
+    data: PreparedData,
+    out_dir: str | Path,
+    reporter: Reporter | None = None,
+    *,
+    val_stems: list[str] | None = None,
+    data_source: str | None = None,
+    verbose: bool = False,
+) -> CVResult:
+    """Cross-validate ``config`` on ``data``, writing results into ``out_dir`` as folds finish."""
+    config.validate()
+    out_dir = Path(out_dir)
+    if data.image_size != config.image_size:
+        raise ConfigError(f"data prepared at {data.image_size}px but the configuration asks {config.image_size}px")
+    folds = make_folds(data.stems, config, val_stems)
+    smallest_train = min(len(train) for train, _ in folds)
+    if config.batch_size > smallest_train:
+        raise ConfigError(
+            f"batch size {config.batch_size} is larger than a training fold ({smallest_train} images with "
+            f"{len(data)} pairs in {len(folds)} folds); use --batch-size {smallest_train} or less, or more images"
+        )
+    check_output_dir(out_dir)
+    reporter = reporter or Reporter()
+    if verbose:
+        reporter = MultiReporter([_ConsoleReporter(len(folds), config.epochs), reporter])
+    data_info = {
+        "path": data_source,
+        "n_pairs": len(data),
+        "image_size": data.image_size,
+        "cache_key": data.key,
+    }
+    completed = load_finished_folds(out_dir, config, data.key)
+    done = {f.fold for f in completed}
+    previous_seconds = sum(f.seconds for f in completed)
+    started = time.perf_counter()
+
+    def snapshot(complete: bool) -> CVResult:
+        result = CVResult(
+            config=config.to_dict(), data=data_info, n_folds=len(folds), folds=list(completed),
+            seconds=previous_seconds + time.perf_counter() - started, complete=complete, version=version(),
+        )
+        write_json_atomic(out_dir / "cv.json", result.to_dict())
+        return result
+
+    try:
+        reporter.on_cv_start(config, len(folds), out_dir)
+        snapshot(complete=len(done) == len(folds))
+        for number, (train_rows, val_rows) in enumerate(folds, start=1):
+            if number in done:
+                continue
+            result, preview = _run_fold(config, data, number, train_rows, val_rows, reporter)
+            write_json_atomic(_fold_path(out_dir, number), result.to_dict())
+            completed.append(result)
+            completed.sort(key=lambda f: f.fold)
+            snapshot(complete=len(completed) == len(folds))
+            reporter.on_fold_end(result, list(completed), preview)
+        final = snapshot(complete=True)
+        reporter.on_cv_end(final)
+        return final
+    finally:
+        reporter.close()
+
+
+def _run_fold(
+    config: CVConfig,
+    data: PreparedData,
+    number: int,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray,
+    reporter: Reporter,
+) -> tuple[FoldResult, FoldPreview]:
+    import tf_keras
+
+    from trainer.metrics import medai_scores
+    from trainer.models import build_model
+    from trainer.training import fit, predict_probabilities
+
+    started = time.perf_counter()
+    reporter.on_fold_start(number, len(train_rows), len(val_rows))
+    # A fresh graph per fold: without it every fold's model stays in memory.
+    tf_keras.backend.clear_session()
+    tf_keras.utils.set_random_seed(config.seed * 1000 + number)
+    model = build_model(config)
+    history, lr_drops = fit(
+        model, config, (data.images, data.masks), (data.images, data.masks),
+        train_indices=train_rows, val_indices=val_rows,
+        on_epoch=lambda epoch, metrics: reporter.on_epoch(number, epoch, metrics),
+        seed=config.seed * 1000 + number,
+    )
+    val_images = np.asarray(data.images[np.sort(val_rows)])
+    val_masks = np.asarray(data.masks[np.sort(val_rows)])[..., 0]
+    probabilities = predict_probabilities(model, val_images, config, batch_size=config.batch_size)
+    scores = medai_scores(val_masks, probabilities)
+    stems = [data.stems[i] for i in np.sort(val_rows)]
+    result = FoldResult(
+        fold=number, n_train=len(train_rows), n_val=len(val_rows),
+        dice=float(scores["mean_dice"]), iou=float(scores["mean_iou"]),
+        epochs_run=len(history), lr_drops=lr_drops, history=history,
+        seconds=time.perf_counter() - started, val_stems=stems,
+    )
+    k = min(PREVIEW_IMAGES, len(stems))
+    preview = FoldPreview(tuple(stems[:k]), val_images[:k], val_masks[:k], probabilities[:k])
+    del model
+    return result, preview
+
+
+class _ConsoleReporter(Reporter):
+    """One line per epoch and a per-fold table with mean ± std, on standard output."""
+
+    def __init__(self, n_folds: int, epochs: int) -> None:
+        self.n_folds = n_folds
+        self.epochs = epochs
+
+    def on_cv_start(self, config: CVConfig, n_folds: int, out_dir: Path) -> None:
+        print(
+            f"cross-validating {config.arch}/{config.encoder} (weights {config.weights}) at {config.image_size}px, "
+            f"{n_folds} folds x {config.epochs} epochs, batch {config.batch_size}, lr {config.lr:g}, "
+            f"loss {config.loss} -> {out_dir}",
+            flush=True,
+        )
+
+    def on_fold_start(self, fold: int, n_train: int, n_val: int) -> None:
+        print(f"fold {fold}/{self.n_folds}: {n_train} training, {n_val} validation images", flush=True)
+
+    def on_epoch(self, fold: int, epoch: int, metrics: Mapping[str, float]) -> None:
+        print(
+            f"  fold {fold}/{self.n_folds} epoch {epoch:>2}/{self.epochs}  loss {metrics['loss']:.4f}  "
+            f"val_loss {metrics['val_loss']:.4f}  val_iou {metrics['val_iou']:.4f}  lr {metrics['lr']:.1e}  "
+            f"{metrics.get('images_per_second', float('nan')):.1f} img/s  {metrics.get('seconds', 0.0):.1f} s",
+            flush=True,
+        )
+
+    def on_fold_end(
+        self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None
+    ) -> None:
+        print(f"  fold {result.fold}: Dice {result.dice:.4f}  IoU {result.iou:.4f}  ({result.seconds:.0f} s)",
+              flush=True)
+
+    def on_cv_end(self, result: CVResult) -> None:
+        print(format_fold_table(result), flush=True)
+
+
+def format_fold_table(result: CVResult) -> str:
+    lines = [
+        f"{'fold':>4}  {'train':>5}  {'val':>4}  {'epochs':>6}  {'dice':>7}  {'iou':>7}  lr drops",
+    ]
+    for f in result.folds:
+        drops = ",".join(map(str, f.lr_drops)) or "-"
+        lines.append(
+            f"{f.fold:>4}  {f.n_train:>5}  {f.n_val:>4}  {f.epochs_run:>6}  {f.dice:7.4f}  {f.iou:7.4f}  {drops}"
+        )
+    lines.append(
+        f"mean ± std over {len(result.folds)} folds: Dice {result.mean['dice']:.4f} ± {result.std['dice']:.4f}  "
+        f"IoU {result.mean['iou']:.4f} ± {result.std['iou']:.4f}  ({result.seconds:.0f} s)"
+    )
+    return "\n".join(lines)
+
+
+def run_cv_command(
+    config: CVConfig, data_dir: Path, out_dir: Path, *, tracker: str | None = None, verbose: bool = True
+) -> int:
+    """`segsweep cv`: prepare the data (cached), cross-validate, print the table, write cv.json."""
+    config.validate()
+    check_output_dir(out_dir)
+    started = time.perf_counter()
+    data = prepare_dataset(data_dir, config.image_size, split=config.dev_split, limit=config.limit)
+    if verbose:
+        print(f"data: {len(data)} pairs from {data_dir} at {data.image_size}px "
+              f"(ready in {time.perf_counter() - started:.1f} s)", flush=True)
+    val_stems = read_split(data_dir, config.val_split) if config.val_split else None
+    reporter: Reporter | None = None
+    if tracker not in (None, "none", ""):
+        from trainer.tracking import open_trackers
+
+        reporter = open_trackers(tracker, root=out_dir, run_name=out_dir.name, params=config.to_dict())
+    result = run_cv(config, data, out_dir, reporter, val_stems=val_stems,
+                    data_source=str(data_dir.resolve()), verbose=verbose)
+    if not verbose:
+        print(format_fold_table(result))
+    print(f"wrote {out_dir / 'cv.json'}", file=sys.stderr)
+    return 0

@@ -1,0 +1,229 @@
+"""The fit loop shared by cross-validation and retraining, and batched prediction.
+
+Batches are gathered, augmented (one of the paper's augmentations per image, or none) and
+preprocessed in a generator that tf.data runs ahead of the model (prefetch), so data preparation
+overlaps training instead of stalling it.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trainer.config import CVConfig
+from trainer.errors import SegsweepError
+from trainer.models import compile_model, configure_tensorflow, preprocessing
+from trainer.results import EpochRecord
+
+if TYPE_CHECKING:
+    import tf_keras
+
+EpochCallback = Callable[[int, Mapping[str, float]], None]
+
+
+class TrainingError(SegsweepError):
+    """Training cannot go on (for example the loss became NaN)."""
+
+
+class BatchSource:
+    """Shuffled, augmented, preprocessed batches over (a subset of) a prepared data set.
+
+    ``images`` and ``masks`` may be read-only memory maps; rows are copied out per batch, never
+    written. Each pass draws a new shuffle from a generator seeded once, so runs repeat exactly.
+    """
+
+    def __init__(
+        self,
+        images: np.ndarray,
+        masks: np.ndarray,
+        indices: Sequence[int] | np.ndarray,
+        *,
+        batch_size: int,
+        encoder: str,
+        augment: bool,
+        seed: int,
+    ) -> None:
+        self.images = images
+        self.masks = masks
+        self.indices = np.asarray(indices, dtype=np.int64)
+        self.batch_size = batch_size
+        self.preprocess = preprocessing(encoder)
+        self.rng = np.random.default_rng(seed)
+        self.transform: Any = None
+        if augment:
+            from trainer.augment import build_augmentation
+
+            self.transform = build_augmentation(seed)
+
+    @property
+    def steps(self) -> int:
+        return math.ceil(len(self.indices) / self.batch_size)
+
+    def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Endless epochs of batches: tf.data keeps prefetching across epoch boundaries."""
+        while True:
+            yield from self.epoch()
+
+    def epoch(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """One pass in a new random order."""
+        order = self.rng.permutation(self.indices)
+        for start in range(0, len(order), self.batch_size):
+            # Sorted gathers read the memory map sequentially.
+            rows = np.sort(order[start : start + self.batch_size])
+            images = self.images[rows]
+            masks = self.masks[rows]
+            if self.transform is not None:
+                from trainer.augment import augment_batch
+
+                images, masks = augment_batch(self.transform, images, masks)
+            x = np.asarray(self.preprocess(images.astype(np.float32)), dtype=np.float32)
+            yield x, masks.astype(np.float32)
+
+    def dataset(self, image_size: int) -> Any:
+        import tensorflow as tf
+
+        spec = (
+            tf.TensorSpec((None, image_size, image_size, 3), tf.float32),
+            tf.TensorSpec((None, image_size, image_size, 1), tf.float32),
+        )
+        return tf.data.Dataset.from_generator(self.batches, output_signature=spec).prefetch(2)
+
+
+
+def _make_callbacks(
+    config: CVConfig,
+    history: list[EpochRecord],
+    lr_drops: list[int],
+    *,
+    monitor_val: bool,
+    lr_drop_epochs: Sequence[int] | None,
+    on_epoch: EpochCallback | None,
+    n_train: int,
+) -> list[Any]:
+    import tf_keras
+
+    class EpochRecorder(tf_keras.callbacks.Callback):  # type: ignore[misc]
+        """Records each epoch and the epochs at whose end the learning rate was cut."""
+
+        def on_epoch_begin(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+            self.started = time.perf_counter()
+            self.lr = float(tf_keras.backend.get_value(self.model.optimizer.learning_rate))
+
+        def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+            logs = dict(logs or {})
+            number = epoch + 1
+            if lr_drop_epochs is not None and number in lr_drop_epochs:
+                new_lr = self.lr * config.lr_factor
+                tf_keras.backend.set_value(self.model.optimizer.learning_rate, new_lr)
+            lr_after = float(tf_keras.backend.get_value(self.model.optimizer.learning_rate))
+            if lr_after < self.lr * (1 - 1e-6):
+                lr_drops.append(number)
+            loss = float(logs.get("loss", float("nan")))
+            if not math.isfinite(loss):
+                raise TrainingError(
+                    f"the loss became {loss} in epoch {number}; lower the learning rate (now {self.lr:g})"
+                )
+            record = EpochRecord(
+                epoch=number,
+                loss=loss,
+                val_loss=float(logs.get("val_loss", float("nan"))),
+                val_iou=float(logs.get("val_iou", float("nan"))),
+                lr=self.lr,
+            )
+            history.append(record)
+            if on_epoch is not None:
+                seconds = time.perf_counter() - self.started
+                on_epoch(
+                    number,
+                    {
+                        "loss": record.loss,
+                        "val_loss": record.val_loss,
+                        "val_iou": record.val_iou,
+                        "lr": record.lr,
+                        "seconds": seconds,
+                        "images_per_second": n_train / seconds if seconds > 0 else float("nan"),
+                    },
+                )
+
+    callbacks: list[Any] = []
+    if monitor_val:
+        # The paper: cut the learning rate 10x when validation IoU has not improved for 3 epochs.
+        callbacks.append(
+            tf_keras.callbacks.ReduceLROnPlateau(
+                monitor="val_iou", mode="max", factor=config.lr_factor, patience=config.lr_patience,
+                min_lr=0.0, verbose=0,
+            )
+        )
+    callbacks.append(EpochRecorder())  # after the scheduler, so it sees the cut learning rate
+    return callbacks
+
+
+def fit(
+    model: tf_keras.Model,
+    config: CVConfig,
+    train: tuple[np.ndarray, np.ndarray],
+    val: tuple[np.ndarray, np.ndarray] | None = None,
+    *,
+    train_indices: Sequence[int] | np.ndarray | None = None,
+    val_indices: Sequence[int] | np.ndarray | None = None,
+    lr_drop_epochs: Sequence[int] | None = None,
+    on_epoch: EpochCallback | None = None,
+    seed: int | None = None,
+) -> tuple[list[EpochRecord], list[int]]:
+    """Compile and train ``model``; return the per-epoch history and the epochs the LR was cut after.
+
+    ``train`` and ``val`` are (uint8 RGB images (N,S,S,3), 0/1 masks (N,S,S,1)) arrays, optionally
+    restricted to ``train_indices``/``val_indices`` (so folds index one shared memory map instead
+    of copying it). With a validation set the learning rate follows the paper's plateau rule; without
+    one, ``lr_drop_epochs`` gives the epochs at whose end it is cut by ``config.lr_factor``.
+    """
+    import tensorflow as tf
+
+    configure_tensorflow()
+    seed = config.seed if seed is None else seed
+    images, masks = train
+    indices = np.arange(len(images)) if train_indices is None else np.asarray(train_indices)
+    if len(indices) == 0:
+        raise TrainingError("no training images")
+    source = BatchSource(
+        images, masks, indices, batch_size=config.batch_size, encoder=config.encoder,
+        augment=config.augment, seed=seed,
+    )
+    validation = None
+    if val is not None:
+        val_rows = np.arange(len(val[0])) if val_indices is None else np.asarray(val_indices)
+        x_val = np.asarray(preprocessing(config.encoder)(np.asarray(val[0][val_rows], np.float32)), np.float32)
+        y_val = np.asarray(val[1][val_rows], np.float32)
+        validation = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(config.batch_size)
+    compile_model(model, config)
+    history: list[EpochRecord] = []
+    lr_drops: list[int] = []
+    callbacks = _make_callbacks(
+        config, history, lr_drops, monitor_val=validation is not None,
+        lr_drop_epochs=lr_drop_epochs, on_epoch=on_epoch, n_train=len(indices),
+    )
+    model.fit(
+        source.dataset(config.image_size),
+        epochs=config.epochs,
+        steps_per_epoch=source.steps,
+        validation_data=validation,
+        callbacks=callbacks,
+        verbose=0,
+    )
+    return history, lr_drops
+
+
+def predict_probabilities(
+    model: tf_keras.Model, images: np.ndarray, config: CVConfig, batch_size: int = 8
+) -> np.ndarray:
+    """Foreground probabilities (N, S, S) float32 for uint8 RGB images (N, S, S, 3)."""
+    prep = preprocessing(config.encoder)
+    out = np.empty(images.shape[:3], np.float32)
+    for start in range(0, len(images), batch_size):
+        x = np.asarray(prep(np.asarray(images[start : start + batch_size], np.float32)), np.float32)
+        out[start : start + len(x)] = model.predict_on_batch(x)[..., 0]
+    return out
