@@ -359,13 +359,19 @@ class _Reader:
             values = (param.low, param.high)
         for value in values:
             node = spec["high"][1] if value == param.high else spec["low"][1]
-            hint = ""
+            fix = ""
             if param.type == "int" and value not in (param.low, param.high):
-                hint = " (set low and step so that every value in the range is usable)"
+                grid = (
+                    " (for image_size: low a multiple of 32 and `step: 32`)"
+                    if param.name == "image_size"
+                    else ""
+                )
+                fix = f"; set low and step so that every value in the range is usable{grid}"
             self.check_config(
                 node,
                 {**fixed, param.name: value},
-                f"parameter {param.name!r}: value {value} in {param.low}..{param.high} cannot be used{hint}",
+                f"parameter {param.name!r}: value {value} in {param.low}..{param.high} cannot be used",
+                fix,
             )
 
     def conditions(
@@ -467,11 +473,12 @@ class _Reader:
             return value
         raise self.fail(node, f"{name} takes {kind.describe()}, got {value!r}")
 
-    def check_config(self, node: yaml.Node, values: dict[str, Any], context: str) -> None:
+    def check_config(self, node: yaml.Node, values: dict[str, Any], context: str, fix: str = "") -> None:
+        """Raise at ``node`` when ``values`` (over CVConfig's defaults) do not pass CVConfig.validate()."""
         try:
             CVConfig(**values).validate()
         except ConfigError as exc:
-            raise self.fail(node, f"{context}: {exc}") from None
+            raise self.fail(node, f"{context}: {exc}{fix}") from None
 
 
 def _compose(text: str, source: str) -> tuple[yaml.SafeLoader, yaml.Node | None]:
