@@ -22,6 +22,12 @@ def instrument_copy(kvasir_instrument_dir: Path, tmp_path: Path) -> Path:
     return Path(shutil.copytree(kvasir_instrument_dir, tmp_path / "instrument"))
 
 
+def read_grey(path: Path) -> np.ndarray:
+    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
+    assert mask is not None
+    return mask
+
+
 def only(report: CheckReport, path: Path) -> Finding:
     """The single finding about ``path``."""
     found = [f for f in report.findings if f.path == path]
@@ -54,7 +60,7 @@ def test_every_planted_fault_is_reported_in_one_pass(
     cut.write_bytes(cut.read_bytes()[: cut.stat().st_size // 2])
     # 4. a PNG mask without its end
     png = masks / "case003.png"
-    ok, encoded = cv2.imencode(".png", cv2.imread(str(masks / "case003.jpg")))
+    ok, encoded = cv2.imencode(".png", read_grey(masks / "case003.jpg"))
     assert ok
     (masks / "case003.jpg").unlink()
     png.write_bytes(encoded.tobytes()[:-20])
@@ -112,15 +118,13 @@ def test_warnings_alone_exit_zero(seg_copy: Path) -> None:
 
 def test_zero_one_masks_are_binary(instrument_copy: Path) -> None:
     for path in (instrument_copy / "masks").iterdir():
-        mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-        cv2.imwrite(str(path), (mask > 127).astype(np.uint8))
+        cv2.imwrite(str(path), (read_grey(path) > 127).astype(np.uint8))
     assert check_dataset(instrument_copy).findings == []
 
 
 def test_label_map_mask_is_an_error(instrument_copy: Path) -> None:
     path = instrument_copy / "masks" / "case000.png"
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    cv2.imwrite(str(path), (mask > 127).astype(np.uint8) * 2)
+    cv2.imwrite(str(path), (read_grey(path) > 127).astype(np.uint8) * 2)
     assert "neither a 0/1 nor a 0/255" in only(check_dataset(instrument_copy), path).problem
 
 
