@@ -1,0 +1,248 @@
+"""Neptune sink (client 1.14): offline into the run or sweep folder by default, online bounded.
+
+Neptune's hosted service shut down on 2026-03-05, so ``offline`` is the default mode; ``async``
+(online) is used when ``NEPTUNE_MODE`` or the option asks for it, or when both a token and a
+project are set. The client writes its data to ``$NEPTUNE_DATA_DIRECTORY`` (default ``.neptune``
+in the working directory), read when a run is created: segsweep points it at the run's folder for
+that moment under a lock (changing the working directory is not an option in threaded workers),
+and uploads file contents (``File.from_content``), which the client copies into that folder,
+never paths that point elsewhere.
+
+A server that accepts connections and never answers makes ``init_run`` wait forever, so online
+initialisation runs in a thread with a deadline; past it (or on any error) the run falls back to
+offline with a warning.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+from collections.abc import Mapping
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from trainer.errors import ConfigError
+from trainer.reporting import FoldPreview
+from trainer.tracking._guarded import GuardedTracker, warn_tracking
+from trainer.tracking._secrets import flatten_params, redact_params
+
+if TYPE_CHECKING:
+    from neptune import Run
+
+    from trainer.config import CVConfig
+    from trainer.results import CVResult, FoldResult
+
+MODES = ("offline", "async", "debug")
+#: Seconds an online ``init_run`` may take before segsweep falls back to offline.
+DEFAULT_INIT_TIMEOUT = float(os.environ.get("SEGSWEEP_NEPTUNE_INIT_TIMEOUT", "30"))
+#: Seconds ``stop`` may wait for an online run to finish syncing.
+DEFAULT_STOP_TIMEOUT = 30.0
+DATA_DIRECTORY_ENV = "NEPTUNE_DATA_DIRECTORY"
+_ENV_LOCK = threading.Lock()
+
+
+def resolve_mode(option: str | None = None) -> str:
+    """The option, else ``NEPTUNE_MODE``, else async when a token and a project are set, else offline."""
+    mode = option or os.environ.get("NEPTUNE_MODE")
+    if not mode:
+        online = os.environ.get("NEPTUNE_API_TOKEN") and os.environ.get("NEPTUNE_PROJECT")
+        mode = "async" if online else "offline"
+    if mode not in MODES:
+        raise ConfigError(
+            f"Neptune mode {mode!r} is not supported; set NEPTUNE_MODE to one of: {', '.join(MODES)}"
+        )
+    return mode
+
+
+def data_dir_for(root: Path) -> Path:
+    """Where the client's ``.neptune`` folder goes for runs under ``root``."""
+    return Path(root).resolve() / ".neptune"
+
+
+def init_run(
+    *, mode: str, data_dir: Path, timeout: float = DEFAULT_INIT_TIMEOUT, **kwargs: Any
+) -> tuple[Run, str]:
+    """A Neptune run writing into ``data_dir``; returns it and the mode it actually runs in."""
+    import neptune
+
+    options: dict[str, Any] = {
+        "capture_stdout": False,
+        "capture_stderr": False,
+        "capture_hardware_metrics": False,
+        "capture_traceback": False,
+        "source_files": [],
+        "git_ref": False,
+        "dependencies": None,
+        **kwargs,
+    }
+    data_dir.mkdir(parents=True, exist_ok=True)
+    with _ENV_LOCK:
+        previous = os.environ.get(DATA_DIRECTORY_ENV)
+        os.environ[DATA_DIRECTORY_ENV] = str(data_dir)
+        hung = False
+        try:
+            if mode != "async":
+                return neptune.init_run(mode=mode, **options), mode  # type: ignore[arg-type]
+            outcome: dict[str, Any] = {}
+
+            def attempt() -> None:
+                try:
+                    outcome["run"] = neptune.init_run(mode="async", **options)
+                except Exception as exc:
+                    outcome["error"] = exc
+
+            thread = threading.Thread(target=attempt, name="segsweep-neptune-init", daemon=True)
+            thread.start()
+            thread.join(timeout)
+            if "run" in outcome:
+                return outcome["run"], "async"
+            if thread.is_alive():
+                # The stuck call still reads the data directory when it wakes: leave it pointing here.
+                hung = True
+                reason = f"the server did not answer within {timeout:g} s"
+            else:
+                error = outcome.get("error")
+                reason = f"{type(error).__name__}: {error}"
+            warn_tracking(
+                f"Neptune could not start an online run ({reason}); logging offline into {data_dir}"
+            )
+            return neptune.init_run(mode="offline", **options), "offline"
+        finally:
+            if not hung:
+                if previous is None:
+                    os.environ.pop(DATA_DIRECTORY_ENV, None)
+                else:
+                    os.environ[DATA_DIRECTORY_ENV] = previous
+
+
+def assign_params(run: Run, params: Mapping[str, Any]) -> None:
+    """Parameters under ``parameters/``, redacted and flattened (Neptune takes no None or lists)."""
+    for key, value in flatten_params(redact_params(params)).items():
+        run["parameters/" + key.replace(".", "/")] = value
+
+
+def stop_run(run: Run, mode: str) -> None:
+    run.stop(seconds=DEFAULT_STOP_TIMEOUT if mode == "async" else None)
+
+
+class NeptuneTracker(GuardedTracker):
+    """One cross-validation as a Neptune run; folds are namespaces ``folds/NN/`` inside it.
+
+    Neptune has no nested runs: a trial records its sweep under ``sweep/`` (name and the sweep run's
+    custom id) and carries the sweep's name as a tag.
+    """
+
+    name = "Neptune"
+
+    def __init__(
+        self,
+        *,
+        root: Path,
+        run_name: str,
+        params: Mapping[str, Any],
+        mode: str | None = None,
+        project: str | None = None,
+        data_dir: Path | None = None,
+        sweep_name: str | None = None,
+        sweep_id: str | None = None,
+        init_timeout: float = DEFAULT_INIT_TIMEOUT,
+    ) -> None:
+        super().__init__()
+        self.root = Path(root).resolve()
+        self.run_name = run_name
+        self.params = dict(params)
+        self.mode = resolve_mode(mode)
+        self.project = project or os.environ.get("NEPTUNE_PROJECT")
+        self.data_dir = Path(data_dir) if data_dir else data_dir_for(self.root)
+        self.sweep_name = sweep_name
+        self.sweep_id = sweep_id
+        self.init_timeout = init_timeout
+        self.run: Run | None = None
+
+    def _cv_start(self, config: CVConfig, n_folds: int, out_dir: Path) -> None:
+        del config, out_dir
+        if self.run is not None:
+            return
+        tags = ["segsweep", "trial" if self.sweep_name else "cv"]
+        if self.sweep_name:
+            tags.append(self.sweep_name)
+        kwargs: dict[str, Any] = {"name": self.run_name, "tags": tags}
+        if self.project:
+            kwargs["project"] = self.project
+        self.run, self.mode = init_run(
+            mode=self.mode, data_dir=self.data_dir, timeout=self.init_timeout, **kwargs
+        )
+        run = self.run
+        run["segsweep/kind"] = "trial" if self.sweep_name else "cv"
+        run["segsweep/root"] = str(self.root)
+        run["segsweep/n_folds"] = n_folds
+        if self.sweep_name:
+            run["sweep/name"] = self.sweep_name
+        if self.sweep_id:
+            run["sweep/id"] = self.sweep_id
+        assign_params(run, self.params)
+
+    def _epoch(self, fold: int, epoch: int, metrics: Mapping[str, float]) -> None:
+        assert self.run is not None
+        for key, value in metrics.items():
+            self.run[f"folds/{fold:02d}/{key}"].append(float(value), step=epoch)
+
+    def _fold_end(self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None) -> None:
+        from neptune.types import File
+
+        from trainer.results import summarise
+
+        assert self.run is not None
+        run = self.run
+        base = f"folds/{result.fold:02d}"
+        run[f"{base}/dice"] = result.dice
+        run[f"{base}/iou"] = result.iou
+        run[f"{base}/epochs_run"] = result.epochs_run
+        run[f"{base}/n_train"] = result.n_train
+        run[f"{base}/n_val"] = result.n_val
+        run[f"{base}/lr_drops"] = ",".join(str(e) for e in result.lr_drops)
+        if preview is not None:
+            from trainer.preview import preview_png
+
+            run[f"{base}/preview"].upload(File.from_content(preview_png(preview), extension="png"))
+        run["cv/fold_dice"].append(result.dice, step=result.fold)
+        run["cv/fold_iou"].append(result.iou, step=result.fold)
+        mean, std = summarise(completed)
+        self._assign_summary(mean, std, len(completed))
+
+    def _assign_summary(self, mean: Mapping[str, float], std: Mapping[str, float], folds_done: int) -> None:
+        assert self.run is not None
+        for metric in ("dice", "iou"):
+            self.run[f"cv/mean/{metric}"] = mean[metric]
+            self.run[f"cv/std/{metric}"] = std[metric]
+        self.run["cv/folds_done"] = folds_done
+
+    def _cv_end(self, result: CVResult) -> None:
+        self._assign_summary(result.mean, result.std, len(result.folds))
+        assert self.run is not None
+        self.run["segsweep/complete"] = True
+
+    def _close(self) -> None:
+        if self.run is not None:
+            run, self.run = self.run, None
+            stop_run(run, self.mode)
+
+
+def start_sweep_run(
+    *, root: Path, sweep_name: str, params: Mapping[str, Any], mode: str | None, project: str | None
+) -> tuple[Run, str, Path]:
+    """The sweep's own Neptune run (kept open by the driver): (run, mode, data directory)."""
+    data_dir = data_dir_for(root)
+    kwargs: dict[str, Any] = {
+        "name": sweep_name,
+        "tags": ["segsweep", "sweep", sweep_name],
+        "custom_run_id": sweep_name[:128],
+    }
+    if project:
+        kwargs["project"] = project
+    run, actual = init_run(mode=resolve_mode(mode), data_dir=data_dir, **kwargs)
+    run["segsweep/kind"] = "sweep"
+    run["sweep/name"] = sweep_name
+    run["sweep/id"] = sweep_name
+    assign_params(run, params)
+    return run, actual, data_dir
