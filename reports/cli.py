@@ -2,9 +2,117 @@
 
 from __future__ import annotations
 
+import argparse
+from pathlib import Path
 from typing import Any
+
+DEFAULT_STORAGE = "sweeps"
 
 
 def register(sub: Any) -> None:
-    """Add this package's verbs to the ``segsweep`` parser (filled in by the reports work)."""
-    del sub
+    """Add this package's verbs to the ``segsweep`` parser."""
+    from reports.count import DEFAULT_MIN_AREA
+
+    report = sub.add_parser(
+        "report",
+        help="leaderboard, winner, plots and best.json of a sweep",
+        description="Write report.html (one self-contained file), report.md and best.json (the winner's "
+        "configuration for `segsweep cv --config`) for a sweep.",
+    )
+    report.add_argument("name", help="sweep name (as given to `sweep run --name`)")
+    report.add_argument(
+        "--storage", default=DEFAULT_STORAGE, help=f"sweeps folder (default ./{DEFAULT_STORAGE})"
+    )
+    report.add_argument("--out", default=None, help="report folder (default STORAGE/NAME/report)")
+    report.add_argument(
+        "--format", default="md,html,json", help="comma-separated: md, html, json (default all)"
+    )
+    report.set_defaults(handler=_cmd_report)
+
+    retrain = sub.add_parser(
+        "retrain",
+        help="train a sweep's winner on all development images into a model bundle",
+        description="Train the winner on every development image with the learning-rate schedule its "
+        "cross-validation folds followed, and save a model bundle (config, weights, card).",
+    )
+    retrain.add_argument("name", help="sweep name")
+    retrain.add_argument(
+        "--storage", default=DEFAULT_STORAGE, help=f"sweeps folder (default ./{DEFAULT_STORAGE})"
+    )
+    retrain.add_argument("--out", required=True, help="model bundle folder to create")
+    retrain.add_argument("--trial", default=None, help="retrain this trial id instead of the winner")
+    retrain.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    retrain.set_defaults(handler=_cmd_retrain)
+
+    predict = sub.add_parser(
+        "predict",
+        help="predict masks with a model bundle; score them where masks are given",
+        description="Write a lossless PNG mask (0/255) at each image's original size, an overlay per image, "
+        "counts.csv, and with --masks metrics.json (MedAI Dice and IoU at the original resolution).",
+    )
+    predict.add_argument("model", help="model bundle folder written by `segsweep retrain`")
+    predict.add_argument("--images", required=True, help="folder of images")
+    predict.add_argument("--masks", default=None, help="folder of true masks paired with the images by name")
+    predict.add_argument("--out", required=True, help="output folder")
+    predict.add_argument("--tta", action="store_true", help="also predict with flip test-time augmentation")
+    predict.add_argument("--batch-size", type=int, default=8, help="images per prediction batch (default 8)")
+    predict.add_argument(
+        "--min-area",
+        type=float,
+        default=DEFAULT_MIN_AREA,
+        help=f"counter's smallest object, fraction of the image (default {DEFAULT_MIN_AREA})",
+    )
+    predict.set_defaults(handler=_cmd_predict)
+
+    count = sub.add_parser(
+        "count",
+        help="count the objects (polyps) in a folder of masks",
+        description="External contours of each binarised mask, dropping specks below --min-area; one CSV row "
+        "per image with the count and each object's area and bounding box (x y w h).",
+    )
+    count.add_argument("masks", help="folder of masks")
+    count.add_argument(
+        "--min-area",
+        type=float,
+        default=DEFAULT_MIN_AREA,
+        help=f"smallest object as a fraction of the image's area (default {DEFAULT_MIN_AREA}, "
+        "chosen on Kvasir-SEG's masks)",
+    )
+    count.add_argument("--out", default=None, help="CSV file to write (default: standard output)")
+    count.set_defaults(handler=_cmd_count)
+
+
+def _cmd_report(args: argparse.Namespace) -> int:
+    from reports.report import run_report_command
+
+    return run_report_command(
+        args.name, Path(args.storage), Path(args.out) if args.out else None, args.format
+    )
+
+
+def _cmd_retrain(args: argparse.Namespace) -> int:
+    from reports.retrain import run_retrain_command
+
+    return run_retrain_command(
+        args.name, Path(args.storage), Path(args.out), trial_id=args.trial, verbose=not args.quiet
+    )
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    from reports.predict import run_predict_command
+
+    return run_predict_command(
+        Path(args.model),
+        Path(args.images),
+        Path(args.masks) if args.masks else None,
+        Path(args.out),
+        tta=args.tta,
+        batch_size=args.batch_size,
+        min_area=args.min_area,
+    )
+
+
+def _cmd_count(args: argparse.Namespace) -> int:
+    from reports.count import run_count_command
+
+    return run_count_command(Path(args.masks), args.min_area, Path(args.out) if args.out else None)

@@ -1,0 +1,519 @@
+"""``segsweep report``: the sweep's leaderboard, its winner and why, as HTML, Markdown and JSON.
+
+The report is built once as a list of sections (paragraphs, tables, figures) and rendered to
+``report.html`` (one self-contained file: figures embedded as base64 PNG, styles inline, no scripts,
+opens offline), ``report.md`` (same tables, figures as PNG files in ``figures/`` beside it) and
+``best.json`` (the winner's configuration in the form ``segsweep cv --config`` reads).
+"""
+
+from __future__ import annotations
+
+import base64
+import html
+import logging
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from reports.leaderboard import (
+    WINNER_RULE,
+    WinnerChoice,
+    compare_pretraining,
+    encoder_of,
+    is_pretrained,
+    label,
+    leaderboard,
+    pick_winner,
+)
+from reports.results import SweepResults, TrialResult, load_sweep
+from reports.scored import load_test_scores
+from trainer.config import CVConfig
+from trainer.errors import ConfigError, SegsweepError
+from trainer.results import write_json_atomic
+
+FORMATS = ("md", "html", "json")
+#: Trials shown in the fold box plots.
+TOP_TRIALS = 5
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class Table:
+    columns: list[str]
+    rows: list[list[str]]
+
+
+@dataclass
+class Figure:
+    name: str  # file stem in figures/
+    title: str
+    png: bytes
+
+
+Block = str | Table | Figure
+
+
+@dataclass
+class Section:
+    title: str
+    blocks: list[Block] = field(default_factory=list)
+
+
+@dataclass
+class Report:
+    title: str
+    sections: list[Section]
+    best: dict[str, Any]
+
+
+def pm(mean: float, std: float) -> str:
+    return "n/a" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}"
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "" if value is None else str(value)
+
+
+def data_path(sweep: SweepResults, trial: TrialResult | None = None) -> str | None:
+    """The data set folder a sweep ran on: sweep.json's ``data``, else the trial's cv.json record."""
+    data = sweep.spec.get("data")
+    if isinstance(data, dict):
+        data = data.get("root") or data.get("path")
+    if data:
+        return str(data)
+    if trial is not None and trial.path is not None and (trial.path / "cv.json").is_file():
+        import json
+
+        recorded = json.loads((trial.path / "cv.json").read_text()).get("data") or {}
+        found = recorded.get("root") or recorded.get("path")
+        return str(found) if found else None
+    return None
+
+
+def best_configuration(sweep: SweepResults, choice: WinnerChoice) -> dict[str, Any]:
+    """best.json: the winner's CVConfig under ``config`` plus ``data``, and where it came from."""
+    winner = choice.winner
+    try:
+        config = CVConfig.from_dict(winner.config, source=f"trial {winner.trial_id} configuration")
+    except ConfigError as exc:
+        raise SegsweepError(f"the winner's recorded configuration cannot be used: {exc}") from None
+    best: dict[str, Any] = {
+        "config": config.to_dict(),
+        "data": data_path(sweep, winner),
+        "sweep": sweep.name,
+        "trial_id": winner.trial_id,
+        "number": winner.number,
+        "params": winner.params,
+        "rule": WINNER_RULE,
+        "cv": {
+            "n_folds": winner.n_folds,
+            "mean": winner.mean,
+            "std": winner.std,
+            "folds": [
+                {"fold": f.fold, "dice": f.dice, "iou": f.iou, "lr_drops": f.lr_drops} for f in winner.folds
+            ],
+        },
+        "runner_up": None,
+        "gap_in_winner_std": choice.gap_in_std,
+    }
+    if choice.runner_up is not None:
+        best["runner_up"] = {
+            "trial_id": choice.runner_up.trial_id,
+            "number": choice.runner_up.number,
+            "mean": choice.runner_up.mean,
+            "std": choice.runner_up.std,
+        }
+    return best
+
+
+# --- sections --------------------------------------------------------------------------------------
+
+
+def _overview(sweep: SweepResults, choice: WinnerChoice) -> Section:
+    states: dict[str, int] = {}
+    for trial in sweep.trials:
+        states[trial.state] = states.get(trial.state, 0) + 1
+    spec = sweep.spec
+    rows = [
+        ["sweep", sweep.name],
+        ["folder", str(sweep.path)],
+        ["data", str(data_path(sweep, choice.winner))],
+        ["search space", _value(spec.get("space"))],
+        [
+            "trials",
+            f"{len(sweep.trials)} (" + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) + ")",
+        ],
+        ["eligible for winning", str(choice.eligible)],
+    ]
+    overrides = spec.get("overrides")
+    if isinstance(overrides, dict) and any(v is not None for v in overrides.values()):
+        rows.append(["overrides", ", ".join(f"{k}={v}" for k, v in overrides.items() if v is not None)])
+    return Section("Sweep", [Table(["", ""], rows)])
+
+
+def _winner(choice: WinnerChoice) -> Section:
+    winner = choice.winner
+    params = ", ".join(f"{k}={_value(v)}" for k, v in winner.params.items())
+    text = (
+        f"Winner: trial {label(winner)}, {params}: mean Dice {pm(winner.mean['dice'], winner.std['dice'])}, "
+        f"mean IoU {pm(winner.mean['iou'], winner.std['iou'])} over {winner.folds_done} folds (mean ± sample "
+        f"standard deviation over folds)."
+    )
+    return Section("Winner", [WINNER_RULE, text, choice.gap_sentence()])
+
+
+def _table2(sweep: SweepResults, winner: TrialResult) -> Section:
+    rows = [[
+        f"Development set, {winner.n_folds}-fold cross-validation (mean ± std over folds)",
+        pm(winner.mean["dice"], winner.std["dice"]),
+        pm(winner.mean["iou"], winner.std["iou"]),
+    ]]  # fmt: skip
+    scores = load_test_scores(sweep.path, winner.trial_id)
+    seen: set[tuple[str, str]] = set()
+    for score in scores:
+        key = (score.images, score.variant)
+        if key in seen:  # an older record of the same test set and variant
+            continue
+        seen.add(key)
+        variant = "flip test-time augmentation" if score.variant == "tta" else "plain"
+        rows.append([
+            f"Test set {score.images} ({score.n_images} images, {variant}; mean ± std over images)",
+            pm(score.dice_mean, score.dice_std),
+            pm(score.iou_mean, score.iou_std),
+        ])  # fmt: skip
+    blocks: list[Block] = [
+        "The shape of the paper's Table 2 for the winner. Test scores are MedAI-style (per image at the "
+        "original resolution, threshold 0.5, mean over images).",
+        Table(["", "Dice", "IoU"], rows),
+    ]
+    if not scores:
+        blocks.append(
+            f"No test set scored yet. `segsweep retrain {sweep.name} --out MODEL` then "
+            "`segsweep predict MODEL --images DIR --masks DIR --out DIR` records its scores in the sweep "
+            "folder, and the next report shows them here."
+        )
+    return Section("Table 2: development and test scores", blocks)
+
+
+def _leaderboard(sweep: SweepResults) -> Section:
+    trials = leaderboard(sweep)
+    param_names: list[str] = []
+    for trial in trials:
+        param_names += [p for p in trial.params if p not in param_names]
+    eligible = {id(t) for t in sweep.completed()}
+    rows = []
+    for rank, trial in enumerate(trials, start=1):
+        rows.append([
+            str(rank) if id(trial) in eligible else "-",
+            label(trial),
+            *[_value(trial.params.get(p)) for p in param_names],
+            trial.state.lower(),
+            f"{trial.folds_done}/{trial.n_folds}",
+            pm(trial.mean["dice"], trial.std["dice"]) if trial.folds else "",
+            pm(trial.mean["iou"], trial.std["iou"]) if trial.folds else "",
+            trial.reason or "",
+        ])  # fmt: skip
+    columns = ["rank", "trial", *param_names, "state", "folds", "Dice", "IoU", "reason"]
+    note = (
+        "Ranked: trials that completed all folds, by mean Dice; unranked (-): the others, by the mean of "
+        "their finished folds."
+    )
+    return Section("Leaderboard", [note, Table(columns, rows)])
+
+
+def _pretraining(sweep: SweepResults) -> Section:
+    comparison = compare_pretraining(sweep)
+
+    def cells(trial: TrialResult | None) -> list[str]:
+        if trial is None:
+            return ["none completed", "", ""]
+        return [
+            label(trial),
+            pm(trial.mean["dice"], trial.std["dice"]),
+            pm(trial.mean["iou"], trial.std["iou"]),
+        ]
+
+    overall = Table(
+        ["encoder weights", "best trial", "Dice", "IoU"],
+        [["ImageNet (pretrained)", *cells(comparison.best_pretrained)],
+         ["none (random initialisation)", *cells(comparison.best_untrained)]],
+    )  # fmt: skip
+    blocks: list[Block] = ["Best trial of each kind among the trials that completed all folds.", overall]
+    if comparison.per_encoder:
+        rows = []
+        for encoder, (pre, untrained) in comparison.per_encoder.items():
+            rows.append([
+                encoder, label(pre), pm(pre.mean["dice"], pre.std["dice"]),
+                label(untrained), pm(untrained.mean["dice"], untrained.std["dice"]),
+                f"{pre.mean['dice'] - untrained.mean['dice']:+.4f}",
+            ])  # fmt: skip
+        blocks += [
+            "Side by side for each encoder that completed both (best trial of each):",
+            Table(
+                ["encoder", "pretrained trial", "Dice", "untrained trial", "Dice", "pretrained - untrained"],
+                rows,
+            ),
+        ]
+    else:
+        blocks.append("No encoder completed both a pretrained and an untrained trial.")
+    return Section("Pretrained against untrained", blocks)
+
+
+def _load_study(sweep: SweepResults) -> tuple[Any | None, str | None]:
+    """The sweep's Optuna study, or why there is none."""
+    import optuna
+
+    if not (sweep.path / "optuna.db").is_file():
+        return None, f"no Optuna storage at {sweep.path / 'optuna.db'}"
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        return optuna.load_study(study_name=sweep.name, storage=sweep.optuna_storage_url), None
+    except KeyError:
+        return None, f"{sweep.path / 'optuna.db'} holds no study named {sweep.name!r}"
+
+
+def _completed_in_study(study: Any) -> int:
+    import optuna
+
+    return len(study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,)))
+
+
+def _importance(study: Any | None, why_not: str | None) -> Section:
+    section = Section("Parameter importance")
+    if study is None:
+        section.blocks.append(f"Not computed: {why_not}.")
+        return section
+    import optuna
+
+    completed = _completed_in_study(study)
+    if completed < 2:
+        section.blocks.append(
+            f"Not computed: parameter importance needs at least 2 completed trials in the Optuna study; "
+            f"it has {completed}."
+        )
+        return section
+    try:
+        importances = optuna.importance.get_param_importances(
+            study, evaluator=optuna.importance.FanovaImportanceEvaluator(seed=0)
+        )
+    except (ValueError, RuntimeError) as exc:
+        section.blocks.append(f"Not computed: Optuna could not evaluate importance here ({exc}).")
+        return section
+    section.blocks.append(
+        f"fANOVA importance (Optuna's default evaluator, seed 0) over the {completed} completed trials of "
+        "the Optuna study, normalised to sum to 1. With few trials it is a rough guide, not a finding."
+    )
+    section.blocks.append(
+        Table(["parameter", "importance"], [[p, f"{v:.3f}"] for p, v in importances.items()])
+    )
+    return section
+
+
+def _optuna_plots(study: Any | None, why_not: str | None) -> list[Block]:
+    from reports import _plots
+
+    if study is None:
+        return [f"Optuna plots not drawn: {why_not}."]
+    if _completed_in_study(study) < 1:
+        return ["Optuna plots not drawn: the Optuna study has no completed trial."]
+    blocks: list[Block] = []
+    for name, title, draw in (
+        ("optimisation_history", "Optimisation history (Optuna)", _plots.optimisation_history),
+        ("parallel_coordinate", "Parallel coordinates (Optuna)", _plots.parallel_coordinate),
+    ):
+        try:
+            blocks.append(Figure(name, title, draw(study)))
+        except (ValueError, RuntimeError) as exc:
+            blocks.append(f"{title} not drawn: {exc}.")
+    return blocks
+
+
+def _figures(sweep: SweepResults, choice: WinnerChoice, study: Any | None, why_not: str | None) -> Section:
+    from reports import _plots
+
+    blocks = _optuna_plots(study, why_not)
+    top = sweep.completed()[:TOP_TRIALS]
+    blocks.append(
+        Figure(
+            "fold_dice",
+            f"Per-fold Dice of the top {len(top)} trial(s)",
+            _plots.fold_boxplots(top, [label(t) for t in top]),
+        )
+    )
+    if any(f.history for f in choice.winner.folds):
+        blocks.append(
+            Figure(
+                "learning_curves",
+                f"Learning curves of the winner's folds (trial {label(choice.winner)})",
+                _plots.learning_curves(choice.winner),
+            )
+        )
+    return Section("Figures", blocks)
+
+
+def build_report(sweep: SweepResults) -> Report:
+    """Everything the report says, independent of its format."""
+    choice = pick_winner(sweep)
+    study, why_not = _load_study(sweep)
+    sections = [
+        _overview(sweep, choice),
+        _winner(choice),
+        _table2(sweep, choice.winner),
+        _leaderboard(sweep),
+        _pretraining(sweep),
+        _importance(study, why_not),
+        _figures(sweep, choice, study, why_not),
+    ]
+    return Report(f"segsweep report: {sweep.name}", sections, best_configuration(sweep, choice))
+
+
+# --- rendering -------------------------------------------------------------------------------------
+
+
+def _md_cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ")
+
+
+def render_markdown(report: Report, figures_folder: str = "figures") -> str:
+    lines = [f"# {report.title}", ""]
+    for section in report.sections:
+        lines += [f"## {section.title}", ""]
+        for block in section.blocks:
+            if isinstance(block, Table):
+                lines.append("| " + " | ".join(_md_cell(c) for c in block.columns) + " |")
+                lines.append("|" + "---|" * len(block.columns))
+                lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
+            elif isinstance(block, Figure):
+                lines.append(f"![{block.title}]({figures_folder}/{block.name}.png)")
+            else:
+                lines.append(block)
+            lines.append("")
+    return "\n".join(lines)
+
+
+_CSS = """
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 75em; padding: 0 1em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
+th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+th { background: #f2f2f2; }
+tr:nth-child(even) td { background: #fafafa; }
+figure { margin: 1em 0; }
+figure img { max-width: 100%; }
+figcaption { font-style: italic; color: #555; }
+code { background: #f4f4f4; padding: 0 0.2em; }
+"""
+
+
+def _inline(text: str) -> str:
+    """Escape text and render `code` spans (the only markup the report's sentences use)."""
+    parts = html.escape(text).split("`")
+    return "".join(f"<code>{p}</code>" if i % 2 else p for i, p in enumerate(parts))
+
+
+def render_html(report: Report) -> str:
+    out = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        f"<title>{html.escape(report.title)}</title>",
+        f"<style>{_CSS}</style></head><body>",
+        f"<h1>{html.escape(report.title)}</h1>",
+    ]
+    for section in report.sections:
+        out.append(f"<section><h2>{html.escape(section.title)}</h2>")
+        for block in section.blocks:
+            if isinstance(block, Table):
+                header = "".join(f"<th>{html.escape(c)}</th>" for c in block.columns)
+                body = "".join(
+                    "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
+                    for row in block.rows
+                )
+                out.append(f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>")
+            elif isinstance(block, Figure):
+                data = base64.b64encode(block.png).decode("ascii")
+                out.append(
+                    f'<figure id="{block.name}"><img alt="{html.escape(block.title)}" '
+                    f'src="data:image/png;base64,{data}"><figcaption>{html.escape(block.title)}</figcaption></figure>'
+                )
+            else:
+                out.append(f"<p>{_inline(block)}</p>")
+        out.append("</section>")
+    out.append("</body></html>")
+    return "\n".join(out)
+
+
+def parse_formats(text: str) -> list[str]:
+    formats = [f.strip().lower() for f in text.split(",") if f.strip()]
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown or not formats:
+        raise SegsweepError(f"--format takes a comma-separated list of {', '.join(FORMATS)}; got {text!r}")
+    return formats
+
+
+def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
+    """Write the chosen formats into ``out``; return the files written."""
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SegsweepError(
+            f"cannot create the report folder {out}: {exc.strerror}; pass a writable --out"
+        ) from None
+    written: list[Path] = []
+    if "html" in formats:
+        path = out / "report.html"
+        path.write_text(render_html(report), encoding="utf-8")
+        written.append(path)
+    if "md" in formats:
+        figures = out / "figures"
+        figures.mkdir(exist_ok=True)
+        for section in report.sections:
+            for block in section.blocks:
+                if isinstance(block, Figure):
+                    (figures / f"{block.name}.png").write_bytes(block.png)
+        path = out / "report.md"
+        path.write_text(render_markdown(report), encoding="utf-8")
+        written.append(path)
+    if "json" in formats:
+        path = out / "best.json"
+        write_json_atomic(path, report.best)
+        written.append(path)
+    return written
+
+
+def run_report_command(name: str, storage: Path, out: Path | None, formats: str) -> int:
+    chosen = parse_formats(formats)
+    sweep = load_sweep(storage, name)
+    report = build_report(sweep)
+    folder = out if out is not None else sweep.path / "report"
+    for path in write_report(report, folder, chosen):
+        print(f"wrote {path}")
+    best = report.best
+    print(
+        f"winner: trial {best['trial_id']} ({encoder_of_best(best)}), mean CV Dice "
+        f"{pm(best['cv']['mean']['dice'], best['cv']['std']['dice'])}"
+    )
+    return 0
+
+
+def encoder_of_best(best: dict[str, Any]) -> str:
+    config = best["config"]
+    return f"{config['encoder']}, weights {config['weights']}"
+
+
+__all__ = [
+    "FORMATS",
+    "Report",
+    "best_configuration",
+    "build_report",
+    "data_path",
+    "encoder_of",
+    "is_pretrained",
+    "render_html",
+    "render_markdown",
+    "run_report_command",
+    "write_report",
+]

@@ -1,0 +1,164 @@
+"""Fabricate sweep folders in the layout ``reports.results`` reads, with a real Optuna study beside them.
+
+The reports tests build on these instead of running a sweep: each trial gets trial.json,
+folds/fold_NN.json and cv.json as the trainer writes them, and the study ``optuna.db`` holds the same
+trials (same parameters, states and values) under the sweep's name.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import optuna
+
+from trainer.config import CVConfig
+from trainer.results import CVResult, EpochRecord, FoldResult, write_json_atomic
+
+#: The parameters a quick space proposes, as Optuna distributions.
+DISTRIBUTIONS: dict[str, optuna.distributions.BaseDistribution] = {
+    "encoder": optuna.distributions.CategoricalDistribution(["mobilenetv2", "mobilenet", "resnet18"]),
+    "weights": optuna.distributions.CategoricalDistribution(["imagenet", "none"]),
+    "batch_size": optuna.distributions.CategoricalDistribution([4, 8]),
+    "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
+}
+
+
+_OPTUNA_STATES = {
+    "COMPLETE": optuna.trial.TrialState.COMPLETE,
+    "PRUNED": optuna.trial.TrialState.PRUNED,
+    "FAILED": optuna.trial.TrialState.FAIL,
+    "RUNNING": optuna.trial.TrialState.RUNNING,
+}
+
+
+@dataclass
+class FakeTrial:
+    """One trial to fabricate: its parameters, state and the Dice of each fold it finished."""
+
+    params: dict[str, Any]
+    dice: list[float]
+    state: str = "COMPLETE"
+    n_folds: int = 2
+    reason: str | None = None
+    epochs: int = 4
+    lr_drops: list[list[int]] = field(default_factory=list)  # per fold
+
+
+def default_trials() -> list[FakeTrial]:
+    """Five trials: three complete (pretrained and not, two encoders), one pruned, one failed."""
+    return [
+        FakeTrial({"encoder": "mobilenetv2", "weights": "imagenet", "batch_size": 8, "lr": 1e-3},
+                  [0.62, 0.66], lr_drops=[[2], [2, 3]]),
+        FakeTrial({"encoder": "mobilenetv2", "weights": "none", "batch_size": 4, "lr": 3e-3}, [0.50, 0.58]),
+        FakeTrial({"encoder": "resnet18", "weights": "imagenet", "batch_size": 8, "lr": 2e-4}, [0.60, 0.61],
+                  lr_drops=[[3], []]),
+        FakeTrial({"encoder": "mobilenet", "weights": "none", "batch_size": 4, "lr": 5e-3}, [0.30],
+                  state="PRUNED", reason="stopped by ASHA after fold 1"),
+        FakeTrial({"encoder": "resnet18", "weights": "none", "batch_size": 8, "lr": 8e-3}, [],
+                  state="FAILED", reason="NaN loss in fold 1, epoch 2"),
+    ]  # fmt: skip
+
+
+def _fold(number: int, dice: float, epochs: int, drops: list[int], stems: list[str]) -> FoldResult:
+    lr = 1e-3
+    history = []
+    for epoch in range(1, epochs + 1):
+        history.append(
+            EpochRecord(
+                epoch,
+                loss=1.0 - 0.1 * epoch,
+                val_loss=1.05 - 0.09 * epoch,
+                val_iou=dice * (0.6 + 0.1 * epoch) / (0.6 + 0.1 * epochs) - 0.1,
+                lr=lr,
+            )
+        )
+        if epoch in drops:
+            lr /= 10
+    return FoldResult(
+        fold=number,
+        n_train=len(stems) // 2,
+        n_val=len(stems) // 2,
+        dice=dice,
+        iou=dice - 0.1,
+        epochs_run=epochs,
+        lr_drops=drops,
+        history=history,
+        seconds=1.5,
+        val_stems=stems,
+    )
+
+
+def make_sweep(
+    storage: Path,
+    name: str = "quick1",
+    trials: list[FakeTrial] | None = None,
+    *,
+    data: Path | str = "/data/kvasir-seg",
+    image_size: int = 64,
+    limit: int | None = 12,
+    with_study: bool = True,
+) -> Path:
+    """Write STORAGE/NAME as a sweep would and return its folder."""
+    trials = default_trials() if trials is None else trials
+    path = storage / name
+    path.mkdir(parents=True)
+    spec = {
+        "name": name, "data": str(data), "space": "quick", "trials": len(trials), "seed": 0,
+        "overrides": {"limit": limit, "image_size": image_size, "folds": 2, "epochs": None},
+    }  # fmt: skip
+    write_json_atomic(path / "sweep.json", spec)
+    study = None
+    if with_study:
+        optuna.logging.set_verbosity(optuna.logging.WARNING)
+        study = optuna.create_study(
+            study_name=name, storage=f"sqlite:///{path / 'optuna.db'}", direction="maximize"
+        )
+    for number, trial in enumerate(trials):
+        trial_id = f"trial_{number:05d}"
+        config = CVConfig(
+            encoder=trial.params["encoder"], weights=trial.params["weights"],
+            batch_size=trial.params["batch_size"], lr=trial.params["lr"], epochs=trial.epochs,
+            folds=trial.n_folds, image_size=image_size, limit=limit,
+        ).to_dict()  # fmt: skip
+        trial_dir = path / "trials" / trial_id
+        folds = [
+            _fold(i + 1, d, trial.epochs, trial.lr_drops[i] if i < len(trial.lr_drops) else [],
+                  [f"case{j:03d}" for j in range(i * 6, i * 6 + 6)])
+            for i, d in enumerate(trial.dice)
+        ]  # fmt: skip
+        for fold in folds:
+            write_json_atomic(trial_dir / "folds" / f"fold_{fold.fold:02d}.json", fold.to_dict())
+        cv = CVResult(
+            config=config,
+            data={"root": str(data), "n_images": limit},
+            n_folds=trial.n_folds,
+            folds=folds,
+            seconds=3.0,
+            complete=len(folds) == trial.n_folds,
+        )
+        write_json_atomic(trial_dir / "cv.json", cv.to_dict())
+        info = {
+            "trial_id": trial_id, "number": number, "params": trial.params, "state": trial.state,
+            "reason": trial.reason, "config": config, "n_folds": trial.n_folds,
+            "started": "2025-01-01T00:00:00", "ended": "2025-01-01T00:01:00",
+        }  # fmt: skip
+        write_json_atomic(trial_dir / "trial.json", info)
+        if study is not None:
+            state = _OPTUNA_STATES[trial.state]
+            value = cv.mean["dice"] if trial.state in ("COMPLETE", "PRUNED") and folds else None
+            frozen = optuna.trial.create_trial(
+                state=state,
+                value=value if state == optuna.trial.TrialState.COMPLETE else None,
+                params=trial.params,
+                distributions=DISTRIBUTIONS,
+                intermediate_values={f.fold: f.dice for f in folds},
+            )
+            study.add_trial(frozen)
+    return path
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text())
