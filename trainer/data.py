@@ -95,7 +95,9 @@ def read_split(root: str | Path, name: str) -> list[str]:
     ``train.txt`` and ``test.txt`` beside images/. Lines are stems (an extension is dropped).
     """
     root = Path(root)
-    candidates = [Path(name), root / name, root / "splits" / name]
+    # The data set's own split wins over a same-named file in the working directory (which, inside
+    # a Ray worker, is the trial folder anyway); an absolute path is the same file either way.
+    candidates = [root / name, root / "splits" / name, Path(name)]
     candidates += [Path(str(c) + ".txt") for c in candidates if not str(c).endswith(".txt")]
     for path in candidates:
         if path.is_file():
