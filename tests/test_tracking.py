@@ -1,0 +1,296 @@
+"""Trackers as reporter sinks: MLflow and Neptune (offline) driven through the reporter hooks."""
+
+from __future__ import annotations
+
+import base64
+import json
+import socket
+import threading
+import time
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from trainer.config import CVConfig
+from trainer.errors import ConfigError
+from trainer.reporting import FoldPreview, Reporter
+from trainer.results import CVResult, EpochRecord, FoldResult
+from trainer.tracking import (
+    TrackingContext,
+    TrackingWarning,
+    open_trackers,
+    parse_tracker_names,
+    redact_params,
+    start_sweep_tracking,
+)
+
+EPOCHS = 3
+
+
+def make_preview(size: int = 64, k: int = 2) -> FoldPreview:
+    yy, xx = np.mgrid[:size, :size]
+    truth = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2).astype(np.uint8)
+    probs = np.roll(truth, 3, axis=1).astype(np.float32) * 0.9
+    images = np.full((k, size, size, 3), 90, dtype=np.uint8)
+    return FoldPreview(tuple(f"img{i}" for i in range(k)), images, np.stack([truth] * k), np.stack([probs] * k))
+
+
+def make_fold(fold: int) -> FoldResult:
+    history = [EpochRecord(e, 1.0 / e, 1.2 / e, 0.1 * e, 1e-3 if e < 3 else 1e-4) for e in range(1, EPOCHS + 1)]
+    return FoldResult(fold=fold, n_train=6, n_val=2, dice=0.5 + 0.1 * fold, iou=0.4 + 0.1 * fold,
+                      epochs_run=EPOCHS, lr_drops=[2], history=history, seconds=1.5)
+
+
+def drive(reporter: Reporter, out_dir: Path, folds: tuple[int, ...] = (1, 2), n_folds: int = 2,
+          finish: bool = True, done: list[FoldResult] | None = None) -> list[FoldResult]:
+    """Call the hooks as run_cv does; return the completed folds."""
+    completed = list(done or [])
+    try:
+        reporter.on_cv_start(CVConfig(encoder="mobilenetv2", folds=n_folds), n_folds, out_dir)
+        for fold in folds:
+            reporter.on_fold_start(fold, 6, 2)
+            result = make_fold(fold)
+            for rec in result.history:
+                reporter.on_epoch(fold, rec.epoch, {"loss": rec.loss, "val_loss": rec.val_loss,
+                                                    "val_iou": rec.val_iou, "lr": rec.lr})
+            completed.append(result)
+            reporter.on_fold_end(result, list(completed), make_preview())
+        if finish:
+            reporter.on_cv_end(CVResult(config={}, data={}, n_folds=n_folds, folds=completed, seconds=3.0,
+                                        complete=True))
+    finally:
+        reporter.close()
+    return completed
+
+
+def neptune_operations(data_dir: Path) -> list[tuple[Path, dict]]:
+    """Every operation the Neptune client queued offline under data_dir, with its run folder."""
+    ops = []
+    for log in sorted(data_dir.glob("offline/*/data-*.log")):
+        for line in log.read_text().splitlines():
+            ops.append((log.parent, json.loads(line)["obj"]))
+    return ops
+
+
+# --- names and secrets ------------------------------------------------------------------------------
+
+
+def test_tracker_names(monkeypatch: pytest.MonkeyPatch) -> None:
+    assert parse_tracker_names(None) == ("mlflow",)
+    monkeypatch.setenv("NEPTUNE_PROJECT", "ws/proj")
+    assert parse_tracker_names(None) == ("mlflow", "neptune")
+    assert parse_tracker_names("neptune, mlflow,neptune") == ("neptune", "mlflow")
+    assert parse_tracker_names("none") == ()
+    with pytest.raises(ConfigError, match="unknown tracker 'wandb'.*mlflow, neptune"):
+        parse_tracker_names("mlflow,wandb")
+    assert type(open_trackers("none", root=Path("."), run_name="x", params={})) is Reporter
+
+
+def test_redact_params(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SOME_SERVICE_PASSWORD", "hunter2-hunter2")
+    params = {"lr": 0.1, "extra": {"api_token": "abcdefgh123", "note": "pw hunter2-hunter2 and abcdefgh123"},
+              "Secret": "x" * 10}
+    assert redact_params(params) == {"lr": 0.1, "extra": {"note": "pw [redacted] and [redacted]"}}
+
+
+def test_context_round_trips_through_json() -> None:
+    ctx = TrackingContext(trackers=("mlflow",), sweep_name="s", mlflow_tracking_uri="sqlite:////x/mlflow.db",
+                          mlflow_experiment_id="1", mlflow_parent_run_id="abc")
+    assert TrackingContext.from_json(ctx.to_json()) == ctx
+
+
+# --- MLflow -------------------------------------------------------------------------------------------
+
+
+def _client(root: Path):  # type: ignore[no-untyped-def]
+    from mlflow import MlflowClient
+
+    return MlflowClient(tracking_uri=f"sqlite:///{root / 'mlflow.db'}")
+
+
+def _runs(root: Path) -> list:  # type: ignore[type-arg]
+    client = _client(root)
+    ids = [e.experiment_id for e in client.search_experiments()]
+    return list(client.search_runs(ids, max_results=1000))
+
+
+def test_mlflow_cv_run_with_fold_children(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
+    out = tmp_path / "out"
+    drive(open_trackers("mlflow", root=out, run_name="cv-run", params={"lr": 1e-3, "encoder": "mobilenetv2"}), out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    assert (out / "mlflow.db").is_file()
+    runs = _runs(out)
+    (cv,) = [r for r in runs if r.data.tags.get("segsweep.kind") == "cv"]
+    folds = sorted((r for r in runs if r.data.tags.get("segsweep.kind") == "fold"), key=lambda r: r.info.run_name)
+    assert [r.info.run_name for r in folds] == ["fold 01", "fold 02"]
+    assert all(r.data.tags["mlflow.parentRunId"] == cv.info.run_id for r in folds)
+    assert cv.info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in folds)
+    assert cv.data.params["lr"] == "0.001" and cv.data.params["encoder"] == "mobilenetv2"
+    assert cv.data.metrics["mean_dice"] == pytest.approx(0.65)
+    assert cv.data.metrics["std_dice"] == pytest.approx(np.std([0.6, 0.7], ddof=1))
+    client = _client(out)
+    history = client.get_metric_history(folds[0].info.run_id, "val_iou")
+    assert [(m.step, round(m.value, 6)) for m in history] == [(1, 0.1), (2, 0.2), (3, 0.3)]
+    assert set(folds[0].data.metrics) >= {"loss", "val_loss", "val_iou", "lr", "dice", "iou"}
+    assert folds[1].data.tags["lr_drops"] == "2"
+    assert [m.step for m in client.get_metric_history(folds[0].info.run_id, "lr_drop")] == [2]
+    art = Path(folds[0].info.artifact_uri.removeprefix("file://")) / "preview" / "fold_01.png"
+    assert art.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert str(art).startswith(str(out / "mlartifacts"))
+
+
+def test_mlflow_resume_reuses_run_and_replaces_partial_fold(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    # First attempt: fold 1 finishes, fold 2 starts and dies after an epoch.
+    tracker = open_trackers("mlflow", root=out, run_name="cv", params={"lr": 1e-3})
+    done = drive(tracker, out, folds=(1,), finish=False)
+    tracker = open_trackers("mlflow", root=out, run_name="cv", params={"lr": 1e-3})
+    tracker.on_cv_start(CVConfig(folds=2), 2, out)
+    tracker.on_fold_start(2, 6, 2)
+    tracker.on_epoch(2, 1, {"loss": 9.0, "val_loss": 9.0, "val_iou": 0.0, "lr": 1e-3})
+    tracker.close()
+    statuses = {r.info.run_name: r.info.status for r in _runs(out)}
+    assert statuses == {"cv": "KILLED", "fold 01": "FINISHED", "fold 02": "KILLED"}
+    # Resume: fold 2 runs again from scratch.
+    drive(open_trackers("mlflow", root=out, run_name="cv", params={"lr": 1e-3}), out, folds=(2,), done=done)
+    runs = _runs(out)
+    assert sorted((r.info.run_name, r.info.status) for r in runs) == [
+        ("cv", "FINISHED"), ("fold 01", "FINISHED"), ("fold 02", "FINISHED")]
+    fold2 = next(r for r in runs if r.info.run_name == "fold 02")
+    assert [m.value for m in _client(out).get_metric_history(fold2.info.run_id, "loss")][0] == 1.0
+
+
+def test_failing_tracker_warns_once_and_the_run_goes_on(tmp_path: Path) -> None:
+    blocker = tmp_path / "not-a-folder"
+    blocker.write_text("a file where the store's folder should be")
+    ctx = TrackingContext(trackers=("mlflow",), mlflow_tracking_uri=f"sqlite:///{blocker}/sub/mlflow.db")
+    tracker = open_trackers(None, root=tmp_path / "out", run_name="cv", params={}, parent=ctx)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        drive(tracker, tmp_path / "out")
+    tracking = [w for w in caught if issubclass(w.category, TrackingWarning)]
+    assert len(tracking) == 1, [str(w.message) for w in caught]
+    assert "MLflow tracking stopped" in str(tracking[0].message)
+
+
+# --- Neptune ------------------------------------------------------------------------------------------
+
+
+def test_neptune_offline_lands_in_the_run_folder(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.chdir(tmp_path)
+    out = tmp_path / "out"
+    drive(open_trackers("neptune", root=out, run_name="cv-run", params={"lr": 1e-3, "limit": None}), out)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+    ops = neptune_operations(out / ".neptune")
+    assert ops, "no offline Neptune data under the run folder"
+    series = {}
+    for _, op in ops:
+        if op["type"] == "LogFloats":
+            series.setdefault("/".join(op["path"]), []).extend((v["step"], v["value"]) for v in op["values"])
+    assert series["folds/01/val_iou"] == [(1, 0.1), (2, 0.2), (3, pytest.approx(0.3))]
+    assert {"folds/02/loss", "folds/02/lr", "folds/02/val_loss", "cv/fold_dice"} <= set(series)
+    assigned = {"/".join(op["path"]): op.get("value") for _, op in ops if op["type"].startswith("Assign")}
+    assert assigned["parameters/lr"] == 1e-3 and assigned["parameters/limit"] == "None"
+    assert assigned["folds/01/dice"] == pytest.approx(0.6) and assigned["cv/mean/dice"] == pytest.approx(0.65)
+    uploads = [(d, op) for d, op in ops if op["type"] == "UploadFile"]
+    assert ["/".join(op["path"]) for _, op in uploads] == ["folds/01/preview", "folds/02/preview"]
+    for run_dir, op in uploads:
+        assert op["file_path"] is None  # contents, not a path outside the folder
+        assert (run_dir / "upload_path" / op["tmp_file_name"]).read_bytes()[:4] == b"\x89PNG"
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A loopback port that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+
+
+def loopback_token(port: int) -> str:
+    address = f"http://127.0.0.1:{port}"
+    payload = {"api_address": address, "api_url": address, "api_key": "planted-neptune-key-0123456789"}
+    return base64.b64encode(json.dumps(payload).encode()).decode()
+
+
+def test_neptune_online_server_that_never_answers_falls_back_offline(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, silent_server: int
+) -> None:
+    from trainer.tracking import _neptune
+
+    monkeypatch.setenv("NEPTUNE_API_TOKEN", loopback_token(silent_server))
+    monkeypatch.setenv("NEPTUNE_PROJECT", "workspace/project")
+    monkeypatch.delenv("NEPTUNE_MODE", raising=False)
+    assert _neptune.resolve_mode() == "async"
+    out = tmp_path / "out"
+    tracker = _neptune.NeptuneTracker(root=out, run_name="cv", params={}, init_timeout=3)
+    started = time.monotonic()
+    with pytest.warns(TrackingWarning, match="did not answer within 3 s.*offline"):
+        drive(tracker, out)
+    assert time.monotonic() - started < 30
+    assert tracker.mode == "offline"
+    assert any("/".join(op["path"]) == "folds/02/val_iou" for _, op in neptune_operations(out / ".neptune"))
+
+
+def test_neptune_mode_from_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    from trainer.tracking._neptune import resolve_mode
+
+    assert resolve_mode() == "offline"
+    monkeypatch.setenv("NEPTUNE_MODE", "debug")
+    assert resolve_mode() == "debug"
+    assert resolve_mode("offline") == "offline"
+    monkeypatch.setenv("NEPTUNE_MODE", "sync")
+    with pytest.raises(ConfigError, match="NEPTUNE_MODE"):
+        resolve_mode()
+
+
+# --- sweep nesting (in-process) -----------------------------------------------------------------------
+
+
+def test_sweep_context_nests_trials_and_folds(tmp_path: Path) -> None:
+    from trainer.tracking import finish_sweep_tracking
+
+    sweep = tmp_path / "s1"
+    ctx = start_sweep_tracking("mlflow,neptune", sweep, "s1", {"space": "quick", "trials": 2})
+    assert ctx.trackers == ("mlflow", "neptune")
+    ctx = TrackingContext.from_json(ctx.to_json())
+    for trial in ("t0", "t1"):
+        drive(open_trackers(None, root=sweep / "trials" / trial, run_name=trial, params={"lr": 1e-3}, parent=ctx),
+              sweep / "trials" / trial)
+    finish_sweep_tracking(ctx, {"best_trial": "t1", "best_dice": 0.65, "trials": 2})
+    runs = _runs(sweep)
+    by_id = {r.info.run_id: r for r in runs}
+    (top,) = [r for r in runs if r.data.tags.get("segsweep.kind") == "sweep"]
+    assert top.info.status == "FINISHED" and top.data.metrics["best_dice"] == 0.65
+    trials = [r for r in runs if r.data.tags.get("segsweep.kind") == "trial"]
+    assert sorted(r.info.run_name for r in trials) == ["t0", "t1"]
+    assert all(r.data.tags["mlflow.parentRunId"] == top.info.run_id for r in trials)
+    folds = [r for r in runs if r.data.tags.get("segsweep.kind") == "fold"]
+    assert len(folds) == 4
+    assert all(by_id[r.data.tags["mlflow.parentRunId"]].data.tags["segsweep.kind"] == "trial" for r in folds)
+    assert not list(sweep.glob("trials/*/mlflow.db")) and not list(sweep.glob("trials/*/.neptune"))
+    names = {op.get("value") for _, op in neptune_operations(sweep / ".neptune") if op["path"] == ["sys", "name"]}
+    assert names == {"s1", "t0", "t1"}
