@@ -35,17 +35,36 @@ def make_preview(size: int = 64, k: int = 2) -> FoldPreview:
     truth = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2).astype(np.uint8)
     probs = np.roll(truth, 3, axis=1).astype(np.float32) * 0.9
     images = np.full((k, size, size, 3), 90, dtype=np.uint8)
-    return FoldPreview(tuple(f"img{i}" for i in range(k)), images, np.stack([truth] * k), np.stack([probs] * k))
+    return FoldPreview(
+        tuple(f"img{i}" for i in range(k)), images, np.stack([truth] * k), np.stack([probs] * k)
+    )
 
 
 def make_fold(fold: int) -> FoldResult:
-    history = [EpochRecord(e, 1.0 / e, 1.2 / e, 0.1 * e, 1e-3 if e < 3 else 1e-4) for e in range(1, EPOCHS + 1)]
-    return FoldResult(fold=fold, n_train=6, n_val=2, dice=0.5 + 0.1 * fold, iou=0.4 + 0.1 * fold,
-                      epochs_run=EPOCHS, lr_drops=[2], history=history, seconds=1.5)
+    history = [
+        EpochRecord(e, 1.0 / e, 1.2 / e, 0.1 * e, 1e-3 if e < 3 else 1e-4) for e in range(1, EPOCHS + 1)
+    ]
+    return FoldResult(
+        fold=fold,
+        n_train=6,
+        n_val=2,
+        dice=0.5 + 0.1 * fold,
+        iou=0.4 + 0.1 * fold,
+        epochs_run=EPOCHS,
+        lr_drops=[2],
+        history=history,
+        seconds=1.5,
+    )
 
 
-def drive(reporter: Reporter, out_dir: Path, folds: tuple[int, ...] = (1, 2), n_folds: int = 2,
-          finish: bool = True, done: list[FoldResult] | None = None) -> list[FoldResult]:
+def drive(
+    reporter: Reporter,
+    out_dir: Path,
+    folds: tuple[int, ...] = (1, 2),
+    n_folds: int = 2,
+    finish: bool = True,
+    done: list[FoldResult] | None = None,
+) -> list[FoldResult]:
     """Call the hooks as run_cv does; return the completed folds."""
     completed = list(done or [])
     try:
@@ -54,13 +73,17 @@ def drive(reporter: Reporter, out_dir: Path, folds: tuple[int, ...] = (1, 2), n_
             reporter.on_fold_start(fold, 6, 2)
             result = make_fold(fold)
             for rec in result.history:
-                reporter.on_epoch(fold, rec.epoch, {"loss": rec.loss, "val_loss": rec.val_loss,
-                                                    "val_iou": rec.val_iou, "lr": rec.lr})
+                reporter.on_epoch(
+                    fold,
+                    rec.epoch,
+                    {"loss": rec.loss, "val_loss": rec.val_loss, "val_iou": rec.val_iou, "lr": rec.lr},
+                )
             completed.append(result)
             reporter.on_fold_end(result, list(completed), make_preview())
         if finish:
-            reporter.on_cv_end(CVResult(config={}, data={}, n_folds=n_folds, folds=completed, seconds=3.0,
-                                        complete=True))
+            reporter.on_cv_end(
+                CVResult(config={}, data={}, n_folds=n_folds, folds=completed, seconds=3.0, complete=True)
+            )
     finally:
         reporter.close()
     return completed
@@ -84,21 +107,29 @@ def test_tracker_names(monkeypatch: pytest.MonkeyPatch) -> None:
     assert parse_tracker_names(None) == ("mlflow", "neptune")
     assert parse_tracker_names("neptune, mlflow,neptune") == ("neptune", "mlflow")
     assert parse_tracker_names("none") == ()
-    with pytest.raises(ConfigError, match="unknown tracker 'wandb'.*mlflow, neptune"):
+    with pytest.raises(ConfigError, match=r"unknown tracker .wandb..*mlflow, neptune"):
         parse_tracker_names("mlflow,wandb")
     assert type(open_trackers("none", root=Path("."), run_name="x", params={})) is Reporter
 
 
 def test_redact_params(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SOME_SERVICE_PASSWORD", "hunter2-hunter2")
-    params = {"lr": 0.1, "extra": {"api_token": "abcdefgh123", "note": "pw hunter2-hunter2 and abcdefgh123"},
-              "Secret": "x" * 10}
+    params = {
+        "lr": 0.1,
+        "extra": {"api_token": "abcdefgh123", "note": "pw hunter2-hunter2 and abcdefgh123"},
+        "Secret": "x" * 10,
+    }
     assert redact_params(params) == {"lr": 0.1, "extra": {"note": "pw [redacted] and [redacted]"}}
 
 
 def test_context_round_trips_through_json() -> None:
-    ctx = TrackingContext(trackers=("mlflow",), sweep_name="s", mlflow_tracking_uri="sqlite:////x/mlflow.db",
-                          mlflow_experiment_id="1", mlflow_parent_run_id="abc")
+    ctx = TrackingContext(
+        trackers=("mlflow",),
+        sweep_name="s",
+        mlflow_tracking_uri="sqlite:////x/mlflow.db",
+        mlflow_experiment_id="1",
+        mlflow_parent_run_id="abc",
+    )
     assert TrackingContext.from_json(ctx.to_json()) == ctx
 
 
@@ -120,12 +151,17 @@ def _runs(root: Path) -> list:  # type: ignore[type-arg]
 def test_mlflow_cv_run_with_fold_children(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.chdir(tmp_path)  # nothing may land in the working directory
     out = tmp_path / "out"
-    drive(open_trackers("mlflow", root=out, run_name="cv-run", params={"lr": 1e-3, "encoder": "mobilenetv2"}), out)
+    drive(
+        open_trackers("mlflow", root=out, run_name="cv-run", params={"lr": 1e-3, "encoder": "mobilenetv2"}),
+        out,
+    )
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
     assert (out / "mlflow.db").is_file()
     runs = _runs(out)
     (cv,) = [r for r in runs if r.data.tags.get("segsweep.kind") == "cv"]
-    folds = sorted((r for r in runs if r.data.tags.get("segsweep.kind") == "fold"), key=lambda r: r.info.run_name)
+    folds = sorted(
+        (r for r in runs if r.data.tags.get("segsweep.kind") == "fold"), key=lambda r: r.info.run_name
+    )
     assert [r.info.run_name for r in folds] == ["fold 01", "fold 02"]
     assert all(r.data.tags["mlflow.parentRunId"] == cv.info.run_id for r in folds)
     assert cv.info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in folds)
@@ -159,9 +195,12 @@ def test_mlflow_resume_reuses_run_and_replaces_partial_fold(tmp_path: Path) -> N
     drive(open_trackers("mlflow", root=out, run_name="cv", params={"lr": 1e-3}), out, folds=(2,), done=done)
     runs = _runs(out)
     assert sorted((r.info.run_name, r.info.status) for r in runs) == [
-        ("cv", "FINISHED"), ("fold 01", "FINISHED"), ("fold 02", "FINISHED")]
+        ("cv", "FINISHED"),
+        ("fold 01", "FINISHED"),
+        ("fold 02", "FINISHED"),
+    ]
     fold2 = next(r for r in runs if r.info.run_name == "fold 02")
-    assert [m.value for m in _client(out).get_metric_history(fold2.info.run_id, "loss")][0] == 1.0
+    assert _client(out).get_metric_history(fold2.info.run_id, "loss")[0].value == 1.0
 
 
 def test_failing_tracker_warns_once_and_the_run_goes_on(tmp_path: Path) -> None:
@@ -278,8 +317,12 @@ def test_sweep_context_nests_trials_and_folds(tmp_path: Path) -> None:
     assert ctx.trackers == ("mlflow", "neptune")
     ctx = TrackingContext.from_json(ctx.to_json())
     for trial in ("t0", "t1"):
-        drive(open_trackers(None, root=sweep / "trials" / trial, run_name=trial, params={"lr": 1e-3}, parent=ctx),
-              sweep / "trials" / trial)
+        drive(
+            open_trackers(
+                None, root=sweep / "trials" / trial, run_name=trial, params={"lr": 1e-3}, parent=ctx
+            ),
+            sweep / "trials" / trial,
+        )
     finish_sweep_tracking(ctx, {"best_trial": "t1", "best_dice": 0.65, "trials": 2})
     runs = _runs(sweep)
     by_id = {r.info.run_id: r for r in runs}
@@ -292,5 +335,7 @@ def test_sweep_context_nests_trials_and_folds(tmp_path: Path) -> None:
     assert len(folds) == 4
     assert all(by_id[r.data.tags["mlflow.parentRunId"]].data.tags["segsweep.kind"] == "trial" for r in folds)
     assert not list(sweep.glob("trials/*/mlflow.db")) and not list(sweep.glob("trials/*/.neptune"))
-    names = {op.get("value") for _, op in neptune_operations(sweep / ".neptune") if op["path"] == ["sys", "name"]}
+    names = {
+        op.get("value") for _, op in neptune_operations(sweep / ".neptune") if op["path"] == ["sys", "name"]
+    }
     assert names == {"s1", "t0", "t1"}
