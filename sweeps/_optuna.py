@@ -1,0 +1,189 @@
+"""The sweep's Optuna side: the study in SWEEP/optuna.db, the sampler, and a searcher that prunes.
+
+Ray's ``OptunaSearch`` tells Optuna that a trial the scheduler stopped early is COMPLETE, valued at
+its last (partial) result, so TPE learns from a one-fold mean as if it were a ten-fold one. Here a
+trial that ends before its last fold enters the study as PRUNED, carrying its folds' running means
+as intermediate values (steps = folds done); errors enter as FAIL.
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from pathlib import Path
+from typing import Any
+
+import optuna
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from sweeps._records import trial_dir, update_trial_record
+
+OPTUNA_FILE = "optuna.db"
+#: Metric the trainable reports after every fold (running mean Dice over the folds done) and its mode.
+METRIC, MODE = "dice", "max"
+#: Ray trial id, stored on each Optuna trial so the two can be matched (dashboard, reconciliation).
+RAY_TRIAL_ID_ATTR = "ray_trial_id"
+REASON_ATTR = "reason"
+
+
+def storage_url(sweep_dir: Path) -> str:
+    return f"sqlite:///{(sweep_dir / OPTUNA_FILE).resolve()}"
+
+
+def open_storage(sweep_dir: Path) -> optuna.storages.RDBStorage:
+    """The sweep's SQLite study storage; ``optuna-dashboard sqlite:///...`` can read it meanwhile."""
+    # A dashboard reading the file holds short locks: wait for them instead of failing a write.
+    return optuna.storages.RDBStorage(storage_url(sweep_dir), engine_kwargs={"connect_args": {"timeout": 60}})
+
+
+def n_startup_trials(trials: int, concurrency: int) -> int:
+    """Random start-up trials before TPE models the results.
+
+    Optuna's default (10) would make a small sweep purely random. A fifth of the budget, at least
+    the concurrency (the first parallel batch has nothing to learn from anyway) and 2, at most 10.
+    """
+    return max(2, min(10, max(trials // 5, concurrency)))
+
+
+def make_sampler(trials: int, concurrency: int, seed: int) -> optuna.samplers.TPESampler:
+    """Seeded TPE. ``constant_liar`` makes running trials count as bad results, so parallel workers
+    asking at the same time get different proposals instead of the same most promising point."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(
+            seed=seed,
+            n_startup_trials=n_startup_trials(trials, concurrency),
+            multivariate=True,
+            group=True,  # conditional parameters (``when``) get their own joint model
+            constant_liar=True,
+        )
+
+
+class FoldPruningOptunaSearch(OptunaSearch):
+    """``OptunaSearch`` that records scheduler-stopped trials as PRUNED and writes trial.json.
+
+    Results are expected to carry ``folds_done`` and ``n_folds`` besides the metric; the step of
+    each intermediate value is ``folds_done`` (not Ray's ``training_iteration``, which a restored
+    trial does not restart at the same place).
+    """
+
+    def __init__(self, *args: Any, sweep_dir: str | Path, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.sweep_dir = str(sweep_dir)
+
+    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        config = super().suggest(trial_id)
+        ot_trial = self._ot_trials[trial_id]
+        ot_trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
+        update_trial_record(
+            trial_dir(self.sweep_dir, trial_id),
+            trial_id=trial_id,
+            number=ot_trial.number,
+            params=dict(ot_trial.params),
+            state="RUNNING",
+            reason=None,
+            proposed=_now(),
+        )
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        value = result.get(self.metric)
+        step = result.get("folds_done")
+        if value is None or step is None or not math.isfinite(float(value)):
+            return
+        ot_trial = self._ot_trials[trial_id]
+        frozen = ot_trial.study._storage.get_trial(ot_trial._trial_id)
+        if int(step) in frozen.intermediate_values:
+            return  # the same fold reported again after a restore
+        ot_trial.report(float(value), int(step))
+
+    def on_trial_complete(
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
+    ) -> None:
+        if trial_id in self._completed_trials or trial_id not in self._ot_trials:
+            return
+        ot_trial = self._ot_trials[trial_id]
+        state, value = completion_state(result, error=error)
+        if state == TrialState.FAIL:
+            # The trainable records why it failed before raising; the study keeps it for the dashboard.
+            from sweeps._records import read_trial_record
+
+            reason = read_trial_record(trial_dir(self.sweep_dir, trial_id)).get("reason")
+            if reason:
+                ot_trial.set_user_attr(REASON_ATTR, str(reason))
+        if state == TrialState.PRUNED and result:
+            self.on_trial_result(trial_id, result)  # the last fold's value, if not yet reported
+        # skip_if_finished: after a driver restart the study may already hold this trial's end.
+        ot_trial.study.tell(ot_trial, value, state=state, skip_if_finished=True)
+        self._completed_trials.add(trial_id)
+
+
+def completion_state(result: dict[str, Any] | None, *, error: bool) -> tuple[TrialState, float | None]:
+    """The Optuna state and value of a finished Ray trial given its last result."""
+    if error or not result:
+        return TrialState.FAIL, None
+    folds_done, n_folds = result.get("folds_done"), result.get("n_folds")
+    value = result.get(METRIC)
+    if folds_done is None or n_folds is None or value is None:
+        return TrialState.FAIL, None
+    if int(folds_done) < int(n_folds):
+        return TrialState.PRUNED, None  # Optuna takes the last intermediate value as its value
+    if not math.isfinite(float(value)):
+        return TrialState.FAIL, None
+    return TrialState.COMPLETE, float(value)
+
+
+def make_searcher(
+    sweep_dir: Path, study_name: str, define_by_run: Any, trials: int, concurrency: int, seed: int
+) -> FoldPruningOptunaSearch:
+    return FoldPruningOptunaSearch(
+        space=define_by_run,
+        metric=METRIC,
+        mode=MODE,
+        sampler=make_sampler(trials, concurrency, seed),
+        study_name=study_name,
+        storage=open_storage(sweep_dir),
+        sweep_dir=sweep_dir,
+    )
+
+
+def reconcile_study(sweep_dir: Path, study_name: str, records: dict[str, dict[str, Any]]) -> int:
+    """Finish Optuna trials left RUNNING by a driver that died; return how many were fixed.
+
+    ``records`` maps Ray trial ids to their trial.json. A trial whose record says it completed
+    every fold is told COMPLETE with its mean Dice, PRUNED stays PRUNED, anything else FAIL (the
+    driver died between proposing it and Ray recording it; Ray proposed a replacement).
+    """
+    storage = open_storage(sweep_dir)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=storage)
+    except KeyError:
+        return 0
+    fixed = 0
+    for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
+        record = records.get(str(frozen.user_attrs.get(RAY_TRIAL_ID_ATTR)), {})
+        state, value, reason = _state_from_record(record)
+        if reason:
+            study._storage.set_trial_user_attr(frozen._trial_id, REASON_ATTR, reason)
+        study.tell(frozen.number, value, state=state, skip_if_finished=True)
+        fixed += 1
+    return fixed
+
+
+def _state_from_record(record: dict[str, Any]) -> tuple[TrialState, float | None, str | None]:
+    state = record.get("state")
+    if state == "COMPLETE" and record.get("mean_dice") is not None:
+        return TrialState.COMPLETE, float(record["mean_dice"]), None
+    if state == "PRUNED":
+        return TrialState.PRUNED, None, record.get("reason")
+    reason = record.get("reason") or "the sweep driver stopped before this proposal ran; Ray drew another"
+    return TrialState.FAIL, None, reason
+
+
+def _now() -> str:
+    from sweeps._records import now
+
+    return now()

@@ -1,0 +1,244 @@
+"""What one Ray Tune trial runs: the trainer's cross-validation of one proposed configuration.
+
+The trial's folder (SWEEP/trials/<trial_id>/) is the cross-validation's output folder: the trainer
+writes folds/fold_NN.json and cv.json there as folds end, and resumes at the first unfinished fold
+when run again into it. After every fold the trial reports the running mean Dice to Ray (ASHA
+decides on it) with a checkpoint holding the fold files, so that a trial restored elsewhere (node
+lost, driver restarted) copies them back and trains only the folds it has not finished.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import shutil
+import tempfile
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from sweeps._records import append_event, now, read_trial_record, trial_dir, update_trial_record
+from trainer.errors import SegsweepError
+from trainer.reporting import FoldPreview, MultiReporter, Reporter
+from trainer.results import CVResult, FoldResult, summarise
+
+if TYPE_CHECKING:
+    from ray.tune import Checkpoint
+
+    from search_spaces import SearchSpace
+    from trainer.config import CVConfig
+    from trainer.data import PreparedData
+
+#: The signature of trainer.cv.run_cv, which a trial calls (tests pass a stand-in that sleeps).
+CVRunner = Callable[..., CVResult]
+
+
+class FatalTrialError(SegsweepError):
+    """A trial failure that a retry cannot fix (bad configuration, bad weights file, NaN loss).
+
+    Ray retries every failed trial (FailureConfig); a retry of such a trial stops at once with the
+    first attempt's reason instead of training again up to the same failure.
+    """
+
+
+@dataclass(frozen=True)
+class TrialSetup:
+    """Everything a trial needs besides its parameters and the data; pickled once per sweep."""
+
+    sweep_dir: str
+    space: SearchSpace
+    #: Command-line values that win over the space (limit, image_size, folds, epochs, seed).
+    overrides: Mapping[str, Any]
+    data_source: str
+    #: TensorFlow intra-op threads (the trial's CPUs), so concurrent trials do not oversubscribe.
+    threads: int | None
+    #: sweep.json's contents (tracker setting and the rest), for the extra reporters.
+    spec: Mapping[str, Any] = field(default_factory=dict)
+    #: Validation stems when the configuration names a val_split (one given fold instead of K-fold).
+    val_stems: tuple[str, ...] | None = None
+    #: The cross-validation to run; None means trainer.cv.run_cv.
+    cv_runner: CVRunner | None = None
+
+
+def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) -> None:
+    """The Ray Tune function trainable (bound to data and setup with ``tune.with_parameters``)."""
+    import ray
+    from ray import tune
+
+    trial_id = tune.get_context().get_trial_id()
+    folder = trial_dir(setup.sweep_dir, trial_id)
+    record = read_trial_record(folder)
+    if record.get("fatal"):
+        raise FatalTrialError(str(record.get("reason") or "failed on an earlier attempt"))
+
+    restored = restore_fold_files(tune.get_checkpoint(), folder)
+    attempt = {
+        "started": now(),
+        "node_id": ray.get_runtime_context().get_node_id(),
+        "pid": os.getpid(),
+        "restored_folds": restored,
+    }
+    update_trial_record(
+        folder,
+        trial_id=trial_id,
+        state="RUNNING",
+        started=record.get("started") or attempt["started"],
+        attempts=[*record.get("attempts", []), attempt],
+    )
+    append_event(folder, "attempt", node_id=attempt["node_id"], restored_folds=restored)
+
+    reporter = TuneFoldReporter(folder)
+    try:
+        cv_config = setup.space.to_cv_config(config, setup.overrides)
+        update_trial_record(folder, config=cv_config.to_dict())
+        _configure_tensorflow(setup.threads)
+        run_cv = setup.cv_runner or _default_cv_runner()
+        reporters = [reporter, *_extra_reporters(setup.spec, trial_id, folder)]
+        result = run_cv(
+            cv_config,
+            data,
+            folder,
+            MultiReporter(reporters),
+            val_stems=list(setup.val_stems) if setup.val_stems is not None else None,
+            data_source=setup.data_source,
+            verbose=True,
+        )
+    except SegsweepError as exc:
+        reason = one_line_reason(exc)
+        update_trial_record(folder, fatal=True, reason=reason)
+        append_event(folder, "failed", reason=reason, fatal=True)
+        raise FatalTrialError(reason) from exc
+    except Exception as exc:
+        reason = one_line_reason(exc)
+        update_trial_record(folder, reason=reason)
+        append_event(folder, "failed", reason=reason, fatal=False)
+        raise
+    if reporter.folds_reported < len(result.folds) or reporter.folds_reported == 0:
+        # Every fold was finished before this attempt (restored): report the final result once.
+        reporter.n_folds = result.n_folds
+        reporter.report(result.folds)
+
+
+def _default_cv_runner() -> CVRunner:
+    from trainer.cv import run_cv
+
+    return run_cv
+
+
+def _configure_tensorflow(threads: int | None) -> None:
+    """Thread pools sized to the trial's CPUs and GPU memory growth, before the trainer starts TF.
+
+    Ray sets CUDA_VISIBLE_DEVICES to the trial's own GPUs, so TensorFlow sees only those; memory
+    growth lets fractional-GPU trials share a card.
+    """
+    from trainer.models import configure_tensorflow
+
+    configure_tensorflow(threads)
+
+
+def _extra_reporters(spec: Mapping[str, Any], trial_id: str, out_dir: Path) -> list[Reporter]:
+    """The trial's tracker reporters (MLflow, Neptune) built from sweep.json's ``tracker`` setting.
+
+    The seam where tracking plugs into sweeps: it returns the sinks that receive the same epoch and
+    fold calls as the Ray reporter. None yet.
+    """
+    del spec, trial_id, out_dir
+    return []
+
+
+class TuneFoldReporter(Reporter):
+    """Reports each finished fold to Ray Tune with a checkpoint of the fold files; logs events."""
+
+    def __init__(self, folder: Path) -> None:
+        self.folder = folder
+        self.n_folds = 0
+        self.folds_reported = 0
+
+    def on_cv_start(self, config: CVConfig, n_folds: int, out_dir: Path) -> None:
+        self.n_folds = n_folds
+        update_trial_record(self.folder, n_folds=n_folds)
+
+    def on_fold_start(self, fold: int, n_train: int, n_val: int) -> None:
+        append_event(self.folder, "fold_start", fold=fold, n_train=n_train, n_val=n_val)
+
+    def on_fold_end(
+        self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None
+    ) -> None:
+        append_event(self.folder, "fold_end", fold=result.fold, dice=result.dice, seconds=result.seconds)
+        self.report(completed, latest=result)
+
+    def report(self, completed: list[FoldResult], latest: FoldResult | None = None) -> None:
+        from ray import tune
+
+        mean, std = summarise(completed)
+        latest = latest or (completed[-1] if completed else None)
+        metrics = {
+            "dice": mean["dice"],
+            "iou": mean["iou"],
+            "dice_std": std["dice"],
+            "iou_std": std["iou"],
+            "fold": latest.fold if latest else 0,
+            "fold_dice": latest.dice if latest else math.nan,
+            "folds_done": len(completed),
+            "n_folds": self.n_folds,
+        }
+        update_trial_record(
+            self.folder, folds_done=len(completed), mean_dice=mean["dice"] if completed else None
+        )
+        with tempfile.TemporaryDirectory(prefix="segsweep-ckpt-") as tmp:
+            _copy_fold_files(self.folder, Path(tmp))
+            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        self.folds_reported = len(completed)
+
+
+def _copy_fold_files(source: Path, target: Path) -> None:
+    (target / "folds").mkdir(parents=True, exist_ok=True)
+    for path in sorted((source / "folds").glob("fold_*.json")):
+        shutil.copy2(path, target / "folds" / path.name)
+    if (source / "cv.json").is_file():
+        shutil.copy2(source / "cv.json", target / "cv.json")
+
+
+def restore_fold_files(checkpoint: Checkpoint | None, folder: Path) -> int:
+    """Copy a checkpoint's fold files into the trial folder where missing; return how many folds.
+
+    The trial folder may already be ahead of the checkpoint (a fold ended after the last report
+    reached the driver): files there are kept, and cv.json only replaced by one with more folds.
+    """
+    if checkpoint is None:
+        return 0
+    with checkpoint.as_directory() as directory:
+        source = Path(directory)
+        (folder / "folds").mkdir(parents=True, exist_ok=True)
+        for path in sorted((source / "folds").glob("fold_*.json")):
+            if not (folder / "folds" / path.name).is_file():
+                shutil.copy2(path, folder / "folds" / path.name)
+        newer = _n_folds_in(source / "cv.json") > _n_folds_in(folder / "cv.json")
+        if (source / "cv.json").is_file() and newer:
+            shutil.copy2(source / "cv.json", folder / "cv.json")
+        return len(list((source / "folds").glob("fold_*.json")))
+
+
+def _n_folds_in(cv_path: Path) -> int:
+    import json
+
+    try:
+        return len(json.loads(cv_path.read_text()).get("folds", []))
+    except (OSError, json.JSONDecodeError, AttributeError):
+        return -1
+
+
+def one_line_reason(exc: BaseException) -> str:
+    """``Type: first line of the message`` of the error behind Ray's wrappers, at most 300 chars."""
+    seen = 0
+    while seen < 5:
+        cause = getattr(exc, "cause", None)  # ray.exceptions.RayTaskError keeps the original here
+        if not isinstance(cause, BaseException):
+            break
+        exc, seen = cause, seen + 1
+    if isinstance(exc, FatalTrialError):
+        return str(exc)[:300]
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text[:300]

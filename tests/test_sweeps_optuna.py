@@ -1,0 +1,125 @@
+"""The sweep's Optuna side on tiny real studies: pruned, failed and complete trials, reconciliation."""
+
+from __future__ import annotations
+
+import pickle
+from pathlib import Path
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+from ray.tune.search.optuna import OptunaSearch
+
+from search_spaces import load_space
+from sweeps._optuna import (
+    RAY_TRIAL_ID_ATTR,
+    REASON_ATTR,
+    completion_state,
+    make_searcher,
+    n_startup_trials,
+    reconcile_study,
+    storage_url,
+)
+from sweeps._records import read_trial_record, trial_dir, update_trial_record
+
+
+def _result(folds_done: int, n_folds: int, dice: float) -> dict[str, float]:
+    return {"dice": dice, "iou": dice * 0.8, "folds_done": folds_done, "n_folds": n_folds,
+            "training_iteration": folds_done}
+
+
+def _load(sweep: Path, name: str = "s") -> optuna.Study:
+    return optuna.load_study(study_name=name, storage=storage_url(sweep))
+
+
+def test_pruned_complete_and_failed_trials_enter_the_study_as_such(tmp_path: Path) -> None:
+    space = load_space("quick")
+    searcher = make_searcher(tmp_path, "s", space.define_by_run, trials=4, concurrency=2, seed=3)
+    configs = {tid: searcher.suggest(tid) for tid in ("t1", "t2", "t3")}
+    assert all(c and "encoder" in c and "lr" in c for c in configs.values())
+
+    # t1 finishes both folds; t2 is stopped by the scheduler after fold 1; t3 fails.
+    searcher.on_trial_result("t1", _result(1, 2, 0.6))
+    searcher.on_trial_result("t1", _result(2, 2, 0.7))
+    searcher.on_trial_complete("t1", _result(2, 2, 0.7))
+    searcher.on_trial_result("t2", _result(1, 2, 0.3))
+    searcher.on_trial_complete("t2", _result(1, 2, 0.3))  # what Ray passes for an ASHA stop
+    update_trial_record(trial_dir(tmp_path, "t3"), reason="TrainingError: loss became NaN")
+    searcher.on_trial_complete("t3", error=True)
+
+    trials = {t.user_attrs[RAY_TRIAL_ID_ATTR]: t for t in _load(tmp_path).get_trials()}
+    assert trials["t1"].state == TrialState.COMPLETE and trials["t1"].value == pytest.approx(0.7)
+    assert trials["t1"].intermediate_values == {1: 0.6, 2: 0.7}
+    assert trials["t2"].state == TrialState.PRUNED
+    assert trials["t2"].intermediate_values == {1: 0.3}
+    assert trials["t3"].state == TrialState.FAIL
+    assert trials["t3"].user_attrs[REASON_ATTR] == "TrainingError: loss became NaN"
+    # The searcher writes each proposal's Optuna number and parameters into trial.json.
+    for tid, frozen in trials.items():
+        record = read_trial_record(trial_dir(tmp_path, tid))
+        assert record["number"] == frozen.number and record["params"] == frozen.params
+
+
+def test_stock_ray_searcher_would_record_a_stopped_trial_as_complete(tmp_path: Path) -> None:
+    """Why segsweep subclasses OptunaSearch: Ray's own records a one-fold mean as a final value."""
+    stock = OptunaSearch(space=load_space("quick").define_by_run, metric="dice", mode="max", seed=0)
+    stock.suggest("t")
+    stock.on_trial_result("t", _result(1, 2, 0.3))
+    stock.on_trial_complete("t", _result(1, 2, 0.3))
+    assert stock._ot_study.get_trials()[0].state == TrialState.COMPLETE
+
+
+def test_repeated_fold_reports_after_a_restore_are_ignored(tmp_path: Path) -> None:
+    searcher = make_searcher(tmp_path, "s", load_space("quick").define_by_run, 4, 1, 0)
+    searcher.suggest("t")
+    searcher.on_trial_result("t", _result(1, 2, 0.5))
+    searcher.on_trial_result("t", _result(1, 2, 0.5))  # the restored trial reports fold 1 again
+    searcher.on_trial_complete("t", _result(2, 2, 0.6))
+    searcher.on_trial_complete("t", _result(2, 2, 0.6))  # told twice: no error
+    (frozen,) = _load(tmp_path).get_trials()
+    assert frozen.state == TrialState.COMPLETE and frozen.intermediate_values == {1: 0.5}
+
+
+def test_searcher_state_pickles_and_continues_the_same_study(tmp_path: Path) -> None:
+    searcher = make_searcher(tmp_path, "s", load_space("quick").define_by_run, 4, 1, 0)
+    searcher.suggest("t1")
+    saved = tmp_path / "searcher.pkl"
+    searcher.save(str(saved))
+    restored = make_searcher(tmp_path, "s", load_space("quick").define_by_run, 4, 1, 0)
+    restored.restore(str(saved))
+    restored.on_trial_result("t1", _result(1, 1, 0.4))
+    restored.on_trial_complete("t1", _result(1, 1, 0.4))
+    restored.suggest("t2")
+    states = [t.state for t in _load(tmp_path).get_trials()]
+    assert states == [TrialState.COMPLETE, TrialState.RUNNING]
+    pickle.dumps(restored)
+
+
+def test_completion_state() -> None:
+    assert completion_state(_result(2, 2, 0.5), error=False) == (TrialState.COMPLETE, 0.5)
+    assert completion_state(_result(1, 2, 0.5), error=False) == (TrialState.PRUNED, None)
+    assert completion_state(_result(2, 2, float("nan")), error=False)[0] == TrialState.FAIL
+    assert completion_state(None, error=False)[0] == TrialState.FAIL
+    assert completion_state(_result(2, 2, 0.5), error=True)[0] == TrialState.FAIL
+
+
+def test_reconcile_finishes_trials_a_dead_driver_left_running(tmp_path: Path) -> None:
+    searcher = make_searcher(tmp_path, "s", load_space("quick").define_by_run, 4, 1, 0)
+    for tid in ("done", "orphan"):
+        searcher.suggest(tid)
+    records = {
+        "done": {"state": "COMPLETE", "mean_dice": 0.42},
+        "orphan": read_trial_record(trial_dir(tmp_path, "orphan")),  # RUNNING: never started
+    }
+    assert reconcile_study(tmp_path, "s", records) == 2
+    trials = {t.user_attrs[RAY_TRIAL_ID_ATTR]: t for t in _load(tmp_path).get_trials()}
+    assert trials["done"].state == TrialState.COMPLETE and trials["done"].value == pytest.approx(0.42)
+    assert trials["orphan"].state == TrialState.FAIL
+    assert "driver stopped" in trials["orphan"].user_attrs[REASON_ATTR]
+
+
+@pytest.mark.parametrize(
+    ("trials", "concurrency", "expected"), [(4, 2, 2), (4, 1, 2), (100, 4, 10), (30, 8, 8)]
+)
+def test_startup_trials_scale_with_the_budget(trials: int, concurrency: int, expected: int) -> None:
+    assert n_startup_trials(trials, concurrency) == expected
