@@ -181,8 +181,13 @@ def _table2(sweep: SweepResults, winner: TrialResult) -> Section:
             continue
         seen.add(key)
         variant = "flip test-time augmentation" if score.variant == "tta" else "plain"
+        leak = (
+            f"; WARNING: {score.n_overlap_with_training} of them were training images"
+            if score.n_overlap_with_training
+            else ""
+        )
         rows.append([
-            f"Test set {score.images} ({score.n_images} images, {variant}; mean ± std over images)",
+            f"Test set {score.images} ({score.n_images} images, {variant}; mean ± std over images{leak})",
             pm(score.dice_mean, score.dice_std),
             pm(score.iou_mean, score.iou_std),
         ])  # fmt: skip

@@ -32,6 +32,8 @@ class TestScore:
     iou_std: float
     images: str
     out: str
+    #: How many of the scored images the model was trained on (then these are not test scores).
+    n_overlap_with_training: int = 0
 
 
 def record_test_scores(sweep_path: Path, trial_id: str, summary: dict[str, Any]) -> Path:
@@ -69,6 +71,7 @@ def load_test_scores(sweep_path: Path, trial_id: str | None = None) -> list[Test
                         iou_std=float(row["iou_std"]),
                         images=str(record.get("images", "")),
                         out=str(record.get("out", "")),
+                        n_overlap_with_training=int(record.get("n_overlap_with_training", 0)),
                     )
                 )
             except (KeyError, TypeError, ValueError):

@@ -1,0 +1,382 @@
+"""``segsweep predict``: masks, overlays, counts and (with true masks) MedAI scores from a model bundle.
+
+Each image is resized to the model's input size as in training (area interpolation), predicted,
+and its probabilities are resized back to the image's original size (bilinear) before the 0.5
+threshold, so masks and scores are at the original resolution, as MedAI scored them. Masks are
+written as lossless PNG with values 0 and 255 (the paper saved JPEG, whose compression noise puts
+other grey levels into a binary mask).
+
+Flip test-time augmentation (``--tta``) averages the probabilities of the image as is, flipped
+left-right, flipped up-down and flipped both ways (each flipped back); it is reported as its own row
+and written to ``masks_tta/``.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from reports.bundle import ModelBundle, load_bundle
+from reports.count import COUNT_COLUMNS, check_min_area, count_objects
+from reports.scored import record_test_scores
+from trainer.data import IMAGE_EXTENSIONS
+from trainer.errors import DataError, SegsweepError
+from trainer.results import write_json_atomic
+
+#: Colours (BGR) of the overlay: predicted region tinted, predicted outline, true outline.
+_FILL, _PREDICTED, _TRUE = (0, 220, 255), (0, 220, 255), (80, 220, 80)
+
+
+@dataclass
+class ImageResult:
+    stem: str
+    height: int
+    width: int
+    count: int
+    objects: list[Any]
+    dice: float | None = None
+    iou: float | None = None
+    dice_tta: float | None = None
+    iou_tta: float | None = None
+    true_count: int | None = None
+    count_tta: int | None = None
+
+
+@dataclass
+class Prediction:
+    results: list[ImageResult] = field(default_factory=list)
+    skipped: list[tuple[str, str]] = field(default_factory=list)
+
+
+def _files_by_stem(folder: Path, what: str) -> tuple[dict[str, Path], list[tuple[str, str]]]:
+    if not folder.is_dir():
+        raise DataError(f"{what} folder {folder} does not exist or is not a folder")
+    found: dict[str, Path] = {}
+    skipped: list[tuple[str, str]] = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or path.is_dir():
+            continue
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
+            skipped.append(
+                (str(path), f"not an image file (extension not one of {', '.join(IMAGE_EXTENSIONS)})")
+            )
+            continue
+        if path.stem in found:
+            raise DataError(f"{path} and {found[path.stem]} share the stem {path.stem!r}; keep one of them")
+        found[path.stem] = path
+    return found, skipped
+
+
+def _size(path: Path) -> tuple[int, int] | None:
+    """(height, width) from the file's header, or None when it cannot be read."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            width, height = image.size
+        return height, width
+    except (OSError, UnidentifiedImageError, ValueError):
+        return None
+
+
+def _check_masks(images: dict[str, Path], masks: dict[str, Path], masks_dir: Path) -> None:
+    """Raise with the stems that do not pair, and the pairs whose sizes differ."""
+    problems = []
+    no_mask = sorted(set(images) - set(masks))
+    no_image = sorted(set(masks) - set(images))
+    if no_mask:
+        problems.append(
+            f"{len(no_mask)} image(s) have no mask in {masks_dir} (e.g. {', '.join(no_mask[:5])})"
+        )
+    if no_image:
+        problems.append(f"{len(no_image)} mask(s) have no image (e.g. {', '.join(no_image[:5])})")
+    if not problems:
+        for stem in sorted(images):
+            image_size, mask_size = _size(images[stem]), _size(masks[stem])
+            if mask_size is None:
+                problems.append(f"mask {masks[stem]} cannot be read")
+            elif image_size is not None and image_size != mask_size:
+                problems.append(
+                    f"{images[stem].name} is {image_size[1]}x{image_size[0]} but its mask {masks[stem]} is "
+                    f"{mask_size[1]}x{mask_size[0]}"
+                )
+            if len(problems) >= 5:
+                break
+    if problems:
+        raise DataError(
+            "masks do not match images: " + "; ".join(problems) + ". Masks pair with images by file name "
+            "without extension (images/a.jpg with masks/a.png) and have the image's size; fix the folders or "
+            "predict without --masks"
+        )
+
+
+def _flip_average(model: Any, batch: np.ndarray, bundle: ModelBundle, batch_size: int) -> np.ndarray:
+    from trainer.training import predict_probabilities
+
+    total = np.zeros(batch.shape[:3], np.float32)
+    for axes in ((), (2,), (1,), (1, 2)):
+        flipped = np.ascontiguousarray(np.flip(batch, axis=axes)) if axes else batch
+        probabilities = predict_probabilities(model, flipped, bundle.config, batch_size=batch_size)
+        total += np.flip(probabilities, axis=axes) if axes else probabilities
+    return total / 4
+
+
+def _overlay(image_rgb: np.ndarray, predicted: np.ndarray, truth: np.ndarray | None) -> np.ndarray:
+    """BGR overlay: predicted region tinted and outlined; true outline in green when known."""
+    import cv2
+
+    canvas = cv2.cvtColor(image_rgb, cv2.COLOR_RGB2BGR)
+    tinted = canvas.copy()
+    tinted[predicted > 0] = _FILL
+    canvas = cv2.addWeighted(canvas, 0.65, tinted, 0.35, 0)
+    thickness = max(1, round(max(canvas.shape[:2]) / 300))
+    contours, _ = cv2.findContours(
+        (predicted > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+    )
+    cv2.drawContours(canvas, contours, -1, _PREDICTED, thickness)
+    if truth is not None:
+        contours, _ = cv2.findContours(
+            (truth > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
+        )
+        cv2.drawContours(canvas, contours, -1, _TRUE, thickness)
+    return canvas
+
+
+def _write_png(path: Path, image: np.ndarray) -> None:
+    import cv2
+
+    if not cv2.imwrite(str(path), image):
+        raise SegsweepError(f"cannot write {path}; check that the output folder is writable")
+
+
+def predict_folder(
+    bundle: ModelBundle,
+    images_dir: Path,
+    out: Path,
+    *,
+    masks_dir: Path | None = None,
+    tta: bool = False,
+    batch_size: int = 8,
+    min_area: float = 0.0005,
+) -> Prediction:
+    """Predict every readable image of ``images_dir`` into ``out``; score against ``masks_dir`` if given."""
+    import cv2
+
+    from trainer.data import read_image, read_mask
+    from trainer.metrics import binarize, medai_scores
+    from trainer.training import predict_probabilities
+
+    images, skipped = _files_by_stem(images_dir, "images")
+    masks: dict[str, Path] = {}
+    if masks_dir is not None:
+        masks, _ = _files_by_stem(masks_dir, "masks")
+        _check_masks(images, masks, masks_dir)
+    if not images:
+        raise DataError(f"{images_dir} holds no image files ({', '.join(IMAGE_EXTENSIONS)})")
+    folders = {"masks": out / "masks", "overlays": out / "overlays"}
+    if tta:
+        folders["masks_tta"] = out / "masks_tta"
+    try:
+        for folder in folders.values():
+            folder.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SegsweepError(f"cannot create {out}: {exc.strerror}; pass a writable --out") from None
+
+    model = bundle.load_model()
+    size = bundle.image_size
+    prediction = Prediction(skipped=list(skipped))
+    stems = sorted(images)
+    for start in range(0, len(stems), batch_size):
+        originals: list[tuple[str, np.ndarray]] = []
+        for stem in stems[start : start + batch_size]:
+            try:
+                originals.append((stem, read_image(images[stem])))
+            except DataError:
+                prediction.skipped.append((str(images[stem]), "cannot be decoded as an image"))
+        if not originals:
+            continue
+        batch = np.stack(
+            [cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA) for _, img in originals]
+        )
+        plain = predict_probabilities(model, batch, bundle.config, batch_size=batch_size)
+        flipped = _flip_average(model, batch, bundle, batch_size) if tta else None
+        for i, (stem, image) in enumerate(originals):
+            height, width = image.shape[:2]
+
+            def at_original(probabilities: np.ndarray, h: int = height, w: int = width) -> np.ndarray:
+                return cv2.resize(probabilities, (w, h), interpolation=cv2.INTER_LINEAR)
+
+            probabilities = at_original(plain[i])
+            predicted = binarize(probabilities, bundle.threshold).astype(np.uint8)
+            _write_png(folders["masks"] / f"{stem}.png", predicted * 255)
+            truth = read_mask(masks[stem]) if stem in masks else None
+            _write_png(folders["overlays"] / f"{stem}.png", _overlay(image, predicted, truth))
+            objects = count_objects(predicted, min_area)
+            result = ImageResult(stem, height, width, len(objects), objects)
+            if truth is not None:
+                scores = medai_scores(truth[None], probabilities[None], bundle.threshold)
+                result.dice, result.iou = float(scores["dice"][0]), float(scores["iou"][0])
+                result.true_count = len(count_objects(truth, min_area))
+            if flipped is not None:
+                probabilities_tta = at_original(flipped[i])
+                predicted_tta = binarize(probabilities_tta, bundle.threshold).astype(np.uint8)
+                _write_png(folders["masks_tta"] / f"{stem}.png", predicted_tta * 255)
+                result.count_tta = len(count_objects(predicted_tta, min_area))
+                if truth is not None:
+                    scores = medai_scores(truth[None], probabilities_tta[None], bundle.threshold)
+                    result.dice_tta, result.iou_tta = float(scores["dice"][0]), float(scores["iou"][0])
+            prediction.results.append(result)
+    return prediction
+
+
+def _summary_row(variant: str, dice: Sequence[float], iou: Sequence[float]) -> dict[str, Any]:
+    def std(values: Sequence[float]) -> float:
+        return float(np.std(values, ddof=1)) if len(values) > 1 else 0.0
+
+    return {
+        "variant": variant,
+        "n_images": len(dice),
+        "dice_mean": float(np.mean(dice)),
+        "dice_std": std(dice),
+        "iou_mean": float(np.mean(iou)),
+        "iou_std": std(iou),
+    }
+
+
+def summarise_prediction(prediction: Prediction) -> dict[str, Any]:
+    """metrics.json's rows (plain, tta), per-image scores and the counter's agreement with the truth."""
+    scored = [r for r in prediction.results if r.dice is not None]
+    rows = []
+    if scored:
+        rows.append(_summary_row("plain", [r.dice or 0.0 for r in scored], [r.iou or 0.0 for r in scored]))
+        with_tta = [r for r in scored if r.dice_tta is not None]
+        if with_tta:
+            rows.append(
+                _summary_row(
+                    "tta", [r.dice_tta or 0.0 for r in with_tta], [r.iou_tta or 0.0 for r in with_tta]
+                )
+            )
+    counted = [r for r in prediction.results if r.true_count is not None]
+    agree = sum(r.count == r.true_count for r in counted)
+    return {
+        "rows": rows,
+        "count_agreement": {
+            "rule": "predicted mask's count equals the true mask's count (same counter and min-area)",
+            "agree": agree,
+            "n_images": len(counted),
+            "fraction": agree / len(counted) if counted else None,
+        },
+        "per_image": [
+            {k: v for k, v in vars(r).items() if k != "objects" and v is not None} for r in prediction.results
+        ],
+    }
+
+
+def write_counts(path: Path, results: Sequence[ImageResult]) -> None:
+    import csv
+
+    with_truth = any(r.true_count is not None for r in results)
+    columns = [*COUNT_COLUMNS, *(["true_count"] if with_truth else [])]
+    with open(path, "w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        for r in results:
+            row: dict[str, Any] = {
+                "image": r.stem,
+                "height": r.height,
+                "width": r.width,
+                "count": r.count,
+                "areas": ";".join(str(o.area) for o in r.objects),
+                "bboxes": ";".join(f"{o.x} {o.y} {o.width} {o.height}" for o in r.objects),
+            }
+            if with_truth:
+                row["true_count"] = r.true_count
+            writer.writerow(row)
+
+
+def run_predict_command(
+    model_dir: Path,
+    images_dir: Path,
+    masks_dir: Path | None,
+    out: Path,
+    *,
+    tta: bool = False,
+    batch_size: int = 8,
+    min_area: float = 0.0005,
+) -> int:
+    if batch_size < 1:
+        raise SegsweepError(f"--batch-size must be at least 1, got {batch_size}")
+    check_min_area(min_area)
+    bundle = load_bundle(model_dir)
+    started = time.perf_counter()
+    prediction = predict_folder(
+        bundle, images_dir, out, masks_dir=masks_dir, tta=tta, batch_size=batch_size, min_area=min_area
+    )
+    seconds = time.perf_counter() - started
+    write_counts(out / "counts.csv", prediction.results)
+    summary = summarise_prediction(prediction)
+    overlap = sorted({r.stem for r in prediction.results} & bundle.train_stems())
+    if overlap:
+        print(
+            f"segsweep: warning: {len(overlap)} of these images were among the model's training images "
+            f"(e.g. {', '.join(overlap[:3])}); their scores are not test scores",
+            file=sys.stderr,
+        )
+    print(f"predicted {len(prediction.results)} image(s) into {out} in {seconds:.1f} s")
+    if masks_dir is not None:
+        metrics = {
+            "model": str(model_dir.resolve()),
+            "trial": bundle.source.get("trial"),
+            "images": str(images_dir.resolve()),
+            "masks": str(masks_dir.resolve()),
+            "out": str(out.resolve()),
+            "threshold": bundle.threshold,
+            "resolution": "original (probabilities resized to each image's size, then thresholded)",
+            "scoring": "MedAI 2021: per image Dice and IoU, empty truth inverted, mean over images; "
+            "std with ddof=1",
+            "min_area": min_area,
+            **summary,
+            "overlap_with_training": overlap,
+            "skipped": [{"file": f, "reason": why} for f, why in prediction.skipped],
+            "seconds": seconds,
+        }
+        write_json_atomic(out / "metrics.json", metrics)
+        for row in summary["rows"]:
+            print(
+                f"{row['variant']:>5}: Dice {row['dice_mean']:.4f} ± {row['dice_std']:.4f}, "
+                f"IoU {row['iou_mean']:.4f} ± {row['iou_std']:.4f} over {row['n_images']} images"
+            )
+        agreement = summary["count_agreement"]
+        if agreement["n_images"]:
+            print(
+                f"count: predicted equals true count for {agreement['agree']}/{agreement['n_images']} images"
+            )
+        _record(bundle, metrics)
+    if prediction.skipped:
+        print(f"segsweep: skipped {len(prediction.skipped)} file(s):", file=sys.stderr)
+        for name, why in prediction.skipped:
+            print(f"  {name}: {why}", file=sys.stderr)
+        (out / "skipped.txt").write_text("".join(f"{name}\t{why}\n" for name, why in prediction.skipped))
+    return 0
+
+
+def _record(bundle: ModelBundle, metrics: dict[str, Any]) -> None:
+    """Leave the scores in the bundle's sweep folder for the report's Table 2 (when it is here)."""
+    source = bundle.source
+    sweep_path = Path(str(source.get("sweep_path", "")))
+    if not source.get("trial") or not (sweep_path / "sweep.json").is_file():
+        return
+    summary = {k: metrics[k] for k in ("model", "images", "masks", "out", "rows")}
+    summary["n_overlap_with_training"] = len(metrics["overlap_with_training"])
+    try:
+        record_test_scores(sweep_path, str(source["trial"]), summary)
+    except OSError as exc:
+        print(
+            f"segsweep: note: could not record the scores in {sweep_path} ({exc.strerror})", file=sys.stderr
+        )

@@ -1,0 +1,266 @@
+"""``segsweep retrain``: the sweep's winner trained on all development images, saved as a bundle.
+
+Retraining has no validation set, so the learning rate cannot follow the plateau rule the folds
+used. It imitates their schedule instead (:func:`imitated_schedule`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import statistics
+import sys
+import tempfile
+import time
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from reports.bundle import (
+    BUNDLE_FORMAT,
+    CARD_FILE,
+    CONFIG_FILE,
+    HISTORY_FILE,
+    SCHEDULE_FILE,
+    TRAIN_STEMS_FILE,
+    WEIGHTS_FILE,
+    bundle_version,
+    describe,
+)
+from reports.leaderboard import label, pick_winner
+from reports.report import data_path
+from reports.results import SweepResults, TrialResult, load_sweep
+from trainer.config import CVConfig
+from trainer.errors import ConfigError, DataError, SegsweepError
+from trainer.results import EpochRecord, write_json_atomic
+
+SCHEDULE_RULE = (
+    "The learning rate starts at the trial's lr and is cut by lr_factor (10x) at the end of each listed "
+    "epoch. The k-th cut is at the median epoch of the k-th cut over the cross-validation folds that had a "
+    "k-th cut (the folds cut when validation IoU had not improved for lr_patience epochs); a median between "
+    "two epochs is rounded up, a cut that would not come after the previous one is moved one epoch after "
+    "it, and cuts at or after the last epoch are dropped (they would change nothing)."
+)
+
+
+def imitated_schedule(fold_drops: Sequence[Sequence[int]], epochs: int) -> list[int]:
+    """The drop epochs for retraining, from each fold's drop epochs, by :data:`SCHEDULE_RULE`."""
+    drops = [sorted(d) for d in fold_drops]
+    schedule: list[int] = []
+    for k in range(max((len(d) for d in drops), default=0)):
+        kth = [d[k] for d in drops if len(d) > k]
+        epoch = math.floor(statistics.median(kth) + 0.5)
+        if schedule:
+            epoch = max(epoch, schedule[-1] + 1)
+        if epoch >= epochs:
+            break
+        schedule.append(epoch)
+    return schedule
+
+
+def choose_trial(sweep: SweepResults, trial_id: str | None) -> TrialResult:
+    if trial_id is None:
+        return pick_winner(sweep).winner
+    for trial in sweep.trials:
+        if trial.trial_id == trial_id or (trial.number is not None and str(trial.number) == trial_id):
+            if not trial.folds:
+                raise SegsweepError(
+                    f"trial {trial_id} of sweep {sweep.name!r} finished no fold; choose another"
+                )
+            return trial
+    ids = ", ".join(t.trial_id for t in sweep.trials)
+    raise SegsweepError(f"sweep {sweep.name!r} has no trial {trial_id!r}; its trials: {ids}")
+
+
+def _check_out(out: Path) -> None:
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise SegsweepError(f"{out} exists and is not an empty folder; pass a new --out for the model bundle")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise SegsweepError(f"cannot create {out.parent}: {exc.strerror}; pass a writable --out") from None
+
+
+def _model_card(meta: Mapping[str, Any], history: Sequence[EpochRecord], schedule: Mapping[str, Any]) -> str:
+    config = meta["config"]
+    source = meta.get("source", {})
+    data = meta.get("data", {})
+    cv = source.get("cv", {})
+    lines = [
+        f"# Model card: {config['arch']} / {config['encoder']} from sweep {source.get('sweep', '?')}",
+        "",
+        f"Segmentation model (binary, polyp vs background) retrained by segsweep {meta['segsweep_version']} "
+        f"(bundle format {meta['bundle_format']}) on {meta['created']}.",
+        "",
+        "## Origin",
+        "",
+        f"- Sweep: `{source.get('sweep')}` ({source.get('sweep_path')}), trial {source.get('trial')}",
+        f"- Chosen as: {source.get('chosen_as')}",
+        f"- Parameters: {', '.join(f'{k}={v}' for k, v in source.get('params', {}).items())}",
+    ]
+    if cv:
+        lines.append(
+            f"- Cross-validation of this configuration ({cv['n_folds']} folds, development set): "
+            f"Dice {cv['mean']['dice']:.4f} ± {cv['std']['dice']:.4f}, IoU {cv['mean']['iou']:.4f} ± "
+            f"{cv['std']['iou']:.4f} (mean ± std over folds). These are estimates for this configuration; "
+            "the bundle's weights are a new training run on all development images."
+        )
+    lines += [
+        "",
+        "## Training data",
+        "",
+        f"- Data set: {data.get('path')} ({data.get('n_images')} development images"
+        + (f", split {config.get('dev_split')}" if config.get("dev_split") else "")
+        + (f", first {config.get('limit')} pairs" if config.get("limit") else "")
+        + f") at {config['image_size']}x{config['image_size']} px",
+        "",
+        "## Training",
+        "",
+        f"- {config['arch']} with encoder {config['encoder']}, encoder weights at start: {config['weights']}",
+        f"- Loss {config['loss']}, Adam, lr {config['lr']:g}, batch size {config['batch_size']}, "
+        f"{config['epochs']} epochs, augmentation {'on' if config['augment'] else 'off'}, "
+        f"seed {config['seed']}",
+        f"- Learning-rate cuts after epochs: {schedule['drop_epochs'] or 'none'}",
+        f"- Rule: {schedule['rule']}",
+        f"- Cuts of the cross-validation folds: {schedule['fold_drops']}",
+    ]
+    if history:
+        lines.append(f"- Final training loss {history[-1].loss:.4f} (epoch {history[-1].epoch})")
+    lines += [
+        "",
+        "## Use",
+        "",
+        f"Input: {meta['preprocessing']['input']}, through {meta['preprocessing']['function']}. "
+        f"Output: {meta['preprocessing']['output']}.",
+        "",
+        "```",
+        "segsweep predict THIS_FOLDER --images DIR [--masks DIR] --out DIR [--tta]",
+        "```",
+        "",
+        "```python",
+        "from reports.bundle import load_bundle",
+        "bundle = load_bundle('THIS_FOLDER')",
+        "model = bundle.load_model()  # rebuilds the architecture, then loads weights.h5",
+        "```",
+        "",
+        "## Limits",
+        "",
+        "- Trained and cross-validated on one data set; scores elsewhere (other centres, devices) are "
+        "unknown.",
+        "- No validation set during retraining: the schedule imitates the folds' instead of reacting.",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def retrain(sweep: SweepResults, out: Path, *, trial_id: str | None = None, verbose: bool = True) -> Path:
+    """Train the chosen trial's configuration on every development image; write the bundle at ``out``."""
+    import tf_keras
+
+    from trainer.data import prepare_dataset
+    from trainer.models import build_model
+    from trainer.training import fit
+
+    trial = choose_trial(sweep, trial_id)
+    try:
+        config = CVConfig.from_dict(trial.config, source=f"trial {trial.trial_id} configuration")
+        config.validate()
+    except ConfigError as exc:
+        raise SegsweepError(f"cannot retrain trial {trial.trial_id}: {exc}") from None
+    root = data_path(sweep, trial)
+    if root is None:
+        raise DataError(
+            f"{sweep.path / 'sweep.json'} does not say which data set the sweep ran on (no 'data')"
+        )
+    if not Path(root).is_dir():
+        raise DataError(f"the sweep's data set {root} is not there; retrain where the sweep's data is")
+    _check_out(out)
+
+    data = prepare_dataset(root, config.image_size, split=config.dev_split, limit=config.limit)
+    fold_drops = [list(f.lr_drops) for f in trial.folds]
+    drop_epochs = imitated_schedule(fold_drops, config.epochs)
+    if verbose:
+        print(
+            f"retraining trial {label(trial)} ({config.encoder}, weights {config.weights}) on {len(data)} "
+            f"development images at {config.image_size}px for {config.epochs} epochs; "
+            f"learning rate cut after epochs {drop_epochs or 'none'}",
+            flush=True,
+        )
+
+    def on_epoch(epoch: int, metrics: Mapping[str, float]) -> None:
+        if verbose:
+            print(
+                f"epoch {epoch}/{config.epochs}: loss {metrics['loss']:.4f}, lr {metrics['lr']:.2g}, "
+                f"{metrics.get('images_per_second', float('nan')):.1f} images/s",
+                flush=True,
+            )
+
+    started = time.perf_counter()
+    tf_keras.backend.clear_session()
+    tf_keras.utils.set_random_seed(config.seed)
+    model = build_model(config)
+    history, lr_drops = fit(model, config, (data.images, data.masks), None, lr_drop_epochs=drop_epochs,
+                            on_epoch=on_epoch)  # fmt: skip
+    seconds = time.perf_counter() - started
+
+    choice = (
+        "the winner by the report's rule" if trial_id is None else f"trial {trial_id}, named with --trial"
+    )
+    meta: dict[str, Any] = {
+        "bundle_format": BUNDLE_FORMAT,
+        "segsweep_version": bundle_version(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": config.to_dict(),
+        "preprocessing": describe(config),
+        "threshold": 0.5,
+        "data": {"path": str(Path(root).resolve()), "n_images": len(data), "image_size": data.image_size,
+                 "cache_key": data.key},
+        "source": {
+            "sweep": sweep.name,
+            "sweep_path": str(sweep.path.resolve()),
+            "trial": trial.trial_id,
+            "number": trial.number,
+            "params": trial.params,
+            "chosen_as": choice,
+            "cv": {"n_folds": trial.n_folds, "mean": trial.mean, "std": trial.std},
+        },
+        "seconds": seconds,
+    }  # fmt: skip
+    schedule = {
+        "rule": SCHEDULE_RULE, "fold_drops": fold_drops, "drop_epochs": drop_epochs,
+        "applied_drops": lr_drops, "lr": config.lr, "lr_factor": config.lr_factor, "epochs": config.epochs,
+    }  # fmt: skip
+
+    # Written next to the destination and renamed: an interrupted retrain leaves no half bundle.
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_weights(str(staging / WEIGHTS_FILE))
+        write_json_atomic(staging / CONFIG_FILE, meta)
+        write_json_atomic(staging / HISTORY_FILE, [asdict(h) for h in history])
+        write_json_atomic(staging / SCHEDULE_FILE, schedule)
+        (staging / CARD_FILE).write_text(_model_card(meta, history, schedule))
+        (staging / TRAIN_STEMS_FILE).write_text("".join(f"{stem}\n" for stem in data.stems))
+        # mkdtemp and the atomic JSON writer create owner-only files; a bundle is meant to be shared.
+        staging.chmod(0o755)
+        for path in staging.iterdir():
+            path.chmod(0o644)
+        if out.exists():
+            out.rmdir()  # checked empty above
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def run_retrain_command(
+    name: str, storage: Path, out: Path, *, trial_id: str | None = None, verbose: bool = True
+) -> int:
+    sweep = load_sweep(storage, name)
+    bundle = retrain(sweep, out, trial_id=trial_id, verbose=verbose)
+    meta = json.loads((bundle / CONFIG_FILE).read_text())
+    print(f"wrote model bundle {bundle} ({meta['seconds']:.0f} s of training)", file=sys.stderr)
+    return 0
