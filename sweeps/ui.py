@@ -1,0 +1,321 @@
+"""``segsweep ui NAME``: MLflow's UI and optuna-dashboard for one sweep, on 127.0.0.1, until Ctrl-C.
+
+Both servers start in their own process groups (each spawns workers: uvicorn or gunicorn), so that
+stopping them reaches every process they started. MLflow's server would also start job-execution
+workers; segsweep turns them off (``MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false``): the dashboards
+only read.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from types import FrameType
+from typing import IO, Any
+
+from trainer.errors import SegsweepError
+
+HOST = "127.0.0.1"
+DEFAULT_MLFLOW_PORT = 5000
+DEFAULT_OPTUNA_PORT = 8080
+#: Seconds a dashboard may take to answer its first request.
+READY_TIMEOUT = 90.0
+#: Seconds the servers get to exit after SIGTERM before they are killed.
+STOP_TIMEOUT = 10.0
+
+
+def register_ui(sub: Any) -> None:
+    """Add ``segsweep ui`` to the ``segsweep`` parser."""
+    ui = sub.add_parser(
+        "ui",
+        help="open MLflow's UI and optuna-dashboard for a sweep",
+        description="Serve MLflow's UI (the sweep's mlflow.db) and optuna-dashboard (its optuna.db) on "
+        "127.0.0.1 and print both addresses; Ctrl-C stops both with every process they started.",
+    )
+    ui.add_argument("name", help="the sweep's name (its folder under --storage)")
+    ui.add_argument("--storage", default="sweeps", help="folder holding the sweeps (default ./sweeps)")
+    ui.add_argument(
+        "--port-mlflow",
+        type=int,
+        default=DEFAULT_MLFLOW_PORT,
+        help=f"MLflow UI port (default {DEFAULT_MLFLOW_PORT}; 0 picks a free one)",
+    )
+    ui.add_argument(
+        "--port-optuna",
+        type=int,
+        default=DEFAULT_OPTUNA_PORT,
+        help=f"optuna-dashboard port (default {DEFAULT_OPTUNA_PORT}; 0 picks a free one)",
+    )
+    ui.set_defaults(handler=_cmd_ui)
+
+
+def _cmd_ui(args: argparse.Namespace) -> int:
+    sweep = Path(args.storage) / args.name
+    return serve_dashboards(sweep, mlflow_port=args.port_mlflow, optuna_port=args.port_optuna)
+
+
+@dataclass
+class Dashboard:
+    """One server process (the leader of its own process group) and where it answers."""
+
+    name: str
+    url: str
+    ready_path: str
+    process: subprocess.Popen[bytes]
+    log_path: Path
+    known_pids: set[int] = field(default_factory=set)
+
+    def log_tail(self, lines: int = 15) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return ""
+
+
+def mlflow_command(sweep: Path, port: int) -> list[str]:
+    db = (sweep / "mlflow.db").resolve()
+    return [
+        sys.executable, "-m", "mlflow", "server",
+        "--backend-store-uri", f"sqlite:///{db}",
+        "--default-artifact-root", (sweep / "mlartifacts").resolve().as_uri(),
+        "--host", HOST, "--port", str(port), "--workers", "1",
+    ]  # fmt: skip
+
+
+def optuna_command(sweep: Path, port: int) -> list[str]:
+    script = Path(sys.executable).parent / "optuna-dashboard"
+    program = str(script) if script.exists() else shutil.which("optuna-dashboard")
+    if program is None:
+        raise SegsweepError(
+            "optuna-dashboard is not installed; install it with: pip install optuna-dashboard"
+        )
+    db = (sweep / "optuna.db").resolve()
+    return [program, f"sqlite:///{db}", "--host", HOST, "--port", str(port), "--quiet"]
+
+
+def server_environment() -> dict[str, str]:
+    env = dict(os.environ)
+    env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"
+    env["MLFLOW_DISABLE_TELEMETRY"] = "true"
+    env.pop("MLFLOW_TRACKING_URI", None)
+    return env
+
+
+def free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind((HOST, 0))
+        return int(probe.getsockname()[1])
+
+
+def check_port(port: int, option: str) -> int:
+    """``port`` if free on 127.0.0.1 (0: a free one), else an error naming the option to change."""
+    if port == 0:
+        return free_port()
+    with socket.socket() as probe:
+        try:
+            probe.bind((HOST, port))
+        except OSError:
+            raise SegsweepError(
+                f"port {port} on {HOST} is in use; pass {option} with another port (0 picks a free one)"
+            ) from None
+    return port
+
+
+def start_dashboard(
+    name: str, command: Sequence[str], port: int, ready_path: str, log_dir: Path
+) -> Dashboard:
+    """Start ``command`` in a new session (its own process group), output to a log file."""
+    log_path = log_dir / f"{name.split()[0].lower()}.log"
+    log: IO[bytes] = log_path.open("wb")
+    try:
+        process = subprocess.Popen(
+            list(command),
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            env=server_environment(),
+            start_new_session=True,
+        )
+    finally:
+        log.close()
+    return Dashboard(name, f"http://{HOST}:{port}", ready_path, process, log_path, {process.pid})
+
+
+def wait_ready(dashboards: Sequence[Dashboard], timeout: float = READY_TIMEOUT) -> None:
+    """Return when every dashboard answers HTTP, or raise with the log of the one that did not."""
+    deadline = time.monotonic() + timeout
+    pending = list(dashboards)
+    while pending:
+        for board in list(pending):
+            if board.process.poll() is not None:
+                raise SegsweepError(
+                    f"{board.name} exited with code {board.process.returncode} before it "
+                    f"answered; its output:\n{board.log_tail()}"
+                )
+            if _answers(board.url + board.ready_path):
+                pending.remove(board)
+            remember_descendants(board)
+        if pending and time.monotonic() > deadline:
+            raise SegsweepError(
+                f"{pending[0].name} did not answer at {pending[0].url} within {timeout:g} s; "
+                f"its output:\n{pending[0].log_tail()}"
+            )
+        if pending:
+            time.sleep(0.3)
+
+
+def _answers(url: str) -> bool:
+    try:
+        with urllib.request.urlopen(url, timeout=2) as response:
+            return bool(200 <= response.status < 500)
+    except urllib.error.HTTPError as exc:
+        return exc.code < 500
+    except (OSError, ValueError):
+        return False
+
+
+def remember_descendants(board: Dashboard) -> None:
+    """Record the server's current descendants (a worker that left the group is still stopped)."""
+    import psutil
+
+    with contextlib.suppress(psutil.Error):
+        board.known_pids.update(p.pid for p in psutil.Process(board.process.pid).children(recursive=True))
+
+
+def stop_dashboards(dashboards: Sequence[Dashboard], timeout: float = STOP_TIMEOUT) -> None:
+    """SIGTERM each process group, then SIGKILL whatever of it (or of its known workers) is left."""
+    import psutil
+
+    for board in dashboards:
+        remember_descendants(board)
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(board.process.pid, signal.SIGTERM)
+    deadline = time.monotonic() + timeout
+    for board in dashboards:
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            board.process.wait(timeout=max(0.1, deadline - time.monotonic()))
+    for board in dashboards:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(board.process.pid, signal.SIGKILL)
+        survivors = []
+        for pid in board.known_pids - {board.process.pid}:
+            with contextlib.suppress(psutil.Error):
+                process = psutil.Process(pid)
+                process.kill()
+                survivors.append(process)
+        psutil.wait_procs(survivors, timeout=5)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            board.process.wait(timeout=5)
+
+
+def serve_dashboards(
+    sweep: Path,
+    *,
+    mlflow_port: int = DEFAULT_MLFLOW_PORT,
+    optuna_port: int = DEFAULT_OPTUNA_PORT,
+    out: IO[str] | None = None,
+) -> int:
+    """Serve the sweep's dashboards until SIGINT or SIGTERM; 1 if a server dies on its own."""
+    out = out or sys.stdout
+    sweep = Path(sweep)
+    has_mlflow, has_optuna = (sweep / "mlflow.db").is_file(), (sweep / "optuna.db").is_file()
+    if not (has_mlflow or has_optuna):
+        storage = sweep.parent
+        names = sorted(p.name for p in storage.iterdir() if p.is_dir()) if storage.is_dir() else []
+        raise SegsweepError(
+            f"no sweep data in {sweep} (neither mlflow.db nor optuna.db); "
+            + (
+                f"sweeps in {storage}: {', '.join(names)}"
+                if names
+                else "pass --storage with the folder given to `segsweep sweep run`"
+            )
+        )
+    plans: list[tuple[str, Callable[[int], list[str]], int, str]] = []
+    if has_mlflow:
+        plans.append(
+            (
+                "MLflow UI",
+                lambda p: mlflow_command(sweep, p),
+                check_port(mlflow_port, "--port-mlflow"),
+                "/health",
+            )
+        )
+    else:
+        print(
+            f"no MLflow store in {sweep} (the sweep ran with --tracker none?): MLflow UI not started",
+            file=out,
+        )
+    if has_optuna:
+        plans.append(
+            (
+                "Optuna dashboard",
+                lambda p: optuna_command(sweep, p),
+                check_port(optuna_port, "--port-optuna"),
+                "/api/studies",
+            )
+        )
+    else:
+        print(f"no Optuna study in {sweep}: optuna-dashboard not started", file=out)
+
+    stop_requested: list[int] = []
+
+    def request_stop(signum: int, frame: FrameType | None) -> None:
+        del frame
+        stop_requested.append(signum)
+
+    previous = {s: signal.signal(s, request_stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    dashboards: list[Dashboard] = []
+    with tempfile.TemporaryDirectory(prefix="segsweep-ui-") as logs:
+        try:
+            for name, command, port, ready_path in plans:
+                dashboards.append(start_dashboard(name, command(port), port, ready_path, Path(logs)))
+            wait_ready(dashboards)
+            for board in dashboards:
+                print(f"{board.name + ':':<18} {board.url}", file=out, flush=True)
+            print("Press Ctrl-C to stop.", file=out, flush=True)
+            while not stop_requested:
+                for board in dashboards:
+                    if board.process.poll() is not None:
+                        print(
+                            f"{board.name} stopped on its own (exit code {board.process.returncode}):\n"
+                            f"{board.log_tail()}",
+                            file=sys.stderr,
+                        )
+                        return 1
+                    remember_descendants(board)
+                time.sleep(0.5)
+            print("stopping the dashboards ...", file=out, flush=True)
+            return 0
+        finally:
+            stop_dashboards(dashboards)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """``python -m sweeps.ui NAME ...``: the same verb without the rest of the ``segsweep`` parser."""
+    parser = argparse.ArgumentParser(prog="segsweep")
+    register_ui(parser.add_subparsers(dest="command", required=True))
+    args = parser.parse_args(["ui", *(sys.argv[1:] if argv is None else argv)])
+    try:
+        return int(args.handler(args))
+    except SegsweepError as exc:
+        print(f"segsweep: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
