@@ -280,6 +280,8 @@ def _build_cache(
         del images, masks
         meta = {"format": CACHE_FORMAT, "image_size": size, "stems": list(stems), "source": str(index.root)}
         (tmp / "meta.json").write_text(json.dumps(meta))
+        if entry.exists() and not (entry / "meta.json").is_file():
+            shutil.rmtree(entry)  # a half-removed entry from a manual clean-up: replace it
         try:
             os.rename(tmp, entry)
         except OSError:

@@ -1,0 +1,228 @@
+"""The cross-validation worker end to end on tiny synthetic data (mobilenetv2, untrained, 64 px)."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from tests.synth import make_dataset
+from trainer.config import CVConfig
+from trainer.cv import make_folds, run_cv
+from trainer.data import prepare_dataset
+from trainer.errors import ConfigError
+from trainer.reporting import FoldPreview, Reporter
+from trainer.results import CVResult, FoldResult
+
+TINY = dict(encoder="mobilenetv2", weights="none", image_size=64, folds=2, epochs=1, batch_size=2)
+
+
+class Recorder(Reporter):
+    def __init__(self, stop_after_fold: int | None = None) -> None:
+        self.events: list[tuple] = []
+        self.stop_after_fold = stop_after_fold
+
+    def on_fold_start(self, fold: int, n_train: int, n_val: int) -> None:
+        self.events.append(("fold_start", fold))
+
+    def on_epoch(self, fold: int, epoch: int, metrics: Mapping[str, float]) -> None:
+        self.events.append(("epoch", fold, epoch, dict(metrics)))
+
+    def on_fold_end(self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None) -> None:
+        self.events.append(("fold_end", result.fold, len(completed), preview))
+        if self.stop_after_fold == result.fold:
+            raise KeyboardInterrupt  # what a killed worker looks like from the outside
+
+    def on_cv_end(self, result: CVResult) -> None:
+        self.events.append(("cv_end", result.complete))
+
+
+@pytest.fixture(scope="module")
+def tiny_data(tmp_path_factory: pytest.TempPathFactory):
+    root = make_dataset(tmp_path_factory.mktemp("cvdata"), 8)
+    return root, prepare_dataset(root, 64, cache_dir=tmp_path_factory.mktemp("cache"))
+
+
+def test_cv_writes_results_and_calls_reporter(tiny_data, tmp_path: Path) -> None:
+    _, data = tiny_data
+    recorder = Recorder()
+    result = run_cv(CVConfig(**TINY), data, tmp_path, recorder)
+
+    written = json.loads((tmp_path / "cv.json").read_text())
+    assert written["complete"] is True
+    assert {"config", "folds", "mean", "std", "seconds"} <= set(written)
+    assert set(written["mean"]) == {"dice", "iou"} and set(written["std"]) == {"dice", "iou"}
+    assert len(written["folds"]) == 2
+    for fold in written["folds"]:
+        assert {"fold", "n_train", "n_val", "dice", "iou", "epochs_run", "lr_drops", "history"} <= set(fold)
+        assert fold["n_train"] + fold["n_val"] == 8
+        assert set(fold["history"][0]) >= {"loss", "val_loss", "val_iou", "lr"}
+        assert 0.0 <= fold["dice"] <= 1.0
+    assert sorted(p.name for p in (tmp_path / "folds").iterdir()) == ["fold_01.json", "fold_02.json"]
+    kinds = [e[0] for e in recorder.events]
+    assert kinds == ["fold_start", "epoch", "fold_end", "fold_start", "epoch", "fold_end", "cv_end"]
+    preview = recorder.events[2][3]
+    assert preview.images.dtype == np.uint8 and preview.probabilities.shape == preview.true_masks.shape
+    assert result.mean["dice"] == pytest.approx(np.mean([f.dice for f in result.folds]))
+
+
+def test_rerun_resumes_at_first_unfinished_fold(tiny_data, tmp_path: Path) -> None:
+    _, data = tiny_data
+    with pytest.raises(KeyboardInterrupt):
+        run_cv(CVConfig(**TINY), data, tmp_path, Recorder(stop_after_fold=1))
+    partial = json.loads((tmp_path / "cv.json").read_text())
+    assert partial["complete"] is False and [f["fold"] for f in partial["folds"]] == [1]
+    first = (tmp_path / "folds" / "fold_01.json").read_bytes()
+
+    recorder = Recorder()
+    result = run_cv(CVConfig(**TINY), data, tmp_path, recorder)
+    assert [e[1] for e in recorder.events if e[0] == "fold_start"] == [2]  # fold 1 not trained again
+    assert (tmp_path / "folds" / "fold_01.json").read_bytes() == first
+    assert result.complete and [f.fold for f in result.folds] == [1, 2]
+
+
+def test_rerun_with_other_configuration_is_refused(tiny_data, tmp_path: Path) -> None:
+    _, data = tiny_data
+    run_cv(CVConfig(**TINY), data, tmp_path)
+    with pytest.raises(ConfigError, match="another configuration"):
+        run_cv(CVConfig(**{**TINY, "lr": 1e-2}), data, tmp_path)
+
+
+def test_folds_are_seeded_and_disjoint() -> None:
+    stems = [f"s{i}" for i in range(10)]
+    a = make_folds(stems, CVConfig(folds=5, seed=3))
+    b = make_folds(stems, CVConfig(folds=5, seed=3))
+    assert all((x[1] == y[1]).all() for x, y in zip(a, b, strict=True))
+    assert sorted(np.concatenate([val for _, val in a]).tolist()) == list(range(10))
+    given = make_folds(stems, CVConfig(val_split="v"), val_stems=["s1", "s4"])
+    assert len(given) == 1 and given[0][1].tolist() == [1, 4]
+
+
+def test_batch_size_larger_than_training_fold(tiny_data, tmp_path: Path) -> None:
+    _, data = tiny_data
+    with pytest.raises(ConfigError, match="larger than a training fold"):
+        run_cv(CVConfig(**{**TINY, "batch_size": 5}), data, tmp_path)
+
+
+def test_model_input_is_rgb_through_encoder_preprocessing(tiny_data) -> None:
+    """The paper fed raw BGR pixels to ImageNet encoders; ours are RGB and preprocessed per encoder."""
+    import segmentation_models as sm
+
+    from trainer.training import BatchSource
+
+    red = np.zeros((1, 64, 64, 3), np.uint8)
+    red[..., 0] = 255  # pure red in RGB
+    masks = np.zeros((1, 64, 64, 1), np.uint8)
+    source = BatchSource(red, masks, [0], batch_size=1, encoder="vgg16", augment=False, seed=0)
+    x, _ = next(source.epoch())
+    expected = sm.get_preprocessing("vgg16")(red.astype(np.float32))
+    np.testing.assert_allclose(x, expected)
+    # vgg16 ('caffe' mode) flips RGB to BGR and subtracts the ImageNet mean: red lands in channel 2.
+    assert x[0, 0, 0, 2] == pytest.approx(255 - 123.68, abs=1e-3)
+
+
+def test_explicit_lr_schedule_and_drop_record(tiny_data) -> None:
+    import tf_keras
+
+    from trainer.models import build_model
+    from trainer.training import fit
+
+    _, data = tiny_data
+    config = CVConfig(**{**TINY, "epochs": 3, "augment": False})
+    tf_keras.backend.clear_session()
+    history, drops = fit(build_model(config), config, (data.images, data.masks), lr_drop_epochs=[1])
+    assert drops == [1]
+    assert [h.lr for h in history] == pytest.approx([1e-3, 1e-4, 1e-4])
+
+
+def test_plateau_drops_are_recorded_consistently(tiny_data) -> None:
+    import tf_keras
+
+    from trainer.models import build_model
+    from trainer.training import fit
+
+    _, data = tiny_data
+    config = CVConfig(**{**TINY, "epochs": 4, "augment": False, "lr_patience": 1, "lr": 1e-7})
+    tf_keras.backend.clear_session()
+    rows = np.arange(len(data))
+    history, drops = fit(
+        build_model(config), config, (data.images, data.masks), (data.images, data.masks),
+        train_indices=rows[:6], val_indices=rows[6:],
+    )
+    # Every recorded drop shows as a 10x smaller learning rate in the next epoch, and only then.
+    for before, after in zip(history, history[1:], strict=False):
+        if before.epoch in drops:
+            assert after.lr == pytest.approx(before.lr * 0.1)
+        else:
+            assert after.lr == pytest.approx(before.lr)
+
+
+def _segsweep(*args: str, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=300
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--encoder", "resnet9"], "unknown encoder 'resnet9'; choose one of: vgg16"),
+        (["--image-size", "100"], "not a multiple of 32"),
+        (["--folds", "1"], "folds must be at least 2"),
+        (["--folds", "20"], "20 folds need at least 20 images"),
+        (["--batch-size", "30"], "larger than a training fold"),
+    ],
+)
+def test_cli_bad_options_exit_2_with_one_line(kvasir_seg_dir: Path, tmp_path: Path, extra, message) -> None:
+    proc = _segsweep("cv", "--data", str(kvasir_seg_dir), "--out", str(tmp_path / "o"),
+                     "--weights", "none", "--image-size", "64", *extra)
+    assert proc.returncode == 2, proc.stderr
+    assert message in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_cli_bad_folders_exit_2(kvasir_seg_dir: Path, tmp_path: Path) -> None:
+    proc = _segsweep("cv", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--weights", "none")
+    assert proc.returncode == 2 and "does not exist" in proc.stderr
+    empty = tmp_path / "empty"
+    (empty / "images").mkdir(parents=True)
+    (empty / "masks").mkdir()
+    proc = _segsweep("cv", "--data", str(empty), "--out", str(tmp_path / "o"), "--weights", "none")
+    assert proc.returncode == 2 and "no image files" in proc.stderr
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    proc = _segsweep("cv", "--data", str(kvasir_seg_dir), "--out", str(blocker / "out"), "--weights", "none",
+                     "--image-size", "64")
+    assert proc.returncode == 2 and "cannot write to output folder" in proc.stderr
+
+
+def test_cli_config_file_and_option_override(kvasir_seg_dir: Path, tmp_path: Path) -> None:
+    config = tmp_path / "c.yaml"
+    config.write_text(f"data: {kvasir_seg_dir}\nencoder: mobilenetv2\nweights: none\nimage_size: 64\n"
+                      "folds: 2\nepochs: 1\nbatch_size: 30\nlimit: 6\n")
+    proc = _segsweep("cv", "--config", str(config), "--batch-size", "2", "--out", str(tmp_path / "o"), "--quiet")
+    assert proc.returncode == 0, proc.stderr
+    written = json.loads((tmp_path / "o" / "cv.json").read_text())
+    assert written["config"]["batch_size"] == 2 and written["data"]["n_pairs"] == 6
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("encodr: mobilenetv2\n")
+    proc = _segsweep("cv", "--config", str(bad), "--data", str(kvasir_seg_dir), "--out", str(tmp_path / "o2"))
+    assert proc.returncode == 2 and "unknown key(s) encodr" in proc.stderr
+
+
+@pytest.mark.realdata
+@pytest.mark.slow
+def test_cv_on_real_kvasir_seg(real_kvasir_seg: Path, tmp_path: Path) -> None:
+    proc = _segsweep("cv", "--data", str(real_kvasir_seg), "--limit", "40", "--image-size", "64",
+                     "--encoder", "mobilenetv2", "--weights", "none", "--folds", "2", "--epochs", "1",
+                     "--batch-size", "8", "--out", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    result = json.loads((tmp_path / "out" / "cv.json").read_text())
+    assert result["complete"] and len(result["folds"]) == 2
+    assert result["data"]["n_pairs"] == 40
+    assert "mean ± std over 2 folds" in proc.stdout
