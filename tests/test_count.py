@@ -1,0 +1,108 @@
+"""The polyp counter: contours, specks, holes, CSV, and its agreement on Kvasir-SEG's true masks."""
+
+from __future__ import annotations
+
+import csv
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from reports.count import (
+    DEFAULT_MIN_AREA,
+    connected_regions,
+    count_folder,
+    count_objects,
+    measure,
+)
+from sweeps.cli import main
+
+
+def _mask(size: int = 100) -> np.ndarray:
+    mask = np.zeros((size, size), np.uint8)
+    cv2.rectangle(mask, (10, 10), (29, 19), 255, -1)  # 20 x 10 = 200 px
+    cv2.circle(mask, (70, 70), 10, 255, -1)
+    mask[95, 95] = 255  # a one-pixel speck: 1e-4 of the image
+    return mask
+
+
+def test_counts_objects_and_drops_specks() -> None:
+    objects = count_objects(_mask(), min_area=0.001)
+    assert len(objects) == 2
+    circle, rectangle = objects  # largest first
+    assert (rectangle.area, rectangle.x, rectangle.y, rectangle.width, rectangle.height) == (
+        200,
+        10,
+        10,
+        20,
+        10,
+    )
+    assert circle.area == int((cv2.circle(np.zeros((100, 100), np.uint8), (70, 70), 10, 1, -1)).sum())
+    assert len(count_objects(_mask(), min_area=0.0)) == 3
+    assert len(count_objects(_mask(), min_area=0.03)) == 1  # 300 px: only the circle (317 px) stays
+    assert len(count_objects(_mask(), min_area=0.04)) == 0
+
+
+def test_hole_is_part_of_its_object_and_object_in_hole_is_not_counted() -> None:
+    mask = np.zeros((100, 100), np.uint8)
+    cv2.circle(mask, (50, 50), 30, 255, -1)
+    cv2.circle(mask, (50, 50), 15, 0, -1)  # a hole
+    cv2.circle(mask, (50, 50), 5, 255, -1)  # an island inside the hole
+    objects = count_objects(mask, min_area=0.0)
+    assert len(objects) == 1
+    filled = cv2.circle(np.zeros((100, 100), np.uint8), (50, 50), 30, 1, -1).sum()
+    assert abs(objects[0].area - filled) <= 2  # external contour: area includes the hole
+    assert connected_regions(mask) == 2  # the reference counts the island
+
+
+def test_one_and_zero_one_masks_and_channels() -> None:
+    mask = (_mask() > 0).astype(np.uint8)
+    assert len(count_objects(mask)) == len(count_objects(np.dstack([mask * 255] * 3)))
+    assert count_objects(np.zeros((10, 10), np.uint8)) == []
+
+
+def test_count_command_writes_csv_and_lists_unreadable(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    cv2.imwrite(str(masks / "a.png"), _mask())
+    cv2.imwrite(str(masks / "b.jpg"), np.zeros((40, 60), np.uint8))
+    (masks / "c.png").write_bytes(b"not a png")
+    (masks / "notes.txt").write_text("ignored")
+    out = tmp_path / "counts.csv"
+    assert main(["count", str(masks), "--out", str(out)]) == 0
+    rows = list(csv.DictReader(out.open()))
+    assert [r["image"] for r in rows] == ["a", "b"]
+    assert rows[0]["count"] == "2"
+    assert rows[0]["areas"].split(";")[1] == "200"
+    assert rows[0]["bboxes"].split(";")[1] == "10 10 20 10"
+    assert (rows[1]["count"], rows[1]["height"], rows[1]["width"]) == ("0", "40", "60")
+    assert "c.png" in capsys.readouterr().err
+
+    assert main(["count", str(masks), "--min-area", "0"]) == 0
+    printed = list(csv.DictReader(capsys.readouterr().out.splitlines()))
+    assert printed[0]["count"] == "3"
+
+
+def test_count_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["count", str(tmp_path / "missing")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+    (tmp_path / "m").mkdir()
+    cv2.imwrite(str(tmp_path / "m" / "a.png"), _mask())
+    assert main(["count", str(tmp_path / "m"), "--min-area", "5"]) == 2
+    assert "fraction" in capsys.readouterr().err
+    assert count_folder(tmp_path / "m")[0][0].count == 2
+
+
+@pytest.mark.realdata
+def test_counter_on_kvasir_seg_true_masks(real_kvasir_seg: Path) -> None:
+    """The figures quoted in reports/count.py's docstring."""
+    result = measure(real_kvasir_seg, thresholds=(0.0, DEFAULT_MIN_AREA))
+    assert result["n_masks"] == 1000
+    default = result["thresholds"][str(DEFAULT_MIN_AREA)]
+    assert default["equals_connected_regions_same_min_area"] == 1000
+    assert default["equals_connected_regions"] == 857  # the other 143 masks carry JPEG specks
+    assert default["equals_bbox_file"] == 992
+    assert result["thresholds"]["0.0"]["equals_connected_regions"] == 1000

@@ -1,0 +1,223 @@
+"""segsweep report: winner rule, leaderboard, Table 2, pretraining, Optuna importance, files, offline HTML."""
+
+from __future__ import annotations
+
+import base64
+import io
+import os
+import re
+import shutil
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from reports.leaderboard import compare_pretraining, leaderboard, pick_winner
+from reports.report import build_report, render_html, render_markdown
+from reports.results import load_sweep
+from reports.retrain import imitated_schedule
+from reports.scored import record_test_scores
+from sweeps.cli import main
+from tests.fake_sweep import FakeTrial, make_sweep, read_json
+from trainer.config import CVConfig, load_config_file
+from trainer.errors import SegsweepError
+
+
+@pytest.fixture
+def storage(tmp_path: Path) -> Path:
+    make_sweep(tmp_path / "sweeps", "quick1", data=tmp_path / "data")
+    return tmp_path / "sweeps"
+
+
+def test_winner_is_best_mean_dice_among_trials_with_all_folds(storage: Path) -> None:
+    sweep = load_sweep(storage, "quick1")
+    choice = pick_winner(sweep)
+    assert choice.winner.trial_id == "trial_00000"
+    assert choice.runner_up is not None and choice.runner_up.trial_id == "trial_00002"
+    assert choice.eligible == 3
+    # Gap 0.64 - 0.605 in units of the winner's fold std (sample std of 0.62, 0.66).
+    assert choice.gap_in_std == pytest.approx(0.035 / 0.0282843, rel=1e-4)
+    ranked = leaderboard(sweep)
+    assert [t.trial_id for t in ranked] == [f"trial_0000{i}" for i in (0, 2, 1, 3, 4)]
+
+
+def test_pruned_trial_with_high_partial_mean_does_not_win(tmp_path: Path) -> None:
+    trials = [
+        FakeTrial(
+            {"encoder": "mobilenet", "weights": "none", "batch_size": 4, "lr": 1e-3}, [0.99], state="PRUNED"
+        ),
+        FakeTrial({"encoder": "mobilenet", "weights": "none", "batch_size": 4, "lr": 2e-3}, [0.4, 0.5]),
+    ]
+    make_sweep(tmp_path, "s", trials)
+    choice = pick_winner(load_sweep(tmp_path, "s"))
+    assert choice.winner.trial_id == "trial_00001"
+    assert choice.runner_up is None and choice.gap_in_std is None
+    assert "no runner-up" in choice.gap_sentence()
+
+
+def test_pretraining_comparison(storage: Path) -> None:
+    comparison = compare_pretraining(load_sweep(storage, "quick1"))
+    assert comparison.best_pretrained is not None and comparison.best_pretrained.trial_id == "trial_00000"
+    assert comparison.best_untrained is not None and comparison.best_untrained.trial_id == "trial_00001"
+    assert list(comparison.per_encoder) == ["mobilenetv2"]  # resnet18 untrained failed
+
+
+def test_report_writes_html_md_and_best_json(storage: Path, tmp_path: Path) -> None:
+    out = tmp_path / "report"
+    assert main(["report", "quick1", "--storage", str(storage), "--out", str(out)]) == 0
+    html = (out / "report.html").read_text()
+    md = (out / "report.md").read_text()
+    for text in (html, md):
+        for needle in ("Leaderboard", "Winner", "Table 2", "Pretrained against untrained",
+                       "Parameter importance", "1.24 times the winner"):  # fmt: skip
+            assert needle in text
+    # Self-contained: no scripts, no stylesheets or images fetched from anywhere.
+    assert "<script" not in html and "<link" not in html
+    assert not re.search(r"""(src|href)=["'](?!data:)""", html)
+    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
+    assert len(images) == 4  # history, parallel coordinates, fold box plots, learning curves
+    from PIL import Image
+
+    for data in images:
+        assert Image.open(io.BytesIO(base64.b64decode(data))).size[0] > 100
+    for name in ("optimisation_history", "parallel_coordinate", "fold_dice", "learning_curves"):
+        assert f"figures/{name}.png" in md
+        assert (out / "figures" / f"{name}.png").stat().st_size > 1000
+
+    best = read_json(out / "best.json")
+    assert best["trial_id"] == "trial_00000"
+    config, extras = load_config_file(out / "best.json")  # what `segsweep cv --config` reads
+    assert config == CVConfig.from_dict(load_sweep(storage, "quick1").trials[0].config)
+    assert extras["data"] == str(tmp_path / "data")
+
+
+def test_report_default_folder_and_formats(storage: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert main(["report", "quick1", "--storage", str(storage), "--format", "json"]) == 0
+    assert sorted(p.name for p in (storage / "quick1" / "report").iterdir()) == ["best.json"]
+    assert main(["report", "quick1", "--storage", str(storage), "--format", "pdf"]) == 2
+    assert "--format" in capsys.readouterr().err
+
+
+def test_unknown_sweep_and_no_completed_trial_exit_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    make_sweep(tmp_path, "pruned", [FakeTrial({"encoder": "mobilenet", "weights": "none", "batch_size": 4,
+                                               "lr": 1e-3}, [0.5], state="PRUNED")])  # fmt: skip
+    assert main(["report", "nope", "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no sweep named 'nope'" in err and "pruned" in err
+    assert main(["report", "pruned", "--storage", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "no trial that completed all its folds" in err and "1 pruned" in err
+    assert "Traceback" not in err
+
+
+def test_importance_needs_two_completed_trials(tmp_path: Path) -> None:
+    trials = [FakeTrial({"encoder": "mobilenet", "weights": "none", "batch_size": 4, "lr": 1e-3}, [0.4, 0.5])]
+    make_sweep(tmp_path, "one", trials)
+    text = render_markdown(build_report(load_sweep(tmp_path, "one")))
+    assert "needs at least 2 completed trials in the Optuna study; it has 1" in text
+    assert "optimisation_history.png" in text  # one trial still has a history
+
+
+def test_report_without_optuna_storage(tmp_path: Path) -> None:
+    make_sweep(tmp_path, "nostudy", with_study=False)
+    text = render_markdown(build_report(load_sweep(tmp_path, "nostudy")))
+    assert "no Optuna storage at" in text
+    assert "fold_dice.png" in text
+
+
+def test_table2_shows_recorded_test_scores(storage: Path, tmp_path: Path) -> None:
+    sweep = load_sweep(storage, "quick1")
+    rows = [{"variant": "plain", "n_images": 120, "dice_mean": 0.81, "dice_std": 0.2, "iou_mean": 0.72,
+             "iou_std": 0.21},
+            {"variant": "tta", "n_images": 120, "dice_mean": 0.82, "dice_std": 0.19, "iou_mean": 0.73,
+             "iou_std": 0.2}]  # fmt: skip
+    record_test_scores(
+        sweep.path, "trial_00000", {"images": "/test/images", "out": str(tmp_path / "p"), "rows": rows}
+    )
+    record_test_scores(
+        sweep.path, "trial_00002", {"images": "/test/images", "out": str(tmp_path / "q"), "rows": rows}
+    )
+    text = render_markdown(build_report(sweep))
+    table2 = text.split("## Table 2")[1].split("## Leaderboard")[0]
+    row = "| Test set /test/images (120 images, plain; mean ± std over images) |"
+    assert f"{row} 0.8100 ± 0.2000 | 0.7200 ± 0.2100 |" in table2
+    assert "flip test-time augmentation" in table2
+    assert table2.count("Test set") == 2  # the other trial's scores are not the winner's
+    assert "No test set scored yet" not in table2
+
+
+def test_html_escapes_text(tmp_path: Path) -> None:
+    params = {"encoder": "mobilenet", "weights": "none", "batch_size": 4, "lr": 1e-3}
+    trials = [
+        FakeTrial(params, [0.4, 0.5], reason="<b>bold</b>"),
+        FakeTrial(params, [], state="FAILED", reason="<script>alert(1)</script>"),
+    ]
+    make_sweep(tmp_path, "esc", trials)
+    html = render_html(build_report(load_sweep(tmp_path, "esc")))
+    assert "<script>" not in html and "&lt;script&gt;" in html
+
+
+@pytest.mark.parametrize(
+    ("fold_drops", "epochs", "expected"),
+    [
+        ([[5, 9], [6], [7, 12]], 20, [6, 11]),  # 1st: median 6; 2nd: median of 9, 12 = 10.5 -> 11
+        ([[], []], 10, []),
+        ([[3], [4]], 10, [4]),  # 3.5 rounds up
+        ([[3, 4], [3, 3]], 10, [3, 4]),  # 2nd median 3.5 -> 4, after the 1st
+        ([[2, 3], [2, 2]], 10, [2, 3]),  # 2nd median 2.5 -> 3
+        ([[4, 4], [4, 4]], 10, [4, 5]),  # a cut not after the previous one moves one epoch later
+        ([[8, 10]], 10, [8]),  # a cut after the last epoch changes nothing
+    ],
+)
+def test_imitated_schedule(fold_drops: list[list[int]], epochs: int, expected: list[int]) -> None:
+    assert imitated_schedule(fold_drops, epochs) == expected
+
+
+def _chromium() -> str | None:
+    for name in ("chromium", "chromium-browser", "google-chrome", "chrome"):
+        if found := shutil.which(name):
+            return found
+    return None
+
+
+def test_report_html_opens_in_headless_chromium_offline(storage: Path, tmp_path: Path) -> None:
+    browser = _chromium()
+    if browser is None:
+        pytest.skip("no Chromium here: install Debian's `chromium` package to run this test")
+    out = tmp_path / "report"
+    assert main(["report", "quick1", "--storage", str(storage), "--out", str(out), "--format", "html"]) == 0
+    screenshot = tmp_path / "shot.png"
+    url = (out / "report.html").as_uri()
+    base = [
+        browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
+        "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
+        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,4000",
+    ]  # fmt: skip
+    # Offline for real where possible: a network namespace with nothing but loopback.
+    if shutil.which("unshare") and os.geteuid() == 0:
+        base = ["unshare", "-n", *base]
+    env = {**os.environ, "HOME": str(tmp_path)}
+    subprocess.run(
+        [*base, f"--screenshot={screenshot}", url], check=True, timeout=120, capture_output=True, env=env
+    )
+    dom = subprocess.run(
+        [*base, "--dump-dom", url], check=True, timeout=120, capture_output=True, text=True, env=env
+    ).stdout
+    assert "Leaderboard" in dom and dom.count("<img") == 4
+    from PIL import Image
+
+    with Image.open(screenshot) as shot:
+        # The page rendered with its figures: far more colours than text on white.
+        assert len(shot.convert("RGB").getcolors(maxcolors=1 << 20) or []) > 200
+
+
+def test_best_json_of_winner_with_unusable_config_is_an_error(tmp_path: Path) -> None:
+    path = make_sweep(tmp_path, "bad", [FakeTrial({"encoder": "mobilenet", "weights": "none", "batch_size": 4,
+                                                   "lr": 1e-3}, [0.4, 0.5])])  # fmt: skip
+    info = read_json(path / "trials" / "trial_00000" / "trial.json")
+    info["config"]["colour"] = "red"
+    (path / "trials" / "trial_00000" / "trial.json").write_text(__import__("json").dumps(info))
+    with pytest.raises(SegsweepError, match="colour"):
+        build_report(load_sweep(tmp_path, "bad"))
