@@ -131,7 +131,8 @@ IMAGENET_WEIGHTS: dict[str, WeightsFile] = {
                "bcbd6486424b2319ff4ef7d526e38f63", "segmentation_models"),
         _entry("inceptionresnetv2", "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
                _FCHOLLET + "v0.7/", "d19885ff4a710c122648d3b5c3b684e4", "segmentation_models"),
-        _entry("mobilenet", "mobilenet_1_0_224_tf_no_top.h5", _FCHOLLET + "v0.6/", None, "keras_applications"),
+        _entry("mobilenet", "mobilenet_1_0_224_tf_no_top.h5", _FCHOLLET + "v0.6/", None,
+               "keras_applications"),
         _entry("mobilenetv2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
                _MOBILENET_V2, None, "keras_applications"),
         _entry("efficientnetb0", "efficientnet-b0" + _EFF_NAME, _EFF,
@@ -229,7 +230,8 @@ def load_encoder_weights(model: tf_keras.Model, path: Path, encoder: str) -> Non
             )
         model.load_weights(str(path), by_name=True)
     except ValueError as error:  # Keras' layer count / shape checks
-        raise WeightsError(f"weights file {path} does not fit encoder {encoder!r}: {error}") from None
+        reason = " ".join(str(error).split())
+        raise WeightsError(f"weights file {path} does not fit encoder {encoder!r}: {reason}") from None
 
 
 def import_weights(file: Path, encoder: str) -> Path:
@@ -366,11 +368,11 @@ def _download(entry: WeightsFile, target: Path) -> None:
         except _DownloadFailed as error:
             outcome["error"] = error
         except urllib.error.HTTPError as error:
-            outcome["error"] = _DownloadFailed(f"{entry.url} answered HTTP {error.code} {error.reason}")
+            outcome["error"] = _DownloadFailed(f"the server answered HTTP {error.code} {error.reason}")
         except urllib.error.URLError as error:
-            outcome["error"] = _DownloadFailed(f"{entry.url} unreachable: {error.reason}")
+            outcome["error"] = _DownloadFailed(f"unreachable: {error.reason}")
         except (OSError, ValueError) as error:  # timeouts, resets, refused connections, bad URLs
-            outcome["error"] = _DownloadFailed(f"{entry.url} unreachable: {error}")
+            outcome["error"] = _DownloadFailed(f"unreachable: {error}")
         finally:
             answered.set()
 
@@ -378,7 +380,7 @@ def _download(entry: WeightsFile, target: Path) -> None:
     worker.start()
     if not answered.wait(DOWNLOAD_TIMEOUT_S + 1.0):
         abandoned.set()
-        raise _DownloadFailed(f"no answer from {entry.url} within {DOWNLOAD_TIMEOUT_S:g} s")
+        raise _DownloadFailed(f"no answer within {DOWNLOAD_TIMEOUT_S:g} s")
     worker.join()
     if "error" in outcome:
         raise outcome["error"]
