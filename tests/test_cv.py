@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -151,11 +152,15 @@ def test_plateau_drops_are_recorded_consistently(tiny_data) -> None:
     tf_keras.backend.clear_session()
     rows = np.arange(len(data))
     history, drops = fit(
-        build_model(config), config, (data.images, data.masks), (data.images, data.masks),
-        train_indices=rows[:6], val_indices=rows[6:],
+        build_model(config),
+        config,
+        (data.images, data.masks),
+        (data.images, data.masks),
+        train_indices=rows[:6],
+        val_indices=rows[6:],
     )
     # Every recorded drop shows as a 10x smaller learning rate in the next epoch, and only then.
-    for before, after in zip(history, history[1:], strict=False):
+    for before, after in itertools.pairwise(history):
         if before.epoch in drops:
             assert after.lr == pytest.approx(before.lr * 0.1)
         else:
@@ -179,8 +184,18 @@ def _segsweep(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
     ],
 )
 def test_cli_bad_options_exit_2_with_one_line(kvasir_seg_dir: Path, tmp_path: Path, extra, message) -> None:
-    proc = _segsweep("cv", "--data", str(kvasir_seg_dir), "--out", str(tmp_path / "o"),
-                     "--weights", "none", "--image-size", "64", *extra)
+    proc = _segsweep(
+        "cv",
+        "--data",
+        str(kvasir_seg_dir),
+        "--out",
+        str(tmp_path / "o"),
+        "--weights",
+        "none",
+        "--image-size",
+        "64",
+        *extra,
+    )
     assert proc.returncode == 2, proc.stderr
     assert message in proc.stderr
     assert "Traceback" not in proc.stderr
@@ -196,15 +211,18 @@ def test_cli_bad_folders_exit_2(kvasir_seg_dir: Path, tmp_path: Path) -> None:
     assert proc.returncode == 2 and "no image files" in proc.stderr
     blocker = tmp_path / "file"
     blocker.write_text("")
-    proc = _segsweep("cv", "--data", str(kvasir_seg_dir), "--out", str(blocker / "out"), "--weights", "none",
-                     "--image-size", "64")
+    proc = _segsweep(
+        "cv", "--data", str(kvasir_seg_dir), "--out", str(blocker / "out"), "--weights", "none", "--image-size", "64"
+    )
     assert proc.returncode == 2 and "cannot write to output folder" in proc.stderr
 
 
 def test_cli_config_file_and_option_override(kvasir_seg_dir: Path, tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
-    config.write_text(f"data: {kvasir_seg_dir}\nencoder: mobilenetv2\nweights: none\nimage_size: 64\n"
-                      "folds: 2\nepochs: 1\nbatch_size: 30\nlimit: 6\n")
+    config.write_text(
+        f"data: {kvasir_seg_dir}\nencoder: mobilenetv2\nweights: none\nimage_size: 64\n"
+        "folds: 2\nepochs: 1\nbatch_size: 30\nlimit: 6\n"
+    )
     proc = _segsweep("cv", "--config", str(config), "--batch-size", "2", "--out", str(tmp_path / "o"), "--quiet")
     assert proc.returncode == 0, proc.stderr
     written = json.loads((tmp_path / "o" / "cv.json").read_text())
@@ -218,9 +236,27 @@ def test_cli_config_file_and_option_override(kvasir_seg_dir: Path, tmp_path: Pat
 @pytest.mark.realdata
 @pytest.mark.slow
 def test_cv_on_real_kvasir_seg(real_kvasir_seg: Path, tmp_path: Path) -> None:
-    proc = _segsweep("cv", "--data", str(real_kvasir_seg), "--limit", "40", "--image-size", "64",
-                     "--encoder", "mobilenetv2", "--weights", "none", "--folds", "2", "--epochs", "1",
-                     "--batch-size", "8", "--out", str(tmp_path / "out"))
+    proc = _segsweep(
+        "cv",
+        "--data",
+        str(real_kvasir_seg),
+        "--limit",
+        "40",
+        "--image-size",
+        "64",
+        "--encoder",
+        "mobilenetv2",
+        "--weights",
+        "none",
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--out",
+        str(tmp_path / "out"),
+    )
     assert proc.returncode == 0, proc.stderr
     result = json.loads((tmp_path / "out" / "cv.json").read_text())
     assert result["complete"] and len(result["folds"]) == 2

@@ -39,10 +39,12 @@ def register(sub: Any) -> None:
     cv.add_argument("--config", help="YAML or JSON file with the same keys; options given here win")
     for name, (kind, text) in _CV_OPTIONS.items():
         cv.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
-    cv.add_argument("--no-augment", dest="augment", action="store_false", default=None,
-                    help="train without augmentation")
-    cv.add_argument("--tracker", default=None,
-                    help="comma-separated trackers: mlflow, neptune, none (default: none for cv)")
+    cv.add_argument(
+        "--no-augment", dest="augment", action="store_false", default=None, help="train without augmentation"
+    )
+    cv.add_argument(
+        "--tracker", default=None, help="comma-separated trackers: mlflow, neptune, none (default: none for cv)"
+    )
     cv.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     cv.set_defaults(handler=_cmd_cv)
 
@@ -59,9 +61,7 @@ def register(sub: Any) -> None:
 
     weights = sub.add_parser("weights", help="manage encoder weights")
     weights_sub = weights.add_subparsers(dest="weights_command", metavar="ACTION", required=True)
-    imp = weights_sub.add_parser(
-        "import", help="put a copy of an encoder's ImageNet weights file into the Keras cache"
-    )
+    imp = weights_sub.add_parser("import", help="put a copy of an encoder's ImageNet weights file into the Keras cache")
     imp.add_argument("file", help="the weights file (.h5) as published by the encoder's authors")
     imp.add_argument("--encoder", required=True, help="encoder the file belongs to")
     imp.set_defaults(handler=_cmd_weights_import)

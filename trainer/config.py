@@ -57,9 +57,7 @@ class CVConfig:
     def validate(self) -> None:
         """Raise ConfigError naming the first value that cannot be used and what to use instead."""
         if self.encoder not in ENCODERS:
-            raise ConfigError(
-                f"unknown encoder {self.encoder!r}; choose one of: {', '.join(ENCODERS)}"
-            )
+            raise ConfigError(f"unknown encoder {self.encoder!r}; choose one of: {', '.join(ENCODERS)}")
         if self.arch not in ARCHITECTURES:
             raise ConfigError(f"unknown architecture {self.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
         if self.loss not in LOSSES:
@@ -97,9 +95,7 @@ class CVConfig:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ConfigError(
-                f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}"
-            )
+            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
         kwargs: dict[str, Any] = {}
         for name, value in values.items():
             kwargs[name] = _coerce(name, value, known[name].type, source)

@@ -51,8 +51,10 @@ def make_folds(
     from sklearn.model_selection import KFold
 
     if config.folds > n:
-        raise ConfigError(f"{config.folds} folds need at least {config.folds} images, but there are {n}; "
-                          "use fewer --folds or more images")
+        raise ConfigError(
+            f"{config.folds} folds need at least {config.folds} images, but there are {n}; "
+            "use fewer --folds or more images"
+        )
     splitter = KFold(n_splits=config.folds, shuffle=True, random_state=config.seed)
     return [(train, val) for train, val in splitter.split(np.arange(n))]
 
@@ -135,8 +137,13 @@ def run_cv(
 
     def snapshot(complete: bool) -> CVResult:
         result = CVResult(
-            config=config.to_dict(), data=data_info, n_folds=len(folds), folds=list(completed),
-            seconds=previous_seconds + time.perf_counter() - started, complete=complete, version=version(),
+            config=config.to_dict(),
+            data=data_info,
+            n_folds=len(folds),
+            folds=list(completed),
+            seconds=previous_seconds + time.perf_counter() - started,
+            complete=complete,
+            version=version(),
         )
         write_json_atomic(out_dir / "cv.json", result.to_dict())
         return result
@@ -181,8 +188,12 @@ def _run_fold(
     tf_keras.utils.set_random_seed(config.seed * 1000 + number)
     model = build_model(config)
     history, lr_drops = fit(
-        model, config, (data.images, data.masks), (data.images, data.masks),
-        train_indices=train_rows, val_indices=val_rows,
+        model,
+        config,
+        (data.images, data.masks),
+        (data.images, data.masks),
+        train_indices=train_rows,
+        val_indices=val_rows,
         on_epoch=lambda epoch, metrics: reporter.on_epoch(number, epoch, metrics),
         seed=config.seed * 1000 + number,
     )
@@ -192,10 +203,16 @@ def _run_fold(
     scores = medai_scores(val_masks, probabilities)
     stems = [data.stems[i] for i in np.sort(val_rows)]
     result = FoldResult(
-        fold=number, n_train=len(train_rows), n_val=len(val_rows),
-        dice=float(scores["mean_dice"]), iou=float(scores["mean_iou"]),
-        epochs_run=len(history), lr_drops=lr_drops, history=history,
-        seconds=time.perf_counter() - started, val_stems=stems,
+        fold=number,
+        n_train=len(train_rows),
+        n_val=len(val_rows),
+        dice=float(scores["mean_dice"]),
+        iou=float(scores["mean_iou"]),
+        epochs_run=len(history),
+        lr_drops=lr_drops,
+        history=history,
+        seconds=time.perf_counter() - started,
+        val_stems=stems,
     )
     k = min(PREVIEW_IMAGES, len(stems))
     preview = FoldPreview(tuple(stems[:k]), val_images[:k], val_masks[:k], probabilities[:k])
@@ -229,11 +246,10 @@ class _ConsoleReporter(Reporter):
             flush=True,
         )
 
-    def on_fold_end(
-        self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None
-    ) -> None:
-        print(f"  fold {result.fold}: Dice {result.dice:.4f}  IoU {result.iou:.4f}  ({result.seconds:.0f} s)",
-              flush=True)
+    def on_fold_end(self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None) -> None:
+        print(
+            f"  fold {result.fold}: Dice {result.dice:.4f}  IoU {result.iou:.4f}  ({result.seconds:.0f} s)", flush=True
+        )
 
     def on_cv_end(self, result: CVResult) -> None:
         print(format_fold_table(result), flush=True)
@@ -264,16 +280,20 @@ def run_cv_command(
     started = time.perf_counter()
     data = prepare_dataset(data_dir, config.image_size, split=config.dev_split, limit=config.limit)
     if verbose:
-        print(f"data: {len(data)} pairs from {data_dir} at {data.image_size}px "
-              f"(ready in {time.perf_counter() - started:.1f} s)", flush=True)
+        print(
+            f"data: {len(data)} pairs from {data_dir} at {data.image_size}px "
+            f"(ready in {time.perf_counter() - started:.1f} s)",
+            flush=True,
+        )
     val_stems = read_split(data_dir, config.val_split) if config.val_split else None
     reporter: Reporter | None = None
     if tracker not in (None, "none", ""):
         from trainer.tracking import open_trackers
 
         reporter = open_trackers(tracker, root=out_dir, run_name=out_dir.name, params=config.to_dict())
-    result = run_cv(config, data, out_dir, reporter, val_stems=val_stems,
-                    data_source=str(data_dir.resolve()), verbose=verbose)
+    result = run_cv(
+        config, data, out_dir, reporter, val_stems=val_stems, data_source=str(data_dir.resolve()), verbose=verbose
+    )
     if not verbose:
         print(format_fold_table(result))
     print(f"wrote {out_dir / 'cv.json'}", file=sys.stderr)

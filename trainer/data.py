@@ -77,9 +77,7 @@ def index_dataset(root: str | Path) -> DatasetIndex:
                 ignored.append(path)
                 continue
             if path.stem in found:
-                raise DataError(
-                    f"{path} and {found[path.stem]} share the stem {path.stem!r}; keep one of them"
-                )
+                raise DataError(f"{path} and {found[path.stem]} share the stem {path.stem!r}; keep one of them")
             found[path.stem] = path
         files[sub] = found
     index = DatasetIndex(root, files["images"], files["masks"], tuple(ignored))
@@ -117,9 +115,7 @@ def read_split(root: str | Path, name: str) -> list[str]:
     )
 
 
-def select_stems(
-    index: DatasetIndex, *, split: str | None = None, limit: int | None = None
-) -> list[str]:
+def select_stems(index: DatasetIndex, *, split: str | None = None, limit: int | None = None) -> list[str]:
     """The paired stems to use: those of ``split`` if given (all pairs otherwise), first ``limit``."""
     stems = index.stems
     if not stems:
@@ -252,9 +248,7 @@ def load_cache(entry: Path) -> PreparedData:
     return PreparedData(images, masks, tuple(meta["stems"]), int(meta["image_size"]), entry.name)
 
 
-def _build_cache(
-    index: DatasetIndex, stems: Sequence[str], size: int, entry: Path, progress: bool | None
-) -> None:
+def _build_cache(index: DatasetIndex, stems: Sequence[str], size: int, entry: Path, progress: bool | None) -> None:
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
     try:

@@ -41,9 +41,7 @@ class Reporter:
     def on_epoch(self, fold: int, epoch: int, metrics: Mapping[str, float]) -> None:
         """Called after every epoch with loss, val_loss, val_iou and lr. ``epoch`` counts from 1."""
 
-    def on_fold_end(
-        self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None
-    ) -> None:
+    def on_fold_end(self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None) -> None:
         """Called after a fold is scored and written; ``completed`` includes it."""
 
     def on_cv_end(self, result: CVResult) -> None:
@@ -71,9 +69,7 @@ class MultiReporter(Reporter):
         for r in self.reporters:
             r.on_epoch(fold, epoch, metrics)
 
-    def on_fold_end(
-        self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None
-    ) -> None:
+    def on_fold_end(self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None) -> None:
         for r in self.reporters:
             r.on_fold_end(result, completed, preview)
 

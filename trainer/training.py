@@ -93,7 +93,6 @@ class BatchSource:
         return tf.data.Dataset.from_generator(self.batches, output_signature=spec).prefetch(2)
 
 
-
 def _make_callbacks(
     config: CVConfig,
     history: list[EpochRecord],
@@ -106,7 +105,7 @@ def _make_callbacks(
 ) -> list[Any]:
     import tf_keras
 
-    class EpochRecorder(tf_keras.callbacks.Callback):  # type: ignore[misc]
+    class EpochRecorder(tf_keras.callbacks.Callback):
         """Records each epoch and the epochs at whose end the learning rate was cut."""
 
         def on_epoch_begin(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
@@ -154,8 +153,12 @@ def _make_callbacks(
         # The paper: cut the learning rate 10x when validation IoU has not improved for 3 epochs.
         callbacks.append(
             tf_keras.callbacks.ReduceLROnPlateau(
-                monitor="val_iou", mode="max", factor=config.lr_factor, patience=config.lr_patience,
-                min_lr=0.0, verbose=0,
+                monitor="val_iou",
+                mode="max",
+                factor=config.lr_factor,
+                patience=config.lr_patience,
+                min_lr=0.0,
+                verbose=0,
             )
         )
     callbacks.append(EpochRecorder())  # after the scheduler, so it sees the cut learning rate
@@ -190,8 +193,13 @@ def fit(
     if len(indices) == 0:
         raise TrainingError("no training images")
     source = BatchSource(
-        images, masks, indices, batch_size=config.batch_size, encoder=config.encoder,
-        augment=config.augment, seed=seed,
+        images,
+        masks,
+        indices,
+        batch_size=config.batch_size,
+        encoder=config.encoder,
+        augment=config.augment,
+        seed=seed,
     )
     validation = None
     if val is not None:
@@ -203,8 +211,13 @@ def fit(
     history: list[EpochRecord] = []
     lr_drops: list[int] = []
     callbacks = _make_callbacks(
-        config, history, lr_drops, monitor_val=validation is not None,
-        lr_drop_epochs=lr_drop_epochs, on_epoch=on_epoch, n_train=len(indices),
+        config,
+        history,
+        lr_drops,
+        monitor_val=validation is not None,
+        lr_drop_epochs=lr_drop_epochs,
+        on_epoch=on_epoch,
+        n_train=len(indices),
     )
     model.fit(
         source.dataset(config.image_size),
