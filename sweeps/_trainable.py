@@ -141,10 +141,20 @@ def _extra_reporters(spec: Mapping[str, Any], trial_id: str, out_dir: Path) -> l
     """The trial's tracker reporters (MLflow, Neptune) built from sweep.json's ``tracker`` setting.
 
     The seam where tracking plugs into sweeps: it returns the sinks that receive the same epoch and
-    fold calls as the Ray reporter. None yet.
+    fold calls as the Ray reporter. The trial's runs are children of the sweep's runs, whose
+    context lives in SWEEP/tracking.json (made by the driver, or by the first trial that asks).
     """
-    del spec, trial_id, out_dir
-    return []
+    from trainer.tracking import open_trackers, parse_tracker_names, sweep_tracking
+
+    names = spec.get("tracker")
+    if not parse_tracker_names(names):
+        return []
+    sweep_dir = Path(out_dir).parent.parent  # SWEEP/trials/<trial_id>
+    sweep_params = {k: v for k, v in spec.items() if k not in ("space_definition",)}
+    ctx = sweep_tracking(sweep_dir, names, str(spec.get("name") or sweep_dir.name), sweep_params)
+    record = read_trial_record(Path(out_dir))
+    params = {"trial_id": trial_id, **dict(record.get("params") or {}), **dict(record.get("config") or {})}
+    return [open_trackers(names, root=Path(out_dir), run_name=trial_id, params=params, parent=ctx)]
 
 
 class TuneFoldReporter(Reporter):

@@ -35,15 +35,11 @@ def make_preview(size: int = 64, k: int = 2) -> FoldPreview:
     truth = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2).astype(np.uint8)
     probs = np.roll(truth, 3, axis=1).astype(np.float32) * 0.9
     images = np.full((k, size, size, 3), 90, dtype=np.uint8)
-    return FoldPreview(
-        tuple(f"img{i}" for i in range(k)), images, np.stack([truth] * k), np.stack([probs] * k)
-    )
+    return FoldPreview(tuple(f"img{i}" for i in range(k)), images, np.stack([truth] * k), np.stack([probs] * k))
 
 
 def make_fold(fold: int) -> FoldResult:
-    history = [
-        EpochRecord(e, 1.0 / e, 1.2 / e, 0.1 * e, 1e-3 if e < 3 else 1e-4) for e in range(1, EPOCHS + 1)
-    ]
+    history = [EpochRecord(e, 1.0 / e, 1.2 / e, 0.1 * e, 1e-3 if e < 3 else 1e-4) for e in range(1, EPOCHS + 1)]
     return FoldResult(
         fold=fold,
         n_train=6,
@@ -159,9 +155,7 @@ def test_mlflow_cv_run_with_fold_children(tmp_path: Path, monkeypatch: pytest.Mo
     assert (out / "mlflow.db").is_file()
     runs = _runs(out)
     (cv,) = [r for r in runs if r.data.tags.get("segsweep.kind") == "cv"]
-    folds = sorted(
-        (r for r in runs if r.data.tags.get("segsweep.kind") == "fold"), key=lambda r: r.info.run_name
-    )
+    folds = sorted((r for r in runs if r.data.tags.get("segsweep.kind") == "fold"), key=lambda r: r.info.run_name)
     assert [r.info.run_name for r in folds] == ["fold 01", "fold 02"]
     assert all(r.data.tags["mlflow.parentRunId"] == cv.info.run_id for r in folds)
     assert cv.info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in folds)
@@ -318,9 +312,7 @@ def test_sweep_context_nests_trials_and_folds(tmp_path: Path) -> None:
     ctx = TrackingContext.from_json(ctx.to_json())
     for trial in ("t0", "t1"):
         drive(
-            open_trackers(
-                None, root=sweep / "trials" / trial, run_name=trial, params={"lr": 1e-3}, parent=ctx
-            ),
+            open_trackers(None, root=sweep / "trials" / trial, run_name=trial, params={"lr": 1e-3}, parent=ctx),
             sweep / "trials" / trial,
         )
     finish_sweep_tracking(ctx, {"best_trial": "t1", "best_dice": 0.65, "trials": 2})
@@ -335,7 +327,24 @@ def test_sweep_context_nests_trials_and_folds(tmp_path: Path) -> None:
     assert len(folds) == 4
     assert all(by_id[r.data.tags["mlflow.parentRunId"]].data.tags["segsweep.kind"] == "trial" for r in folds)
     assert not list(sweep.glob("trials/*/mlflow.db")) and not list(sweep.glob("trials/*/.neptune"))
-    names = {
-        op.get("value") for _, op in neptune_operations(sweep / ".neptune") if op["path"] == ["sys", "name"]
-    }
+    names = {op.get("value") for _, op in neptune_operations(sweep / ".neptune") if op["path"] == ["sys", "name"]}
     assert names == {"s1", "t0", "t1"}
+
+
+# --- preview ------------------------------------------------------------------------------------------
+
+
+def test_preview_png_draws_true_and_predicted_contours_losslessly() -> None:
+    import cv2
+
+    from trainer.preview import PREDICTED_COLOUR, TRUE_COLOUR, preview_png, render_preview
+
+    preview = make_preview(size=64, k=3)
+    rgb = render_preview(preview, tile=128)
+    assert rgb.shape[0] == 128 + 22 and rgb.shape[1] == 3 * 128 + 2 * 4
+    for colour in (TRUE_COLOUR, PREDICTED_COLOUR):
+        assert (rgb == np.array(colour, dtype=np.uint8)).all(axis=-1).sum() > 100
+    decoded = cv2.cvtColor(cv2.imdecode(np.frombuffer(preview_png(preview, tile=128), np.uint8), 1), cv2.COLOR_BGR2RGB)
+    assert np.array_equal(decoded, rgb)
+    with pytest.raises(ValueError, match="no images"):
+        render_preview(FoldPreview((), preview.images[:0], preview.true_masks[:0], preview.probabilities[:0]))

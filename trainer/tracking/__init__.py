@@ -37,15 +37,19 @@ __all__ = [
     "GuardedTracker",
     "TrackingContext",
     "TrackingWarning",
+    "finish_sweep_folder_tracking",
     "finish_sweep_tracking",
     "open_trackers",
     "parse_tracker_names",
     "redact_params",
     "redact_text",
     "start_sweep_tracking",
+    "sweep_tracking",
 ]
 
 TRACKERS: tuple[str, ...] = ("mlflow", "neptune")
+#: The sweep's tracking context, kept in the sweep folder for every trial and for resume.
+CONTEXT_FILE = "tracking.json"
 
 # The sweep's own Neptune run stays open in the driver between start and finish (Neptune offline
 # cannot reopen a run by id), keyed by the sweep's data directory.
@@ -66,8 +70,7 @@ def parse_tracker_names(names: str | None) -> tuple[str, ...]:
             continue
         if name not in TRACKERS:
             raise ConfigError(
-                f"unknown tracker {raw.strip()!r}; "
-                f"use a comma-separated list of {', '.join(TRACKERS)}, or none"
+                f"unknown tracker {raw.strip()!r}; use a comma-separated list of {', '.join(TRACKERS)}, or none"
             )
         if name not in chosen:
             chosen.append(name)
@@ -119,9 +122,7 @@ def open_trackers(
                     params=params,
                     mode=neptune_mode or (parent.neptune_mode if in_sweep and parent else None),
                     project=parent.neptune_project if in_sweep and parent else None,
-                    data_dir=Path(parent.neptune_data_dir)
-                    if in_sweep and parent and parent.neptune_data_dir
-                    else None,
+                    data_dir=Path(parent.neptune_data_dir) if in_sweep and parent and parent.neptune_data_dir else None,
                     sweep_name=parent.sweep_name if parent else None,
                     sweep_id=parent.neptune_sweep_id if in_sweep and parent else None,
                 )
@@ -155,13 +156,10 @@ def start_sweep_tracking(
             uri, experiment_id, run_id = _mlflow.start_sweep_run(root, sweep_name, params)
         except Exception as exc:
             warn_tracking(
-                f"MLflow tracking is off for this sweep: could not start its run ({type(exc).__name__}: "
-                f"{exc})"
+                f"MLflow tracking is off for this sweep: could not start its run ({type(exc).__name__}: {exc})"
             )
         else:
-            values.update(
-                mlflow_tracking_uri=uri, mlflow_experiment_id=experiment_id, mlflow_parent_run_id=run_id
-            )
+            values.update(mlflow_tracking_uri=uri, mlflow_experiment_id=experiment_id, mlflow_parent_run_id=run_id)
             started.append("mlflow")
     if "neptune" in chosen:
         from trainer.tracking import _neptune
@@ -174,8 +172,7 @@ def start_sweep_tracking(
             )
         except Exception as exc:
             warn_tracking(
-                f"Neptune tracking is off for this sweep: could not start its run ({type(exc).__name__}: "
-                f"{exc})"
+                f"Neptune tracking is off for this sweep: could not start its run ({type(exc).__name__}: {exc})"
             )
         else:
             _OPEN_SWEEP_RUNS[str(data_dir)] = (run, mode)
@@ -226,3 +223,45 @@ def _flat_summary(summary: Mapping[str, Any]) -> dict[str, Any]:
     from trainer.tracking._secrets import flatten_params
 
     return flatten_params(redact_params(summary))
+
+
+def sweep_tracking(
+    sweep_dir: Path, names: str | None, sweep_name: str, params: Mapping[str, Any], *, keep_open: bool = False
+) -> TrackingContext:
+    """The sweep's tracking context: read from ``SWEEP/tracking.json``, or started and written there.
+
+    Whichever process asks first (the driver before its trials, or else the first trial) opens the
+    sweep's parent runs, under a file lock so that concurrent trials open them once. A resumed sweep
+    finds its context and keeps logging under the same parent runs. ``keep_open`` keeps the sweep's
+    Neptune run open in this process until :func:`finish_sweep_tracking` (the driver); otherwise it
+    is closed at once and the summary goes to a second sweep-level run.
+    """
+    import fcntl
+
+    from trainer.results import write_json_atomic
+
+    sweep_dir = Path(sweep_dir)
+    sweep_dir.mkdir(parents=True, exist_ok=True)
+    path = sweep_dir / CONTEXT_FILE
+    with (sweep_dir / f".{CONTEXT_FILE}.lock").open("w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if path.is_file():
+            return TrackingContext.from_json(path.read_text())
+        ctx = start_sweep_tracking(names, sweep_dir, sweep_name, params)
+        write_json_atomic(path, ctx.to_dict())
+    if not keep_open and ctx.neptune_data_dir in _OPEN_SWEEP_RUNS:
+        from trainer.tracking import _neptune
+
+        run, mode = _OPEN_SWEEP_RUNS.pop(ctx.neptune_data_dir)
+        try:
+            _neptune.stop_run(run, mode)
+        except Exception as exc:
+            warn_tracking(f"Neptune could not close the sweep's run ({type(exc).__name__}: {exc})")
+    return ctx
+
+
+def finish_sweep_folder_tracking(sweep_dir: Path, summary: Mapping[str, Any]) -> None:
+    """:func:`finish_sweep_tracking` for the context kept in ``SWEEP/tracking.json`` (if any)."""
+    path = Path(sweep_dir) / CONTEXT_FILE
+    if path.is_file():
+        finish_sweep_tracking(TrackingContext.from_json(path.read_text()), summary)

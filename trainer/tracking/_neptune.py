@@ -33,8 +33,9 @@ if TYPE_CHECKING:
     from trainer.results import CVResult, FoldResult
 
 MODES = ("offline", "async", "debug")
-#: Seconds an online ``init_run`` may take before segsweep falls back to offline.
-DEFAULT_INIT_TIMEOUT = float(os.environ.get("SEGSWEEP_NEPTUNE_INIT_TIMEOUT", "30"))
+#: Seconds an online ``init_run`` may take before segsweep falls back to offline
+#: (``SEGSWEEP_NEPTUNE_INIT_TIMEOUT`` overrides it).
+DEFAULT_INIT_TIMEOUT = 30.0
 #: Seconds ``stop`` may wait for an online run to finish syncing.
 DEFAULT_STOP_TIMEOUT = 30.0
 DATA_DIRECTORY_ENV = "NEPTUNE_DATA_DIRECTORY"
@@ -48,9 +49,7 @@ def resolve_mode(option: str | None = None) -> str:
         online = os.environ.get("NEPTUNE_API_TOKEN") and os.environ.get("NEPTUNE_PROJECT")
         mode = "async" if online else "offline"
     if mode not in MODES:
-        raise ConfigError(
-            f"Neptune mode {mode!r} is not supported; set NEPTUNE_MODE to one of: {', '.join(MODES)}"
-        )
+        raise ConfigError(f"Neptune mode {mode!r} is not supported; set NEPTUNE_MODE to one of: {', '.join(MODES)}")
     return mode
 
 
@@ -59,11 +58,15 @@ def data_dir_for(root: Path) -> Path:
     return Path(root).resolve() / ".neptune"
 
 
-def init_run(
-    *, mode: str, data_dir: Path, timeout: float = DEFAULT_INIT_TIMEOUT, **kwargs: Any
-) -> tuple[Run, str]:
+def init_timeout() -> float:
+    return float(os.environ.get("SEGSWEEP_NEPTUNE_INIT_TIMEOUT") or DEFAULT_INIT_TIMEOUT)
+
+
+def init_run(*, mode: str, data_dir: Path, timeout: float | None = None, **kwargs: Any) -> tuple[Run, str]:
     """A Neptune run writing into ``data_dir``; returns it and the mode it actually runs in."""
     import neptune
+
+    timeout = init_timeout() if timeout is None else timeout
 
     options: dict[str, Any] = {
         "capture_stdout": False,
@@ -103,9 +106,7 @@ def init_run(
             else:
                 error = outcome.get("error")
                 reason = f"{type(error).__name__}: {error}"
-            warn_tracking(
-                f"Neptune could not start an online run ({reason}); logging offline into {data_dir}"
-            )
+            warn_tracking(f"Neptune could not start an online run ({reason}); logging offline into {data_dir}")
             return neptune.init_run(mode="offline", **options), "offline"
         finally:
             if not hung:
@@ -145,7 +146,7 @@ class NeptuneTracker(GuardedTracker):
         data_dir: Path | None = None,
         sweep_name: str | None = None,
         sweep_id: str | None = None,
-        init_timeout: float = DEFAULT_INIT_TIMEOUT,
+        init_timeout: float | None = None,
     ) -> None:
         super().__init__()
         self.root = Path(root).resolve()
@@ -169,9 +170,7 @@ class NeptuneTracker(GuardedTracker):
         kwargs: dict[str, Any] = {"name": self.run_name, "tags": tags}
         if self.project:
             kwargs["project"] = self.project
-        self.run, self.mode = init_run(
-            mode=self.mode, data_dir=self.data_dir, timeout=self.init_timeout, **kwargs
-        )
+        self.run, self.mode = init_run(mode=self.mode, data_dir=self.data_dir, timeout=self.init_timeout, **kwargs)
         run = self.run
         run["segsweep/kind"] = "trial" if self.sweep_name else "cv"
         run["segsweep/root"] = str(self.root)

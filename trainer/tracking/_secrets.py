@@ -13,9 +13,7 @@ import re
 from collections.abc import Iterable, Mapping
 from typing import Any
 
-SECRET_NAME = re.compile(
-    r"token|secret|passw|pwd|api_?key|apikey|credential|private_?key|auth_?key", re.IGNORECASE
-)
+SECRET_NAME = re.compile(r"token|secret|passw|pwd|api_?key|apikey|credential|private_?key|auth_?key", re.IGNORECASE)
 MASK = "[redacted]"
 #: Shorter values are not masked inside text: masking "1" or "true" everywhere would garble it.
 _MIN_SECRET_LENGTH = 6
