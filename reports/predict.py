@@ -273,7 +273,8 @@ def summarise_prediction(prediction: Prediction) -> dict[str, Any]:
             "fraction": agree / len(counted) if counted else None,
         },
         "per_image": [
-            {k: v for k, v in vars(r).items() if k != "objects" and v is not None} for r in prediction.results
+            {("image" if k == "stem" else k): v for k, v in vars(r).items() if k != "objects" and v is not None}
+            for r in prediction.results
         ],
     }
 

@@ -1,0 +1,271 @@
+"""retrain -> model bundle -> predict, on small synthetic data; bundle errors; the real-data run."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from reports.bundle import BundleError, load_bundle
+from reports.results import load_sweep
+from sweeps.cli import main
+from tests.fake_sweep import FakeTrial, make_sweep, read_json
+
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PARAMS = {"encoder": "mobilenetv2", "weights": "none", "batch_size": 4, "lr": 1e-3}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory, kvasir_seg_dir: Path) -> tuple[Path, Path]:
+    """(storage, bundle): a fabricated sweep on the synthetic data set, its winner retrained."""
+    root = tmp_path_factory.mktemp("retrain")
+    trials = [
+        FakeTrial(PARAMS, [0.7, 0.6], epochs=3, lr_drops=[[1], [2]]),
+        FakeTrial({**PARAMS, "lr": 1e-2}, [0.5, 0.6], epochs=3),
+    ]
+    make_sweep(root / "sweeps", "s", trials, data=kvasir_seg_dir, limit=None)
+    bundle = root / "model"
+    code = main(["retrain", "s", "--storage", str(root / "sweeps"), "--out", str(bundle), "--quiet"])
+    assert code == 0
+    return root / "sweeps", bundle
+
+
+@pytest.fixture(scope="module")
+def test_set(tmp_path_factory: pytest.TempPathFactory, kvasir_seg_dir: Path) -> Path:
+    """The synthetic pairs at another, non-square size (96 wide, 80 high), plus one unreadable image."""
+    root = tmp_path_factory.mktemp("test-set")
+    for sub in ("images", "masks"):
+        (root / sub).mkdir()
+        for path in sorted((kvasir_seg_dir / sub).glob("*.jpg")):
+            image = cv2.imread(str(path))
+            interpolation = cv2.INTER_LINEAR if sub == "images" else cv2.INTER_NEAREST
+            cv2.imwrite(str(root / sub / f"{path.stem}.{'jpg' if sub == 'images' else 'png'}"),
+                        cv2.resize(image, (96, 80), interpolation=interpolation))  # fmt: skip
+    (root / "images" / "truncated.jpg").write_bytes((root / "images" / "case000.jpg").read_bytes()[:40])
+    cv2.imwrite(str(root / "masks" / "truncated.png"), np.zeros((80, 96), np.uint8))
+    return root
+
+
+@pytest.mark.slow
+def test_retrain_writes_a_bundle_with_the_imitated_schedule(trained: tuple[Path, Path]) -> None:
+    _, bundle = trained
+    names = sorted(p.name for p in bundle.iterdir())
+    assert names == ["README.md", "config.json", "history.json", "schedule.json", "train_stems.txt", "weights.h5"]
+    meta = read_json(bundle / "config.json")
+    assert meta["bundle_format"] == 1 and meta["segsweep_version"]
+    assert meta["source"]["trial"] == "trial_00000" and meta["preprocessing"]["encoder"] == "mobilenetv2"
+    assert meta["data"]["n_images"] == 12
+    schedule = read_json(bundle / "schedule.json")
+    assert schedule["fold_drops"] == [[1], [2]]
+    assert schedule["drop_epochs"] == [2] == schedule["applied_drops"]  # median 1.5 rounds up
+    history = read_json(bundle / "history.json")
+    assert [h["lr"] for h in history] == pytest.approx([1e-3, 1e-3, 1e-4])
+    card = (bundle / "README.md").read_text()
+    assert "median epoch of the k-th cut" in card and "trial_00000" in card
+    assert len((bundle / "train_stems.txt").read_text().split()) == 12
+
+
+@pytest.mark.slow
+def test_bundle_loads_in_a_fresh_process(trained: tuple[Path, Path], tmp_path: Path) -> None:
+    _, bundle = trained
+    from trainer.training import predict_probabilities
+
+    loaded = load_bundle(bundle)
+    images = np.random.default_rng(0).integers(0, 255, (2, 64, 64, 3), dtype=np.uint8)
+    np.save(tmp_path / "x.npy", images)
+    here = predict_probabilities(loaded.load_model(), images, loaded.config)
+    script = (
+        "import sys, numpy as np\n"
+        "from reports.bundle import load_bundle\n"
+        "from trainer.training import predict_probabilities\n"
+        "b = load_bundle(sys.argv[1])\n"
+        "np.save(sys.argv[3], predict_probabilities(b.load_model(), np.load(sys.argv[2]), b.config))\n"
+    )
+    subprocess.run([sys.executable, "-c", script, str(bundle), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
+                   check=True, timeout=300, cwd=Path(__file__).parents[1])  # fmt: skip
+    assert np.allclose(np.load(tmp_path / "y.npy"), here, atol=1e-5)
+
+
+@pytest.mark.slow
+def test_predict_writes_original_size_png_masks_metrics_counts(
+    trained: tuple[Path, Path], test_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    storage, bundle = trained
+    out = tmp_path / "pred"
+    args = ["predict", str(bundle), "--images", str(test_set / "images"), "--masks", str(test_set / "masks"),
+            "--out", str(out), "--tta"]  # fmt: skip
+    assert main(args) == 0
+    err = capsys.readouterr().err
+    assert "truncated.jpg" in err and "were among the model's training images" in err
+    stems = [f"case{i:03d}" for i in range(12)]
+    for sub in ("masks", "masks_tta", "overlays"):
+        assert sorted(p.stem for p in (out / sub).glob("*.png")) == stems
+    for path in [*(out / "masks").glob("*.png"), *(out / "masks_tta").glob("*.png")]:
+        assert path.read_bytes()[:8] == PNG_SIGNATURE
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == (80, 96) and mask.dtype == np.uint8
+        assert set(np.unique(mask)) <= {0, 255}
+    assert cv2.imread(str(out / "overlays" / "case000.png")).shape == (80, 96, 3)
+
+    metrics = read_json(out / "metrics.json")
+    assert [r["variant"] for r in metrics["rows"]] == ["plain", "tta"]
+    assert all(r["n_images"] == 12 for r in metrics["rows"])
+    assert len(metrics["per_image"]) == 12
+    first = metrics["per_image"][0]
+    assert {"image", "dice", "iou", "dice_tta", "iou_tta", "count", "true_count"} <= set(first)
+    assert metrics["rows"][0]["dice_mean"] == pytest.approx(np.mean([p["dice"] for p in metrics["per_image"]]))
+    assert metrics["skipped"][0]["file"].endswith("truncated.jpg")
+    assert metrics["count_agreement"]["n_images"] == 12
+    assert len(metrics["overlap_with_training"]) == 12
+
+    # The scores of a predicted mask file are the scores in metrics.json (lossless, original size).
+    from trainer.metrics import dice_score
+
+    predicted = cv2.imread(str(out / "masks" / "case003.png"), cv2.IMREAD_GRAYSCALE) > 127
+    truth = cv2.imread(str(test_set / "masks" / "case003.png"), cv2.IMREAD_GRAYSCALE) > 127
+    assert dice_score(truth[None], predicted[None]) == pytest.approx(metrics["per_image"][3]["dice"])
+
+    rows = list(csv.DictReader((out / "counts.csv").open()))
+    assert [r["image"] for r in rows] == stems
+    assert {r["true_count"] for r in rows} <= {"1", "2"}
+    assert (out / "skipped.txt").read_text().startswith(str(test_set / "images" / "truncated.jpg"))
+
+    # The winner's test scores reach the report's Table 2, flagged as training images.
+    assert main(["report", "s", "--storage", str(storage), "--format", "md"]) == 0
+    table2 = (storage / "s" / "report" / "report.md").read_text().split("## Table 2")[1].split("## Leaderboard")[0]
+    assert f"Test set {test_set / 'images'} (12 images, plain" in table2
+    assert "WARNING: 12 of them were training images" in table2
+
+
+@pytest.mark.slow
+def test_predict_without_masks(trained: tuple[Path, Path], test_set: Path, tmp_path: Path) -> None:
+    _, bundle = trained
+    out = tmp_path / "pred"
+    assert main(["predict", str(bundle), "--images", str(test_set / "images"), "--out", str(out)]) == 0
+    assert not (out / "metrics.json").exists()
+    assert len(list((out / "masks").glob("*.png"))) == 12
+    assert "true_count" not in (out / "counts.csv").read_text().splitlines()[0]
+
+
+@pytest.mark.slow
+def test_masks_not_matching_images(
+    trained: tuple[Path, Path], test_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, bundle = trained
+    masks = tmp_path / "masks"
+    shutil.copytree(test_set / "masks", masks)
+    (masks / "case001.png").unlink()
+    (masks / "stray.png").write_bytes((masks / "case002.png").read_bytes())
+    args = ["predict", str(bundle), "--images", str(test_set / "images"), "--masks", str(masks), "--out",
+            str(tmp_path / "p")]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert "1 image(s) have no mask" in err and "case001" in err and "stray" in err
+    (masks / "stray.png").unlink()
+    cv2.imwrite(str(masks / "case001.png"), np.zeros((10, 10), np.uint8))
+    assert main(args) == 2
+    assert "case001.jpg is 96x80 but its mask" in capsys.readouterr().err
+    assert not (tmp_path / "p").exists()  # nothing predicted before the check
+
+
+@pytest.mark.slow
+def test_bundle_errors(trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    _, bundle = trained
+    with pytest.raises(BundleError, match="does not exist"):
+        load_bundle(tmp_path / "nothing")
+    copy = tmp_path / "copy"
+    shutil.copytree(bundle, copy)
+    meta = read_json(copy / "config.json")
+    (copy / "config.json").write_text(json.dumps({**meta, "bundle_format": 99, "segsweep_version": "9.0"}))
+    with pytest.raises(BundleError, match=r"format 99 made by segsweep 9.0.*reads format 1"):
+        load_bundle(copy)
+    (copy / "weights.h5").unlink()
+    assert main(["predict", str(copy), "--images", str(tmp_path), "--out", str(tmp_path / "p")]) == 2
+    assert "weights.h5 missing" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_retrain_bad_input(trained: tuple[Path, Path], tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    storage, bundle = trained
+    assert main(["retrain", "s", "--storage", str(storage), "--out", str(bundle)]) == 2
+    assert "not an empty folder" in capsys.readouterr().err
+    assert main(["retrain", "s", "--storage", str(storage), "--out", str(tmp_path / "m"), "--trial", "x"]) == 2
+    assert "no trial 'x'" in capsys.readouterr().err
+    make_sweep(tmp_path / "sw", "gone", [FakeTrial(PARAMS, [0.5, 0.5])], data=tmp_path / "missing-data")
+    assert main(["retrain", "gone", "--storage", str(tmp_path / "sw"), "--out", str(tmp_path / "m")]) == 2
+    assert "missing-data is not there" in capsys.readouterr().err
+    assert load_sweep(storage, "s").trials[0].trial_id == "trial_00000"
+
+
+@pytest.mark.slow
+@pytest.mark.realdata
+def test_real_kvasir_seg_retrain_and_predict_medico_val(real_kvasir_seg: Path, tmp_path: Path) -> None:
+    """Done-when of the reports issue, on a sweep folder made by real cross-validations.
+
+    Two configurations are cross-validated by the trainer (as a sweep's trials would be) on 40
+    development images from Medico 2020's training split; the winner is reported, retrained and
+    predicts the 120 images of splits/medico2020_val.txt, given as a folder of symlinks.
+    """
+    import optuna
+
+    from trainer.config import CVConfig
+    from trainer.cv import run_cv
+    from trainer.data import prepare_dataset, read_split
+    from trainer.results import write_json_atomic
+
+    storage = tmp_path / "sweeps"
+    sweep = storage / "real"
+    dev_split = str(real_kvasir_seg / "splits" / "medico2020_train.txt")
+    write_json_atomic(sweep / "sweep.json", {"name": "real", "data": str(real_kvasir_seg), "space": "quick"})
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    study = optuna.create_study(study_name="real", storage=f"sqlite:///{sweep / 'optuna.db'}", direction="maximize")
+    distributions = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    for number, lr in enumerate((1e-3, 3e-3)):
+        config = CVConfig(encoder="mobilenetv2", weights="none", batch_size=8, epochs=2, lr=lr, folds=2,
+                          image_size=64, limit=40, dev_split=dev_split)  # fmt: skip
+        data = prepare_dataset(real_kvasir_seg, 64, split=dev_split, limit=40)
+        trial_dir = sweep / "trials" / f"trial_{number:05d}"
+        result = run_cv(config, data, trial_dir, data_source=str(real_kvasir_seg))
+        info = {"trial_id": trial_dir.name, "number": number, "params": {"lr": lr}, "state": "COMPLETE",
+                "config": config.to_dict(), "n_folds": 2}  # fmt: skip
+        write_json_atomic(trial_dir / "trial.json", info)
+        study.add_trial(optuna.trial.create_trial(value=result.mean["dice"], params={"lr": lr},
+                                                  distributions=distributions))  # fmt: skip
+
+    assert main(["report", "real", "--storage", str(storage)]) == 0
+    for name in ("report.html", "report.md", "best.json"):
+        assert (sweep / "report" / name).is_file()
+    bundle = tmp_path / "model"
+    assert main(["retrain", "real", "--storage", str(storage), "--out", str(bundle), "--quiet"]) == 0
+
+    val = read_split(real_kvasir_seg, "medico2020_val.txt")
+    assert len(val) == 120
+    test_set = tmp_path / "medico-val"
+    for sub in ("images", "masks"):
+        (test_set / sub).mkdir(parents=True)
+        for stem in val:
+            (test_set / sub / f"{stem}.jpg").symlink_to(real_kvasir_seg / sub / f"{stem}.jpg")
+    out = tmp_path / "pred"
+    args = ["predict", str(bundle), "--images", str(test_set / "images"), "--masks", str(test_set / "masks"),
+            "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    masks = sorted((out / "masks").glob("*.png"))
+    assert len(masks) == 120
+    for path in masks:
+        original = cv2.imread(str(real_kvasir_seg / "images" / f"{path.stem}.jpg"))
+        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        assert mask.shape == original.shape[:2]
+        assert set(np.unique(mask)) <= {0, 255}
+    metrics = read_json(out / "metrics.json")
+    assert metrics["rows"][0]["n_images"] == 120 and metrics["overlap_with_training"] == []
+    assert len(list(csv.DictReader((out / "counts.csv").open()))) == 120
+    print(json.dumps({"rows": metrics["rows"], "count_agreement": metrics["count_agreement"]}), file=sys.stderr)
+    assert os.environ.get("SEGSWEEP_CACHE")  # the run used the test's own cache
