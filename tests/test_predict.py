@@ -20,6 +20,14 @@ from sweeps.cli import main
 from tests.fake_sweep import FakeTrial, make_sweep, read_json
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _read(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
+    image = cv2.imread(str(path), flags)
+    assert image is not None, f"cannot read {path}"
+    return np.asarray(image)
+
+
 PARAMS = {"encoder": "mobilenetv2", "weights": "none", "batch_size": 4, "lr": 1e-3}
 
 
@@ -45,7 +53,7 @@ def test_set(tmp_path_factory: pytest.TempPathFactory, kvasir_seg_dir: Path) -> 
     for sub in ("images", "masks"):
         (root / sub).mkdir()
         for path in sorted((kvasir_seg_dir / sub).glob("*.jpg")):
-            image = cv2.imread(str(path))
+            image = _read(path, cv2.IMREAD_COLOR)
             interpolation = cv2.INTER_LINEAR if sub == "images" else cv2.INTER_NEAREST
             cv2.imwrite(str(root / sub / f"{path.stem}.{'jpg' if sub == 'images' else 'png'}"),
                         cv2.resize(image, (96, 80), interpolation=interpolation))  # fmt: skip
@@ -110,10 +118,10 @@ def test_predict_writes_original_size_png_masks_metrics_counts(
         assert sorted(p.stem for p in (out / sub).glob("*.png")) == stems
     for path in [*(out / "masks").glob("*.png"), *(out / "masks_tta").glob("*.png")]:
         assert path.read_bytes()[:8] == PNG_SIGNATURE
-        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        mask = _read(path)
         assert mask.shape == (80, 96) and mask.dtype == np.uint8
         assert set(np.unique(mask)) <= {0, 255}
-    assert cv2.imread(str(out / "overlays" / "case000.png")).shape == (80, 96, 3)
+    assert _read(out / "overlays" / "case000.png").shape == (80, 96, 3)
 
     metrics = read_json(out / "metrics.json")
     assert [r["variant"] for r in metrics["rows"]] == ["plain", "tta"]
@@ -129,8 +137,8 @@ def test_predict_writes_original_size_png_masks_metrics_counts(
     # The scores of a predicted mask file are the scores in metrics.json (lossless, original size).
     from trainer.metrics import dice_score
 
-    predicted = cv2.imread(str(out / "masks" / "case003.png"), cv2.IMREAD_GRAYSCALE) > 127
-    truth = cv2.imread(str(test_set / "masks" / "case003.png"), cv2.IMREAD_GRAYSCALE) > 127
+    predicted = _read(out / "masks" / "case003.png", cv2.IMREAD_GRAYSCALE) > 127
+    truth = _read(test_set / "masks" / "case003.png", cv2.IMREAD_GRAYSCALE) > 127
     assert dice_score(truth[None], predicted[None]) == pytest.approx(metrics["per_image"][3]["dice"])
 
     rows = list(csv.DictReader((out / "counts.csv").open()))
@@ -227,7 +235,9 @@ def test_real_kvasir_seg_retrain_and_predict_medico_val(real_kvasir_seg: Path, t
     write_json_atomic(sweep / "sweep.json", {"name": "real", "data": str(real_kvasir_seg), "space": "quick"})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name="real", storage=f"sqlite:///{sweep / 'optuna.db'}", direction="maximize")
-    distributions = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)}
+    distributions: dict[str, optuna.distributions.BaseDistribution] = {
+        "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
+    }
     for number, lr in enumerate((1e-3, 3e-3)):
         config = CVConfig(encoder="mobilenetv2", weights="none", batch_size=8, epochs=2, lr=lr, folds=2,
                           image_size=64, limit=40, dev_split=dev_split)  # fmt: skip
@@ -260,8 +270,8 @@ def test_real_kvasir_seg_retrain_and_predict_medico_val(real_kvasir_seg: Path, t
     masks = sorted((out / "masks").glob("*.png"))
     assert len(masks) == 120
     for path in masks:
-        original = cv2.imread(str(real_kvasir_seg / "images" / f"{path.stem}.jpg"))
-        mask = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+        original = _read(real_kvasir_seg / "images" / f"{path.stem}.jpg", cv2.IMREAD_COLOR)
+        mask = _read(path)
         assert mask.shape == original.shape[:2]
         assert set(np.unique(mask)) <= {0, 255}
     metrics = read_json(out / "metrics.json")
