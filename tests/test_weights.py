@@ -276,6 +276,26 @@ def test_import_without_a_published_hash_checks_the_file_is_keras_weights(
     junk.write_bytes(b"<html>404</html>")
     with pytest.raises(WeightsError, match="not a Keras weights file"):
         weights.import_weights(junk, ENCODER)
+    other = tmp_path / "other" / entry.file_name
+    other.parent.mkdir()
+    with h5py.File(encoder_file, "r") as source, h5py.File(other, "w") as copy:
+        names = list(source.attrs["layer_names"])[:10]
+        for name in names:
+            source.copy(source[name], copy, name=name)
+        copy.attrs["layer_names"] = names
+    with pytest.raises(WeightsError, match=r"holds \d+ weighted layers, but encoder 'mobilenetv2' has 104"):
+        weights.import_weights(other, ENCODER)
+
+
+@pytest.mark.parametrize("encoder", ["mobilenet", "mobilenetv2"])
+def test_layer_counts_of_files_without_hash_match_the_encoders(encoder: str) -> None:
+    import segmentation_models as sm
+
+    backbone = sm.inject_global_submodules(sm.Backbones.get_backbone)(
+        encoder, input_shape=(SIZE, SIZE, 3), weights=None, include_top=False
+    )
+    weighted = sum(1 for layer in backbone.layers if layer.weights)
+    assert weights.IMAGENET_WEIGHTS[encoder].weighted_layers == weighted
 
 
 @pytest.mark.parametrize("published_hash", [True, False])

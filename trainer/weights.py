@@ -57,6 +57,8 @@ class WeightsFile:
     url: str
     file_hash: str | None  # None: the publisher gave no hash (keras_applications' MobileNets)
     source: str  # package whose table segmentation-models takes the file from
+    # For files without a hash: how many weighted layers the encoder has, the check they get instead.
+    weighted_layers: int | None = None
 
     @property
     def hash_algorithm(self) -> str | None:
@@ -78,8 +80,10 @@ _MOBILENET_V2 = "https://github.com/JonathanCMitchell/mobilenet_v2_keras/release
 _EFF_NAME = "_weights_tf_dim_ordering_tf_kernels_autoaugment_notop.h5"
 
 
-def _entry(encoder: str, file_name: str, base_url: str, file_hash: str | None, source: str) -> WeightsFile:
-    return WeightsFile(encoder, file_name, base_url + file_name, file_hash, source)
+def _entry(
+    encoder: str, file_name: str, base_url: str, file_hash: str | None, source: str, layers: int | None = None
+) -> WeightsFile:
+    return WeightsFile(encoder, file_name, base_url + file_name, file_hash, source, layers)
 
 
 # The MobileNets' file depends on the input size in keras_applications; segmentation-models builds
@@ -132,9 +136,9 @@ IMAGENET_WEIGHTS: dict[str, WeightsFile] = {
         _entry("inceptionresnetv2", "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5",
                _FCHOLLET + "v0.7/", "d19885ff4a710c122648d3b5c3b684e4", "segmentation_models"),
         _entry("mobilenet", "mobilenet_1_0_224_tf_no_top.h5", _FCHOLLET + "v0.6/", None,
-               "keras_applications"),
+               "keras_applications", layers=54),
         _entry("mobilenetv2", "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5",
-               _MOBILENET_V2, None, "keras_applications"),
+               _MOBILENET_V2, None, "keras_applications", layers=104),
         _entry("efficientnetb0", "efficientnet-b0" + _EFF_NAME, _EFF,
                "c1421ad80a9fc67c2cc4000f666aa50789ce39eedb4e06d531b0c593890ccff3", "efficientnet"),
         _entry("efficientnetb1", "efficientnet-b1" + _EFF_NAME, _EFF,
@@ -252,7 +256,8 @@ def import_weights(file: Path, encoder: str) -> Path:
                 f"{entry.hash_algorithm} is {actual}, expected {entry.file_hash} for "
                 f"{entry.file_name}; download it again from {entry.url}"
             )
-    _read_weight_layers(file)  # files without a published hash must at least be Keras weights
+    else:
+        _check_unhashed(file, entry)
     target = keras_cache_dir() / entry.file_name
     if target.exists() and target.samefile(file):
         return target
@@ -328,7 +333,7 @@ def _verify_cached(path: Path, entry: WeightsFile) -> None:
             )
     else:
         try:
-            _read_weight_layers(path)
+            _check_unhashed(path, entry)
         except WeightsError as error:
             raise WeightsError(
                 f"{error}; it is the cached ImageNet weights of encoder {entry.encoder!r} and was left "
@@ -395,9 +400,19 @@ def _check_download(path: Path, entry: WeightsFile) -> None:
             )
     else:
         try:
-            _read_weight_layers(path)
+            _check_unhashed(path, entry)
         except WeightsError as error:
-            raise _DownloadFailed(f"the downloaded file is not Keras weights: {error}") from None
+            raise _DownloadFailed(f"the downloaded file is not the expected weights: {error}") from None
+
+
+def _check_unhashed(path: Path, entry: WeightsFile) -> None:
+    """Without a published hash, a file must at least be Keras weights with the encoder's layer count."""
+    found = len(_read_weight_layers(path))
+    if entry.weighted_layers is not None and found != entry.weighted_layers:
+        raise WeightsError(
+            f"{path} holds {found} weighted layers, but encoder {entry.encoder!r} has "
+            f"{entry.weighted_layers}: it is not {entry.file_name}"
+        )
 
 
 @contextmanager
