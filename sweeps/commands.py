@@ -63,6 +63,10 @@ def register(sub: Any) -> None:
     _storage_option(status)
     status.set_defaults(handler=_cmd_status)
 
+    from sweeps.ui import register_ui
+
+    register_ui(sub)
+
 
 def _storage_option(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--storage", default=DEFAULT_STORAGE,
