@@ -1,0 +1,169 @@
+"""What every benchmark script shares: options, machine facts, data sets, tables and the JSON record.
+
+Each script measures a thing and its baseline in one run, on the same machine state, and prints
+their ratio on a last line ``ratio NAME VALUE`` (absolute times drift on shared machines; ratios
+hold better). The full record goes to ``--json`` (default ``benchmarks/results/NAME.json``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+REPO = Path(__file__).resolve().parents[1]
+if str(REPO) not in sys.path:  # scripts run as `python benchmarks/x.py`: make trainer/, tests/ importable
+    sys.path.insert(0, str(REPO))
+
+import trainer._env  # noqa: E402, F401  (Keras environment before anything imports TensorFlow)
+
+#: The real data set, where it exists beside the repository (never copied into it).
+REAL_KVASIR_SEG = REPO.parent / "shared" / "data" / "kvasir-seg"
+RESULTS_DIR = REPO / "benchmarks" / "results"
+#: Set in the child once a script has re-executed itself inside a loopback-only network namespace.
+NETNS_FLAG = "SEGSWEEP_BENCH_IN_NETNS"
+
+
+def parser(name: str, description: str) -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description)
+    p.add_argument("--quick", action="store_true", help="seconds-long smoke run (CI); full mode otherwise")
+    p.add_argument("--json", type=Path, default=RESULTS_DIR / f"{name}.json",
+                   help=f"where to write the results (default benchmarks/results/{name}.json)")
+    p.add_argument("--data", type=Path, default=None,
+                   help="Kvasir-SEG folder (default ../shared/data/kvasir-seg where present; synthetic in --quick)")
+    return p
+
+
+def machine() -> dict[str, Any]:
+    """nproc, CPU model, memory, load and library versions: what the numbers were measured on."""
+    import psutil
+
+    model = ""
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                model = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        model = platform.processor()
+    versions = {}
+    for module in ("tensorflow", "tf_keras", "numpy", "cv2", "albumentations", "ray"):
+        try:
+            versions[module] = __import__(module).__version__ if module in sys.modules else _version(module)
+        except Exception:  # a missing optional module only leaves a gap in the record
+            versions[module] = None
+    return {
+        "date": datetime.datetime.now().astimezone().isoformat(timespec="seconds"),
+        "nproc": os.cpu_count(),
+        "cpu_model": model,
+        "memory_gib": round(psutil.virtual_memory().total / 2**30, 1),
+        "loadavg": [round(x, 2) for x in os.getloadavg()],
+        "python": platform.python_version(),
+        "versions": versions,
+    }
+
+
+def _version(module: str) -> str | None:
+    from importlib.metadata import PackageNotFoundError, version
+
+    names = {"cv2": "opencv-python-headless", "tf_keras": "tf-keras"}
+    try:
+        return version(names.get(module, module))
+    except PackageNotFoundError:
+        return None
+
+
+def real_data(args: argparse.Namespace) -> Path | None:
+    """The real data set to use in full mode, or None (quick mode, or absent)."""
+    if args.quick:
+        return None
+    root = args.data or REAL_KVASIR_SEG
+    return root if (root / "images").is_dir() else None
+
+
+def synthetic_dataset(root: Path, n: int, size: int, seed: int = 0) -> Path:
+    """``n`` synthetic Kvasir-SEG-layout pairs of ``size`` px (JPEG images and masks) under ``root``."""
+    from tests.synth import make_dataset
+
+    return make_dataset(root, n, layout="kvasir-seg", size=size, seed=seed)
+
+
+@contextmanager
+def temporary_dir(prefix: str) -> Iterator[Path]:
+    path = Path(tempfile.mkdtemp(prefix=f"segsweep-bench-{prefix}-"))
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
+
+
+class Timer:
+    """``with Timer() as t: ...`` then ``t.seconds``."""
+
+    seconds: float = 0.0
+
+    def __enter__(self) -> Timer:
+        self._start = time.perf_counter()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.seconds = time.perf_counter() - self._start
+
+
+def best_of(fn: Callable[[], float], repeats: int) -> list[float]:
+    """``fn()`` ``repeats`` times (each returns a rate or a time); all values, for median/min."""
+    return [fn() for _ in range(repeats)]
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    """A plain fixed-width table (numbers right-aligned, 3 significant decimals for floats)."""
+
+    def cell(value: Any) -> str:
+        if isinstance(value, float):
+            return f"{value:,.3g}" if abs(value) < 100 else f"{value:,.0f}"
+        return str(value)
+
+    cells = [[cell(v) for v in row] for row in rows]
+    widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
+    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
+    lines.append("  ".join("-" * w for w in widths))
+    for row in cells:
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+    return "\n".join(lines)
+
+
+def finish(name: str, args: argparse.Namespace, ratio: float, record: dict[str, Any]) -> None:
+    """Write the JSON record (machine, mode, results, ratio) and print the final ``ratio`` line."""
+    record = {"benchmark": name, "mode": "quick" if args.quick else "full", "machine": machine(),
+              **record, "ratio": ratio}
+    args.json.parent.mkdir(parents=True, exist_ok=True)
+    args.json.write_text(json.dumps(record, indent=2, default=float) + "\n")
+    print(f"wrote {args.json}", file=sys.stderr)
+    print(f"ratio {name} {ratio:.4g}", flush=True)
+
+
+def reexec_in_loopback_netns() -> None:
+    """Run this script again inside a network namespace that has only loopback, unless already there.
+
+    Ray opens ports on every interface it sees; in a fresh namespace with only ``lo`` up it cannot
+    reach, or be reached from, anything but 127.0.0.1.
+    """
+    if os.environ.get(NETNS_FLAG) == "1":
+        return
+    if shutil.which("unshare") is None or shutil.which("ip") is None:
+        sys.exit("this benchmark starts Ray and runs it in a loopback-only namespace; it needs `unshare` and `ip`")
+    env = {**os.environ, NETNS_FLAG: "1"}
+    command = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"',
+               sys.executable, *sys.argv]
+    sys.exit(subprocess.call(command, env=env))

@@ -1,0 +1,141 @@
+"""Training path: segsweep's fit loop against a bare tf-keras ``model.fit`` on the same model and data.
+
+Both sides train the same architecture (rebuilt from the same seed), compiled the same way
+(``trainer.models.compile_model``), on the same images at the same batch size:
+
+* bare: ``model.fit(x, y)`` on preprocessed float32 numpy arrays held in memory;
+* segsweep: ``trainer.training.fit`` (BatchSource generator through tf.data with prefetch, its
+  epoch recorder and LR-cut callbacks) on the uint8 prepared data, without augmentation for
+  fairness; and once more with the paper's augmentation, as a sweep trains.
+
+The first epoch of each side (graph tracing) is not timed; the median of the later epochs is.
+Threads: TensorFlow's intra/inter-op settings and the process's thread count (psutil) at the end
+of each timed epoch. Goal: segsweep at least 0.95x bare images/s. Ratio: segsweep / bare
+(no augmentation).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from typing import Any
+
+import _common
+import numpy as np
+
+NAME = "training_path"
+
+
+def _threads() -> dict[str, int]:
+    import psutil
+    import tensorflow as tf
+
+    return {
+        "tf_intra_op": tf.config.threading.get_intra_op_parallelism_threads(),
+        "tf_inter_op": tf.config.threading.get_inter_op_parallelism_threads(),
+        "process_threads": psutil.Process().num_threads(),
+    }
+
+
+def bare_fit(config: Any, images: np.ndarray, masks: np.ndarray) -> tuple[list[float], dict[str, int]]:
+    """Per-epoch seconds of a plain ``model.fit`` on in-memory arrays; peak threads seen."""
+    import tf_keras
+
+    from trainer.models import build_model, compile_model, prepare_inputs
+
+    tf_keras.backend.clear_session()
+    tf_keras.utils.set_random_seed(config.seed)
+    model = build_model(config)
+    compile_model(model, config)
+    x = prepare_inputs(np.asarray(images), config.encoder)
+    y = np.asarray(masks, np.float32)
+    seconds: list[float] = []
+    threads: dict[str, int] = {}
+
+    class EpochTimer(tf_keras.callbacks.Callback):  # type: ignore[misc]
+        def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
+            self.started = time.perf_counter()
+
+        def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            seconds.append(time.perf_counter() - self.started)
+            now = _threads()
+            threads.update({k: max(v, threads.get(k, 0)) for k, v in now.items()})
+
+    model.fit(x, y, batch_size=config.batch_size, epochs=config.epochs, shuffle=True,
+              callbacks=[EpochTimer()], verbose=0)
+    return seconds, threads
+
+
+def segsweep_fit(config: Any, images: np.ndarray, masks: np.ndarray) -> tuple[list[float], dict[str, int]]:
+    """Per-epoch seconds of ``trainer.training.fit`` (its own per-epoch timing); peak threads seen."""
+    import tf_keras
+
+    from trainer.models import build_model
+    from trainer.training import fit
+
+    tf_keras.backend.clear_session()
+    tf_keras.utils.set_random_seed(config.seed)
+    model = build_model(config)
+    seconds: list[float] = []
+    threads: dict[str, int] = {}
+
+    def on_epoch(epoch: int, metrics: Any) -> None:
+        seconds.append(float(metrics["seconds"]))
+        now = _threads()
+        threads.update({k: max(v, threads.get(k, 0)) for k, v in now.items()})
+
+    fit(model, config, (images, masks), on_epoch=on_epoch)
+    return seconds, threads
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = _common.parser(NAME, __doc__.splitlines()[0]).parse_args(argv)
+    run(args)
+
+
+def run(args: argparse.Namespace) -> None:
+    from trainer.config import CVConfig
+    from trainer.data import prepare_dataset
+
+    quick = args.quick
+    encoder, size, batch, n, epochs = ("mobilenetv2", 64, 4, 16, 2) if quick else ("efficientnetb0", 128, 8, 96, 4)
+    with _common.temporary_dir("training") as tmp:
+        root = _common.real_data(args)
+        if root is None:
+            root = _common.synthetic_dataset(tmp / "data", n, size=128)
+        data = prepare_dataset(root, size, limit=n, cache_dir=tmp / "cache", progress=False)
+        config = CVConfig(encoder=encoder, weights="none", image_size=size, batch_size=batch, epochs=epochs,
+                          augment=False, seed=0)
+        sides: dict[str, tuple[list[float], dict[str, int]]] = {}
+        sides["bare model.fit (numpy in memory)"] = bare_fit(config, data.images, data.masks)
+        sides["segsweep fit (no augmentation)"] = segsweep_fit(config, data.images, data.masks)
+        if not quick:
+            config.augment = True
+            sides["segsweep fit (paper augmentation)"] = segsweep_fit(config, data.images, data.masks)
+
+    rates = {name: len(data) / statistics.median(secs[1:]) for name, (secs, _) in sides.items()}
+    bare = rates["bare model.fit (numpy in memory)"]
+    rows = []
+    for name, (secs, threads) in sides.items():
+        rows.append([name, rates[name], rates[name] / bare, statistics.median(secs[1:]), secs[0],
+                     threads["tf_intra_op"], threads["tf_inter_op"], threads["process_threads"]])
+    print(f"data: {root} ({len(data)} pairs at {size} px), {encoder} unet, batch {batch}, {epochs} epochs "
+          "(epoch 1 untimed); tf threads 0 = TensorFlow's default (one per core)")
+    print(_common.table(["training path", "images/s", "x bare", "s/epoch", "epoch 1 s", "tf intra",
+                         "tf inter", "threads"], rows))
+    ratio = rates["segsweep fit (no augmentation)"] / bare
+    print(f"goal: segsweep fit >= 0.95x bare model.fit: {'holds' if ratio >= 0.95 else 'does NOT hold'} "
+          f"({ratio:.3f}x)")
+    _common.finish(NAME, args, ratio, {
+        "data": str(root), "n_pairs": len(data), "encoder": encoder, "image_size": size, "batch_size": batch,
+        "epochs": epochs,
+        "sides": {name: {"epoch_seconds": secs, "images_per_second": rates[name], "threads": threads}
+                  for name, (secs, threads) in sides.items()},
+        "segsweep_threads_env": __import__("os").environ.get("SEGSWEEP_THREADS"),
+        "goal": ">= 0.95", "goal_holds": ratio >= 0.95,
+    })
+
+
+if __name__ == "__main__":
+    main()
