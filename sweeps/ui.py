@@ -99,9 +99,7 @@ def optuna_command(sweep: Path, port: int) -> list[str]:
     script = Path(sys.executable).parent / "optuna-dashboard"
     program = str(script) if script.exists() else shutil.which("optuna-dashboard")
     if program is None:
-        raise SegsweepError(
-            "optuna-dashboard is not installed; install it with: pip install optuna-dashboard"
-        )
+        raise SegsweepError("optuna-dashboard is not installed; install it with: pip install optuna-dashboard")
     db = (sweep / "optuna.db").resolve()
     return [program, f"sqlite:///{db}", "--host", HOST, "--port", str(port), "--quiet"]
 
@@ -134,9 +132,7 @@ def check_port(port: int, option: str) -> int:
     return port
 
 
-def start_dashboard(
-    name: str, command: Sequence[str], port: int, ready_path: str, log_dir: Path
-) -> Dashboard:
+def start_dashboard(name: str, command: Sequence[str], port: int, ready_path: str, log_dir: Path) -> Dashboard:
     """Start ``command`` in a new session (its own process group), output to a log file."""
     log_path = log_dir / f"{name.split()[0].lower()}.log"
     log: IO[bytes] = log_path.open("wb")
@@ -154,11 +150,14 @@ def start_dashboard(
     return Dashboard(name, f"http://{HOST}:{port}", ready_path, process, log_path, {process.pid})
 
 
-def wait_ready(dashboards: Sequence[Dashboard], timeout: float = READY_TIMEOUT) -> None:
-    """Return when every dashboard answers HTTP, or raise with the log of the one that did not."""
+def wait_ready(
+    dashboards: Sequence[Dashboard], timeout: float = READY_TIMEOUT, should_stop: Callable[[], bool] | None = None
+) -> None:
+    """Return when every dashboard answers HTTP (or ``should_stop()``), else raise with the log of the
+    one that did not."""
     deadline = time.monotonic() + timeout
     pending = list(dashboards)
-    while pending:
+    while pending and not (should_stop and should_stop()):
         for board in list(pending):
             if board.process.poll() is not None:
                 raise SegsweepError(
@@ -282,7 +281,9 @@ def serve_dashboards(
         try:
             for name, command, port, ready_path in plans:
                 dashboards.append(start_dashboard(name, command(port), port, ready_path, Path(logs)))
-            wait_ready(dashboards)
+            wait_ready(dashboards, should_stop=lambda: bool(stop_requested))
+            if stop_requested:
+                return 0
             for board in dashboards:
                 print(f"{board.name + ':':<18} {board.url}", file=out, flush=True)
             print("Press Ctrl-C to stop.", file=out, flush=True)
@@ -303,19 +304,3 @@ def serve_dashboards(
             stop_dashboards(dashboards)
             for signum, handler in previous.items():
                 signal.signal(signum, handler)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    """``python -m sweeps.ui NAME ...``: the same verb without the rest of the ``segsweep`` parser."""
-    parser = argparse.ArgumentParser(prog="segsweep")
-    register_ui(parser.add_subparsers(dest="command", required=True))
-    args = parser.parse_args(["ui", *(sys.argv[1:] if argv is None else argv)])
-    try:
-        return int(args.handler(args))
-    except SegsweepError as exc:
-        print(f"segsweep: error: {exc}", file=sys.stderr)
-        return 2
-
-
-if __name__ == "__main__":
-    sys.exit(main())

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import signal
@@ -44,14 +42,6 @@ def make_sweep_folder(storage: Path, name: str) -> Path:
 
 
 def ui_command() -> list[str]:
-    """`segsweep ui` once the verb is registered in the segsweep parser, else the module's own entry."""
-    from sweeps.cli import build_parser
-
-    try:
-        with contextlib.redirect_stderr(io.StringIO()):
-            build_parser().parse_args(["ui", "x"])
-    except SystemExit:
-        return [sys.executable, "-m", "sweeps.ui"]
     return [str(Path(sys.executable).parent / "segsweep"), "ui"]
 
 
