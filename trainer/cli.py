@@ -43,7 +43,10 @@ def register(sub: Any) -> None:
         "--no-augment", dest="augment", action="store_false", default=None, help="train without augmentation"
     )
     cv.add_argument(
-        "--tracker", default=None, help="comma-separated trackers: mlflow, neptune, none (default: none for cv)"
+        "--tracker",
+        default=None,
+        help="comma-separated trackers: mlflow, neptune, or none "
+        "(default: mlflow, plus neptune when NEPTUNE_PROJECT is set)",
     )
     cv.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     cv.set_defaults(handler=_cmd_cv)

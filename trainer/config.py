@@ -81,6 +81,15 @@ class CVConfig:
             raise ConfigError(f"lr_factor must lie in (0, 1), got {self.lr_factor}")
         if self.lr_patience < 1:
             raise ConfigError(f"lr_patience must be at least 1, got {self.lr_patience}")
+        from trainer.tracking._secrets import is_secret_name
+
+        secret_keys = sorted(k for k in self.extra if is_secret_name(str(k)))
+        if secret_keys:
+            # Configurations are written to cv.json, best.json, reports and trackers: no secrets in them.
+            raise ConfigError(
+                f"configuration key(s) {', '.join(secret_keys)} look like secrets; pass tokens through the "
+                "environment (e.g. NEPTUNE_API_TOKEN), never in a configuration"
+            )
 
     @property
     def pretrained(self) -> bool:

@@ -286,11 +286,10 @@ def run_cv_command(
             flush=True,
         )
     val_stems = read_split(data_dir, config.val_split) if config.val_split else None
-    reporter: Reporter | None = None
-    if tracker not in (None, "none", ""):
-        from trainer.tracking import open_trackers
+    from trainer.tracking import open_trackers
 
-        reporter = open_trackers(tracker, root=out_dir, run_name=out_dir.name, params=config.to_dict())
+    # None: MLflow in the output folder, plus Neptune (offline unless configured) when NEPTUNE_PROJECT is set.
+    reporter = open_trackers(tracker, root=out_dir, run_name=out_dir.name, params=config.to_dict())
     result = run_cv(
         config, data, out_dir, reporter, val_stems=val_stems, data_source=str(data_dir.resolve()), verbose=verbose
     )
