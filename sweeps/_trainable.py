@@ -69,8 +69,8 @@ def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) 
     trial_id = tune.get_context().get_trial_id()
     folder = trial_dir(setup.sweep_dir, trial_id)
     record = read_trial_record(folder)
-    if record.get("fatal"):
-        raise FatalTrialError(str(record.get("reason") or "failed on an earlier attempt"))
+    if record.get("fatal_reason"):
+        raise FatalTrialError(str(record["fatal_reason"]))
 
     restored = restore_fold_files(tune.get_checkpoint(), folder)
     attempt = {
@@ -89,6 +89,7 @@ def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) 
     append_event(folder, "attempt", node_id=attempt["node_id"], restored_folds=restored)
 
     reporter = TuneFoldReporter(folder)
+    reporter.report_finished_folds(restored)
     try:
         cv_config = setup.space.to_cv_config(config, setup.overrides)
         update_trial_record(folder, config=cv_config.to_dict())
@@ -106,7 +107,7 @@ def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) 
         )
     except SegsweepError as exc:
         reason = one_line_reason(exc)
-        update_trial_record(folder, fatal=True, reason=reason)
+        update_trial_record(folder, fatal_reason=reason, reason=reason)
         append_event(folder, "failed", reason=reason, fatal=True)
         raise FatalTrialError(reason) from exc
     except Exception as exc:
@@ -177,6 +178,31 @@ class TuneFoldReporter(Reporter):
     ) -> None:
         append_event(self.folder, "fold_end", fold=result.fold, dice=result.dice, seconds=result.seconds)
         self.report(completed, latest=result)
+
+    def report_finished_folds(self, reported: int) -> None:
+        """Report folds the trial folder holds beyond the ``reported`` ones Ray knows of.
+
+        A fold can end after its report last reached the driver (the driver was killed in
+        between); the trainer will not train it again, so its result is reported here, before
+        the trainer resumes, for the scheduler and the study to see every fold.
+        """
+        import json
+
+        try:
+            n_folds = int(json.loads((self.folder / "cv.json").read_text())["n_folds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            return
+        finished = []
+        for path in sorted((self.folder / "folds").glob("fold_*.json")):
+            try:
+                finished.append(FoldResult.from_dict(json.loads(path.read_text())))
+            except (ValueError, TypeError, KeyError):
+                break  # the trainer will rerun this fold and report it itself
+        finished.sort(key=lambda f: f.fold)
+        self.n_folds = n_folds
+        for count in range(reported + 1, len(finished) + 1):
+            append_event(self.folder, "fold_reported", fold=finished[count - 1].fold)
+            self.report(finished[:count])
 
     def report(self, completed: list[FoldResult], latest: FoldResult | None = None) -> None:
         from ray import tune

@@ -119,6 +119,9 @@ def _execute(
     # Throttle Tune's experiment snapshots to every few seconds (default: 10 s or more), so a
     # driver killed mid-sweep loses little bookkeeping; fold files are never lost either way.
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3")
+    # With num_to_keep=1 every fold checkpoint forces a snapshot, which is what resume wants; Tune
+    # warns about it on every fold.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     shared = _shareable(data)
     with ray_session(spec.address, object_store_bytes=_object_store_bytes(shared)):
         spec.concurrency = resolve_concurrency(spec)
@@ -297,7 +300,7 @@ def _reconcile(spec: SweepSpec, statuses: dict[str, str]) -> bool:
     from sweeps._optuna import reconcile_study
 
     records: dict[str, dict[str, Any]] = {}
-    for folder in sorted((spec.sweep_dir / "trials").glob("*")):
+    for folder in sorted(p for p in (spec.sweep_dir / "trials").glob("*") if p.is_dir()):
         record = read_trial_record(folder)
         if not record:
             continue

@@ -1,0 +1,129 @@
+"""A stand-in for trainer.cv.run_cv that the Ray sweep tests run in their trials.
+
+It keeps run_cv's contract (fold files and cv.json written as folds end, resume at the first
+unfinished fold, the reporter's calls, reporter closed) but "trains" by sleeping, and scores a
+configuration by its learning rate, so the Ray plumbing is tested in seconds. A sweep's
+``fake.json`` (next to sweep.json) sets the seconds per fold and the roles of the first trials
+(``nan``: fails with a NaN loss in fold 1; ``crash_once``: in fold 2 its worker dies once, taking
+the trial folder's fold files with it, as a lost node would; ``slow``: sleeps 3x longer).
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import math
+import os
+import shutil
+import time
+from pathlib import Path
+from typing import Any
+
+from trainer.config import CVConfig
+from trainer.data import PreparedData
+from trainer.reporting import Reporter
+from trainer.results import CVResult, FoldResult, write_json_atomic
+from trainer.training import TrainingError
+
+
+def fake_quality(lr: float) -> float:
+    """Dice of a configuration: higher learning rate, better (0.5 at 1e-4 to 0.7 at 1e-2)."""
+    return 0.5 + 0.1 * math.log10(lr / 1e-4)
+
+
+def _role(out_dir: Path, roles: list[str]) -> str:
+    """Roles go to trials in the order they first start (stable across retries)."""
+    registry = out_dir.parent / ".fake-roles.json"
+    with open(out_dir.parent / ".fake-roles.lock", "a") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        assigned: dict[str, str] = json.loads(registry.read_text()) if registry.is_file() else {}
+        if out_dir.name not in assigned:
+            assigned[out_dir.name] = roles[len(assigned)] if len(assigned) < len(roles) else "plain"
+            registry.write_text(json.dumps(assigned))
+        return assigned[out_dir.name]
+
+
+def fake_run_cv(
+    config: CVConfig,
+    data: PreparedData,
+    out_dir: str | Path,
+    reporter: Reporter | None = None,
+    *,
+    val_stems: list[str] | None = None,
+    data_source: str | None = None,
+    verbose: bool = False,
+) -> CVResult:
+    del val_stems, verbose
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    settings_path = out_dir.parent.parent / "fake.json"
+    settings: dict[str, Any] = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+    role = _role(out_dir, settings.get("roles", []))
+    seconds = float(settings.get("fold_seconds", 0.2)) * (3 if role == "slow" else 1)
+    reporter = reporter or Reporter()
+    with open(out_dir / "data_seen.jsonl", "a") as handle:  # how the trial received the data
+        handle.write(json.dumps({"pid": os.getpid(), "writeable": bool(data.images.flags.writeable),
+                                 "n": len(data), "key": data.key}) + "\n")
+    n_folds = config.folds
+    completed: list[FoldResult] = []
+    if (out_dir / "cv.json").is_file():
+        for path in sorted((out_dir / "folds").glob("fold_*.json")):
+            completed.append(FoldResult.from_dict(json.loads(path.read_text())))
+    done = {f.fold for f in completed}
+    data_info = {"path": data_source, "n_pairs": len(data), "image_size": data.image_size, "cache_key": data.key}
+
+    def snapshot(complete: bool) -> CVResult:
+        result = CVResult(config=config.to_dict(), data=data_info, n_folds=n_folds, folds=list(completed),
+                          seconds=sum(f.seconds for f in completed), complete=complete, version="fake")
+        write_json_atomic(out_dir / "cv.json", result.to_dict())
+        return result
+
+    try:
+        reporter.on_cv_start(config, n_folds, out_dir)
+        snapshot(complete=len(done) == n_folds)
+        for fold in range(1, n_folds + 1):
+            if fold in done:
+                continue
+            reporter.on_fold_start(fold, len(data) - len(data) // n_folds, len(data) // n_folds)
+            time.sleep(seconds)
+            if role == "nan":
+                raise TrainingError(f"loss became NaN in fold {fold}, epoch 1; lower the learning rate")
+            if role == "crash_once" and fold == 2 and not (out_dir / "crashed").exists():
+                (out_dir / "crashed").touch()
+                shutil.rmtree(out_dir / "folds")
+                (out_dir / "cv.json").unlink()
+                os._exit(1)  # the worker process dies, as on an out-of-memory kill
+            # crash_once scores best, so that ASHA lets it reach the fold where it crashes.
+            dice = fake_quality(config.lr) + 0.01 * fold + (0.25 if role == "crash_once" else 0.0)
+            result = FoldResult(fold=fold, n_train=len(data) - len(data) // n_folds, n_val=len(data) // n_folds,
+                                dice=dice, iou=0.8 * dice, epochs_run=config.epochs, lr_drops=[], history=[],
+                                seconds=seconds)
+            write_json_atomic(out_dir / "folds" / f"fold_{fold:02d}.json", result.to_dict())
+            completed.append(result)
+            snapshot(complete=len(completed) == n_folds)
+            reporter.on_fold_end(result, list(completed), None)
+        final = snapshot(complete=True)
+        reporter.on_cv_end(final)
+        return final
+    finally:
+        reporter.close()
+
+
+def test_fake_resumes_like_run_cv(tmp_path: Path) -> None:
+    import numpy as np
+
+    data = PreparedData(np.zeros((6, 32, 32, 3), np.uint8), np.zeros((6, 32, 32, 1), np.uint8),
+                        tuple(f"s{i}" for i in range(6)), 32, "k")
+    config = CVConfig(encoder="mobilenetv2", weights="none", folds=3, image_size=32, lr=1e-3, batch_size=2)
+    out = tmp_path / "trials" / "t"
+    (tmp_path / "fake.json").write_text(json.dumps({"fold_seconds": 0}))
+    first = fake_run_cv(config, data, out)
+    (out / "folds" / "fold_03.json").unlink()
+    calls: list[int] = []
+
+    class Count(Reporter):
+        def on_fold_end(self, result: FoldResult, completed: list[FoldResult], preview: Any) -> None:
+            calls.append(result.fold)
+
+    second = fake_run_cv(config, data, out, Count())
+    assert calls == [3] and second.mean == first.mean

@@ -1,0 +1,292 @@
+"""Sweeps on a real local Ray: trials, study, ASHA pruning, failures, resume after kill -9.
+
+Run inside a loopback-only network namespace:
+``unshare -n sh -c 'ip link set lo up && .venv/bin/python -m pytest tests/test_sweeps_ray.py'``.
+Most tests run trials with the stand-in cross-validation of test_sweeps_fake_cv (seconds per
+trial); the ``slow`` ones run the real trainer through the ``segsweep`` command.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import optuna
+import pytest
+from optuna.trial import TrialState
+
+from reports.results import load_sweep
+from sweeps._optuna import RAY_TRIAL_ID_ATTR, REASON_ATTR, storage_url
+from sweeps._records import read_events, read_trial_record
+from sweeps.leaderboard import format_leaderboard
+from sweeps.runner import run_sweep
+from sweeps.spec import SweepSpec
+from tests import test_sweeps_fake_cv as fake
+from tests.synth import make_dataset
+
+REPO = Path(__file__).resolve().parents[1]
+SPACE = """\
+name: tiny
+params:
+  lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+  encoder: {type: categorical, choices: [mobilenetv2, resnet18]}
+fixed:
+  weights: none
+  image_size: 64
+  folds: 3
+  epochs: 1
+  batch_size: 2
+"""
+
+
+@pytest.fixture(scope="module")
+def ray_env() -> Iterator[dict[str, str]]:
+    """Token auth with a test token (nothing written to ~/.ray) and Ray's files in a short temp
+    folder whose processes teardown stops by pid (a SIGKILLed driver's agents outlive it)."""
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_TMPDIR": temp,
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    _reload_ray_auth_config()
+    try:
+        yield env
+    finally:
+        _stop_processes_using(temp)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(temp, ignore_errors=True)
+        _reload_ray_auth_config()
+
+
+def _reload_ray_auth_config() -> None:
+    """Ray reads RAY_AUTH_MODE and the token once per process; make this process see the change."""
+    from ray._raylet import AuthenticationTokenLoader, Config
+
+    Config.initialize("")
+    AuthenticationTokenLoader.instance().reset_cache()
+
+
+def _stop_processes_using(marker: str) -> None:
+    """SIGKILL the processes whose command line names ``marker`` (our Ray temp folder), by pid."""
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)
+
+
+@pytest.fixture(scope="module")
+def local_ray(ray_env: dict[str, str]) -> Iterator[None]:
+    import cloudpickle
+    import ray
+
+    cloudpickle.register_pickle_by_value(fake)  # workers need not import the tests package
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             object_store_memory=200 * 2**20, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+def _sweep(tmp_path: Path, name: str, fake_settings: dict[str, Any], **options: Any) -> SweepSpec:
+    data = make_dataset(tmp_path / "data", 12)
+    (tmp_path / "tiny.yaml").write_text(SPACE)
+    (tmp_path / "out" / name).mkdir(parents=True)
+    (tmp_path / "out" / name / "fake.json").write_text(json.dumps(fake_settings))
+    return SweepSpec(name=name, data=str(data), space=str(tmp_path / "tiny.yaml"),
+                     storage=str(tmp_path / "out"), **{"trials": 4, "tracker": "none", **options})
+
+
+def _study(sweep_dir: Path, name: str) -> dict[str, optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=name, storage=storage_url(sweep_dir))
+    return {t.user_attrs[RAY_TRIAL_ID_ATTR]: t for t in study.get_trials()}
+
+
+def _fold_trainings(trial_dir: Path) -> Counter[int]:
+    return Counter(e["fold"] for e in read_events(trial_dir) if e["event"] == "fold_end")
+
+
+@pytest.mark.slow
+def test_sweep_records_every_trial_in_folder_study_and_leaderboard(tmp_path: Path, local_ray: None) -> None:
+    spec = _sweep(tmp_path, "s", {"fold_seconds": 0.3}, concurrency=2, scheduler="none")
+    outcome = run_sweep(spec, cv_runner=fake.fake_run_cv)
+
+    assert outcome.finished
+    sweep = load_sweep(tmp_path / "out", "s")
+    assert [t.number for t in sweep.trials] == [0, 1, 2, 3]
+    assert {t.state for t in sweep.trials} == {"COMPLETE"}
+    study = _study(sweep.path, "s")
+    for trial in sweep.trials:
+        frozen = study[trial.trial_id]
+        assert frozen.state == TrialState.COMPLETE and frozen.number == trial.number
+        assert frozen.params == trial.params and set(trial.params) == {"lr", "encoder"}
+        assert frozen.intermediate_values.keys() == {1, 2, 3}
+        assert frozen.value == pytest.approx(trial.mean["dice"])
+        assert trial.config["lr"] == trial.params["lr"] and trial.config["folds"] == 3
+        assert _fold_trainings(trial.path) == {1: 1, 2: 1, 3: 1}  # type: ignore[arg-type]
+        # A fold-level checkpoint under ray/ holds the fold files.
+        checkpoints = sorted((sweep.path / "ray" / trial.trial_id).glob("checkpoint_*"))
+        assert checkpoints and len(list((checkpoints[-1] / "folds").glob("fold_*.json"))) == 3
+    # The data reached every trial as the object store's read-only buffers, and workers were reused.
+    seen = [json.loads(line) for t in sweep.trials for line in (t.path / "data_seen.jsonl").read_text().splitlines()]
+    assert all(not s["writeable"] and s["n"] == 12 for s in seen)
+    assert len({s["pid"] for s in seen}) < len(seen)
+    spec_file = json.loads((sweep.path / "sweep.json").read_text())
+    assert spec_file["concurrency"] == 2 and spec_file["space_definition"]["name"] == "tiny"
+    assert spec_file["tracker"] == "none" and spec_file["runs"][0]["finished"]
+    board = format_leaderboard(sweep)
+    best = max(sweep.trials, key=lambda t: t.mean["dice"])
+    assert f"1     #{best.number}" in board and "COMPLETE" in board and "folds" in board
+
+
+@pytest.mark.slow
+def test_asha_prunes_and_failed_trials_carry_their_reason(tmp_path: Path, local_ray: None) -> None:
+    spec = _sweep(tmp_path, "a", {"fold_seconds": 0.2, "roles": ["plain", "nan", "crash_once"]},
+                  trials=7, concurrency=1, scheduler="asha", seed=1)
+    outcome = run_sweep(spec, cv_runner=fake.fake_run_cv)
+
+    assert outcome.finished
+    sweep = load_sweep(tmp_path / "out", "a")
+    study = _study(sweep.path, "a")
+    roles = json.loads((sweep.path / "trials" / ".fake-roles.json").read_text())
+    by_role = {role: tid for tid, role in roles.items()}
+    trials = {t.trial_id: t for t in sweep.trials}
+
+    nan = trials[by_role["nan"]]
+    assert nan.state == "FAILED" and "NaN" in (nan.reason or "")
+    assert study[nan.trial_id].state == TrialState.FAIL
+    assert "NaN" in study[nan.trial_id].user_attrs[REASON_ATTR]
+    # Retries of a failure no retry can fix stop at once: fold 1 started only on the first attempt.
+    assert sum(e["event"] == "fold_start" for e in read_events(nan.path)) == 1
+
+    crashed = trials[by_role["crash_once"]]
+    attempts = read_trial_record(crashed.path)["attempts"]
+    assert len(attempts) == 2 and attempts[1]["restored_folds"] == 1
+    # The crash took the fold files with it; the retry got fold 1 back from the checkpoint.
+    assert _fold_trainings(crashed.path)[1] == 1
+    assert all(n == 1 for n in _fold_trainings(crashed.path).values())
+    assert crashed.state in ("COMPLETE", "PRUNED")
+
+    pruned = [t for t in sweep.trials if t.state == "PRUNED"]
+    assert pruned, format_leaderboard(sweep)
+    for trial in pruned:
+        frozen = study[trial.trial_id]
+        assert frozen.state == TrialState.PRUNED
+        assert 0 < trial.folds_done < 3
+        assert sorted(frozen.intermediate_values) == list(range(1, trial.folds_done + 1))
+        assert "stopped by the scheduler" in (trial.reason or "")
+    for trial in sweep.trials:
+        if trial.state == "COMPLETE":
+            assert study[trial.trial_id].state == TrialState.COMPLETE and trial.folds_done == 3
+    assert "FAILED" in format_leaderboard(sweep)
+
+
+_DRIVER = """\
+import sys, cloudpickle
+import tests.test_sweeps_fake_cv as fake
+cloudpickle.register_pickle_by_value(fake)
+from sweeps.runner import resume_sweep, run_sweep
+from sweeps.spec import SweepSpec
+if sys.argv[1] == "run":
+    run_sweep(SweepSpec(name="k", data=sys.argv[3], space=sys.argv[4], storage=sys.argv[2], trials=4,
+                        concurrency=2, scheduler="none", tracker="none"), cv_runner=fake.fake_run_cv)
+else:
+    outcome = resume_sweep(sys.argv[2], "k", cv_runner=fake.fake_run_cv)
+    sys.exit(0 if outcome.finished else 1)
+"""
+
+
+def _wait_for(predicate: Any, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return
+        if proc is not None and proc.poll() is not None:
+            raise AssertionError(f"driver exited ({proc.returncode}) before {what}")
+        time.sleep(0.2)
+    raise AssertionError(f"timed out waiting for {what}")
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_of_the_driver_trains_no_fold_twice(tmp_path: Path, ray_env: dict[str, str]) -> None:
+    data = make_dataset(tmp_path / "data", 12)
+    (tmp_path / "tiny.yaml").write_text(SPACE)
+    storage = tmp_path / "out"
+    (storage / "k").mkdir(parents=True)
+    (storage / "k" / "fake.json").write_text(json.dumps({"fold_seconds": 1.5}))
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    args = [sys.executable, "-c", _DRIVER]
+    log = open(tmp_path / "run.log", "wb")  # noqa: SIM115
+    driver = subprocess.Popen([*args, "run", str(storage), str(data), str(tmp_path / "tiny.yaml")],
+                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    try:
+        _wait_for(lambda: any((storage / "k" / "trials").glob("*/folds/fold_01.json")), 300,
+                  "the first fold file", driver)
+    finally:
+        driver.send_signal(signal.SIGKILL)
+        driver.wait()
+        log.close()
+    # The local Ray dies with its driver; wait until no worker of it can still write a fold file.
+    time.sleep(8)
+    finished_before = {p.parent.parent.name + "/" + p.name for p in (storage / "k" / "trials").glob("*/folds/*.json")}
+
+    resumed = subprocess.run([*args, "resume", str(storage)], cwd=REPO, env=env, capture_output=True,
+                             timeout=600)
+    assert resumed.returncode == 0, resumed.stdout.decode()[-3000:] + resumed.stderr.decode()[-3000:]
+
+    sweep = load_sweep(storage, "k")
+    assert len(sweep.trials) >= 4
+    complete = [t for t in sweep.trials if t.state == "COMPLETE"]
+    assert len(complete) == 4, format_leaderboard(sweep)
+    for trial in complete:
+        assert _fold_trainings(trial.path) == {1: 1, 2: 1, 3: 1}, trial.trial_id  # type: ignore[arg-type]
+    assert finished_before  # folds finished before the kill were kept, not retrained (counted above)
+    # Any proposal the dead driver had not yet handed to Ray is FAILED, not left RUNNING.
+    assert all(t.state in ("COMPLETE", "FAILED") for t in sweep.trials)
+    study = optuna.load_study(study_name="k", storage=storage_url(storage / "k"))
+    states = Counter(t.state for t in study.get_trials())
+    assert states[TrialState.COMPLETE] == 4 and states[TrialState.RUNNING] == 0
+
+
+@pytest.mark.slow
+def test_segsweep_sweep_run_and_status_with_real_training(tmp_path: Path, ray_env: dict[str, str]) -> None:
+    data = make_dataset(tmp_path / "data", 16)
+    storage = tmp_path / "out"
+    cli = [str(REPO / ".venv" / "bin" / "segsweep"), "sweep"]
+    run = subprocess.run(
+        [*cli, "run", "--data", str(data), "--space", "quick", "--trials", "2", "--concurrency", "2",
+         "--name", "q", "--storage", str(storage), "--epochs", "1", "--tracker", "none"],
+        cwd=tmp_path, capture_output=True, timeout=900,
+    )
+    assert run.returncode == 0, run.stdout.decode()[-4000:] + run.stderr.decode()[-4000:]
+    assert b"best so far" in run.stdout
+    status = subprocess.run([*cli, "status", "q", "--storage", str(storage)], capture_output=True, timeout=60)
+    assert status.returncode == 0
+    text = status.stdout.decode()
+    assert "2/2 trials proposed; 2 complete" in text and "encoder" in text and "2/2" in text
+    study = optuna.load_study(study_name="q", storage=storage_url(storage / "q"))
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
+    for trial in load_sweep(storage, "q").trials:
+        assert (trial.path / "cv.json").is_file() and trial.config["image_size"] == 64
