@@ -9,6 +9,9 @@ A sweep folder (``STORAGE/NAME/``) holds::
         cv.json                the trainer's cross-validation result (written after every fold)
         folds/fold_NN.json     one file per finished fold, written as the fold ends
     ray/                       Ray Tune's experiment state (for resume)
+    report/                    `segsweep report` output (report.html, report.md, figures/, best.json)
+    predictions/<key>.json     test-set scores `segsweep predict` recorded for a bundle retrained from a
+                               trial (reports.scored; read by the report's Table 2)
     mlflow.db, mlartifacts/    MLflow sink (when enabled); .neptune/ Neptune offline sink
 
 Trackers are sinks and are never read here.
