@@ -483,11 +483,12 @@ def _string_attribute(group: h5py.Group, name: str) -> list[str] | None:
 
 
 def _encoder_end(model: tf_keras.Model, n_file_layers: int) -> Any:
-    """The first weighted layer whose ancestors (itself included) hold ``n_file_layers`` weighted layers.
+    """The first layer whose ancestors (itself included) hold exactly ``n_file_layers`` weighted layers.
 
-    For an encoder's file that is the encoder's last weighted layer: its ancestors are the whole
-    encoder, while every decoder layer also descends from it. Weighted ancestors are tracked as
-    bit sets over the model's weighted layers, walking the model's layers in topological order.
+    For an encoder's file that is where the encoder ends (its last weighted layer, or the merge of
+    its last branches, as in Inception): its ancestors are the whole encoder, and the decoder
+    layers, which also descend from it, come later in the model's topological layer order.
+    Weighted ancestors are tracked as bit sets over the model's weighted layers.
     """
     bit: dict[int, int] = {}
     for layer in model.layers:
@@ -505,6 +506,6 @@ def _encoder_end(model: tf_keras.Model, n_file_layers: int) -> Any:
             for parent, _, _, _ in node.iterate_inbound():
                 reach |= ancestors.get(id(parent), 0)
         ancestors[id(layer)] = reach
-        if id(layer) in bit and reach.bit_count() == n_file_layers:
+        if reach.bit_count() == n_file_layers:
             return layer
     return None
