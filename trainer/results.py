@@ -99,6 +99,7 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.fchmod(fd, 0o644)  # mkstemp makes owner-only files; results are meant to be read by others
         with os.fdopen(fd, "w") as handle:
             json.dump(payload, handle, indent=2, allow_nan=True)
             handle.write("\n")
