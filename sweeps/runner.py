@@ -233,12 +233,7 @@ def ray_session(address: str | None, *, object_store_bytes: int) -> Iterator[Non
         if address:
             ray.init(address=address, **quiet)
         else:
-            ray.init(
-                include_dashboard=False,
-                _node_ip_address="127.0.0.1",
-                object_store_memory=object_store_bytes,
-                **quiet,
-            )
+            _start_local_ray(object_store_bytes, quiet)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         hint = (
@@ -253,6 +248,25 @@ def ray_session(address: str | None, *, object_store_bytes: int) -> Iterator[Non
         yield
     finally:
         ray.shutdown()
+
+
+def _start_local_ray(object_store_bytes: int, quiet: dict[str, Any]) -> None:
+    import ray
+
+    options = {"include_dashboard": False, "_node_ip_address": "127.0.0.1",
+               "object_store_memory": object_store_bytes, **quiet}
+    try:
+        ray.init(**options)
+    except Exception as exc:
+        # Ray gives its raylet a fixed 30 s to register; on a loaded machine a second try succeeds.
+        if "timed out during startup" not in str(exc):
+            raise
+        ray.shutdown()
+        print("[segsweep] Ray was slow to start (busy machine?); trying once more", flush=True)
+        try:
+            ray.init(**options)
+        except Exception as again:
+            raise RuntimeError(str(again)) from None
 
 
 def resolve_concurrency(spec: SweepSpec) -> int:

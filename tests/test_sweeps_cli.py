@@ -1,0 +1,130 @@
+"""`segsweep sweep` options, input errors (one line, exit 2, before Ray starts) and the leaderboard."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from reports.results import load_sweep
+from sweeps.cli import main
+from sweeps.leaderboard import format_leaderboard
+from sweeps.runner import probe_config
+from sweeps.spec import SweepSpec
+from trainer.errors import ConfigError
+from trainer.results import FoldResult, write_json_atomic
+
+
+def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
+    code = main(list(argv))
+    captured = capsys.readouterr()
+    return code, captured.out + captured.err
+
+
+@pytest.mark.parametrize(
+    ("options", "message"),
+    [
+        (["--trials", "0"], "--trials must be at least 1"),
+        (["--name", "a/b"], "not usable as a folder"),
+        (["--concurrency", "0"], "--concurrency must be at least 1"),
+        (["--cpus-per-trial", "0"], "--cpus-per-trial must be positive"),
+        (["--gpus-per-trial", "1.5"], "above 1 a trial takes whole GPUs"),
+        (["--address", "nowhere"], "is not HOST:PORT"),
+    ],
+)
+def test_bad_options_are_one_line_errors(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, options: list[str], message: str
+) -> None:
+    base = {"--data": str(tmp_path), "--space": "quick", "--trials": "2", "--name": "s",
+            "--storage": str(tmp_path / "out")}
+    for flag, value in zip(options[::2], options[1::2], strict=True):
+        base[flag] = value
+    code, text = _run(capsys, "sweep", "run", *[x for kv in base.items() for x in kv])
+    assert code == 2 and message in text and "Traceback" not in text
+    assert not (tmp_path / "out").exists()
+
+
+def test_unknown_space_and_missing_data_fail_before_ray(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path, kvasir_seg_dir: Path
+) -> None:
+    code, text = _run(capsys, "sweep", "run", "--data", str(kvasir_seg_dir), "--space", "nope", "--trials", "1",
+                      "--name", "s", "--storage", str(tmp_path))
+    assert code == 2 and "unknown search space 'nope'" in text
+    code, text = _run(capsys, "sweep", "run", "--data", str(tmp_path / "missing"), "--space", "quick",
+                      "--trials", "1", "--name", "s", "--storage", str(tmp_path))
+    assert code == 2 and "missing" in text
+
+
+def test_existing_sweep_is_not_overwritten(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    SweepSpec(name="s", data=str(tmp_path), space="quick", trials=1, storage=str(tmp_path)).write()
+    code, text = _run(capsys, "sweep", "run", "--data", str(tmp_path), "--space", "quick", "--trials", "1",
+                      "--name", "s", "--storage", str(tmp_path))
+    assert code == 2 and "segsweep sweep resume s" in text
+
+
+def test_resume_and_status_of_an_unknown_sweep_name_the_ones_there(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    SweepSpec(name="other", data=str(tmp_path), space="quick", trials=1, storage=str(tmp_path)).write()
+    for verb in ("resume", "status"):
+        code, text = _run(capsys, "sweep", verb, "nope", "--storage", str(tmp_path))
+        assert code == 2 and "no sweep named 'nope'" in text and "other" in text
+
+
+def test_probe_rejects_a_searched_image_size(tmp_path: Path) -> None:
+    from search_spaces import load_space
+
+    space_file = tmp_path / "s.yaml"
+    space_file.write_text("params:\n  image_size: {type: categorical, choices: [64, 128]}\n"
+                          "fixed: {weights: none, folds: 2}\n")
+    with pytest.raises(ConfigError, match="move image_size to `fixed`"):
+        probe_config(load_space(space_file), {"seed": 0}, 0)
+    assert probe_config(load_space(space_file), {"image_size": 64, "seed": 0}, 0).image_size == 64
+    quick = probe_config(load_space("quick"), {"folds": 3, "epochs": 1, "seed": 5}, 0)
+    assert (quick.folds, quick.epochs, quick.seed, quick.image_size) == (3, 1, 5, 64)
+
+
+def _fold(number: int, dice: float) -> dict[str, object]:
+    return FoldResult(fold=number, n_train=8, n_val=8, dice=dice, iou=dice - 0.1, epochs_run=1, lr_drops=[],
+                      history=[], seconds=1.0).to_dict()
+
+
+def test_status_prints_the_leaderboard(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    spec = SweepSpec(name="s", data="/data", space="quick", trials=4, storage=str(tmp_path))
+    spec.write()
+    trials = {
+        "aaa": ({"number": 0, "state": "COMPLETE", "params": {"lr": 0.001, "encoder": "resnet18"}}, [0.6, 0.7]),
+        "bbb": ({"number": 1, "state": "PRUNED", "params": {"lr": 0.0001, "encoder": "mobilenetv2"},
+                 "reason": "stopped by the scheduler after 1 of 2 folds"}, [0.2]),
+        "ccc": ({"number": 2, "state": "FAILED", "params": {"lr": 0.01, "encoder": "resnet18"},
+                 "reason": "TrainingError: loss became NaN"}, []),
+        "ddd": ({"number": 3, "state": "COMPLETE", "params": {"lr": 0.002, "encoder": "resnet18"}}, [0.8, 0.8]),
+    }
+    for trial_id, (record, dices) in trials.items():
+        folder = tmp_path / "s" / "trials" / trial_id
+        write_json_atomic(folder / "trial.json", {"trial_id": trial_id, "n_folds": 2, **record})
+        for i, dice in enumerate(dices, start=1):
+            write_json_atomic(folder / "folds" / f"fold_{i:02d}.json", _fold(i, dice))
+    code, text = _run(capsys, "sweep", "status", "s", "--storage", str(tmp_path))
+    assert code == 0
+    lines = text.splitlines()
+    assert "4/4 trials proposed; 2 complete, 1 pruned, 1 failed" in lines[0]
+    assert lines[1].split() == ["rank", "trial", "id", "lr", "encoder", "folds", "Dice", "IoU", "state", "reason"]
+    assert lines[2].split()[:6] == ["1", "#3", "ddd", "0.002", "resnet18", "2/2"]
+    assert "0.8000 ± 0.0000" in lines[2]
+    assert lines[3].split()[:3] == ["2", "#0", "aaa"] and "0.6500 ± 0.0707" in lines[3]
+    assert "PRUNED" in lines[4] and "stopped by the scheduler" in lines[4]
+    assert "FAILED" in lines[5] and "loss became NaN" in lines[5] and "0/2" in lines[5]
+    assert "optuna-dashboard sqlite:///" in lines[-1]
+    assert format_leaderboard(load_sweep(tmp_path, "s")) == text.rstrip("\n")
+
+
+def test_spec_round_trips_through_sweep_json(tmp_path: Path) -> None:
+    spec = SweepSpec(name="s", data="/d", space="paper", trials=3, storage=str(tmp_path), gpus_per_trial=0.5,
+                     overrides={"limit": 10, "image_size": None, "folds": None, "epochs": 2}, tracker="mlflow")
+    spec.write()
+    back = SweepSpec.read(tmp_path, "s")
+    assert back.to_dict() == {**spec.to_dict(), "storage": str(tmp_path.resolve())}
+    assert back.cv_overrides() == {"limit": 10, "epochs": 2, "seed": 0}
+    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["gpus_per_trial"] == 0.5
