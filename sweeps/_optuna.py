@@ -114,8 +114,9 @@ class FoldPruningOptunaSearch(OptunaSearch):
             reason = read_trial_record(trial_dir(self.sweep_dir, trial_id)).get("reason")
             if reason:
                 ot_trial.set_user_attr(REASON_ATTR, str(reason))
-        if state == TrialState.PRUNED and result:
-            self.on_trial_result(trial_id, result)  # the last fold's value, if not yet reported
+        if state != TrialState.FAIL and result:
+            # Ray hands a trial's last result to on_trial_complete only, not to on_trial_result.
+            self.on_trial_result(trial_id, result)
         # skip_if_finished: after a driver restart the study may already hold this trial's end.
         ot_trial.study.tell(ot_trial, value, state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)

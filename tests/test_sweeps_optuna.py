@@ -40,8 +40,7 @@ def test_pruned_complete_and_failed_trials_enter_the_study_as_such(tmp_path: Pat
 
     # t1 finishes both folds; t2 is stopped by the scheduler after fold 1; t3 fails.
     searcher.on_trial_result("t1", _result(1, 2, 0.6))
-    searcher.on_trial_result("t1", _result(2, 2, 0.7))
-    searcher.on_trial_complete("t1", _result(2, 2, 0.7))
+    searcher.on_trial_complete("t1", _result(2, 2, 0.7))  # the last result comes only with the end
     searcher.on_trial_result("t2", _result(1, 2, 0.3))
     searcher.on_trial_complete("t2", _result(1, 2, 0.3))  # what Ray passes for an ASHA stop
     update_trial_record(trial_dir(tmp_path, "t3"), reason="TrainingError: loss became NaN")
@@ -77,7 +76,7 @@ def test_repeated_fold_reports_after_a_restore_are_ignored(tmp_path: Path) -> No
     searcher.on_trial_complete("t", _result(2, 2, 0.6))
     searcher.on_trial_complete("t", _result(2, 2, 0.6))  # told twice: no error
     (frozen,) = _load(tmp_path).get_trials()
-    assert frozen.state == TrialState.COMPLETE and frozen.intermediate_values == {1: 0.5}
+    assert frozen.state == TrialState.COMPLETE and frozen.intermediate_values == {1: 0.5, 2: 0.6}
 
 
 def test_searcher_state_pickles_and_continues_the_same_study(tmp_path: Path) -> None:
