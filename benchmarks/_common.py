@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import Any
 
@@ -136,10 +136,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
     cells = [[cell(v) for v in row] for row in rows]
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
-    lines = ["  ".join(h.ljust(w) if i == 0 else h.rjust(w) for i, (h, w) in enumerate(zip(headers, widths)))]
-    lines.append("  ".join("-" * w for w in widths))
-    for row in cells:
-        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(row, widths))))
+
+    def line(values: Sequence[str]) -> str:
+        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w)
+                         for i, (v, w) in enumerate(zip(values, widths, strict=True)))
+
+    lines = [line(headers), "  ".join("-" * w for w in widths)]
+    lines.extend(line(row) for row in cells)
     return "\n".join(lines)
 
 
@@ -167,3 +170,55 @@ def reexec_in_loopback_netns() -> None:
     command = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"',
                sys.executable, *sys.argv]
     sys.exit(subprocess.call(command, env=env))
+
+
+@contextmanager
+def local_ray(num_cpus: int | None = None, object_store_bytes: int = 256 << 20) -> Iterator[None]:
+    """A local Ray on 127.0.0.1 with its files in a private temp folder; stopped (by pid) after.
+
+    Start-up timeouts are raised: on a loaded shared machine Ray's agents can take longer than its
+    defaults to come up. Any Ray process that outlives ``ray.shutdown`` and names our temp folder on
+    its command line (so was started by us) is killed by pid.
+    """
+    import logging
+
+    import ray
+
+    temp = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # short: Ray's socket paths have a length limit
+    os.environ["RAY_TMPDIR"] = temp
+    os.environ.setdefault("RAY_agent_register_timeout_ms", "180000")
+    os.environ.setdefault("RAY_raylet_start_wait_time_s", "180")
+    try:
+        for attempt in (1, 2):
+            try:
+                ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
+                         object_store_memory=object_store_bytes, log_to_driver=False,
+                         logging_level=logging.WARNING, _temp_dir=f"{temp}/ray")
+                break
+            except Exception as exc:  # Ray raises bare Exception when its node times out
+                ray.shutdown()
+                _stop_processes_using(temp)
+                if attempt == 2:
+                    raise SystemExit(f"Ray did not start on this machine: {exc}") from None
+                print(f"Ray did not start ({exc}); trying once more", file=sys.stderr)
+        yield
+    finally:
+        ray.shutdown()
+        _stop_processes_using(temp)
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _stop_processes_using(marker: str) -> None:
+    """SIGKILL processes whose command line names ``marker`` (our private Ray folder), by pid."""
+    import signal
+
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit() or int(proc.name) == os.getpid():
+            continue
+        try:
+            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
+        except OSError:
+            continue
+        if marker in cmdline:
+            with suppress(ProcessLookupError):
+                os.kill(int(proc.name), signal.SIGKILL)

@@ -48,8 +48,11 @@ def paper_generator(
         for start in range(0, n - batch_size + 1, batch_size):
             xs, ys = [], []
             for i in order[start : start + batch_size]:
-                image = cv2.resize(cv2.imread(str(image_paths[i])), (size, size)).astype(np.float32)
-                mask = cv2.resize(cv2.imread(str(mask_paths[i]), cv2.IMREAD_GRAYSCALE), (size, size))
+                raw_image = cv2.imread(str(image_paths[i]))
+                raw_mask = cv2.imread(str(mask_paths[i]), cv2.IMREAD_GRAYSCALE)
+                assert raw_image is not None and raw_mask is not None, image_paths[i]
+                image = cv2.resize(raw_image, (size, size)).astype(np.float32)
+                mask = cv2.resize(raw_mask, (size, size))
                 mask = (mask > 127).astype(np.float32)[..., None]
                 choice = int(rng.integers(10))
                 if choice == 1:
@@ -111,7 +114,7 @@ def training_rate(config: Any, images: np.ndarray, masks: np.ndarray, steps: int
     data = tf.data.Dataset.from_tensor_slices((x, y)).batch(config.batch_size, drop_remainder=True)
     data = data.cache().repeat()
 
-    class EpochTimer(tf_keras.callbacks.Callback):  # type: ignore[misc]
+    class EpochTimer(tf_keras.callbacks.Callback):
         def __init__(self) -> None:
             self.seconds: list[float] = []
 

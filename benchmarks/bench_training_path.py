@@ -8,7 +8,9 @@ Both sides train the same architecture (rebuilt from the same seed), compiled th
   epoch recorder and LR-cut callbacks) on the uint8 prepared data, without augmentation for
   fairness; and once more with the paper's augmentation, as a sweep trains.
 
-The first epoch of each side (graph tracing) is not timed; the median of the later epochs is.
+The first epoch of each side (graph tracing) is not timed; the median of the later epochs is. In
+full mode the sides alternate (bare, segsweep, segsweep+augmentation, bare, segsweep) so that a
+load change on a shared machine hits both; each side's rate is the median over its runs.
 Threads: TensorFlow's intra/inter-op settings and the process's thread count (psutil) at the end
 of each timed epoch. Goal: segsweep at least 0.95x bare images/s. Ratio: segsweep / bare
 (no augmentation).
@@ -17,6 +19,7 @@ of each timed epoch. Goal: segsweep at least 0.95x bare images/s. Ratio: segswee
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import time
 from typing import Any
@@ -53,7 +56,7 @@ def bare_fit(config: Any, images: np.ndarray, masks: np.ndarray) -> tuple[list[f
     seconds: list[float] = []
     threads: dict[str, int] = {}
 
-    class EpochTimer(tf_keras.callbacks.Callback):  # type: ignore[misc]
+    class EpochTimer(tf_keras.callbacks.Callback):
         def on_epoch_begin(self, epoch: int, logs: Any = None) -> None:
             self.started = time.perf_counter()
 
@@ -99,40 +102,49 @@ def run(args: argparse.Namespace) -> None:
     from trainer.data import prepare_dataset
 
     quick = args.quick
-    encoder, size, batch, n, epochs = ("mobilenetv2", 64, 4, 16, 2) if quick else ("efficientnetb0", 128, 8, 96, 4)
+    encoder, size, batch, n, epochs = ("mobilenetv2", 64, 4, 16, 2) if quick else ("efficientnetb0", 128, 8, 64, 3)
+    bare_name, plain_name, aug_name = ("bare model.fit (numpy in memory)", "segsweep fit (no augmentation)",
+                                       "segsweep fit (paper augmentation)")
+    # Full mode alternates the sides (A B C A B) so that load drifting on a shared machine hits both.
+    order = [bare_name, plain_name] if quick else [bare_name, plain_name, aug_name, bare_name, plain_name]
     with _common.temporary_dir("training") as tmp:
         root = _common.real_data(args)
         if root is None:
             root = _common.synthetic_dataset(tmp / "data", n, size=128)
         data = prepare_dataset(root, size, limit=n, cache_dir=tmp / "cache", progress=False)
-        config = CVConfig(encoder=encoder, weights="none", image_size=size, batch_size=batch, epochs=epochs,
-                          augment=False, seed=0)
-        sides: dict[str, tuple[list[float], dict[str, int]]] = {}
-        sides["bare model.fit (numpy in memory)"] = bare_fit(config, data.images, data.masks)
-        sides["segsweep fit (no augmentation)"] = segsweep_fit(config, data.images, data.masks)
-        if not quick:
-            config.augment = True
-            sides["segsweep fit (paper augmentation)"] = segsweep_fit(config, data.images, data.masks)
+        runs: list[tuple[str, list[float], dict[str, int]]] = []
+        for name in order:
+            config = CVConfig(encoder=encoder, weights="none", image_size=size, batch_size=batch, epochs=epochs,
+                              augment=name == aug_name, seed=0)
+            side = bare_fit if name == bare_name else segsweep_fit
+            seconds, threads = side(config, data.images, data.masks)
+            runs.append((name, seconds, threads))
+            print(f"  {name}: epoch seconds {', '.join(f'{s:.1f}' for s in seconds)}", flush=True)
 
-    rates = {name: len(data) / statistics.median(secs[1:]) for name, (secs, _) in sides.items()}
-    bare = rates["bare model.fit (numpy in memory)"]
     rows = []
-    for name, (secs, threads) in sides.items():
-        rows.append([name, rates[name], rates[name] / bare, statistics.median(secs[1:]), secs[0],
-                     threads["tf_intra_op"], threads["tf_inter_op"], threads["process_threads"]])
+    rates: dict[str, list[float]] = {}
+    for name, seconds, threads in runs:
+        rate = len(data) / statistics.median(seconds[1:])
+        rates.setdefault(name, []).append(rate)
+        rows.append([name, rate, statistics.median(seconds[1:]), seconds[0], threads["tf_intra_op"],
+                     threads["tf_inter_op"], threads["process_threads"]])
+    median_rate = {name: statistics.median(values) for name, values in rates.items()}
+    bare = median_rate[bare_name]
     print(f"data: {root} ({len(data)} pairs at {size} px), {encoder} unet, batch {batch}, {epochs} epochs "
           "(epoch 1 untimed); tf threads 0 = TensorFlow's default (one per core)")
-    print(_common.table(["training path", "images/s", "x bare", "s/epoch", "epoch 1 s", "tf intra",
+    print(_common.table(["training path (in run order)", "images/s", "s/epoch", "epoch 1 s", "tf intra",
                          "tf inter", "threads"], rows))
-    ratio = rates["segsweep fit (no augmentation)"] / bare
+    for name, rate in median_rate.items():
+        print(f"  {name}: median {rate:.2f} images/s = {rate / bare:.3f}x bare")
+    ratio = median_rate[plain_name] / bare
     print(f"goal: segsweep fit >= 0.95x bare model.fit: {'holds' if ratio >= 0.95 else 'does NOT hold'} "
           f"({ratio:.3f}x)")
     _common.finish(NAME, args, ratio, {
         "data": str(root), "n_pairs": len(data), "encoder": encoder, "image_size": size, "batch_size": batch,
         "epochs": epochs,
-        "sides": {name: {"epoch_seconds": secs, "images_per_second": rates[name], "threads": threads}
-                  for name, (secs, threads) in sides.items()},
-        "segsweep_threads_env": __import__("os").environ.get("SEGSWEEP_THREADS"),
+        "runs": [{"side": name, "epoch_seconds": secs, "threads": threads} for name, secs, threads in runs],
+        "median_images_per_second": median_rate,
+        "segsweep_threads_env": os.environ.get("SEGSWEEP_THREADS"),
         "goal": ">= 0.95", "goal_holds": ratio >= 0.95,
     })
 
