@@ -93,6 +93,31 @@ class BatchSource:
         return tf.data.Dataset.from_generator(self.batches, output_signature=spec).prefetch(2)
 
 
+def _validation_dataset(
+    val: tuple[np.ndarray, np.ndarray], rows: np.ndarray, config: CVConfig
+) -> Any:
+    """The validation rows in the given order, batched and preprocessed per batch, as a tf.data set."""
+    import tensorflow as tf
+
+    prep = preprocessing(config.encoder)
+    images, masks = val
+
+    def batches() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for start in range(0, len(rows), config.batch_size):
+            batch = rows[start : start + config.batch_size]
+            yield (
+                np.asarray(prep(np.asarray(images[batch], np.float32)), np.float32),
+                np.asarray(masks[batch], np.float32),
+            )
+
+    size = config.image_size
+    spec = (
+        tf.TensorSpec((None, size, size, 3), tf.float32),
+        tf.TensorSpec((None, size, size, 1), tf.float32),
+    )
+    return tf.data.Dataset.from_generator(batches, output_signature=spec).prefetch(1)
+
+
 def _make_callbacks(
     config: CVConfig,
     history: list[EpochRecord],
@@ -184,8 +209,6 @@ def fit(
     of copying it). With a validation set the learning rate follows the paper's plateau rule; without
     one, ``lr_drop_epochs`` gives the epochs at whose end it is cut by ``config.lr_factor``.
     """
-    import tensorflow as tf
-
     configure_tensorflow()
     seed = config.seed if seed is None else seed
     images, masks = train
@@ -204,9 +227,9 @@ def fit(
     validation = None
     if val is not None:
         val_rows = np.arange(len(val[0])) if val_indices is None else np.asarray(val_indices)
-        x_val = np.asarray(preprocessing(config.encoder)(np.asarray(val[0][val_rows], np.float32)), np.float32)
-        y_val = np.asarray(val[1][val_rows], np.float32)
-        validation = tf.data.Dataset.from_tensor_slices((x_val, y_val)).batch(config.batch_size)
+        # Batches are preprocessed as they are needed: a float32 copy of the whole validation set
+        # would be 4x its uint8 size per trial (half the data set, 2 folds), next to the shared data.
+        validation = _validation_dataset(val, val_rows, config)
     compile_model(model, config)
     history: list[EpochRecord] = []
     lr_drops: list[int] = []
