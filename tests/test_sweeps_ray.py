@@ -277,7 +277,8 @@ def test_segsweep_sweep_run_and_status_with_real_training(tmp_path: Path, ray_en
     cli = [str(REPO / ".venv" / "bin" / "segsweep"), "sweep"]
     run = subprocess.run(
         [*cli, "run", "--data", str(data), "--space", "quick", "--trials", "2", "--concurrency", "2",
-         "--name", "q", "--storage", str(storage), "--epochs", "1", "--tracker", "none"],
+         "--name", "q", "--storage", str(storage), "--epochs", "1", "--tracker", "none",
+         "--scheduler", "none"],
         cwd=tmp_path, capture_output=True, timeout=900,
     )
     assert run.returncode == 0, run.stdout.decode()[-4000:] + run.stderr.decode()[-4000:]
