@@ -8,6 +8,7 @@ A sweep folder (``STORAGE/NAME/``) holds::
         trial.json             trial id, Optuna number, parameters, state, reason, times
         cv.json                the trainer's cross-validation result (written after every fold)
         folds/fold_NN.json     one file per finished fold, written as the fold ends
+        events.jsonl           one line per attempt and per fold (node, pid, times)
     ray/                       Ray Tune's experiment state (for resume)
     report/                    `segsweep report` output (report.html, report.md, figures/, best.json)
     predictions/<key>.json     test-set scores `segsweep predict` recorded for a bundle retrained from a

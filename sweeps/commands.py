@@ -44,8 +44,12 @@ def register(sub: Any) -> None:
     run.add_argument("--image-size", type=int, default=None, help="override the space's image size")
     run.add_argument("--folds", type=int, default=None, help="override the space's number of folds")
     run.add_argument("--epochs", type=int, default=None, help="override the space's epochs")
+    run.add_argument("--dev-split", default=None,
+                     help="split file (or its name in the data set, e.g. medico2020_train) listing the "
+                     "development stems; keep a test set out of the sweep (default: every pair)")
     run.add_argument("--tracker", default=None,
-                     help="comma-separated trackers for every trial: mlflow, neptune, none (default none)")
+                     help="comma-separated trackers for every trial: mlflow, neptune, or none "
+                     "(default: mlflow, plus neptune when NEPTUNE_PROJECT is set)")
     run.set_defaults(handler=_cmd_run)
 
     resume = verbs.add_parser(
@@ -90,7 +94,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         seed=args.seed,
         address=args.address,
         overrides={"limit": args.limit, "image_size": args.image_size, "folds": args.folds,
-                   "epochs": args.epochs},
+                   "epochs": args.epochs, "dev_split": args.dev_split},
         tracker=args.tracker,
     )
     spec.validate()  # before any heavy import: option errors answer at once

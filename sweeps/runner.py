@@ -178,12 +178,44 @@ def _execute(
                 f"scheduler {spec.scheduler}; study {spec.sweep_dir / 'optuna.db'}",
                 flush=True,
             )
+        tracking = _start_sweep_tracking(spec)
         grid = tuner.fit()
         statuses = _ray_trial_statuses(grid)
     finished = _reconcile(spec, statuses)
     wall = time.perf_counter() - started
     _record_run(spec, wall, restore, finished)
-    return SweepOutcome(load_sweep(spec.storage, spec.name), finished, wall)
+    outcome = SweepOutcome(load_sweep(spec.storage, spec.name), finished, wall)
+    if tracking and finished:  # an unfinished sweep keeps its parent runs open for `sweep resume`
+        _finish_sweep_tracking(spec, outcome)
+    return outcome
+
+
+def _start_sweep_tracking(spec: SweepSpec) -> bool:
+    """Open the sweep's parent runs (MLflow, Neptune) before the trials open theirs as children."""
+    from trainer.tracking import parse_tracker_names, sweep_tracking
+
+    if not parse_tracker_names(spec.tracker):
+        return False
+    params = {k: v for k, v in spec.to_dict().items() if k != "space_definition"}
+    sweep_tracking(spec.sweep_dir, spec.tracker, spec.name, params, keep_open=True)
+    return True
+
+
+def _finish_sweep_tracking(spec: SweepSpec, outcome: SweepOutcome) -> None:
+    """Close the sweep's parent runs with a summary: counts, wall time and the best trial."""
+    from trainer.tracking import finish_sweep_folder_tracking
+
+    results = outcome.results
+    best = results.completed()
+    summary: dict[str, Any] = {
+        "trials": len(results.trials),
+        "completed": len(best),
+        "finished": outcome.finished,
+        "wall_seconds": round(outcome.wall_seconds, 1),
+    }
+    if best:
+        summary.update(best_trial=best[0].trial_id, best_dice=best[0].mean["dice"], best_iou=best[0].mean["iou"])
+    finish_sweep_folder_tracking(spec.sweep_dir, summary)
 
 
 def make_scheduler(name: str, n_folds: int) -> Any:

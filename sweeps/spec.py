@@ -15,7 +15,7 @@ from trainer.results import write_json_atomic
 SPEC_FILE = "sweep.json"
 SCHEDULERS = ("asha", "none")
 #: Options that override the space's values for every trial (quick runs).
-OVERRIDE_KEYS = ("limit", "image_size", "folds", "epochs")
+OVERRIDE_KEYS = ("limit", "image_size", "folds", "epochs", "dev_split")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
