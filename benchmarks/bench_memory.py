@@ -41,7 +41,7 @@ params:
     high: 1.0e-3
     log: true
 fixed:
-  encoder: mobilenetv2
+  encoder: {encoder}
   arch: unet
   weights: none
   loss: iou
@@ -147,14 +147,15 @@ def main(argv: list[str] | None = None) -> None:
 
 def run(args: argparse.Namespace) -> None:
     quick = args.quick
-    size, batch, limit = (64, 4, None) if quick else (128, 8, 320)
+    # Quick: vgg16 at 32 px (few layers: Keras traces each fold's graph fastest).
+    encoder, size, batch, limit = ("vgg16", 32, 4, None) if quick else ("mobilenetv2", 128, 8, 320)
     with _common.temporary_dir("memory") as tmp:
         os.environ["SEGSWEEP_CACHE"] = str(tmp / "cache")
         root = _common.real_data(args)
         if root is None:
             root = _common.synthetic_dataset(tmp / "data", 16 if quick else 320, size=128)
         space = tmp / "space.yaml"
-        space.write_text(SPACE.format(batch=batch, size=size))
+        space.write_text(SPACE.format(encoder=encoder, batch=batch, size=size))
         from trainer.data import prepare_dataset
 
         prepared = prepare_dataset(root, size, limit=limit, progress=False)
@@ -170,7 +171,7 @@ def run(args: argparse.Namespace) -> None:
     for kind in ("rss", "pss", "uss", "shared_store_rss"):
         rows.append([kind, mib["one"][kind], mib["two"][kind], mib["two"][kind] - mib["one"][kind]])
     print(f"data: {root} ({n_pairs} pairs at {size} px) = {data_bytes / _MIB:.1f} MiB prepared; "
-          f"mobilenetv2 unet, batch {batch}, 2 folds, 1 epoch; peaks over trial processes (MiB)")
+          f"{encoder} unet, batch {batch}, 2 folds, 1 epoch; peaks over trial processes (MiB)")
     print(_common.table(["memory (sum over trial processes)", "1 trial", "2 trials", "delta"], rows))
     for label, side in (("1 trial", one), ("2 trials", two)):
         if side["other_actor_processes"]:
@@ -199,7 +200,7 @@ def run(args: argparse.Namespace) -> None:
           f"{'holds' if holds else 'does NOT hold'}")
     ratio = mib["two"]["pss"] / mib["one"]["pss"]
     _common.finish(NAME, args, ratio, {
-        "data": str(root), "n_pairs": n_pairs, "image_size": size, "batch_size": batch,
+        "data": str(root), "n_pairs": n_pairs, "encoder": encoder, "image_size": size, "batch_size": batch,
         "data_mib": data_mib, "peak_mib": mib, "delta_pss_mib": delta_pss, "one_trial_uss_mib": one_private,
         "max_uss_of_a_trial_beside_another_mib": private_two, "data_shared_in_every_trial": shared_in_every_trial,
         "one": one, "two": two, "goal_holds": holds,
