@@ -17,3 +17,5 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # segsweep never phones home, and neither do the libraries it starts.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
+# albumentations asks PyPI for a newer version at import time: no traffic leaves the machine for that.
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
