@@ -264,3 +264,18 @@ def test_cv_on_real_kvasir_seg(real_kvasir_seg: Path, tmp_path: Path) -> None:
     assert result["complete"] and len(result["folds"]) == 2
     assert result["data"]["n_pairs"] == 40
     assert "mean ± std over 2 folds" in proc.stdout
+
+
+def test_reused_model_starts_every_run_from_the_same_state(tiny_data, tmp_path: Path) -> None:
+    """Folds reuse one compiled model; its weights, BN statistics and optimizer must be reset each time."""
+    from trainer.models import model_for_fold
+
+    _, data = tiny_data
+    config = CVConfig(**{**TINY, "epochs": 2, "augment": False})
+    first = run_cv(config, data, tmp_path / "a")
+    model = model_for_fold(config)
+    assert all(float(abs(v.numpy()).sum()) == 0.0 for v in model.optimizer.variables)
+    second = run_cv(config, data, tmp_path / "b")
+    for a, b in zip(first.folds, second.folds, strict=True):
+        assert [h.loss for h in a.history] == pytest.approx([h.loss for h in b.history], rel=1e-4)
+        assert a.dice == pytest.approx(b.dice, abs=1e-4)

@@ -178,15 +178,14 @@ def _run_fold(
     import tf_keras
 
     from trainer.metrics import medai_scores
-    from trainer.models import build_model
+    from trainer.models import model_for_fold
     from trainer.training import fit, predict_probabilities
 
     started = time.perf_counter()
     reporter.on_fold_start(number, len(train_rows), len(val_rows))
-    # A fresh graph per fold: without it every fold's model stays in memory.
-    tf_keras.backend.clear_session()
+    # Every fold starts from the same initial weights; its seed drives shuffling and augmentation.
+    model = model_for_fold(config)
     tf_keras.utils.set_random_seed(config.seed * 1000 + number)
-    model = build_model(config)
     history, lr_drops = fit(
         model,
         config,
@@ -196,6 +195,7 @@ def _run_fold(
         val_indices=val_rows,
         on_epoch=lambda epoch, metrics: reporter.on_epoch(number, epoch, metrics),
         seed=config.seed * 1000 + number,
+        compile=False,
     )
     val_images = np.asarray(data.images[np.sort(val_rows)])
     val_masks = np.asarray(data.masks[np.sort(val_rows)])[..., 0]
@@ -216,7 +216,6 @@ def _run_fold(
     )
     k = min(PREVIEW_IMAGES, len(stems))
     preview = FoldPreview(tuple(stems[:k]), val_images[:k], val_masks[:k], probabilities[:k])
-    del model
     return result, preview
 
 

@@ -131,3 +131,45 @@ def mixed_precision_enabled() -> bool:
     up convolutions; on CPUs it is slower. Off by default: results then match the paper's float32.
     """
     return os.environ.get("SEGSWEEP_MIXED_PRECISION", "") == "1"
+
+
+# One compiled model per process, kept between folds (and between trials of a reused sweep worker)
+# while the configuration's graph stays the same: (key, model, initial weights).
+_reusable: tuple[tuple[Any, ...], Any, list[np.ndarray]] | None = None
+
+
+def model_for_fold(config: CVConfig) -> tf_keras.Model:
+    """A compiled model of ``config`` in its initial state, ready for ``fit(..., compile=False)``.
+
+    The first call builds and compiles it (initial weights drawn under ``config.seed``, ImageNet or
+    file weights loaded); later calls with the same architecture, encoder, weights, size, loss and
+    seed restore those initial weights and reset the optimizer instead, so Keras's traced training
+    graph is reused rather than traced again for every fold.
+    """
+    global _reusable
+    import tf_keras
+
+    key = (config.arch, config.encoder, config.weights, config.image_size, config.loss, config.seed)
+    if _reusable is None or _reusable[0] != key:
+        _reusable = None
+        tf_keras.backend.clear_session()  # drop the previous configuration's model and graphs
+        tf_keras.utils.set_random_seed(config.seed)
+        model = build_model(config)
+        compile_model(model, config)
+        _reusable = (key, model, model.get_weights())
+    else:
+        model = _reusable[1]
+        model.set_weights(_reusable[2])
+    reset_optimizer(model, config.lr)
+    return model
+
+
+def reset_optimizer(model: tf_keras.Model, lr: float) -> None:
+    """Zero the optimizer's step counter and moment estimates and set its learning rate."""
+    import tensorflow as tf
+    import tf_keras
+
+    optimizer = model.optimizer
+    for variable in optimizer.variables:
+        variable.assign(tf.zeros(variable.shape, variable.dtype))
+    tf_keras.backend.set_value(optimizer.learning_rate, lr)

@@ -201,8 +201,12 @@ def fit(
     lr_drop_epochs: Sequence[int] | None = None,
     on_epoch: EpochCallback | None = None,
     seed: int | None = None,
+    compile: bool = True,
 ) -> tuple[list[EpochRecord], list[int]]:
     """Compile and train ``model``; return the per-epoch history and the epochs the LR was cut after.
+
+    ``compile=False`` trains a model that trainer.models.model_for_fold compiled and reset, keeping
+    its traced training graph (tracing costs as much as several epochs of a small fold).
 
     ``train`` and ``val`` are (uint8 RGB images (N,S,S,3), 0/1 masks (N,S,S,1)) arrays, optionally
     restricted to ``train_indices``/``val_indices`` (so folds index one shared memory map instead
@@ -230,7 +234,8 @@ def fit(
         # Batches are preprocessed as they are needed: a float32 copy of the whole validation set
         # would be 4x its uint8 size per trial (half the data set, 2 folds), next to the shared data.
         validation = _validation_dataset(val, val_rows, config)
-    compile_model(model, config)
+    if compile:
+        compile_model(model, config)
     history: list[EpochRecord] = []
     lr_drops: list[int] = []
     callbacks = _make_callbacks(
