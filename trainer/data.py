@@ -163,8 +163,9 @@ def default_cache_dir() -> Path:
     return Path(base) / "segsweep" / "data"
 
 
-def _file_digest(path: Path) -> str:
-    digest = hashlib.sha256()
+def file_digest(path: Path, algorithm: str = "sha256") -> str:
+    """Hex digest of a file's content, read in 1 MiB blocks (``sha256``, ``md5``, ...)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as handle:
         for block in iter(lambda: handle.read(1 << 20), b""):
             digest.update(block)
@@ -175,7 +176,7 @@ def cache_key(index: DatasetIndex, stems: Sequence[str], image_size: int) -> str
     """Key from the pairs' content (not their paths or times) and the target size."""
     paths = [p for s in stems for p in (index.images[s], index.masks[s])]
     with ThreadPoolExecutor(max_workers=4) as pool:
-        digests = list(pool.map(_file_digest, paths))
+        digests = list(pool.map(file_digest, paths))
     outer = hashlib.sha256(f"segsweep-cache/{CACHE_FORMAT}/{image_size}".encode())
     for stem, digest in zip((s for s in stems for _ in (0, 1)), digests, strict=True):
         outer.update(stem.encode() + b"\0" + digest.encode())

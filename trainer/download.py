@@ -18,7 +18,6 @@ every listed stem an image/mask pair), and the archive's own CRCs guard the tran
 
 from __future__ import annotations
 
-import hashlib
 import http.client
 import os
 import re
@@ -36,7 +35,7 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import IO
 
-from trainer.data import index_dataset, read_split
+from trainer.data import file_digest, index_dataset, read_split
 from trainer.data_check import Finding
 from trainer.errors import ConfigError, DataError
 
@@ -403,20 +402,12 @@ def _parse_manifest(text: str, origin: str) -> dict[str, str]:
     return entries
 
 
-def sha256_file(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 def verify_manifest(root: Path, entries: dict[str, str], *, workers: int = 4) -> list[Finding]:
     """Every listed file present with its sha256; files beside them that are not listed -> warnings."""
     paths = [root / rel for rel in entries]
     present = [p for p in paths if p.is_file()]
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        digests = dict(zip(present, pool.map(sha256_file, present), strict=True))
+        digests = dict(zip(present, pool.map(file_digest, present), strict=True))
     findings: list[Finding] = []
     for rel, expected in entries.items():
         path = root / rel

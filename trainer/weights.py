@@ -23,7 +23,6 @@ segmentation-models' own Inception copies (md5).
 
 from __future__ import annotations
 
-import hashlib
 import os
 import shutil
 import tempfile
@@ -37,6 +36,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.config import ENCODERS
+from trainer.data import file_digest
 from trainer.errors import WeightsError
 
 if TYPE_CHECKING:
@@ -282,11 +282,7 @@ def run_import_command(file: Path, encoder: str) -> int:
 
 def file_hash(path: Path, algorithm: str) -> str:
     """Hex digest of ``path`` with ``algorithm`` (``md5`` or ``sha256``)."""
-    hasher = hashlib.new(algorithm)
-    with open(path, "rb") as stream:
-        for chunk in iter(lambda: stream.read(1 << 20), b""):
-            hasher.update(chunk)
-    return hasher.hexdigest()
+    return file_digest(path, algorithm)
 
 
 # ---------------------------------------------------------------------------------------------
