@@ -270,24 +270,4 @@ def test_resume_after_sigkill_of_the_driver_trains_no_fold_twice(tmp_path: Path,
     assert states[TrialState.COMPLETE] == 4 and states[TrialState.RUNNING] == 0
 
 
-@pytest.mark.slow
-def test_segsweep_sweep_run_and_status_with_real_training(tmp_path: Path, ray_env: dict[str, str]) -> None:
-    data = make_dataset(tmp_path / "data", 16)
-    storage = tmp_path / "out"
-    cli = [str(REPO / ".venv" / "bin" / "segsweep"), "sweep"]
-    run = subprocess.run(
-        [*cli, "run", "--data", str(data), "--space", "quick", "--trials", "2", "--concurrency", "2",
-         "--name", "q", "--storage", str(storage), "--epochs", "1", "--tracker", "none",
-         "--scheduler", "none"],
-        cwd=tmp_path, capture_output=True, timeout=900,
-    )
-    assert run.returncode == 0, run.stdout.decode()[-4000:] + run.stderr.decode()[-4000:]
-    assert b"best so far" in run.stdout
-    status = subprocess.run([*cli, "status", "q", "--storage", str(storage)], capture_output=True, timeout=60)
-    assert status.returncode == 0
-    text = status.stdout.decode()
-    assert "2/2 trials proposed; 2 complete" in text and "encoder" in text and "2/2" in text
-    study = optuna.load_study(study_name="q", storage=storage_url(storage / "q"))
-    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
-    for trial in load_sweep(storage, "q").trials:
-        assert (trial.path / "cv.json").is_file() and trial.config["image_size"] == 64
+# The CLI sweep with real training is exercised by tests/test_tracking_sweep.py (with trackers on).

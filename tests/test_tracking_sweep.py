@@ -58,6 +58,19 @@ def test_quick_sweep_nests_runs_and_keeps_tokens_out(tmp_path: Path, kvasir_seg_
     sweep = storage / "s1"
     assert (sweep / "mlflow.db").is_file() and (sweep / "tracking.json").is_file()
 
+    # The sweep itself (this is also the CLI sweep test with real training): progress, leaderboard, study.
+    assert "best so far" in done.stdout
+    status = subprocess.run(
+        [command[0], "sweep", "status", "s1", "--storage", str(storage)], capture_output=True, text=True, timeout=120
+    )
+    assert status.returncode == 0, status.stderr
+    assert "2/2 trials proposed; 2 complete" in status.stdout and "encoder" in status.stdout
+    import optuna
+    from optuna.trial import TrialState
+
+    study = optuna.load_study(study_name="s1", storage=f"sqlite:///{sweep / 'optuna.db'}")
+    assert [t.state for t in study.get_trials()] == [TrialState.COMPLETE] * 2
+
     # MLflow, through a real server's REST API on 127.0.0.1.
     port = free_port()
     server = start_dashboard("MLflow UI", mlflow_command(sweep, port), port, "/health", tmp_path)
@@ -71,6 +84,7 @@ def test_quick_sweep_nests_runs_and_keeps_tokens_out(tmp_path: Path, kvasir_seg_
         for run in runs:
             kinds.setdefault(tags(run).get("segsweep.kind", "?"), []).append(run)
         (top,) = kinds["sweep"]
+        assert top["info"]["status"] == "FINISHED"  # the driver closed the sweep's run with its summary
         trials = kinds["trial"]
         assert len(trials) == 2
         assert {tags(t)["mlflow.parentRunId"] for t in trials} == {top["info"]["run_id"]}
