@@ -92,6 +92,34 @@ def real_data(args: argparse.Namespace) -> Path | None:
     return root if (root / "images").is_dir() else None
 
 
+#: A search space around one fixed tiny configuration: only the learning rate is drawn, so every
+#: trial of a benchmark sweep costs the same.
+TINY_SPACE = """\
+name: {name}
+description: one fixed configuration (the learning rate is the only thing drawn)
+params:
+  lr:
+    type: float
+    low: 1.0e-4
+    high: 1.0e-3
+    log: true
+fixed:
+  encoder: {encoder}
+  arch: unet
+  weights: none
+  loss: iou
+  batch_size: {batch}
+  epochs: 1
+  folds: 2
+  image_size: {size}
+"""
+
+
+def tiny_space(name: str, encoder: str, size: int, batch: int) -> str:
+    """TINY_SPACE filled in, as YAML text for ``segsweep sweep run --space FILE``."""
+    return TINY_SPACE.format(name=name, encoder=encoder, size=size, batch=batch)
+
+
 def synthetic_dataset(root: Path, n: int, size: int, seed: int = 0) -> Path:
     """``n`` synthetic Kvasir-SEG-layout pairs of ``size`` px (JPEG images and masks) under ``root``."""
     from tests.synth import make_dataset

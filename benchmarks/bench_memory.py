@@ -31,25 +31,6 @@ import _common
 
 NAME = "memory"
 
-SPACE = """\
-name: bench-memory
-description: one fixed configuration (the learning rate is the only thing drawn)
-params:
-  lr:
-    type: float
-    low: 1.0e-4
-    high: 1.0e-3
-    log: true
-fixed:
-  encoder: {encoder}
-  arch: unet
-  weights: none
-  loss: iou
-  batch_size: {batch}
-  epochs: 1
-  folds: 2
-  image_size: {size}
-"""
 _MIB = 2**20
 
 
@@ -155,7 +136,7 @@ def run(args: argparse.Namespace) -> None:
         if root is None:
             root = _common.synthetic_dataset(tmp / "data", 16 if quick else 320, size=128)
         space = tmp / "space.yaml"
-        space.write_text(SPACE.format(encoder=encoder, batch=batch, size=size))
+        space.write_text(_common.tiny_space("bench-memory", encoder, size, batch))
         from trainer.data import prepare_dataset
 
         prepared = prepare_dataset(root, size, limit=limit, progress=False)

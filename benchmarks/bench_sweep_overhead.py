@@ -36,25 +36,6 @@ import _common
 
 NAME = "sweep_overhead"
 
-SPACE = """\
-name: bench-tiny
-description: a one-parameter space around a fixed tiny configuration
-params:
-  lr:
-    type: float
-    low: 1.0e-4
-    high: 1.0e-3
-    log: true
-fixed:
-  encoder: {encoder}
-  arch: unet
-  weights: none
-  loss: iou
-  batch_size: 4
-  epochs: 1
-  folds: 2
-  image_size: {size}
-"""
 
 
 class TimedRunCV:
@@ -158,7 +139,7 @@ def run(args: argparse.Namespace) -> None:
         os.environ["SEGSWEEP_CACHE"] = str(tmp / "cache")  # Ray workers inherit it
         data = _common.synthetic_dataset(tmp / "data", 8, size=64)
         space = tmp / "space.yaml"
-        space.write_text(SPACE.format(encoder=encoder, size=size))
+        space.write_text(_common.tiny_space("bench-tiny", encoder, size, 4))
 
         from trainer.config import CVConfig
         from trainer.cv import run_cv
