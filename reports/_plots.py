@@ -17,7 +17,7 @@ matplotlib.use("Agg")  # no display: the report is written by a command, often o
 
 import matplotlib.pyplot as plt
 
-from reports.results import TrialResult
+from sweeps.folder import TrialResult
 
 #: Figure width in inches at 100 dpi: readable in a browser without scaling.
 _WIDTH = 8.0

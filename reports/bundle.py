@@ -21,6 +21,7 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from trainer import version
 from trainer.config import CVConfig
 from trainer.errors import ConfigError, SegsweepError
 
@@ -85,11 +86,6 @@ class ModelBundle:
         return model
 
 
-def bundle_version() -> str:
-    from trainer.cv import version
-
-    return version()
-
 
 def load_bundle(path: str | Path) -> ModelBundle:
     """Read a bundle's description, or say what is missing or which segsweep made it."""
@@ -116,7 +112,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
     if meta["bundle_format"] != BUNDLE_FORMAT:
         raise BundleError(
             f"{path} is a bundle of format {meta['bundle_format']} made by segsweep "
-            f"{meta.get('segsweep_version', '?')}; this segsweep ({bundle_version()}) reads format "
+            f"{meta.get('segsweep_version', '?')}; this segsweep ({version()}) reads format "
             f"{BUNDLE_FORMAT}: predict with the segsweep that made it, or retrain it with this one"
         )
     try:

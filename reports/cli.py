@@ -6,12 +6,12 @@ import argparse
 from pathlib import Path
 from typing import Any
 
-DEFAULT_STORAGE = "sweeps"
-
 
 def register(sub: Any) -> None:
     """Add this package's verbs to the ``segsweep`` parser."""
     from reports.count import DEFAULT_MIN_AREA
+    from reports.predict import PREDICT_BATCH_SIZE
+    from sweeps.folder import storage_help
 
     report = sub.add_parser(
         "report",
@@ -20,9 +20,7 @@ def register(sub: Any) -> None:
         "configuration for `segsweep cv --config`) for a sweep.",
     )
     report.add_argument("name", help="sweep name (as given to `sweep run --name`)")
-    report.add_argument(
-        "--storage", default=DEFAULT_STORAGE, help=f"sweeps folder (default ./{DEFAULT_STORAGE})"
-    )
+    report.add_argument("--storage", default=None, help=storage_help())
     report.add_argument("--out", default=None, help="report folder (default STORAGE/NAME/report)")
     report.add_argument(
         "--format", default="md,html,json", help="comma-separated: md, html, json (default all)"
@@ -36,9 +34,7 @@ def register(sub: Any) -> None:
         "cross-validation folds followed, and save a model bundle (config, weights, card).",
     )
     retrain.add_argument("name", help="sweep name")
-    retrain.add_argument(
-        "--storage", default=DEFAULT_STORAGE, help=f"sweeps folder (default ./{DEFAULT_STORAGE})"
-    )
+    retrain.add_argument("--storage", default=None, help=storage_help())
     retrain.add_argument("--out", required=True, help="model bundle folder to create")
     retrain.add_argument("--trial", default=None, help="retrain this trial id instead of the winner")
     retrain.add_argument("--quiet", action="store_true", help="no per-epoch lines")
@@ -55,7 +51,8 @@ def register(sub: Any) -> None:
     predict.add_argument("--masks", default=None, help="folder of true masks paired with the images by name")
     predict.add_argument("--out", required=True, help="output folder")
     predict.add_argument("--tta", action="store_true", help="also predict with flip test-time augmentation")
-    predict.add_argument("--batch-size", type=int, default=8, help="images per prediction batch (default 8)")
+    predict.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE,
+                         help=f"images per prediction batch (default {PREDICT_BATCH_SIZE})")
     predict.add_argument(
         "--min-area",
         type=float,
@@ -86,7 +83,7 @@ def _cmd_report(args: argparse.Namespace) -> int:
     from reports.report import run_report_command
 
     return run_report_command(
-        args.name, Path(args.storage), Path(args.out) if args.out else None, args.format
+        args.name, args.storage, Path(args.out) if args.out else None, args.format
     )
 
 
@@ -94,7 +91,7 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     from reports.retrain import run_retrain_command
 
     return run_retrain_command(
-        args.name, Path(args.storage), Path(args.out), trial_id=args.trial, verbose=not args.quiet
+        args.name, args.storage, Path(args.out), trial_id=args.trial, verbose=not args.quiet
     )
 
 

@@ -2,16 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-from reports.results import COMPLETE, SweepResults, TrialResult
+from sweeps.folder import SweepResults, TrialResult
 from trainer.errors import SegsweepError
 
 WINNER_RULE = (
     "The winner is the trial with the best mean cross-validation Dice among the trials that completed "
     "all their folds (pruned, failed and running trials are not eligible: a mean over some folds is "
-    "not comparable with a mean over all)."
+    "not comparable with a mean over all): the first of the leaderboard's ranking."
 )
 
 
@@ -44,7 +43,7 @@ class WinnerChoice:
         gap = self.gap
         assert gap is not None
         text = (
-            f"The runner-up, trial {label(self.runner_up)}, has mean Dice {self.runner_up.mean['dice']:.4f}, "
+            f"The runner-up, trial {self.runner_up.label}, has mean Dice {self.runner_up.mean['dice']:.4f}, "
             f"{gap:.4f} below the winner"
         )
         if self.gap_in_std is None:
@@ -61,13 +60,9 @@ class WinnerChoice:
         )
 
 
-def label(trial: TrialResult) -> str:
-    return f"#{trial.number} ({trial.trial_id})" if trial.number is not None else trial.trial_id
-
-
 def pick_winner(sweep: SweepResults) -> WinnerChoice:
     """Apply :data:`WINNER_RULE`, or say why no trial can win."""
-    eligible = [t for t in sweep.completed() if not math.isnan(t.mean["dice"])]
+    eligible = sweep.completed()
     if not eligible:
         states: dict[str, int] = {}
         for trial in sweep.trials:
@@ -79,17 +74,6 @@ def pick_winner(sweep: SweepResults) -> WinnerChoice:
             f"`segsweep sweep resume {sweep.name}` an interrupted sweep"
         )
     return WinnerChoice(eligible[0], eligible[1] if len(eligible) > 1 else None, len(eligible))
-
-
-def leaderboard(sweep: SweepResults) -> list[TrialResult]:
-    """Every trial: the eligible ones by mean Dice first, then the rest by mean Dice of their folds."""
-    eligible = sweep.completed()
-    chosen = {id(t) for t in eligible}
-    rest = [t for t in sweep.trials if id(t) not in chosen]
-    rest.sort(
-        key=lambda t: (-(t.mean["dice"]) if t.folds else math.inf, t.number if t.number is not None else 0)
-    )
-    return eligible + rest
 
 
 def is_pretrained(trial: TrialResult) -> bool:
@@ -125,11 +109,9 @@ def compare_pretraining(sweep: SweepResults) -> PretrainingComparison:
 
 
 __all__ = [
-    "COMPLETE",
     "WINNER_RULE",
     "PretrainingComparison",
     "WinnerChoice",
     "compare_pretraining",
-    "leaderboard",
     "pick_winner",
 ]

@@ -23,11 +23,14 @@ from typing import Any
 import numpy as np
 
 from reports.bundle import ModelBundle, load_bundle
-from reports.count import COUNT_COLUMNS, check_min_area, count_objects
-from reports.scored import record_test_scores
+from reports.count import COUNT_COLUMNS, DEFAULT_MIN_AREA, check_min_area, count_objects
+from sweeps.folder import SweepFolder, record_test_scores
 from trainer.data import IMAGE_EXTENSIONS
 from trainer.errors import DataError, SegsweepError
 from trainer.results import write_json_atomic
+
+#: Images per prediction batch (memory, not results, depends on it).
+PREDICT_BATCH_SIZE = 8
 
 #: Colours (BGR) of the overlay: predicted region tinted, predicted outline, true outline.
 _FILL, _PREDICTED, _TRUE = (0, 220, 255), (0, 220, 255), (80, 220, 80)
@@ -162,8 +165,8 @@ def predict_folder(
     *,
     masks_dir: Path | None = None,
     tta: bool = False,
-    batch_size: int = 8,
-    min_area: float = 0.0005,
+    batch_size: int = PREDICT_BATCH_SIZE,
+    min_area: float = DEFAULT_MIN_AREA,
 ) -> Prediction:
     """Predict every readable image of ``images_dir`` into ``out``; score against ``masks_dir`` if given."""
     import cv2
@@ -308,8 +311,8 @@ def run_predict_command(
     out: Path,
     *,
     tta: bool = False,
-    batch_size: int = 8,
-    min_area: float = 0.0005,
+    batch_size: int = PREDICT_BATCH_SIZE,
+    min_area: float = DEFAULT_MIN_AREA,
 ) -> int:
     if batch_size < 1:
         raise SegsweepError(f"--batch-size must be at least 1, got {batch_size}")
@@ -371,7 +374,7 @@ def _record(bundle: ModelBundle, metrics: dict[str, Any]) -> None:
     """Leave the scores in the bundle's sweep folder for the report's Table 2 (when it is here)."""
     source = bundle.source
     sweep_path = Path(str(source.get("sweep_path", "")))
-    if not source.get("trial") or not (sweep_path / "sweep.json").is_file():
+    if not source.get("trial") or not SweepFolder(sweep_path).exists():
         return
     summary = {k: metrics[k] for k in ("model", "images", "masks", "out", "rows")}
     summary["n_overlap_with_training"] = len(metrics["overlap_with_training"])

@@ -12,6 +12,7 @@ import base64
 import html
 import logging
 import math
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,15 +24,19 @@ from reports.leaderboard import (
     compare_pretraining,
     encoder_of,
     is_pretrained,
-    label,
-    leaderboard,
     pick_winner,
 )
-from reports.results import SweepResults, TrialResult, load_sweep
-from reports.scored import load_test_scores
+from sweeps.folder import (
+    SweepResults,
+    TrialResult,
+    format_value,
+    leaderboard_table,
+    load_sweep,
+    load_test_scores,
+)
 from trainer.config import CVConfig
 from trainer.errors import ConfigError, SegsweepError
-from trainer.results import write_json_atomic
+from trainer.results import read_cv_result, write_json_atomic
 
 FORMATS = ("md", "html", "json")
 #: Trials shown in the fold box plots.
@@ -73,12 +78,6 @@ def pm(mean: float, std: float) -> str:
     return "n/a" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}"
 
 
-def _value(value: Any) -> str:
-    if isinstance(value, float):
-        return f"{value:.3g}"
-    return "" if value is None else str(value)
-
-
 def data_path(sweep: SweepResults, trial: TrialResult | None = None) -> str | None:
     """The data set folder a sweep ran on: sweep.json's ``data``, else the trial's cv.json record."""
     data = sweep.spec.get("data")
@@ -86,10 +85,9 @@ def data_path(sweep: SweepResults, trial: TrialResult | None = None) -> str | No
         data = data.get("root") or data.get("path")
     if data:
         return str(data)
-    if trial is not None and trial.path is not None and (trial.path / "cv.json").is_file():
-        import json
-
-        recorded = json.loads((trial.path / "cv.json").read_text()).get("data") or {}
+    if trial is not None and trial.path is not None:
+        cv = read_cv_result(trial.path)
+        recorded = (cv.data if cv else None) or {}
         found = recorded.get("root") or recorded.get("path")
         return str(found) if found else None
     return None
@@ -143,7 +141,7 @@ def _overview(sweep: SweepResults, choice: WinnerChoice) -> Section:
         ["sweep", sweep.name],
         ["folder", str(sweep.path)],
         ["data", str(data_path(sweep, choice.winner))],
-        ["search space", _value(spec.get("space"))],
+        ["search space", format_value(spec.get("space"))],
         [
             "trials",
             f"{len(sweep.trials)} (" + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) + ")",
@@ -158,9 +156,14 @@ def _overview(sweep: SweepResults, choice: WinnerChoice) -> Section:
 
 def _winner(choice: WinnerChoice) -> Section:
     winner = choice.winner
-    params = ", ".join(f"{k}={_value(v)}" for k, v in winner.params.items())
+    params = ", ".join(f"{k}={format_value(v)}" for k, v in winner.ran_with.items())
+    overridden = winner.overridden
+    if overridden:
+        params += " (set by the sweep's options over the proposal: " + ", ".join(
+            f"{k} proposed {format_value(proposed)}" for k, (proposed, _ran) in overridden.items()
+        ) + ")"
     text = (
-        f"Winner: trial {label(winner)}, {params}: mean Dice {pm(winner.mean['dice'], winner.std['dice'])}, "
+        f"Winner: trial {winner.label}, {params}: mean Dice {pm(winner.mean['dice'], winner.std['dice'])}, "
         f"mean IoU {pm(winner.mean['iou'], winner.std['iou'])} over {winner.folds_done} folds (mean ± sample "
         f"standard deviation over folds)."
     )
@@ -206,29 +209,8 @@ def _table2(sweep: SweepResults, winner: TrialResult) -> Section:
 
 
 def _leaderboard(sweep: SweepResults) -> Section:
-    trials = leaderboard(sweep)
-    param_names: list[str] = []
-    for trial in trials:
-        param_names += [p for p in trial.params if p not in param_names]
-    eligible = {id(t) for t in sweep.completed()}
-    rows = []
-    for rank, trial in enumerate(trials, start=1):
-        rows.append([
-            str(rank) if id(trial) in eligible else "-",
-            label(trial),
-            *[_value(trial.params.get(p)) for p in param_names],
-            trial.state.lower(),
-            f"{trial.folds_done}/{trial.n_folds}",
-            pm(trial.mean["dice"], trial.std["dice"]) if trial.folds else "",
-            pm(trial.mean["iou"], trial.std["iou"]) if trial.folds else "",
-            trial.reason or "",
-        ])  # fmt: skip
-    columns = ["rank", "trial", *param_names, "state", "folds", "Dice", "IoU", "reason"]
-    note = (
-        "Ranked: trials that completed all folds, by mean Dice; unranked (-): the others, by the mean of "
-        "their finished folds."
-    )
-    return Section("Leaderboard", [note, Table(columns, rows)])
+    columns, rows, notes = leaderboard_table(sweep)
+    return Section("Leaderboard", [*notes, Table(columns, rows)])
 
 
 def _pretraining(sweep: SweepResults) -> Section:
@@ -238,7 +220,7 @@ def _pretraining(sweep: SweepResults) -> Section:
         if trial is None:
             return ["none completed", "", ""]
         return [
-            label(trial),
+            trial.label,
             pm(trial.mean["dice"], trial.std["dice"]),
             pm(trial.mean["iou"], trial.std["iou"]),
         ]
@@ -253,8 +235,8 @@ def _pretraining(sweep: SweepResults) -> Section:
         rows = []
         for encoder, (pre, untrained) in comparison.per_encoder.items():
             rows.append([
-                encoder, label(pre), pm(pre.mean["dice"], pre.std["dice"]),
-                label(untrained), pm(untrained.mean["dice"], untrained.std["dice"]),
+                encoder, pre.label, pm(pre.mean["dice"], pre.std["dice"]),
+                untrained.label, pm(untrained.mean["dice"], untrained.std["dice"]),
                 f"{pre.mean['dice'] - untrained.mean['dice']:+.4f}",
             ])  # fmt: skip
         blocks += [
@@ -273,13 +255,13 @@ def _load_study(sweep: SweepResults) -> tuple[Any | None, str | None]:
     """The sweep's Optuna study, or why there is none."""
     import optuna
 
-    if not (sweep.path / "optuna.db").is_file():
-        return None, f"no Optuna storage at {sweep.path / 'optuna.db'}"
+    if not sweep.folder.optuna_db.is_file():
+        return None, f"no Optuna storage at {sweep.folder.optuna_db}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
         return optuna.load_study(study_name=sweep.name, storage=sweep.optuna_storage_url), None
     except KeyError:
-        return None, f"{sweep.path / 'optuna.db'} holds no study named {sweep.name!r}"
+        return None, f"{sweep.folder.optuna_db} holds no study named {sweep.name!r}"
 
 
 def _completed_in_study(study: Any) -> int:
@@ -347,14 +329,14 @@ def _figures(sweep: SweepResults, choice: WinnerChoice, study: Any | None, why_n
         Figure(
             "fold_dice",
             f"Per-fold Dice of the top {len(top)} trial(s)",
-            _plots.fold_boxplots(top, [label(t) for t in top]),
+            _plots.fold_boxplots(top, [t.label for t in top]),
         )
     )
     if any(f.history for f in choice.winner.folds):
         blocks.append(
             Figure(
                 "learning_curves",
-                f"Learning curves of the winner's folds (trial {label(choice.winner)})",
+                f"Learning curves of the winner's folds (trial {choice.winner.label})",
                 _plots.learning_curves(choice.winner),
             )
         )
@@ -489,11 +471,13 @@ def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS) ->
     return written
 
 
-def run_report_command(name: str, storage: Path, out: Path | None, formats: str) -> int:
+def run_report_command(name: str, storage: Path | None, out: Path | None, formats: str) -> int:
     chosen = parse_formats(formats)
     sweep = load_sweep(storage, name)
+    for line in sweep.warnings:
+        print(f"segsweep: warning: {line}", file=sys.stderr)
     report = build_report(sweep)
-    folder = out if out is not None else sweep.path / "report"
+    folder = out if out is not None else sweep.folder.report_dir
     for path in write_report(report, folder, chosen):
         print(f"wrote {path}")
     best = report.best

@@ -27,12 +27,12 @@ from reports.bundle import (
     SCHEDULE_FILE,
     TRAIN_STEMS_FILE,
     WEIGHTS_FILE,
-    bundle_version,
     describe,
 )
-from reports.leaderboard import label, pick_winner
+from reports.leaderboard import pick_winner
 from reports.report import data_path
-from reports.results import SweepResults, TrialResult, load_sweep
+from sweeps.folder import SweepResults, TrialResult, load_sweep
+from trainer import version
 from trainer.config import CVConfig
 from trainer.errors import ConfigError, DataError, SegsweepError
 from trainer.results import EpochRecord, write_json_atomic
@@ -173,7 +173,7 @@ def retrain(sweep: SweepResults, out: Path, *, trial_id: str | None = None, verb
     root = data_path(sweep, trial)
     if root is None:
         raise DataError(
-            f"{sweep.path / 'sweep.json'} does not say which data set the sweep ran on (no 'data')"
+            f"{sweep.folder.spec_file} does not say which data set the sweep ran on (no 'data')"
         )
     if not Path(root).is_dir():
         raise DataError(f"the sweep's data set {root} is not there; retrain where the sweep's data is")
@@ -184,7 +184,7 @@ def retrain(sweep: SweepResults, out: Path, *, trial_id: str | None = None, verb
     drop_epochs = imitated_schedule(fold_drops, config.epochs)
     if verbose:
         print(
-            f"retraining trial {label(trial)} ({config.encoder}, weights {config.weights}) on {len(data)} "
+            f"retraining trial {trial.label} ({config.encoder}, weights {config.weights}) on {len(data)} "
             f"development images at {config.image_size}px for {config.epochs} epochs; "
             f"learning rate cut after epochs {drop_epochs or 'none'}",
             flush=True,
@@ -211,7 +211,7 @@ def retrain(sweep: SweepResults, out: Path, *, trial_id: str | None = None, verb
     )
     meta: dict[str, Any] = {
         "bundle_format": BUNDLE_FORMAT,
-        "segsweep_version": bundle_version(),
+        "segsweep_version": version(),
         "created": datetime.now(UTC).isoformat(timespec="seconds"),
         "config": config.to_dict(),
         "preprocessing": describe(config),
@@ -257,7 +257,7 @@ def retrain(sweep: SweepResults, out: Path, *, trial_id: str | None = None, verb
 
 
 def run_retrain_command(
-    name: str, storage: Path, out: Path, *, trial_id: str | None = None, verbose: bool = True
+    name: str, storage: Path | None, out: Path, *, trial_id: str | None = None, verbose: bool = True
 ) -> int:
     sweep = load_sweep(storage, name)
     bundle = retrain(sweep, out, trial_id=trial_id, verbose=verbose)

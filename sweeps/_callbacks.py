@@ -8,9 +8,19 @@ from typing import Any
 
 from ray import tune
 
-from reports.results import COMPLETE, FAILED, PRUNED, RUNNING
-from sweeps._records import append_event, now, read_trial_record, trial_dir, update_trial_record
 from sweeps._trainable import one_line_reason
+from sweeps.folder import (
+    COMPLETE,
+    FAILED,
+    PRUNED,
+    RUNNING,
+    SweepFolder,
+    append_event,
+    load_sweep,
+    now,
+    read_trial_record,
+    update_trial_record,
+)
 
 
 class SweepCallback(tune.Callback):
@@ -22,7 +32,7 @@ class SweepCallback(tune.Callback):
         self.name = name
 
     def _folder(self, trial: Any) -> Path:
-        return trial_dir(self.sweep_dir, trial.trial_id)
+        return SweepFolder(Path(self.sweep_dir)).trial_dir(trial.trial_id)
 
     def _label(self, trial: Any) -> str:
         number = read_trial_record(self._folder(trial)).get("number")
@@ -73,8 +83,6 @@ class SweepCallback(tune.Callback):
         self._print_best()
 
     def _print_best(self) -> None:
-        from reports.results import load_sweep
-
         with contextlib.suppress(Exception):  # progress output must never stop a sweep
             sweep = load_sweep(Path(self.sweep_dir).parent, self.name)
             done = sweep.completed()

@@ -17,24 +17,24 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
-from sweeps._records import trial_dir, update_trial_record
+from sweeps.folder import (
+    STUDY_REASON_ATTR,
+    STUDY_TRIAL_ID_ATTR,
+    SweepFolder,
+    now,
+    read_trial_record,
+    update_trial_record,
+)
 
-OPTUNA_FILE = "optuna.db"
 #: Metric the trainable reports after every fold (running mean Dice over the folds done) and its mode.
 METRIC, MODE = "dice", "max"
-#: Ray trial id, stored on each Optuna trial so the two can be matched (dashboard, reconciliation).
-RAY_TRIAL_ID_ATTR = "ray_trial_id"
-REASON_ATTR = "reason"
-
-
-def storage_url(sweep_dir: Path) -> str:
-    return f"sqlite:///{(sweep_dir / OPTUNA_FILE).resolve()}"
 
 
 def open_storage(sweep_dir: Path) -> optuna.storages.RDBStorage:
     """The sweep's SQLite study storage; ``optuna-dashboard sqlite:///...`` can read it meanwhile."""
     # A dashboard reading the file holds short locks: wait for them instead of failing a write.
-    return optuna.storages.RDBStorage(storage_url(sweep_dir), engine_kwargs={"connect_args": {"timeout": 60}})
+    url = SweepFolder(sweep_dir).optuna_url
+    return optuna.storages.RDBStorage(url, engine_kwargs={"connect_args": {"timeout": 60}})
 
 
 def n_startup_trials(trials: int, concurrency: int) -> int:
@@ -75,15 +75,15 @@ class FoldPruningOptunaSearch(OptunaSearch):
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials[trial_id]
-        ot_trial.set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
+        ot_trial.set_user_attr(STUDY_TRIAL_ID_ATTR, trial_id)
         update_trial_record(
-            trial_dir(self.sweep_dir, trial_id),
+            SweepFolder(Path(self.sweep_dir)).trial_dir(trial_id),
             trial_id=trial_id,
             number=ot_trial.number,
             params=dict(ot_trial.params),
             state="RUNNING",
             reason=None,
-            proposed=_now(),
+            proposed=now(),
         )
         return config
 
@@ -109,11 +109,9 @@ class FoldPruningOptunaSearch(OptunaSearch):
         state, value = completion_state(result, error=error)
         if state == TrialState.FAIL:
             # The trainable records why it failed before raising; the study keeps it for the dashboard.
-            from sweeps._records import read_trial_record
-
-            reason = read_trial_record(trial_dir(self.sweep_dir, trial_id)).get("reason")
+            reason = read_trial_record(SweepFolder(Path(self.sweep_dir)).trial_dir(trial_id)).get("reason")
             if reason:
-                ot_trial.set_user_attr(REASON_ATTR, str(reason))
+                ot_trial.set_user_attr(STUDY_REASON_ATTR, str(reason))
         if state != TrialState.FAIL and result:
             # Ray hands a trial's last result to on_trial_complete only, not to on_trial_result.
             self.on_trial_result(trial_id, result)
@@ -165,10 +163,10 @@ def reconcile_study(sweep_dir: Path, study_name: str, records: dict[str, dict[st
         return 0
     fixed = 0
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        record = records.get(str(frozen.user_attrs.get(RAY_TRIAL_ID_ATTR)), {})
+        record = records.get(str(frozen.user_attrs.get(STUDY_TRIAL_ID_ATTR)), {})
         state, value, reason = _state_from_record(record)
         if reason:
-            study._storage.set_trial_user_attr(frozen._trial_id, REASON_ATTR, reason)
+            study._storage.set_trial_user_attr(frozen._trial_id, STUDY_REASON_ATTR, reason)
         study.tell(frozen.number, value, state=state, skip_if_finished=True)
         fixed += 1
     return fixed
@@ -182,9 +180,3 @@ def _state_from_record(record: dict[str, Any]) -> tuple[TrialState, float | None
         return TrialState.PRUNED, None, record.get("reason")
     reason = record.get("reason") or "the sweep driver stopped before this proposal ran; Ray drew another"
     return TrialState.FAIL, None, reason
-
-
-def _now() -> str:
-    from sweeps._records import now
-
-    return now()

@@ -18,10 +18,19 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweeps._records import append_event, now, read_trial_record, trial_dir, update_trial_record
+from sweeps.folder import SweepFolder, append_event, now, read_trial_record, update_trial_record
 from trainer.errors import SegsweepError
 from trainer.reporting import FoldPreview, MultiReporter, Reporter
-from trainer.results import CVResult, FoldResult, summarise
+from trainer.results import (
+    CV_FILE,
+    FOLDS_DIR,
+    CVResult,
+    FoldResult,
+    fold_files,
+    read_cv_result,
+    read_fold_files,
+    summarise,
+)
 
 if TYPE_CHECKING:
     from ray.tune import Checkpoint
@@ -67,7 +76,7 @@ def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) 
     from ray import tune
 
     trial_id = tune.get_context().get_trial_id()
-    folder = trial_dir(setup.sweep_dir, trial_id)
+    folder = SweepFolder(Path(setup.sweep_dir)).trial_dir(trial_id)
     record = read_trial_record(folder)
     if record.get("fatal_reason"):
         raise FatalTrialError(str(record["fatal_reason"]))
@@ -186,20 +195,12 @@ class TuneFoldReporter(Reporter):
         between); the trainer will not train it again, so its result is reported here, before
         the trainer resumes, for the scheduler and the study to see every fold.
         """
-        import json
-
-        try:
-            n_folds = int(json.loads((self.folder / "cv.json").read_text())["n_folds"])
-        except (OSError, ValueError, KeyError, TypeError):
+        cv = read_cv_result(self.folder)
+        if cv is None:
             return
-        finished = []
-        for path in sorted((self.folder / "folds").glob("fold_*.json")):
-            try:
-                finished.append(FoldResult.from_dict(json.loads(path.read_text())))
-            except (ValueError, TypeError, KeyError):
-                break  # the trainer will rerun this fold and report it itself
-        finished.sort(key=lambda f: f.fold)
-        self.n_folds = n_folds
+        finished, _damaged = read_fold_files(self.folder)  # a damaged fold reruns and reports itself
+        finished = [f for i, f in enumerate(finished, start=1) if f.fold == i]  # up to the first gap
+        self.n_folds = cv.n_folds
         for count in range(reported + 1, len(finished) + 1):
             append_event(self.folder, "fold_reported", fold=finished[count - 1].fold)
             self.report(finished[:count])
@@ -229,11 +230,11 @@ class TuneFoldReporter(Reporter):
 
 
 def _copy_fold_files(source: Path, target: Path) -> None:
-    (target / "folds").mkdir(parents=True, exist_ok=True)
-    for path in sorted((source / "folds").glob("fold_*.json")):
-        shutil.copy2(path, target / "folds" / path.name)
-    if (source / "cv.json").is_file():
-        shutil.copy2(source / "cv.json", target / "cv.json")
+    (target / FOLDS_DIR).mkdir(parents=True, exist_ok=True)
+    for path in fold_files(source):
+        shutil.copy2(path, target / FOLDS_DIR / path.name)
+    if (source / CV_FILE).is_file():
+        shutil.copy2(source / CV_FILE, target / CV_FILE)
 
 
 def restore_fold_files(checkpoint: Checkpoint | None, folder: Path) -> int:
@@ -246,23 +247,19 @@ def restore_fold_files(checkpoint: Checkpoint | None, folder: Path) -> int:
         return 0
     with checkpoint.as_directory() as directory:
         source = Path(directory)
-        (folder / "folds").mkdir(parents=True, exist_ok=True)
-        for path in sorted((source / "folds").glob("fold_*.json")):
-            if not (folder / "folds" / path.name).is_file():
-                shutil.copy2(path, folder / "folds" / path.name)
-        newer = _n_folds_in(source / "cv.json") > _n_folds_in(folder / "cv.json")
-        if (source / "cv.json").is_file() and newer:
-            shutil.copy2(source / "cv.json", folder / "cv.json")
-        return len(list((source / "folds").glob("fold_*.json")))
+        (folder / FOLDS_DIR).mkdir(parents=True, exist_ok=True)
+        for path in fold_files(source):
+            if not (folder / FOLDS_DIR / path.name).is_file():
+                shutil.copy2(path, folder / FOLDS_DIR / path.name)
+        if (source / CV_FILE).is_file() and _n_folds_in(source) > _n_folds_in(folder):
+            shutil.copy2(source / CV_FILE, folder / CV_FILE)
+        return len(fold_files(source))
 
 
-def _n_folds_in(cv_path: Path) -> int:
-    import json
-
-    try:
-        return len(json.loads(cv_path.read_text()).get("folds", []))
-    except (OSError, json.JSONDecodeError, AttributeError):
-        return -1
+def _n_folds_in(out_dir: Path) -> int:
+    """Folds finished according to ``out_dir``'s cv.json (-1 without a readable one)."""
+    cv = read_cv_result(out_dir)
+    return -1 if cv is None else len(cv.folds)
 
 
 def one_line_reason(exc: BaseException) -> str:

@@ -18,10 +18,21 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from reports.results import COMPLETE, FAILED, PRUNED, RUNNING, SweepResults, load_sweep
-from sweeps._records import now, read_trial_record, update_trial_record
 from sweeps._trainable import CVRunner, TrialSetup
-from sweeps.spec import OVERRIDE_KEYS, SPEC_FILE, SweepSpec
+from sweeps.folder import (
+    COMPLETE,
+    FAILED,
+    PRUNED,
+    RUNNING,
+    SweepResults,
+    load_sweep,
+    now,
+    read_spec_record,
+    read_trial_record,
+    update_trial_record,
+    write_spec_record,
+)
+from sweeps.spec import OVERRIDE_KEYS, SweepSpec
 from trainer.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -29,7 +40,6 @@ if TYPE_CHECKING:
     from trainer.config import CVConfig
     from trainer.data import PreparedData
 
-RAY_DIR = "ray"
 #: ASHA's reduction factor: at each rung (1, 3, 9 folds) a trial goes on only if its running mean
 #: Dice is in the top third of the trials that reached that rung.
 ASHA_REDUCTION_FACTOR = 3
@@ -52,7 +62,7 @@ def run_sweep(spec: SweepSpec, *, cv_runner: CVRunner | None = None) -> SweepOut
     spec.validate()
     spec.storage = str(Path(spec.storage).resolve())
     spec.data = str(Path(spec.data).resolve())
-    if (spec.sweep_dir / SPEC_FILE).is_file():
+    if spec.folder.exists():
         raise ConfigError(
             f"a sweep named {spec.name!r} exists in {spec.storage}; continue it with "
             f"`segsweep sweep resume {spec.name} --storage {spec.storage}`, or choose another --name"
@@ -62,15 +72,15 @@ def run_sweep(spec: SweepSpec, *, cv_runner: CVRunner | None = None) -> SweepOut
     return _execute(spec, space, restore=False, cv_runner=cv_runner)
 
 
-def resume_sweep(storage: str | Path, name: str, *, cv_runner: CVRunner | None = None) -> SweepOutcome:
+def resume_sweep(storage: str | Path | None, name: str, *, cv_runner: CVRunner | None = None) -> SweepOutcome:
     """Finish a sweep whose driver stopped: finished trials and folds are not trained again."""
     from ray import tune
 
     from search_spaces import SearchSpace
 
     spec = SweepSpec.read(storage, name)
-    space = SearchSpace.from_dict(spec.space_definition, source=str(spec.sweep_dir / SPEC_FILE))
-    restore = tune.Tuner.can_restore(str(spec.sweep_dir / RAY_DIR))
+    space = SearchSpace.from_dict(spec.space_definition, source=str(spec.folder.spec_file))
+    restore = tune.Tuner.can_restore(str(spec.folder.ray_dir))
     return _execute(spec, space, restore=restore, cv_runner=cv_runner)
 
 
@@ -140,7 +150,7 @@ def _execute(
         resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
         # with_parameters puts the data into the object store once; every trial maps that copy.
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=shared, setup=setup), resources)
-        ray_dir = spec.sweep_dir / RAY_DIR
+        ray_dir = spec.folder.ray_dir
         if restore:
             print(f"[segsweep] resuming sweep {spec.name!r} from {ray_dir}", flush=True)
             tuner = tune.Tuner.restore(
@@ -163,8 +173,8 @@ def _execute(
                     trial_dirname_creator=trial_dirname,
                 ),
                 run_config=tune.RunConfig(
-                    name=RAY_DIR,
-                    storage_path=str(spec.sweep_dir),
+                    name=ray_dir.name,
+                    storage_path=str(ray_dir.parent),
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
                     # Each fold's checkpoint holds all fold files so far: the latest one suffices.
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
@@ -175,7 +185,7 @@ def _execute(
             )
             print(
                 f"[segsweep] sweep {spec.name!r}: {spec.trials} trials, {spec.concurrency} at a time, "
-                f"scheduler {spec.scheduler}; study {spec.sweep_dir / 'optuna.db'}",
+                f"scheduler {spec.scheduler}; study {spec.folder.optuna_db}",
                 flush=True,
             )
         tracking = _start_sweep_tracking(spec)
@@ -346,7 +356,7 @@ def _reconcile(spec: SweepSpec, statuses: dict[str, str]) -> bool:
     from sweeps._optuna import reconcile_study
 
     records: dict[str, dict[str, Any]] = {}
-    for folder in sorted(p for p in (spec.sweep_dir / "trials").glob("*") if p.is_dir()):
+    for folder in spec.folder.trial_dirs():
         record = read_trial_record(folder)
         if not record:
             continue
@@ -372,13 +382,8 @@ def _reconcile(spec: SweepSpec, statuses: dict[str, str]) -> bool:
 
 def _record_run(spec: SweepSpec, wall: float, restore: bool, finished: bool) -> None:
     """Append this run's wall time to sweep.json (per-trial overhead = wall - training time)."""
-    import json
-
-    from trainer.results import write_json_atomic
-
-    path = spec.sweep_dir / SPEC_FILE
-    values = json.loads(path.read_text())
+    values = read_spec_record(spec.folder)
     values.setdefault("runs", []).append(
         {"ended": now(), "wall_seconds": round(wall, 2), "resumed": restore, "finished": finished}
     )
-    write_json_atomic(path, values)
+    write_spec_record(spec.folder, values)

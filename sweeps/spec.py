@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import dataclasses
-import json
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sweeps.folder import SweepFolder, read_spec_record, write_spec_record
 from trainer.errors import ConfigError
-from trainer.results import write_json_atomic
 
-SPEC_FILE = "sweep.json"
 SCHEDULERS = ("asha", "none")
 #: Options that override the space's values for every trial (quick runs).
 OVERRIDE_KEYS = ("limit", "image_size", "folds", "epochs", "dev_split")
@@ -45,8 +43,12 @@ class SweepSpec:
     created: str | None = None
 
     @property
+    def folder(self) -> SweepFolder:
+        return SweepFolder.at(self.storage, self.name)
+
+    @property
     def sweep_dir(self) -> Path:
-        return Path(self.storage) / self.name
+        return self.folder.path
 
     def validate(self) -> None:
         """Raise ConfigError for the first option that cannot be used, saying what to use."""
@@ -98,24 +100,14 @@ class SweepSpec:
         return cls(**{k: v for k, v in values.items() if k in known})
 
     def write(self) -> None:
-        write_json_atomic(self.sweep_dir / SPEC_FILE, self.to_dict())
+        """sweep.json, keeping what earlier runs recorded (``runs``) beside the specification."""
+        previous = read_spec_record(self.folder) if self.folder.exists() else {}
+        write_spec_record(self.folder, {**previous, **self.to_dict()})
 
     @classmethod
-    def read(cls, storage: str | Path, name: str) -> SweepSpec:
-        """sweep.json of STORAGE/NAME, or ConfigError listing the sweeps there."""
-        path = Path(storage) / name / SPEC_FILE
-        if not path.is_file():
-            storage = Path(storage)
-            names = sorted(p.parent.name for p in storage.glob(f"*/{SPEC_FILE}")) if storage.is_dir() else []
-            raise ConfigError(
-                f"no sweep named {name!r} in {storage} ({path} missing); "
-                + (f"sweeps there: {', '.join(names)}" if names
-                   else "pass --storage with the folder given to `sweep run`")
-            )
-        try:
-            values = json.loads(path.read_text())
-        except json.JSONDecodeError as exc:
-            raise ConfigError(f"{path} is not valid JSON ({exc}); the sweep cannot resume from it") from None
-        spec = cls.from_dict(values)
-        spec.storage = str(Path(storage).resolve())
+    def read(cls, storage: str | Path | None, name: str) -> SweepSpec:
+        """sweep.json of STORAGE/NAME, or a one-line error listing the sweeps there."""
+        folder = SweepFolder.at(storage, name)
+        spec = cls.from_dict(read_spec_record(folder))
+        spec.storage = str(folder.storage.resolve())
         return spec

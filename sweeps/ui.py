@@ -8,7 +8,6 @@ only read.
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import os
 import shutil
@@ -24,8 +23,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import FrameType
-from typing import IO, Any
+from typing import IO
 
+from sweeps.folder import SweepFolder
 from trainer.errors import SegsweepError
 
 HOST = "127.0.0.1"
@@ -35,36 +35,6 @@ DEFAULT_OPTUNA_PORT = 8080
 READY_TIMEOUT = 90.0
 #: Seconds the servers get to exit after SIGTERM before they are killed.
 STOP_TIMEOUT = 10.0
-
-
-def register_ui(sub: Any) -> None:
-    """Add ``segsweep ui`` to the ``segsweep`` parser."""
-    ui = sub.add_parser(
-        "ui",
-        help="open MLflow's UI and optuna-dashboard for a sweep",
-        description="Serve MLflow's UI (the sweep's mlflow.db) and optuna-dashboard (its optuna.db) on "
-        "127.0.0.1 and print both addresses; Ctrl-C stops both with every process they started.",
-    )
-    ui.add_argument("name", help="the sweep's name (its folder under --storage)")
-    ui.add_argument("--storage", default="sweeps", help="folder holding the sweeps (default ./sweeps)")
-    ui.add_argument(
-        "--port-mlflow",
-        type=int,
-        default=DEFAULT_MLFLOW_PORT,
-        help=f"MLflow UI port (default {DEFAULT_MLFLOW_PORT}; 0 picks a free one)",
-    )
-    ui.add_argument(
-        "--port-optuna",
-        type=int,
-        default=DEFAULT_OPTUNA_PORT,
-        help=f"optuna-dashboard port (default {DEFAULT_OPTUNA_PORT}; 0 picks a free one)",
-    )
-    ui.set_defaults(handler=_cmd_ui)
-
-
-def _cmd_ui(args: argparse.Namespace) -> int:
-    sweep = Path(args.storage) / args.name
-    return serve_dashboards(sweep, mlflow_port=args.port_mlflow, optuna_port=args.port_optuna)
 
 
 @dataclass
@@ -86,11 +56,11 @@ class Dashboard:
 
 
 def mlflow_command(sweep: Path, port: int) -> list[str]:
-    db = (sweep / "mlflow.db").resolve()
+    folder = SweepFolder(sweep)
     return [
         sys.executable, "-m", "mlflow", "server",
-        "--backend-store-uri", f"sqlite:///{db}",
-        "--default-artifact-root", (sweep / "mlartifacts").resolve().as_uri(),
+        "--backend-store-uri", f"sqlite:///{folder.mlflow_db.resolve()}",
+        "--default-artifact-root", folder.mlflow_artifacts.resolve().as_uri(),
         "--host", HOST, "--port", str(port), "--workers", "1",
     ]  # fmt: skip
 
@@ -100,8 +70,7 @@ def optuna_command(sweep: Path, port: int) -> list[str]:
     program = str(script) if script.exists() else shutil.which("optuna-dashboard")
     if program is None:
         raise SegsweepError("optuna-dashboard is not installed; install it with: pip install optuna-dashboard")
-    db = (sweep / "optuna.db").resolve()
-    return [program, f"sqlite:///{db}", "--host", HOST, "--port", str(port), "--quiet"]
+    return [program, SweepFolder(sweep).optuna_url, "--host", HOST, "--port", str(port), "--quiet"]
 
 
 def server_environment() -> dict[str, str]:
@@ -229,18 +198,12 @@ def serve_dashboards(
 ) -> int:
     """Serve the sweep's dashboards until SIGINT or SIGTERM; 1 if a server dies on its own."""
     out = out or sys.stdout
-    sweep = Path(sweep)
-    has_mlflow, has_optuna = (sweep / "mlflow.db").is_file(), (sweep / "optuna.db").is_file()
+    folder = SweepFolder(Path(sweep)).require()
+    has_mlflow, has_optuna = folder.mlflow_db.is_file(), folder.optuna_db.is_file()
     if not (has_mlflow or has_optuna):
-        storage = sweep.parent
-        names = sorted(p.name for p in storage.iterdir() if p.is_dir()) if storage.is_dir() else []
         raise SegsweepError(
-            f"no sweep data in {sweep} (neither mlflow.db nor optuna.db); "
-            + (
-                f"sweeps in {storage}: {', '.join(names)}"
-                if names
-                else "pass --storage with the folder given to `segsweep sweep run`"
-            )
+            f"sweep {folder.name!r} has no dashboard data yet (neither {folder.mlflow_db.name} nor "
+            f"{folder.optuna_db.name} in {folder.path}); start it with `segsweep sweep run`"
         )
     plans: list[tuple[str, Callable[[int], list[str]], int, str]] = []
     if has_mlflow:

@@ -1,4 +1,4 @@
-"""Fabricate sweep folders in the layout ``reports.results`` reads, with a real Optuna study beside them.
+"""Fabricate sweep folders through the sweep-folder API (``sweeps.folder``), with a real Optuna study.
 
 The reports tests build on these instead of running a sweep: each trial gets trial.json,
 folds/fold_NN.json and cv.json as the trainer writes them, and the study ``optuna.db`` holds the same
@@ -14,8 +14,9 @@ from typing import Any
 
 import optuna
 
+from sweeps.folder import SweepFolder, update_trial_record, write_spec_record
 from trainer.config import CVConfig
-from trainer.results import CVResult, EpochRecord, FoldResult, write_json_atomic
+from trainer.results import CV_FILE, CVResult, EpochRecord, FoldResult, fold_path, write_json_atomic
 
 #: The parameters a quick space proposes, as Optuna distributions.
 DISTRIBUTIONS: dict[str, optuna.distributions.BaseDistribution] = {
@@ -103,18 +104,19 @@ def make_sweep(
 ) -> Path:
     """Write STORAGE/NAME as a sweep would and return its folder."""
     trials = default_trials() if trials is None else trials
-    path = storage / name
+    folder = SweepFolder.at(storage, name)
+    path = folder.path
     path.mkdir(parents=True)
     spec = {
         "name": name, "data": str(data), "space": "quick", "trials": len(trials), "seed": 0,
         "overrides": {"limit": limit, "image_size": image_size, "folds": 2, "epochs": None},
     }  # fmt: skip
-    write_json_atomic(path / "sweep.json", spec)
+    write_spec_record(folder, spec)
     study = None
     if with_study:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
         study = optuna.create_study(
-            study_name=name, storage=f"sqlite:///{path / 'optuna.db'}", direction="maximize"
+            study_name=name, storage=folder.optuna_url, direction="maximize"
         )
     for number, trial in enumerate(trials):
         trial_id = f"trial_{number:05d}"
@@ -123,14 +125,14 @@ def make_sweep(
             batch_size=trial.params["batch_size"], lr=trial.params["lr"], epochs=trial.epochs,
             folds=trial.n_folds, image_size=image_size, limit=limit,
         ).to_dict()  # fmt: skip
-        trial_dir = path / "trials" / trial_id
+        trial_dir = folder.trial_dir(trial_id)
         folds = [
             _fold(i + 1, d, trial.epochs, trial.lr_drops[i] if i < len(trial.lr_drops) else [],
                   [f"case{j:03d}" for j in range(i * 6, i * 6 + 6)])
             for i, d in enumerate(trial.dice)
         ]  # fmt: skip
         for fold in folds:
-            write_json_atomic(trial_dir / "folds" / f"fold_{fold.fold:02d}.json", fold.to_dict())
+            write_json_atomic(fold_path(trial_dir, fold.fold), fold.to_dict())
         cv = CVResult(
             config=config,
             data={"root": str(data), "n_images": limit},
@@ -139,13 +141,12 @@ def make_sweep(
             seconds=3.0,
             complete=len(folds) == trial.n_folds,
         )
-        write_json_atomic(trial_dir / "cv.json", cv.to_dict())
-        info = {
-            "trial_id": trial_id, "number": number, "params": trial.params, "state": trial.state,
-            "reason": trial.reason, "config": config, "n_folds": trial.n_folds,
-            "started": "2025-01-01T00:00:00", "ended": "2025-01-01T00:01:00",
-        }  # fmt: skip
-        write_json_atomic(trial_dir / "trial.json", info)
+        write_json_atomic(trial_dir / CV_FILE, cv.to_dict())
+        update_trial_record(
+            trial_dir, trial_id=trial_id, number=number, params=trial.params, state=trial.state,
+            reason=trial.reason, config=config, n_folds=trial.n_folds,
+            started="2025-01-01T00:00:00", ended="2025-01-01T00:01:00",
+        )  # fmt: skip
         if study is not None:
             state = _OPTUNA_STATES[trial.state]
             value = cv.mean["dice"] if trial.state in ("COMPLETE", "PRUNED") and folds else None

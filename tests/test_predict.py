@@ -15,8 +15,8 @@ import numpy as np
 import pytest
 
 from reports.bundle import BundleError, load_bundle
-from reports.results import load_sweep
 from sweeps.cli import main
+from sweeps.folder import load_sweep
 from tests.fake_sweep import FakeTrial, make_sweep, read_json
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"

@@ -12,12 +12,11 @@ from pathlib import Path
 
 import pytest
 
-from reports.leaderboard import compare_pretraining, leaderboard, pick_winner
+from reports.leaderboard import compare_pretraining, pick_winner
 from reports.report import build_report, render_html, render_markdown
-from reports.results import load_sweep
 from reports.retrain import imitated_schedule
-from reports.scored import record_test_scores
 from sweeps.cli import main
+from sweeps.folder import load_sweep, rank_trials, record_test_scores
 from tests.fake_sweep import FakeTrial, make_sweep, read_json
 from trainer.config import CVConfig, load_config_file
 from trainer.errors import SegsweepError
@@ -37,7 +36,7 @@ def test_winner_is_best_mean_dice_among_trials_with_all_folds(storage: Path) -> 
     assert choice.eligible == 3
     # Gap 0.64 - 0.605 in units of the winner's fold std (sample std of 0.62, 0.66).
     assert choice.gap_in_std == pytest.approx(0.035 / 0.0282843, rel=1e-4)
-    ranked = leaderboard(sweep)
+    ranked = rank_trials(sweep.trials)
     assert [t.trial_id for t in ranked] == [f"trial_0000{i}" for i in (0, 2, 1, 3, 4)]
 
 

@@ -7,13 +7,12 @@ from pathlib import Path
 
 import pytest
 
-from reports.results import load_sweep
 from sweeps.cli import main
-from sweeps.leaderboard import format_leaderboard
+from sweeps.folder import format_leaderboard, load_sweep, update_trial_record
 from sweeps.runner import probe_config
 from sweeps.spec import SweepSpec
 from trainer.errors import ConfigError
-from trainer.results import FoldResult, write_json_atomic
+from trainer.results import FoldResult, fold_path, write_json_atomic
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
@@ -102,18 +101,18 @@ def test_status_prints_the_leaderboard(capsys: pytest.CaptureFixture[str], tmp_p
         "ddd": ({"number": 3, "state": "COMPLETE", "params": {"lr": 0.002, "encoder": "resnet18"}}, [0.8, 0.8]),
     }
     for trial_id, (record, dices) in trials.items():
-        folder = tmp_path / "s" / "trials" / trial_id
-        write_json_atomic(folder / "trial.json", {"trial_id": trial_id, "n_folds": 2, **record})
+        folder = spec.folder.trial_dir(trial_id)
+        update_trial_record(folder, trial_id=trial_id, n_folds=2, **record)
         for i, dice in enumerate(dices, start=1):
-            write_json_atomic(folder / "folds" / f"fold_{i:02d}.json", _fold(i, dice))
+            write_json_atomic(fold_path(folder, i), _fold(i, dice))
     code, text = _run(capsys, "sweep", "status", "s", "--storage", str(tmp_path))
     assert code == 0
     lines = text.splitlines()
     assert "4/4 trials proposed; 2 complete, 1 pruned, 1 failed" in lines[0]
-    assert lines[1].split() == ["rank", "trial", "id", "lr", "encoder", "folds", "Dice", "IoU", "state", "reason"]
-    assert lines[2].split()[:6] == ["1", "#3", "ddd", "0.002", "resnet18", "2/2"]
+    assert lines[1].split() == ["rank", "trial", "lr", "encoder", "folds", "Dice", "IoU", "state", "reason"]
+    assert lines[2].split()[:6] == ["1", "#3", "(ddd)", "0.002", "resnet18", "2/2"]
     assert "0.8000 ± 0.0000" in lines[2]
-    assert lines[3].split()[:3] == ["2", "#0", "aaa"] and "0.6500 ± 0.0707" in lines[3]
+    assert lines[3].split()[:3] == ["2", "#0", "(aaa)"] and "0.6500 ± 0.0707" in lines[3]
     assert "PRUNED" in lines[4] and "stopped by the scheduler" in lines[4]
     assert "FAILED" in lines[5] and "loss became NaN" in lines[5] and "0/2" in lines[5]
     assert "optuna-dashboard sqlite:///" in lines[-1]
@@ -127,4 +126,4 @@ def test_spec_round_trips_through_sweep_json(tmp_path: Path) -> None:
     back = SweepSpec.read(tmp_path, "s")
     assert back.to_dict() == {**spec.to_dict(), "storage": str(tmp_path.resolve())}
     assert back.cv_overrides() == {"limit": 10, "epochs": 2, "seed": 0}
-    assert json.loads((tmp_path / "s" / "sweep.json").read_text())["gpus_per_trial"] == 0.5
+    assert json.loads(spec.folder.spec_file.read_text())["gpus_per_trial"] == 0.5

@@ -25,9 +25,7 @@ from pathlib import Path
 
 import pytest
 
-from reports.results import load_sweep
-from sweeps._records import read_events, read_trial_record
-from sweeps.leaderboard import format_leaderboard
+from sweeps.folder import format_leaderboard, load_sweep, read_events, read_trial_record
 from tests.synth import make_dataset
 from tests.test_sweeps_ray import SPACE
 

@@ -11,16 +11,14 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import load_space
-from sweeps._optuna import (
-    RAY_TRIAL_ID_ATTR,
-    REASON_ATTR,
-    completion_state,
-    make_searcher,
-    n_startup_trials,
-    reconcile_study,
-    storage_url,
+from sweeps._optuna import completion_state, make_searcher, n_startup_trials, reconcile_study
+from sweeps.folder import (
+    STUDY_REASON_ATTR,
+    STUDY_TRIAL_ID_ATTR,
+    SweepFolder,
+    read_trial_record,
+    update_trial_record,
 )
-from sweeps._records import read_trial_record, trial_dir, update_trial_record
 
 
 def _result(folds_done: int, n_folds: int, dice: float) -> dict[str, float]:
@@ -29,7 +27,7 @@ def _result(folds_done: int, n_folds: int, dice: float) -> dict[str, float]:
 
 
 def _load(sweep: Path, name: str = "s") -> optuna.Study:
-    return optuna.load_study(study_name=name, storage=storage_url(sweep))
+    return optuna.load_study(study_name=name, storage=SweepFolder(sweep).optuna_url)
 
 
 def test_pruned_complete_and_failed_trials_enter_the_study_as_such(tmp_path: Path) -> None:
@@ -43,19 +41,19 @@ def test_pruned_complete_and_failed_trials_enter_the_study_as_such(tmp_path: Pat
     searcher.on_trial_complete("t1", _result(2, 2, 0.7))  # the last result comes only with the end
     searcher.on_trial_result("t2", _result(1, 2, 0.3))
     searcher.on_trial_complete("t2", _result(1, 2, 0.3))  # what Ray passes for an ASHA stop
-    update_trial_record(trial_dir(tmp_path, "t3"), reason="TrainingError: loss became NaN")
+    update_trial_record(SweepFolder(tmp_path).trial_dir("t3"), reason="TrainingError: loss became NaN")
     searcher.on_trial_complete("t3", error=True)
 
-    trials = {t.user_attrs[RAY_TRIAL_ID_ATTR]: t for t in _load(tmp_path).get_trials()}
+    trials = {t.user_attrs[STUDY_TRIAL_ID_ATTR]: t for t in _load(tmp_path).get_trials()}
     assert trials["t1"].state == TrialState.COMPLETE and trials["t1"].value == pytest.approx(0.7)
     assert trials["t1"].intermediate_values == {1: 0.6, 2: 0.7}
     assert trials["t2"].state == TrialState.PRUNED
     assert trials["t2"].intermediate_values == {1: 0.3}
     assert trials["t3"].state == TrialState.FAIL
-    assert trials["t3"].user_attrs[REASON_ATTR] == "TrainingError: loss became NaN"
+    assert trials["t3"].user_attrs[STUDY_REASON_ATTR] == "TrainingError: loss became NaN"
     # The searcher writes each proposal's Optuna number and parameters into trial.json.
     for tid, frozen in trials.items():
-        record = read_trial_record(trial_dir(tmp_path, tid))
+        record = read_trial_record(SweepFolder(tmp_path).trial_dir(tid))
         assert record["number"] == frozen.number and record["params"] == frozen.params
 
 
@@ -108,13 +106,13 @@ def test_reconcile_finishes_trials_a_dead_driver_left_running(tmp_path: Path) ->
         searcher.suggest(tid)
     records = {
         "done": {"state": "COMPLETE", "mean_dice": 0.42},
-        "orphan": read_trial_record(trial_dir(tmp_path, "orphan")),  # RUNNING: never started
+        "orphan": read_trial_record(SweepFolder(tmp_path).trial_dir("orphan")),  # RUNNING: never started
     }
     assert reconcile_study(tmp_path, "s", records) == 2
-    trials = {t.user_attrs[RAY_TRIAL_ID_ATTR]: t for t in _load(tmp_path).get_trials()}
+    trials = {t.user_attrs[STUDY_TRIAL_ID_ATTR]: t for t in _load(tmp_path).get_trials()}
     assert trials["done"].state == TrialState.COMPLETE and trials["done"].value == pytest.approx(0.42)
     assert trials["orphan"].state == TrialState.FAIL
-    assert "driver stopped" in trials["orphan"].user_attrs[REASON_ATTR]
+    assert "driver stopped" in trials["orphan"].user_attrs[STUDY_REASON_ATTR]
 
 
 @pytest.mark.parametrize(

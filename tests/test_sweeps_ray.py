@@ -27,10 +27,15 @@ import optuna
 import pytest
 from optuna.trial import TrialState
 
-from reports.results import load_sweep
-from sweeps._optuna import RAY_TRIAL_ID_ATTR, REASON_ATTR, storage_url
-from sweeps._records import read_events, read_trial_record
-from sweeps.leaderboard import format_leaderboard
+from sweeps.folder import (
+    STUDY_REASON_ATTR,
+    STUDY_TRIAL_ID_ATTR,
+    SweepFolder,
+    format_leaderboard,
+    load_sweep,
+    read_events,
+    read_trial_record,
+)
 from sweeps.runner import run_sweep
 from sweeps.spec import SweepSpec
 from tests import test_sweeps_fake_cv as fake
@@ -120,8 +125,8 @@ def _sweep(tmp_path: Path, name: str, fake_settings: dict[str, Any], **options: 
 
 
 def _study(sweep_dir: Path, name: str) -> dict[str, optuna.trial.FrozenTrial]:
-    study = optuna.load_study(study_name=name, storage=storage_url(sweep_dir))
-    return {t.user_attrs[RAY_TRIAL_ID_ATTR]: t for t in study.get_trials()}
+    study = optuna.load_study(study_name=name, storage=SweepFolder(sweep_dir).optuna_url)
+    return {t.user_attrs[STUDY_TRIAL_ID_ATTR]: t for t in study.get_trials()}
 
 
 def _fold_trainings(trial_dir: Path) -> Counter[int]:
@@ -177,7 +182,7 @@ def test_asha_prunes_and_failed_trials_carry_their_reason(tmp_path: Path, local_
     nan = trials[by_role["nan"]]
     assert nan.state == "FAILED" and "NaN" in (nan.reason or "")
     assert study[nan.trial_id].state == TrialState.FAIL
-    assert "NaN" in study[nan.trial_id].user_attrs[REASON_ATTR]
+    assert "NaN" in study[nan.trial_id].user_attrs[STUDY_REASON_ATTR]
     # Retries of a failure no retry can fix stop at once: fold 1 started only on the first attempt.
     assert sum(e["event"] == "fold_start" for e in read_events(nan.path)) == 1
 
@@ -265,7 +270,7 @@ def test_resume_after_sigkill_of_the_driver_trains_no_fold_twice(tmp_path: Path,
     assert finished_before  # folds finished before the kill were kept, not retrained (counted above)
     # Any proposal the dead driver had not yet handed to Ray is FAILED, not left RUNNING.
     assert all(t.state in ("COMPLETE", "FAILED") for t in sweep.trials)
-    study = optuna.load_study(study_name="k", storage=storage_url(storage / "k"))
+    study = optuna.load_study(study_name="k", storage=SweepFolder(storage / "k").optuna_url)
     states = Counter(t.state for t in study.get_trials())
     assert states[TrialState.COMPLETE] == 4 and states[TrialState.RUNNING] == 0
 

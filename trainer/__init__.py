@@ -9,6 +9,18 @@ from trainer.errors import ConfigError, DataError, SegsweepError, WeightsError
 from trainer.reporting import FoldPreview, MultiReporter, Reporter
 from trainer.results import CVResult, EpochRecord, FoldResult
 
+
+def version() -> str:
+    """segsweep's installed version (what cv.json, model bundles and ``--version`` record)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    try:
+        return package_version("segsweep")
+    except PackageNotFoundError:
+        return "0+unknown"
+
+
 __all__ = [
     "ARCHITECTURES",
     "ENCODERS",
@@ -25,4 +37,5 @@ __all__ = [
     "SegsweepError",
     "WeightsError",
     "load_config_file",
+    "version",
 ]

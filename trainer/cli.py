@@ -9,22 +9,29 @@ from typing import Any
 from trainer.config import CVConfig, load_config_file
 from trainer.errors import ConfigError
 
-# Options of `segsweep cv` that map one to one onto CVConfig fields.
+# Options of `segsweep cv` that map one to one onto CVConfig fields; help texts end with the default
+# CVConfig itself holds (one home for each default).
 _CV_OPTIONS: dict[str, tuple[type, str]] = {
-    "encoder": (str, "encoder name (segmentation-models backbone), default efficientnetb1"),
-    "arch": (str, "unet, fpn or linknet (default unet)"),
-    "weights": (str, "imagenet, none, or a weights file for the encoder (default imagenet)"),
-    "batch_size": (int, "images per batch (default 30)"),
-    "epochs": (int, "epochs per fold (default 20)"),
-    "lr": (float, "Adam learning rate (default 1e-3)"),
-    "loss": (str, "iou, dice or bce_dice (default iou)"),
-    "folds": (int, "number of cross-validation folds (default 10)"),
-    "image_size": (int, "side of the square model input, a multiple of 32 (default 256)"),
-    "seed": (int, "seed for folds, augmentation and weights initialisation (default 0)"),
+    "encoder": (str, "encoder name (segmentation-models backbone)"),
+    "arch": (str, "unet, fpn or linknet"),
+    "weights": (str, "imagenet, none, or a weights file for the encoder"),
+    "batch_size": (int, "images per batch"),
+    "epochs": (int, "epochs per fold"),
+    "lr": (float, "Adam learning rate"),
+    "loss": (str, "iou, dice or bce_dice"),
+    "folds": (int, "number of cross-validation folds"),
+    "image_size": (int, "side of the square model input, a multiple of 32"),
+    "seed": (int, "seed for folds, augmentation and weights initialisation"),
     "limit": (int, "use only the first N pairs in stem order (quick runs)"),
     "dev_split": (str, "split file (or its name in the data set) listing the development stems"),
     "val_split": (str, "split file of validation stems: one given fold instead of K-fold"),
 }
+
+
+def _with_default(name: str, text: str) -> str:
+    default = getattr(CVConfig(), name)
+    return text if default is None else f"{text} (default {default:g})" if isinstance(default, float) \
+        else f"{text} (default {default})"
 
 
 def register(sub: Any) -> None:
@@ -38,7 +45,8 @@ def register(sub: Any) -> None:
     cv.add_argument("--out", help="output folder (cv.json, folds/)")
     cv.add_argument("--config", help="YAML or JSON file with the same keys; options given here win")
     for name, (kind, text) in _CV_OPTIONS.items():
-        cv.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None, help=text)
+        cv.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
+                        help=_with_default(name, text))
     cv.add_argument(
         "--no-augment", dest="augment", action="store_false", default=None, help="train without augmentation"
     )

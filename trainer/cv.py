@@ -16,24 +16,15 @@ from pathlib import Path
 
 import numpy as np
 
+from trainer import version
 from trainer.config import CVConfig
 from trainer.data import PreparedData, prepare_dataset, read_split
 from trainer.errors import ConfigError
 from trainer.reporting import FoldPreview, MultiReporter, Reporter
-from trainer.results import CVResult, FoldResult, write_json_atomic
+from trainer.results import CV_FILE, CVResult, FoldResult, fold_path, read_fold_files, write_json_atomic
 
 #: Validation images shown per fold in tracker previews.
 PREVIEW_IMAGES = 4
-
-
-def version() -> str:
-    from importlib.metadata import PackageNotFoundError
-    from importlib.metadata import version as package_version
-
-    try:
-        return package_version("segsweep")
-    except PackageNotFoundError:
-        return "0+unknown"
 
 
 def make_folds(
@@ -70,28 +61,29 @@ def check_output_dir(out_dir: Path) -> None:
         raise ConfigError(f"cannot write to output folder {out_dir}: {exc.strerror}; choose another --out") from None
 
 
-def _fold_path(out_dir: Path, fold: int) -> Path:
-    return out_dir / "folds" / f"fold_{fold:02d}.json"
-
-
 def load_finished_folds(out_dir: Path, config: CVConfig, data_key: str) -> list[FoldResult]:
     """Folds already written by an earlier run of the same configuration on the same data."""
-    cv_path = out_dir / "cv.json"
+    cv_path = out_dir / CV_FILE
     if not cv_path.is_file():
         return []
-    previous = json.loads(cv_path.read_text())
-    if previous.get("config") != config.to_dict() or previous.get("data", {}).get("cache_key") != data_key:
+    try:
+        previous = json.loads(cv_path.read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(
+            f"{cv_path} is damaged ({exc}); it cannot tell which configuration its folds belong to: "
+            "choose another --out, or delete that folder to start over"
+        ) from None
+    if (
+        not isinstance(previous, dict)
+        or previous.get("config") != config.to_dict()
+        or (previous.get("data") or {}).get("cache_key") != data_key
+    ):
         raise ConfigError(
             f"{out_dir} holds a cross-validation of another configuration or data set; "
             "choose another --out, or delete that folder to start over"
         )
-    finished = []
-    for path in sorted((out_dir / "folds").glob("fold_*.json")):
-        try:
-            finished.append(FoldResult.from_dict(json.loads(path.read_text())))
-        except (json.JSONDecodeError, TypeError, KeyError):
-            continue  # unreadable fold file: that fold runs again
-    return sorted(finished, key=lambda f: f.fold)
+    finished, _unreadable = read_fold_files(out_dir)  # an unreadable fold file: that fold runs again
+    return finished
 
 
 def run_cv(
@@ -145,7 +137,7 @@ def run_cv(
             complete=complete,
             version=version(),
         )
-        write_json_atomic(out_dir / "cv.json", result.to_dict())
+        write_json_atomic(out_dir / CV_FILE, result.to_dict())
         return result
 
     try:
@@ -155,7 +147,7 @@ def run_cv(
             if number in done:
                 continue
             result, preview = _run_fold(config, data, number, train_rows, val_rows, reporter)
-            write_json_atomic(_fold_path(out_dir, number), result.to_dict())
+            write_json_atomic(fold_path(out_dir, number), result.to_dict())
             completed.append(result)
             completed.sort(key=lambda f: f.fold)
             snapshot(complete=len(completed) == len(folds))
@@ -294,5 +286,5 @@ def run_cv_command(
     )
     if not verbose:
         print(format_fold_table(result))
-    print(f"wrote {out_dir / 'cv.json'}", file=sys.stderr)
+    print(f"wrote {out_dir / CV_FILE}", file=sys.stderr)
     return 0

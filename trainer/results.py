@@ -1,4 +1,8 @@
-"""What a cross-validation produces, as written to ``cv.json`` and ``folds/fold_NN.json``."""
+"""What a cross-validation produces, and its output folder: ``cv.json`` and ``folds/fold_NN.json``.
+
+This module owns the layout of a cross-validation's output folder (``segsweep cv --out`` and each
+trial folder of a sweep): the file names, the writers and the tolerant readers.
+"""
 
 from __future__ import annotations
 
@@ -10,6 +14,11 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+#: The cross-validation's result (written after every fold; ``complete`` once the last fold ends).
+CV_FILE = "cv.json"
+#: One file per finished fold, written as the fold ends: ``folds/fold_01.json``, ...
+FOLDS_DIR = "folds"
 
 
 @dataclass
@@ -107,3 +116,33 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def fold_path(out_dir: Path, fold: int) -> Path:
+    """Where fold ``fold`` (from 1) of the cross-validation in ``out_dir`` is written."""
+    return Path(out_dir) / FOLDS_DIR / f"fold_{fold:02d}.json"
+
+
+def fold_files(out_dir: Path) -> list[Path]:
+    """The fold files in ``out_dir``, in fold order."""
+    return sorted((Path(out_dir) / FOLDS_DIR).glob("fold_*.json"))
+
+
+def read_fold_files(out_dir: Path) -> tuple[list[FoldResult], list[Path]]:
+    """Readable folds in fold order, and the fold files that could not be read (half-written, edited)."""
+    folds: list[FoldResult] = []
+    damaged: list[Path] = []
+    for path in fold_files(out_dir):
+        try:
+            folds.append(FoldResult.from_dict(json.loads(path.read_text())))
+        except (OSError, ValueError, TypeError, KeyError, AttributeError):
+            damaged.append(path)
+    return sorted(folds, key=lambda f: f.fold), damaged
+
+
+def read_cv_result(out_dir: Path) -> CVResult | None:
+    """``cv.json`` of ``out_dir``, or None where it is missing or unreadable."""
+    try:
+        return CVResult.load(Path(out_dir) / CV_FILE)
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return None

@@ -30,20 +30,23 @@ ROOT_TAG = "segsweep.root"
 KIND_TAG = "segsweep.kind"
 FOLD_TAG = "segsweep.fold"
 SWEEP_TAG = "segsweep.sweep"
+#: The local SQLite store and its artifact folder, in a run's root (a sweep folder or `cv --out`).
+DB_FILE = "mlflow.db"
+ARTIFACTS_DIR = "mlartifacts"
 #: MLflow's limit on a parameter value's length.
 _MAX_PARAM_LENGTH = 6000
 
 
 def tracking_uri_for(root: Path) -> str:
     """``MLFLOW_TRACKING_URI`` when set, else a SQLite store in ``root``."""
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root).resolve() / 'mlflow.db')}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{(Path(root).resolve() / DB_FILE)}"
 
 
 def artifact_location_for(tracking_uri: str) -> str | None:
     """``mlartifacts/`` beside a local SQLite store; None (the server's choice) otherwise."""
     if tracking_uri.startswith("sqlite:///"):
         db = Path(tracking_uri.removeprefix("sqlite:///"))
-        return (db.resolve().parent / "mlartifacts").as_uri()
+        return (db.resolve().parent / ARTIFACTS_DIR).as_uri()
     return None
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from sweeps.folder._layout import SweepFolder
+from sweeps.folder._records import now
 from trainer.results import write_json_atomic
-
-PREDICTIONS_FOLDER = "predictions"
 
 
 @dataclass(frozen=True)
@@ -39,8 +38,8 @@ class TestScore:
 def record_test_scores(sweep_path: Path, trial_id: str, summary: dict[str, Any]) -> Path:
     """Write ``summary`` (trial, images, out, rows) as this prediction's record in the sweep folder."""
     key = hashlib.sha256(str(Path(summary["out"]).resolve()).encode()).hexdigest()[:16]
-    path = sweep_path / PREDICTIONS_FOLDER / f"{key}.json"
-    record = {"trial_id": trial_id, "written": datetime.now(UTC).isoformat(timespec="seconds"), **summary}
+    path = SweepFolder(sweep_path).predictions_dir / f"{key}.json"
+    record = {"trial_id": trial_id, "written": now(), **summary}
     write_json_atomic(path, record)
     return path
 
@@ -48,7 +47,7 @@ def record_test_scores(sweep_path: Path, trial_id: str, summary: dict[str, Any])
 def load_test_scores(sweep_path: Path, trial_id: str | None = None) -> list[TestScore]:
     """Every recorded row (of one trial if given), newest record first; unreadable records are skipped."""
     records = []
-    for path in (sweep_path / PREDICTIONS_FOLDER).glob("*.json"):
+    for path in SweepFolder(sweep_path).predictions_dir.glob("*.json"):
         try:
             records.append(json.loads(path.read_text()))
         except (OSError, json.JSONDecodeError):

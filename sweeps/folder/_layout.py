@@ -1,0 +1,145 @@
+"""Where everything of a sweep lives: the one place that names the files of ``STORAGE/NAME/``.
+
+::
+
+    sweep.json                 the sweep's specification (data, space, trials, seed, overrides, runs)
+    optuna.db                  Optuna RDB storage (SQLite); the study is named after the sweep
+    trials/<trial_id>/
+        trial.json             trial id, Optuna number, parameters, configuration, state, reason, times
+        cv.json, folds/        the trainer's cross-validation output (trainer.results owns those names)
+        events.jsonl           one line per attempt, fold and end (node, pid, times)
+    ray/                       Ray Tune's experiment state (for resume)
+    report/                    `segsweep report` output (report.html, report.md, figures/, best.json)
+    predictions/<key>.json     test-set scores `segsweep predict` recorded for a bundle retrained from a trial
+    mlflow.db, mlartifacts/    MLflow sink (trainer.tracking owns those names); .neptune/ Neptune's
+
+A sweep folder is the source of truth; trackers are sinks and are never read back.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+from trainer.errors import SegsweepError
+from trainer.tracking._mlflow import ARTIFACTS_DIR as MLFLOW_ARTIFACTS_DIR
+from trainer.tracking._mlflow import DB_FILE as MLFLOW_DB_FILE
+
+#: Bump when a record's meaning changes; readers accept this version and older ones.
+FORMAT_VERSION = 1
+
+SPEC_FILE = "sweep.json"
+OPTUNA_FILE = "optuna.db"
+TRIALS_DIR = "trials"
+TRIAL_FILE = "trial.json"
+EVENTS_FILE = "events.jsonl"
+RAY_DIR = "ray"
+REPORT_DIR = "report"
+PREDICTIONS_DIR = "predictions"
+
+#: Where sweeps go when no --storage is given: $SEGSWEEP_HOME, else ./runs (git-ignored here, and
+#: outside every package, so a sweep started from a checkout never lands in the source tree).
+STORAGE_ENV = "SEGSWEEP_HOME"
+DEFAULT_STORAGE = "runs"
+
+
+def default_storage() -> Path:
+    """The folder that holds the sweeps: ``$SEGSWEEP_HOME`` or ``./runs``."""
+    return Path(os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE)
+
+
+def storage_help() -> str:
+    """The --storage option's help text, naming the default from this one place."""
+    return f"folder that holds the sweeps (default: ${STORAGE_ENV}, else ./{DEFAULT_STORAGE})"
+
+
+@dataclass(frozen=True)
+class SweepFolder:
+    """The paths of one sweep's folder, ``STORAGE/NAME``."""
+
+    path: Path
+
+    @classmethod
+    def at(cls, storage: str | Path | None, name: str) -> SweepFolder:
+        return cls(Path(storage if storage is not None else default_storage()) / name)
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def storage(self) -> Path:
+        return self.path.parent
+
+    @property
+    def spec_file(self) -> Path:
+        return self.path / SPEC_FILE
+
+    @property
+    def optuna_db(self) -> Path:
+        return self.path / OPTUNA_FILE
+
+    @property
+    def optuna_url(self) -> str:
+        """The study's RDB URL (absolute, so it works from any working directory)."""
+        return f"sqlite:///{self.optuna_db.resolve()}"
+
+    @property
+    def trials_dir(self) -> Path:
+        return self.path / TRIALS_DIR
+
+    def trial_dir(self, trial_id: str) -> Path:
+        return self.trials_dir / trial_id
+
+    def trial_dirs(self) -> list[Path]:
+        """Every trial folder, sorted by name."""
+        return sorted(p for p in self.trials_dir.glob("*") if p.is_dir())
+
+    @property
+    def ray_dir(self) -> Path:
+        return self.path / RAY_DIR
+
+    @property
+    def report_dir(self) -> Path:
+        return self.path / REPORT_DIR
+
+    @property
+    def predictions_dir(self) -> Path:
+        return self.path / PREDICTIONS_DIR
+
+    @property
+    def mlflow_db(self) -> Path:
+        return self.path / MLFLOW_DB_FILE
+
+    @property
+    def mlflow_artifacts(self) -> Path:
+        return self.path / MLFLOW_ARTIFACTS_DIR
+
+    def exists(self) -> bool:
+        return self.spec_file.is_file()
+
+    def require(self) -> SweepFolder:
+        """This folder if it holds a sweep, else :class:`NoSuchSweep` naming the sweeps there."""
+        if not self.exists():
+            raise NoSuchSweep(self)
+        return self
+
+
+def sweep_names(storage: str | Path) -> list[str]:
+    """Names of the sweeps in ``storage`` (folders with a sweep.json)."""
+    storage = Path(storage)
+    return sorted(p.parent.name for p in storage.glob(f"*/{SPEC_FILE}")) if storage.is_dir() else []
+
+
+class NoSuchSweep(SegsweepError):
+    """No sweep of that name in that storage folder; the message lists those that are there."""
+
+    def __init__(self, folder: SweepFolder) -> None:
+        names = sweep_names(folder.storage)
+        hint = (
+            f"sweeps there: {', '.join(names)}"
+            if names
+            else "pass --storage with the folder given to `segsweep sweep run`"
+        )
+        super().__init__(f"no sweep named {folder.name!r} in {folder.storage} ({folder.spec_file} missing); {hint}")

@@ -1,0 +1,119 @@
+"""The one ranking of a sweep's trials, and the leaderboard table that status, report and API share."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+from sweeps.folder._results import COMPLETE, FAILED, PRUNED, RUNNING, SweepResults, TrialResult
+
+RANKING_RULE = (
+    "Ranked (1, 2, ...): trials that completed all their folds, by mean cross-validation Dice; the best "
+    "is the winner. Unranked (-): running, then pruned, then failed trials, each by the mean Dice of the "
+    "folds they finished (a mean over some folds is not comparable with a mean over all)."
+)
+_UNRANKED_ORDER = {RUNNING: 0, PRUNED: 1, FAILED: 2}
+
+
+def is_eligible(trial: TrialResult) -> bool:
+    """Whether a trial may win: COMPLETE, every fold done, a finite mean Dice."""
+    return trial.state == COMPLETE and trial.all_folds_done and math.isfinite(trial.mean["dice"])
+
+
+def rank_trials(trials: Sequence[TrialResult]) -> list[TrialResult]:
+    """Every trial in leaderboard order (see :data:`RANKING_RULE`)."""
+
+    def key(trial: TrialResult) -> tuple[int, int, float, int, str]:
+        dice = trial.mean["dice"] if trial.folds else math.nan
+        group = 0 if is_eligible(trial) else 1
+        order = 0 if group == 0 else _UNRANKED_ORDER.get(trial.state, len(_UNRANKED_ORDER))
+        return (
+            group,
+            order,
+            -dice if math.isfinite(dice) else math.inf,
+            trial.number if trial.number is not None else 1 << 30,
+            trial.trial_id,
+        )
+
+    return sorted(trials, key=key)
+
+
+def format_value(value: Any) -> str:
+    """A parameter value in a table cell: floats in 3 significant digits."""
+    if isinstance(value, float):
+        return f"{value:.3g}"
+    return "" if value is None else str(value)
+
+
+def mean_std(trial: TrialResult, metric: str) -> str:
+    """``mean ± std`` over the trial's finished folds ("" before its first fold)."""
+    if not trial.folds or math.isnan(trial.mean[metric]):
+        return ""
+    return f"{trial.mean[metric]:.4f} ± {trial.std[metric]:.4f}"
+
+
+def leaderboard_table(sweep: SweepResults) -> tuple[list[str], list[list[str]], list[str]]:
+    """Columns, rows (every trial, ranked) and notes of the leaderboard.
+
+    Parameter cells show the values each trial trained with; a value the sweep's options replaced
+    (``--epochs 1`` over a proposed 2) carries a ``*`` and a note names the proposal.
+    """
+    trials = rank_trials(sweep.trials)
+    param_names: list[str] = []
+    for trial in trials:
+        param_names += [p for p in trial.params if p not in param_names]
+    rows: list[list[str]] = []
+    overridden: dict[str, set[str]] = {}
+    rank = 0
+    for trial in trials:
+        ran_with, replaced = trial.ran_with, trial.overridden
+        for name, (proposed, _ran) in replaced.items():
+            overridden.setdefault(name, set()).add(format_value(proposed))
+        eligible = is_eligible(trial)
+        rank += eligible
+        rows.append([
+            str(rank) if eligible else "-",
+            trial.label,
+            *[format_value(ran_with[p]) + ("*" if p in replaced else "") if p in ran_with else "" for p in param_names],
+            f"{trial.folds_done}/{trial.n_folds or '?'}",
+            mean_std(trial, "dice"),
+            mean_std(trial, "iou"),
+            trial.state,
+            trial.reason or "",
+        ])  # fmt: skip
+    columns = ["rank", "trial", *param_names, "folds", "Dice", "IoU", "state", "reason"]
+    notes = [RANKING_RULE]
+    if overridden:
+        notes.append(
+            "* the value the trial trained with, set by the sweep's options over the search space's proposal ("
+            + "; ".join(f"{name}: proposed {', '.join(sorted(v))}" for name, v in sorted(overridden.items()))
+            + ")."
+        )
+    return columns, rows, notes
+
+
+def format_text_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    """A plain-text table: columns padded to their widest cell, two spaces apart."""
+    widths = [max([len(c), *(len(r[i]) for r in rows)]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths, strict=True)).rstrip()]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(row, widths, strict=True)).rstrip() for row in rows]
+    return "\n".join(lines)
+
+
+def format_leaderboard(sweep: SweepResults) -> str:
+    """``segsweep sweep status``: a summary line, the leaderboard, its notes and the study's address."""
+    counts = {state: sum(t.state == state for t in sweep.trials) for state in (COMPLETE, RUNNING, PRUNED, FAILED)}
+    total = sweep.spec.get("trials", len(sweep.trials))
+    lines = [
+        f"sweep {sweep.name}: {len(sweep.trials)}/{total} trials proposed; "
+        + ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n)
+        + f"  (space {sweep.spec.get('space')}, data {sweep.spec.get('data')})"
+    ]
+    columns, rows, notes = leaderboard_table(sweep)
+    lines.append(format_text_table(columns, rows))
+    if not rows:
+        lines.append("(no trials yet)")
+    lines += notes
+    lines.append(f"Optuna study {sweep.name!r}: optuna-dashboard {sweep.optuna_storage_url}")
+    return "\n".join(lines)
