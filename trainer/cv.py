@@ -82,7 +82,11 @@ def load_finished_folds(out_dir: Path, config: CVConfig, data_key: str) -> list[
             f"{out_dir} holds a cross-validation of another configuration or data set; "
             "choose another --out, or delete that folder to start over"
         )
-    finished, _unreadable = read_fold_files(out_dir)  # an unreadable fold file: that fold runs again
+    finished, damaged = read_fold_files(out_dir)
+    if damaged:  # a fold file cut short: cv.json's copy of that fold counts, else the fold runs again
+        have = {f.fold for f in finished}
+        recorded = CVResult.from_dict(previous).folds
+        finished = sorted([*finished, *(f for f in recorded if f.fold not in have)], key=lambda f: f.fold)
     return finished
 
 
