@@ -27,7 +27,7 @@ from reports.count import COUNT_COLUMNS, DEFAULT_MIN_AREA, check_min_area, count
 from sweeps.folder import SweepFolder, record_test_scores
 from trainer.data import IMAGE_EXTENSIONS
 from trainer.errors import DataError, SegsweepError
-from trainer.results import write_json_atomic
+from trainer.files import write_json_atomic
 
 #: Images per prediction batch (memory, not results, depends on it).
 PREDICT_BATCH_SIZE = 8

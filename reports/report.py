@@ -36,7 +36,8 @@ from sweeps.folder import (
 )
 from trainer.config import CVConfig
 from trainer.errors import ConfigError, SegsweepError
-from trainer.results import read_cv_result, write_json_atomic
+from trainer.files import write_json_atomic
+from trainer.results import read_cv_result
 
 FORMATS = ("md", "html", "json")
 #: Trials shown in the fold box plots.

@@ -35,7 +35,8 @@ from sweeps.folder import SweepResults, TrialResult, load_sweep
 from trainer import version
 from trainer.config import CVConfig
 from trainer.errors import ConfigError, DataError, SegsweepError
-from trainer.results import EpochRecord, write_json_atomic
+from trainer.files import write_json_atomic
+from trainer.results import EpochRecord
 
 SCHEDULE_RULE = (
     "The learning rate starts at the trial's lr and is cut by lr_factor (10x) at the end of each listed "

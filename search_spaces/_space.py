@@ -151,7 +151,7 @@ class SearchSpace:
         }
 
     @classmethod
-    def from_dict(cls, data: Mapping[str, Any], source: str = "sweep.json") -> SearchSpace:
+    def from_dict(cls, data: Mapping[str, Any], source: str = "a recorded search space") -> SearchSpace:
         """Read back ``to_dict()`` output, checked exactly like a YAML file."""
         from search_spaces._yaml import parse_space_mapping
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import optuna
 
-from sweeps.folder import SweepFolder, update_trial_record, write_spec_record
+from sweeps.folder import STUDY_TRIAL_ID_ATTR, SweepFolder, update_trial_record, write_spec_record
 from trainer.config import CVConfig
-from trainer.results import CV_FILE, CVResult, EpochRecord, FoldResult, fold_path, write_json_atomic
+from trainer.files import write_json_atomic
+from trainer.results import CV_FILE, CVResult, EpochRecord, FoldResult, fold_path
 
 #: The parameters a quick space proposes, as Optuna distributions.
 DISTRIBUTIONS: dict[str, optuna.distributions.BaseDistribution] = {
@@ -156,6 +157,7 @@ def make_sweep(
                 params=trial.params,
                 distributions=DISTRIBUTIONS,
                 intermediate_values={f.fold: f.dice for f in folds},
+                user_attrs={STUDY_TRIAL_ID_ATTR: trial_id},
             )
             study.add_trial(frozen)
     return path

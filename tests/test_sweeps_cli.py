@@ -12,7 +12,8 @@ from sweeps.folder import format_leaderboard, load_sweep, update_trial_record
 from sweeps.runner import probe_config
 from sweeps.spec import SweepSpec
 from trainer.errors import ConfigError
-from trainer.results import FoldResult, fold_path, write_json_atomic
+from trainer.files import write_json_atomic
+from trainer.results import FoldResult, fold_path
 
 
 def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:

@@ -21,8 +21,9 @@ from typing import Any
 
 from trainer.config import CVConfig
 from trainer.data import PreparedData
+from trainer.files import write_json_atomic
 from trainer.reporting import Reporter
-from trainer.results import CVResult, FoldResult, write_json_atomic
+from trainer.results import CVResult, FoldResult
 from trainer.training import TrainingError
 
 

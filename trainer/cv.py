@@ -20,8 +20,9 @@ from trainer import version
 from trainer.config import CVConfig
 from trainer.data import PreparedData, prepare_dataset, read_split
 from trainer.errors import ConfigError
+from trainer.files import write_json_atomic
 from trainer.reporting import FoldPreview, MultiReporter, Reporter
-from trainer.results import CV_FILE, CVResult, FoldResult, fold_path, read_fold_files, write_json_atomic
+from trainer.results import CV_FILE, CVResult, FoldResult, fold_path, read_fold_files
 
 #: Validation images shown per fold in tracker previews.
 PREVIEW_IMAGES = 4

@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.errors import DataError
+from trainer.files import file_digest
 
 #: Extensions OpenCV decodes that data sets in this field use.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
@@ -161,15 +162,6 @@ def default_cache_dir() -> Path:
         return Path(env)
     base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
     return Path(base) / "segsweep" / "data"
-
-
-def file_digest(path: Path, algorithm: str = "sha256") -> str:
-    """Hex digest of a file's content, read in 1 MiB blocks (``sha256``, ``md5``, ...)."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
 
 
 def cache_key(index: DatasetIndex, stems: Sequence[str], image_size: int) -> str:

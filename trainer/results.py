@@ -7,8 +7,6 @@ trial folder of a sweep): the file names, the writers and the tolerant readers.
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -101,21 +99,6 @@ class CVResult:
     @classmethod
     def load(cls, path: str | Path) -> CVResult:
         return cls.from_dict(json.loads(Path(path).read_text()))
-
-
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        os.fchmod(fd, 0o644)  # mkstemp makes owner-only files; results are meant to be read by others
-        with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, allow_nan=True)
-            handle.write("\n")
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def fold_path(out_dir: Path, fold: int) -> Path:

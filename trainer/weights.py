@@ -25,19 +25,16 @@ from __future__ import annotations
 
 import os
 import shutil
-import tempfile
 import threading
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.config import ENCODERS
-from trainer.data import file_digest
 from trainer.errors import WeightsError
+from trainer.files import atomic_path, file_digest
 
 if TYPE_CHECKING:
     import h5py
@@ -262,7 +259,7 @@ def import_weights(file: Path, encoder: str) -> Path:
     if target.exists() and target.samefile(file):
         return target
     target.parent.mkdir(parents=True, exist_ok=True)
-    with _atomic_target(target) as partial:
+    with atomic_path(target) as partial:
         shutil.copyfile(file, partial)
     return target
 
@@ -362,7 +359,7 @@ def _download(entry: WeightsFile, target: Path) -> None:
                 if abandoned.is_set():
                     return
                 target.parent.mkdir(parents=True, exist_ok=True)
-                with _atomic_target(target) as partial:
+                with atomic_path(target) as partial:
                     with open(partial, "wb") as out:
                         shutil.copyfileobj(response, out, 1 << 20)
                     _check_download(partial, entry)
@@ -409,19 +406,6 @@ def _check_unhashed(path: Path, entry: WeightsFile) -> None:
             f"{path} holds {found} weighted layers, but encoder {entry.encoder!r} has "
             f"{entry.weighted_layers}: it is not {entry.file_name}"
         )
-
-
-@contextmanager
-def _atomic_target(target: Path) -> Iterator[Path]:
-    """A temporary path beside ``target`` that replaces it only if the block completes."""
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=target.parent)
-    os.close(handle)
-    partial = Path(name)
-    try:
-        yield partial
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
 
 
 # ---------------------------------------------------------------------------------------------

@@ -24,7 +24,8 @@ from typing import Any
 
 from sweeps.folder._layout import EVENTS_FILE, FORMAT_VERSION, TRIAL_FILE, SweepFolder
 from trainer.errors import SegsweepError
-from trainer.results import CV_FILE, read_cv_result, read_fold_files, write_json_atomic
+from trainer.files import write_json_atomic
+from trainer.results import CV_FILE, read_cv_result, read_fold_files
 
 _LOCK_FILE = ".trial.lock"
 #: The Ray trial id stored on each Optuna trial, so the study and the trial folders can be matched.
@@ -165,6 +166,8 @@ def rebuild_trial_record(trial_dir: Path) -> dict[str, Any]:
         elif any(e.get("event") == "failed" for e in events):
             failed = [e for e in events if e.get("event") == "failed"][-1]
             record["reason"] = failed.get("reason")
+    if record["state"] == "RUNNING" and cv is not None and cv.complete:
+        record["state"] = "COMPLETE"  # every fold finished: nothing else ends a trial that way
     study = _study_trial(trial_dir)
     if study is not None:
         record.update(number=study.number, params=dict(study.params))

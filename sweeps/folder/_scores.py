@@ -15,7 +15,7 @@ from typing import Any
 
 from sweeps.folder._layout import SweepFolder
 from sweeps.folder._records import now
-from trainer.results import write_json_atomic
+from trainer.files import write_json_atomic
 
 
 @dataclass(frozen=True)
