@@ -38,7 +38,8 @@ def test_status_report_and_api_list_trials_in_one_order(
     board = report[report.index("## Leaderboard"):]
     board = board[: board.index("\n## ", 5)]
     assert _order_in(board, ids) == ids
-    ranks = [line.split("|")[1].strip() for line in board.splitlines() if line.startswith("|") and "(trial_0000" in line]
+    rows = [line for line in board.splitlines() if line.startswith("|") and "(trial_0000" in line]
+    ranks = [row.split("|")[1].strip() for row in rows]
     assert ranks == ["1", "2", "3", "-", "-", "-"]
 
 
