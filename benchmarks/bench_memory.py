@@ -103,7 +103,7 @@ def sweep(tmp: Path, data: Path, space: Path, name: str, trials: int, limit: int
     from sweeps.spec import SweepSpec
 
     spec = SweepSpec(name=name, data=str(data), space=str(space), trials=trials, storage=str(tmp / "sweeps"),
-                     concurrency=trials, cpus_per_trial=1.0, scheduler="none", seed=0, max_failures=0,
+                     concurrency=trials, cpus_per_trial=1.0, scheduler="none", seed=0, trial_retries=0,
                      overrides={"limit": limit})
     started = time.perf_counter()
     with ProcessMemorySampler() as sampler:

@@ -92,7 +92,7 @@ def sweep(tmp: Path, data: Path, space: Path, name: str, trials: int) -> dict[st
 
     spec = SweepSpec(name=name, data=str(data), space=str(space), trials=trials, storage=str(tmp / "sweeps"),
                      concurrency=1, cpus_per_trial=float(os.cpu_count() or 1), scheduler="none", seed=0,
-                     max_failures=0)
+                     trial_retries=0)
     started_wall = time.time()
     started = time.perf_counter()
     outcome = run_sweep(spec, cv_runner=TimedRunCV())

@@ -22,6 +22,7 @@ from sweeps.folder import (
     STUDY_TRIAL_ID_ATTR,
     SweepFolder,
     now,
+    read_stop_request,
     read_trial_record,
     update_trial_record,
 )
@@ -73,6 +74,8 @@ class FoldPruningOptunaSearch(OptunaSearch):
         self.sweep_dir = str(sweep_dir)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
+        if read_stop_request(SweepFolder(Path(self.sweep_dir))) is not None:
+            return None  # the sweep is stopping: no new trial (Tune asks again later, or ends)
         config = super().suggest(trial_id)
         ot_trial = self._ot_trials[trial_id]
         ot_trial.set_user_attr(STUDY_TRIAL_ID_ATTR, trial_id)

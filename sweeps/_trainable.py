@@ -13,12 +13,20 @@ import math
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweeps.folder import SweepFolder, append_event, now, read_trial_record, update_trial_record
+from sweeps.folder import (
+    SweepFolder,
+    append_event,
+    now,
+    read_stop_request,
+    read_trial_record,
+    update_trial_record,
+)
 from trainer.errors import SegsweepError
 from trainer.reporting import FoldPreview, MultiReporter, Reporter
 from trainer.results import (
@@ -39,6 +47,8 @@ if TYPE_CHECKING:
     from trainer.config import CVConfig
     from trainer.data import PreparedData
 
+#: Seconds between looks at the stop request while a trial waits for its driver to end the run.
+PARK_POLL_S = 1.0
 #: The signature of trainer.cv.run_cv, which a trial calls (tests pass a stand-in that sleeps).
 CVRunner = Callable[..., CVResult]
 
@@ -92,6 +102,7 @@ def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) 
         folder,
         trial_id=trial_id,
         state="RUNNING",
+        parked=False,
         started=record.get("started") or attempt["started"],
         attempts=[*record.get("attempts", []), attempt],
     )
@@ -173,14 +184,27 @@ class TuneFoldReporter(Reporter):
     def __init__(self, folder: Path) -> None:
         self.folder = folder
         self.n_folds = 0
+        self.epochs = 0
         self.folds_reported = 0
+        self._epoch_started = time.monotonic()
 
     def on_cv_start(self, config: CVConfig, n_folds: int, out_dir: Path) -> None:
         self.n_folds = n_folds
+        self.epochs = config.epochs
         update_trial_record(self.folder, n_folds=n_folds)
 
     def on_fold_start(self, fold: int, n_train: int, n_val: int) -> None:
+        wait_while_stopping(SweepFolder(self.folder.parent.parent), self.folder)
         append_event(self.folder, "fold_start", fold=fold, n_train=n_train, n_val=n_val)
+        self._epoch_started = time.monotonic()
+
+    def on_epoch(self, fold: int, epoch: int, metrics: Mapping[str, float]) -> None:
+        """One line per epoch in events.jsonl: what the live view and `status --watch` show."""
+        seconds = time.monotonic() - self._epoch_started
+        self._epoch_started = time.monotonic()
+        val_iou = float(metrics.get("val_iou", math.nan))
+        append_event(self.folder, "epoch", fold=fold, epoch=epoch, epochs=self.epochs,
+                     val_iou=val_iou if math.isfinite(val_iou) else None, seconds=round(seconds, 2))
 
     def on_fold_end(
         self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None
@@ -227,6 +251,21 @@ class TuneFoldReporter(Reporter):
             _copy_fold_files(self.folder, Path(tmp))
             tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
         self.folds_reported = len(completed)
+
+
+def wait_while_stopping(sweep: SweepFolder, trial_folder: Path) -> None:
+    """Between folds, park while the sweep is asked to stop, so its driver can end with no fold lost.
+
+    The driver ends the Ray run once every running trial is parked (this worker then goes with it);
+    if the request is withdrawn (stop.json deleted), the trial goes on with its next fold.
+    """
+    if read_stop_request(sweep) is None:
+        return
+    update_trial_record(trial_folder, parked=True)
+    append_event(trial_folder, "parked")
+    while read_stop_request(sweep) is not None:
+        time.sleep(PARK_POLL_S)
+    update_trial_record(trial_folder, parked=False)
 
 
 def _copy_fold_files(source: Path, target: Path) -> None:

@@ -12,6 +12,7 @@ import argparse
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
+from pathlib import Path
 from typing import Any
 
 import trainer._env  # noqa: F401  (sets the Keras environment before anything imports it)
@@ -62,14 +63,12 @@ def main(argv: Sequence[str] | None = None) -> int:
 
 
 def register(sub: Any) -> None:
-    """Add ``segsweep sweep run|resume|status`` and ``segsweep ui``."""
+    """Add ``segsweep sweep run|resume|status|list|stop`` and ``segsweep ui``."""
     from sweeps.folder import storage_help
-    from sweeps.spec import SCHEDULERS, SweepSpec
 
-    defaults = SweepSpec(name="", data="", space="", trials=0, storage="")
     sweep = sub.add_parser(
         "sweep",
-        help="run, resume or inspect a hyperparameter sweep",
+        help="run, resume, follow, list or stop hyperparameter sweeps",
         description="Optuna proposes configurations, Ray Tune runs each as a cross-validation.",
     )
     verbs = sweep.add_subparsers(dest="sweep_command", metavar="ACTION", required=True)
@@ -78,55 +77,136 @@ def register(sub: Any) -> None:
         "run",
         help="start a sweep",
         description="Start a sweep in STORAGE/NAME (sweep.json, optuna.db, trials/, ray/). It runs on a "
-        "local Ray on this machine, or on a running Ray cluster with --address.",
+        "local Ray on this machine, or on a running Ray cluster with --address. Every option can also "
+        "come from --config FILE; options given here win, and sweep.json records the merged result.",
     )
-    run.add_argument("--data", required=True, help="data set folder with images/ and masks/")
-    run.add_argument("--space", required=True, help="search space: paper, quick, or a YAML file")
-    run.add_argument("--trials", required=True, type=int, help="number of configurations to try")
-    run.add_argument("--name", required=True, help="sweep name (folder and Optuna study name)")
-    run.add_argument("--storage", default=None, help=storage_help())
-    run.add_argument("--concurrency", type=int, default=defaults.concurrency,
-                     help="trials at a time (default: as many as the CPUs/GPUs hold)")
-    run.add_argument("--cpus-per-trial", type=float, default=defaults.cpus_per_trial,
-                     help=f"CPUs per trial (default {defaults.cpus_per_trial:g})")
-    run.add_argument("--gpus-per-trial", type=float, default=defaults.gpus_per_trial,
-                     help="GPUs per trial, fractions allowed (0.5: two trials share a card; "
-                     f"default {defaults.gpus_per_trial:g})")
-    run.add_argument("--scheduler", choices=SCHEDULERS, default=defaults.scheduler,
-                     help=f"asha stops weak trials after their first folds, none runs all folds "
-                     f"(default {defaults.scheduler})")
-    run.add_argument("--seed", type=int, default=defaults.seed,
-                     help=f"seed of the sampler and of every trial's folds (default {defaults.seed})")
-    run.add_argument("--address", default=defaults.address,
-                     help="HOST:PORT of a running Ray cluster's head (default: start Ray on this machine)")
-    run.add_argument("--limit", type=int, default=None, help="use only the first N pairs (quick runs)")
-    run.add_argument("--image-size", type=int, default=None, help="override the space's image size")
-    run.add_argument("--folds", type=int, default=None, help="override the space's number of folds")
-    run.add_argument("--epochs", type=int, default=None, help="override the space's epochs")
-    run.add_argument("--dev-split", default=None,
-                     help="split file (or its name in the data set, e.g. medico2020_train) listing the "
-                     "development stems; keep a test set out of the sweep (default: every pair)")
-    run.add_argument("--tracker", default=defaults.tracker,
-                     help="comma-separated trackers for every trial: mlflow, neptune, or none "
-                     "(default: mlflow, plus neptune when NEPTUNE_PROJECT is set)")
+    add_run_options(run)
     run.set_defaults(handler=_cmd_run)
 
     resume = verbs.add_parser(
         "resume",
-        help="finish a sweep whose driver stopped",
+        help="continue a sweep that stopped or whose driver died",
         description="Continue STORAGE/NAME: unfinished trials resume at their first unfinished fold, "
-        "finished trials and folds are kept.",
+        "finished trials and folds are kept. A budget given here counts from now.",
     )
     resume.add_argument("name", help="sweep name")
     resume.add_argument("--storage", default=None, help=storage_help())
+    _add_limit_options(resume)
     resume.set_defaults(handler=_cmd_resume)
 
-    status = verbs.add_parser("status", help="print a sweep's leaderboard")
+    status = verbs.add_parser("status", help="print a sweep's leaderboard, or follow it live (--watch)")
     status.add_argument("name", help="sweep name")
     status.add_argument("--storage", default=None, help=storage_help())
+    status.add_argument("--watch", action="store_true",
+                        help="follow the running sweep: a line per running trial (fold, epoch, val IoU), "
+                        "the best so far and an ETA, until it ends (Ctrl-C leaves it running)")
+    status.add_argument("--interval", type=float, default=None, help="seconds between refreshes with --watch")
     status.set_defaults(handler=_cmd_status)
 
+    listing = verbs.add_parser("list", help="every sweep in the storage folder, with its state")
+    listing.add_argument("--storage", default=None, help=storage_help())
+    listing.set_defaults(handler=_cmd_list)
+
+    stop = verbs.add_parser(
+        "stop",
+        help="stop a running sweep cleanly (resumable)",
+        description="Ask the sweep's driver to stop: no new trials, running trials stop at the end of their "
+        "current fold (at once with --now; their running folds then rerun on resume). `sweep resume` "
+        "continues it.",
+    )
+    stop.add_argument("name", help="sweep name")
+    stop.add_argument("--storage", default=None, help=storage_help())
+    stop.add_argument("--now", action="store_true", help="stop running folds too instead of letting them end")
+    stop.set_defaults(handler=_cmd_stop)
+
     _register_ui(sub)
+
+
+def add_run_options(parser: argparse.ArgumentParser) -> None:
+    """``sweep run``'s options (also those of any verb that starts a sweep elsewhere).
+
+    Defaults are None here: a value comes from the command line, else --config, else SweepSpec.
+    """
+    from sweeps.folder import storage_help
+    from sweeps.spec import SCHEDULERS, SweepSpec
+
+    defaults = SweepSpec(name="", data="", space="", trials=0, storage="")
+    parser.add_argument("--config", default=None,
+                        help="YAML/JSON file with any of these options (names with _ for -); a sweep's "
+                        "sweep.json re-runs that sweep; options given here win")
+    parser.add_argument("--data", help="data set folder with images/ and masks/ (required)")
+    parser.add_argument("--space", help="search space: paper, quick, or a YAML file (required)")
+    parser.add_argument("--trials", type=int, help="number of configurations to try (required)")
+    parser.add_argument("--name", help="sweep name (folder and Optuna study name; required)")
+    parser.add_argument("--storage", default=None, help=storage_help())
+    parser.add_argument("--concurrency", type=int, help="trials at a time (default: as many as the CPUs/GPUs hold)")
+    parser.add_argument("--cpus-per-trial", type=float,
+                        help=f"CPUs per trial (default {defaults.cpus_per_trial:g})")
+    parser.add_argument("--gpus-per-trial", type=float,
+                        help="GPUs per trial, fractions allowed (0.5: two trials share a card; "
+                        f"default {defaults.gpus_per_trial:g})")
+    parser.add_argument("--scheduler", choices=SCHEDULERS,
+                        help=f"asha stops weak trials after their first folds, none runs all folds "
+                        f"(default {defaults.scheduler})")
+    parser.add_argument("--seed", type=int,
+                        help=f"seed of the sampler and of every trial's folds (default {defaults.seed})")
+    parser.add_argument("--address",
+                        help="HOST:PORT of a running Ray cluster's head (default: start Ray on this machine)")
+    parser.add_argument("--limit", type=int, help="use only the first N pairs (quick runs)")
+    parser.add_argument("--image-size", type=int, help="override the space's image size")
+    parser.add_argument("--folds", type=int, help="override the space's number of folds")
+    parser.add_argument("--epochs", type=int, help="override the space's epochs")
+    parser.add_argument("--dev-split",
+                        help="split file (or its name in the data set, e.g. medico2020_train) listing the "
+                        "development stems; keep a test set out of the sweep (default: every pair)")
+    parser.add_argument("--tracker",
+                        help="comma-separated trackers for every trial: mlflow, neptune, or none "
+                        "(default: mlflow, plus neptune when NEPTUNE_PROJECT is set)")
+    _add_limit_options(parser)
+
+
+def _add_limit_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--time-budget", default=None,
+                        help="end this run cleanly after this long (e.g. 90m, 2h, 1h30m): no new trials, running "
+                        "trials stop at the end of their fold; `sweep resume` continues with a new budget")
+    parser.add_argument("--max-failures", type=int, default=None,
+                        help="end this run cleanly once this many trials have failed")
+
+
+#: ``sweep run`` options whose values go to SweepSpec fields of the same name.
+_SPEC_OPTIONS = ("name", "data", "space", "trials", "storage", "concurrency", "cpus_per_trial", "gpus_per_trial",
+                 "scheduler", "seed", "address", "tracker")
+
+
+def spec_from_args(args: argparse.Namespace) -> Any:
+    """The SweepSpec of ``sweep run``: --config's values, then the options given, then the defaults."""
+    from sweeps.folder import default_storage
+    from sweeps.spec import OVERRIDE_KEYS, SweepSpec, parse_duration, read_sweep_config
+    from trainer.errors import ConfigError
+
+    values: dict[str, Any] = read_sweep_config(args.config) if args.config else {}
+    for key in _SPEC_OPTIONS:
+        if getattr(args, key, None) is not None:
+            values[key] = getattr(args, key)
+    overrides = {key: None for key in OVERRIDE_KEYS} | dict(values.get("overrides") or {})
+    for key in OVERRIDE_KEYS:
+        if getattr(args, key, None) is not None:
+            overrides[key] = getattr(args, key)
+    values["overrides"] = overrides
+    if args.time_budget is not None:
+        values["time_budget_s"] = parse_duration(args.time_budget)
+    if args.max_failures is not None:
+        values["max_failed_trials"] = args.max_failures
+    if args.space is not None:  # a space named on the command line replaces the file's
+        values.pop("space_definition", None)
+    missing = [k for k in ("data", "space", "trials", "name") if values.get(k) is None]
+    if missing:
+        source = f" or in {args.config}" if args.config else " (or in a --config file)"
+        raise ConfigError(f"sweep run needs {', '.join('--' + m for m in missing)}{source}")
+    values["storage"] = str(values.get("storage") or default_storage())
+    spec = SweepSpec.from_dict(values)
+    spec.validate()  # before any heavy import: option errors answer at once
+    return spec
 
 
 def _register_ui(sub: Any) -> None:
@@ -149,42 +229,81 @@ def _register_ui(sub: Any) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from sweeps.folder import default_storage
     from sweeps.runner import run_sweep
-    from sweeps.spec import SweepSpec
 
-    spec = SweepSpec(
-        name=args.name,
-        data=args.data,
-        space=args.space,
-        trials=args.trials,
-        storage=str(args.storage or default_storage()),
-        concurrency=args.concurrency,
-        cpus_per_trial=args.cpus_per_trial,
-        gpus_per_trial=args.gpus_per_trial,
-        scheduler=args.scheduler,
-        seed=args.seed,
-        address=args.address,
-        overrides={"limit": args.limit, "image_size": args.image_size, "folds": args.folds,
-                   "epochs": args.epochs, "dev_split": args.dev_split},
-        tracker=args.tracker,
-    )
-    spec.validate()  # before any heavy import: option errors answer at once
-    return _finish(run_sweep(spec))
+    return _finish(run_sweep(spec_from_args(args)))
 
 
 def _cmd_resume(args: argparse.Namespace) -> int:
     from sweeps.runner import resume_sweep
+    from sweeps.spec import parse_duration
 
-    return _finish(resume_sweep(args.storage, args.name))
+    budget = parse_duration(args.time_budget) if args.time_budget is not None else None
+    return _finish(resume_sweep(args.storage, args.name, time_budget_s=budget, max_failed_trials=args.max_failures))
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from sweeps.folder import format_leaderboard, load_sweep
+    from sweeps.folder import SweepFolder, format_leaderboard, load_sweep, read_spec_record
 
+    if args.watch:
+        from sweeps._progress import REFRESH_S, watch
+
+        folder = SweepFolder.at(args.storage, args.name)
+        read_spec_record(folder)  # one line for a sweep that is not there, before the view starts
+        return watch(folder, interval_s=args.interval or REFRESH_S)
     sweep = load_sweep(args.storage, args.name)
     _warn(sweep.warnings)
     print(format_leaderboard(sweep))
+    return 0
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    from sweeps.folder import (
+        DamagedRecord,
+        SweepFolder,
+        default_storage,
+        format_text_table,
+        summarise_sweep,
+        sweep_names,
+    )
+
+    storage = Path(args.storage) if args.storage else default_storage()
+    names = sweep_names(storage)
+    if not names:
+        print(f"no sweeps in {storage}")
+        return 0
+    rows = []
+    for name in names:
+        try:
+            s = summarise_sweep(SweepFolder.at(storage, name))
+        except DamagedRecord as exc:
+            _warn([str(exc)])
+            continue
+        best = f"{s.best_dice:.4f}" if s.best_dice is not None else "-"
+        rows.append([s.name, s.state, f"{s.finished}/{s.asked}", best, s.started or "-", s.last_update or "-",
+                     s.path, s.detail])
+    print(format_text_table(["sweep", "state", "trials", "best Dice", "started", "last update", "folder", ""], rows))
+    return 0
+
+
+def _cmd_stop(args: argparse.Namespace) -> int:
+    from sweeps.folder import SweepFolder, driver_info, driver_running, read_spec_record, request_stop
+    from trainer.errors import SegsweepError
+
+    folder = SweepFolder.at(args.storage, args.name)
+    read_spec_record(folder)
+    if not driver_running(folder):
+        raise SegsweepError(
+            f"sweep {folder.name!r} is not running (no driver holds {folder.driver_file}); nothing to stop. "
+            f"`segsweep sweep resume {folder.name}` continues it"
+        )
+    request = request_stop(folder, "stopped by `segsweep sweep stop`", now=args.now)
+    info = driver_info(folder)
+    print(
+        f"asked sweep {folder.name!r} (driver pid {info.get('pid')} on {info.get('host')}) to stop "
+        + ("now" if request.now else "at the end of its running folds")
+        + f"; `segsweep sweep resume {folder.name}` continues it"
+    )
     return 0
 
 
@@ -210,8 +329,9 @@ def _finish(outcome: Any) -> int:
     print(format_leaderboard(results))
     print(f"[segsweep] wall time {outcome.wall_seconds:.1f} s", file=sys.stderr)
     if not outcome.finished:
+        why = f" ({outcome.stopped})" if outcome.stopped else ""
         print(
-            f"segsweep: sweep {results.name!r} did not finish; continue it with "
+            f"segsweep: sweep {results.name!r} did not finish{why}; continue it with "
             f"`segsweep sweep resume {results.name} --storage {results.path.parent}`",
             file=sys.stderr,
         )

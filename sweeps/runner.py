@@ -25,6 +25,8 @@ from sweeps.folder import (
     PRUNED,
     RUNNING,
     SweepResults,
+    clear_stop_request,
+    hold_driver_lock,
     load_sweep,
     now,
     read_spec_record,
@@ -53,12 +55,12 @@ class SweepOutcome:
     results: SweepResults
     finished: bool
     wall_seconds: float
+    #: Why the run ended before the sweep finished (``sweep stop``, budget, failures, Ctrl-C), if it did.
+    stopped: str | None = None
 
 
 def run_sweep(spec: SweepSpec, *, cv_runner: CVRunner | None = None) -> SweepOutcome:
     """Start a new sweep in STORAGE/NAME and run it to the end (or until interrupted)."""
-    from search_spaces import load_space
-
     spec.validate()
     spec.storage = str(Path(spec.storage).resolve())
     spec.data = str(Path(spec.data).resolve())
@@ -67,19 +69,29 @@ def run_sweep(spec: SweepSpec, *, cv_runner: CVRunner | None = None) -> SweepOut
             f"a sweep named {spec.name!r} exists in {spec.storage}; continue it with "
             f"`segsweep sweep resume {spec.name} --storage {spec.storage}`, or choose another --name"
         )
-    space = load_space(spec.space)
+    space = spec.load_space()
     spec.space_definition = space.to_dict()
     return _execute(spec, space, restore=False, cv_runner=cv_runner)
 
 
-def resume_sweep(storage: str | Path | None, name: str, *, cv_runner: CVRunner | None = None) -> SweepOutcome:
-    """Finish a sweep whose driver stopped: finished trials and folds are not trained again."""
+def resume_sweep(
+    storage: str | Path | None,
+    name: str,
+    *,
+    cv_runner: CVRunner | None = None,
+    time_budget_s: float | None = None,
+    max_failed_trials: int | None = None,
+) -> SweepOutcome:
+    """Finish a sweep whose driver stopped: finished trials and folds are not trained again.
+
+    A budget given here replaces the one the sweep ran with (budgets count per run).
+    """
     from ray import tune
 
-    from search_spaces import SearchSpace
-
     spec = SweepSpec.read(storage, name)
-    space = SearchSpace.from_dict(spec.space_definition, source=str(spec.folder.spec_file))
+    spec.time_budget_s, spec.max_failed_trials = time_budget_s, max_failed_trials
+    spec.validate()
+    space = spec.load_space()
     restore = tune.Tuner.can_restore(str(spec.folder.ray_dir))
     return _execute(spec, space, restore=restore, cv_runner=cv_runner)
 
@@ -109,14 +121,23 @@ def _execute(
     spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVRunner | None
 ) -> SweepOutcome:
     import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    with hold_driver_lock(spec.folder):
+        clear_stop_request(spec.folder)  # a resumed sweep starts afresh; the last run acted on it
+        return _drive(spec, space, restore=restore, cv_runner=cv_runner)
+
+
+def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVRunner | None) -> SweepOutcome:
     from ray import tune
 
     from sweeps._callbacks import SweepCallback
     from sweeps._optuna import make_searcher
+    from sweeps._progress import LiveProgress
+    from sweeps._stopping import StopControl
     from sweeps._trainable import run_trial
     from trainer.data import prepare_dataset, read_split
 
-    optuna.logging.set_verbosity(optuna.logging.WARNING)
     started = time.perf_counter()
     overrides = spec.cv_overrides()
     probe = probe_config(space, overrides, spec.seed)
@@ -151,12 +172,19 @@ def _execute(
         # with_parameters puts the data into the object store once; every trial maps that copy.
         trainable = tune.with_resources(tune.with_parameters(run_trial, data=shared, setup=setup), resources)
         ray_dir = spec.folder.ray_dir
+        stop_control = StopControl(
+            spec.folder, time_budget_s=spec.time_budget_s, max_failed_trials=spec.max_failed_trials
+        )
+        callbacks = [SweepCallback(spec.sweep_dir, spec.name), stop_control, LiveProgress(spec.folder)]
         if restore:
             print(f"[segsweep] resuming sweep {spec.name!r} from {ray_dir}", flush=True)
             tuner = tune.Tuner.restore(
                 str(ray_dir), trainable=trainable, resume_unfinished=True, resume_errored=False,
                 restart_errored=False,
             )
+            # The restored run config carries the last run's callbacks (budget clock included).
+            assert tuner._local_tuner is not None  # a local (not Ray Client) Tuner
+            tuner._local_tuner.get_run_config().callbacks = callbacks
         else:
             from ray.tune.search import ConcurrencyLimiter
 
@@ -175,10 +203,10 @@ def _execute(
                 run_config=tune.RunConfig(
                     name=ray_dir.name,
                     storage_path=str(ray_dir.parent),
-                    failure_config=tune.FailureConfig(max_failures=spec.max_failures),
+                    failure_config=tune.FailureConfig(max_failures=spec.trial_retries),
                     # Each fold's checkpoint holds all fold files so far: the latest one suffices.
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
-                    callbacks=[SweepCallback(spec.sweep_dir, spec.name)],
+                    callbacks=callbacks,
                     log_to_file=True,
                     verbose=1,
                 ),
@@ -193,8 +221,9 @@ def _execute(
         statuses = _ray_trial_statuses(grid)
     finished = _reconcile(spec, statuses)
     wall = time.perf_counter() - started
-    _record_run(spec, wall, restore, finished)
-    outcome = SweepOutcome(load_sweep(spec.storage, spec.name), finished, wall)
+    stopped = stop_control.reason if not finished else None
+    _record_run(spec, wall, restore, finished, stopped)
+    outcome = SweepOutcome(load_sweep(spec.storage, spec.name), finished, wall, stopped)
     if tracking and finished:  # an unfinished sweep keeps its parent runs open for `sweep resume`
         _finish_sweep_tracking(spec, outcome)
     return outcome
@@ -380,10 +409,11 @@ def _reconcile(spec: SweepSpec, statuses: dict[str, str]) -> bool:
     return finished
 
 
-def _record_run(spec: SweepSpec, wall: float, restore: bool, finished: bool) -> None:
+def _record_run(spec: SweepSpec, wall: float, restore: bool, finished: bool, stopped: str | None) -> None:
     """Append this run's wall time to sweep.json (per-trial overhead = wall - training time)."""
     values = read_spec_record(spec.folder)
     values.setdefault("runs", []).append(
-        {"ended": now(), "wall_seconds": round(wall, 2), "resumed": restore, "finished": finished}
+        {"ended": now(), "wall_seconds": round(wall, 2), "resumed": restore, "finished": finished,
+         "stopped": stopped}
     )
     write_spec_record(spec.folder, values)

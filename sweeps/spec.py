@@ -6,10 +6,13 @@ import dataclasses
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sweeps.folder import SweepFolder, read_spec_record, write_spec_record
 from trainer.errors import ConfigError
+
+if TYPE_CHECKING:
+    from search_spaces import SearchSpace
 
 SCHEDULERS = ("asha", "none")
 #: Options that override the space's values for every trial (quick runs).
@@ -39,7 +42,12 @@ class SweepSpec:
     address: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
     tracker: str | None = None
-    max_failures: int = 2
+    #: Ray's retries of one failed trial (out of memory, a lost node); a fatal error is not retried.
+    trial_retries: int = 2
+    #: End this run of the sweep cleanly after this many seconds (``--time-budget``; per run).
+    time_budget_s: float | None = None
+    #: End this run of the sweep cleanly once this many trials failed (``--max-failures``).
+    max_failed_trials: int | None = None
     created: str | None = None
 
     @property
@@ -80,8 +88,12 @@ class SweepSpec:
         unknown = set(self.overrides) - {*OVERRIDE_KEYS, "seed"}
         if unknown:
             raise ConfigError(f"unknown override(s) {', '.join(sorted(unknown))}")
-        if self.max_failures < 0:
-            raise ConfigError(f"max_failures must be 0 or more, got {self.max_failures}")
+        if self.trial_retries < 0:
+            raise ConfigError(f"trial_retries must be 0 or more, got {self.trial_retries}")
+        if self.time_budget_s is not None and not self.time_budget_s > 0:
+            raise ConfigError(f"--time-budget must be positive, got {self.time_budget_s:g} s")
+        if self.max_failed_trials is not None and self.max_failed_trials < 1:
+            raise ConfigError(f"--max-failures must be at least 1, got {self.max_failed_trials}")
 
     def cv_overrides(self) -> dict[str, Any]:
         """Values every trial's configuration takes over the space's: the options, and the seed.
@@ -96,8 +108,19 @@ class SweepSpec:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> SweepSpec:
+        values = dict(values)
+        if "format" not in values and "max_failures" in values:  # sweep.json before format 1
+            values["trial_retries"] = values.pop("max_failures")
         known = {f.name for f in dataclasses.fields(cls)}
         return cls(**{k: v for k, v in values.items() if k in known})
+
+    def load_space(self) -> SearchSpace:
+        """The space recorded in the specification, else the one ``space`` names (built-in or file)."""
+        from search_spaces import SearchSpace, load_space
+
+        if self.space_definition:
+            return SearchSpace.from_dict(self.space_definition, source=f"the space of sweep {self.name!r}")
+        return load_space(self.space)
 
     def write(self) -> None:
         """sweep.json, keeping what earlier runs recorded (``runs``) beside the specification."""
@@ -111,3 +134,78 @@ class SweepSpec:
         spec = cls.from_dict(read_spec_record(folder))
         spec.storage = str(folder.storage.resolve())
         return spec
+
+
+def parse_duration(text: str) -> float:
+    """Seconds in ``90``, ``90s``, ``45m``, ``2h``, ``1h30m`` or ``1d``; ConfigError otherwise."""
+    text = text.strip().lower()
+    if re.fullmatch(r"\d+(\.\d+)?", text):
+        return float(text)
+    parts = re.findall(r"(\d+(?:\.\d+)?)([dhms])", text)
+    if not parts or "".join(n + u for n, u in parts) != text:
+        raise ConfigError(f"--time-budget {text!r} is not a duration; write e.g. 90m, 2h, 1h30m or 3600 (seconds)")
+    scale = {"d": 86400, "h": 3600, "m": 60, "s": 1}
+    return sum(float(n) * scale[u] for n, u in parts)
+
+
+def format_duration(seconds: float) -> str:
+    """``2h``, ``1h30m``, ``45m``, ``20s``: the short form a user would type."""
+    whole = round(seconds)
+    hours, rest = divmod(whole, 3600)
+    minutes, secs = divmod(rest, 60)
+    text = (f"{hours}h" if hours else "") + (f"{minutes}m" if minutes else "") + (f"{secs}s" if secs else "")
+    return text or "0s"
+
+
+def read_sweep_config(path: str | Path) -> dict[str, Any]:
+    """A sweep configuration file (YAML or JSON): ``sweep run``'s options as keys, values as given.
+
+    Keys are the options' names with ``_`` for ``-`` (``cpus_per_trial``, ``time_budget: 2h``,
+    ``max_failures``); ``space`` is a name, a path (relative to the file) or an inline space;
+    ``limit``/``image_size``/``folds``/``epochs``/``dev_split`` may stand flat or under
+    ``overrides``. A sweep's own sweep.json is such a file too: it re-runs that sweep.
+    """
+    import yaml
+
+    from search_spaces._yaml import parse_space_mapping
+
+    path = Path(path)
+    try:
+        loaded = yaml.safe_load(path.read_text())
+    except OSError as exc:
+        raise ConfigError(f"cannot read sweep configuration {path}: {exc.strerror}") from None
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
+        raise ConfigError(f"{path}{where} is not valid YAML ({getattr(exc, 'problem', exc)}); fix the file") from None
+    if not isinstance(loaded, dict):
+        raise ConfigError(f"{path} must hold a mapping of `sweep run` options (data:, space:, trials:, ...)")
+    values = dict(loaded)
+    legacy = "space_definition" in values and "format" not in values
+    if "max_failures" in values:
+        values["trial_retries" if legacy else "max_failed_trials"] = values.pop("max_failures")
+    if "time_budget" in values:
+        budget = values.pop("time_budget")
+        values["time_budget_s"] = None if budget is None else parse_duration(str(budget))
+    overrides = dict(values.pop("overrides", None) or {})
+    for key in OVERRIDE_KEYS:
+        if key in values:
+            overrides[key] = values.pop(key)
+    if overrides:
+        values["overrides"] = overrides
+    space = values.get("space")
+    if isinstance(space, dict):
+        parsed = parse_space_mapping(space, source=f"{path} (space)")
+        values["space"], values["space_definition"] = f"inline in {path.name}", parsed.to_dict()
+    elif isinstance(space, str) and not values.get("space_definition") and (path.parent / space).is_file():
+        values["space"] = str(path.parent / space)
+    for transient in ("runs", "created", "format", "storage_resolved"):
+        values.pop(transient, None)
+    known = {f.name for f in dataclasses.fields(SweepSpec)}
+    unknown = sorted(set(values) - known)
+    if unknown:
+        raise ConfigError(
+            f"{path}: unknown option(s) {', '.join(unknown)}; use the names of `segsweep sweep run --help` "
+            "with _ for -"
+        )
+    return values

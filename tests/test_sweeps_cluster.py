@@ -129,7 +129,7 @@ from sweeps.runner import run_sweep
 from sweeps.spec import SweepSpec
 outcome = run_sweep(SweepSpec(name="c", data=sys.argv[1], space=sys.argv[2], storage=sys.argv[3], trials=4,
                               concurrency=2, scheduler="none", address=sys.argv[4], tracker="none",
-                              max_failures=3), cv_runner=fake.fake_run_cv)
+                              trial_retries=3), cv_runner=fake.fake_run_cv)
 sys.exit(0 if outcome.finished else 1)
 """
 

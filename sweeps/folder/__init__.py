@@ -5,6 +5,15 @@ searcher, ``sweep status``, the reports, ``predict``'s test-score records, ``seg
 tests' fabricated sweeps all go through it.
 """
 
+from sweeps.folder._control import (
+    StopRequest,
+    clear_stop_request,
+    driver_info,
+    driver_running,
+    hold_driver_lock,
+    read_stop_request,
+    request_stop,
+)
 from sweeps.folder._layout import (
     DEFAULT_STORAGE,
     FORMAT_VERSION,
@@ -15,6 +24,7 @@ from sweeps.folder._layout import (
     storage_help,
     sweep_names,
 )
+from sweeps.folder._progress import RunningTrial, SweepProgress, SweepSummary, read_progress, summarise_sweep
 from sweeps.folder._ranking import (
     RANKING_RULE,
     format_leaderboard,
@@ -64,15 +74,23 @@ __all__ = [
     "TRIAL_STATES",
     "DamagedRecord",
     "NoSuchSweep",
+    "RunningTrial",
+    "StopRequest",
     "SweepFolder",
+    "SweepProgress",
     "SweepResults",
+    "SweepSummary",
     "TestScore",
     "TrialResult",
     "append_event",
+    "clear_stop_request",
     "default_storage",
+    "driver_info",
+    "driver_running",
     "format_leaderboard",
     "format_text_table",
     "format_value",
+    "hold_driver_lock",
     "is_eligible",
     "leaderboard_table",
     "load_sweep",
@@ -82,10 +100,14 @@ __all__ = [
     "now",
     "rank_trials",
     "read_events",
+    "read_progress",
     "read_spec_record",
+    "read_stop_request",
     "read_trial_record",
     "record_test_scores",
+    "request_stop",
     "storage_help",
+    "summarise_sweep",
     "sweep_names",
     "update_trial_record",
     "write_spec_record",

@@ -10,6 +10,8 @@
         events.jsonl           one line per attempt, fold and end (node, pid, times)
     ray/                       Ray Tune's experiment state (for resume)
     report/                    `segsweep report` output (report.html, report.md, figures/, best.json)
+    driver.json                the running driver's host, pid and start (locked while it runs)
+    stop.json                  a pending request to stop (from `sweep stop`, a budget, Ctrl-C)
     predictions/<key>.json     test-set scores `segsweep predict` recorded for a bundle retrained from a trial
     mlflow.db, mlartifacts/    MLflow sink (trainer.tracking owns those names); .neptune/ Neptune's
 
@@ -37,6 +39,10 @@ EVENTS_FILE = "events.jsonl"
 RAY_DIR = "ray"
 REPORT_DIR = "report"
 PREDICTIONS_DIR = "predictions"
+#: A request to stop the sweep (``segsweep sweep stop``, a time budget, Ctrl-C), read by its driver.
+STOP_FILE = "stop.json"
+#: Held (flock) by the running driver; names its host and pid, so others can tell a sweep is running.
+DRIVER_FILE = "driver.json"
 
 #: Where sweeps go when no --storage is given: $SEGSWEEP_HOME, else ./runs (git-ignored here, and
 #: outside every package, so a sweep started from a checkout never lands in the source tree).
@@ -107,6 +113,14 @@ class SweepFolder:
     @property
     def predictions_dir(self) -> Path:
         return self.path / PREDICTIONS_DIR
+
+    @property
+    def stop_file(self) -> Path:
+        return self.path / STOP_FILE
+
+    @property
+    def driver_file(self) -> Path:
+        return self.path / DRIVER_FILE
 
     @property
     def mlflow_db(self) -> Path:

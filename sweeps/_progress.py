@@ -1,0 +1,150 @@
+"""The live view of a sweep: one line per running trial and a summary with the best so far and an ETA.
+
+The same view serves the driver (a Tune callback) and ``segsweep sweep status NAME --watch`` in
+another shell; both read the sweep folder (sweeps.folder.read_progress), so they show the same.
+On a terminal it is a table redrawn in place (rich); elsewhere (logs, CI) plain lines, printed
+only when something changed.
+"""
+
+from __future__ import annotations
+
+import sys
+import time
+from collections.abc import Callable
+from typing import IO, Any
+
+from ray import tune
+
+from sweeps.folder import RunningTrial, SweepFolder, SweepProgress, format_value, read_progress
+from sweeps.spec import format_duration
+
+#: Seconds between refreshes of the view.
+REFRESH_S = 2.0
+
+
+def _short_params(params: dict[str, Any], width: int = 48) -> str:
+    text = ", ".join(f"{k}={format_value(v)}" for k, v in params.items())
+    return text if len(text) <= width else text[: width - 1] + "…"
+
+
+def trial_line(trial: RunningTrial) -> str:
+    label = f"#{trial.number}" if trial.number is not None else trial.trial_id
+    where = f"fold {trial.fold}/{trial.n_folds or '?'}, epoch {trial.epoch}/{trial.epochs or '?'}"
+    iou = f"val IoU {trial.val_iou:.4f}" if trial.val_iou is not None else "val IoU -"
+    parked = ", waiting to stop" if trial.parked else ""
+    return f"{label} ({_short_params(trial.params)}): {where}, {iou}, {format_duration(trial.elapsed_s)}{parked}"
+
+
+def summary_line(progress: SweepProgress) -> str:
+    best = f"best {progress.best[0]} Dice {progress.best[1]:.4f}" if progress.best else "no trial complete yet"
+    eta = progress.eta_seconds
+    eta_text = f"ETA ~{format_duration(eta)} if no trial is pruned" if eta is not None else "ETA after the first epoch"
+    return (
+        f"sweep {progress.name}: {progress.finished}/{progress.trials_total} trials finished, "
+        f"{len(progress.running)} running, {progress.pending} pending; {best}; {eta_text}"
+    )
+
+
+class ProgressView:
+    """Renders successive :class:`SweepProgress` snapshots to a terminal (live) or a log (lines)."""
+
+    def __init__(self, out: IO[str] | None = None, *, live: bool | None = None) -> None:
+        self.out = out or sys.stdout
+        self.live = self.out.isatty() if live is None else live
+        self._shown: dict[str, str] = {}
+        self._summary = ""
+        self._rich: Any = None
+
+    def show(self, progress: SweepProgress) -> None:
+        if self.live:
+            self._show_live(progress)
+            return
+        for trial in progress.running:
+            line = trial_line(trial)
+            key = f"{trial.trial_id}/{trial.fold}/{trial.epoch}/{trial.parked}"
+            if self._shown.get(trial.trial_id) != key:
+                self._shown[trial.trial_id] = key
+                print(f"[segsweep] {line}", file=self.out, flush=True)
+        summary = summary_line(progress)
+        counts = summary.split(";")[0] + (summary.split(";")[1] if ";" in summary else "")
+        if counts != self._summary:
+            self._summary = counts
+            print(f"[segsweep] {summary}", file=self.out, flush=True)
+
+    def _show_live(self, progress: SweepProgress) -> None:
+        from rich.console import Group
+        from rich.live import Live
+        from rich.table import Table
+        from rich.text import Text
+
+        table = Table(expand=False, show_edge=False)
+        for column in ("trial", "parameters", "fold", "epoch", "val IoU", "elapsed"):
+            table.add_column(column)
+        for trial in progress.running:
+            table.add_row(
+                f"#{trial.number}" if trial.number is not None else trial.trial_id,
+                _short_params(trial.params, 60),
+                f"{trial.fold}/{trial.n_folds or '?'}",
+                f"{trial.epoch}/{trial.epochs or '?'}",
+                f"{trial.val_iou:.4f}" if trial.val_iou is not None else "-",
+                format_duration(trial.elapsed_s) + (" (stopping)" if trial.parked else ""),
+            )
+        view = Group(table, Text(summary_line(progress)))
+        if self._rich is None:
+            self._rich = Live(view, refresh_per_second=1, transient=False, redirect_stdout=False)
+            self._rich.start()
+        else:
+            self._rich.update(view)
+
+    def close(self) -> None:
+        if self._rich is not None:
+            self._rich.stop()
+            self._rich = None
+
+
+class LiveProgress(tune.Callback):
+    """The driver's live view, refreshed from the sweep folder every :data:`REFRESH_S` seconds."""
+
+    def __init__(self, folder: SweepFolder, view_factory: Callable[[], ProgressView] = ProgressView) -> None:
+        self.folder = folder
+        self.view_factory = view_factory
+        self._view: ProgressView | None = None
+        self._last = 0.0
+
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
+        if time.monotonic() - self._last < REFRESH_S:
+            return
+        self._last = time.monotonic()
+        if self._view is None:
+            self._view = self.view_factory()
+        try:
+            self._view.show(read_progress(self.folder))
+        except Exception as exc:  # the view must never stop a sweep
+            print(f"[segsweep] progress view: {exc}", flush=True)
+
+    def on_experiment_end(self, trials: list[Any], **info: Any) -> None:
+        if self._view is not None:
+            self._view.close()
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_view"] = None  # a terminal display does not survive Tune's experiment snapshot
+        return state
+
+
+def watch(folder: SweepFolder, *, out: IO[str] | None = None, interval_s: float = REFRESH_S,
+          live: bool | None = None, until_done: bool = True) -> int:
+    """``sweep status --watch``: the live view from another shell, until the driver ends (or Ctrl-C)."""
+    from sweeps.folder import driver_running
+
+    view = ProgressView(out, live=live)
+    try:
+        while True:
+            view.show(read_progress(folder))
+            if until_done and not driver_running(folder):
+                return 0
+            time.sleep(interval_s)
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        view.close()
