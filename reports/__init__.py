@@ -1,3 +1,10 @@
-"""segsweep reports package."""
+"""Reports: the winner's report, the final model (retrain), predictions and the polyp counter.
+
+From Python: ``reports.retrain(sweep, out)`` trains the winner of a :class:`sweeps.Sweep` into a model
+bundle; the ``segsweep report|retrain|predict|count`` verbs are thin layers over this package.
+"""
 
 import trainer._env  # noqa: F401
+from reports.retrain import retrain
+
+__all__ = ["retrain"]

@@ -31,6 +31,7 @@ from reports.bundle import (
 )
 from reports.leaderboard import pick_winner
 from reports.report import data_path
+from sweeps import Sweep
 from sweeps.folder import SweepResults, TrialResult, load_sweep
 from trainer import version
 from trainer.config import CVConfig
@@ -157,9 +158,15 @@ def _model_card(meta: Mapping[str, Any], history: Sequence[EpochRecord], schedul
     return "\n".join(lines)
 
 
-def retrain(sweep: SweepResults, out: Path, *, trial_id: str | None = None, verbose: bool = True) -> Path:
-    """Train the chosen trial's configuration on every development image; write the bundle at ``out``."""
+def retrain(
+    sweep: SweepResults | Sweep, out: str | Path, *, trial_id: str | None = None, verbose: bool = True
+) -> Path:
+    """Train the winner (or ``trial_id``) on every development image; write the model bundle at ``out``."""
     import tf_keras
+
+    if isinstance(sweep, Sweep):
+        sweep = sweep.results()
+    out = Path(out)
 
     from trainer.data import prepare_dataset
     from trainer.models import build_model

@@ -321,23 +321,28 @@ def ray_session(address: str | None, *, object_store_bytes: int) -> Iterator[Non
         ray.shutdown()
 
 
+#: Tries of a local Ray start: Ray gives its raylet a fixed 30 s to register, which a busy machine
+#: (a CI runner, a laptop building something else) can miss; a later try usually makes it.
+LOCAL_RAY_STARTS = 3
+
+
 def _start_local_ray(object_store_bytes: int, quiet: dict[str, Any]) -> None:
     import ray
 
     options = {"include_dashboard": False, "_node_ip_address": "127.0.0.1",
                "object_store_memory": object_store_bytes, **quiet}
-    try:
-        ray.init(**options)
-    except Exception as exc:
-        # Ray gives its raylet a fixed 30 s to register; on a loaded machine a second try succeeds.
-        if "timed out during startup" not in str(exc):
-            raise
-        ray.shutdown()
-        print("[segsweep] Ray was slow to start (busy machine?); trying once more", flush=True)
+    for attempt in range(1, LOCAL_RAY_STARTS + 1):
         try:
             ray.init(**options)
-        except Exception as again:
-            raise RuntimeError(str(again)) from None
+            return
+        except Exception as exc:
+            if "timed out during startup" not in str(exc):
+                raise
+            ray.shutdown()
+            if attempt == LOCAL_RAY_STARTS:
+                raise RuntimeError(f"{exc} ({LOCAL_RAY_STARTS} tries; is the machine very busy?)") from None
+            print(f"[segsweep] Ray was slow to start (busy machine?); try {attempt + 1} of {LOCAL_RAY_STARTS}",
+                  flush=True)
 
 
 def resolve_concurrency(spec: SweepSpec) -> int:

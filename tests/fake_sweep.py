@@ -145,7 +145,8 @@ def make_sweep(
         write_json_atomic(trial_dir / CV_FILE, cv.to_dict())
         update_trial_record(
             trial_dir, trial_id=trial_id, number=number, params=trial.params, state=trial.state,
-            reason=trial.reason, config=config, n_folds=trial.n_folds,
+            reason=trial.reason, config=config, n_folds=trial.n_folds, folds_done=len(folds),
+            mean_dice=cv.mean["dice"] if folds else None,
             started="2025-01-01T00:00:00", ended="2025-01-01T00:01:00",
         )  # fmt: skip
         if study is not None:

@@ -473,5 +473,6 @@ def test_to_dict_round_trips(tmp_path: Path, name: str) -> None:
 def test_from_dict_checks_like_a_file() -> None:
     data = load_space("quick").to_dict()
     data["params"]["epochs"]["low"] = 5
-    with pytest.raises(ConfigError, match=r"^sweep.json: parameter 'epochs': low 5 is greater than high 2"):
+    expected = r"^a recorded search space: parameter 'epochs': low 5 is greater than high 2"
+    with pytest.raises(ConfigError, match=expected):
         SearchSpace.from_dict(data)

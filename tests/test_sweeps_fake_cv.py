@@ -86,7 +86,11 @@ def fake_run_cv(
             if fold in done:
                 continue
             reporter.on_fold_start(fold, len(data) - len(data) // n_folds, len(data) // n_folds)
-            time.sleep(seconds)
+            for epoch in range(1, config.epochs + 1):  # per-epoch calls, as the live view reads them
+                time.sleep(seconds / config.epochs)
+                reporter.on_epoch(fold, epoch, {"loss": 1.0 / epoch, "val_loss": 1.0 / epoch,
+                                                "val_iou": fake_quality(config.lr) * epoch / config.epochs,
+                                                "lr": config.lr})
             if role == "nan":
                 raise TrainingError(f"loss became NaN in fold {fold}, epoch 1; lower the learning rate")
             if role == "crash_once" and fold == 2 and not (out_dir / "crashed").exists():

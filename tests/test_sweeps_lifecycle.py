@@ -1,0 +1,234 @@
+"""A sweep's life from the outside: list, stop from another process, budgets, --config, --watch.
+
+Trials run the stand-in cross-validation of test_sweeps_fake_cv on a real local Ray, in a driver
+process of their own (as `segsweep sweep run` would), so `sweep stop` and `status --watch` act from
+another process exactly as a user's second shell does.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sweeps.cli import main, spec_from_args
+from sweeps.folder import SweepFolder, hold_driver_lock, load_sweep, read_events
+from sweeps.spec import SweepSpec
+from tests.fake_sweep import FakeTrial, make_sweep
+from tests.synth import make_dataset
+from tests.test_sweeps_ray import SPACE, _stop_processes_using, _wait_for, ray_env  # noqa: F401
+
+REPO = Path(__file__).resolve().parents[1]
+
+_DRIVER = """\
+import json, sys, cloudpickle
+import tests.test_sweeps_fake_cv as fake
+cloudpickle.register_pickle_by_value(fake)
+from sweeps.cli import _finish
+from sweeps.runner import resume_sweep, run_sweep
+from sweeps.spec import SweepSpec
+mode, storage, options = sys.argv[1], sys.argv[2], json.loads(sys.argv[3])
+if mode == "run":
+    outcome = run_sweep(SweepSpec(storage=storage, **options), cv_runner=fake.fake_run_cv)
+else:
+    outcome = resume_sweep(storage, options["name"], cv_runner=fake.fake_run_cv,
+                           time_budget_s=options.get("time_budget_s"))
+sys.exit(_finish(outcome))
+"""
+
+
+@pytest.fixture
+def sweep_setup(tmp_path: Path, ray_env: dict[str, str]) -> Iterator[dict[str, Any]]:  # noqa: F811
+    data = make_dataset(tmp_path / "data", 12)
+    (tmp_path / "tiny.yaml").write_text(SPACE.replace("epochs: 1", "epochs: 3"))
+    storage = tmp_path / "out"
+    yield {"data": str(data), "space": str(tmp_path / "tiny.yaml"), "storage": storage,
+           "env": {**os.environ, "PYTHONPATH": str(REPO)}}
+
+
+def _driver(setup: dict[str, Any], mode: str, log: Path, **options: Any) -> subprocess.Popen[bytes]:
+    name = options.setdefault("name", "k")
+    if mode == "run":
+        (setup["storage"] / name).mkdir(parents=True, exist_ok=True)
+        (setup["storage"] / name / "fake.json").write_text(json.dumps({"fold_seconds": options.pop("fold_s", 2.0)}))
+        options = {"data": setup["data"], "space": setup["space"], "trials": 3, "concurrency": 2,
+                   "scheduler": "none", "tracker": "none", **options}
+    with open(log, "ab") as out:
+        return subprocess.Popen([sys.executable, "-c", _DRIVER, mode, str(setup["storage"]), json.dumps(options)],
+                                cwd=REPO, env=setup["env"], stdout=out, stderr=subprocess.STDOUT)
+
+
+def _wait_for_logged(predicate: Any, what: str, driver: subprocess.Popen[bytes], log: Path) -> None:
+    try:
+        _wait_for(predicate, 300, what, driver)
+    except AssertionError as exc:
+        raise AssertionError(f"{exc}; driver log:\n{log.read_text()[-4000:]}") from None
+
+
+def _fold_trainings(trial_dir: Path) -> Counter[int]:
+    return Counter(e["fold"] for e in read_events(trial_dir) if e["event"] == "fold_end")
+
+
+def _segsweep(*argv: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "sweeps.cli", *argv], capture_output=True, text=True,
+                          env=env, cwd=REPO, timeout=timeout)
+
+
+@pytest.mark.slow
+def test_stop_from_another_process_then_resume_trains_no_fold_twice(
+    sweep_setup: dict[str, Any], tmp_path: Path
+) -> None:
+    storage, env = sweep_setup["storage"], sweep_setup["env"]
+    folder = SweepFolder.at(storage, "k")
+    driver = _driver(sweep_setup, "run", tmp_path / "run.log")
+    try:
+        _wait_for_logged(lambda: any(folder.trials_dir.glob("*/folds/fold_01.json")), "a first fold", driver,
+                         tmp_path / "run.log")
+        # --watch from a second shell shows the running trials epoch by epoch.
+        watched = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "sweep", "status", "k", "--storage",
+                                    str(storage), "--watch", "--interval", "0.5"], cwd=REPO, env=env,
+                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        time.sleep(4)
+        asked = time.monotonic()
+        stop = _segsweep("sweep", "stop", "k", "--storage", str(storage), env=env)
+        assert stop.returncode == 0, stop.stderr
+        assert "asked sweep 'k'" in stop.stdout and "at the end of its running folds" in stop.stdout
+        code = driver.wait(timeout=300)
+        took = time.monotonic() - asked
+        view, _ = watched.communicate(timeout=60)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    log = (tmp_path / "run.log").read_text()
+    assert code == 1, log[-3000:]
+    assert "did not finish (stopped by `segsweep sweep stop`)" in log and "sweep resume k" in log
+    assert took < 60, took  # the running folds end (2 s each) and the run ends with them
+    assert watched.returncode == 0
+    assert "fold 1/3, epoch" in view and "val IoU" in view and "ETA" in view, view
+    assert "waiting to stop" in view or "stopping" in view.lower() or took < 5
+    spec = json.loads(folder.spec_file.read_text())
+    assert spec["runs"][-1]["stopped"] == "stopped by `segsweep sweep stop`"
+    assert not folder.stop_file.exists()  # acted on: a resume starts afresh
+    before = {t.trial_id: t.folds_done for t in load_sweep(storage, "k").trials}
+    assert any(0 < n < 3 for n in before.values()) or len(before) < 3, before
+
+    listed = _segsweep("sweep", "list", "--storage", str(storage), env=env)
+    assert "k" in listed.stdout and "stopped" in listed.stdout, listed.stdout
+
+    resumed = _driver(sweep_setup, "resume", tmp_path / "resume.log", name="k")
+    assert resumed.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    sweep = load_sweep(storage, "k")
+    assert len(sweep.trials) == 3 and {t.state for t in sweep.trials} == {"COMPLETE"}
+    for trial in sweep.trials:
+        assert _fold_trainings(trial.path) == {1: 1, 2: 1, 3: 1}, trial.trial_id  # type: ignore[arg-type]
+    assert "finished" in _segsweep("sweep", "list", "--storage", str(storage), env=env).stdout
+
+
+@pytest.mark.slow
+def test_time_budget_ends_the_run_cleanly_and_resume_finishes(sweep_setup: dict[str, Any], tmp_path: Path) -> None:
+    storage = sweep_setup["storage"]
+    driver = _driver(sweep_setup, "run", tmp_path / "run.log", fold_s=3.0, time_budget_s=4.0, concurrency=1)
+    assert driver.wait(timeout=300) == 1
+    log = (tmp_path / "run.log").read_text()
+    assert "did not finish (time budget of 4s reached)" in log, log[-3000:]
+    sweep = load_sweep(storage, "k")
+    assert sum(t.state == "COMPLETE" for t in sweep.trials) < 3
+    resumed = _driver(sweep_setup, "resume", tmp_path / "resume.log", name="k", time_budget_s=3600)
+    assert resumed.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-3000:]
+    sweep = load_sweep(storage, "k")
+    assert {t.state for t in sweep.trials} == {"COMPLETE"} and len(sweep.trials) == 3
+    for trial in sweep.trials:
+        assert max(_fold_trainings(trial.path).values()) == 1  # type: ignore[arg-type]
+
+
+def test_config_file_merges_with_flags_and_sweep_json_reruns(tmp_path: Path) -> None:
+    config = tmp_path / "sweep.yaml"
+    config.write_text(
+        "data: /data/kvasir-seg\nspace: quick\ntrials: 6\nname: fromfile\nconcurrency: 2\n"
+        "cpus_per_trial: 1.5\nscheduler: none\nepochs: 2\nlimit: 40\ntime_budget: 1h30m\nmax_failures: 3\n"
+        "tracker: none\n"
+    )
+    parser = _run_parser()
+    spec = spec_from_args(parser.parse_args(["--config", str(config), "--trials", "8", "--epochs", "1",
+                                             "--storage", str(tmp_path / "runs")]))
+    assert (spec.name, spec.data, spec.space, spec.trials, spec.concurrency) == ("fromfile", "/data/kvasir-seg",
+                                                                                 "quick", 8, 2)
+    assert spec.cpus_per_trial == 1.5 and spec.scheduler == "none" and spec.tracker == "none"
+    assert spec.overrides["epochs"] == 1 and spec.overrides["limit"] == 40
+    assert spec.time_budget_s == 5400 and spec.max_failed_trials == 3
+    # What sweep.json records re-runs the sweep: the same specification under another name.
+    spec.space_definition = {"name": "quick", "params": {}}
+    spec.write()
+    again = spec_from_args(parser.parse_args(["--config", str(spec.folder.spec_file), "--name", "rerun"]))
+    expected = {**spec.to_dict(), "name": "rerun"}
+    assert again.to_dict() == expected
+
+
+def test_config_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: /d\nspace: quick\ntrials: [1\n")
+    assert main(["sweep", "run", "--config", str(bad)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and str(bad) in err and "at line 4, column 1" in err
+    bad.write_text("data: /d\nspace: quick\ntrials: 2\nname: x\nwarmup: 3\n")
+    assert main(["sweep", "run", "--config", str(bad)]) == 2
+    assert "unknown option(s) warmup" in capsys.readouterr().err
+    bad.write_text("data: /d\nspace: quick\n")
+    assert main(["sweep", "run", "--config", str(bad)]) == 2
+    assert "needs --trials, --name" in capsys.readouterr().err
+    assert main(["sweep", "run", "--data", "/d", "--space", "quick", "--trials", "2", "--name", "x",
+                 "--time-budget", "soon"]) == 2
+    assert "--time-budget 'soon' is not a duration" in capsys.readouterr().err
+
+
+def _run_parser() -> Any:
+    import argparse
+
+    from sweeps.cli import add_run_options
+
+    parser = argparse.ArgumentParser()
+    add_run_options(parser)
+    return parser
+
+
+def test_list_shows_state_counts_and_best(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    make_sweep(tmp_path, "done", data=tmp_path / "data")
+    done = SweepFolder.at(tmp_path, "done")
+    spec = json.loads(done.spec_file.read_text())
+    spec["runs"] = [{"finished": True, "stopped": None}]
+    done.spec_file.write_text(json.dumps(spec))
+    make_sweep(tmp_path, "live", [FakeTrial({"encoder": "resnet18", "weights": "none", "batch_size": 4,
+                                             "lr": 1e-3}, [0.5], state="RUNNING")], data=tmp_path / "data")
+    with hold_driver_lock(SweepFolder.at(tmp_path, "live")):
+        assert main(["sweep", "list", "--storage", str(tmp_path)]) == 0
+        out = capsys.readouterr().out
+        assert main(["sweep", "stop", "done", "--storage", str(tmp_path)]) == 2
+        assert "is not running" in capsys.readouterr().err
+    lines = {line.split()[0]: line for line in out.splitlines()[1:]}
+    assert lines["done"].split()[1:4] == ["finished", "5/5", "0.6400"]
+    assert lines["live"].split()[1:4] == ["running", "0/1", "-"] and f"pid {os.getpid()}" in lines["live"]
+
+
+def test_a_second_driver_is_refused(tmp_path: Path) -> None:
+    folder = SweepFolder.at(tmp_path, "x")
+    with hold_driver_lock(folder), pytest.raises(Exception, match="already running"), hold_driver_lock(folder):
+        pass
+
+
+def test_sweep_spec_reads_the_retries_of_an_old_sweep_json() -> None:
+    old = SweepSpec.from_dict({"name": "o", "data": "/d", "space": "quick", "trials": 2, "storage": "/s",
+                               "max_failures": 5, "space_definition": {"name": "quick"}})
+    assert old.trial_retries == 5 and old.max_failed_trials is None
+
+
+def test_sigint_handler_is_not_left_changed() -> None:
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
