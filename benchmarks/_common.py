@@ -122,7 +122,7 @@ def tiny_space(name: str, encoder: str, size: int, batch: int) -> str:
 
 def synthetic_dataset(root: Path, n: int, size: int, seed: int = 0) -> Path:
     """``n`` synthetic Kvasir-SEG-layout pairs of ``size`` px (JPEG images and masks) under ``root``."""
-    from tests.synth import make_dataset
+    from tests.support.synth import make_dataset
 
     return make_dataset(root, n, layout="kvasir-seg", size=size, seed=seed)
 

@@ -18,6 +18,7 @@ from sweeps.folder import (
     append_event,
     load_sweep,
     now,
+    read_stop_request,
     read_trial_record,
     update_trial_record,
 )
@@ -68,6 +69,9 @@ class SweepCallback(tune.Callback):
         last = trial.last_result or {}
         folds_done, n_folds = int(last.get("folds_done") or 0), int(last.get("n_folds") or 0)
         folder = self._folder(trial)
+        if interrupted_by_stop(SweepFolder(Path(self.sweep_dir)), last):
+            append_event(folder, "interrupted", folds_done=folds_done)
+            return  # the sweep is stopping, not the scheduler: the trial resumes with the sweep
         if n_folds and folds_done >= n_folds:
             state, reason = COMPLETE, None
         else:
@@ -99,6 +103,17 @@ class SweepCallback(tune.Callback):
                 f"IoU {best.mean['iou']:.4f} ({params})",
                 flush=True,
             )
+
+
+def interrupted_by_stop(sweep: SweepFolder, last_result: dict[str, Any] | None) -> bool:
+    """Whether Tune ends an unfinished trial because the sweep is stopping (not because ASHA said so).
+
+    Tune reports every running trial as complete when a run ends on its SIGINT path, which is how a
+    sweep stops resumably; such a trial must stay RUNNING in trial.json and the study.
+    """
+    last = last_result or {}
+    unfinished = int(last.get("folds_done") or 0) < int(last.get("n_folds") or 1 << 30)
+    return unfinished and read_stop_request(sweep) is not None
 
 
 def _short(value: Any) -> str:

@@ -17,6 +17,7 @@ import optuna
 from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
+from sweeps._callbacks import interrupted_by_stop
 from sweeps.folder import (
     STUDY_REASON_ATTR,
     STUDY_TRIAL_ID_ATTR,
@@ -108,6 +109,8 @@ class FoldPruningOptunaSearch(OptunaSearch):
     ) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
+        if not error and interrupted_by_stop(SweepFolder(Path(self.sweep_dir)), result):
+            return  # stays RUNNING in the study; the resumed sweep tells its end
         ot_trial = self._ot_trials[trial_id]
         state, value = completion_state(result, error=error)
         if state == TrialState.FAIL:

@@ -20,6 +20,8 @@ from sweeps.spec import format_duration
 
 #: Seconds between refreshes of the view.
 REFRESH_S = 2.0
+#: In a log, the summary line comes when the counts change, and with news at most this often.
+SUMMARY_EVERY_S = 10.0
 
 
 def _short_params(params: dict[str, Any], width: int = 48) -> str:
@@ -29,9 +31,11 @@ def _short_params(params: dict[str, Any], width: int = 48) -> str:
 
 def trial_line(trial: RunningTrial) -> str:
     label = f"#{trial.number}" if trial.number is not None else trial.trial_id
+    parked = ", waiting to stop" if trial.parked else ""
+    if not trial.fold:
+        return f"{label} ({_short_params(trial.params)}): starting, {format_duration(trial.elapsed_s)}{parked}"
     where = f"fold {trial.fold}/{trial.n_folds or '?'}, epoch {trial.epoch}/{trial.epochs or '?'}"
     iou = f"val IoU {trial.val_iou:.4f}" if trial.val_iou is not None else "val IoU -"
-    parked = ", waiting to stop" if trial.parked else ""
     return f"{label} ({_short_params(trial.params)}): {where}, {iou}, {format_duration(trial.elapsed_s)}{parked}"
 
 
@@ -53,22 +57,26 @@ class ProgressView:
         self.live = self.out.isatty() if live is None else live
         self._shown: dict[str, str] = {}
         self._summary = ""
+        self._summary_at = 0.0
         self._rich: Any = None
 
     def show(self, progress: SweepProgress) -> None:
         if self.live:
             self._show_live(progress)
             return
+        news = False
         for trial in progress.running:
-            line = trial_line(trial)
             key = f"{trial.trial_id}/{trial.fold}/{trial.epoch}/{trial.parked}"
             if self._shown.get(trial.trial_id) != key:
                 self._shown[trial.trial_id] = key
-                print(f"[segsweep] {line}", file=self.out, flush=True)
+                news = True
+                print(f"[segsweep] {trial_line(trial)}", file=self.out, flush=True)
         summary = summary_line(progress)
-        counts = summary.split(";")[0] + (summary.split(";")[1] if ";" in summary else "")
-        if counts != self._summary:
-            self._summary = counts
+        # Counts and best changed, or an ETA is known for the first time: say so at once.
+        counts = ";".join(summary.split(";")[:2]) + str(progress.eta_seconds is None)
+        due = news and time.monotonic() - self._summary_at >= SUMMARY_EVERY_S
+        if counts != self._summary or due:
+            self._summary, self._summary_at = counts, time.monotonic()
             print(f"[segsweep] {summary}", file=self.out, flush=True)
 
     def _show_live(self, progress: SweepProgress) -> None:

@@ -217,11 +217,14 @@ def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVR
                 flush=True,
             )
         tracking = _start_sweep_tracking(spec)
-        grid = tuner.fit()
+        try:
+            grid = tuner.fit()
+        finally:
+            clear_stop_request(spec.folder)  # acted on: the next run of this sweep starts afresh
         statuses = _ray_trial_statuses(grid)
-    finished = _reconcile(spec, statuses)
+    stopped = stop_control.reason
+    finished = _reconcile(spec, statuses, stopped=stopped is not None)
     wall = time.perf_counter() - started
-    stopped = stop_control.reason if not finished else None
     _record_run(spec, wall, restore, finished, stopped)
     outcome = SweepOutcome(load_sweep(spec.storage, spec.name), finished, wall, stopped)
     if tracking and finished:  # an unfinished sweep keeps its parent runs open for `sweep resume`
@@ -381,11 +384,12 @@ def _ray_trial_statuses(grid: Any) -> dict[str, str]:
     return {str(t.trial_id): str(t.status) for t in trials}
 
 
-def _reconcile(spec: SweepSpec, statuses: dict[str, str]) -> bool:
+def _reconcile(spec: SweepSpec, statuses: dict[str, str], *, stopped: bool = False) -> bool:
     """Settle trial.json and the study where a driver death left them RUNNING; True if finished.
 
     A proposal Ray never recorded (driver killed between proposing and snapshotting) is FAILED
-    with that reason; Ray drew a replacement when it resumed.
+    with that reason; Ray drew a replacement when it resumed. After a stop, Tune calls every
+    unfinished trial TERMINATED in memory while its saved state resumes them: those stay RUNNING.
     """
     from sweeps._optuna import reconcile_study
 
@@ -403,12 +407,13 @@ def _reconcile(spec: SweepSpec, statuses: dict[str, str]) -> bool:
                 )
             elif status == "TERMINATED":
                 done = int(record.get("folds_done") or 0) >= int(record.get("n_folds") or 1 << 30)
-                record = update_trial_record(folder, state=COMPLETE if done else PRUNED, ended=now())
+                if done or not stopped:
+                    record = update_trial_record(folder, state=COMPLETE if done else PRUNED, ended=now())
             elif status == "ERROR":
                 record = update_trial_record(folder, state=FAILED, ended=now())
         records[folder.name] = record
     finished = bool(statuses) and all(s in ("TERMINATED", "ERROR") for s in statuses.values())
-    finished = finished and len(statuses) >= spec.trials
+    finished = finished and len(statuses) >= spec.trials and not stopped
     if finished:
         reconcile_study(spec.sweep_dir, spec.name, records)
     return finished

@@ -3,12 +3,19 @@
 from __future__ import annotations
 
 import os
+import secrets
+import shutil
+import socket
+import tempfile
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
 import trainer._env  # noqa: F401
-from tests.synth import make_dataset
+from tests.support.ray import reload_ray_auth_config, stop_processes_using
+from tests.support.synth import make_dataset
 
 REAL_KVASIR_SEG = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "kvasir-seg"
 
@@ -50,3 +57,73 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         for item in items:
             if "slow" in item.keywords:
                 item.add_marker(skip)
+
+
+# --- servers and clusters the tests start (stopped by the fixture, by pid) ---------------------------
+
+
+@pytest.fixture(scope="module")
+def ray_env() -> Iterator[dict[str, str]]:
+    """Token auth with a test token (nothing written to ~/.ray) and Ray's files in a short temp
+    folder whose processes teardown stops by pid (a SIGKILLed driver's agents outlive it)."""
+    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
+    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_TMPDIR": temp,
+           "RAY_USAGE_STATS_ENABLED": "0"}
+    saved = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    reload_ray_auth_config()
+    try:
+        yield env
+    finally:
+        stop_processes_using(temp)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        shutil.rmtree(temp, ignore_errors=True)
+        reload_ray_auth_config()
+
+
+@pytest.fixture(scope="module")
+def local_ray(ray_env: dict[str, str]) -> Iterator[None]:
+    import cloudpickle
+    import ray
+
+    from tests.support import fake_cv
+
+    cloudpickle.register_pickle_by_value(fake_cv)  # workers need not import the tests package
+    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
+             object_store_memory=200 * 2**20, log_to_driver=False)
+    try:
+        yield
+    finally:
+        ray.shutdown()
+
+
+@pytest.fixture
+def silent_server() -> Iterator[int]:
+    """A loopback port that accepts connections and never answers."""
+    server = socket.socket()
+    server.bind(("127.0.0.1", 0))
+    server.listen(16)
+    held: list[socket.socket] = []
+    stop = threading.Event()
+
+    def accept() -> None:
+        server.settimeout(0.2)
+        while not stop.is_set():
+            try:
+                held.append(server.accept()[0])
+            except OSError:
+                continue
+
+    thread = threading.Thread(target=accept, daemon=True)
+    thread.start()
+    yield server.getsockname()[1]
+    stop.set()
+    thread.join()
+    for conn in held:
+        conn.close()
+    server.close()
+

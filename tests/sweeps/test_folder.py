@@ -10,7 +10,7 @@ import pytest
 
 from sweeps.cli import main
 from sweeps.folder import SweepFolder, format_leaderboard, load_sweep, rank_trials
-from tests.fake_sweep import FakeTrial, default_trials, make_sweep
+from tests.support.fake_sweep import FakeTrial, default_trials, make_sweep
 
 
 def _order_in(text: str, trial_ids: list[str]) -> list[str]:

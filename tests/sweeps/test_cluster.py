@@ -1,7 +1,7 @@
 """A sweep on a real two-node Ray cluster on this machine, with token auth; one node dies mid-sweep.
 
 Run inside a loopback-only network namespace:
-``unshare -n sh -c 'ip link set lo up && .venv/bin/python -m pytest tests/test_sweeps_cluster.py'``.
+``unshare -n sh -c 'ip link set lo up && .venv/bin/python -m pytest tests/sweeps/test_cluster.py'``.
 Both nodes are ``ray start --block`` processes on 127.0.0.1 (one CPU, bounded memory and a custom
 resource each); the test stops every process of each node by pid.
 """
@@ -26,10 +26,10 @@ from pathlib import Path
 import pytest
 
 from sweeps.folder import format_leaderboard, load_sweep, read_events, read_trial_record
-from tests.synth import make_dataset
-from tests.test_sweeps_ray import SPACE
+from tests.support.ray import TINY_SPACE
+from tests.support.synth import make_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 RAY = str(REPO / ".venv" / "bin" / "ray")
 
 
@@ -123,7 +123,7 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], list[Node]]]:
 
 _DRIVER = """\
 import sys, cloudpickle
-import tests.test_sweeps_fake_cv as fake
+import tests.support.fake_cv as fake
 cloudpickle.register_pickle_by_value(fake)
 from sweeps.runner import run_sweep
 from sweeps.spec import SweepSpec
@@ -142,7 +142,7 @@ def test_sweep_on_two_nodes_survives_losing_one(
     address, env, nodes = cluster
     head, worker = nodes
     data = make_dataset(tmp_path / "data", 12)
-    (tmp_path / "tiny.yaml").write_text(SPACE)
+    (tmp_path / "tiny.yaml").write_text(TINY_SPACE)
     storage = tmp_path / "out"
     (storage / "c").mkdir(parents=True)
     (storage / "c" / "fake.json").write_text(json.dumps({"fold_seconds": 4}))

@@ -15,7 +15,7 @@ import psutil
 import pytest
 
 from sweeps.ui import free_port
-from tests.test_tracking import drive
+from tests.support.tracking import drive
 from trainer.tracking import finish_sweep_tracking, open_trackers, start_sweep_tracking
 
 pytestmark = pytest.mark.slow
@@ -56,7 +56,7 @@ def test_ui_serves_both_dashboards_and_stops_every_process(tmp_path: Path) -> No
     ui = subprocess.Popen(
         [*ui_command(), "s1", "--storage", str(tmp_path / "sweeps"),
          "--port-mlflow", str(port_mlflow), "--port-optuna", str(port_optuna)],
-        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[1],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=Path(__file__).parents[2],
     )  # fmt: skip
     try:
         printed = []

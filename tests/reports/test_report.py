@@ -17,7 +17,7 @@ from reports.report import build_report, render_html, render_markdown
 from reports.retrain import imitated_schedule
 from sweeps.cli import main
 from sweeps.folder import load_sweep, rank_trials, record_test_scores
-from tests.fake_sweep import FakeTrial, make_sweep, read_json
+from tests.support.fake_sweep import FakeTrial, make_sweep, read_json
 from trainer.config import CVConfig, load_config_file
 from trainer.errors import SegsweepError
 

@@ -1,25 +1,20 @@
 """Sweeps on a real local Ray: trials, study, ASHA pruning, failures, resume after kill -9.
 
 Run inside a loopback-only network namespace:
-``unshare -n sh -c 'ip link set lo up && .venv/bin/python -m pytest tests/test_sweeps_ray.py'``.
+``unshare -n sh -c 'ip link set lo up && .venv/bin/python -m pytest tests/sweeps/test_ray.py'``.
 Most tests run trials with the stand-in cross-validation of test_sweeps_fake_cv (seconds per
 trial); the ``slow`` ones run the real trainer through the ``segsweep`` command.
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import secrets
-import shutil
 import signal
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,86 +33,16 @@ from sweeps.folder import (
 )
 from sweeps.runner import run_sweep
 from sweeps.spec import SweepSpec
-from tests import test_sweeps_fake_cv as fake
-from tests.synth import make_dataset
+from tests.support import fake_cv as fake
+from tests.support.ray import TINY_SPACE, fold_trainings, wait_for
+from tests.support.synth import make_dataset
 
-REPO = Path(__file__).resolve().parents[1]
-SPACE = """\
-name: tiny
-params:
-  lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
-  encoder: {type: categorical, choices: [mobilenetv2, resnet18]}
-fixed:
-  weights: none
-  image_size: 64
-  folds: 3
-  epochs: 1
-  batch_size: 2
-"""
-
-
-@pytest.fixture(scope="module")
-def ray_env() -> Iterator[dict[str, str]]:
-    """Token auth with a test token (nothing written to ~/.ray) and Ray's files in a short temp
-    folder whose processes teardown stops by pid (a SIGKILLed driver's agents outlive it)."""
-    temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_TMPDIR": temp,
-           "RAY_USAGE_STATS_ENABLED": "0"}
-    saved = {k: os.environ.get(k) for k in env}
-    os.environ.update(env)
-    _reload_ray_auth_config()
-    try:
-        yield env
-    finally:
-        _stop_processes_using(temp)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-        shutil.rmtree(temp, ignore_errors=True)
-        _reload_ray_auth_config()
-
-
-def _reload_ray_auth_config() -> None:
-    """Ray reads RAY_AUTH_MODE and the token once per process; make this process see the change."""
-    from ray._raylet import AuthenticationTokenLoader, Config
-
-    Config.initialize("")
-    AuthenticationTokenLoader.instance().reset_cache()
-
-
-def _stop_processes_using(marker: str) -> None:
-    """SIGKILL the processes whose command line names ``marker`` (our Ray temp folder), by pid."""
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(int(proc.name), signal.SIGKILL)
-
-
-@pytest.fixture(scope="module")
-def local_ray(ray_env: dict[str, str]) -> Iterator[None]:
-    import cloudpickle
-    import ray
-
-    cloudpickle.register_pickle_by_value(fake)  # workers need not import the tests package
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             object_store_memory=200 * 2**20, log_to_driver=False)
-    try:
-        yield
-    finally:
-        ray.shutdown()
+REPO = Path(__file__).resolve().parents[2]
 
 
 def _sweep(tmp_path: Path, name: str, fake_settings: dict[str, Any], **options: Any) -> SweepSpec:
     data = make_dataset(tmp_path / "data", 12)
-    (tmp_path / "tiny.yaml").write_text(SPACE)
+    (tmp_path / "tiny.yaml").write_text(TINY_SPACE)
     (tmp_path / "out" / name).mkdir(parents=True)
     (tmp_path / "out" / name / "fake.json").write_text(json.dumps(fake_settings))
     return SweepSpec(name=name, data=str(data), space=str(tmp_path / "tiny.yaml"),
@@ -127,10 +52,6 @@ def _sweep(tmp_path: Path, name: str, fake_settings: dict[str, Any], **options: 
 def _study(sweep_dir: Path, name: str) -> dict[str, optuna.trial.FrozenTrial]:
     study = optuna.load_study(study_name=name, storage=SweepFolder(sweep_dir).optuna_url)
     return {t.user_attrs[STUDY_TRIAL_ID_ATTR]: t for t in study.get_trials()}
-
-
-def _fold_trainings(trial_dir: Path) -> Counter[int]:
-    return Counter(e["fold"] for e in read_events(trial_dir) if e["event"] == "fold_end")
 
 
 @pytest.mark.slow
@@ -150,7 +71,7 @@ def test_sweep_records_every_trial_in_folder_study_and_leaderboard(tmp_path: Pat
         assert frozen.intermediate_values.keys() == {1, 2, 3}
         assert frozen.value == pytest.approx(trial.mean["dice"])
         assert trial.config["lr"] == trial.params["lr"] and trial.config["folds"] == 3
-        assert _fold_trainings(trial.path) == {1: 1, 2: 1, 3: 1}  # type: ignore[arg-type]
+        assert fold_trainings(trial.path) == {1: 1, 2: 1, 3: 1}  # type: ignore[arg-type]
         # A fold-level checkpoint under ray/ holds the fold files.
         checkpoints = sorted((sweep.path / "ray" / trial.trial_id).glob("checkpoint_*"))
         assert checkpoints and len(list((checkpoints[-1] / "folds").glob("fold_*.json"))) == 3
@@ -190,8 +111,8 @@ def test_asha_prunes_and_failed_trials_carry_their_reason(tmp_path: Path, local_
     attempts = read_trial_record(crashed.path)["attempts"]
     assert len(attempts) == 2 and attempts[1]["restored_folds"] == 1
     # The crash took the fold files with it; the retry got fold 1 back from the checkpoint.
-    assert _fold_trainings(crashed.path)[1] == 1
-    assert all(n == 1 for n in _fold_trainings(crashed.path).values())
+    assert fold_trainings(crashed.path)[1] == 1
+    assert all(n == 1 for n in fold_trainings(crashed.path).values())
     assert crashed.state in ("COMPLETE", "PRUNED")
 
     pruned = [t for t in sweep.trials if t.state == "PRUNED"]
@@ -210,7 +131,7 @@ def test_asha_prunes_and_failed_trials_carry_their_reason(tmp_path: Path, local_
 
 _DRIVER = """\
 import sys, cloudpickle
-import tests.test_sweeps_fake_cv as fake
+import tests.support.fake_cv as fake
 cloudpickle.register_pickle_by_value(fake)
 from sweeps.runner import resume_sweep, run_sweep
 from sweeps.spec import SweepSpec
@@ -223,21 +144,10 @@ else:
 """
 
 
-def _wait_for(predicate: Any, timeout: float, what: str, proc: subprocess.Popen[bytes] | None = None) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if predicate():
-            return
-        if proc is not None and proc.poll() is not None:
-            raise AssertionError(f"driver exited ({proc.returncode}) before {what}")
-        time.sleep(0.2)
-    raise AssertionError(f"timed out waiting for {what}")
-
-
 @pytest.mark.slow
 def test_resume_after_sigkill_of_the_driver_trains_no_fold_twice(tmp_path: Path, ray_env: dict[str, str]) -> None:
     data = make_dataset(tmp_path / "data", 12)
-    (tmp_path / "tiny.yaml").write_text(SPACE)
+    (tmp_path / "tiny.yaml").write_text(TINY_SPACE)
     storage = tmp_path / "out"
     (storage / "k").mkdir(parents=True)
     (storage / "k" / "fake.json").write_text(json.dumps({"fold_seconds": 1.5}))
@@ -247,7 +157,7 @@ def test_resume_after_sigkill_of_the_driver_trains_no_fold_twice(tmp_path: Path,
     driver = subprocess.Popen([*args, "run", str(storage), str(data), str(tmp_path / "tiny.yaml")],
                               cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
-        _wait_for(lambda: any((storage / "k" / "trials").glob("*/folds/fold_01.json")), 300,
+        wait_for(lambda: any((storage / "k" / "trials").glob("*/folds/fold_01.json")), 300,
                   "the first fold file", driver)
     finally:
         driver.send_signal(signal.SIGKILL)
@@ -266,7 +176,7 @@ def test_resume_after_sigkill_of_the_driver_trains_no_fold_twice(tmp_path: Path,
     complete = [t for t in sweep.trials if t.state == "COMPLETE"]
     assert len(complete) == 4, format_leaderboard(sweep)
     for trial in complete:
-        assert _fold_trainings(trial.path) == {1: 1, 2: 1, 3: 1}, trial.trial_id  # type: ignore[arg-type]
+        assert fold_trainings(trial.path) == {1: 1, 2: 1, 3: 1}, trial.trial_id  # type: ignore[arg-type]
     assert finished_before  # folds finished before the kill were kept, not retrained (counted above)
     # Any proposal the dead driver had not yet handed to Ray is FAILED, not left RUNNING.
     assert all(t.state in ("COMPLETE", "FAILED") for t in sweep.trials)
@@ -275,4 +185,4 @@ def test_resume_after_sigkill_of_the_driver_trains_no_fold_twice(tmp_path: Path,
     assert states[TrialState.COMPLETE] == 4 and states[TrialState.RUNNING] == 0
 
 
-# The CLI sweep with real training is exercised by tests/test_tracking_sweep.py (with trackers on).
+# The CLI sweep with real training is exercised by tests/sweeps/test_tracking_sweep.py (with trackers on).

@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.synth import make_dataset
+from tests.support.synth import make_dataset
 from trainer.config import CVConfig
 from trainer.cv import make_folds, run_cv
 from trainer.data import prepare_dataset

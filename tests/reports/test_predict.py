@@ -17,7 +17,7 @@ import pytest
 from reports.bundle import BundleError, load_bundle
 from sweeps.cli import main
 from sweeps.folder import load_sweep
-from tests.fake_sweep import FakeTrial, make_sweep, read_json
+from tests.support.fake_sweep import FakeTrial, make_sweep, read_json
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -98,7 +98,7 @@ def test_bundle_loads_in_a_fresh_process(trained: tuple[Path, Path], tmp_path: P
         "np.save(sys.argv[3], predict_probabilities(b.load_model(), np.load(sys.argv[2]), b.config))\n"
     )
     subprocess.run([sys.executable, "-c", script, str(bundle), str(tmp_path / "x.npy"), str(tmp_path / "y.npy")],
-                   check=True, timeout=300, cwd=Path(__file__).parents[1])  # fmt: skip
+                   check=True, timeout=300, cwd=Path(__file__).parents[2])  # fmt: skip
     assert np.allclose(np.load(tmp_path / "y.npy"), here, atol=1e-5)
 
 

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.test_tracking import neptune_operations, silent_server  # noqa: F401  (fixture)
+from tests.support.tracking import find_secrets, neptune_operations
 from trainer.config import CVConfig
 from trainer.tracking import TrackingWarning, open_trackers
 
@@ -26,21 +26,11 @@ def planted_token(port: int) -> str:
     return base64.b64encode(json.dumps(payload).encode()).decode()
 
 
-def find_secrets(folder: Path, secrets: list[str]) -> list[tuple[str, str]]:
-    """(file, secret) for every file under folder (sqlite bytes, .neptune, artifacts...) holding one."""
-    hits = []
-    for path in folder.rglob("*"):
-        if path.is_file():
-            data = path.read_bytes()
-            hits += [(str(path), s) for s in secrets if s.encode() in data]
-    return hits
-
-
 def test_no_token_reaches_any_file_the_run_writes(
     tmp_path: Path,
     monkeypatch: pytest.MonkeyPatch,
     kvasir_seg_dir: Path,
-    silent_server: int,  # noqa: F811
+    silent_server: int,
     capsys: pytest.CaptureFixture[str],
 ) -> None:
     from trainer.cv import run_cv

@@ -10,10 +10,9 @@ from pathlib import Path
 
 import pytest
 
-from tests.synth import make_dataset
-from tests.test_sweeps_ray import ray_env  # noqa: F401
+from tests.support.synth import make_dataset
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 
 
 def readme_notebook_example() -> str:
@@ -25,7 +24,7 @@ def readme_notebook_example() -> str:
 
 
 @pytest.mark.slow
-def test_readme_notebook_example_runs(tmp_path: Path, ray_env: dict[str, str]) -> None:  # noqa: F811
+def test_readme_notebook_example_runs(tmp_path: Path, ray_env: dict[str, str]) -> None:
     data = make_dataset(tmp_path / "data", 40)
     code = readme_notebook_example()
     assert "../shared/data/kvasir-seg" in code and '"medico2020_train"' in code

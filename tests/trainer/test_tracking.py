@@ -2,22 +2,17 @@
 
 from __future__ import annotations
 
-import base64
-import json
-import socket
-import threading
 import time
 import warnings
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from tests.support.tracking import drive, loopback_token, make_preview, neptune_operations
 from trainer.config import CVConfig
 from trainer.errors import ConfigError
 from trainer.reporting import FoldPreview, Reporter
-from trainer.results import CVResult, EpochRecord, FoldResult
 from trainer.tracking import (
     TrackingContext,
     TrackingWarning,
@@ -26,73 +21,6 @@ from trainer.tracking import (
     redact_params,
     start_sweep_tracking,
 )
-
-EPOCHS = 3
-
-
-def make_preview(size: int = 64, k: int = 2) -> FoldPreview:
-    yy, xx = np.mgrid[:size, :size]
-    truth = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2).astype(np.uint8)
-    probs = np.roll(truth, 3, axis=1).astype(np.float32) * 0.9
-    images = np.full((k, size, size, 3), 90, dtype=np.uint8)
-    return FoldPreview(tuple(f"img{i}" for i in range(k)), images, np.stack([truth] * k), np.stack([probs] * k))
-
-
-def make_fold(fold: int) -> FoldResult:
-    history = [EpochRecord(e, 1.0 / e, 1.2 / e, 0.1 * e, 1e-3 if e < 3 else 1e-4) for e in range(1, EPOCHS + 1)]
-    return FoldResult(
-        fold=fold,
-        n_train=6,
-        n_val=2,
-        dice=0.5 + 0.1 * fold,
-        iou=0.4 + 0.1 * fold,
-        epochs_run=EPOCHS,
-        lr_drops=[2],
-        history=history,
-        seconds=1.5,
-    )
-
-
-def drive(
-    reporter: Reporter,
-    out_dir: Path,
-    folds: tuple[int, ...] = (1, 2),
-    n_folds: int = 2,
-    finish: bool = True,
-    done: list[FoldResult] | None = None,
-) -> list[FoldResult]:
-    """Call the hooks as run_cv does; return the completed folds."""
-    completed = list(done or [])
-    try:
-        reporter.on_cv_start(CVConfig(encoder="mobilenetv2", folds=n_folds), n_folds, out_dir)
-        for fold in folds:
-            reporter.on_fold_start(fold, 6, 2)
-            result = make_fold(fold)
-            for rec in result.history:
-                reporter.on_epoch(
-                    fold,
-                    rec.epoch,
-                    {"loss": rec.loss, "val_loss": rec.val_loss, "val_iou": rec.val_iou, "lr": rec.lr},
-                )
-            completed.append(result)
-            reporter.on_fold_end(result, list(completed), make_preview())
-        if finish:
-            reporter.on_cv_end(
-                CVResult(config={}, data={}, n_folds=n_folds, folds=completed, seconds=3.0, complete=True)
-            )
-    finally:
-        reporter.close()
-    return completed
-
-
-def neptune_operations(data_dir: Path) -> list[tuple[Path, dict]]:
-    """Every operation the Neptune client queued offline under data_dir, with its run folder."""
-    ops = []
-    for log in sorted(data_dir.glob("offline/*/data-*.log")):
-        for line in log.read_text().splitlines():
-            ops.append((log.parent, json.loads(line)["obj"]))
-    return ops
-
 
 # --- names and secrets ------------------------------------------------------------------------------
 
@@ -234,39 +162,6 @@ def test_neptune_offline_lands_in_the_run_folder(tmp_path: Path, monkeypatch: py
     for run_dir, op in uploads:
         assert op["file_path"] is None  # contents, not a path outside the folder
         assert (run_dir / "upload_path" / op["tmp_file_name"]).read_bytes()[:4] == b"\x89PNG"
-
-
-@pytest.fixture
-def silent_server() -> Iterator[int]:
-    """A loopback port that accepts connections and never answers."""
-    server = socket.socket()
-    server.bind(("127.0.0.1", 0))
-    server.listen(16)
-    held: list[socket.socket] = []
-    stop = threading.Event()
-
-    def accept() -> None:
-        server.settimeout(0.2)
-        while not stop.is_set():
-            try:
-                held.append(server.accept()[0])
-            except OSError:
-                continue
-
-    thread = threading.Thread(target=accept, daemon=True)
-    thread.start()
-    yield server.getsockname()[1]
-    stop.set()
-    thread.join()
-    for conn in held:
-        conn.close()
-    server.close()
-
-
-def loopback_token(port: int) -> str:
-    address = f"http://127.0.0.1:{port}"
-    payload = {"api_address": address, "api_url": address, "api_key": "planted-neptune-key-0123456789"}
-    return base64.b64encode(json.dumps(payload).encode()).decode()
 
 
 def test_neptune_online_server_that_never_answers_falls_back_offline(

@@ -17,8 +17,7 @@ from typing import Any
 import pytest
 
 from sweeps.ui import free_port, mlflow_command, start_dashboard, stop_dashboards, wait_ready
-from tests.test_secrets import find_secrets
-from tests.test_tracking import neptune_operations
+from tests.support.tracking import find_secrets, neptune_operations
 
 pytestmark = [pytest.mark.slow]
 
