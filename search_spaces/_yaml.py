@@ -29,7 +29,7 @@ from typing import Any
 import yaml
 
 from search_spaces._space import PARAM_TYPES, Choice, Param, ParamType, SearchSpace
-from trainer.config import CVConfig
+from trainer.config import CVConfig, yaml_error_line
 from trainer.errors import ConfigError
 
 TOP_KEYS = ("name", "description", "params", "fixed")
@@ -485,14 +485,8 @@ def _compose(text: str, source: str) -> tuple[yaml.SafeLoader, yaml.Node | None]
     loader = yaml.SafeLoader(text)
     try:
         return loader, loader.get_single_node()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = f", line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(
-            f"{source}{line}: not valid YAML ({exc.problem or exc.context}); fix the syntax there"
-        ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({exc}); fix the syntax") from None
+        raise ConfigError(yaml_error_line(source, exc)) from None
 
 
 def parse_space_text(text: str, source: str, default_name: str) -> SearchSpace:

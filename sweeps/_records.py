@@ -68,7 +68,9 @@ def append_event(folder: Path, event: str, **fields: Any) -> None:
     """
     import os
 
-    line = json.dumps({"time": now(), "event": event, "pid": os.getpid(), **fields})
+    from trainer.results import dumps_strict
+
+    line = dumps_strict({"time": now(), "event": event, "pid": os.getpid(), **fields})
     with _locked(folder), open(folder / EVENTS_FILE, "a") as handle:
         handle.write(line + "\n")
 

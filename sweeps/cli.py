@@ -11,7 +11,7 @@ import argparse
 import sys
 from collections.abc import Sequence
 
-import trainer._env  # noqa: F401  (sets the Keras environment before anything imports it)
+import trainer._env  # sets the Keras environment before anything imports it; umask at start
 from trainer.errors import SegsweepError
 
 
@@ -35,12 +35,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        trainer._env.apply_umask()
         code: int = args.handler(args)
     except SegsweepError as exc:
         print(f"segsweep: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("segsweep: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"segsweep: interrupted{'; ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 130
     return code
 

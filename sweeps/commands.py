@@ -50,6 +50,9 @@ def register(sub: Any) -> None:
     run.add_argument("--tracker", default=None,
                      help="comma-separated trackers for every trial: mlflow, neptune, or none "
                      "(default: mlflow, plus neptune when NEPTUNE_PROJECT is set)")
+    run.add_argument("--skip-bad", action="store_true",
+                     help="leave out pairs whose image or mask is cut short, undecodable or not a binary mask "
+                     "(listed, and recorded in each trial's cv.json); default: stop naming the file")
     run.set_defaults(handler=_cmd_run)
 
     resume = verbs.add_parser(
@@ -96,6 +99,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides={"limit": args.limit, "image_size": args.image_size, "folds": args.folds,
                    "epochs": args.epochs, "dev_split": args.dev_split},
         tracker=args.tracker,
+        skip_bad=args.skip_bad,
     )
     spec.validate()  # before any heavy import: option errors answer at once
     return _finish(run_sweep(spec))

@@ -43,6 +43,7 @@ class SweepSpec:
     tracker: str | None = None
     max_failures: int = 2
     created: str | None = None
+    skip_bad: bool = False  # leave out pairs whose files are cut short, undecodable or not masks
 
     @property
     def sweep_dir(self) -> Path:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import os
 import tempfile
 from dataclasses import asdict, dataclass, field
@@ -46,8 +47,10 @@ class FoldResult:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FoldResult:
-        values = dict(values)
-        values["history"] = [EpochRecord(**h) for h in values.get("history", [])]
+        values = _nan_for_null(dict(values), ("dice", "iou"))
+        values["history"] = [
+            EpochRecord(**_nan_for_null(h, ("loss", "val_loss", "val_iou", "lr"))) for h in values.get("history", [])
+        ]
         return cls(**values)
 
 
@@ -87,6 +90,9 @@ class CVResult:
     def from_dict(cls, values: dict[str, Any]) -> CVResult:
         values = dict(values)
         values["folds"] = [FoldResult.from_dict(f) for f in values.get("folds", [])]
+        for key in ("mean", "std"):
+            if isinstance(values.get(key), dict):
+                values[key] = _nan_for_null(values[key], tuple(values[key]))
         return cls(**values)
 
     @classmethod
@@ -94,15 +100,38 @@ class CVResult:
         return cls.from_dict(json.loads(Path(path).read_text()))
 
 
+def _nan_for_null(values: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Strict JSON writes a missing number (NaN) as null; in memory it is NaN again."""
+    return {k: (float("nan") if k in keys and v is None else v) for k, v in values.items()}
+
+
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN/inf float (numpy's too) replaced by None, at every depth."""
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def dumps_strict(payload: Any, **options: Any) -> str:
+    """Strict JSON (RFC 8259: no NaN or Infinity, which jq and browsers reject); non-finite -> null."""
+    return json.dumps(finite_or_none(payload), allow_nan=False, **options)
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    """Write strict JSON through a temporary file and a rename, so readers never see half a file."""
+    from trainer._env import created_file_mode
+
+    text = dumps_strict(payload, indent=2) + "\n"
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
-        os.fchmod(fd, 0o644)  # mkstemp makes owner-only files; results are meant to be read by others
+        os.fchmod(fd, created_file_mode())  # mkstemp makes 0600 files; follow the umask like other outputs
         with os.fdopen(fd, "w") as handle:
-            json.dump(payload, handle, indent=2, allow_nan=True)
-            handle.write("\n")
+            handle.write(text)
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
