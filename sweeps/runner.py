@@ -300,19 +300,21 @@ def probe_address(address: str) -> None:
 
 
 def private_ray_temp_dir() -> str:
-    """A fresh 0700 folder for the local Ray's sockets, logs and spilled objects.
+    """A folder for the local Ray's sockets, logs and spilled objects, inside a fresh 0700 folder.
 
-    Not Ray's default /tmp/ray, which other users of the machine can read. Short, because Ray puts
-    Unix sockets under it (``session_<date>_<pid>/sockets/plasma_store``, about 65 characters) and a
-    socket path has at most 107 bytes.
+    Not Ray's default /tmp/ray, which other users of the machine can read. Ray makes its own temp
+    folder world-writable (0777), hence the private folder around it. Short, because Ray puts Unix
+    sockets under it (``session_<date>_<pid>/sockets/plasma_store``) and a socket path has at most
+    107 bytes. Remove ``os.path.dirname`` of it when done.
     """
     import tempfile
 
     base = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
-    folder = tempfile.mkdtemp(prefix="segsweep-ray-", dir=base)  # mkdtemp: mode 0700
+    private = tempfile.mkdtemp(prefix="segsweep-ray-", dir=base)  # mkdtemp: mode 0700
+    folder = os.path.join(private, "r")
     longest_socket = len(folder) + len("/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store")
     if longest_socket > 107:
-        os.rmdir(folder)
+        os.rmdir(private)
         raise ConfigError(
             f"Ray's temporary folder {folder} is too long for its Unix sockets ({longest_socket} > 107 "
             "bytes); set RAY_TMPDIR to a short folder such as /tmp"
@@ -342,6 +344,11 @@ def ray_session(address: str | None, *, object_store_bytes: int) -> Iterator[Non
             temp_dir = private_ray_temp_dir()
             _start_local_ray(object_store_bytes, {**quiet, "_temp_dir": temp_dir})
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+        if temp_dir is not None:
+            import shutil
+
+            ray.shutdown()
+            shutil.rmtree(os.path.dirname(temp_dir), ignore_errors=True)
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         hint = (
             "; start the head with `ray start --head --port PORT` and pass --address HEAD_IP:PORT "
@@ -358,7 +365,7 @@ def ray_session(address: str | None, *, object_store_bytes: int) -> Iterator[Non
         if temp_dir is not None:
             import shutil
 
-            shutil.rmtree(temp_dir, ignore_errors=True)
+            shutil.rmtree(os.path.dirname(temp_dir), ignore_errors=True)
 
 
 def _start_local_ray(object_store_bytes: int, quiet: dict[str, Any]) -> None:

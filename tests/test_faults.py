@@ -32,8 +32,12 @@ import pytest
 
 from sweeps.cli import main
 
-#: stderr lines that are not the one message: warnings segsweep or its libraries print on the way.
-KNOWN_NOISE = re.compile(r"^(segsweep: warning: |\[segsweep\] |\s+\S+ (is|truncated|cannot) )")
+#: stderr lines that are not the one message: warnings segsweep or its libraries print on the way (MLflow's
+#: and TensorFlow's start-up logs in a subprocess).
+KNOWN_NOISE = re.compile(
+    r"^(segsweep: warning: |\[segsweep\] |\s+\S+ (is|truncated|cannot) |\d{4}/\d\d/\d\d \S+ INFO |"
+    r"WARNING: All log messages before absl|[IWE]\d{4} \d\d:\d\d:\d\d)"
+)
 
 
 @dataclass

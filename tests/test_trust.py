@@ -187,7 +187,7 @@ def test_ray_temp_folder_is_private_and_short_enough_for_sockets(
 ) -> None:
     from sweeps.runner import private_ray_temp_dir
 
-    folder = Path(private_ray_temp_dir())
+    folder = Path(private_ray_temp_dir()).parent  # Ray makes its own folder 0777: this one keeps others out
     try:
         assert stat.S_IMODE(folder.stat().st_mode) == 0o700 and folder.name.startswith("segsweep-ray-")
     finally:
