@@ -127,3 +127,17 @@ def test_kvasir_seg_masks_read_exactly_as_before(real_kvasir_seg: Path) -> None:
     for path in paths:
         before = (cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) >= MASK_THRESHOLD).astype(np.uint8)
         np.testing.assert_array_equal(read_mask(path), before, err_msg=str(path))
+
+
+def test_half_cut_jpeg_image_is_refused_not_decoded_with_grey_rows(kvasir_seg_dir: Path, tmp_path: Path) -> None:
+    """libjpeg "recovers" a JPEG cut in half (grey bottom rows) with only a warning on stderr; predict and
+    training used such images. The reader refuses it, naming the file, as `data check` does."""
+    from trainer.data import read_image
+    from trainer.decode import BadFileError
+
+    source = kvasir_seg_dir / "images" / "case000.jpg"
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    assert cv2.imread(str(cut)) is not None  # OpenCV alone decodes it
+    with pytest.raises(BadFileError, match=r"cut\.jpg: truncated JPEG"):
+        read_image(cut)

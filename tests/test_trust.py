@@ -219,3 +219,15 @@ def test_interrupted_fold_run_is_killed_once_and_tagged(tmp_path: Path) -> None:
     runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
     (fold,) = [r for r in runs if r.data.tags.get("segsweep.kind") == "fold"]
     assert fold.info.status == "KILLED" and fold.data.tags["segsweep.interrupted"] == "true"
+
+
+def test_resume_command_repeats_every_given_option() -> None:
+    import shlex
+
+    from sweeps.cli import build_parser
+    from trainer.cli import resume_command
+
+    argv = ["cv", "--data", "my data", "--out", "o", "--epochs", "3", "--no-augment", "--skip-bad", "--lr", "0.01"]
+    args = build_parser().parse_args(argv)
+    again = build_parser().parse_args(shlex.split(resume_command(args))[1:])
+    assert vars(again) == vars(args)
