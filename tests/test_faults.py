@@ -136,6 +136,10 @@ def _all_empty(ws: Workspace) -> None:
         cv2.imwrite(str(ws.mask(f"case{i:03d}")), np.zeros((64, 64), np.uint8))
 
 
+#: Secret values planted by cases: no output may carry them (not even the error refusing them).
+PLANTED_SECRETS = ("abcdef123456", "hunter22hunter")
+
+
 def _nested_secret_config(ws: Workspace) -> list[str]:
     config = ws.write("c.yaml", "extra:\n  neptune:\n    api_token: abcdef123456\n")
     return cv(ws, "--config", str(config))
@@ -351,6 +355,7 @@ def test_fault(
     code = main(argv)
     captured = capsys.readouterr()
     assert "Traceback" not in captured.err + captured.out
+    assert not [s for s in PLANTED_SECRETS if s in captured.err + captured.out]
     assert code == fault.exit, captured.err
     if fault.stream == "stderr":
         lines = _message_lines(captured.err)

@@ -268,8 +268,9 @@ def prepare_dataset(
 
 def _bad_files_error(root: Path, bad: Sequence[BadFileError]) -> DataError:
     more = f" (and {len(bad) - 1} more bad file(s))" if len(bad) > 1 else ""
+    fix = bad[0].fix or "replace the file(s)"
     return DataError(
-        f"{bad[0].path}: {bad[0].problem}{more}; replace the file(s), or pass --skip-bad to leave such pairs "
+        f"{bad[0].path}: {bad[0].problem}{more}; {fix}, or pass --skip-bad to leave such pairs "
         f"out (`segsweep data check {root}` lists them all)"
     )
 
