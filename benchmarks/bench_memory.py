@@ -97,7 +97,7 @@ class ProcessMemorySampler:
 
 
 def sweep(tmp: Path, data: Path, space: Path, name: str, trials: int, limit: int | None) -> dict[str, Any]:
-    from sweeps._records import read_trial_record
+    from sweeps.folder import read_trial_record
 
     from sweeps.runner import run_sweep
     from sweeps.spec import SweepSpec

@@ -1,6 +1,7 @@
 """The polyp counter: external contours of a binarised mask, without the specks.
 
-A mask is binarised (0/255 with JPEG noise at 128, 0/1 as is; :func:`trainer.data.read_mask`),
+A mask is read by the one mask reader (:func:`trainer.data.read_mask`: any bit depth, 0/255 with
+JPEG noise at 128, 0/1 or 0/max as is; a file that is not a binary mask is refused, not counted),
 its outermost contours found with OpenCV (``RETR_EXTERNAL``: a region inside another's hole is part
 of the outer object), and contours whose filled area is below ``min_area`` (a fraction of the image's
 area) are dropped as specks. Each object is reported with its filled area in pixels and its bounding
@@ -30,6 +31,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.data import IMAGE_EXTENSIONS, read_mask
+from trainer.decode import NotAMaskError
 from trainer.errors import DataError, SegsweepError
 
 #: Smallest object kept, as a fraction of the image's area. Chosen on Kvasir-SEG's true masks (see the
@@ -128,6 +130,8 @@ def count_folder(
     for path in list_mask_files(Path(folder)):
         try:
             mask = read_mask(path)
+        except NotAMaskError as exc:  # counting its "objects" would be a number without meaning
+            raise DataError(f"{exc} (segsweep count reads binary masks only)") from None
         except DataError as exc:
             unreadable.append((path, str(exc)))
             continue

@@ -26,6 +26,7 @@ from reports.bundle import ModelBundle, load_bundle
 from reports.count import COUNT_COLUMNS, DEFAULT_MIN_AREA, check_min_area, count_objects
 from sweeps.folder import SweepFolder, record_test_scores
 from trainer.data import IMAGE_EXTENSIONS
+from trainer.decode import BadFileError
 from trainer.errors import DataError, SegsweepError
 from trainer.files import write_json_atomic
 
@@ -89,7 +90,7 @@ def _size(path: Path) -> tuple[int, int] | None:
 
 
 def _check_masks(images: dict[str, Path], masks: dict[str, Path], masks_dir: Path) -> None:
-    """Raise with the stems that do not pair, and the pairs whose sizes differ."""
+    """Raise with the stems that do not pair, masks that are not binary masks, and sizes that differ."""
     problems = []
     no_mask = sorted(set(images) - set(masks))
     no_image = sorted(set(masks) - set(images))
@@ -100,15 +101,22 @@ def _check_masks(images: dict[str, Path], masks: dict[str, Path], masks_dir: Pat
     if no_image:
         problems.append(f"{len(no_image)} mask(s) have no image (e.g. {', '.join(no_image[:5])})")
     if not problems:
+        from trainer.data import read_mask
+
         for stem in sorted(images):
             image_size, mask_size = _size(images[stem]), _size(masks[stem])
-            if mask_size is None:
-                problems.append(f"mask {masks[stem]} cannot be read")
-            elif image_size is not None and image_size != mask_size:
-                problems.append(
-                    f"{images[stem].name} is {image_size[1]}x{image_size[0]} but its mask {masks[stem]} is "
-                    f"{mask_size[1]}x{mask_size[0]}"
-                )
+            try:
+                read_mask(masks[stem])  # the reader training used: cut short, label map, photo -> named here
+            except DataError as exc:
+                problems.append(str(exc).split("; ")[0])
+            else:
+                if mask_size is None:
+                    problems.append(f"mask {masks[stem]} cannot be read")
+                elif image_size is not None and image_size != mask_size:
+                    problems.append(
+                        f"{images[stem].name} is {image_size[1]}x{image_size[0]} but its mask {masks[stem]} is "
+                        f"{mask_size[1]}x{mask_size[0]}"
+                    )
             if len(problems) >= 5:
                 break
     if problems:
@@ -200,8 +208,8 @@ def predict_folder(
         for stem in stems[start : start + batch_size]:
             try:
                 originals.append((stem, read_image(images[stem])))
-            except DataError:
-                prediction.skipped.append((str(images[stem]), "cannot be decoded as an image"))
+            except BadFileError as exc:  # cut short (libjpeg would "recover" it with grey rows) or undecodable
+                prediction.skipped.append((str(images[stem]), exc.problem))
         if not originals:
             continue
         batch = np.stack(

@@ -133,6 +133,28 @@ def best_configuration(sweep: SweepResults, choice: WinnerChoice) -> dict[str, A
 # --- sections --------------------------------------------------------------------------------------
 
 
+def data_quality(trial: TrialResult | None) -> str | None:
+    """A warning about the data the trial ran on (mostly empty masks, pairs left out), from its cv.json."""
+    import json
+
+    if trial is None or trial.path is None or not (trial.path / "cv.json").is_file():
+        return None
+    try:
+        quality = (json.loads((trial.path / "cv.json").read_text()).get("data") or {}).get("quality") or {}
+    except (OSError, ValueError, AttributeError):
+        return None
+    notes = []
+    if quality.get("mostly_empty"):
+        share = quality.get("empty_mask_share") or 0.0
+        notes.append(
+            f"WARNING: {quality.get('n_empty_masks')} masks ({100 * share:.0f}%) are empty; an empty truth scores "
+            "Dice 1 when nothing is predicted, so these scores overstate what the model finds"
+        )
+    if quality.get("skipped"):
+        notes.append(f"{len(quality['skipped'])} bad pair(s) left out (--skip-bad; listed in the trial's cv.json)")
+    return "; ".join(notes) or None
+
+
 def _overview(sweep: SweepResults, choice: WinnerChoice) -> Section:
     states: dict[str, int] = {}
     for trial in sweep.trials:
@@ -142,6 +164,7 @@ def _overview(sweep: SweepResults, choice: WinnerChoice) -> Section:
         ["sweep", sweep.name],
         ["folder", str(sweep.path)],
         ["data", str(data_path(sweep, choice.winner))],
+        *([["data quality", note]] if (note := data_quality(choice.winner)) else []),
         ["search space", format_value(spec.get("space"))],
         [
             "trials",

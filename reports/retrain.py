@@ -187,7 +187,9 @@ def retrain(
         raise DataError(f"the sweep's data set {root} is not there; retrain where the sweep's data is")
     _check_out(out)
 
-    data = prepare_dataset(root, config.image_size, split=config.dev_split, limit=config.limit)
+    # The pairs the sweep left out with --skip-bad stay out of the final model too.
+    skip_bad = bool(sweep.spec.get("skip_bad"))
+    data = prepare_dataset(root, config.image_size, split=config.dev_split, limit=config.limit, skip_bad=skip_bad)
     fold_drops = [list(f.lr_drops) for f in trial.folds]
     drop_epochs = imitated_schedule(fold_drops, config.epochs)
     if verbose:

@@ -29,8 +29,9 @@ from typing import Any
 import yaml
 
 from search_spaces._space import PARAM_TYPES, Choice, Param, ParamType, SearchSpace
-from trainer.config import CVConfig
+from trainer.config import CVConfig, yaml_error_line
 from trainer.errors import ConfigError
+from trainer.tracking._secrets import MASK, redact_params
 
 TOP_KEYS = ("name", "description", "params", "fixed")
 PARAM_KEYS = ("type", "choices", "low", "high", "log", "step", "when")
@@ -159,7 +160,9 @@ class _Reader:
             value = self.coerce(value_node, key, self.value(value_node))
             fixed[key] = value
             # Each value is checked on top of those before it, so a problem is pinned to its line.
-            self.check_config(value_node, fixed, f"fixed {key}: {value!r} cannot be used")
+            # The value is shown without secret-like keys: the message must not carry a token it refuses.
+            shown = redact_params({key: value}).get(key, MASK)
+            self.check_config(value_node, fixed, f"fixed {key}: {shown!r} cannot be used")
         return fixed
 
     def params(self, node: yaml.Node, fixed: dict[str, Any]) -> dict[str, Param]:
@@ -485,14 +488,8 @@ def _compose(text: str, source: str) -> tuple[yaml.SafeLoader, yaml.Node | None]
     loader = yaml.SafeLoader(text)
     try:
         return loader, loader.get_single_node()
-    except yaml.MarkedYAMLError as exc:
-        mark = exc.problem_mark or exc.context_mark
-        line = f", line {mark.line + 1}" if mark is not None else ""
-        raise ConfigError(
-            f"{source}{line}: not valid YAML ({exc.problem or exc.context}); fix the syntax there"
-        ) from None
     except yaml.YAMLError as exc:
-        raise ConfigError(f"{source}: not valid YAML ({exc}); fix the syntax") from None
+        raise ConfigError(yaml_error_line(source, exc)) from None
 
 
 def parse_space_text(text: str, source: str, default_name: str) -> SearchSpace:

@@ -15,7 +15,7 @@ from importlib.metadata import entry_points
 from pathlib import Path
 from typing import Any
 
-import trainer._env  # noqa: F401  (sets the Keras environment before anything imports it)
+import trainer._env  # sets the Keras environment before anything imports it; umask at start
 from trainer import version
 from trainer.errors import SegsweepError
 
@@ -49,12 +49,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        trainer._env.apply_umask()
         code: int = args.handler(args)
     except SegsweepError as exc:
         print(f"segsweep: error: {exc}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("segsweep: interrupted", file=sys.stderr)
+    except KeyboardInterrupt as exc:
+        print(f"segsweep: interrupted{'; ' + str(exc) if str(exc) else ''}", file=sys.stderr)
         return 130
     return code
 
@@ -162,6 +163,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracker",
                         help="comma-separated trackers for every trial: mlflow, neptune, or none "
                         "(default: mlflow, plus neptune when NEPTUNE_PROJECT is set)")
+    parser.add_argument("--skip-bad", action="store_true", default=None,
+                        help="leave out pairs whose image or mask is cut short, undecodable or not a binary mask "
+                        "(listed, and recorded in each trial's cv.json); default: stop naming the file")
     _add_limit_options(parser)
 
 
@@ -175,7 +179,7 @@ def _add_limit_options(parser: argparse.ArgumentParser) -> None:
 
 #: ``sweep run`` options whose values go to SweepSpec fields of the same name.
 _SPEC_OPTIONS = ("name", "data", "space", "trials", "storage", "concurrency", "cpus_per_trial", "gpus_per_trial",
-                 "scheduler", "seed", "address", "tracker")
+                 "scheduler", "seed", "address", "tracker", "skip_bad")
 
 
 def spec_from_args(args: argparse.Namespace) -> Any:

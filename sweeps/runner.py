@@ -123,6 +123,9 @@ def _execute(
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
+    check_storage(Path(spec.storage))  # before data and Ray: a wrong --storage answers at once
+    if spec.address:
+        probe_address(spec.address)
     with hold_driver_lock(spec.folder):
         clear_stop_request(spec.folder)  # a resumed sweep starts afresh; the last run acted on it
         return _drive(spec, space, restore=restore, cv_runner=cv_runner)
@@ -142,7 +145,9 @@ def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVR
     overrides = spec.cv_overrides()
     probe = probe_config(space, overrides, spec.seed)
     print(f"[segsweep] preparing {spec.data} at {probe.image_size}px", flush=True)
-    data = prepare_dataset(spec.data, probe.image_size, split=probe.dev_split, limit=probe.limit)
+    data = prepare_dataset(
+        spec.data, probe.image_size, split=probe.dev_split, limit=probe.limit, skip_bad=spec.skip_bad
+    )
     val_stems = tuple(read_split(spec.data, probe.val_split)) if probe.val_split else None
     n_folds = 1 if probe.val_split else probe.folds
     print(f"[segsweep] {len(data)} pairs ready ({data.key}); {n_folds} folds per trial", flush=True)
@@ -289,6 +294,76 @@ def _shareable(data: PreparedData) -> PreparedData:
     return dataclasses.replace(data, images=np.asarray(data.images), masks=np.asarray(data.masks))
 
 
+def check_storage(storage: Path) -> None:
+    """--storage must be a folder this process can write (created if missing)."""
+    if storage.exists() and not storage.is_dir():
+        raise ConfigError(
+            f"--storage {storage} is a file, not a folder; pass a folder (created if missing) to hold the sweeps"
+        )
+    try:
+        storage.mkdir(parents=True, exist_ok=True)
+        probe = storage / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot write to --storage {storage}: {exc.strerror or exc}; pass a writable folder "
+            "(on a cluster, one that every node mounts at the same path)"
+        ) from None
+
+
+#: Seconds to wait for a Ray head's GCS port to accept a connection (SEGSWEEP_RAY_CONNECT_TIMEOUT).
+DEFAULT_RAY_CONNECT_TIMEOUT = 30.0
+
+
+def probe_address(address: str) -> None:
+    """Fail in seconds, not after Ray's endless retries, when nothing listens at HOST:PORT."""
+    import socket
+
+    if address == "auto":
+        return
+    host, _, port = address.rpartition(":")
+    host = host.strip("[]")
+    raw = os.environ.get("SEGSWEEP_RAY_CONNECT_TIMEOUT", "")
+    try:
+        timeout = float(raw) if raw else DEFAULT_RAY_CONNECT_TIMEOUT
+    except ValueError:
+        raise ConfigError(f"SEGSWEEP_RAY_CONNECT_TIMEOUT={raw!r} is not a number of seconds") from None
+    try:
+        with socket.create_connection((host, int(port)), timeout=timeout):
+            return
+    except OSError as exc:
+        why = "timed out" if isinstance(exc, TimeoutError) else (exc.strerror or str(exc))
+    raise ConfigError(
+        f"no Ray head answers at --address {address} ({why} within {timeout:g} s); start one there with "
+        f"`ray start --head --port {port}` (see README, On a cluster), or leave out --address to run Ray on "
+        "this machine"
+    )
+
+
+def private_ray_temp_dir() -> str:
+    """A folder for the local Ray's sockets, logs and spilled objects, inside a fresh 0700 folder.
+
+    Not Ray's default /tmp/ray, which other users of the machine can read. Ray makes its own temp
+    folder world-writable (0777), hence the private folder around it. Short, because Ray puts Unix
+    sockets under it (``session_<date>_<pid>/sockets/plasma_store``) and a socket path has at most
+    107 bytes. Remove ``os.path.dirname`` of it when done.
+    """
+    import tempfile
+
+    base = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
+    private = tempfile.mkdtemp(prefix="segsweep-ray-", dir=base)  # mkdtemp: mode 0700
+    folder = os.path.join(private, "r")
+    longest_socket = len(folder) + len("/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store")
+    if longest_socket > 107:
+        os.rmdir(private)
+        raise ConfigError(
+            f"Ray's temporary folder {folder} is too long for its Unix sockets ({longest_socket} > 107 "
+            "bytes); set RAY_TMPDIR to a short folder such as /tmp"
+        )
+    return folder
+
+
 def _object_store_bytes(data: PreparedData) -> int:
     """Room for the one copy of the data plus Ray's own objects."""
     return max(256 * _MIB, int(data.images.nbytes + data.masks.nbytes) + 256 * _MIB)
@@ -303,12 +378,19 @@ def ray_session(address: str | None, *, object_store_bytes: int) -> Iterator[Non
         yield
         return
     quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    temp_dir = None
     try:
         if address:
             ray.init(address=address, **quiet)
         else:
-            _start_local_ray(object_store_bytes, quiet)
+            temp_dir = private_ray_temp_dir()
+            _start_local_ray(object_store_bytes, {**quiet, "_temp_dir": temp_dir})
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+        if temp_dir is not None:
+            import shutil
+
+            ray.shutdown()
+            shutil.rmtree(os.path.dirname(temp_dir), ignore_errors=True)
         where = f"the Ray cluster at {address}" if address else "a local Ray"
         hint = (
             "; start the head with `ray start --head --port PORT` and pass --address HEAD_IP:PORT "
@@ -322,6 +404,10 @@ def ray_session(address: str | None, *, object_store_bytes: int) -> Iterator[Non
         yield
     finally:
         ray.shutdown()
+        if temp_dir is not None:
+            import shutil
+
+            shutil.rmtree(os.path.dirname(temp_dir), ignore_errors=True)
 
 
 #: Tries of a local Ray start: Ray gives its raylet a fixed 30 s to register, which a busy machine

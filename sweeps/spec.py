@@ -49,6 +49,7 @@ class SweepSpec:
     #: End this run of the sweep cleanly once this many trials failed (``--max-failures``).
     max_failed_trials: int | None = None
     created: str | None = None
+    skip_bad: bool = False  # leave out pairs whose files are cut short, undecodable or not masks
 
     @property
     def folder(self) -> SweepFolder:

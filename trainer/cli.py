@@ -57,6 +57,12 @@ def register(sub: Any) -> None:
         "(default: mlflow, plus neptune when NEPTUNE_PROJECT is set)",
     )
     cv.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    cv.add_argument(
+        "--skip-bad",
+        action="store_true",
+        help="leave out pairs whose image or mask is cut short, undecodable or not a binary mask "
+        "(listed, and recorded in cv.json); default: stop naming the file",
+    )
     cv.set_defaults(handler=_cmd_cv)
 
     data = sub.add_parser("data", help="check or download data sets")
@@ -104,7 +110,31 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     from trainer.cv import run_cv_command
 
     config, data, out = resolve_cv_args(args)
-    return run_cv_command(config, data, out, tracker=args.tracker, verbose=not args.quiet)
+    try:
+        return run_cv_command(config, data, out, tracker=args.tracker, verbose=not args.quiet, skip_bad=args.skip_bad)
+    except KeyboardInterrupt:
+        raise Interrupted(
+            f"finished folds are kept in {out}; resume with `{resume_command(args)}`"
+        ) from None
+
+
+class Interrupted(KeyboardInterrupt):
+    """Ctrl-C, with what to run to go on (the CLI prints it after "interrupted")."""
+
+
+def resume_command(args: argparse.Namespace) -> str:
+    """The `segsweep cv` command that resumes this run: the same options into the same --out."""
+    import shlex
+
+    words = ["segsweep", "cv"]
+    for name in ["data", "out", "config", *_CV_OPTIONS, "tracker"]:
+        value = getattr(args, name, None)
+        if value is not None:
+            words += ["--" + name.replace("_", "-"), str(value)]
+    if args.augment is False:
+        words.append("--no-augment")
+    words += [flag for flag, on in (("--quiet", args.quiet), ("--skip-bad", args.skip_bad)) if on]
+    return shlex.join(words)
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:

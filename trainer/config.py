@@ -81,9 +81,9 @@ class CVConfig:
             raise ConfigError(f"lr_factor must lie in (0, 1), got {self.lr_factor}")
         if self.lr_patience < 1:
             raise ConfigError(f"lr_patience must be at least 1, got {self.lr_patience}")
-        from trainer.tracking._secrets import is_secret_name
+        from trainer.tracking._secrets import secret_key_paths
 
-        secret_keys = sorted(k for k in self.extra if is_secret_name(str(k)))
+        secret_keys = secret_key_paths(self.extra, "extra.")  # at every depth: {neptune: {api_token: ..}}
         if secret_keys:
             # Configurations are written to cv.json, best.json, reports and trackers: no secrets in them.
             raise ConfigError(
@@ -133,6 +133,18 @@ def _coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
 FILE_ONLY_KEYS = ("data", "out")
 
 
+def yaml_error_line(source: str | Path, exc: Exception) -> str:
+    """One line for a YAML syntax error: file, line and column, what is wrong, and the fix."""
+    import yaml
+
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        where = f", line {mark.line + 1}, column {mark.column + 1}" if mark is not None else ""
+        what = " ".join(str(exc.problem or exc.context or "syntax error").split())
+        return f"{source}{where}: not valid YAML ({what}); fix the syntax there"
+    return f"{source}: not valid YAML ({' '.join(str(exc).split())}); fix the syntax"
+
+
 def load_config_file(path: str | Path) -> tuple[CVConfig, dict[str, Any]]:
     """Read a YAML or JSON configuration; return the config and the file-only keys (data, out)."""
     import yaml
@@ -144,8 +156,12 @@ def load_config_file(path: str | Path) -> tuple[CVConfig, dict[str, Any]]:
         raise ConfigError(f"cannot read configuration file {path}: {exc.strerror}") from None
     try:
         values = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
-    except (json.JSONDecodeError, yaml.YAMLError) as exc:
-        raise ConfigError(f"{path}: not valid {'JSON' if path.suffix == '.json' else 'YAML'}: {exc}") from None
+    except json.JSONDecodeError as exc:
+        raise ConfigError(
+            f"{path}, line {exc.lineno}, column {exc.colno}: not valid JSON ({exc.msg}); fix the syntax there"
+        ) from None
+    except yaml.YAMLError as exc:
+        raise ConfigError(yaml_error_line(path, exc)) from None
     if not isinstance(values, dict):
         raise ConfigError(f"{path}: expected a mapping of option names to values")
     # best.json from `segsweep report` nests the configuration under "config".

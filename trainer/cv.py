@@ -126,6 +126,7 @@ def run_cv(
         "n_pairs": len(data),
         "image_size": data.image_size,
         "cache_key": data.key,
+        "quality": data.quality(),
     }
     completed = load_finished_folds(out_dir, config, data.key)
     done = {f.fold for f in completed}
@@ -268,13 +269,21 @@ def format_fold_table(result: CVResult) -> str:
 
 
 def run_cv_command(
-    config: CVConfig, data_dir: Path, out_dir: Path, *, tracker: str | None = None, verbose: bool = True
+    config: CVConfig,
+    data_dir: Path,
+    out_dir: Path,
+    *,
+    tracker: str | None = None,
+    verbose: bool = True,
+    skip_bad: bool = False,
 ) -> int:
     """`segsweep cv`: prepare the data (cached), cross-validate, print the table, write cv.json."""
     config.validate()
     check_output_dir(out_dir)
     started = time.perf_counter()
-    data = prepare_dataset(data_dir, config.image_size, split=config.dev_split, limit=config.limit)
+    data = prepare_dataset(
+        data_dir, config.image_size, split=config.dev_split, limit=config.limit, skip_bad=skip_bad
+    )
     if verbose:
         print(
             f"data: {len(data)} pairs from {data_dir} at {data.image_size}px "

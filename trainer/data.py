@@ -17,18 +17,23 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
-from trainer.errors import DataError
+# One reader of image and mask files for training, checking, predicting and counting (re-exported).
+from trainer.decode import MASK_THRESHOLD as MASK_THRESHOLD
+from trainer.decode import BadFileError
+from trainer.decode import read_image as read_image
+from trainer.decode import read_mask as read_mask
+from trainer.errors import ConfigError, DataError
 from trainer.files import file_digest
 
 #: Extensions OpenCV decodes that data sets in this field use.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
-#: Bump when decoding or resizing changes, so old caches are not reused.
-CACHE_FORMAT = 1
-#: Grey level at which masks are binarised (JPEG masks carry compression noise around 0 and 255).
-MASK_THRESHOLD = 128
+#: Bump when decoding or resizing changes, so old caches are not reused (2: masks read at their own
+#: bit depth; format 1 read 16-bit 0/255 and 0/1 masks as empty).
+CACHE_FORMAT = 2
 
 
 @dataclass(frozen=True)
@@ -144,6 +149,8 @@ class PreparedData:
     """Decoded, resized pairs: RGB uint8 images (N, S, S, 3) and 0/1 uint8 masks (N, S, S, 1).
 
     Loaded from the cache as read-only memory maps, so trials sharing a machine share the pages.
+    ``skipped`` holds the pairs left out with ``skip_bad`` (file, problem); ``n_empty_masks`` the
+    masks without an object pixel.
     """
 
     images: np.ndarray
@@ -151,9 +158,21 @@ class PreparedData:
     stems: tuple[str, ...]
     image_size: int
     key: str
+    skipped: tuple[tuple[str, str], ...] = ()
+    n_empty_masks: int = 0
 
     def __len__(self) -> int:
         return len(self.stems)
+
+    def quality(self) -> dict[str, Any]:
+        """What cv.json records about the data beyond its size: empty masks and pairs left out."""
+        n = len(self.stems)
+        return {
+            "n_empty_masks": self.n_empty_masks,
+            "empty_mask_share": self.n_empty_masks / n if n else None,
+            "mostly_empty": bool(n) and self.n_empty_masks > n / 2,
+            "skipped": [{"file": f, "problem": why} for f, why in self.skipped],
+        }
 
 
 def default_cache_dir() -> Path:
@@ -175,27 +194,6 @@ def cache_key(index: DatasetIndex, stems: Sequence[str], image_size: int) -> str
     return outer.hexdigest()[:32]
 
 
-def read_image(path: Path) -> np.ndarray:
-    """An RGB uint8 image (H, W, 3). OpenCV decodes to BGR; encoders were trained on RGB."""
-    import cv2
-
-    image = cv2.imread(str(path), cv2.IMREAD_COLOR)
-    if image is None:
-        raise DataError(f"cannot decode image {path}; run `segsweep data check` on its data set")
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
-
-
-def read_mask(path: Path) -> np.ndarray:
-    """A 0/1 uint8 mask (H, W). 0/255 masks (JPEG noise included) binarise at 128; 0/1 masks stay."""
-    import cv2
-
-    mask = cv2.imread(str(path), cv2.IMREAD_GRAYSCALE)
-    if mask is None:
-        raise DataError(f"cannot decode mask {path}; run `segsweep data check` on its data set")
-    threshold = 1 if mask.max() <= 1 else MASK_THRESHOLD
-    return (mask >= threshold).astype(np.uint8)
-
-
 def _decode_pair(args: tuple[Path, Path, int]) -> tuple[np.ndarray, np.ndarray]:
     import cv2
 
@@ -214,6 +212,13 @@ def _decode_pair(args: tuple[Path, Path, int]) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
+def _decode_or_problem(args: tuple[Path, Path, int]) -> tuple[np.ndarray, np.ndarray] | BadFileError:
+    try:
+        return _decode_pair(args)
+    except BadFileError as exc:
+        return exc
+
+
 def prepare_dataset(
     root: str | Path,
     image_size: int,
@@ -222,31 +227,169 @@ def prepare_dataset(
     limit: int | None = None,
     cache_dir: str | Path | None = None,
     progress: bool | None = None,
+    skip_bad: bool = False,
 ) -> PreparedData:
-    """Decode and resize the data set once, then load it from the cache."""
+    """Decode and resize the data set once, then load it from the cache.
+
+    A file that is cut short, does not decode or is not a binary mask stops preparation with its
+    name, unless ``skip_bad`` leaves its pair out (recorded in the cache entry and the result).
+    All masks empty is refused; more than half empty is warned about on every call.
+    """
     index = index_dataset(root)
     stems = select_stems(index, split=split, limit=limit)
+    cache_root = _usable_cache_root(Path(cache_dir) if cache_dir is not None else default_cache_dir())
+    _remove_orphans(cache_root)
     key = cache_key(index, stems, image_size)
-    cache_root = Path(cache_dir) if cache_dir is not None else default_cache_dir()
     entry = cache_root / key
-    if not (entry / "meta.json").is_file():
-        _build_cache(index, stems, image_size, entry, progress)
-    return load_cache(entry)
+    data = _load_valid_entry(entry)
+    if data is None:
+        _build_cache(index, stems, image_size, entry, progress, skip_bad)
+        data = load_cache(entry)
+    if data.skipped and not skip_bad:
+        raise _bad_files_error(index.root, [BadFileError(Path(f), why, "") for f, why in data.skipped])
+    if data.skipped:
+        print(
+            f"segsweep: warning: left out {len(data.skipped)} bad pair(s) of {index.root} (--skip-bad):",
+            file=sys.stderr,
+        )
+        for name, why in data.skipped:
+            print(f"  {name} {why}", file=sys.stderr)
+    _check_empty_masks(index.root, data)
+    return data
+
+
+def _bad_files_error(root: Path, bad: Sequence[BadFileError]) -> DataError:
+    more = f" (and {len(bad) - 1} more bad file(s))" if len(bad) > 1 else ""
+    fix = bad[0].fix or "replace the file(s)"
+    return DataError(
+        f"{bad[0].path}: {bad[0].problem}{more}; {fix}, or pass --skip-bad to leave such pairs "
+        f"out (`segsweep data check {root}` lists them all)"
+    )
+
+
+def _check_empty_masks(root: Path, data: PreparedData) -> None:
+    """All masks empty: refuse. More than half: a loud warning (Dice of an empty truth is 1 when
+    nothing is predicted, so such a data set scores high for a model that finds nothing)."""
+    n, empty = len(data), data.n_empty_masks
+    if n and empty == n:
+        raise DataError(
+            f"all {n} masks of the pairs used from {root} are empty (no object pixel): nothing to learn and "
+            "every score would be meaningless; check that masks/ holds the right files "
+            f"(`segsweep data check {root}`)"
+        )
+    if n and empty > n / 2:
+        print(
+            f"segsweep: WARNING: {empty} of the {n} masks used from {root} are empty (no object pixel); "
+            "an empty truth scores Dice 1 when nothing is predicted, so scores will look high for a model "
+            f"that finds nothing. Check the masks (`segsweep data check {root}`)",
+            file=sys.stderr,
+        )
+
+
+def _usable_cache_root(cache_root: Path) -> Path:
+    if cache_root.exists() and not cache_root.is_dir():
+        raise ConfigError(
+            f"the data cache {cache_root} is a file, not a folder; point SEGSWEEP_CACHE at a folder "
+            "(or unset it to use ~/.cache/segsweep/data)"
+        )
+    try:
+        cache_root.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(
+            f"cannot create the data cache {cache_root}: {exc.strerror}; point SEGSWEEP_CACHE at a writable folder"
+        ) from None
+    if not os.access(cache_root, os.W_OK | os.X_OK):
+        raise ConfigError(f"the data cache {cache_root} is not writable; point SEGSWEEP_CACHE at a writable folder")
+    return cache_root
+
+
+#: A temporary folder of a preparation older than this, and not locked by a live one, is removed.
+ORPHAN_AGE_SECONDS = 600
+_LOCK_NAME = ".building"
+
+
+def _remove_orphans(cache_root: Path) -> None:
+    """Remove temporary folders (``.KEY.xxxx``) that a killed preparation left behind.
+
+    A live preparation holds an flock on its folder's lock file (released by the kernel when the
+    process dies); the age limit covers the moment between creating the folder and locking it.
+    """
+    import fcntl
+    import time
+
+    for tmp in cache_root.glob(".*.*"):
+        try:
+            if not tmp.is_dir() or time.time() - tmp.stat().st_mtime < ORPHAN_AGE_SECONDS:
+                continue
+            with open(tmp / _LOCK_NAME, "a") as lock:
+                try:
+                    fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                except OSError:
+                    continue  # a preparation is still writing it
+                shutil.rmtree(tmp, ignore_errors=True)
+        except OSError:
+            continue
+
+
+def _array_fingerprint(path: Path) -> dict[str, Any]:
+    """Size and a digest of the first and last MiB: catches a truncated or rewritten array in
+    milliseconds (hashing all of a 200 MB array on every load would cost more than loading it)."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(1 << 20))
+        if size > 2 << 20:
+            handle.seek(size - (1 << 20))
+            digest.update(handle.read())
+    return {"size": size, "sample_sha256": digest.hexdigest()}
+
+
+def _load_valid_entry(entry: Path) -> PreparedData | None:
+    """The cache entry if it is whole; a damaged one is removed with a warning (and rebuilt)."""
+    if not entry.exists():
+        return None
+    try:
+        return load_cache(entry)
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        why = str(exc) or type(exc).__name__
+        print(f"segsweep: warning: damaged data cache entry {entry} ({why}); rebuilding it", file=sys.stderr)
+        shutil.rmtree(entry, ignore_errors=True)
+        return None
 
 
 def load_cache(entry: Path) -> PreparedData:
-    meta = json.loads((entry / "meta.json").read_text())
-    images = np.load(entry / "images.npy", mmap_mode="r")
-    masks = np.load(entry / "masks.npy", mmap_mode="r")
-    return PreparedData(images, masks, tuple(meta["stems"]), int(meta["image_size"]), entry.name)
+    """A cache entry checked against its meta.json (format, sizes, digests, shapes); ValueError if not."""
+    try:
+        meta = json.loads((entry / "meta.json").read_text())
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"meta.json is not valid JSON: {exc.msg}") from None
+    if not isinstance(meta, dict) or meta.get("format") != CACHE_FORMAT:
+        raise ValueError(f"meta.json is not of cache format {CACHE_FORMAT}")
+    arrays = {}
+    for name in ("images", "masks"):
+        path = entry / f"{name}.npy"
+        if _array_fingerprint(path) != meta["files"][f"{name}.npy"]:
+            raise ValueError(f"{name}.npy does not match the size and digest in meta.json")
+        arrays[name] = np.load(path, mmap_mode="r")
+    stems, size = tuple(meta["stems"]), int(meta["image_size"])
+    if arrays["images"].shape != (len(stems), size, size, 3) or arrays["masks"].shape != (len(stems), size, size, 1):
+        raise ValueError("the arrays' shapes do not match meta.json")
+    skipped = tuple((str(s["file"]), str(s["problem"])) for s in meta.get("skipped", []))
+    return PreparedData(
+        arrays["images"], arrays["masks"], stems, size, entry.name, skipped, int(meta["n_empty_masks"])
+    )
 
 
-def _build_cache(index: DatasetIndex, stems: Sequence[str], size: int, entry: Path, progress: bool | None) -> None:
+def _build_cache(
+    index: DatasetIndex, stems: Sequence[str], size: int, entry: Path, progress: bool | None, skip_bad: bool = False
+) -> None:
+    import fcntl
+
     entry.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{entry.name}.", dir=entry.parent))
+    lock = open(tmp / _LOCK_NAME, "w")  # noqa: SIM115  (held for the whole build, see _remove_orphans)
     try:
-        images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (len(stems), size, size, 3))
-        masks = np.lib.format.open_memmap(tmp / "masks.npy", "w+", np.uint8, (len(stems), size, size, 1))
+        fcntl.flock(lock, fcntl.LOCK_EX)
         jobs = [(index.images[s], index.masks[s], size) for s in stems]
         show = sys.stderr.isatty() if progress is None else progress
         bar = None
@@ -254,26 +397,55 @@ def _build_cache(index: DatasetIndex, stems: Sequence[str], size: int, entry: Pa
             from tqdm import tqdm
 
             bar = tqdm(total=len(jobs), desc=f"preparing {index.root.name} at {size}px", unit="img")
+        images = np.lib.format.open_memmap(tmp / "images.npy", "w+", np.uint8, (len(stems), size, size, 3))
+        masks = np.lib.format.open_memmap(tmp / "masks.npy", "w+", np.uint8, (len(stems), size, size, 1))
+        bad: list[BadFileError] = []
+        good: list[int] = []
+        n_empty = 0
         with ThreadPoolExecutor(max_workers=os.cpu_count() or 2) as pool:
-            for i, (image, mask) in enumerate(pool.map(_decode_pair, jobs)):
-                images[i] = image
-                masks[i, ..., 0] = mask
+            for i, pair in enumerate(pool.map(_decode_or_problem, jobs)):
+                if isinstance(pair, BadFileError):
+                    bad.append(pair)
+                else:
+                    images[i], masks[i, ..., 0] = pair
+                    n_empty += not pair[1].any()
+                    good.append(i)
                 if bar is not None:
                     bar.update()
         if bar is not None:
             bar.close()
+        if bad and not skip_bad:
+            raise _bad_files_error(index.root, bad)
         images.flush()
         masks.flush()
+        if bad:  # keep only the good rows (rare: --skip-bad with bad files)
+            for name, array in (("images", images), ("masks", masks)):
+                shape = (len(good), *array.shape[1:])
+                kept = np.lib.format.open_memmap(tmp / f"{name}.kept.npy", "w+", np.uint8, shape)
+                kept[:] = array[good]
+                kept.flush()
+                del kept
+                os.replace(tmp / f"{name}.kept.npy", tmp / f"{name}.npy")
         del images, masks
-        meta = {"format": CACHE_FORMAT, "image_size": size, "stems": list(stems), "source": str(index.root)}
+        meta = {
+            "format": CACHE_FORMAT,
+            "image_size": size,
+            "stems": [stems[i] for i in good],
+            "source": str(index.root),
+            "n_empty_masks": n_empty,
+            "skipped": [{"file": str(b.path), "problem": b.problem} for b in bad],
+            "files": {name: _array_fingerprint(tmp / name) for name in ("images.npy", "masks.npy")},
+        }
         (tmp / "meta.json").write_text(json.dumps(meta))
-        if entry.exists() and not (entry / "meta.json").is_file():
-            shutil.rmtree(entry)  # a half-removed entry from a manual clean-up: replace it
+        (tmp / _LOCK_NAME).unlink()
+        if entry.exists():
+            shutil.rmtree(entry)  # a damaged or half-removed entry: replace it
         try:
             os.rename(tmp, entry)
         except OSError:
             if not (entry / "meta.json").is_file():  # not a concurrent writer that won the race
                 raise
     finally:
+        lock.close()
         if tmp.exists():
             shutil.rmtree(tmp, ignore_errors=True)

@@ -14,28 +14,17 @@ segsweep ignores).
 from __future__ import annotations
 
 import os
-import struct
 from collections.abc import Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-import numpy as np
-
-from trainer.data import IMAGE_EXTENSIONS, MASK_THRESHOLD, read_split
+from trainer.data import IMAGE_EXTENSIONS, read_split
+from trainer.decode import BadFileError, binary_mask, decode_image, decode_mask, read_checked_bytes
 from trainer.errors import DataError
 
 Severity = Literal["error", "warning"]
-
-#: Kvasir-SEG masks are JPEGs of 0/255 masks: compression noise keeps every pixel within 30 grey
-#: levels of 0 or 255. Anything between is a soft or anti-aliased edge, or not a mask at all.
-BACKGROUND_MAX = 30
-FOREGROUND_MIN = 225
-
-_JPEG_MAGIC = b"\xff\xd8\xff"
-_PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
 
 @dataclass(frozen=True)
 class Finding:
@@ -238,93 +227,23 @@ class _FileInfo:
 
 
 def _inspect_file(job: tuple[Path, bool]) -> _FileInfo:
-    """Read one image or mask: complete, decodable, and (for masks) binary and not empty."""
-    import cv2
-
+    """Read one image or mask with the reader training uses: complete, decodable, a binary mask."""
     path, is_mask = job
-    kind = "mask" if is_mask else "image"
-    replace = f"replace the {kind} with a complete copy (re-download or re-export it)"
     try:
-        data = path.read_bytes()
-    except OSError as exc:
-        return _FileInfo(None, [Finding("error", path, f"cannot be read: {exc.strerror or exc}", replace)])
-    if not data:
-        return _FileInfo(None, [Finding("error", path, "is empty (0 bytes)", replace)])
-    truncated = _truncation_problem(data)
-    if truncated:
-        # Not decoded: libjpeg would "recover" a cut JPEG (grey bottom rows) and only warn on stderr.
-        return _FileInfo(None, [Finding("error", path, truncated, replace)])
-    flag = cv2.IMREAD_GRAYSCALE if is_mask else cv2.IMREAD_COLOR
-    decoded = cv2.imdecode(np.frombuffer(data, np.uint8), flag)
-    if decoded is None:
-        return _FileInfo(
-            None, [Finding("error", path, f"cannot be decoded as an image ({len(data)} bytes)", replace)]
-        )
-    shape = (int(decoded.shape[0]), int(decoded.shape[1]))
-    if not is_mask:
-        return _FileInfo(shape, [])
-    return _FileInfo(shape, _mask_findings(path, decoded))
-
-
-def _mask_findings(path: Path, mask: np.ndarray) -> list[Finding]:
-    """A mask must be 0/1, or 0/255 up to compression noise; an empty one is worth a warning."""
-    top = int(mask.max())
-    if top <= 1:
-        positive = int(np.count_nonzero(mask))
-    else:
-        between = int(np.count_nonzero((mask > BACKGROUND_MAX) & (mask < FOREGROUND_MIN)))
-        if between:
-            share = 100.0 * between / mask.size
-            return [
-                Finding(
-                    "error",
-                    path,
-                    f"is not binary: {between} pixels ({share:.1f}%) are between {BACKGROUND_MAX + 1} and "
-                    f"{FOREGROUND_MIN - 1} (masks must be 0/255, or 0/1)",
-                    "export the mask as black background and white object, without soft edges",
-                )
-            ]
-        if top <= BACKGROUND_MAX:
-            return [
-                Finding(
-                    "error",
-                    path,
-                    f"holds values 0..{top}: neither a 0/1 nor a 0/255 mask (a label map?); "
-                    "segsweep would read it as empty",
-                    "export a binary mask: 0 for background and 255 (or 1) for the object",
-                )
-            ]
-        positive = int(np.count_nonzero(mask >= MASK_THRESHOLD))
-    if positive == 0:
-        return [
-            Finding(
-                "warning",
-                path,
-                "is empty (no object pixel)",
-                "fine for an image without an object; otherwise re-export the mask",
-            )
-        ]
-    return []
-
-
-def _truncation_problem(data: bytes) -> str | None:
-    """Why the file is cut short, judged from its format's end marker or declared size; else None."""
-    if data.startswith(_JPEG_MAGIC):
-        # Some writers pad after the end-of-image marker with zero bytes; that is harmless.
-        if not data.rstrip(b"\x00").endswith(b"\xff\xd9"):
-            return f"truncated JPEG: no end-of-image marker (FFD9) at the end of its {len(data)} bytes"
-    elif data.startswith(_PNG_MAGIC):
-        if b"IEND" not in data[-64:]:
-            return f"truncated PNG: no IEND chunk at the end of its {len(data)} bytes"
-    elif data.startswith(b"BM") and len(data) >= 6:
-        (declared,) = struct.unpack("<I", data[2:6])
-        if declared > len(data):
-            return f"truncated BMP: {len(data)} bytes but its header declares {declared}"
-    elif data.startswith(b"RIFF") and data[8:12] == b"WEBP":
-        (declared,) = struct.unpack("<I", data[4:8])
-        if declared + 8 > len(data):
-            return f"truncated WebP: {len(data)} bytes but its header declares {declared + 8}"
-    return None
+        data = read_checked_bytes(path, "mask" if is_mask else "image")
+        if not is_mask:
+            image = decode_image(data, path)
+            return _FileInfo((int(image.shape[0]), int(image.shape[1])), [])
+        raw = decode_mask(data, path)
+        shape = (int(raw.shape[0]), int(raw.shape[1]))
+        mask = binary_mask(raw, path)
+    except BadFileError as exc:
+        return _FileInfo(None, [Finding("error", exc.path, exc.problem, exc.fix)])
+    if not mask.any():
+        fix = "fine for an image without an object; otherwise re-export the mask"
+        finding = Finding("warning", path, "is empty (no object pixel)", fix)
+        return _FileInfo(shape, [finding])
+    return _FileInfo(shape, [])
 
 
 def _check_split_files(root: Path, pairs: set[str], report: CheckReport) -> None:

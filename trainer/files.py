@@ -9,6 +9,7 @@ from __future__ import annotations
 import hashlib
 import http.client
 import json
+import math
 import os
 import re
 import sys
@@ -20,6 +21,8 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import IO, Any
+
+import numpy as np
 
 from trainer.errors import DataError
 
@@ -50,13 +53,30 @@ def atomic_path(target: Path, suffix: str = ".part") -> Iterator[Path]:
         partial.unlink(missing_ok=True)
 
 
+def finite_or_none(value: Any) -> Any:
+    """``value`` with every NaN/inf float (numpy's too) replaced by None, at every depth."""
+    if isinstance(value, float | np.floating):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, dict):
+        return {k: finite_or_none(v) for k, v in value.items()}
+    if isinstance(value, list | tuple):
+        return [finite_or_none(v) for v in value]
+    return value
+
+
+def dumps_strict(payload: Any, **options: Any) -> str:
+    """Strict JSON (RFC 8259: no NaN or Infinity, which jq and browsers reject); non-finite -> null."""
+    return json.dumps(finite_or_none(payload), allow_nan=False, **options)
+
+
 def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write JSON through a temporary file and a rename, so readers never see half a file."""
+    """Write strict JSON through a temporary file and a rename, so readers never see half a file."""
+    from trainer._env import created_file_mode
+
+    text = dumps_strict(payload, indent=2) + "\n"
     with atomic_path(path, suffix="") as tmp:
-        os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are meant to be read by others
-        with open(tmp, "w") as handle:
-            json.dump(payload, handle, indent=2, allow_nan=True)
-            handle.write("\n")
+        os.chmod(tmp, created_file_mode())  # mkstemp makes 0600 files; follow the umask like other outputs
+        tmp.write_text(text)
 
 
 # --- fetching (resumable) ------------------------------------------------------------------------

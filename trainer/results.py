@@ -53,8 +53,10 @@ class FoldResult:
 
     @classmethod
     def from_dict(cls, values: dict[str, Any]) -> FoldResult:
-        values = dict(values)
-        values["history"] = [EpochRecord(**h) for h in values.get("history", [])]
+        values = _nan_for_null(dict(values), ("dice", "iou"))
+        values["history"] = [
+            EpochRecord(**_nan_for_null(h, ("loss", "val_loss", "val_iou", "lr"))) for h in values.get("history", [])
+        ]
         return cls(**values)
 
 
@@ -94,11 +96,19 @@ class CVResult:
     def from_dict(cls, values: dict[str, Any]) -> CVResult:
         values = dict(values)
         values["folds"] = [FoldResult.from_dict(f) for f in values.get("folds", [])]
+        for key in ("mean", "std"):
+            if isinstance(values.get(key), dict):
+                values[key] = _nan_for_null(values[key], tuple(values[key]))
         return cls(**values)
 
     @classmethod
     def load(cls, path: str | Path) -> CVResult:
         return cls.from_dict(json.loads(Path(path).read_text()))
+
+
+def _nan_for_null(values: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    """Strict JSON writes a missing number (NaN) as null; in memory it is NaN again."""
+    return {k: (float("nan") if k in keys and v is None else v) for k, v in values.items()}
 
 
 def fold_path(out_dir: Path, fold: int) -> Path:

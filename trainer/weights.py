@@ -15,7 +15,7 @@ here:
   elsewhere against the published hash and copies it into the Keras cache.
 
 :data:`IMAGENET_WEIGHTS` is the table segmentation-models would use, gathered from the packages it
-delegates to (tests/test_weights.py checks it against the installed packages):
+delegates to (tests/trainer/test_weights.py checks it against the installed packages):
 classification_models (image-classifiers 1.0.0; md5), efficientnet 1.0.0 (sha256),
 keras_applications 1.0.8 (VGG, DenseNet: md5; MobileNet, MobileNetV2: no published hash) and
 segmentation-models' own Inception copies (md5).

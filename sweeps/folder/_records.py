@@ -24,7 +24,7 @@ from typing import Any
 
 from sweeps.folder._layout import EVENTS_FILE, FORMAT_VERSION, TRIAL_FILE, SweepFolder
 from trainer.errors import SegsweepError
-from trainer.files import write_json_atomic
+from trainer.files import dumps_strict, write_json_atomic
 from trainer.results import CV_FILE, read_cv_result, read_fold_files
 
 _LOCK_FILE = ".trial.lock"
@@ -204,7 +204,7 @@ def append_event(trial_dir: Path, event: str, **fields: Any) -> None:
 
     ``fold_end`` lines count fold trainings (a resumed sweep must not add a second one for a fold).
     """
-    line = json.dumps({"time": now(), "event": event, "pid": os.getpid(), **fields}, default=str)
+    line = dumps_strict({"time": now(), "event": event, "pid": os.getpid(), **fields}, default=str)
     with _locked(trial_dir), open(trial_dir / EVENTS_FILE, "a") as handle:
         handle.write(line + "\n")
 

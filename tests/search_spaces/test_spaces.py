@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import math
 import pickle
+import re
 import textwrap
 from pathlib import Path
 from typing import Any
@@ -412,8 +413,8 @@ def test_validation_errors_name_file_line_and_fix(tmp_path: Path, case: str) -> 
     with pytest.raises(ConfigError) as caught:
         load_space(path)
     message = str(caught.value)
-    assert message.startswith(f"{path}, line {line}: "), message
-    assert fix in message, message
+    assert re.match(rf"{re.escape(str(path))}, line {line}(, column \d+)?: ", message), message
+    assert fix in message and "\n" not in message, message
 
 
 def test_empty_file_and_missing_params_say_what_to_write(tmp_path: Path) -> None:

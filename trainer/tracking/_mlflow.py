@@ -33,6 +33,8 @@ SWEEP_TAG = "segsweep.sweep"
 #: The local SQLite store and its artifact folder, in a run's root (a sweep folder or `cv --out`).
 DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
+#: On a fold run that ended before its fold did: its metrics are partial, not a result.
+INTERRUPTED_TAG = "segsweep.interrupted"
 #: MLflow's limit on a parameter value's length.
 _MAX_PARAM_LENGTH = 6000
 
@@ -247,10 +249,14 @@ class MlflowTracker(GuardedTracker):
     def _close(self) -> None:
         if self._client is None:
             return
-        # Runs still open here were interrupted (a failure, or a trial stopped early by the scheduler).
-        for fold_run in self.fold_runs.values():
-            self._client.set_terminated(fold_run, "KILLED")
-        self.fold_runs.clear()
+        # Runs still open here were interrupted (Ctrl-C, a failure, or a trial stopped early by the
+        # scheduler): KILLED once, and tagged so that nobody reads their partial metrics as a result.
+        # A rerun deletes them when it trains their fold again.
+        fold_runs, self.fold_runs = list(self.fold_runs.values()), {}
+        for fold_run in fold_runs:
+            self._client.set_tag(fold_run, INTERRUPTED_TAG, "true", synchronous=True)
+            if self._client.get_run(fold_run).info.status == "RUNNING":
+                self._client.set_terminated(fold_run, "KILLED")
         if self.run_id is not None and self._client.get_run(self.run_id).info.status == "RUNNING":
             self._client.set_terminated(self.run_id, "KILLED")
 

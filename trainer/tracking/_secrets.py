@@ -23,6 +23,21 @@ def is_secret_name(name: str) -> bool:
     return bool(SECRET_NAME.search(name))
 
 
+def secret_key_paths(values: Any, prefix: str = "") -> list[str]:
+    """Dotted paths of the secret-like keys in a nested structure, at every depth (lists included)."""
+    found: list[str] = []
+    if isinstance(values, Mapping):
+        for key, value in values.items():
+            path = f"{prefix}{key}"
+            if is_secret_name(str(key)):
+                found.append(path)
+            found += secret_key_paths(value, f"{path}.")
+    elif isinstance(values, list | tuple):
+        for i, value in enumerate(values):
+            found += secret_key_paths(value, f"{prefix}{i}.")
+    return found
+
+
 def secret_values(extra: Iterable[str] = ()) -> list[str]:
     """Values of secret-like environment variables (and ``extra``), longest first."""
     values = {v for k, v in os.environ.items() if is_secret_name(k) and len(v) >= _MIN_SECRET_LENGTH}

@@ -1,0 +1,432 @@
+"""Fault injection: every user-fixable fault is one line naming the problem and the fix, exit 2, no traceback,
+and nothing already written is lost or changed.
+
+Each row of ``FAULTS`` builds its input in a fresh workspace (a copy of the 12-pair synthetic Kvasir-SEG
+set in ``data/``, and whatever the case plants), runs ``segsweep`` in-process with ``argv`` (a real
+subprocess only where a signal is needed), and checks: the exit code, exactly one non-empty line on the
+case's stream (stderr unless said) besides known warnings, that line against ``line`` (a regex), no
+"Traceback", that every file that existed before is still there unchanged, and the case's own ``check``.
+
+To add a case, add a row: ``Fault(id, description, build, exit, line)``; ``build(ws)`` plants the fault
+under ``ws.root`` and returns the argv after ``segsweep``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from sweeps.cli import main
+
+#: stderr lines that are not the one message: warnings segsweep or its libraries print on the way (MLflow's
+#: and TensorFlow's start-up logs in a subprocess).
+KNOWN_NOISE = re.compile(
+    r"^(segsweep: warning: |\[segsweep\] |\s+\S+ (is|truncated|cannot) |\d{4}/\d\d/\d\d \S+ INFO |"
+    r"WARNING: All log messages before absl|[IWE]\d{4} \d\d:\d\d:\d\d)"
+)
+
+
+@dataclass
+class Workspace:
+    """A case's folder: ``data`` (12 synthetic pairs, Kvasir-SEG layout) and room for outputs."""
+
+    root: Path
+
+    @property
+    def data(self) -> Path:
+        return self.root / "data"
+
+    def mask(self, stem: str = "case003") -> Path:
+        return self.data / "masks" / f"{stem}.jpg"
+
+    def replace_mask(self, array: np.ndarray, stem: str = "case003", suffix: str = ".png") -> Path:
+        """Replace a mask by ``array`` written losslessly (PNG/TIFF keep the depth)."""
+        self.mask(stem).unlink()
+        path = self.data / "masks" / f"{stem}{suffix}"
+        assert cv2.imwrite(str(path), array)
+        return path
+
+    def object_mask(self, stem: str = "case003") -> np.ndarray:
+        """The synthetic 0/1 mask of ``stem``."""
+        grey = cv2.imread(str(self.mask(stem)), cv2.IMREAD_GRAYSCALE)
+        return (grey >= 128).astype(np.uint8)
+
+    def cut(self, path: Path, keep: float = 0.5) -> None:
+        path.write_bytes(path.read_bytes()[: int(path.stat().st_size * keep)])
+
+    def write(self, name: str, text: str) -> Path:
+        path = self.root / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+        return path
+
+
+@dataclass(frozen=True)
+class Fault:
+    id: str
+    description: str
+    build: Callable[[Workspace], list[str]]
+    exit: int
+    line: str
+    stream: str = "stderr"
+    env: dict[str, str] = field(default_factory=dict)
+    check: Callable[[Workspace, str], None] | None = None
+
+
+def cv(ws: Workspace, *extra: str) -> list[str]:
+    """`segsweep cv` on the workspace's data, light and untracked, with ``extra`` options."""
+    return ["cv", "--data", str(ws.data), "--out", str(ws.root / "out"), "--weights", "none",
+            "--encoder", "mobilenetv2", "--image-size", "64", "--folds", "2", "--epochs", "1",
+            "--batch-size", "2", "--tracker", "none", "--quiet", *extra]
+
+
+def sweep(ws: Workspace, *extra: str, data: Path | None = None) -> list[str]:
+    """`segsweep sweep run` on the workspace's data with ``extra`` options (later options win)."""
+    return ["sweep", "run", "--data", str(data or ws.data), "--space", "quick", "--trials", "1", "--name", "s",
+            "--storage", str(ws.root / "sweeps"), "--limit", "12", "--tracker", "none", *extra]
+
+
+def _label_map(ws: Workspace) -> list[str]:
+    labels = ws.object_mask()
+    labels[:8, :8] = 2  # object values 1 and 2
+    ws.replace_mask(labels)
+    return cv(ws)
+
+
+def _with_corner(mask: np.ndarray, value: int) -> np.ndarray:
+    mask[:8, :8] = value
+    return mask
+
+
+def _sixteen_bit(ws: Workspace) -> list[str]:
+    for i in range(12):
+        ws.replace_mask(ws.object_mask(f"case{i:03d}").astype(np.uint16) * 255, f"case{i:03d}")
+    return ["data", "check", str(ws.data)]
+
+
+def _count_sixteen_bit(ws: Workspace, out: str) -> None:
+    rows = [line.split(",") for line in out.strip().splitlines()[1:]]
+    assert len(rows) == 12 and all(int(r[3]) >= 1 for r in rows), out  # every mask has its objects
+
+
+def _count_of(array_of: Callable[[Workspace], np.ndarray]) -> Callable[[Workspace], list[str]]:
+    def build(ws: Workspace) -> list[str]:
+        ws.replace_mask(array_of(ws))
+        return ["count", str(ws.data / "masks")]
+
+    return build
+
+
+def _all_empty(ws: Workspace) -> None:
+    for i in range(12):
+        cv2.imwrite(str(ws.mask(f"case{i:03d}")), np.zeros((64, 64), np.uint8))
+
+
+#: Secret values planted by cases: no output may carry them (not even the error refusing them).
+PLANTED_SECRETS = ("abcdef123456", "hunter22hunter")
+
+
+def _nested_secret_config(ws: Workspace) -> list[str]:
+    config = ws.write("c.yaml", "extra:\n  neptune:\n    api_token: abcdef123456\n")
+    return cv(ws, "--config", str(config))
+
+
+def _nested_secret_space(ws: Workspace) -> list[str]:
+    space = ws.write(
+        "space.yaml",
+        "params:\n  lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
+        "fixed:\n  encoder: mobilenetv2\n  weights: none\n  folds: 2\n  epochs: 1\n  batch_size: 2\n"
+        "  image_size: 64\n  extra:\n    tracker:\n      - {password: hunter22hunter}\n",
+    )
+    return sweep(ws, "--space", str(space))
+
+
+def _bad_yaml_config(ws: Workspace) -> list[str]:
+    config = ws.write("c.yaml", "encoder: mobilenetv2\nepochs: [1, 2\nlr: 0.001\n")
+    return cv(ws, "--config", str(config))
+
+
+def _bad_yaml_space(ws: Workspace) -> list[str]:
+    space = ws.write("space.yaml", "params:\n  lr: {type: float, low: 1.0e-4, high: 1.0e-2\nfixed:\n  folds: 2\n")
+    return sweep(ws, "--space", str(space))
+
+
+def _storage_file(ws: Workspace) -> list[str]:
+    ws.write("storage-file", "not a folder")
+    return sweep(ws, "--storage", str(ws.root / "storage-file"))
+
+
+def _storage_under_file(ws: Workspace) -> list[str]:
+    ws.write("storage-file", "not a folder")
+    return sweep(ws, "--storage", str(ws.root / "storage-file" / "sweeps"))
+
+
+def _cache_is_file(ws: Workspace) -> list[str]:
+    ws.write("cache-file", "not a folder")
+    return cv(ws)
+
+
+def _truncated_image(ws: Workspace) -> list[str]:
+    ws.cut(ws.data / "images" / "case004.jpg")
+    return cv(ws)
+
+
+def _truncated_mask_sweep(ws: Workspace) -> list[str]:
+    path = ws.replace_mask(ws.object_mask() * 255)
+    ws.cut(path, 0.8)
+    return sweep(ws)
+
+
+def _existing_out(ws: Workspace) -> list[str]:
+    """An output folder holding another configuration's cv.json: refused, left as it was."""
+    out = ws.root / "out"
+    out.mkdir()
+    (out / "cv.json").write_text(json.dumps({"config": {"encoder": "other"}, "data": {"cache_key": "x"}}))
+    return cv(ws)
+
+
+FAULTS: list[Fault] = [
+    # -- issue 9 ---------------------------------------------------------------------------------------------
+    Fault("mask-16bit-data-check", "16-bit 0/255 PNG masks (were read as empty) are usable, none empty",
+          _sixteen_bit, 0, r"^0 errors, 0 warnings: the data set is usable$", stream="stdout"),
+    Fault("mask-16bit-count", "count reads 16-bit 0/255 masks at their depth (counted 0 objects before)",
+          lambda ws: [_sixteen_bit(ws), "count", str(ws.data / "masks")][1:],
+          0, r"^image,height,width,count,areas,bboxes$", stream="stdout-first",
+          check=lambda ws, out: _count_sixteen_bit(ws, out)),
+    Fault("mask-label-map-cv", "a label map {0,1,2} as a mask", _label_map, 2,
+          r"^segsweep: error: .*case003\.png: is a label map.*values 0, 1, 2.*; .*--skip-bad"),
+    Fault("mask-0-128-255-cv", "a label map {0,128,255} as a mask",
+          lambda ws: [ws.replace_mask(_with_corner(ws.object_mask() * 255, 128)), *cv(ws)][1:],
+          2, r"^segsweep: error: .*case003\.png: is a label map.*0, 128, 255"),
+    Fault("mask-colour-cv", "a red-on-black colour mask", lambda ws: [
+        ws.replace_mask(np.dstack([ws.object_mask() * 0, ws.object_mask() * 0, ws.object_mask() * 255])), *cv(ws)][1:],
+          2, r"^segsweep: error: .*case003\.png: has colour channels that differ"),
+    Fault("mask-gradient-count", "count on a gradient 'mask' (counted 1 object before)",
+          _count_of(lambda ws: np.tile(np.linspace(0, 255, 64), (64, 1)).astype(np.uint8)),
+          2, r"^segsweep: error: .*case003\.png: is not binary.*count reads binary masks only"),
+    Fault("mask-noise-count", "count on a noise 'mask' (counted 7 objects before)",
+          _count_of(lambda ws: np.random.default_rng(0).integers(0, 256, (64, 64)).astype(np.uint8)),
+          2, r"^segsweep: error: .*case003\.png: is not binary"),
+    Fault("mask-photo-count", "count on a photo as mask (counted 9 objects before)",
+          lambda ws: [shutil.copy(ws.data / "images" / "case000.jpg", ws.data / "masks" / "case003.jpg"),
+                      "count", str(ws.data / "masks")][1:],
+          2, r"^segsweep: error: .*case003\.jpg: (is not binary|has colour channels)"),
+    Fault("mask-noise-sweep", "sweep run with a noise mask stops before Ray",
+          lambda ws: [ws.replace_mask(np.random.default_rng(1).integers(0, 256, (64, 64)).astype(np.uint8)),
+                      *sweep(ws)][1:],
+          2, r"^segsweep: error: .*case003\.png: is not binary"),
+    Fault("all-masks-empty-cv", "every mask empty: cv refuses, naming the data folder",
+          lambda ws: [_all_empty(ws), *cv(ws)][1:], 2,
+          r"^segsweep: error: all 12 masks of the pairs used from .*data are empty"),
+    Fault("all-masks-empty-sweep", "every mask empty: sweep run refuses before Ray",
+          lambda ws: [_all_empty(ws), *sweep(ws)][1:], 2, r"^segsweep: error: all 12 masks .* are empty"),
+    Fault("truncated-jpeg-cv", "an image JPEG cut in half", _truncated_image, 2,
+          r"^segsweep: error: .*images/case004\.jpg: truncated JPEG.*--skip-bad.*segsweep data check"),
+    Fault("truncated-jpeg-data-check", "data check names the same file", lambda ws: [
+        _truncated_image(ws), "data", "check", str(ws.data)][1:], 2,
+          r"^1 error, 0 warnings: fix the errors", stream="stdout"),
+    Fault("truncated-png-mask-sweep", "a PNG mask cut short: sweep run stops before Ray",
+          _truncated_mask_sweep, 2, r"^segsweep: error: .*masks/case003\.png: truncated PNG.*--skip-bad"),
+    Fault("secret-nested-config", "a token nested two levels deep in --config", _nested_secret_config, 2,
+          r"^segsweep: error: .*extra\.neptune\.api_token look like secrets.*environment"),
+    Fault("secret-nested-space", "a password in a list in a space's fixed extra", _nested_secret_space, 2,
+          r"^segsweep: error: .*space\.yaml.*extra\.tracker\.0\.password look like secrets"),
+    Fault("storage-is-file", "sweep run --storage FILE", _storage_file, 2,
+          r"^segsweep: error: --storage .*storage-file is a file, not a folder"),
+    Fault("storage-unwritable", "sweep run --storage under a file (cannot be created)", _storage_under_file, 2,
+          r"^segsweep: error: cannot write to --storage .*storage-file/sweeps: Not a directory"),
+    Fault("address-nothing-listens", "sweep run --address 127.0.0.1:1",
+          lambda ws: sweep(ws, "--address", "127.0.0.1:1"), 2,
+          r"^segsweep: error: no Ray head answers at --address 127\.0\.0\.1:1 .*ray start --head --port 1"),
+    Fault("cache-is-file", "SEGSWEEP_CACHE points at a file", _cache_is_file, 2,
+          r"^segsweep: error: the data cache .*cache-file is a file, not a folder; point SEGSWEEP_CACHE",
+          env={"SEGSWEEP_CACHE": "{root}/cache-file"}),
+    Fault("yaml-config-syntax", "malformed YAML --config", _bad_yaml_config, 2,
+          r"^segsweep: error: .*c\.yaml, line 3, column \d+: not valid YAML \(.*\); fix the syntax there$"),
+    Fault("yaml-space-syntax", "malformed YAML search space", _bad_yaml_space, 2,
+          r"^segsweep: error: .*space\.yaml, line 3, column \d+: not valid YAML"),
+    Fault("umask-invalid", "SEGSWEEP_UMASK that is not octal", lambda ws: cv(ws), 2,
+          r"^segsweep: error: SEGSWEEP_UMASK='u=rwx' is not an octal umask", env={"SEGSWEEP_UMASK": "u=rwx"}),
+    # -- earlier well-behaved cases, kept in the same table ----------------------------------------------------
+    Fault("data-missing-cv", "cv --data on a folder that does not exist",
+          lambda ws: cv(ws, "--data", str(ws.root / "nope")), 2,
+          r"^segsweep: error: data folder .*nope does not exist"),
+    Fault("data-no-masks-folder", "a data folder without masks/",
+          lambda ws: [shutil.rmtree(ws.data / "masks"), *cv(ws)][1:], 2, r"^segsweep: error: .*has no masks/ folder"),
+    Fault("data-check-missing", "data check on a folder that does not exist",
+          lambda ws: ["data", "check", str(ws.root / "nope")], 2, r"^1 error, 0 warnings", stream="stdout"),
+    Fault("unknown-encoder", "cv --encoder resnet9", lambda ws: cv(ws, "--encoder", "resnet9"), 2,
+          r"^segsweep: error: .*unknown encoder 'resnet9'; choose one of"),
+    Fault("image-size-not-32", "cv --image-size 100", lambda ws: cv(ws, "--image-size", "100"), 2,
+          r"^segsweep: error: .*not a multiple of 32"),
+    Fault("batch-larger-than-fold", "cv --batch-size 30 on 12 pairs", lambda ws: cv(ws, "--batch-size", "30"), 2,
+          r"^segsweep: error: batch size 30 is larger than a training fold"),
+    Fault("folds-one", "cv --folds 1", lambda ws: cv(ws, "--folds", "1"), 2,
+          r"^segsweep: error: .*folds must be at least 2"),
+    Fault("folds-more-than-images", "cv --folds 20 on 12 pairs", lambda ws: cv(ws, "--folds", "20"), 2,
+          r"^segsweep: error: 20 folds need at least 20 images"),
+    Fault("bad-split", "cv --dev-split nope", lambda ws: cv(ws, "--dev-split", "nope"), 2,
+          r"^segsweep: error: split 'nope' not found.*available: train\.txt, val\.txt"),
+    Fault("split-names-missing-stem", "a split file naming a stem without a pair",
+          lambda ws: [ws.write("data/splits/bad.txt", "case000\nghost\n"), *cv(ws, "--dev-split", "bad")][1:], 2,
+          r"^segsweep: error: split 'bad' names 1 stem\(s\) without an image/mask pair"),
+    Fault("missing-weights-file", "cv --weights /nope.h5", lambda ws: cv(ws, "--weights", str(ws.root / "nope.h5")), 2,
+          r"^segsweep: error: .*nope\.h5"),
+    Fault("out-under-a-file", "cv --out below a file", lambda ws: [
+        ws.write("blocker", ""), *cv(ws, "--out", str(ws.root / "blocker" / "out"))][1:], 2,
+          r"^segsweep: error: cannot write to output folder"),
+    Fault("out-of-another-config", "cv into a folder holding another configuration's cv.json", _existing_out, 2,
+          r"^segsweep: error: .*holds a cross-validation of another configuration"),
+    Fault("config-file-missing", "cv --config that does not exist",
+          lambda ws: cv(ws, "--config", str(ws.root / "nope.yaml")), 2,
+          r"^segsweep: error: cannot read configuration file .*nope\.yaml"),
+    Fault("sweep-unknown-space", "sweep run --space nope", lambda ws: sweep(ws, "--space", "nope"), 2,
+          r"^segsweep: error: unknown search space 'nope'"),
+    Fault("sweep-bad-name", "sweep run --name a/b", lambda ws: sweep(ws, "--name", "a/b"), 2,
+          r"^segsweep: error: sweep name 'a/b' is not usable"),
+    Fault("sweep-zero-trials", "sweep run --trials 0", lambda ws: sweep(ws, "--trials", "0"), 2,
+          r"^segsweep: error: --trials must be at least 1"),
+    Fault("sweep-bad-address", "sweep run --address nowhere", lambda ws: sweep(ws, "--address", "nowhere"), 2,
+          r"^segsweep: error: --address 'nowhere' is not HOST:PORT"),
+    Fault("sweep-missing-data", "sweep run --data missing", lambda ws: sweep(ws, data=ws.root / "missing"), 2,
+          r"^segsweep: error: data folder .*missing does not exist"),
+    Fault("sweep-status-unknown", "sweep status of a sweep that is not there",
+          lambda ws: ["sweep", "status", "nope", "--storage", str(ws.root)], 2,
+          r"^segsweep: error: no sweep named 'nope'"),
+    Fault("report-unknown", "report of a sweep that is not there",
+          lambda ws: ["report", "nope", "--storage", str(ws.root)], 2, r"^segsweep: error: no sweep named 'nope'"),
+    Fault("count-missing-folder", "count on a folder that does not exist",
+          lambda ws: ["count", str(ws.root / "nope")], 2, r"^segsweep: error: masks folder .*nope does not exist"),
+    Fault("count-bad-min-area", "count --min-area 5",
+          lambda ws: ["count", str(ws.data / "masks"), "--min-area", "5"], 2,
+          r"^segsweep: error: --min-area is a fraction"),
+    Fault("predict-missing-model", "predict from a folder that is not a model bundle",
+          lambda ws: ["predict", str(ws.root / "nope"), "--images", str(ws.data / "images"),
+                      "--out", str(ws.root / "p")], 2, r"^segsweep: error: .*nope"),
+]
+
+
+def _snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def workspace(tmp_path: Path, kvasir_seg_dir: Path) -> Workspace:
+    shutil.copytree(kvasir_seg_dir, tmp_path / "data")
+    return Workspace(tmp_path)
+
+
+def _message_lines(text: str) -> list[str]:
+    return [line for line in text.splitlines() if line.strip() and not KNOWN_NOISE.match(line)]
+
+
+def test_fault_ids_are_unique() -> None:
+    assert len({f.id for f in FAULTS}) == len(FAULTS)
+
+
+@pytest.mark.parametrize("fault", FAULTS, ids=[f.id for f in FAULTS])
+def test_fault(
+    fault: Fault, workspace: Workspace, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in fault.env.items():
+        monkeypatch.setenv(name, value.format(root=workspace.root))
+    monkeypatch.chdir(workspace.root)
+    argv = fault.build(workspace)
+    before = _snapshot(workspace.root)
+    capsys.readouterr()
+    code = main(argv)
+    captured = capsys.readouterr()
+    assert "Traceback" not in captured.err + captured.out
+    assert not [s for s in PLANTED_SECRETS if s in captured.err + captured.out]
+    assert code == fault.exit, captured.err
+    if fault.stream == "stderr":
+        lines = _message_lines(captured.err)
+    elif fault.stream == "stdout":  # data check: the verdict is the last line of its report
+        lines = captured.out.strip().splitlines()[-1:]
+        assert not _message_lines(captured.err), captured.err
+    else:  # stdout-first: a CSV's header
+        lines = captured.out.strip().splitlines()[:1]
+        assert not _message_lines(captured.err), captured.err
+    assert len(lines) == 1, captured.err or captured.out
+    assert re.search(fault.line, lines[0]), lines[0]
+    after = _snapshot(workspace.root)
+    assert {k: v for k, v in after.items() if k in before} == before, "a file that was there changed or went"
+    if fault.check is not None:
+        fault.check(workspace, captured.out)
+
+
+def test_skip_bad_agrees_with_data_check(workspace: Workspace, tmp_path: Path) -> None:
+    """One function decides which files are bad: `data check` errors are exactly what --skip-bad leaves out."""
+    from trainer.data import prepare_dataset
+    from trainer.data_check import check_dataset
+
+    workspace.cut(workspace.data / "images" / "case004.jpg")
+    workspace.replace_mask(np.tile(np.linspace(0, 255, 64), (64, 1)).astype(np.uint8), "case005")
+    (workspace.data / "images" / "case006.jpg").write_text("not a picture")
+    workspace.replace_mask(_with_corner(workspace.object_mask("case007"), 2), "case007")
+    with pytest.raises(Exception, match=r"case004\.jpg: truncated JPEG.*\(and 3 more bad file"):
+        prepare_dataset(workspace.data, 32, cache_dir=tmp_path / "cache")
+    data = prepare_dataset(workspace.data, 32, cache_dir=tmp_path / "cache", skip_bad=True)
+    checked = {f.path for f in check_dataset(workspace.data).errors}
+    assert {Path(f) for f, _ in data.skipped} == checked
+    assert len(data) == 8 and "case004" not in data.stems
+    assert sorted(s["file"] for s in data.quality()["skipped"]) == sorted(str(p) for p in checked)
+    # A cached entry prepared with --skip-bad is not served without it.
+    with pytest.raises(Exception, match=r"--skip-bad"):
+        prepare_dataset(workspace.data, 32, cache_dir=tmp_path / "cache")
+
+
+@pytest.mark.slow
+def test_ctrl_c_during_cv_says_how_to_resume_and_kills_the_fold_run_once(tmp_path: Path, kvasir_seg_dir: Path) -> None:
+    """SIGINT in fold 1: exit 130, one line with the command that resumes; strict JSON; fold run KILLED + tagged."""
+    out = tmp_path / "out"
+    argv = ["cv", "--data", str(kvasir_seg_dir), "--out", str(out), "--weights", "none", "--encoder", "mobilenetv2",
+            "--image-size", "64", "--folds", "2", "--epochs", "50", "--batch-size", "2", "--tracker", "mlflow"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", *argv], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
+    assert proc.stdout is not None
+    for line in proc.stdout:  # wait until fold 1 trains an epoch
+        if "epoch  1/50" in line:
+            break
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 130, err
+    lines = _message_lines(err)
+    assert "Traceback" not in err and len(lines) == 1, err
+    match = re.fullmatch(r"segsweep: interrupted; finished folds are kept in (.*); resume with `(segsweep cv .*)`",
+                         lines[0])
+    assert match and match.group(1) == str(out), lines[0]
+    assert f"--out {out}" in match.group(2) and "--epochs 50" in match.group(2)
+
+    def strict(constant: str) -> None:
+        raise AssertionError(f"cv.json holds {constant}: not strict JSON")
+
+    record = json.loads((out / "cv.json").read_text(), parse_constant=strict)
+    assert record["mean"]["dice"] is None and record["complete"] is False
+
+    from mlflow import MlflowClient
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{out / 'mlflow.db'}")
+    runs = client.search_runs([e.experiment_id for e in client.search_experiments()])
+    folds = [r for r in runs if r.data.tags.get("segsweep.kind") == "fold"]
+    assert [(r.info.status, r.data.tags.get("segsweep.interrupted")) for r in folds] == [("KILLED", "true")]

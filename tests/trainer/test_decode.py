@@ -1,0 +1,143 @@
+"""The one mask reader (trainer.decode): every bit depth and encoding masks come in, and what it refuses."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+
+from reports.count import count_folder
+from sweeps.cli import main
+from trainer.data import MASK_THRESHOLD, read_mask
+from trainer.data_check import check_dataset
+from trainer.decode import NotAMaskError
+
+
+def _object() -> np.ndarray:
+    """A 0/1 64x64 mask with one disc and one square."""
+    mask = np.zeros((64, 64), np.uint8)
+    cv2.circle(mask, (20, 20), 10, 1, -1)
+    mask[40:56, 40:56] = 1
+    return mask
+
+
+def _write(path: Path, array: np.ndarray) -> Path:
+    assert cv2.imwrite(str(path), array)
+    return path
+
+
+@pytest.mark.parametrize(
+    "name, encode",
+    [
+        ("u8_255.png", lambda m: m * 255),
+        ("u8_01.png", lambda m: m),
+        ("u8_02.png", lambda m: m * 2),  # one object value: {0, max}
+        ("u16_255.png", lambda m: m.astype(np.uint16) * 255),
+        ("u16_01.png", lambda m: m.astype(np.uint16)),
+        ("u16_65535.png", lambda m: m.astype(np.uint16) * 65535),
+        ("u16_255.tif", lambda m: m.astype(np.uint16) * 255),
+        ("f32_1.tif", lambda m: m.astype(np.float32)),
+        ("rgb_255.png", lambda m: np.dstack([m * 255] * 3)),
+        ("rgba_255.png", lambda m: np.dstack([m * 255] * 3 + [np.full_like(m, 255)])),
+        ("rgb16_65535.png", lambda m: np.dstack([m.astype(np.uint16) * 65535] * 3)),
+        ("grey.jpg", lambda m: m * 255),
+        ("rgb.jpg", lambda m: np.dstack([m * 255] * 3)),
+    ],
+)
+def test_binary_masks_of_every_depth_read_alike(tmp_path: Path, name: str, encode: object) -> None:
+    """16-bit 0/255 and 0/1 masks were read as all zeros through IMREAD_GRAYSCALE."""
+    mask = _object()
+    path = _write(tmp_path / name, encode(mask))  # type: ignore[operator]
+    read = read_mask(path)
+    assert read.dtype == np.uint8 and read.shape == (64, 64)
+    if name.endswith(".jpg"):  # compression noise at the edges: almost every pixel agrees
+        assert np.count_nonzero(read != mask) <= 8
+    else:
+        np.testing.assert_array_equal(read, mask)
+
+
+@pytest.mark.parametrize(
+    "name, build, problem",
+    [
+        ("labels012.png", lambda m: m + (np.arange(64)[None, :] > 32) * m, "label map"),
+        ("labels_0_128_255.png", lambda m: m * 255 - (np.arange(64)[None, :] > 32) * m * 127, "label map"),
+        ("labels16.png", lambda m: (m + (np.arange(64)[None, :] > 32) * m).astype(np.uint16), "label map"),
+        ("gradient.png", lambda m: np.tile(np.linspace(0, 255, 64), (64, 1)), "not binary"),
+        ("noise.png", lambda m: np.random.default_rng(0).integers(0, 256, (64, 64)), "not binary"),
+        ("noise16.png", lambda m: np.random.default_rng(0).integers(0, 65536, (64, 64), np.uint16), "not binary"),
+        ("colour.png", lambda m: np.dstack([m * 255, m * 0, m * 0]), "colour channels"),
+        ("tiny_labels.png", lambda m: m * 3 - (np.arange(64)[None, :] > 32) * m, "label map"),
+    ],
+)
+def test_not_a_binary_mask_is_refused_naming_the_file(tmp_path: Path, name: str, build: object, problem: str) -> None:
+    raw = np.asarray(build(_object()))  # type: ignore[operator]
+    path = _write(tmp_path / name, raw if raw.dtype == np.uint16 else raw.astype(np.uint8))
+    with pytest.raises(NotAMaskError, match=rf"{name}: .*{problem}"):
+        read_mask(path)
+
+
+def test_photo_as_mask_is_refused(kvasir_seg_dir: Path) -> None:
+    with pytest.raises(NotAMaskError, match=r"case000\.jpg: .*(not binary|colour channels)"):
+        read_mask(kvasir_seg_dir / "images" / "case000.jpg")
+
+
+def test_data_check_and_training_agree_on_masks(seg_copy16: Path) -> None:
+    """data check calls a 16-bit mask fine and a label map an error, as the training reader does."""
+    report = check_dataset(seg_copy16)
+    assert [f.path.name for f in report.errors] == ["case001.png"]
+    assert "label map" in report.errors[0].problem
+
+
+@pytest.fixture
+def seg_copy16(kvasir_instrument_dir: Path, tmp_path: Path) -> Path:
+    import shutil
+
+    root = Path(shutil.copytree(kvasir_instrument_dir, tmp_path / "seg16"))
+    first = root / "masks" / "case000.png"
+    grey = cv2.imread(str(first), cv2.IMREAD_GRAYSCALE)
+    _write(first, (grey > MASK_THRESHOLD).astype(np.uint16) * 255)
+    second = root / "masks" / "case001.png"
+    grey = cv2.imread(str(second), cv2.IMREAD_GRAYSCALE)
+    labels = (grey > MASK_THRESHOLD).astype(np.uint8)
+    labels[:8, :8] = 2
+    _write(second, labels)
+    return root
+
+
+def test_count_reads_16_bit_masks_and_refuses_non_masks(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    _write(masks / "a.png", _object().astype(np.uint16) * 255)
+    _write(masks / "b.png", _object().astype(np.uint16))
+    counts, unreadable = count_folder(masks)
+    assert [c.count for c in counts] == [2, 2] and unreadable == []
+    _write(masks / "c.png", np.tile(np.linspace(0, 255, 64), (64, 1)).astype(np.uint8))
+    assert main(["count", str(masks)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "c.png" in err[0] and "not binary" in err[0]
+
+
+@pytest.mark.realdata
+def test_kvasir_seg_masks_read_exactly_as_before(real_kvasir_seg: Path) -> None:
+    """All 1000 JPEG masks: the new reader gives the same 0/1 masks as IMREAD_GRAYSCALE + threshold 128."""
+    paths = sorted((real_kvasir_seg / "masks").iterdir())
+    assert len(paths) == 1000
+    for path in paths:
+        before = (cv2.imread(str(path), cv2.IMREAD_GRAYSCALE) >= MASK_THRESHOLD).astype(np.uint8)
+        np.testing.assert_array_equal(read_mask(path), before, err_msg=str(path))
+
+
+def test_half_cut_jpeg_image_is_refused_not_decoded_with_grey_rows(kvasir_seg_dir: Path, tmp_path: Path) -> None:
+    """libjpeg "recovers" a JPEG cut in half (grey bottom rows) with only a warning on stderr; predict and
+    training used such images. The reader refuses it, naming the file, as `data check` does."""
+    from trainer.data import read_image
+    from trainer.decode import BadFileError
+
+    source = kvasir_seg_dir / "images" / "case000.jpg"
+    cut = tmp_path / "cut.jpg"
+    cut.write_bytes(source.read_bytes()[: source.stat().st_size // 2])
+    assert cv2.imread(str(cut)) is not None  # OpenCV alone decodes it
+    with pytest.raises(BadFileError, match=r"cut\.jpg: truncated JPEG"):
+        read_image(cut)
