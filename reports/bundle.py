@@ -17,6 +17,9 @@ the architecture from the configuration (encoder weights "none") and loads the w
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -125,6 +128,51 @@ def load_bundle(path: str | Path) -> ModelBundle:
     except ConfigError as exc:
         raise BundleError(f"{exc}; the bundle's configuration is not usable, retrain it") from None
     return ModelBundle(path=path, config=config, meta=meta)
+
+
+def write_bundle(
+    out: Path,
+    model: tf_keras.Model,
+    meta: Mapping[str, Any],
+    *,
+    history: Sequence[Any] = (),
+    train_stems: Sequence[str] = (),
+    extra_files: Mapping[str, str | Mapping[str, Any]] | None = None,
+) -> Path:
+    """Write a bundle folder at ``out`` (which must not exist or be empty) and return it.
+
+    Written next to the destination and renamed, so an interrupted write leaves no half bundle.
+    ``history`` items are dataclasses (EpochRecord) or mappings; ``extra_files`` maps file names to
+    text (written as is) or mappings (written as JSON).
+    """
+    from dataclasses import asdict, is_dataclass
+
+    from trainer.results import write_json_atomic
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_weights(str(staging / WEIGHTS_FILE))
+        write_json_atomic(staging / CONFIG_FILE, dict(meta))
+        rows = [asdict(h) if is_dataclass(h) and not isinstance(h, type) else dict(h) for h in history]
+        write_json_atomic(staging / HISTORY_FILE, rows)
+        for name, content in (extra_files or {}).items():
+            if isinstance(content, str):
+                (staging / name).write_text(content)
+            else:
+                write_json_atomic(staging / name, dict(content))
+        (staging / TRAIN_STEMS_FILE).write_text("".join(f"{stem}\n" for stem in train_stems))
+        # mkdtemp and the atomic JSON writer create owner-only files; a bundle is meant to be shared.
+        staging.chmod(0o755)
+        for path in staging.iterdir():
+            path.chmod(0o644)
+        if out.exists():
+            out.rmdir()  # the caller checked it is empty
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return out
 
 
 def describe(config: CVConfig) -> dict[str, str]:

@@ -8,13 +8,10 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -23,19 +20,17 @@ from reports.bundle import (
     BUNDLE_FORMAT,
     CARD_FILE,
     CONFIG_FILE,
-    HISTORY_FILE,
     SCHEDULE_FILE,
-    TRAIN_STEMS_FILE,
-    WEIGHTS_FILE,
     bundle_version,
     describe,
+    write_bundle,
 )
 from reports.leaderboard import label, pick_winner
 from reports.report import data_path
 from reports.results import SweepResults, TrialResult, load_sweep
 from trainer.config import CVConfig
 from trainer.errors import ConfigError, DataError, SegsweepError
-from trainer.results import EpochRecord, write_json_atomic
+from trainer.results import EpochRecord
 
 SCHEDULE_RULE = (
     "The learning rate starts at the trial's lr and is cut by lr_factor (10x) at the end of each listed "
@@ -234,26 +229,14 @@ def retrain(sweep: SweepResults, out: Path, *, trial_id: str | None = None, verb
         "applied_drops": lr_drops, "lr": config.lr, "lr_factor": config.lr_factor, "epochs": config.epochs,
     }  # fmt: skip
 
-    # Written next to the destination and renamed: an interrupted retrain leaves no half bundle.
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        model.save_weights(str(staging / WEIGHTS_FILE))
-        write_json_atomic(staging / CONFIG_FILE, meta)
-        write_json_atomic(staging / HISTORY_FILE, [asdict(h) for h in history])
-        write_json_atomic(staging / SCHEDULE_FILE, schedule)
-        (staging / CARD_FILE).write_text(_model_card(meta, history, schedule))
-        (staging / TRAIN_STEMS_FILE).write_text("".join(f"{stem}\n" for stem in data.stems))
-        # mkdtemp and the atomic JSON writer create owner-only files; a bundle is meant to be shared.
-        staging.chmod(0o755)
-        for path in staging.iterdir():
-            path.chmod(0o644)
-        if out.exists():
-            out.rmdir()  # checked empty above
-        staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return out
+    return write_bundle(
+        out,
+        model,
+        meta,
+        history=history,
+        train_stems=data.stems,
+        extra_files={SCHEDULE_FILE: schedule, CARD_FILE: _model_card(meta, history, schedule)},
+    )
 
 
 def run_retrain_command(

@@ -49,6 +49,18 @@ def register(sub: Any) -> None:
         "(default: mlflow, plus neptune when NEPTUNE_PROJECT is set)",
     )
     cv.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    cv.add_argument(
+        "--keep-models",
+        action="store_true",
+        help="save each fold's model as a bundle in OUT/models/fold_NN (for `segsweep predict OUT`: a fold ensemble)",
+    )
+    cv.add_argument(
+        "--no-bn-reestimate",
+        dest="bn_reestimate",
+        action="store_false",
+        default=None,
+        help="validate with Keras' moving batch-norm statistics instead of re-estimating them (for comparison)",
+    )
     cv.set_defaults(handler=_cmd_cv)
 
     data = sub.add_parser("data", help="check or download data sets")
@@ -77,7 +89,7 @@ def resolve_cv_args(args: argparse.Namespace) -> tuple[CVConfig, Path, Path]:
     if args.config:
         config, extras = load_config_file(args.config)
         values = config.to_dict()
-    for name in [*_CV_OPTIONS, "augment"]:
+    for name in [*_CV_OPTIONS, "augment", "bn_reestimate"]:
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
@@ -96,7 +108,9 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     from trainer.cv import run_cv_command
 
     config, data, out = resolve_cv_args(args)
-    return run_cv_command(config, data, out, tracker=args.tracker, verbose=not args.quiet)
+    return run_cv_command(
+        config, data, out, tracker=args.tracker, verbose=not args.quiet, keep_models=args.keep_models
+    )
 
 
 def _cmd_data_check(args: argparse.Namespace) -> int:
