@@ -50,6 +50,9 @@ def register(sub: Any) -> None:
     run.add_argument("--tracker", default=None,
                      help="comma-separated trackers for every trial: mlflow, neptune, or none "
                      "(default: mlflow, plus neptune when NEPTUNE_PROJECT is set)")
+    run.add_argument("--keep-models", type=int, default=0, metavar="K",
+                     help="keep each fold's model for the best K trials (fold ensembles for `segsweep predict "
+                     "TRIAL_FOLDER`); other trials' models are deleted as they fall out (default 0: none)")
     run.set_defaults(handler=_cmd_run)
 
     resume = verbs.add_parser(
@@ -96,6 +99,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides={"limit": args.limit, "image_size": args.image_size, "folds": args.folds,
                    "epochs": args.epochs, "dev_split": args.dev_split},
         tracker=args.tracker,
+        keep_models=args.keep_models,
     )
     spec.validate()  # before any heavy import: option errors answer at once
     return _finish(run_sweep(spec))

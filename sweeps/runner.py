@@ -182,6 +182,10 @@ def _execute(
         grid = tuner.fit()
         statuses = _ray_trial_statuses(grid)
     finished = _reconcile(spec, statuses)
+    if spec.keep_models:
+        from sweeps._models import prune_fold_models
+
+        prune_fold_models(spec.sweep_dir, spec.keep_models, sweep_ended=finished)
     wall = time.perf_counter() - started
     _record_run(spec, wall, restore, finished)
     outcome = SweepOutcome(load_sweep(spec.storage, spec.name), finished, wall)

@@ -43,6 +43,8 @@ class SweepSpec:
     tracker: str | None = None
     max_failures: int = 2
     created: str | None = None
+    #: Keep the fold models of the best this many trials (0: keep none).
+    keep_models: int = 0
 
     @property
     def sweep_dir(self) -> Path:
@@ -78,6 +80,8 @@ class SweepSpec:
         unknown = set(self.overrides) - {*OVERRIDE_KEYS, "seed"}
         if unknown:
             raise ConfigError(f"unknown override(s) {', '.join(sorted(unknown))}")
+        if self.keep_models < 0:
+            raise ConfigError(f"--keep-models must be 0 or more (the number of best trials), got {self.keep_models}")
         if self.max_failures < 0:
             raise ConfigError(f"max_failures must be 0 or more, got {self.max_failures}")
 
