@@ -175,6 +175,47 @@ def write_bundle(
     return out
 
 
+def load_bundles(path: str | Path) -> list[ModelBundle]:
+    """One model bundle, or every fold model of a fold-model set (a fold ensemble), in fold order.
+
+    A fold-model set is a `segsweep cv --keep-models` output folder or a sweep trial's folder (both
+    hold ``models/fold_NN/``), or that ``models/`` folder itself. All its folds must share one
+    configuration, and a set beside a ``cv.json`` must hold a model for every fold it lists.
+    """
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file() or not path.is_dir():
+        return [load_bundle(path)]
+    models = path / "models" if (path / "models").is_dir() else path
+    folds = sorted(p for p in models.glob("fold_*") if p.is_dir())
+    if not folds:
+        raise BundleError(
+            f"{path} is neither a model bundle ({CONFIG_FILE}, {WEIGHTS_FILE}) nor a fold-model set "
+            "(models/fold_NN/ from `segsweep cv --keep-models` or `segsweep sweep run --keep-models K`); "
+            "pass the --out of `segsweep retrain` or of `segsweep cv --keep-models`"
+        )
+    bundles = [load_bundle(fold) for fold in folds]
+    cv_path = models.parent / "cv.json"
+    if cv_path.is_file():
+        try:
+            n_folds = int(json.loads(cv_path.read_text())["n_folds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            n_folds = len(bundles)
+        if len(bundles) != n_folds:
+            raise BundleError(
+                f"{models} holds {len(bundles)} fold model(s) but {cv_path} has {n_folds} folds: the "
+                "cross-validation is unfinished or ran without --keep-models; finish it with --keep-models "
+                "(or pass one fold's folder to predict with that fold alone)"
+            )
+    first = bundles[0].config.to_dict()
+    for bundle in bundles[1:]:
+        if bundle.config.to_dict() != first:
+            raise BundleError(
+                f"{bundle.path} was trained with another configuration than {bundles[0].path}; a fold "
+                "ensemble averages models of one configuration"
+            )
+    return bundles
+
+
 def describe(config: CVConfig) -> dict[str, str]:
     """How inputs must be prepared for a model of this configuration (stored in config.json)."""
     return {

@@ -239,10 +239,34 @@ def retrain(sweep: SweepResults, out: Path, *, trial_id: str | None = None, verb
     )
 
 
+def cv_folder_as_sweep(folder: Path) -> SweepResults:
+    """A `segsweep cv` output folder as a one-trial sweep, so its configuration retrains the same way."""
+    from reports.results import COMPLETE
+    from trainer.results import FoldResult
+
+    try:
+        cv = json.loads((folder / "cv.json").read_text())
+    except (OSError, json.JSONDecodeError) as exc:
+        raise SegsweepError(f"{folder / 'cv.json'} is not readable ({exc}); rerun `segsweep cv` into it") from None
+    folds = [FoldResult.from_dict(f) for f in cv.get("folds", [])]
+    if not cv.get("complete") or len(folds) != cv.get("n_folds"):
+        raise SegsweepError(
+            f"{folder} holds an unfinished cross-validation ({len(folds)} of {cv.get('n_folds')} folds); "
+            "finish it by rerunning the same `segsweep cv` command, then retrain"
+        )
+    trial = TrialResult(
+        trial_id="cv", number=None, params={}, state=COMPLETE, reason=None, config=cv["config"],
+        n_folds=int(cv["n_folds"]), folds=folds, path=folder,
+    )  # fmt: skip
+    return SweepResults(name=folder.name, path=folder, spec={"data": (cv.get("data") or {}).get("path")},
+                        trials=[trial])  # fmt: skip
+
+
 def run_retrain_command(
     name: str, storage: Path, out: Path, *, trial_id: str | None = None, verbose: bool = True
 ) -> int:
-    sweep = load_sweep(storage, name)
+    is_cv_folder = (Path(name) / "cv.json").is_file()
+    sweep = cv_folder_as_sweep(Path(name)) if is_cv_folder else load_sweep(storage, name)
     bundle = retrain(sweep, out, trial_id=trial_id, verbose=verbose)
     meta = json.loads((bundle / CONFIG_FILE).read_text())
     print(f"wrote model bundle {bundle} ({meta['seconds']:.0f} s of training)", file=sys.stderr)
