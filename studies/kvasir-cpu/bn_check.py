@@ -41,6 +41,7 @@ def main() -> int:
     parser.add_argument("--epochs", type=int, default=10)
     parser.add_argument("--image-size", type=int, default=128)
     parser.add_argument("--split", default="medico2020_train")
+    parser.add_argument("--bn-images", type=int, default=128, help="training images per re-estimation (the trainer's)")
     args = parser.parse_args()
 
     import tf_keras
@@ -73,7 +74,7 @@ def main() -> int:
         from trainer.models import compile_model
 
         compile_model(model, config)
-    rows = reestimation_rows(train_rows, 128, seed=0)
+    rows = reestimation_rows(train_rows, args.bn_images, seed=0)
 
     def iou() -> float:
         return float(medai_scores(val_masks, predict_probabilities(model, val_images, config))["mean_iou"])
@@ -125,6 +126,7 @@ def main() -> int:
         "steps_per_epoch": steps_per_epoch,
         "n_train": len(train_rows),
         "n_val": len(val_rows),
+        "bn_images": len(rows),
         "config": config.to_dict(),
         "epochs": epochs,
     }
