@@ -131,6 +131,8 @@ def build_steps(segsweep: str, python: str, data: Path, out: Path) -> list[Step]
                      ["retrain-default", "val-set"]),
         predict_step("predict-default-folds", lambda: out / "cv" / "default", predictions / "default-folds",
                      ["cv-default", "val-set"]),
+        Step("report-final", lambda: "CV-to-test gap" in _text(sweeps / SWEEP / "report" / "report.md"),
+             lambda: [[segsweep, "report", SWEEP, "--storage", str(sweeps)]], ["predict-winner"]),
         retrain_step("retrain-handpicked", [str(out / "cv" / "handpicked")], models / "handpicked",
                      ["cv-handpicked"]),
         predict_step("predict-handpicked", lambda: models / "handpicked", predictions / "handpicked",
@@ -156,6 +158,13 @@ def _sweep_finished(folder: Path) -> bool:
         except (OSError, json.JSONDecodeError):
             states.append(None)
     return len(states) >= int(spec["trials"]) and all(s in ("COMPLETE", "PRUNED", "FAILED") for s in states)
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
 
 
 def _val_ready(val: Path) -> bool:

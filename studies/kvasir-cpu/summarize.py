@@ -98,6 +98,43 @@ def _pm(pair: Any) -> str:
     return f"{pair[0]:.3f} ± {pair[1]:.3f}" if pair else "pending"
 
 
+def verdicts(summary: dict[str, Any]) -> list[str]:
+    rows = summary["rows"]
+    winner, default, hand = rows.get("cpu winner", {}), rows.get("default", {}), rows.get("handpicked", {})
+    out = []
+
+    def cv(row: dict[str, Any]) -> float | None:
+        return row["dice"][0] if row.get("state") == "complete" else None
+
+    w, d, h = cv(winner), cv(default), cv(hand)
+    if w is None:
+        out.append("cpu winner CV Dice >= 0.65: pending (sweep not finished)")
+    else:
+        out.append(f"cpu winner CV Dice >= 0.65: {'MET' if w >= 0.65 else 'MISSED'} ({w:.3f}, {w - 0.65:+.3f})")
+        for name, other in (("defaults", d), ("hand-picked", h)):
+            if other is None:
+                out.append(f"winner beats the {name}: pending")
+            else:
+                verdict = "MET" if w > other else "MISSED"
+                out.append(f"winner beats the {name}: {verdict} ({w:.3f} vs {other:.3f}, {w - other:+.3f})")
+        test = winner.get("test", {}).get("plain")
+        if test is None:
+            out.append("winner's test Dice within 0.05 of its CV Dice: pending")
+        else:
+            verdict = "MET" if abs(test[0] - w) <= 0.05 else "MISSED"
+            out.append(f"winner's test Dice within 0.05 of its CV Dice: {verdict} (test {test[0]:.3f}, CV {w:.3f}, "
+                       f"gap {w - test[0]:+.3f})")  # fmt: skip
+    for name in ("default", "handpicked", "cpu winner"):
+        single, ensemble = rows.get(name, {}).get("test", {}), rows.get(name, {}).get("test_folds", {})
+        if single.get("plain") and ensemble.get("plain"):
+            s, e = single["plain"][0], ensemble["plain"][0]
+            out.append(f"{name}: fold ensemble >= retrained single model: {'MET' if e >= s else 'MISSED'} "
+                       f"({e:.3f} vs {s:.3f})")  # fmt: skip
+        else:
+            out.append(f"{name}: fold ensemble >= retrained single model: pending")
+    return out
+
+
 def render(summary: dict[str, Any]) -> str:
     rows = summary["rows"]
     lines = [
@@ -134,6 +171,8 @@ def render(summary: dict[str, Any]) -> str:
     for name, row in summary["bn"].items():
         lines.append(f"| {name} | {row.get('state')} | {_pm(row.get('dice'))} | {_pm(row.get('iou'))} "
                      f"| {row.get('folds_dice', '')} |")  # fmt: skip
+    lines += ["", "Verdicts (goals of issue 10):", ""]
+    lines += [f"- {line}" for line in verdicts(summary)]
     post = {}
     for name in ("default", "handpicked", "cpu winner"):
         for key in ("test", "test_folds"):
