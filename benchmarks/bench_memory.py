@@ -98,7 +98,6 @@ class ProcessMemorySampler:
 
 def sweep(tmp: Path, data: Path, space: Path, name: str, trials: int, limit: int | None) -> dict[str, Any]:
     from sweeps.folder import read_trial_record
-
     from sweeps.runner import run_sweep
     from sweeps.spec import SweepSpec
 

@@ -67,6 +67,18 @@ def fold_boxplots(trials: list[TrialResult], labels: list[str]) -> bytes:
     return _png(figure)
 
 
+def best_so_far(points: list[tuple[float, float, str]]) -> bytes:
+    """A step curve of the best mean Dice so far against wall time (minutes)."""
+    figure, axes = plt.subplots(figsize=(_WIDTH, 3.6))
+    minutes = [seconds / 60 for seconds, _, _ in points]
+    dice = [value for _, value, _ in points]
+    axes.step(minutes, dice, where="post", color="tab:blue")
+    axes.scatter(minutes, dice, color="tab:blue", zorder=3)
+    axes.set(xlabel="wall time since the first trial started (minutes)", ylabel="best mean CV Dice so far")
+    axes.grid(alpha=0.3)
+    return _png(figure)
+
+
 def learning_curves(trial: TrialResult) -> bytes:
     """Loss and validation IoU per epoch of each fold; crosses mark learning-rate drops."""
     figure, (loss_axes, iou_axes) = plt.subplots(1, 2, figsize=(_WIDTH * 1.4, 4.2))

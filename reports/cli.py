@@ -33,7 +33,9 @@ def register(sub: Any) -> None:
         description="Train the winner on every development image with the learning-rate schedule its "
         "cross-validation folds followed, and save a model bundle (config, weights, card).",
     )
-    retrain.add_argument("name", help="sweep name")
+    retrain.add_argument(
+        "name", help="sweep name, or a `segsweep cv` output folder (retrains that configuration)"
+    )
     retrain.add_argument("--storage", default=None, help=storage_help())
     retrain.add_argument("--out", required=True, help="model bundle folder to create")
     retrain.add_argument("--trial", default=None, help="retrain this trial id instead of the winner")
@@ -46,7 +48,11 @@ def register(sub: Any) -> None:
         description="Write a lossless PNG mask (0/255) at each image's original size, an overlay per image, "
         "counts.csv, and with --masks metrics.json (MedAI Dice and IoU at the original resolution).",
     )
-    predict.add_argument("model", help="model bundle folder written by `segsweep retrain`")
+    predict.add_argument(
+        "model",
+        help="model bundle folder written by `segsweep retrain`, or a fold-model set (the --out of "
+        "`segsweep cv --keep-models`, a sweep trial folder kept with --keep-models): a fold ensemble",
+    )
     predict.add_argument("--images", required=True, help="folder of images")
     predict.add_argument("--masks", default=None, help="folder of true masks paired with the images by name")
     predict.add_argument("--out", required=True, help="output folder")
@@ -58,6 +64,12 @@ def register(sub: Any) -> None:
         type=float,
         default=DEFAULT_MIN_AREA,
         help=f"counter's smallest object, fraction of the image (default {DEFAULT_MIN_AREA})",
+    )
+    predict.add_argument(
+        "--postprocess",
+        default=None,
+        help="comma-separated: min-area (drop objects the counter would not count), fill-holes; adds a "
+        "metrics row for each and for all together, and writes masks_postprocessed/",
     )
     predict.set_defaults(handler=_cmd_predict)
 
@@ -106,6 +118,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         tta=args.tta,
         batch_size=args.batch_size,
         min_area=args.min_area,
+        postprocess=args.postprocess,
     )
 
 

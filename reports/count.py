@@ -50,12 +50,8 @@ class CountedObject:
     height: int
 
 
-def count_objects(mask: np.ndarray, min_area: float = DEFAULT_MIN_AREA) -> list[CountedObject]:
-    """The objects of a binary mask (any non-zero pixel is foreground), largest first.
-
-    ``min_area`` is a fraction of the mask's area (``0.0005`` keeps objects of at least 0.05% of
-    the image). Area counts the pixels inside the external contour, holes included.
-    """
+def _external_objects(mask: np.ndarray, min_area: float) -> list[tuple[np.ndarray, CountedObject]]:
+    """The external contours of a mask whose filled area reaches ``min_area``, with their objects."""
     import cv2
 
     if mask.ndim == 3:
@@ -63,7 +59,7 @@ def count_objects(mask: np.ndarray, min_area: float = DEFAULT_MIN_AREA) -> list[
     binary = (mask > 0).astype(np.uint8)
     contours, _ = cv2.findContours(binary, cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     threshold = min_area * binary.shape[0] * binary.shape[1]
-    objects = []
+    found = []
     for contour in contours:
         x, y, width, height = (int(v) for v in cv2.boundingRect(contour))
         # Filled pixel area, not cv2.contourArea: the polygon through boundary pixel centres gives a
@@ -72,9 +68,46 @@ def count_objects(mask: np.ndarray, min_area: float = DEFAULT_MIN_AREA) -> list[
         cv2.drawContours(canvas, [contour], -1, 1, thickness=cv2.FILLED, offset=(-x, -y))
         area = int(canvas.sum())
         if area >= threshold and area > 0:
-            objects.append(CountedObject(area, x, y, width, height))
+            found.append((contour, CountedObject(area, x, y, width, height)))
+    return found
+
+
+def count_objects(mask: np.ndarray, min_area: float = DEFAULT_MIN_AREA) -> list[CountedObject]:
+    """The objects of a binary mask (any non-zero pixel is foreground), largest first.
+
+    ``min_area`` is a fraction of the mask's area (``0.0005`` keeps objects of at least 0.05% of
+    the image). Area counts the pixels inside the external contour, holes included.
+    """
+    objects = [obj for _, obj in _external_objects(mask, min_area)]
     objects.sort(key=lambda o: (-o.area, o.y, o.x))
     return objects
+
+
+#: ``segsweep predict --postprocess`` options, applied in this order.
+POSTPROCESS_OPTIONS = ("min-area", "fill-holes")
+
+
+def postprocess_mask(mask: np.ndarray, options: Sequence[str], min_area: float = DEFAULT_MIN_AREA) -> np.ndarray:
+    """A 0/1 uint8 mask after the given post-processing options (:data:`POSTPROCESS_OPTIONS`).
+
+    ``min-area`` removes the objects the counter would not count (below ``min_area``, by the same
+    external contours and filled areas); ``fill-holes`` fills every hole of the objects kept (the
+    inside of their external contours).
+    """
+    import cv2
+
+    unknown = sorted(set(options) - set(POSTPROCESS_OPTIONS))
+    if unknown:
+        raise SegsweepError(
+            f"unknown --postprocess option(s) {', '.join(unknown)}; choose from {', '.join(POSTPROCESS_OPTIONS)}"
+        )
+    binary = (mask[..., 0] if mask.ndim == 3 else mask) > 0
+    kept = _external_objects(binary.astype(np.uint8), min_area if "min-area" in options else 0.0)
+    filled = np.zeros(binary.shape, np.uint8)
+    cv2.drawContours(filled, [contour for contour, _ in kept], -1, 1, thickness=cv2.FILLED)
+    if "fill-holes" in options:
+        return filled
+    return (binary & (filled > 0)).astype(np.uint8)
 
 
 def connected_regions(mask: np.ndarray, min_area: float = 0.0) -> int:

@@ -9,6 +9,12 @@ other grey levels into a binary mask).
 Flip test-time augmentation (``--tta``) averages the probabilities of the image as is, flipped
 left-right, flipped up-down and flipped both ways (each flipped back); it is reported as its own row
 and written to ``masks_tta/``.
+
+A fold-model set (``segsweep cv --keep-models``, a sweep trial kept with ``--keep-models K``) is a
+fold ensemble: each fold model's probabilities (with TTA: each model's flip average) are averaged
+before the threshold, as nnU-Net does. ``--postprocess min-area,fill-holes`` adds a metrics row per
+option (and one with all of them) computed on the thresholded masks at the original resolution
+(reports.count.postprocess_mask); the masks with every option applied go to ``masks_postprocessed/``.
 """
 
 from __future__ import annotations
@@ -22,9 +28,16 @@ from typing import Any
 
 import numpy as np
 
-from reports.bundle import ModelBundle, load_bundle
-from reports.count import COUNT_COLUMNS, DEFAULT_MIN_AREA, check_min_area, count_objects
+from reports.count import (
+    COUNT_COLUMNS,
+    DEFAULT_MIN_AREA,
+    POSTPROCESS_OPTIONS,
+    check_min_area,
+    count_objects,
+    postprocess_mask,
+)
 from sweeps.folder import SweepFolder, record_test_scores
+from trainer.bundle import ModelBundle, load_bundles
 from trainer.data import IMAGE_EXTENSIONS
 from trainer.decode import BadFileError
 from trainer.errors import DataError, SegsweepError
@@ -50,6 +63,8 @@ class ImageResult:
     iou_tta: float | None = None
     true_count: int | None = None
     count_tta: int | None = None
+    #: Post-processed variants' (Dice, IoU) by row name, e.g. ``plain+min-area``.
+    postprocessed: dict[str, tuple[float, float]] = field(default_factory=dict)
 
 
 @dataclass
@@ -127,6 +142,21 @@ def _check_masks(images: dict[str, Path], masks: dict[str, Path], masks_dir: Pat
         )
 
 
+def _ensemble_average(
+    models: Sequence[Any], batch: np.ndarray, bundle: ModelBundle, batch_size: int, tta: bool
+) -> np.ndarray:
+    """Mean over the models of their probabilities (flip-averaged each with ``tta``)."""
+    from trainer.training import predict_probabilities
+
+    total = np.zeros(batch.shape[:3], np.float32)
+    for model in models:
+        if tta:
+            total += _flip_average(model, batch, bundle, batch_size)
+        else:
+            total += predict_probabilities(model, batch, bundle.config, batch_size=batch_size)
+    return total / len(models)
+
+
 def _flip_average(model: Any, batch: np.ndarray, bundle: ModelBundle, batch_size: int) -> np.ndarray:
     from trainer.training import predict_probabilities
 
@@ -167,7 +197,7 @@ def _write_png(path: Path, image: np.ndarray) -> None:
 
 
 def predict_folder(
-    bundle: ModelBundle,
+    bundles: ModelBundle | Sequence[ModelBundle],
     images_dir: Path,
     out: Path,
     *,
@@ -175,13 +205,19 @@ def predict_folder(
     tta: bool = False,
     batch_size: int = PREDICT_BATCH_SIZE,
     min_area: float = DEFAULT_MIN_AREA,
+    postprocess: Sequence[str] = (),
 ) -> Prediction:
-    """Predict every readable image of ``images_dir`` into ``out``; score against ``masks_dir`` if given."""
+    """Predict every readable image of ``images_dir`` into ``out``; score against ``masks_dir`` if given.
+
+    Several bundles (one configuration, e.g. the folds of a cross-validation) predict as an ensemble.
+    """
     import cv2
 
     from trainer.data import read_image, read_mask
     from trainer.metrics import binarize, medai_scores
-    from trainer.training import predict_probabilities
+
+    bundles = [bundles] if isinstance(bundles, ModelBundle) else list(bundles)
+    bundle = bundles[0]
 
     images, skipped = _files_by_stem(images_dir, "images")
     masks: dict[str, Path] = {}
@@ -193,13 +229,15 @@ def predict_folder(
     folders = {"masks": out / "masks", "overlays": out / "overlays"}
     if tta:
         folders["masks_tta"] = out / "masks_tta"
+    if postprocess:
+        folders["masks_postprocessed"] = out / "masks_postprocessed"
     try:
         for folder in folders.values():
             folder.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SegsweepError(f"cannot create {out}: {exc.strerror}; pass a writable --out") from None
 
-    model = bundle.load_model()
+    models = [b.load_model() for b in bundles]
     size = bundle.image_size
     prediction = Prediction(skipped=list(skipped))
     stems = sorted(images)
@@ -215,8 +253,8 @@ def predict_folder(
         batch = np.stack(
             [cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA) for _, img in originals]
         )
-        plain = predict_probabilities(model, batch, bundle.config, batch_size=batch_size)
-        flipped = _flip_average(model, batch, bundle, batch_size) if tta else None
+        plain = _ensemble_average(models, batch, bundle, batch_size, tta=False)
+        flipped = _ensemble_average(models, batch, bundle, batch_size, tta=True) if tta else None
         for i, (stem, image) in enumerate(originals):
             height, width = image.shape[:2]
 
@@ -234,16 +272,53 @@ def predict_folder(
                 scores = medai_scores(truth[None], probabilities[None], bundle.threshold)
                 result.dice, result.iou = float(scores["dice"][0]), float(scores["iou"][0])
                 result.true_count = len(count_objects(truth, min_area))
+            variants = {"plain": predicted}
             if flipped is not None:
                 probabilities_tta = at_original(flipped[i])
                 predicted_tta = binarize(probabilities_tta, bundle.threshold).astype(np.uint8)
+                variants["tta"] = predicted_tta
                 _write_png(folders["masks_tta"] / f"{stem}.png", predicted_tta * 255)
                 result.count_tta = len(count_objects(predicted_tta, min_area))
                 if truth is not None:
                     scores = medai_scores(truth[None], probabilities_tta[None], bundle.threshold)
                     result.dice_tta, result.iou_tta = float(scores["dice"][0]), float(scores["iou"][0])
+            if postprocess:
+                _write_png(
+                    folders["masks_postprocessed"] / f"{stem}.png",
+                    postprocess_mask(predicted, postprocess, min_area) * 255,
+                )
+                if truth is not None:
+                    for base, mask in variants.items():
+                        for options in postprocess_variants(postprocess):
+                            processed = postprocess_mask(mask, options, min_area)
+                            scores = medai_scores(truth[None], processed[None].astype(np.float32), 0.5)
+                            name = "+".join([base, *options])
+                            result.postprocessed[name] = (float(scores["dice"][0]), float(scores["iou"][0]))
             prediction.results.append(result)
     return prediction
+
+
+def postprocess_variants(options: Sequence[str]) -> list[tuple[str, ...]]:
+    """The metrics rows ``--postprocess`` asks for: each option alone, and all of them together."""
+    ordered = tuple(o for o in POSTPROCESS_OPTIONS if o in options)
+    variants: list[tuple[str, ...]] = [(option,) for option in ordered]
+    if len(ordered) > 1:
+        variants.append(ordered)
+    return variants
+
+
+def parse_postprocess(text: str | None) -> tuple[str, ...]:
+    """``min-area,fill-holes`` -> the options, or one line naming the unknown ones."""
+    if not text:
+        return ()
+    options = tuple(part.strip() for part in text.split(",") if part.strip())
+    unknown = sorted(set(options) - set(POSTPROCESS_OPTIONS))
+    if unknown:
+        raise SegsweepError(
+            f"--postprocess: unknown option(s) {', '.join(unknown)}; choose from {', '.join(POSTPROCESS_OPTIONS)} "
+            "(comma-separated)"
+        )
+    return options
 
 
 def _summary_row(variant: str, dice: Sequence[float], iou: Sequence[float]) -> dict[str, Any]:
@@ -273,6 +348,13 @@ def summarise_prediction(prediction: Prediction) -> dict[str, Any]:
                     "tta", [r.dice_tta or 0.0 for r in with_tta], [r.iou_tta or 0.0 for r in with_tta]
                 )
             )
+        names = list(scored[0].postprocessed)
+        for name in names:
+            rows.append(
+                _summary_row(
+                    name, [r.postprocessed[name][0] for r in scored], [r.postprocessed[name][1] for r in scored]
+                )
+            )
     counted = [r for r in prediction.results if r.true_count is not None]
     agree = sum(r.count == r.true_count for r in counted)
     return {
@@ -284,7 +366,11 @@ def summarise_prediction(prediction: Prediction) -> dict[str, Any]:
             "fraction": agree / len(counted) if counted else None,
         },
         "per_image": [
-            {("image" if k == "stem" else k): v for k, v in vars(r).items() if k != "objects" and v is not None}
+            {
+                ("image" if k == "stem" else k): v
+                for k, v in vars(r).items()
+                if k != "objects" and v is not None and v != {}
+            }
             for r in prediction.results
         ],
     }
@@ -321,19 +407,24 @@ def run_predict_command(
     tta: bool = False,
     batch_size: int = PREDICT_BATCH_SIZE,
     min_area: float = DEFAULT_MIN_AREA,
+    postprocess: str | None = None,
 ) -> int:
     if batch_size < 1:
         raise SegsweepError(f"--batch-size must be at least 1, got {batch_size}")
     check_min_area(min_area)
-    bundle = load_bundle(model_dir)
+    options = parse_postprocess(postprocess)
+    bundles = load_bundles(model_dir)
+    bundle = bundles[0]
     started = time.perf_counter()
     prediction = predict_folder(
-        bundle, images_dir, out, masks_dir=masks_dir, tta=tta, batch_size=batch_size, min_area=min_area
-    )
+        bundles, images_dir, out, masks_dir=masks_dir, tta=tta, batch_size=batch_size, min_area=min_area,
+        postprocess=options,
+    )  # fmt: skip
     seconds = time.perf_counter() - started
     write_counts(out / "counts.csv", prediction.results)
     summary = summarise_prediction(prediction)
-    overlap = sorted({r.stem for r in prediction.results} & bundle.train_stems())
+    trained_on = set().union(*(b.train_stems() for b in bundles))
+    overlap = sorted({r.stem for r in prediction.results} & trained_on)
     if overlap:
         print(
             f"segsweep: warning: {len(overlap)} of these images were among the model's training images "
@@ -345,6 +436,8 @@ def run_predict_command(
         metrics = {
             "model": str(model_dir.resolve()),
             "trial": bundle.source.get("trial"),
+            "ensemble": [str(b.path.resolve()) for b in bundles] if len(bundles) > 1 else None,
+            "postprocess": list(options),
             "images": str(images_dir.resolve()),
             "masks": str(masks_dir.resolve()),
             "out": str(out.resolve()),
@@ -369,7 +462,8 @@ def run_predict_command(
             print(
                 f"count: predicted equals true count for {agreement['agree']}/{agreement['n_images']} images"
             )
-        _record(bundle, metrics)
+        if len(bundles) == 1:
+            _record(bundle, metrics)
     if prediction.skipped:
         print(f"segsweep: skipped {len(prediction.skipped)} file(s):", file=sys.stderr)
         for name, why in prediction.skipped:

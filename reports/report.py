@@ -135,13 +135,9 @@ def best_configuration(sweep: SweepResults, choice: WinnerChoice) -> dict[str, A
 
 def data_quality(trial: TrialResult | None) -> str | None:
     """A warning about the data the trial ran on (mostly empty masks, pairs left out), from its cv.json."""
-    import json
-
-    if trial is None or trial.path is None or not (trial.path / "cv.json").is_file():
-        return None
-    try:
-        quality = (json.loads((trial.path / "cv.json").read_text()).get("data") or {}).get("quality") or {}
-    except (OSError, ValueError, AttributeError):
+    cv = read_cv_result(trial.path) if trial is not None and trial.path is not None else None
+    quality = ((cv.data if cv else None) or {}).get("quality") or {}
+    if not isinstance(quality, dict):
         return None
     notes = []
     if quality.get("mostly_empty"):
@@ -223,6 +219,9 @@ def _table2(sweep: SweepResults, winner: TrialResult) -> Section:
         "original resolution, threshold 0.5, mean over images).",
         Table(["", "Dice", "IoU"], rows),
     ]
+    plain = [score for score in scores if score.variant == "plain" and not score.n_overlap_with_training]
+    if plain:
+        blocks.append(generalisation_gap_sentence(winner.mean["dice"], winner.std["dice"], plain[0].dice_mean))
     if not scores:
         blocks.append(
             f"No test set scored yet. `segsweep retrain {sweep.name} --out MODEL` then "
@@ -230,6 +229,76 @@ def _table2(sweep: SweepResults, winner: TrialResult) -> Section:
             "folder, and the next report shows them here."
         )
     return Section("Table 2: development and test scores", blocks)
+
+
+def generalisation_gap_sentence(cv_dice: float, cv_std: float, test_dice: float) -> str:
+    """The winner's CV-to-test gap, flagged when larger than twice its fold standard deviation."""
+    gap = cv_dice - test_dice
+    text = (
+        f"CV-to-test gap: cross-validation Dice {cv_dice:.4f} − test Dice {test_dice:.4f} = {gap:+.4f} "
+        f"(the winner's fold std is {cv_std:.4f}). "
+    )
+    if abs(gap) > 2 * cv_std:
+        return text + (
+            "FLAG: the gap is larger than twice the fold std. A test score this far below the CV estimate "
+            "points to selection overfit (the sweep chose the trial the folds favoured by chance) or a "
+            "test set unlike the development set."
+            if gap > 0
+            else "FLAG: the gap is larger than twice the fold std, with the test set scoring higher: the folds "
+            "underestimate (retraining on all development images helps), or the test set is easier."
+        )
+    return text + "Within twice the fold std: the cross-validation estimate holds on the test set."
+
+
+def best_so_far(sweep: SweepResults) -> list[tuple[float, float, str]]:
+    """(seconds since the sweep's first trial started, best mean Dice so far, trial) at each new best.
+
+    From the trials' start and end times in the sweep folder; only trials that completed all folds
+    count (the winner rule). A resumed sweep's pause counts as wall time.
+    """
+    from datetime import datetime
+
+    def when(text: str | None) -> datetime | None:
+        try:
+            return datetime.fromisoformat(text) if text else None
+        except ValueError:
+            return None
+
+    starts = [t for t in (when(trial.started) for trial in sweep.trials) if t is not None]
+    if not starts:
+        return []
+    origin = min(starts)
+    ended = []
+    for trial in sweep.completed():
+        end = when(trial.ended)
+        if end is not None:
+            ended.append(((end - origin).total_seconds(), trial.mean["dice"], trial.label))
+    points: list[tuple[float, float, str]] = []
+    for seconds, dice, name in sorted(ended):
+        if not points or dice > points[-1][1]:
+            points.append((seconds, dice, name))
+    return points
+
+
+def _best_so_far_section(sweep: SweepResults) -> Section:
+    from reports import _plots
+
+    points = best_so_far(sweep)
+    section = Section("Best so far over wall time")
+    if not points:
+        section.blocks.append("No trial has completed all folds with recorded times yet.")
+        return section
+    section.blocks += [
+        "The best mean CV Dice among the trials completed so far, against wall time since the sweep's first "
+        "trial started (trial end times in the sweep folder). A curve still rising at the end says more "
+        "trials would likely help; a long flat tail says the budget was enough for this space.",
+        Table(
+            ["minutes", "best mean Dice", "trial"],
+            [[f"{seconds / 60:.1f}", f"{dice:.4f}", name] for seconds, dice, name in points],
+        ),
+        Figure("best_so_far", "Best mean CV Dice so far over wall time", _plots.best_so_far(points)),
+    ]
+    return section
 
 
 def _leaderboard(sweep: SweepResults) -> Section:
@@ -378,6 +447,7 @@ def build_report(sweep: SweepResults) -> Report:
         _leaderboard(sweep),
         _pretraining(sweep),
         _importance(study, why_not),
+        _best_so_far_section(sweep),
         _figures(sweep, choice, study, why_not),
     ]
     return Report(f"segsweep report: {sweep.name}", sections, best_configuration(sweep, choice))

@@ -8,36 +8,30 @@ from __future__ import annotations
 
 import json
 import math
-import shutil
 import statistics
 import sys
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from reports.bundle import (
-    BUNDLE_FORMAT,
-    CARD_FILE,
-    CONFIG_FILE,
-    HISTORY_FILE,
-    SCHEDULE_FILE,
-    TRAIN_STEMS_FILE,
-    WEIGHTS_FILE,
-    describe,
-)
 from reports.leaderboard import pick_winner
 from reports.report import data_path
 from sweeps import Sweep
-from sweeps.folder import SweepResults, TrialResult, load_sweep
+from sweeps.folder import COMPLETE, SweepResults, TrialResult, load_sweep
 from trainer import version
+from trainer.bundle import (
+    BUNDLE_FORMAT,
+    CARD_FILE,
+    CONFIG_FILE,
+    SCHEDULE_FILE,
+    describe,
+    write_bundle,
+)
 from trainer.config import CVConfig
 from trainer.errors import ConfigError, DataError, SegsweepError
-from trainer.files import write_json_atomic
-from trainer.results import EpochRecord
+from trainer.results import CV_FILE, EpochRecord, read_cv_result
 
 SCHEDULE_RULE = (
     "The learning rate starts at the trial's lr and is cut by lr_factor (10x) at the end of each listed "
@@ -143,7 +137,7 @@ def _model_card(meta: Mapping[str, Any], history: Sequence[EpochRecord], schedul
         "```",
         "",
         "```python",
-        "from reports.bundle import load_bundle",
+        "from trainer.bundle import load_bundle",
         "bundle = load_bundle('THIS_FOLDER')",
         "model = bundle.load_model()  # rebuilds the architecture, then loads weights.h5",
         "```",
@@ -244,32 +238,39 @@ def retrain(
         "applied_drops": lr_drops, "lr": config.lr, "lr_factor": config.lr_factor, "epochs": config.epochs,
     }  # fmt: skip
 
-    # Written next to the destination and renamed: an interrupted retrain leaves no half bundle.
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        model.save_weights(str(staging / WEIGHTS_FILE))
-        write_json_atomic(staging / CONFIG_FILE, meta)
-        write_json_atomic(staging / HISTORY_FILE, [asdict(h) for h in history])
-        write_json_atomic(staging / SCHEDULE_FILE, schedule)
-        (staging / CARD_FILE).write_text(_model_card(meta, history, schedule))
-        (staging / TRAIN_STEMS_FILE).write_text("".join(f"{stem}\n" for stem in data.stems))
-        # mkdtemp and the atomic JSON writer create owner-only files; a bundle is meant to be shared.
-        staging.chmod(0o755)
-        for path in staging.iterdir():
-            path.chmod(0o644)
-        if out.exists():
-            out.rmdir()  # checked empty above
-        staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
-    return out
+    return write_bundle(
+        out,
+        model,
+        meta,
+        history=history,
+        train_stems=data.stems,
+        extra_files={SCHEDULE_FILE: schedule, CARD_FILE: _model_card(meta, history, schedule)},
+    )
+
+
+def cv_folder_as_sweep(folder: Path) -> SweepResults:
+    """A `segsweep cv` output folder as a one-trial sweep, so its configuration retrains the same way."""
+    cv = read_cv_result(folder)
+    if cv is None:
+        raise SegsweepError(f"{folder / CV_FILE} is not readable; rerun `segsweep cv` into {folder}")
+    if not cv.complete or len(cv.folds) != cv.n_folds:
+        raise SegsweepError(
+            f"{folder} holds an unfinished cross-validation ({len(cv.folds)} of {cv.n_folds} folds); "
+            "finish it by rerunning the same `segsweep cv` command, then retrain"
+        )
+    trial = TrialResult(
+        trial_id="cv", number=None, params={}, state=COMPLETE, reason=None, config=cv.config,
+        n_folds=cv.n_folds, folds=list(cv.folds), path=folder,
+    )  # fmt: skip
+    return SweepResults(name=folder.name, path=folder, spec={"data": (cv.data or {}).get("path")},
+                        trials=[trial])  # fmt: skip
 
 
 def run_retrain_command(
     name: str, storage: Path | None, out: Path, *, trial_id: str | None = None, verbose: bool = True
 ) -> int:
-    sweep = load_sweep(storage, name)
+    is_cv_folder = (Path(name) / CV_FILE).is_file()
+    sweep = cv_folder_as_sweep(Path(name)) if is_cv_folder else load_sweep(storage, name)
     bundle = retrain(sweep, out, trial_id=trial_id, verbose=verbose)
     meta = json.loads((bundle / CONFIG_FILE).read_text())
     print(f"wrote model bundle {bundle} ({meta['seconds']:.0f} s of training)", file=sys.stderr)

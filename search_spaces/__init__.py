@@ -16,8 +16,9 @@ from search_spaces._space import PARAM_TYPES, DefineByRun, Param, SearchSpace
 from search_spaces._yaml import load_space_file
 from trainer.errors import ConfigError
 
-#: Built-in spaces by name: ``paper`` (Tzavara & Singstad 2021) and ``quick`` (minutes on a CPU).
-BUILTIN_SPACES: tuple[str, ...] = ("paper", "quick")
+#: Built-in spaces by name: ``paper`` (Tzavara & Singstad 2021), ``quick`` (minutes on a CPU) and
+#: ``cpu`` (a real search in ~2 h on 2 cores, untrained light encoders at 128 px).
+BUILTIN_SPACES: tuple[str, ...] = ("paper", "quick", "cpu")
 
 
 def builtin_space_path(name: str) -> Path:
@@ -30,7 +31,7 @@ def builtin_space_path(name: str) -> Path:
 
 
 def load_space(name_or_path: str | Path) -> SearchSpace:
-    """A built-in space by name (``paper``, ``quick``) or a user's space from a YAML file."""
+    """A built-in space by name (``paper``, ``quick``, ``cpu``) or a user's space from a YAML file."""
     text = str(name_or_path)
     if not isinstance(name_or_path, Path) and text in BUILTIN_SPACES:
         return load_space_file(builtin_space_path(text))

@@ -116,6 +116,7 @@ def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) 
         _configure_tensorflow(setup.threads)
         run_cv = setup.cv_runner or _default_cv_runner()
         reporters = [reporter, *_extra_reporters(setup.spec, trial_id, folder)]
+        keep = int(setup.spec.get("keep_models") or 0)
         result = run_cv(
             cv_config,
             data,
@@ -124,7 +125,12 @@ def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) 
             val_stems=list(setup.val_stems) if setup.val_stems is not None else None,
             data_source=setup.data_source,
             verbose=True,
+            **({"keep_models": True} if keep else {}),
         )
+        if keep:
+            from sweeps._models import prune_fold_models
+
+            prune_fold_models(setup.sweep_dir, keep)
     except SegsweepError as exc:
         reason = one_line_reason(exc)
         update_trial_record(folder, fatal_reason=reason, reason=reason)

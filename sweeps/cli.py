@@ -163,6 +163,9 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tracker",
                         help="comma-separated trackers for every trial: mlflow, neptune, or none "
                         "(default: mlflow, plus neptune when NEPTUNE_PROJECT is set)")
+    parser.add_argument("--keep-models", type=int, default=None, metavar="K",
+                        help="keep each fold's model for the best K trials (fold ensembles for `segsweep predict "
+                        "TRIAL_FOLDER`); other trials' models are deleted as they fall out (default 0: none)")
     parser.add_argument("--skip-bad", action="store_true", default=None,
                         help="leave out pairs whose image or mask is cut short, undecodable or not a binary mask "
                         "(listed, and recorded in each trial's cv.json); default: stop naming the file")
@@ -179,7 +182,7 @@ def _add_limit_options(parser: argparse.ArgumentParser) -> None:
 
 #: ``sweep run`` options whose values go to SweepSpec fields of the same name.
 _SPEC_OPTIONS = ("name", "data", "space", "trials", "storage", "concurrency", "cpus_per_trial", "gpus_per_trial",
-                 "scheduler", "seed", "address", "tracker", "skip_bad")
+                 "scheduler", "seed", "address", "tracker", "skip_bad", "keep_models")
 
 
 def spec_from_args(args: argparse.Namespace) -> Any:

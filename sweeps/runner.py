@@ -229,6 +229,10 @@ def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVR
         statuses = _ray_trial_statuses(grid)
     stopped = stop_control.reason
     finished = _reconcile(spec, statuses, stopped=stopped is not None)
+    if spec.keep_models:
+        from sweeps._models import prune_fold_models
+
+        prune_fold_models(spec.sweep_dir, spec.keep_models, sweep_ended=finished)
     wall = time.perf_counter() - started
     _record_run(spec, wall, restore, finished, stopped)
     outcome = SweepOutcome(load_sweep(spec.storage, spec.name), finished, wall, stopped)

@@ -50,6 +50,8 @@ class SweepSpec:
     max_failed_trials: int | None = None
     created: str | None = None
     skip_bad: bool = False  # leave out pairs whose files are cut short, undecodable or not masks
+    #: Keep the fold models of the best this many trials (0: keep none).
+    keep_models: int = 0
 
     @property
     def folder(self) -> SweepFolder:
@@ -89,6 +91,8 @@ class SweepSpec:
         unknown = set(self.overrides) - {*OVERRIDE_KEYS, "seed"}
         if unknown:
             raise ConfigError(f"unknown override(s) {', '.join(sorted(unknown))}")
+        if self.keep_models < 0:
+            raise ConfigError(f"--keep-models must be 0 or more (the number of best trials), got {self.keep_models}")
         if self.trial_retries < 0:
             raise ConfigError(f"trial_retries must be 0 or more, got {self.trial_retries}")
         if self.time_budget_s is not None and not self.time_budget_s > 0:

@@ -63,6 +63,18 @@ def register(sub: Any) -> None:
         help="leave out pairs whose image or mask is cut short, undecodable or not a binary mask "
         "(listed, and recorded in cv.json); default: stop naming the file",
     )
+    cv.add_argument(
+        "--keep-models",
+        action="store_true",
+        help="save each fold's model as a bundle in OUT/models/fold_NN (for `segsweep predict OUT`: a fold ensemble)",
+    )
+    cv.add_argument(
+        "--no-bn-reestimate",
+        dest="bn_reestimate",
+        action="store_false",
+        default=None,
+        help="validate with Keras' moving batch-norm statistics instead of re-estimating them (for comparison)",
+    )
     cv.set_defaults(handler=_cmd_cv)
 
     data = sub.add_parser("data", help="check or download data sets")
@@ -91,7 +103,7 @@ def resolve_cv_args(args: argparse.Namespace) -> tuple[CVConfig, Path, Path]:
     if args.config:
         config, extras = load_config_file(args.config)
         values = config.to_dict()
-    for name in [*_CV_OPTIONS, "augment"]:
+    for name in [*_CV_OPTIONS, "augment", "bn_reestimate"]:
         value = getattr(args, name, None)
         if value is not None:
             values[name] = value
@@ -111,7 +123,8 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 
     config, data, out = resolve_cv_args(args)
     try:
-        return run_cv_command(config, data, out, tracker=args.tracker, verbose=not args.quiet, skip_bad=args.skip_bad)
+        return run_cv_command(config, data, out, tracker=args.tracker, verbose=not args.quiet, skip_bad=args.skip_bad,
+                              keep_models=args.keep_models)
     except KeyboardInterrupt:
         raise Interrupted(
             f"finished folds are kept in {out}; resume with `{resume_command(args)}`"
@@ -133,7 +146,10 @@ def resume_command(args: argparse.Namespace) -> str:
             words += ["--" + name.replace("_", "-"), str(value)]
     if args.augment is False:
         words.append("--no-augment")
-    words += [flag for flag, on in (("--quiet", args.quiet), ("--skip-bad", args.skip_bad)) if on]
+    if getattr(args, "bn_reestimate", None) is False:
+        words.append("--no-bn-reestimate")
+    flags = (("--quiet", args.quiet), ("--skip-bad", args.skip_bad), ("--keep-models", args.keep_models))
+    words += [flag for flag, on in flags if on]
     return shlex.join(words)
 
 

@@ -52,6 +52,7 @@ class CVConfig:
     augment: bool = True
     lr_patience: int = 3
     lr_factor: float = 0.1
+    bn_reestimate: bool = True
     extra: dict[str, Any] = field(default_factory=dict)
 
     def validate(self) -> None:

@@ -13,6 +13,7 @@ import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 
@@ -22,7 +23,10 @@ from trainer.data import PreparedData, prepare_dataset, read_split
 from trainer.errors import ConfigError
 from trainer.files import write_json_atomic
 from trainer.reporting import FoldPreview, MultiReporter, Reporter
-from trainer.results import CV_FILE, CVResult, FoldResult, fold_path, read_fold_files
+from trainer.results import CV_FILE, CVResult, FoldResult, fold_model_dir, fold_path, read_fold_files
+
+if TYPE_CHECKING:
+    import tf_keras
 
 #: Validation images shown per fold in tracker previews.
 PREVIEW_IMAGES = 4
@@ -60,6 +64,37 @@ def check_output_dir(out_dir: Path) -> None:
         probe.unlink()
     except OSError as exc:
         raise ConfigError(f"cannot write to output folder {out_dir}: {exc.strerror}; choose another --out") from None
+
+
+def _save_fold_model(
+    out_dir: Path, model: object, config: CVConfig, result: FoldResult, data_info: Mapping[str, object],
+    n_folds: int, train_stems: list[str],
+) -> None:
+    """The fold's model as a bundle (trainer.bundle.s format), loadable like a retrained one."""
+    from datetime import UTC, datetime
+
+    from trainer.bundle import BUNDLE_FORMAT, describe, write_bundle
+
+    meta = {
+        "bundle_format": BUNDLE_FORMAT,
+        "segsweep_version": version(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": config.to_dict(),
+        "preprocessing": describe(config),
+        "threshold": 0.5,
+        "data": {**data_info, "n_images": result.n_train},
+        "source": {
+            "cv": str(out_dir.resolve()), "fold": result.fold, "n_folds": n_folds,
+            "fold_scores": {"dice": result.dice, "iou": result.iou}, "val_stems": len(result.val_stems),
+        },
+        "seconds": result.seconds,
+    }  # fmt: skip
+    target = fold_model_dir(out_dir, result.fold)
+    if target.exists():
+        import shutil
+
+        shutil.rmtree(target)  # a model of an earlier, unfinished attempt at this fold
+    write_bundle(target, model, meta, history=result.history, train_stems=train_stems)
 
 
 def load_finished_folds(out_dir: Path, config: CVConfig, data_key: str) -> list[FoldResult]:
@@ -100,8 +135,13 @@ def run_cv(
     val_stems: list[str] | None = None,
     data_source: str | None = None,
     verbose: bool = False,
+    keep_models: bool = False,
 ) -> CVResult:
-    """Cross-validate ``config`` on ``data``, writing results into ``out_dir`` as folds finish."""
+    """Cross-validate ``config`` on ``data``, writing results into ``out_dir`` as folds finish.
+
+    ``keep_models`` saves each fold's trained model as a bundle in ``out_dir/models/fold_NN/``
+    (before the fold's result, so a finished fold always has its model).
+    """
     config.validate()
     out_dir = Path(out_dir)
     if data.image_size != config.image_size:
@@ -130,6 +170,14 @@ def run_cv(
     }
     completed = load_finished_folds(out_dir, config, data.key)
     done = {f.fold for f in completed}
+    if keep_models:
+        missing = sorted(n for n in done if not (fold_model_dir(out_dir, n) / "weights.h5").is_file())
+        if missing:
+            print(
+                f"segsweep: warning: folds {', '.join(map(str, missing))} in {out_dir} finished without "
+                "--keep-models, so their models are not kept; delete their folds/fold_NN.json to train them again",
+                file=sys.stderr,
+            )
     previous_seconds = sum(f.seconds for f in completed)
     started = time.perf_counter()
 
@@ -152,7 +200,10 @@ def run_cv(
         for number, (train_rows, val_rows) in enumerate(folds, start=1):
             if number in done:
                 continue
-            result, preview = _run_fold(config, data, number, train_rows, val_rows, reporter)
+            result, preview, model = _run_fold(config, data, number, train_rows, val_rows, reporter)
+            if keep_models:
+                train_stems = [data.stems[i] for i in np.sort(train_rows)]
+                _save_fold_model(out_dir, model, config, result, data_info, len(folds), train_stems)
             write_json_atomic(fold_path(out_dir, number), result.to_dict())
             completed.append(result)
             completed.sort(key=lambda f: f.fold)
@@ -172,7 +223,7 @@ def _run_fold(
     train_rows: np.ndarray,
     val_rows: np.ndarray,
     reporter: Reporter,
-) -> tuple[FoldResult, FoldPreview]:
+) -> tuple[FoldResult, FoldPreview, tf_keras.Model]:
     import tf_keras
 
     from trainer.metrics import medai_scores
@@ -214,7 +265,7 @@ def _run_fold(
     )
     k = min(PREVIEW_IMAGES, len(stems))
     preview = FoldPreview(tuple(stems[:k]), val_images[:k], val_masks[:k], probabilities[:k])
-    return result, preview
+    return result, preview, model
 
 
 class _ConsoleReporter(Reporter):
@@ -276,6 +327,7 @@ def run_cv_command(
     tracker: str | None = None,
     verbose: bool = True,
     skip_bad: bool = False,
+    keep_models: bool = False,
 ) -> int:
     """`segsweep cv`: prepare the data (cached), cross-validate, print the table, write cv.json."""
     config.validate()
@@ -296,7 +348,14 @@ def run_cv_command(
     # None: MLflow in the output folder, plus Neptune (offline unless configured) when NEPTUNE_PROJECT is set.
     reporter = open_trackers(tracker, root=out_dir, run_name=out_dir.name, params=config.to_dict())
     result = run_cv(
-        config, data, out_dir, reporter, val_stems=val_stems, data_source=str(data_dir.resolve()), verbose=verbose
+        config,
+        data,
+        out_dir,
+        reporter,
+        val_stems=val_stems,
+        data_source=str(data_dir.resolve()),
+        verbose=verbose,
+        keep_models=keep_models,
     )
     if not verbose:
         print(format_fold_table(result))

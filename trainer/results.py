@@ -17,6 +17,8 @@ import numpy as np
 CV_FILE = "cv.json"
 #: One file per finished fold, written as the fold ends: ``folds/fold_01.json``, ...
 FOLDS_DIR = "folds"
+#: Each fold's model as a bundle (``--keep-models``): ``models/fold_01/``, ... (a fold ensemble).
+MODELS_DIR = "models"
 
 
 @dataclass
@@ -114,6 +116,11 @@ def _nan_for_null(values: dict[str, Any], keys: tuple[str, ...]) -> dict[str, An
 def fold_path(out_dir: Path, fold: int) -> Path:
     """Where fold ``fold`` (from 1) of the cross-validation in ``out_dir`` is written."""
     return Path(out_dir) / FOLDS_DIR / f"fold_{fold:02d}.json"
+
+
+def fold_model_dir(out_dir: str | Path, fold: int) -> Path:
+    """Where fold ``fold``'s model bundle is kept (``cv --keep-models``)."""
+    return Path(out_dir) / MODELS_DIR / f"fold_{fold:02d}"
 
 
 def fold_files(out_dir: Path) -> list[Path]:

@@ -118,6 +118,28 @@ def _validation_dataset(
     return tf.data.Dataset.from_generator(batches, output_signature=spec).prefetch(1)
 
 
+def _bn_batches(
+    images: np.ndarray, indices: np.ndarray, config: CVConfig, seed: int
+) -> Callable[[], Iterator[np.ndarray]]:
+    """Preprocessed, unaugmented batches of a fixed seeded subset of the training images.
+
+    Full batches of ``config.batch_size`` only (a last short batch would weigh as much as a full
+    one in the average), unless the subset is smaller than one batch.
+    """
+    from trainer.batchnorm import DEFAULT_IMAGES, reestimation_rows
+
+    rows = reestimation_rows(indices, DEFAULT_IMAGES, seed)
+    size = config.batch_size
+    starts = list(range(0, max(len(rows) - size, 0) + 1, size)) if len(rows) >= size else [0]
+    prep = preprocessing(config.encoder)
+
+    def batches() -> Iterator[np.ndarray]:
+        for start in starts:
+            yield np.asarray(prep(np.asarray(images[rows[start : start + size]], np.float32)), np.float32)
+
+    return batches
+
+
 def _make_callbacks(
     config: CVConfig,
     history: list[EpochRecord],
@@ -127,8 +149,37 @@ def _make_callbacks(
     lr_drop_epochs: Sequence[int] | None,
     on_epoch: EpochCallback | None,
     n_train: int,
+    bn_batches: Callable[[], Iterator[np.ndarray]] | None = None,
 ) -> list[Any]:
     import tf_keras
+
+    class BatchNormReestimator(tf_keras.callbacks.Callback):
+        """Re-estimates BN statistics before each validation and at the end of training.
+
+        Only when the weights changed since the last re-estimation, so the final validation's
+        statistics are the ones the trained model keeps.
+        """
+
+        def __init__(self, batches: Callable[[], Iterator[np.ndarray]]) -> None:
+            super().__init__()
+            self.batches = batches
+            self.stale = False
+
+        def on_train_batch_end(self, batch: int, logs: Mapping[str, float] | None = None) -> None:
+            self.stale = True
+
+        def _refresh(self) -> None:
+            if self.stale:
+                from trainer.batchnorm import reestimate_batchnorm
+
+                reestimate_batchnorm(self.model, self.batches())
+                self.stale = False
+
+        def on_test_begin(self, logs: Mapping[str, float] | None = None) -> None:
+            self._refresh()
+
+        def on_train_end(self, logs: Mapping[str, float] | None = None) -> None:
+            self._refresh()
 
     class EpochRecorder(tf_keras.callbacks.Callback):
         """Records each epoch and the epochs at whose end the learning rate was cut."""
@@ -174,6 +225,8 @@ def _make_callbacks(
                 )
 
     callbacks: list[Any] = []
+    if bn_batches is not None:
+        callbacks.append(BatchNormReestimator(bn_batches))
     if monitor_val:
         # The paper: cut the learning rate 10x when validation IoU has not improved for 3 epochs.
         callbacks.append(
@@ -246,6 +299,7 @@ def fit(
         lr_drop_epochs=lr_drop_epochs,
         on_epoch=on_epoch,
         n_train=len(indices),
+        bn_batches=_bn_batches(images, indices, config, seed) if config.bn_reestimate else None,
     )
     model.fit(
         source.dataset(config.image_size),

@@ -14,10 +14,10 @@ import cv2
 import numpy as np
 import pytest
 
-from reports.bundle import BundleError, load_bundle
 from sweeps.cli import main
 from sweeps.folder import load_sweep
 from tests.support.fake_sweep import FakeTrial, make_sweep, read_json
+from trainer.bundle import BundleError, load_bundle
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
@@ -92,7 +92,7 @@ def test_bundle_loads_in_a_fresh_process(trained: tuple[Path, Path], tmp_path: P
     here = predict_probabilities(loaded.load_model(), images, loaded.config)
     script = (
         "import sys, numpy as np\n"
-        "from reports.bundle import load_bundle\n"
+        "from trainer.bundle import load_bundle\n"
         "from trainer.training import predict_probabilities\n"
         "b = load_bundle(sys.argv[1])\n"
         "np.save(sys.argv[3], predict_probabilities(b.load_model(), np.load(sys.argv[2]), b.config))\n"

@@ -74,12 +74,12 @@ def test_report_writes_html_md_and_best_json(storage: Path, tmp_path: Path) -> N
     assert "<script" not in html and "<link" not in html
     assert not re.search(r"""(src|href)=["'](?!data:)""", html)
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) == 4  # history, parallel coordinates, fold box plots, learning curves
+    assert len(images) == 5  # best so far, history, parallel coordinates, fold box plots, learning curves
     from PIL import Image
 
     for data in images:
         assert Image.open(io.BytesIO(base64.b64decode(data))).size[0] > 100
-    for name in ("optimisation_history", "parallel_coordinate", "fold_dice", "learning_curves"):
+    for name in ("best_so_far", "optimisation_history", "parallel_coordinate", "fold_dice", "learning_curves"):
         assert f"figures/{name}.png" in md
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
 

@@ -120,6 +120,18 @@ def test_quick_space_fits_a_cpu() -> None:
     assert "cannot download" in builtin_space_path("quick").read_text()
 
 
+def test_cpu_space_searches_the_untrained_levers() -> None:
+    space = load_space("cpu")
+    assert set(space.params) == {"encoder", "arch", "loss", "batch_size", "lr", "epochs", "augment"}
+    assert set(space.params["encoder"].choices) == {"mobilenetv2", "efficientnetb0", "resnet18", "seresnet18"}
+    assert set(space.params["arch"].choices) == {"unet", "fpn", "linknet"}
+    assert set(space.params["loss"].choices) == {"iou", "dice", "bce_dice"}
+    assert space.params["augment"].choices == (True, False)
+    assert space.fixed == {"weights": "none", "image_size": 128, "folds": 3}
+    header = builtin_space_path("cpu").read_text()
+    assert "2 h" in header and "128" in header and "3 folds" in header
+
+
 # -- sampling with Optuna --------------------------------------------------------------------------
 
 

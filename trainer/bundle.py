@@ -17,6 +17,9 @@ the architecture from the configuration (encoder weights "none") and loads the w
 from __future__ import annotations
 
 import json
+import shutil
+import tempfile
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -121,6 +124,92 @@ def load_bundle(path: str | Path) -> ModelBundle:
     except ConfigError as exc:
         raise BundleError(f"{exc}; the bundle's configuration is not usable, retrain it") from None
     return ModelBundle(path=path, config=config, meta=meta)
+
+
+def write_bundle(
+    out: Path,
+    model: tf_keras.Model,
+    meta: Mapping[str, Any],
+    *,
+    history: Sequence[Any] = (),
+    train_stems: Sequence[str] = (),
+    extra_files: Mapping[str, str | Mapping[str, Any]] | None = None,
+) -> Path:
+    """Write a bundle folder at ``out`` (which must not exist or be empty) and return it.
+
+    Written next to the destination and renamed, so an interrupted write leaves no half bundle.
+    ``history`` items are dataclasses (EpochRecord) or mappings; ``extra_files`` maps file names to
+    text (written as is) or mappings (written as JSON).
+    """
+    from dataclasses import asdict, is_dataclass
+
+    from trainer.files import write_json_atomic
+
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        model.save_weights(str(staging / WEIGHTS_FILE))
+        write_json_atomic(staging / CONFIG_FILE, dict(meta))
+        rows = [asdict(h) if is_dataclass(h) and not isinstance(h, type) else dict(h) for h in history]
+        write_json_atomic(staging / HISTORY_FILE, rows)
+        for name, content in (extra_files or {}).items():
+            if isinstance(content, str):
+                (staging / name).write_text(content)
+            else:
+                write_json_atomic(staging / name, dict(content))
+        (staging / TRAIN_STEMS_FILE).write_text("".join(f"{stem}\n" for stem in train_stems))
+        # mkdtemp and the atomic JSON writer create owner-only files; a bundle is meant to be shared.
+        staging.chmod(0o755)
+        for path in staging.iterdir():
+            path.chmod(0o644)
+        if out.exists():
+            out.rmdir()  # the caller checked it is empty
+        staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+    return out
+
+
+def load_bundles(path: str | Path) -> list[ModelBundle]:
+    """One model bundle, or every fold model of a fold-model set (a fold ensemble), in fold order.
+
+    A fold-model set is a `segsweep cv --keep-models` output folder or a sweep trial's folder (both
+    hold ``models/fold_NN/``), or that ``models/`` folder itself. All its folds must share one
+    configuration, and a set beside a ``cv.json`` must hold a model for every fold it lists.
+    """
+    path = Path(path)
+    if (path / CONFIG_FILE).is_file() or not path.is_dir():
+        return [load_bundle(path)]
+    models = path / "models" if (path / "models").is_dir() else path
+    folds = sorted(p for p in models.glob("fold_*") if p.is_dir())
+    if not folds:
+        raise BundleError(
+            f"{path} is neither a model bundle ({CONFIG_FILE}, {WEIGHTS_FILE}) nor a fold-model set "
+            "(models/fold_NN/ from `segsweep cv --keep-models` or `segsweep sweep run --keep-models K`); "
+            "pass the --out of `segsweep retrain` or of `segsweep cv --keep-models`"
+        )
+    bundles = [load_bundle(fold) for fold in folds]
+    cv_path = models.parent / "cv.json"
+    if cv_path.is_file():
+        try:
+            n_folds = int(json.loads(cv_path.read_text())["n_folds"])
+        except (OSError, ValueError, KeyError, TypeError):
+            n_folds = len(bundles)
+        if len(bundles) != n_folds:
+            raise BundleError(
+                f"{models} holds {len(bundles)} fold model(s) but {cv_path} has {n_folds} folds: the "
+                "cross-validation is unfinished or ran without --keep-models; finish it with --keep-models "
+                "(or pass one fold's folder to predict with that fold alone)"
+            )
+    first = bundles[0].config.to_dict()
+    for bundle in bundles[1:]:
+        if bundle.config.to_dict() != first:
+            raise BundleError(
+                f"{bundle.path} was trained with another configuration than {bundles[0].path}; a fold "
+                "ensemble averages models of one configuration"
+            )
+    return bundles
 
 
 def describe(config: CVConfig) -> dict[str, str]:

@@ -1,0 +1,260 @@
+"""The Kvasir-SEG CPU study, resumable: defaults vs hand-picked vs the `cpu` sweep, scored on medico2020_val.
+
+    .venv/bin/python studies/kvasir-cpu/run_study.py --data ../shared/data/kvasir-seg --out OUT
+
+Every step writes into OUT (outside the repository) and skips itself when its output is complete, so
+running the same command again resumes: a cross-validation at its first unfinished fold, the sweep
+with `segsweep sweep resume`, a retrain or prediction that had not finished from the start. A step
+whose inputs are missing (an earlier step failed) is skipped and the run exits 1 at the end; each
+step's command and output go to OUT/logs/<step>.log. Protocol for every row: Kvasir-SEG's
+development split medico2020_train (880 pairs), 128x128, 3 folds (seed 0), untrained encoders; test
+set medico2020_val (120 pairs the sweep never saw), scored MedAI-style at the original resolution.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+#: The study's protocol, shared by every cross-validation and the sweep.
+PROTOCOL = ["--dev-split", "medico2020_train", "--image-size", "128", "--folds", "3", "--seed", "0"]
+#: The issue's mini-protocol "paper defaults": the paper's U-Net, IoU loss, Adam 1e-3, with the
+#: CPU-sized encoder (efficientnetb0, untrained), batch 16 and 6 epochs.
+DEFAULT = ["--encoder", "efficientnetb0", "--arch", "unet", "--weights", "none", "--batch-size", "16",
+           "--lr", "1e-3", "--loss", "iou", "--epochs", "6"]  # fmt: skip
+#: What a person would try by hand (the issue's 0.636 ± 0.044 on all 1000 pairs).
+HANDPICKED = ["--encoder", "resnet18", "--arch", "unet", "--weights", "none", "--batch-size", "8",
+              "--lr", "1e-3", "--loss", "bce_dice", "--epochs", "12"]  # fmt: skip
+#: The batch-norm trap (issue 10), on a few hundred pairs: before (moving statistics) and after.
+BN_RUN = ["--encoder", "mobilenetv2", "--arch", "unet", "--weights", "none", "--batch-size", "8",
+          "--lr", "1e-3", "--loss", "bce_dice", "--epochs", "12", "--limit", "300"]  # fmt: skip
+SWEEP = "kvasir-cpu"
+SWEEP_TRIALS = 10
+KEEP_TOP = 3
+POSTPROCESS = "min-area,fill-holes"
+
+
+@dataclass
+class Step:
+    name: str
+    done: Callable[[], bool]
+    commands: Callable[[], list[list[str]]]
+    needs: list[str] = field(default_factory=list)
+
+
+def _complete_cv(folder: Path, models: bool = True) -> bool:
+    try:
+        cv = json.loads((folder / "cv.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    if not cv.get("complete") or len(cv.get("folds", [])) != cv.get("n_folds"):
+        return False
+    return not models or all(
+        (folder / "models" / f"fold_{f['fold']:02d}" / "weights.h5").is_file() for f in cv["folds"]
+    )
+
+
+def _winner(sweeps: Path) -> Path | None:
+    """The winning trial's folder, from the report's best.json."""
+    try:
+        best = json.loads((sweeps / SWEEP / "report" / "best.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return None
+    return sweeps / SWEEP / "trials" / str(best["trial_id"])
+
+
+def build_steps(segsweep: str, python: str, data: Path, out: Path) -> list[Step]:
+    sweeps = out / "sweeps"
+    val = out / "data" / "medico2020_val"
+    models = out / "models"
+    predictions = out / "predict"
+    here = Path(__file__).resolve().parent
+
+    def cv_step(name: str, args: list[str], folder: Path, keep: bool = True) -> Step:
+        command = [segsweep, "cv", "--data", str(data), *PROTOCOL, *args, "--out", str(folder), "--tracker",
+                   "none", "--quiet", *(["--keep-models"] if keep else [])]  # fmt: skip
+        return Step(name, lambda: _complete_cv(folder, keep), lambda: [command])
+
+    def sweep_commands() -> list[list[str]]:
+        if (sweeps / SWEEP / "sweep.json").is_file():
+            run = [segsweep, "sweep", "resume", SWEEP, "--storage", str(sweeps)]
+        else:
+            run = [segsweep, "sweep", "run", "--data", str(data), "--dev-split", "medico2020_train",
+                   "--space", "cpu", "--trials", str(SWEEP_TRIALS), "--concurrency", "2", "--seed", "0",
+                   "--keep-models", str(KEEP_TOP), "--tracker", "none", "--name", SWEEP,
+                   "--storage", str(sweeps)]  # fmt: skip
+        return [run, [segsweep, "report", SWEEP, "--storage", str(sweeps)]]
+
+    def retrain_step(name: str, source: list[str], target: Path, needs: list[str]) -> Step:
+        def commands() -> list[list[str]]:
+            if target.exists() and not (target / "weights.h5").is_file():
+                shutil.rmtree(target)  # an interrupted retrain's leftovers
+            return [[segsweep, "retrain", *source, "--out", str(target), "--quiet"]]
+
+        return Step(name, lambda: (target / "weights.h5").is_file(), commands, needs)
+
+    def predict_step(name: str, model: Callable[[], Path | None], target: Path, needs: list[str]) -> Step:
+        def commands() -> list[list[str]]:
+            found = model()
+            if found is None:
+                raise RuntimeError(f"{name}: the model to predict with is not there yet")
+            return [[segsweep, "predict", str(found), "--images", str(val / "images"), "--masks",
+                     str(val / "masks"), "--out", str(target), "--tta", "--postprocess", POSTPROCESS]]  # fmt: skip
+
+        return Step(name, lambda: (target / "metrics.json").is_file(), commands, needs)
+
+    return [
+        Step("val-set", lambda: _val_ready(val), lambda: [[python, str(here / "run_study.py"), "--link-val",
+                                                            str(data), str(val)]]),
+        cv_step("cv-default", DEFAULT, out / "cv" / "default"),
+        cv_step("cv-handpicked", HANDPICKED, out / "cv" / "handpicked"),
+        Step(
+            "sweep",
+            lambda: (sweeps / SWEEP / "report" / "best.json").is_file() and _sweep_finished(sweeps / SWEEP),
+            sweep_commands,
+        ),
+        retrain_step("retrain-winner", [SWEEP, "--storage", str(sweeps)], models / "winner", ["sweep"]),
+        retrain_step("retrain-default", [str(out / "cv" / "default")], models / "default", ["cv-default"]),
+        predict_step("predict-winner", lambda: models / "winner", predictions / "winner",
+                     ["retrain-winner", "val-set"]),
+        predict_step("predict-winner-folds", lambda: _winner(sweeps), predictions / "winner-folds",
+                     ["sweep", "val-set"]),
+        predict_step("predict-default", lambda: models / "default", predictions / "default",
+                     ["retrain-default", "val-set"]),
+        predict_step("predict-default-folds", lambda: out / "cv" / "default", predictions / "default-folds",
+                     ["cv-default", "val-set"]),
+        Step("report-final", lambda: "CV-to-test gap" in _text(sweeps / SWEEP / "report" / "report.md"),
+             lambda: [[segsweep, "report", SWEEP, "--storage", str(sweeps)]], ["predict-winner"]),
+        retrain_step("retrain-handpicked", [str(out / "cv" / "handpicked")], models / "handpicked",
+                     ["cv-handpicked"]),
+        predict_step("predict-handpicked", lambda: models / "handpicked", predictions / "handpicked",
+                     ["retrain-handpicked", "val-set"]),
+        predict_step("predict-handpicked-folds", lambda: out / "cv" / "handpicked",
+                     predictions / "handpicked-folds", ["cv-handpicked", "val-set"]),
+        cv_step("bn-before", [*BN_RUN, "--no-bn-reestimate"], out / "cv" / "bn-before", keep=False),
+        cv_step("bn-after", BN_RUN, out / "cv" / "bn-after", keep=False),
+        Step("summary", lambda: False,
+             lambda: [[python, str(here / "summarize.py"), "--out", str(out)]]),
+    ]
+
+
+def _sweep_finished(folder: Path) -> bool:
+    try:
+        spec = json.loads((folder / "sweep.json").read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    states = []
+    for trial in (folder / "trials").glob("*/trial.json"):
+        try:
+            states.append(json.loads(trial.read_text()).get("state"))
+        except (OSError, json.JSONDecodeError):
+            states.append(None)
+    return len(states) >= int(spec["trials"]) and all(s in ("COMPLETE", "PRUNED", "FAILED") for s in states)
+
+
+def _text(path: Path) -> str:
+    try:
+        return path.read_text()
+    except OSError:
+        return ""
+
+
+def _val_ready(val: Path) -> bool:
+    return all(len(list((val / part).glob("*"))) == 120 for part in ("images", "masks"))
+
+
+def link_val(data: Path, val: Path) -> None:
+    """OUT/data/medico2020_val/{images,masks}: symbolic links to the split's 120 pairs."""
+    sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
+    from trainer.data import index_dataset, read_split
+
+    index = index_dataset(data)
+    stems = read_split(data, "medico2020_val")
+    for part, files in (("images", index.images), ("masks", index.masks)):
+        (val / part).mkdir(parents=True, exist_ok=True)
+        for stem in stems:
+            link = val / part / files[stem].name
+            if not link.exists():
+                link.symlink_to(files[stem].resolve())
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", default=None, help="Kvasir-SEG folder (default ../shared/data/kvasir-seg)")
+    parser.add_argument("--out", default=os.environ.get("SEGSWEEP_STUDY_OUT"),
+                        help="output root, outside the repository (or SEGSWEEP_STUDY_OUT)")
+    parser.add_argument("--only", default=None, help="comma-separated step names to run (default all)")
+    parser.add_argument("--list", action="store_true", help="list the steps and whether each is done")
+    parser.add_argument("--link-val", nargs=2, metavar=("DATA", "VAL"), help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.link_val:
+        link_val(Path(args.link_val[0]), Path(args.link_val[1]))
+        return 0
+    repo = Path(__file__).resolve().parents[2]
+    data = Path(args.data or repo.parent / "shared" / "data" / "kvasir-seg").resolve()
+    if not args.out:
+        print("run_study.py: pass --out OUT (a folder outside the repository) or set SEGSWEEP_STUDY_OUT",
+              file=sys.stderr)  # fmt: skip
+        return 2
+    out = Path(args.out).resolve()
+    if out.is_relative_to(repo):
+        print(f"run_study.py: {out} is inside the repository; put study outputs elsewhere", file=sys.stderr)
+        return 2
+    bin_dir = Path(sys.executable).parent
+    steps = build_steps(str(bin_dir / "segsweep"), sys.executable, data, out)
+    if args.list:
+        for step in steps:
+            print(f"{step.name:<26} {'done' if step.done() else '-'}")
+        return 0
+    only = set(args.only.split(",")) if args.only else None
+    (out / "logs").mkdir(parents=True, exist_ok=True)
+    finished = {s.name for s in steps if s.done()}
+    failed: list[str] = []
+    for step in steps:
+        if only is not None and step.name not in only:
+            continue
+        if step.name in finished:
+            print(f"[study] {step.name}: done, skipped", flush=True)
+            continue
+        missing = [n for n in step.needs if n not in finished]
+        if missing:
+            print(f"[study] {step.name}: waits for {', '.join(missing)}", flush=True)
+            failed.append(step.name)
+            continue
+        started = time.time()
+        print(f"[study] {step.name}: started {time.strftime('%H:%M:%S')}", flush=True)
+        ok = True
+        with open(out / "logs" / f"{step.name}.log", "a") as log:
+            try:
+                commands = step.commands()
+            except RuntimeError as exc:
+                print(f"[study] {step.name}: {exc}", flush=True)
+                commands, ok = [], False
+            for command in commands:
+                log.write(f"\n$ {' '.join(command)}\n")
+                log.flush()
+                code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=repo)
+                if code != 0:
+                    ok = False
+                    break
+        if ok and (step.done() or step.name == "summary"):
+            finished.add(step.name)
+            print(f"[study] {step.name}: done in {time.time() - started:.0f} s", flush=True)
+        else:
+            failed.append(step.name)
+            print(f"[study] {step.name}: FAILED or incomplete, see {out / 'logs' / (step.name + '.log')}",
+                  flush=True)  # fmt: skip
+    print(f"[study] finished; incomplete: {', '.join(failed) or 'none'}", flush=True)
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,55 @@
+"""The report's CV-to-test gap flag and the sweep's best-so-far curve over wall time."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from reports.report import best_so_far, build_report, generalisation_gap_sentence, render_markdown
+from sweeps.folder import SweepFolder, load_sweep, record_test_scores, update_trial_record
+from tests.support.fake_sweep import FakeTrial, make_sweep
+
+PARAMS = {"encoder": "mobilenetv2", "weights": "none", "batch_size": 4, "lr": 1e-3}
+
+
+def _set_times(sweep_dir: Path, trial_id: str, started: str, ended: str) -> None:
+    update_trial_record(SweepFolder(sweep_dir).trial_dir(trial_id), started=f"2025-01-01T{started}",
+                        ended=f"2025-01-01T{ended}")
+
+
+def test_best_so_far_follows_trial_end_times(tmp_path: Path) -> None:
+    trials = [
+        FakeTrial(PARAMS, [0.5, 0.5]),
+        FakeTrial({**PARAMS, "lr": 2e-3}, [0.7, 0.7]),
+        FakeTrial({**PARAMS, "lr": 3e-3}, [0.6, 0.6]),  # ends after the better one: no new best
+        FakeTrial({**PARAMS, "lr": 4e-3}, [0.9], state="PRUNED"),  # never counts
+    ]
+    path = make_sweep(tmp_path, "s", trials)
+    _set_times(path, "trial_00000", "00:00:00", "00:10:00")
+    _set_times(path, "trial_00001", "00:00:00", "00:30:00")
+    _set_times(path, "trial_00002", "00:10:00", "00:40:00")
+    _set_times(path, "trial_00003", "00:30:00", "00:35:00")
+    sweep = load_sweep(tmp_path, "s")
+
+    points = best_so_far(sweep)
+
+    assert [(seconds, round(dice, 4)) for seconds, dice, _ in points] == [(600.0, 0.5), (1800.0, 0.7)]
+    text = render_markdown(build_report(sweep))
+    section = text.split("## Best so far over wall time")[1].split("## ")[0]
+    assert "| 10.0 | 0.5000 |" in section and "| 30.0 | 0.7000 |" in section
+    assert "figures/best_so_far.png" in section
+
+
+def test_gap_larger_than_twice_the_fold_std_is_flagged() -> None:
+    assert "FLAG" in generalisation_gap_sentence(0.70, 0.02, 0.60)
+    assert "selection overfit" in generalisation_gap_sentence(0.70, 0.02, 0.60)
+    assert "FLAG" not in generalisation_gap_sentence(0.70, 0.06, 0.60)
+    assert "FLAG" in generalisation_gap_sentence(0.60, 0.02, 0.70)
+
+
+def test_table2_states_the_winners_gap(tmp_path: Path) -> None:
+    path = make_sweep(tmp_path, "s", [FakeTrial(PARAMS, [0.70, 0.72])])
+    rows = [{"variant": "plain", "n_images": 120, "dice_mean": 0.55, "dice_std": 0.2, "iou_mean": 0.5,
+             "iou_std": 0.2}]  # fmt: skip
+    record_test_scores(path, "trial_00000", {"images": "/t", "out": str(tmp_path / "p"), "rows": rows})
+    table2 = render_markdown(build_report(load_sweep(tmp_path, "s"))).split("## Table 2")[1].split("## ")[0]
+    assert "CV-to-test gap" in table2 and "+0.1600" in table2 and "FLAG" in table2
