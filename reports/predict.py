@@ -398,17 +398,42 @@ def write_counts(path: Path, results: Sequence[ImageResult]) -> None:
             writer.writerow(row)
 
 
-def run_predict_command(
-    model_dir: Path,
-    images_dir: Path,
-    masks_dir: Path | None,
-    out: Path,
+@dataclass
+class PredictionReport:
+    """What :func:`predict` wrote and measured (metrics only where true masks were given)."""
+
+    out: Path
+    n_images: int
+    seconds: float
+    #: metrics.json's content (rows: plain, tta, post-processed; per-image scores; counts), or None.
+    metrics: dict[str, Any] | None
+    #: Images the model (or a fold of the ensemble) was trained on: their scores are not test scores.
+    overlap_with_training: list[str]
+    skipped: list[tuple[str, str]]
+
+    @property
+    def rows(self) -> list[dict[str, Any]]:
+        return list((self.metrics or {}).get("rows", []))
+
+
+def predict(
+    model: str | Path,
+    images: str | Path,
+    out: str | Path,
     *,
+    masks: str | Path | None = None,
     tta: bool = False,
     batch_size: int = PREDICT_BATCH_SIZE,
     min_area: float = DEFAULT_MIN_AREA,
     postprocess: str | None = None,
-) -> int:
+) -> PredictionReport:
+    """Predict a folder of images with a model bundle (or a fold ensemble: a cv or trial folder).
+
+    Writes PNG masks, overlays and counts.csv into ``out``; with ``masks``, metrics.json (MedAI
+    scoring at the original resolution) and the scores in the bundle's sweep folder for the report.
+    """
+    model_dir, images_dir, out = Path(model), Path(images), Path(out)
+    masks_dir = Path(masks) if masks is not None else None
     if batch_size < 1:
         raise SegsweepError(f"--batch-size must be at least 1, got {batch_size}")
     check_min_area(min_area)
@@ -425,13 +450,7 @@ def run_predict_command(
     summary = summarise_prediction(prediction)
     trained_on = set().union(*(b.train_stems() for b in bundles))
     overlap = sorted({r.stem for r in prediction.results} & trained_on)
-    if overlap:
-        print(
-            f"segsweep: warning: {len(overlap)} of these images were among the model's training images "
-            f"(e.g. {', '.join(overlap[:3])}); their scores are not test scores",
-            file=sys.stderr,
-        )
-    print(f"predicted {len(prediction.results)} image(s) into {out} in {seconds:.1f} s")
+    metrics = None
     if masks_dir is not None:
         metrics = {
             "model": str(model_dir.resolve()),
@@ -452,23 +471,47 @@ def run_predict_command(
             "seconds": seconds,
         }
         write_json_atomic(out / "metrics.json", metrics)
-        for row in summary["rows"]:
-            print(
-                f"{row['variant']:>5}: Dice {row['dice_mean']:.4f} ± {row['dice_std']:.4f}, "
-                f"IoU {row['iou_mean']:.4f} ± {row['iou_std']:.4f} over {row['n_images']} images"
-            )
-        agreement = summary["count_agreement"]
-        if agreement["n_images"]:
-            print(
-                f"count: predicted equals true count for {agreement['agree']}/{agreement['n_images']} images"
-            )
         if len(bundles) == 1:
             _record(bundle, metrics)
     if prediction.skipped:
-        print(f"segsweep: skipped {len(prediction.skipped)} file(s):", file=sys.stderr)
-        for name, why in prediction.skipped:
-            print(f"  {name}: {why}", file=sys.stderr)
         (out / "skipped.txt").write_text("".join(f"{name}\t{why}\n" for name, why in prediction.skipped))
+    return PredictionReport(out, len(prediction.results), seconds, metrics, overlap, list(prediction.skipped))
+
+
+def run_predict_command(
+    model_dir: Path,
+    images_dir: Path,
+    masks_dir: Path | None,
+    out: Path,
+    *,
+    tta: bool = False,
+    batch_size: int = PREDICT_BATCH_SIZE,
+    min_area: float = DEFAULT_MIN_AREA,
+    postprocess: str | None = None,
+) -> int:
+    """`segsweep predict`: :func:`predict`, then what it measured in a few lines."""
+    report = predict(model_dir, images_dir, out, masks=masks_dir, tta=tta, batch_size=batch_size,
+                     min_area=min_area, postprocess=postprocess)
+    if report.overlap_with_training:
+        overlap = report.overlap_with_training
+        print(
+            f"segsweep: warning: {len(overlap)} of these images were among the model's training images "
+            f"(e.g. {', '.join(overlap[:3])}); their scores are not test scores",
+            file=sys.stderr,
+        )
+    print(f"predicted {report.n_images} image(s) into {out} in {report.seconds:.1f} s")
+    for row in report.rows:
+        print(
+            f"{row['variant']:>5}: Dice {row['dice_mean']:.4f} ± {row['dice_std']:.4f}, "
+            f"IoU {row['iou_mean']:.4f} ± {row['iou_std']:.4f} over {row['n_images']} images"
+        )
+    agreement = (report.metrics or {}).get("count_agreement") or {}
+    if agreement.get("n_images"):
+        print(f"count: predicted equals true count for {agreement['agree']}/{agreement['n_images']} images")
+    if report.skipped:
+        print(f"segsweep: skipped {len(report.skipped)} file(s):", file=sys.stderr)
+        for name, why in report.skipped:
+            print(f"  {name}: {why}", file=sys.stderr)
     return 0
 
 

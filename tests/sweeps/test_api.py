@@ -34,6 +34,7 @@ def test_readme_notebook_example_runs(tmp_path: Path, ray_env: dict[str, str]) -
         "\nassert len(folds) == 4 and set(epochs['epoch']) == {1}"
         "\nassert config.image_size == 64 and config.epochs == 1"
         "\nassert (model / 'weights.h5').is_file()"
+        "\nassert scored.n_images == 40 and scored.rows[0]['variant'] == 'plain'"
         "\nprint('EXAMPLE OK')\n"
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
