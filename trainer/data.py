@@ -10,6 +10,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import sys
 import tempfile
@@ -306,6 +307,7 @@ def _usable_cache_root(cache_root: Path) -> Path:
 #: A temporary folder of a preparation older than this, and not locked by a live one, is removed.
 ORPHAN_AGE_SECONDS = 600
 _LOCK_NAME = ".building"
+_TEMP_NAME = re.compile(r"^\.[0-9a-f]{32}\.[A-Za-z0-9_]+$")
 
 
 def _remove_orphans(cache_root: Path) -> None:
@@ -319,7 +321,10 @@ def _remove_orphans(cache_root: Path) -> None:
 
     for tmp in cache_root.glob(".*.*"):
         try:
-            if not tmp.is_dir() or time.time() - tmp.stat().st_mtime < ORPHAN_AGE_SECONDS:
+            # Only our own names (".<32 hex key>.<mkdtemp suffix>"): SEGSWEEP_CACHE may hold other things.
+            if not _TEMP_NAME.match(tmp.name) or not tmp.is_dir():
+                continue
+            if time.time() - tmp.stat().st_mtime < ORPHAN_AGE_SECONDS:
                 continue
             with open(tmp / _LOCK_NAME, "a") as lock:
                 try:

@@ -106,15 +106,16 @@ def test_orphaned_temporary_folders_are_removed_unless_young_or_locked(kvasir_se
     cache.mkdir()
     old = time.time() - 2 * data_module.ORPHAN_AGE_SECONDS
     orphan, young, locked = (cache / f".{'a' * 32}.{name}" for name in ("orphan", "young", "locked"))
-    for folder in (orphan, young, locked):
+    foreign = cache / ".not.ours"  # SEGSWEEP_CACHE may point at a folder that holds other things
+    for folder in (orphan, young, locked, foreign):
         folder.mkdir()
         (folder / "images.npy").write_bytes(b"half")
-    for folder in (orphan, locked):
+    for folder in (orphan, locked, foreign):
         os.utime(folder, (old, old))
     with open(locked / ".building", "w") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         prepared = prepare_dataset(kvasir_seg_dir, 32, cache_dir=cache)
-        assert not orphan.exists() and young.exists() and locked.exists()
+        assert not orphan.exists() and young.exists() and locked.exists() and foreign.exists()
     assert sorted(p.name for p in cache.iterdir() if not p.name.startswith(".")) == [prepared.key]
 
 
