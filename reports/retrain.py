@@ -12,7 +12,6 @@ import statistics
 import sys
 import time
 from collections.abc import Mapping, Sequence
-from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -20,13 +19,11 @@ from reports.leaderboard import pick_winner
 from reports.report import data_path
 from sweeps import Sweep
 from sweeps.folder import COMPLETE, SweepResults, TrialResult, load_sweep
-from trainer import version
 from trainer.bundle import (
-    BUNDLE_FORMAT,
     CARD_FILE,
     CONFIG_FILE,
     SCHEDULE_FILE,
-    describe,
+    bundle_meta,
     write_bundle,
 )
 from trainer.config import CVConfig
@@ -213,16 +210,11 @@ def retrain(
     choice = (
         "the winner by the report's rule" if trial_id is None else f"trial {trial_id}, named with --trial"
     )
-    meta: dict[str, Any] = {
-        "bundle_format": BUNDLE_FORMAT,
-        "segsweep_version": version(),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config": config.to_dict(),
-        "preprocessing": describe(config),
-        "threshold": 0.5,
-        "data": {"path": str(Path(root).resolve()), "n_images": len(data), "image_size": data.image_size,
-                 "cache_key": data.key},
-        "source": {
+    meta = bundle_meta(
+        config,
+        data={"path": str(Path(root).resolve()), "n_images": len(data), "image_size": data.image_size,
+              "cache_key": data.key},
+        source={
             "sweep": sweep.name,
             "sweep_path": str(sweep.path.resolve()),
             "trial": trial.trial_id,
@@ -231,8 +223,8 @@ def retrain(
             "chosen_as": choice,
             "cv": {"n_folds": trial.n_folds, "mean": trial.mean, "std": trial.std},
         },
-        "seconds": seconds,
-    }  # fmt: skip
+        seconds=seconds,
+    )  # fmt: skip
     schedule = {
         "rule": SCHEDULE_RULE, "fold_drops": fold_drops, "drop_epochs": drop_epochs,
         "applied_drops": lr_drops, "lr": config.lr, "lr_factor": config.lr_factor, "epochs": config.epochs,

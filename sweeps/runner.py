@@ -36,6 +36,7 @@ from sweeps.folder import (
 )
 from sweeps.spec import OVERRIDE_KEYS, SweepSpec
 from trainer.errors import ConfigError
+from trainer.files import ensure_writable_folder
 
 if TYPE_CHECKING:
     from search_spaces import SearchSpace
@@ -300,20 +301,10 @@ def _shareable(data: PreparedData) -> PreparedData:
 
 def check_storage(storage: Path) -> None:
     """--storage must be a folder this process can write (created if missing)."""
-    if storage.exists() and not storage.is_dir():
-        raise ConfigError(
-            f"--storage {storage} is a file, not a folder; pass a folder (created if missing) to hold the sweeps"
-        )
-    try:
-        storage.mkdir(parents=True, exist_ok=True)
-        probe = storage / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot write to --storage {storage}: {exc.strerror or exc}; pass a writable folder "
-            "(on a cluster, one that every node mounts at the same path)"
-        ) from None
+    ensure_writable_folder(
+        storage, "--storage", "pass a writable folder to hold the sweeps (on a cluster, one that every node mounts "
+        "at the same path)"
+    )
 
 
 #: Seconds to wait for a Ray head's GCS port to accept a connection (SEGSWEEP_RAY_CONNECT_TIMEOUT).

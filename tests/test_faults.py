@@ -31,6 +31,8 @@ import numpy as np
 import pytest
 
 from sweeps.cli import main
+from sweeps.folder import SweepFolder
+from tests.support.fake_sweep import FakeTrial, make_sweep
 
 #: stderr lines that are not the one message: warnings segsweep or its libraries print on the way (MLflow's
 #: and TensorFlow's start-up logs in a subprocess).
@@ -199,6 +201,53 @@ def _existing_out(ws: Workspace) -> list[str]:
     return cv(ws)
 
 
+# -- sweep-folder records (items 5 and 8): a fabricated sweep, then a damaged or overridden record ---------------
+
+
+def _fake_sweep(ws: Workspace, trials: list[FakeTrial] | None = None) -> SweepFolder:
+    make_sweep(ws.root / "sweeps", "s", trials, data=ws.data)
+    return SweepFolder.at(ws.root / "sweeps", "s")
+
+
+def _damaged_trial_json(ws: Workspace) -> list[str]:
+    record = _fake_sweep(ws).trial_dir("trial_00000") / "trial.json"
+    record.write_bytes(record.read_bytes()[:40])
+    return ["sweep", "status", "s", "--storage", str(ws.root / "sweeps")]
+
+
+def _damaged_fold_file(ws: Workspace) -> list[str]:
+    fold = _fake_sweep(ws).trial_dir("trial_00000") / "folds" / "fold_02.json"
+    fold.write_bytes(fold.read_bytes()[:25])
+    return ["report", "s", "--storage", str(ws.root / "sweeps"), "--format", "json", "--out", str(ws.root / "r")]
+
+
+def _damaged_sweep_json(ws: Workspace, verb: list[str]) -> list[str]:
+    spec = _fake_sweep(ws).spec_file
+    spec.write_bytes(spec.read_bytes()[:30])
+    return [*verb, "s", "--storage", str(ws.root / "sweeps")]
+
+
+def _overridden_epochs(ws: Workspace) -> list[str]:
+    proposed_two = FakeTrial({"encoder": "mobilenetv2", "weights": "none", "batch_size": 4, "lr": 1e-3, "epochs": 2},
+                             [0.6, 0.7], epochs=1)  # fmt: skip
+    make_sweep(ws.root / "sweeps", "s", [proposed_two], data=ws.data, with_study=False)
+    return ["sweep", "status", "s", "--storage", str(ws.root / "sweeps")]
+
+
+def _shows_ran_with(ws: Workspace, out: str) -> None:
+    row = next(line for line in out.splitlines() if "(trial_00000)" in line)
+    assert " 1* " in row and "epochs: proposed 2" in out, out
+
+
+def _rebuilt_row(ws: Workspace, out: str) -> None:
+    row = next(line for line in out.splitlines() if "(trial_00000)" in line)
+    assert row.split()[:3] == ["1", "#0", "(trial_00000)"] and "2/2" in row and "COMPLETE" in row, out
+
+
+def _both_folds_in_best(ws: Workspace, out: str) -> None:
+    assert len(json.loads((ws.root / "r" / "best.json").read_text())["cv"]["folds"]) == 2
+
+
 FAULTS: list[Fault] = [
     # -- issue 9 ---------------------------------------------------------------------------------------------
     Fault("mask-16bit-data-check", "16-bit 0/255 PNG masks (were read as empty) are usable, none empty",
@@ -261,6 +310,20 @@ FAULTS: list[Fault] = [
           r"^segsweep: error: .*space\.yaml, line 3, column \d+: not valid YAML"),
     Fault("umask-invalid", "SEGSWEEP_UMASK that is not octal", lambda ws: cv(ws), 2,
           r"^segsweep: error: SEGSWEEP_UMASK='u=rwx' is not an octal umask", env={"SEGSWEEP_UMASK": "u=rwx"}),
+    # -- sweep-folder records (items 5 and 8) ----------------------------------------------------------------
+    Fault("status-shows-values-run-with", "--epochs 1 over a proposed 2: the leaderboard shows 1*, names the 2",
+          _overridden_epochs, 0, r"optuna-dashboard sqlite:///", stream="stdout", check=_shows_ran_with),
+    Fault("trial-json-damaged-status", "a cut-short trial.json is rebuilt from cv.json, folds, events, study",
+          _damaged_trial_json, 0, r"optuna-dashboard sqlite:///", stream="stdout", check=_rebuilt_row),
+    Fault("fold-file-damaged-report", "a cut-short fold file is read from cv.json: the report still has 2 folds",
+          _damaged_fold_file, 0, r"^winner: trial trial_00000", stream="stdout", check=_both_folds_in_best),
+    Fault("sweep-json-damaged-status", "a half-written sweep.json",
+          lambda ws: _damaged_sweep_json(ws, ["sweep", "status"]), 2,
+          r"^segsweep: error: .*sweep\.json is damaged \(.*\); it alone records .* restore it from"),
+    Fault("sweep-json-damaged-report", "a half-written sweep.json, report",
+          lambda ws: _damaged_sweep_json(ws, ["report"]), 2, r"sweep\.json is damaged .* restore it from a backup"),
+    Fault("sweep-json-damaged-resume", "a half-written sweep.json, resume (before Ray starts)",
+          lambda ws: _damaged_sweep_json(ws, ["sweep", "resume"]), 2, r"sweep\.json is damaged .* restore it"),
     # -- earlier well-behaved cases, kept in the same table ----------------------------------------------------
     Fault("data-missing-cv", "cv --data on a folder that does not exist",
           lambda ws: cv(ws, "--data", str(ws.root / "nope")), 2,

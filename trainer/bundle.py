@@ -126,6 +126,25 @@ def load_bundle(path: str | Path) -> ModelBundle:
     return ModelBundle(path=path, config=config, meta=meta)
 
 
+def bundle_meta(
+    config: CVConfig, *, data: Mapping[str, Any], source: Mapping[str, Any], seconds: float
+) -> dict[str, Any]:
+    """config.json of a bundle: format, version, time, configuration, preprocessing, threshold, data, source."""
+    from datetime import UTC, datetime
+
+    return {
+        "bundle_format": BUNDLE_FORMAT,
+        "segsweep_version": version(),
+        "created": datetime.now(UTC).isoformat(timespec="seconds"),
+        "config": config.to_dict(),
+        "preprocessing": describe(config),
+        "threshold": 0.5,
+        "data": dict(data),
+        "source": dict(source),
+        "seconds": seconds,
+    }
+
+
 def write_bundle(
     out: Path,
     model: tf_keras.Model,

@@ -8,7 +8,6 @@ from Ray: the sweep adapts it through a Reporter.
 from __future__ import annotations
 
 import json
-import os
 import sys
 import time
 from collections.abc import Mapping
@@ -21,7 +20,7 @@ from trainer import version
 from trainer.config import CVConfig
 from trainer.data import PreparedData, prepare_dataset, read_split
 from trainer.errors import ConfigError
-from trainer.files import write_json_atomic
+from trainer.files import ensure_writable_folder, write_json_atomic
 from trainer.reporting import FoldPreview, MultiReporter, Reporter
 from trainer.results import CV_FILE, CVResult, FoldResult, fold_model_dir, fold_path, read_fold_files
 
@@ -57,13 +56,7 @@ def make_folds(
 
 def check_output_dir(out_dir: Path) -> None:
     """Fail early (not after an hour of training) when the output folder cannot be written."""
-    try:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        probe = out_dir / f".write-test-{os.getpid()}"
-        probe.write_text("")
-        probe.unlink()
-    except OSError as exc:
-        raise ConfigError(f"cannot write to output folder {out_dir}: {exc.strerror}; choose another --out") from None
+    ensure_writable_folder(out_dir, "output folder", "choose another --out")
 
 
 def _save_fold_model(
@@ -71,24 +64,17 @@ def _save_fold_model(
     n_folds: int, train_stems: list[str],
 ) -> None:
     """The fold's model as a bundle (trainer.bundle.s format), loadable like a retrained one."""
-    from datetime import UTC, datetime
+    from trainer.bundle import bundle_meta, write_bundle
 
-    from trainer.bundle import BUNDLE_FORMAT, describe, write_bundle
-
-    meta = {
-        "bundle_format": BUNDLE_FORMAT,
-        "segsweep_version": version(),
-        "created": datetime.now(UTC).isoformat(timespec="seconds"),
-        "config": config.to_dict(),
-        "preprocessing": describe(config),
-        "threshold": 0.5,
-        "data": {**data_info, "n_images": result.n_train},
-        "source": {
+    meta = bundle_meta(
+        config,
+        data={**data_info, "n_images": result.n_train},
+        source={
             "cv": str(out_dir.resolve()), "fold": result.fold, "n_folds": n_folds,
             "fold_scores": {"dice": result.dice, "iou": result.iou}, "val_stems": len(result.val_stems),
         },
-        "seconds": result.seconds,
-    }  # fmt: skip
+        seconds=result.seconds,
+    )  # fmt: skip
     target = fold_model_dir(out_dir, result.fold)
     if target.exists():
         import shutil

@@ -27,8 +27,8 @@ from trainer.decode import MASK_THRESHOLD as MASK_THRESHOLD
 from trainer.decode import BadFileError
 from trainer.decode import read_image as read_image
 from trainer.decode import read_mask as read_mask
-from trainer.errors import ConfigError, DataError
-from trainer.files import file_digest
+from trainer.errors import DataError
+from trainer.files import ensure_writable_folder, file_digest
 
 #: Extensions OpenCV decodes that data sets in this field use.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
@@ -288,20 +288,10 @@ def _check_empty_masks(root: Path, data: PreparedData) -> None:
 
 
 def _usable_cache_root(cache_root: Path) -> Path:
-    if cache_root.exists() and not cache_root.is_dir():
-        raise ConfigError(
-            f"the data cache {cache_root} is a file, not a folder; point SEGSWEEP_CACHE at a folder "
-            "(or unset it to use ~/.cache/segsweep/data)"
-        )
-    try:
-        cache_root.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ConfigError(
-            f"cannot create the data cache {cache_root}: {exc.strerror}; point SEGSWEEP_CACHE at a writable folder"
-        ) from None
-    if not os.access(cache_root, os.W_OK | os.X_OK):
-        raise ConfigError(f"the data cache {cache_root} is not writable; point SEGSWEEP_CACHE at a writable folder")
-    return cache_root
+    return ensure_writable_folder(
+        cache_root, "the data cache",
+        "point SEGSWEEP_CACHE at a writable folder (or unset it to use ~/.cache/segsweep/data)",
+    )
 
 
 #: A temporary folder of a preparation older than this, and not locked by a live one, is removed.

@@ -39,6 +39,26 @@ def file_digest(path: Path, algorithm: str = "sha256") -> str:
     return digest.hexdigest()
 
 
+def ensure_writable_folder(folder: Path, what: str, fix: str) -> Path:
+    """Create ``folder`` if needed and check this process can write in it, or say how to fix it.
+
+    Fails before any work (not after an hour of training); ``what`` names the folder for the user
+    (``--storage``, ``output folder``, ``the data cache``) and ``fix`` says what to do instead.
+    """
+    from trainer.errors import ConfigError
+
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{what} {folder} is a file, not a folder; {fix}")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".write-test-{os.getpid()}"
+        probe.write_text("")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"cannot write to {what} {folder}: {exc.strerror or exc}; {fix}") from None
+    return folder
+
+
 @contextmanager
 def atomic_path(target: Path, suffix: str = ".part") -> Iterator[Path]:
     """A temporary path beside ``target`` that replaces it only if the block completes."""
