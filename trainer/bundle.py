@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 from trainer import version
 from trainer.config import CVConfig
 from trainer.errors import ConfigError, SegsweepError
+from trainer.results import CV_FILE, MODELS_DIR, read_cv_result
 
 if TYPE_CHECKING:
     import tf_keras
@@ -200,7 +201,7 @@ def load_bundles(path: str | Path) -> list[ModelBundle]:
     path = Path(path)
     if (path / CONFIG_FILE).is_file() or not path.is_dir():
         return [load_bundle(path)]
-    models = path / "models" if (path / "models").is_dir() else path
+    models = path / MODELS_DIR if (path / MODELS_DIR).is_dir() else path
     folds = sorted(p for p in models.glob("fold_*") if p.is_dir())
     if not folds:
         raise BundleError(
@@ -209,12 +210,10 @@ def load_bundles(path: str | Path) -> list[ModelBundle]:
             "pass the --out of `segsweep retrain` or of `segsweep cv --keep-models`"
         )
     bundles = [load_bundle(fold) for fold in folds]
-    cv_path = models.parent / "cv.json"
+    cv_path = models.parent / CV_FILE
     if cv_path.is_file():
-        try:
-            n_folds = int(json.loads(cv_path.read_text())["n_folds"])
-        except (OSError, ValueError, KeyError, TypeError):
-            n_folds = len(bundles)
+        cv = read_cv_result(models.parent)
+        n_folds = cv.n_folds if cv is not None else len(bundles)
         if len(bundles) != n_folds:
             raise BundleError(
                 f"{models} holds {len(bundles)} fold model(s) but {cv_path} has {n_folds} folds: the "
