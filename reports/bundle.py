@@ -74,7 +74,8 @@ class ModelBundle:
         """Rebuild the architecture (no encoder weights to fetch) and load the bundle's weights."""
         from trainer.models import build_model
 
-        model = build_model(replace(self.config, weights="none"))
+        # float32 whatever the training ran in: the weights are float32 either way.
+        model = build_model(replace(self.config, weights="none"), mixed_precision=False)
         try:
             model.load_weights(str(self.path / WEIGHTS_FILE))
         except (ValueError, OSError) as exc:

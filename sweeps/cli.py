@@ -9,12 +9,13 @@ Ray) happen inside the verbs: ``segsweep --help``, ``--version`` and option erro
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-import trainer._env  # noqa: F401  (sets the Keras environment before anything imports it)
+import trainer._env  # first: sets the Keras environment before anything imports it
 from trainer import version
 from trainer.errors import SegsweepError
 
@@ -38,15 +39,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hyperparameter sweeps with experiment tracking for medical image segmentation.",
     )
     parser.add_argument("--version", action="version", version=f"segsweep {version()}")
+    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register_verbs in verb_registrations():
         register_verbs(sub)
+    _add_verbose_to_verbs(parser)
     return parser
+
+
+_VERBOSE_HELP = "show TensorFlow's native start-up and log lines (oneDNN, CUDA probes), hidden by default"
+
+
+def _add_verbose_to_verbs(parser: argparse.ArgumentParser) -> None:
+    """``--verbose`` after any verb too (``segsweep cv ... --verbose``), where the verb has none of its own."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for verb in action.choices.values():
+                if "--verbose" not in verb._option_string_actions:
+                    # SUPPRESS: an absent verb-level flag must not reset `segsweep --verbose VERB`.
+                    verb.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                                      help=_VERBOSE_HELP)
+                _add_verbose_to_verbs(verb)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "verbose", False):
+        trainer._env.show_native_logs()
     try:
         code: int = args.handler(args)
     except SegsweepError as exc:
@@ -65,6 +85,7 @@ def register(sub: Any) -> None:
     """Add ``segsweep sweep run|resume|status`` and ``segsweep ui``."""
     from sweeps.folder import storage_help
     from sweeps.spec import SCHEDULERS, SweepSpec
+    from trainer.cli import add_runtime_options
 
     defaults = SweepSpec(name="", data="", space="", trials=0, storage="")
     sweep = sub.add_parser(
@@ -109,6 +130,7 @@ def register(sub: Any) -> None:
     run.add_argument("--tracker", default=defaults.tracker,
                      help="comma-separated trackers for every trial: mlflow, neptune, or none "
                      "(default: mlflow, plus neptune when NEPTUNE_PROJECT is set)")
+    add_runtime_options(run)  # --mixed-precision, --threads (default threads: the trial's CPUs)
     run.set_defaults(handler=_cmd_run)
 
     resume = verbs.add_parser(
@@ -152,6 +174,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from sweeps.folder import default_storage
     from sweeps.runner import run_sweep
     from sweeps.spec import SweepSpec
+    from trainer.models import MIXED_PRECISION_ENV
 
     spec = SweepSpec(
         name=args.name,
@@ -168,6 +191,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
         overrides={"limit": args.limit, "image_size": args.image_size, "folds": args.folds,
                    "epochs": args.epochs, "dev_split": args.dev_split},
         tracker=args.tracker,
+        mixed_precision=args.mixed_precision or os.environ.get(MIXED_PRECISION_ENV) or "auto",
+        threads=args.threads,
     )
     spec.validate()  # before any heavy import: option errors answer at once
     return _finish(run_sweep(spec))

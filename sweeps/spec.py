@@ -41,6 +41,9 @@ class SweepSpec:
     tracker: str | None = None
     max_failures: int = 2
     created: str | None = None
+    #: How every trial's TensorFlow runs: auto/on/off, and intra-op threads (None: the trial's CPUs).
+    mixed_precision: str = "auto"
+    threads: int | None = None
 
     @property
     def folder(self) -> SweepFolder:
@@ -80,6 +83,10 @@ class SweepSpec:
         unknown = set(self.overrides) - {*OVERRIDE_KEYS, "seed"}
         if unknown:
             raise ConfigError(f"unknown override(s) {', '.join(sorted(unknown))}")
+        from trainer.models import check_mixed_precision, check_threads
+
+        self.mixed_precision = check_mixed_precision(self.mixed_precision)
+        check_threads(self.threads)
         if self.max_failures < 0:
             raise ConfigError(f"max_failures must be 0 or more, got {self.max_failures}")
 
