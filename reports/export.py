@@ -107,13 +107,12 @@ def _serving_module(bundle: ModelBundle) -> tuple[tf.Module, tf_keras.Model]:
     import tensorflow as tf
     import tf_keras
 
-    from trainer.models import preprocessing
 
     tf_keras.backend.clear_session()
     model = bundle.load_model()  # float32 whatever the training ran in
     size = bundle.image_size
     threshold = bundle.threshold
-    prep = preprocessing(bundle.config.encoder)
+    table, sources = preprocessing_table(bundle.config.encoder)
 
     module = tf.Module()
     # The variables are tracked by the module itself, not through the Keras model: saving a Keras
@@ -123,7 +122,9 @@ def _serving_module(bundle: ModelBundle) -> tuple[tf.Module, tf_keras.Model]:
 
     @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name=INPUT_NAME)])
     def serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
-        x = prep(tf.cast(images, tf.float32))
+        # The encoder's preprocessing as a lookup of each uint8 value: exactly predict's float32 numbers.
+        index = tf.cast(images, tf.int32)
+        x = tf.stack([tf.gather(table[:, j], index[..., k]) for j, k in enumerate(sources)], axis=-1)
         probabilities = tf.cast(model(x, training=False), tf.float32)[..., 0]
         mask = tf.cast(probabilities > threshold, tf.uint8)
         return {"probabilities": tf.identity(probabilities, name="probabilities"), "mask": mask}
@@ -149,27 +150,44 @@ def _keras_outputs(model: tf_keras.Model, bundle: ModelBundle, images: np.ndarra
     return probabilities, binarize(probabilities, bundle.threshold).astype(np.uint8)
 
 
-def _preprocessing_check(bundle: ModelBundle) -> None:
-    """The traced preprocessing equals the numpy one predict uses, on every uint8 value per channel."""
-    import tensorflow as tf
+def preprocessing_table(encoder: str) -> tuple[np.ndarray, tuple[int, ...]]:
+    """The encoder's preprocessing of uint8 RGB as a table: (256, 3) float32 values and source channels.
 
-    from trainer.models import prepare_inputs, preprocessing
+    Every segmentation-models preprocessing maps each output channel j from one input channel
+    ``sources[j]`` value by value (scaling, mean and std per channel, RGB to BGR for caffe-style
+    encoders), so on uint8 input it is a lookup: ``out[..., j] = table[in[..., sources[j]], j]``. The
+    table is made by the very function training and ``segsweep predict`` use, and checked to reproduce
+    it exactly on random images; an encoder whose preprocessing were not such a lookup is refused.
+    (keras-applications' own graph version of these functions caches one ImageNet mean for all modes in
+    a global, so it gives caffe means to torch-style encoders traced after a caffe one.)
+    """
+    from trainer.models import prepare_inputs
 
-    values = np.broadcast_to(np.arange(256, dtype=np.uint8)[:, None], (256, 3)).copy()
-    values[:, 1] = values[::-1, 0]
-    images = values.reshape(1, 16, 16, 3)
-    traced = np.asarray(preprocessing(bundle.config.encoder)(tf.cast(tf.constant(images), tf.float32)))
-    if not np.allclose(traced, prepare_inputs(images, bundle.config.encoder), rtol=0, atol=1e-5):
-        raise ExportError(
-            f"the preprocessing of encoder {bundle.config.encoder} gives other values inside a TensorFlow "
-            "graph than on arrays; this encoder cannot be exported yet (report it)"
-        )
+    values = np.arange(256, dtype=np.uint8)
+    outputs = []
+    for k in range(3):
+        probe = np.zeros((1, 256, 1, 3), np.uint8)
+        probe[0, :, 0, k] = values
+        outputs.append(prepare_inputs(probe, encoder)[0, :, 0, :])  # (256, 3)
+    sources: list[int] = []
+    for j in range(3):
+        varying = [k for k in range(3) if np.ptp(outputs[k][:, j]) > 0]
+        if len(varying) != 1:
+            raise ExportError(f"the preprocessing of encoder {encoder} is not a per-channel function of uint8 "
+                              "values; this encoder cannot be exported yet (report it)")  # fmt: skip
+        sources.append(varying[0])
+    table = np.stack([outputs[sources[j]][:, j] for j in range(3)], axis=1).astype(np.float32)
+    images = np.random.default_rng(0).integers(0, 256, (2, 32, 32, 3), dtype=np.uint8)
+    looked_up = np.stack([table[images[..., k], j] for j, k in enumerate(sources)], axis=-1)
+    if not np.array_equal(looked_up, prepare_inputs(images, encoder)):
+        raise ExportError(f"the preprocessing of encoder {encoder} is not a per-channel lookup of uint8 values; "
+                          "this encoder cannot be exported yet (report it)")  # fmt: skip
+    return table, tuple(sources)
 
 
 def _write_savedmodel(module: tf.Module, model: tf_keras.Model, bundle: ModelBundle, target: Path) -> dict[str, Any]:
     import tensorflow as tf
 
-    _preprocessing_check(bundle)
     tf.saved_model.save(module, str(target), signatures={SIGNATURE: module.serve.get_concrete_function()})
     images = _probe_images(bundle.image_size)
     probabilities, expected = _keras_outputs(model, bundle, images)
@@ -200,7 +218,6 @@ def _write_onnx(module: tf.Module, model: tf_keras.Model, bundle: ModelBundle, t
     import tensorflow as tf
     import tf2onnx
 
-    _preprocessing_check(bundle)
     size = bundle.image_size
     spec = (tf.TensorSpec([None, size, size, 3], tf.uint8, name=INPUT_NAME),)
     try:

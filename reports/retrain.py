@@ -145,6 +145,7 @@ def _model_card(meta: Mapping[str, Any], history: Sequence[EpochRecord], schedul
         "",
         "```",
         "segsweep predict THIS_FOLDER --images DIR [--masks DIR] --out DIR [--tta]",
+        "segsweep export THIS_FOLDER --format savedmodel|onnx --out DIR   # serves without segsweep",
         "```",
         "",
         "```python",

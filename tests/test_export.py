@@ -47,7 +47,11 @@ def bundle(tmp_path_factory: pytest.TempPathFactory, kvasir_seg_dir: Path) -> Pa
     root = tmp_path_factory.mktemp("export")
     make_sweep(root / "sweeps", "s", [FakeTrial(PARAMS, [0.7, 0.6], epochs=1)], data=kvasir_seg_dir, limit=None)
     out = root / "model"
-    assert main(["retrain", "s", "--storage", str(root / "sweeps"), "--out", str(out), "--quiet"]) == 0
+    args = ["retrain", "s", "--storage", str(root / "sweeps"), "--out", str(out), "--quiet", "--mixed-precision", "off"]
+    assert main(args) == 0
+    runtime = json.loads((out / "config.json").read_text())["runtime"]  # how it trained is recorded
+    assert runtime["mixed_precision"] == "off" and runtime["mixed_precision_enabled"] is False
+    assert "Ran with mixed precision off (off as asked)" in (out / "README.md").read_text()
     return out
 
 
@@ -113,6 +117,21 @@ def test_onnx_export_matches_predict(bundle: Path, predicted: Path, kvasir_seg_d
     expected = _predict_masks(predicted, images)
     assert served.shape == expected.shape
     assert mask_iou(served, expected) >= 0.999
+
+
+def test_every_encoders_preprocessing_is_an_exact_uint8_lookup() -> None:
+    """The graph's table reproduces training's preprocessing bit for bit, for all 32 encoders."""
+    from reports.export import preprocessing_table
+    from trainer.config import ENCODERS
+    from trainer.models import prepare_inputs
+
+    images = np.random.default_rng(1).integers(0, 256, (3, 16, 16, 3), dtype=np.uint8)
+    for encoder in ENCODERS:
+        table, sources = preprocessing_table(encoder)
+        looked_up = np.stack([table[images[..., k], j] for j, k in enumerate(sources)], axis=-1)
+        assert np.array_equal(looked_up, prepare_inputs(images, encoder)), encoder
+    assert preprocessing_table("vgg16")[1] == (2, 1, 0)  # caffe-style: BGR
+    assert preprocessing_table("efficientnetb0")[1] == (0, 1, 2)
 
 
 def test_export_refuses_what_is_not_a_bundle_or_a_used_folder(
