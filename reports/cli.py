@@ -1,4 +1,4 @@
-"""CLI verbs of the reports package: ``report``, ``retrain``, ``predict`` and ``count``."""
+"""CLI verbs of the reports package: ``report``, ``retrain``, ``predict``, ``export`` and ``count``."""
 
 from __future__ import annotations
 
@@ -10,8 +10,10 @@ from typing import Any
 def register(sub: Any) -> None:
     """Add this package's verbs to the ``segsweep`` parser."""
     from reports.count import DEFAULT_MIN_AREA
+    from reports.export import EXPORT_FORMATS
     from reports.predict import PREDICT_BATCH_SIZE
     from sweeps.folder import storage_help
+    from trainer.cli import add_runtime_options
 
     report = sub.add_parser(
         "report",
@@ -40,6 +42,7 @@ def register(sub: Any) -> None:
     retrain.add_argument("--out", required=True, help="model bundle folder to create")
     retrain.add_argument("--trial", default=None, help="retrain this trial id instead of the winner")
     retrain.add_argument("--quiet", action="store_true", help="no per-epoch lines")
+    add_runtime_options(retrain)
     retrain.set_defaults(handler=_cmd_retrain)
 
     predict = sub.add_parser(
@@ -73,6 +76,19 @@ def register(sub: Any) -> None:
     )
     predict.set_defaults(handler=_cmd_predict)
 
+    export = sub.add_parser(
+        "export",
+        help="a model bundle as a TensorFlow SavedModel or ONNX model that serves without segsweep",
+        description="Write the bundle's model with the encoder's preprocessing and the 0.5 threshold inside: "
+        "input uint8 RGB images of the trained size, outputs probabilities and mask. The model card "
+        "(README.md) and export.json travel with it. Each export is checked against the bundle's masks.",
+    )
+    export.add_argument("model", help="model bundle folder written by `segsweep retrain`")
+    export.add_argument("--format", required=True, choices=EXPORT_FORMATS, dest="export_format",
+                        help="savedmodel (TensorFlow) or onnx (needs the `export` extra)")
+    export.add_argument("--out", required=True, help="export folder to create")
+    export.set_defaults(handler=_cmd_export)
+
     count = sub.add_parser(
         "count",
         help="count the objects (polyps) in a folder of masks",
@@ -103,8 +119,9 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     from reports.retrain import run_retrain_command
 
     return run_retrain_command(
-        args.name, args.storage, Path(args.out), trial_id=args.trial, verbose=not args.quiet
-    )
+        args.name, args.storage, Path(args.out), trial_id=args.trial, verbose=not args.quiet,
+        threads=args.threads, mixed_precision=args.mixed_precision,
+    )  # fmt: skip
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -120,6 +137,12 @@ def _cmd_predict(args: argparse.Namespace) -> int:
         min_area=args.min_area,
         postprocess=args.postprocess,
     )
+
+
+def _cmd_export(args: argparse.Namespace) -> int:
+    from reports.export import run_export_command
+
+    return run_export_command(Path(args.model), Path(args.out), args.export_format)
 
 
 def _cmd_count(args: argparse.Namespace) -> int:

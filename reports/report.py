@@ -168,6 +168,10 @@ def _overview(sweep: SweepResults, choice: WinnerChoice) -> Section:
         ],
         ["eligible for winning", str(choice.eligible)],
     ]
+    if spec.get("mixed_precision") or spec.get("threads") is not None:
+        threads = spec.get("threads")
+        rows.append(["TensorFlow", f"--mixed-precision {spec.get('mixed_precision') or 'auto'}, --threads "
+                     + ("the trial's CPUs" if threads is None else str(threads or "one per core"))])
     overrides = spec.get("overrides")
     if isinstance(overrides, dict) and any(v is not None for v in overrides.values()):
         rows.append(["overrides", ", ".join(f"{k}={v}" for k, v in overrides.items() if v is not None)])
@@ -187,7 +191,32 @@ def _winner(choice: WinnerChoice) -> Section:
         f"mean IoU {pm(winner.mean['iou'], winner.std['iou'])} over {winner.folds_done} folds (mean ± sample "
         f"standard deviation over folds)."
     )
-    return Section("Winner", [WINNER_RULE, text, choice.gap_sentence()])
+    blocks: list[Block] = [WINNER_RULE, text, choice.gap_sentence()]
+    runtime = _runtime_sentence(winner)
+    if runtime:
+        blocks.append(runtime)
+    return Section("Winner", blocks)
+
+
+def _runtime_sentence(trial: TrialResult) -> str | None:
+    """How the trial's TensorFlow ran (mixed precision, threads), from its cv.json; None if unrecorded."""
+    from trainer.results import read_cv_result
+
+    cv = read_cv_result(trial.path) if trial.path is not None else None
+    runtime = cv.runtime if cv is not None else {}
+    if not runtime:
+        return None
+
+    def phrase(r: dict[str, Any]) -> str:
+        on = "on" if r.get("mixed_precision_enabled") else "off"
+        threads = r.get("threads") or "one per core"
+        return f"mixed precision {on} ({r.get('mixed_precision_reason', '?')}), TensorFlow threads {threads}"
+
+    text = f"The winner ran with {phrase(runtime)}"
+    earlier = runtime.get("earlier")
+    if isinstance(earlier, dict):
+        text += f"; its folds before a resume ran with {phrase(earlier)}"
+    return text + "."
 
 
 def _table2(sweep: SweepResults, winner: TrialResult) -> Section:

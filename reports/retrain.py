@@ -120,6 +120,12 @@ def _model_card(meta: Mapping[str, Any], history: Sequence[EpochRecord], schedul
         f"- Rule: {schedule['rule']}",
         f"- Cuts of the cross-validation folds: {schedule['fold_drops']}",
     ]
+    runtime = meta.get("runtime")
+    if runtime:
+        lines.append(
+            f"- Ran with mixed precision {'on' if runtime['mixed_precision_enabled'] else 'off'} "
+            f"({runtime['mixed_precision_reason']}), TensorFlow threads {runtime['threads'] or 'one per core'}"
+        )
     if history:
         lines.append(f"- Final training loss {history[-1].loss:.4f} (epoch {history[-1].epoch})")
     lines += [
@@ -131,6 +137,7 @@ def _model_card(meta: Mapping[str, Any], history: Sequence[EpochRecord], schedul
         "",
         "```",
         "segsweep predict THIS_FOLDER --images DIR [--masks DIR] --out DIR [--tta]",
+        "segsweep export THIS_FOLDER --format savedmodel|onnx --out DIR   # serves without segsweep",
         "```",
         "",
         "```python",
@@ -160,7 +167,7 @@ def retrain(
     out = Path(out)
 
     from trainer.data import prepare_dataset
-    from trainer.models import build_model
+    from trainer.models import build_model, runtime_settings
     from trainer.training import fit
 
     trial = choose_trial(sweep, trial_id)
@@ -187,7 +194,7 @@ def retrain(
         print(
             f"retraining trial {trial.label} ({config.encoder}, weights {config.weights}) on {len(data)} "
             f"development images at {config.image_size}px for {config.epochs} epochs; "
-            f"learning rate cut after epochs {drop_epochs or 'none'}",
+            f"learning rate cut after epochs {drop_epochs or 'none'}; {runtime_settings().describe()}",
             flush=True,
         )
 
@@ -224,6 +231,7 @@ def retrain(
             "cv": {"n_folds": trial.n_folds, "mean": trial.mean, "std": trial.std},
         },
         seconds=seconds,
+        runtime=runtime_settings().to_dict(),
     )  # fmt: skip
     schedule = {
         "rule": SCHEDULE_RULE, "fold_drops": fold_drops, "drop_epochs": drop_epochs,
@@ -259,10 +267,20 @@ def cv_folder_as_sweep(folder: Path) -> SweepResults:
 
 
 def run_retrain_command(
-    name: str, storage: Path | None, out: Path, *, trial_id: str | None = None, verbose: bool = True
+    name: str,
+    storage: Path | None,
+    out: Path,
+    *,
+    trial_id: str | None = None,
+    verbose: bool = True,
+    threads: int | None = None,
+    mixed_precision: str | None = None,
 ) -> int:
     is_cv_folder = (Path(name) / CV_FILE).is_file()
     sweep = cv_folder_as_sweep(Path(name)) if is_cv_folder else load_sweep(storage, name)
+    from trainer.models import configure_tensorflow
+
+    configure_tensorflow(threads, mixed_precision)
     bundle = retrain(sweep, out, trial_id=trial_id, verbose=verbose)
     meta = json.loads((bundle / CONFIG_FILE).read_text())
     print(f"wrote model bundle {bundle} ({meta['seconds']:.0f} s of training)", file=sys.stderr)

@@ -78,6 +78,8 @@ class TrialSetup:
     val_stems: tuple[str, ...] | None = None
     #: The cross-validation to run; None means trainer.cv.run_cv.
     cv_runner: CVRunner | None = None
+    #: --mixed-precision of the sweep (auto, on, off), resolved on the trial's node (its GPUs).
+    mixed_precision: str = "auto"
 
 
 def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) -> None:
@@ -113,7 +115,7 @@ def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) 
     try:
         cv_config = setup.space.to_cv_config(config, setup.overrides)
         update_trial_record(folder, config=cv_config.to_dict())
-        _configure_tensorflow(setup.threads)
+        _configure_tensorflow(setup.threads, setup.mixed_precision)
         run_cv = setup.cv_runner or _default_cv_runner()
         reporters = [reporter, *_extra_reporters(setup.spec, trial_id, folder)]
         keep = int(setup.spec.get("keep_models") or 0)
@@ -153,7 +155,7 @@ def _default_cv_runner() -> CVRunner:
     return run_cv
 
 
-def _configure_tensorflow(threads: int | None) -> None:
+def _configure_tensorflow(threads: int | None, mixed_precision: str) -> None:
     """Thread pools sized to the trial's CPUs and GPU memory growth, before the trainer starts TF.
 
     Ray sets CUDA_VISIBLE_DEVICES to the trial's own GPUs, so TensorFlow sees only those; memory
@@ -161,7 +163,7 @@ def _configure_tensorflow(threads: int | None) -> None:
     """
     from trainer.models import configure_tensorflow
 
-    configure_tensorflow(threads)
+    configure_tensorflow(threads, mixed_precision)
 
 
 def _extra_reporters(spec: Mapping[str, Any], trial_id: str, out_dir: Path) -> list[Reporter]:

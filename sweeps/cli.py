@@ -9,6 +9,7 @@ Ray) happen inside the verbs: ``segsweep --help``, ``--version`` and option erro
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
@@ -39,15 +40,34 @@ def build_parser() -> argparse.ArgumentParser:
         description="Hyperparameter sweeps with experiment tracking for medical image segmentation.",
     )
     parser.add_argument("--version", action="version", version=f"segsweep {version()}")
+    parser.add_argument("--verbose", action="store_true", help=_VERBOSE_HELP)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for register_verbs in verb_registrations():
         register_verbs(sub)
+    _add_verbose_to_verbs(parser)
     return parser
+
+
+_VERBOSE_HELP = "show TensorFlow's native start-up and log lines (oneDNN, CUDA probes), hidden by default"
+
+
+def _add_verbose_to_verbs(parser: argparse.ArgumentParser) -> None:
+    """``--verbose`` after any verb too (``segsweep cv ... --verbose``), where the verb has none of its own."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for verb in action.choices.values():
+                if "--verbose" not in verb._option_string_actions:
+                    # SUPPRESS: an absent verb-level flag must not reset `segsweep --verbose VERB`.
+                    verb.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
+                                      help=_VERBOSE_HELP)
+                _add_verbose_to_verbs(verb)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "verbose", False):
+        trainer._env.show_native_logs()
     try:
         trainer._env.apply_umask()
         code: int = args.handler(args)
@@ -130,6 +150,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     """
     from sweeps.folder import storage_help
     from sweeps.spec import SCHEDULERS, SweepSpec
+    from trainer.cli import add_runtime_options
 
     defaults = SweepSpec(name="", data="", space="", trials=0, storage="")
     parser.add_argument("--config", default=None,
@@ -170,6 +191,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="leave out pairs whose image or mask is cut short, undecodable or not a binary mask "
                         "(listed, and recorded in each trial's cv.json); default: stop naming the file")
     _add_limit_options(parser)
+    add_runtime_options(parser)  # --mixed-precision, --threads (default threads: the trial's CPUs)
 
 
 def _add_limit_options(parser: argparse.ArgumentParser) -> None:
@@ -182,7 +204,7 @@ def _add_limit_options(parser: argparse.ArgumentParser) -> None:
 
 #: ``sweep run`` options whose values go to SweepSpec fields of the same name.
 _SPEC_OPTIONS = ("name", "data", "space", "trials", "storage", "concurrency", "cpus_per_trial", "gpus_per_trial",
-                 "scheduler", "seed", "address", "tracker", "skip_bad", "keep_models")
+                 "scheduler", "seed", "address", "tracker", "skip_bad", "keep_models", "mixed_precision", "threads")
 
 
 def spec_from_args(args: argparse.Namespace) -> Any:
@@ -190,6 +212,7 @@ def spec_from_args(args: argparse.Namespace) -> Any:
     from sweeps.folder import default_storage
     from sweeps.spec import OVERRIDE_KEYS, SweepSpec, parse_duration, read_sweep_config
     from trainer.errors import ConfigError
+    from trainer.models import MIXED_PRECISION_ENV
 
     values: dict[str, Any] = read_sweep_config(args.config) if args.config else {}
     for key in _SPEC_OPTIONS:
@@ -211,6 +234,7 @@ def spec_from_args(args: argparse.Namespace) -> Any:
         source = f" or in {args.config}" if args.config else " (or in a --config file)"
         raise ConfigError(f"sweep run needs {', '.join('--' + m for m in missing)}{source}")
     values["storage"] = str(values.get("storage") or default_storage())
+    values.setdefault("mixed_precision", os.environ.get(MIXED_PRECISION_ENV) or "auto")
     spec = SweepSpec.from_dict(values)
     spec.validate()  # before any heavy import: option errors answer at once
     return spec

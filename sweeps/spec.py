@@ -52,6 +52,9 @@ class SweepSpec:
     skip_bad: bool = False  # leave out pairs whose files are cut short, undecodable or not masks
     #: Keep the fold models of the best this many trials (0: keep none).
     keep_models: int = 0
+    #: How every trial's TensorFlow runs: auto/on/off, and intra-op threads (None: the trial's CPUs).
+    mixed_precision: str = "auto"
+    threads: int | None = None
 
     @property
     def folder(self) -> SweepFolder:
@@ -91,6 +94,10 @@ class SweepSpec:
         unknown = set(self.overrides) - {*OVERRIDE_KEYS, "seed"}
         if unknown:
             raise ConfigError(f"unknown override(s) {', '.join(sorted(unknown))}")
+        from trainer.models import check_mixed_precision, check_threads
+
+        self.mixed_precision = check_mixed_precision(self.mixed_precision)
+        check_threads(self.threads)
         if self.keep_models < 0:
             raise ConfigError(f"--keep-models must be 0 or more (the number of best trials), got {self.keep_models}")
         if self.trial_retries < 0:

@@ -1,19 +1,35 @@
-"""Environment that must be in place before anything imports Keras.
+"""Environment that must be in place before anything imports Keras, and TensorFlow's start-up noise.
 
 segmentation-models 1.0.1 picks its Keras backend from ``SM_FRAMEWORK`` at import time, and
 TensorFlow 2.21 only serves the Keras 2 API (which segmentation-models needs) through ``tf_keras``
 when ``TF_USE_LEGACY_KERAS=1``. Users never export these: every segsweep package imports this
 module first.
+
+TensorFlow's C++ start-up lines (oneDNN and CUDA-stub notices, CPU feature guards, and on machines
+without a GPU ``E0000 ... cuda_platform.cc ... failed call to cuInit``) read as errors. Some are
+written before TensorFlow's logging starts, so ``TF_CPP_MIN_LOG_LEVEL`` cannot hide them: by default
+segsweep raises that level to 3 (hides the cuInit error, which comes at device set-up) and filters
+standard error at the file-descriptor level while ``tensorflow`` is first imported, replaying every
+line that is not such a notice. ``segsweep --verbose`` (:func:`show_native_logs`, or
+``SEGSWEEP_VERBOSE=1``, which child processes such as Ray workers inherit) shows all of them.
 """
 
 from __future__ import annotations
 
+import contextlib
+import importlib.abc
+import importlib.machinery
+import importlib.util
 import os
+import re
+import sys
+import tempfile
+from collections.abc import Iterator, Sequence
+from types import ModuleType
+from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
-# TensorFlow's C++ start-up chatter (CPU feature guards, oneDNN notices) drowns segsweep's own output.
-os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # segsweep never phones home, and neither do the libraries it starts.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
@@ -50,3 +66,111 @@ def created_file_mode() -> int:
     current = os.umask(0)
     os.umask(current)
     return 0o666 & ~current
+
+
+#: ``1``: show TensorFlow's native start-up and log lines (set by ``--verbose``; inherited by workers).
+VERBOSE_ENV = "SEGSWEEP_VERBOSE"
+_TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"
+#: Whether segsweep (not the user) chose TF_CPP_MIN_LOG_LEVEL in this process tree.
+_LEVEL_OURS = "_SEGSWEEP_TF_LOG_LEVEL_SET"
+
+#: Start-up lines of TensorFlow's native libraries: absl/glog INFO and WARNING lines ("I0000 00:00:...",
+#: "W0000 ..."), absl's note that it logs to stderr before initialisation, the CPU feature guard's
+#: second line, and the CUDA probes of a machine without a GPU. Anything else is replayed.
+_NOISE = re.compile(
+    r"^(?:[IW]\d{4} \d\d:\d\d:\d\d"
+    r"|[EW]\d{4} .*(?:cuda_platform|cuda_executor|cuda_diagnostics|cudart_stub|cuInit)"
+    r"|WARNING: All log messages before absl::InitializeLog\(\) is called are written to STDERR"
+    r"|To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler flags\.)"
+)
+
+
+def native_logs_shown() -> bool:
+    return os.environ.get(VERBOSE_ENV) == "1"
+
+
+def is_startup_noise(line: str) -> bool:
+    """Whether ``line`` is one of TensorFlow's native start-up notices hidden by default."""
+    return bool(_NOISE.match(line.strip()))
+
+
+@contextlib.contextmanager
+def startup_noise_filtered() -> Iterator[None]:
+    """Capture file descriptor 2 for the block; replay what is not start-up noise (all on error)."""
+    try:
+        sys.stderr.flush()
+        saved = os.dup(2)
+    except (OSError, ValueError):  # no usable stderr: nothing to filter
+        yield
+        return
+    failed = False
+    with tempfile.TemporaryFile() as capture:
+        os.dup2(capture.fileno(), 2)
+        try:
+            yield
+        except BaseException:
+            failed = True
+            raise
+        finally:
+            with contextlib.suppress(OSError, ValueError):
+                sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            capture.seek(0)
+            lines = capture.read().decode(errors="replace").splitlines(keepends=True)
+            kept = lines if failed else [line for line in lines if not is_startup_noise(line)]
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()
+
+
+class _FilteredLoader(importlib.abc.Loader):
+    """Runs the real loader of ``tensorflow`` inside :func:`startup_noise_filtered`."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        with startup_noise_filtered():
+            self._loader.exec_module(module)
+
+    def __getattr__(self, name: str) -> Any:  # resource readers and the like come from the real loader
+        return getattr(self._loader, name)
+
+
+class _FilteredTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Finds ``tensorflow`` the usual way and filters its first import; then steps aside."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "tensorflow":
+            return None
+        _remove_import_filter()
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None and not native_logs_shown():
+            spec.loader = _FilteredLoader(spec.loader)
+        return spec
+
+
+def _remove_import_filter() -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _FilteredTensorFlowImport)]
+
+
+def show_native_logs() -> None:
+    """Show TensorFlow's native lines from now on, here and in child processes (``--verbose``)."""
+    os.environ[VERBOSE_ENV] = "1"
+    if os.environ.get(_LEVEL_OURS) == "1":
+        os.environ[_TF_LOG_LEVEL] = "0"
+    _remove_import_filter()
+
+
+if _TF_LOG_LEVEL not in os.environ:
+    os.environ[_TF_LOG_LEVEL] = "0" if native_logs_shown() else "3"
+    os.environ[_LEVEL_OURS] = "1"
+if not native_logs_shown() and "tensorflow" not in sys.modules:
+    _remove_import_filter()
+    sys.meta_path.insert(0, _FilteredTensorFlowImport())

@@ -78,7 +78,8 @@ class ModelBundle:
         """Rebuild the architecture (no encoder weights to fetch) and load the bundle's weights."""
         from trainer.models import build_model
 
-        model = build_model(replace(self.config, weights="none"))
+        # float32 whatever the training ran in: the weights are float32 either way.
+        model = build_model(replace(self.config, weights="none"), mixed_precision=False)
         try:
             model.load_weights(str(self.path / WEIGHTS_FILE))
         except (ValueError, OSError) as exc:
@@ -128,9 +129,10 @@ def load_bundle(path: str | Path) -> ModelBundle:
 
 
 def bundle_meta(
-    config: CVConfig, *, data: Mapping[str, Any], source: Mapping[str, Any], seconds: float
+    config: CVConfig, *, data: Mapping[str, Any], source: Mapping[str, Any], seconds: float, **more: Any
 ) -> dict[str, Any]:
-    """config.json of a bundle: format, version, time, configuration, preprocessing, threshold, data, source."""
+    """config.json of a bundle: format, version, time, configuration, preprocessing, threshold, data, source
+    (and ``more``, e.g. the TensorFlow runtime it trained with)."""
     from datetime import UTC, datetime
 
     return {
@@ -143,6 +145,7 @@ def bundle_meta(
         "data": dict(data),
         "source": dict(source),
         "seconds": seconds,
+        **more,
     }
 
 

@@ -75,6 +75,7 @@ def register(sub: Any) -> None:
         default=None,
         help="validate with Keras' moving batch-norm statistics instead of re-estimating them (for comparison)",
     )
+    add_runtime_options(cv)
     cv.set_defaults(handler=_cmd_cv)
 
     data = sub.add_parser("data", help="check or download data sets")
@@ -94,6 +95,24 @@ def register(sub: Any) -> None:
     imp.add_argument("file", help="the weights file (.h5) as published by the encoder's authors")
     imp.add_argument("--encoder", required=True, help="encoder the file belongs to")
     imp.set_defaults(handler=_cmd_weights_import)
+
+
+def add_runtime_options(parser: Any) -> None:
+    """``--mixed-precision`` and ``--threads``: how TensorFlow runs (recorded in cv.json, not the config).
+
+    Shared by ``cv``, ``sweep run`` and ``retrain``; the environment variables are the fallbacks.
+    """
+    from trainer.models import MIXED_PRECISION_CHOICES, MIXED_PRECISION_ENV, THREADS_ENV
+
+    parser.add_argument(
+        "--mixed-precision", choices=MIXED_PRECISION_CHOICES, default=None,
+        help="float16 compute with float32 weights: auto turns it on when every visible GPU has compute "
+        f"capability 7.0 or more (tensor cores); default ${MIXED_PRECISION_ENV}, else auto",
+    )  # fmt: skip
+    parser.add_argument(
+        "--threads", type=int, default=None,
+        help=f"TensorFlow intra-op threads (0: one per core); default ${THREADS_ENV}, else one per core",
+    )  # fmt: skip
 
 
 def resolve_cv_args(args: argparse.Namespace) -> tuple[CVConfig, Path, Path]:
@@ -124,7 +143,8 @@ def _cmd_cv(args: argparse.Namespace) -> int:
     config, data, out = resolve_cv_args(args)
     try:
         return run_cv_command(config, data, out, tracker=args.tracker, verbose=not args.quiet, skip_bad=args.skip_bad,
-                              keep_models=args.keep_models)
+                              keep_models=args.keep_models, threads=args.threads,
+                              mixed_precision=args.mixed_precision)
     except KeyboardInterrupt:
         raise Interrupted(
             f"finished folds are kept in {out}; resume with `{resume_command(args)}`"
@@ -140,7 +160,7 @@ def resume_command(args: argparse.Namespace) -> str:
     import shlex
 
     words = ["segsweep", "cv"]
-    for name in ["data", "out", "config", *_CV_OPTIONS, "tracker"]:
+    for name in ["data", "out", "config", *_CV_OPTIONS, "tracker", "threads", "mixed_precision"]:
         value = getattr(args, name, None)
         if value is not None:
             words += ["--" + name.replace("_", "-"), str(value)]

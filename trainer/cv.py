@@ -22,7 +22,15 @@ from trainer.data import PreparedData, prepare_dataset, read_split
 from trainer.errors import ConfigError
 from trainer.files import ensure_writable_folder, write_json_atomic
 from trainer.reporting import FoldPreview, MultiReporter, Reporter
-from trainer.results import CV_FILE, CVResult, FoldResult, fold_model_dir, fold_path, read_fold_files
+from trainer.results import (
+    CV_FILE,
+    CVResult,
+    FoldResult,
+    fold_model_dir,
+    fold_path,
+    read_cv_result,
+    read_fold_files,
+)
 
 if TYPE_CHECKING:
     import tf_keras
@@ -144,9 +152,13 @@ def run_cv(
         from trainer.weights import resolve_weights
 
         resolve_weights(config.encoder, config.weights)  # missing weights fail now, not inside fold 1
+    from trainer.models import runtime_settings
+
+    runtime = runtime_settings().to_dict()
     reporter = reporter or Reporter()
     if verbose:
         reporter = MultiReporter([_ConsoleReporter(len(folds), config.epochs), reporter])
+        print(f"runtime: {runtime_settings().describe()}", flush=True)
     data_info = {
         "path": data_source,
         "n_pairs": len(data),
@@ -155,6 +167,18 @@ def run_cv(
         "quality": data.quality(),
     }
     completed = load_finished_folds(out_dir, config, data.key)
+    previous = read_cv_result(out_dir) if completed else None
+    if previous is not None and previous.runtime and (
+        previous.runtime.get("mixed_precision_enabled") != runtime["mixed_precision_enabled"]
+    ):
+        # The finished folds ran otherwise: say so, and keep what they ran with beside this run's.
+        print(
+            f"segsweep: warning: {len(completed)} finished fold(s) in {out_dir} ran with mixed precision "
+            f"{'on' if previous.runtime.get('mixed_precision_enabled') else 'off'}; the remaining folds run "
+            f"with it {'on' if runtime['mixed_precision_enabled'] else 'off'} (cv.json records both)",
+            file=sys.stderr,
+        )
+        runtime = {**runtime, "earlier": previous.runtime}
     done = {f.fold for f in completed}
     if keep_models:
         missing = sorted(n for n in done if not (fold_model_dir(out_dir, n) / "weights.h5").is_file())
@@ -176,6 +200,7 @@ def run_cv(
             seconds=previous_seconds + time.perf_counter() - started,
             complete=complete,
             version=version(),
+            runtime=runtime,
         )
         write_json_atomic(out_dir / CV_FILE, result.to_dict())
         return result
@@ -314,10 +339,19 @@ def run_cv_command(
     verbose: bool = True,
     skip_bad: bool = False,
     keep_models: bool = False,
+    threads: int | None = None,
+    mixed_precision: str | None = None,
 ) -> int:
-    """`segsweep cv`: prepare the data (cached), cross-validate, print the table, write cv.json."""
+    """`segsweep cv`: prepare the data (cached), cross-validate, print the table, write cv.json.
+
+    ``threads`` and ``mixed_precision`` (auto/on/off) fall back to SEGSWEEP_THREADS and
+    SEGSWEEP_MIXED_PRECISION, then to TensorFlow's thread default and auto.
+    """
     config.validate()
     check_output_dir(out_dir)
+    from trainer.models import configure_tensorflow
+
+    configure_tensorflow(threads, mixed_precision)
     started = time.perf_counter()
     data = prepare_dataset(
         data_dir, config.image_size, split=config.dev_split, limit=config.limit, skip_bad=skip_bad

@@ -3,40 +3,147 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from trainer.config import CVConfig
+from trainer.errors import ConfigError
 
 if TYPE_CHECKING:
     import tf_keras
 
-_configured_threads: int | None = None
+#: Values of ``--mixed-precision``: ``auto`` is on when every visible GPU has tensor cores.
+MIXED_PRECISION_CHOICES = ("auto", "on", "off")
+#: Lowest CUDA compute capability with tensor cores for float16 (Volta, V100); below it float16 is slower.
+MIXED_PRECISION_MIN_CAPABILITY = (7, 0)
+#: Environment fallbacks of ``--mixed-precision`` (``1``/``on``, ``0``/``off``, ``auto``) and ``--threads``.
+MIXED_PRECISION_ENV = "SEGSWEEP_MIXED_PRECISION"
+THREADS_ENV = "SEGSWEEP_THREADS"
 
 
-def configure_tensorflow(threads: int | None = None) -> None:
-    """Set TensorFlow's CPU thread pools and GPU memory growth, once per process.
+@dataclass(frozen=True)
+class RuntimeSettings:
+    """How TensorFlow runs in this process: recorded in cv.json (``runtime``), bundles and reports.
 
-    ``threads`` (or ``SEGSWEEP_THREADS``) caps intra-op parallelism, so concurrent trials on one
-    machine do not each spawn a thread per core and thrash. GPUs grow memory on demand, so that
-    fractional-GPU trials can share a card.
+    ``mixed_precision`` is what was asked (auto, on, off); ``mixed_precision_enabled`` what it resolved
+    to and ``mixed_precision_reason`` why. ``threads`` caps TensorFlow's intra-op pool (None: one per core).
     """
-    global _configured_threads
+
+    mixed_precision: str
+    mixed_precision_enabled: bool
+    mixed_precision_reason: str
+    threads: int | None
+    gpus: tuple[str, ...] = ()
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "gpus": list(self.gpus)}
+
+    def describe(self) -> str:
+        """One phrase for console lines and reports."""
+        return (
+            f"mixed precision {'on' if self.mixed_precision_enabled else 'off'} ({self.mixed_precision_reason}), "
+            f"TensorFlow threads {self.threads or 'one per core'}"
+        )
+
+
+_runtime: RuntimeSettings | None = None
+
+
+def check_mixed_precision(value: str) -> str:
+    """``value`` if it is one of auto/on/off (case-insensitive), else a ConfigError saying which to use."""
+    choice = str(value).strip().lower()
+    aliases = {"1": "on", "true": "on", "0": "off", "false": "off"}
+    choice = aliases.get(choice, choice)
+    if choice not in MIXED_PRECISION_CHOICES:
+        raise ConfigError(
+            f"mixed precision {value!r}: choose one of {', '.join(MIXED_PRECISION_CHOICES)} "
+            f"(--mixed-precision or {MIXED_PRECISION_ENV})"
+        )
+    return choice
+
+
+def check_threads(value: int | str | None) -> int | None:
+    """A thread count (None or 0: TensorFlow's default), else a ConfigError naming the value."""
+    if value is None or value == "":
+        return None
+    try:
+        threads = int(value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"threads {value!r} is not a whole number (--threads or {THREADS_ENV})") from None
+    if threads < 0:
+        raise ConfigError(f"threads must be 0 (TensorFlow's default) or more, got {threads}")
+    return threads or None
+
+
+def resolve_mixed_precision(choice: str, gpu_capabilities: Sequence[tuple[int, int] | None]) -> tuple[bool, str]:
+    """(enabled, reason) for ``choice`` given the visible GPUs' compute capabilities (None: unknown)."""
+    if choice == "on":
+        return True, "on as asked" + ("" if gpu_capabilities else "; no GPU visible, float16 is slow on CPUs")
+    if choice == "off":
+        return False, "off as asked"
+    if not gpu_capabilities:
+        return False, "auto: no GPU visible"
+    shown = ", ".join("unknown" if c is None else f"{c[0]}.{c[1]}" for c in gpu_capabilities)
+    if all(c is not None and c >= MIXED_PRECISION_MIN_CAPABILITY for c in gpu_capabilities):
+        return True, f"auto: GPU compute capability {shown}"
+    low = ".".join(map(str, MIXED_PRECISION_MIN_CAPABILITY))
+    return False, f"auto: GPU compute capability {shown}, below {low} on some GPU"
+
+
+def configure_tensorflow(threads: int | None = None, mixed_precision: str | None = None) -> RuntimeSettings:
+    """Set TensorFlow's CPU thread pools, GPU memory growth and mixed precision, once per process.
+
+    ``threads`` (else ``SEGSWEEP_THREADS``) caps intra-op parallelism, so concurrent trials on one
+    machine do not each spawn a thread per core and thrash. GPUs grow memory on demand, so that
+    fractional-GPU trials can share a card. ``mixed_precision`` (else ``SEGSWEEP_MIXED_PRECISION``,
+    else auto) decides the Keras policy of the models build_model makes from now on. Thread pools
+    cannot change once TensorFlow has started: later calls keep the first thread count.
+    """
+    global _runtime
     import tensorflow as tf
 
-    threads = threads or int(os.environ.get("SEGSWEEP_THREADS", "0") or 0) or None
-    if _configured_threads is None:
+    if _runtime is not None and threads is None and mixed_precision is None:
+        return _runtime  # fit() calls this on every run; the settings given first stand
+    if mixed_precision is None:
+        mixed_precision = os.environ.get(MIXED_PRECISION_ENV) or "auto"
+    choice = check_mixed_precision(mixed_precision)
+    if threads is None:
+        threads = check_threads(os.environ.get(THREADS_ENV))
+    threads = check_threads(threads)
+    gpus = tf.config.list_physical_devices("GPU")
+    if _runtime is None:
         try:
             if threads:
                 tf.config.threading.set_intra_op_parallelism_threads(threads)
                 tf.config.threading.set_inter_op_parallelism_threads(min(2, threads))
-            for gpu in tf.config.list_physical_devices("GPU"):
+            for gpu in gpus:
                 tf.config.experimental.set_memory_growth(gpu, True)
         except RuntimeError:
             pass  # TensorFlow was initialised already in this process; its settings stand.
-        _configured_threads = threads or 0
+    else:
+        threads = _runtime.threads
+    capabilities = [_capability(gpu) for gpu in gpus]
+    enabled, reason = resolve_mixed_precision(choice, capabilities)
+    _runtime = RuntimeSettings(choice, enabled, reason, threads, tuple(gpu.name for gpu in gpus))
+    return _runtime
+
+
+def _capability(gpu: Any) -> tuple[int, int] | None:
+    import tensorflow as tf
+
+    try:
+        value = tf.config.experimental.get_device_details(gpu).get("compute_capability")
+    except (RuntimeError, ValueError):
+        return None
+    return (int(value[0]), int(value[1])) if value else None
+
+
+def runtime_settings() -> RuntimeSettings:
+    """The settings in force (configured from the environment on first use)."""
+    return _runtime or configure_tensorflow()
 
 
 def preprocessing(encoder: str) -> Callable[[np.ndarray], np.ndarray]:
@@ -55,20 +162,21 @@ def prepare_inputs(images: np.ndarray, encoder: str) -> np.ndarray:
     return np.asarray(preprocessing(encoder)(images.astype(np.float32)), dtype=np.float32)
 
 
-def build_model(config: CVConfig) -> tf_keras.Model:
+def build_model(config: CVConfig, *, mixed_precision: bool | None = None) -> tf_keras.Model:
     """Build the configured architecture with encoder weights per ``config.weights`` (not compiled).
 
     The model is built with ``encoder_weights=None`` and the weights file is loaded afterwards by
     trainer.weights, which checks the file first and fails with a clear message offline, instead of
     letting Keras download (and delete on a hash mismatch) inside segmentation-models.
+    ``mixed_precision`` None follows :func:`runtime_settings`; prediction passes False (float32).
     """
     import segmentation_models as sm
+    import tf_keras
 
     builders: dict[str, Any] = {"unet": sm.Unet, "fpn": sm.FPN, "linknet": sm.Linknet}
-    if mixed_precision_enabled():
-        import tf_keras
-
-        tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    mixed = mixed_precision_enabled() if mixed_precision is None else mixed_precision
+    # Set both ways: a process (a reused sweep worker) may build models under both settings.
+    tf_keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     weights_path = None
     if config.weights not in ("none", ""):
         from trainer.weights import resolve_weights
@@ -85,9 +193,7 @@ def build_model(config: CVConfig) -> tf_keras.Model:
         from trainer.weights import load_encoder_weights
 
         load_encoder_weights(model, weights_path, config.encoder)
-    if mixed_precision_enabled():
-        import tf_keras
-
+    if mixed:
         # The sigmoid ran in float16; the loss and metric get float32 (Keras' mixed-precision rule:
         # the model's output layer in float32), so the IoU loss does not lose precision near 0 and 1.
         output = tf_keras.layers.Activation("linear", dtype="float32", name="output_float32")(model.output)
@@ -125,12 +231,13 @@ def compile_model(model: tf_keras.Model, config: CVConfig, lr: float | None = No
 
 
 def mixed_precision_enabled() -> bool:
-    """``SEGSWEEP_MIXED_PRECISION=1``: float16 compute, float32 weights and output (opt-in, for GPUs).
+    """Whether models train with float16 compute, float32 weights and output (``--mixed-precision``).
 
     On GPUs with tensor cores (V100, A100, H100...) this roughly halves activation memory and speeds
-    up convolutions; on CPUs it is slower. Off by default: results then match the paper's float32.
+    up convolutions; on CPUs it is slower, so ``auto`` turns it on only there. Off, results match the
+    paper's float32.
     """
-    return os.environ.get("SEGSWEEP_MIXED_PRECISION", "") == "1"
+    return runtime_settings().mixed_precision_enabled
 
 
 # One compiled model per process, kept between folds (and between trials of a reused sweep worker)
@@ -149,7 +256,8 @@ def model_for_fold(config: CVConfig) -> tf_keras.Model:
     global _reusable
     import tf_keras
 
-    key = (config.arch, config.encoder, config.weights, config.image_size, config.loss, config.seed)
+    key = (config.arch, config.encoder, config.weights, config.image_size, config.loss, config.seed,
+           mixed_precision_enabled())
     if _reusable is None or _reusable[0] != key:
         _reusable = None
         tf_keras.backend.clear_session()  # drop the previous configuration's model and graphs

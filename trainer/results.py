@@ -86,6 +86,8 @@ class CVResult:
     mean: dict[str, float] = field(default_factory=dict)
     std: dict[str, float] = field(default_factory=dict)
     version: str = ""
+    #: How TensorFlow ran (trainer.models.RuntimeSettings: mixed precision asked/resolved/why, threads).
+    runtime: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
         if not self.mean:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import signal
 import subprocess
@@ -12,6 +13,8 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.folder import read_events
+from sweeps.spec import SweepSpec
+from tests.support.synth import make_dataset
 
 TINY_SPACE = """\
 name: tiny
@@ -63,3 +66,13 @@ def wait_for(predicate: Any, timeout: float, what: str, proc: subprocess.Popen[b
 def fold_trainings(trial_dir: Path) -> Counter[int]:
     return Counter(e["fold"] for e in read_events(trial_dir) if e["event"] == "fold_end")
 
+
+
+def tiny_sweep_spec(tmp_path: Path, name: str, fake_settings: dict[str, Any], **options: Any) -> SweepSpec:
+    """A sweep of the tiny space on 12 synthetic pairs, with the stand-in CV's settings beside it."""
+    data = make_dataset(tmp_path / "data", 12)
+    (tmp_path / "tiny.yaml").write_text(TINY_SPACE)
+    (tmp_path / "out" / name).mkdir(parents=True)
+    (tmp_path / "out" / name / "fake.json").write_text(json.dumps(fake_settings))
+    return SweepSpec(name=name, data=str(data), space=str(tmp_path / "tiny.yaml"),
+                     storage=str(tmp_path / "out"), **{"trials": 4, "tracker": "none", **options})

@@ -16,7 +16,6 @@ import sys
 import time
 from collections import Counter
 from pathlib import Path
-from typing import Any
 
 import optuna
 import pytest
@@ -32,21 +31,11 @@ from sweeps.folder import (
     read_trial_record,
 )
 from sweeps.runner import run_sweep
-from sweeps.spec import SweepSpec
 from tests.support import fake_cv as fake
-from tests.support.ray import TINY_SPACE, fold_trainings, wait_for
+from tests.support.ray import TINY_SPACE, fold_trainings, tiny_sweep_spec, wait_for
 from tests.support.synth import make_dataset
 
 REPO = Path(__file__).resolve().parents[2]
-
-
-def _sweep(tmp_path: Path, name: str, fake_settings: dict[str, Any], **options: Any) -> SweepSpec:
-    data = make_dataset(tmp_path / "data", 12)
-    (tmp_path / "tiny.yaml").write_text(TINY_SPACE)
-    (tmp_path / "out" / name).mkdir(parents=True)
-    (tmp_path / "out" / name / "fake.json").write_text(json.dumps(fake_settings))
-    return SweepSpec(name=name, data=str(data), space=str(tmp_path / "tiny.yaml"),
-                     storage=str(tmp_path / "out"), **{"trials": 4, "tracker": "none", **options})
 
 
 def _study(sweep_dir: Path, name: str) -> dict[str, optuna.trial.FrozenTrial]:
@@ -56,7 +45,7 @@ def _study(sweep_dir: Path, name: str) -> dict[str, optuna.trial.FrozenTrial]:
 
 @pytest.mark.slow
 def test_sweep_records_every_trial_in_folder_study_and_leaderboard(tmp_path: Path, local_ray: None) -> None:
-    spec = _sweep(tmp_path, "s", {"fold_seconds": 0.3}, concurrency=2, scheduler="none")
+    spec = tiny_sweep_spec(tmp_path, "s", {"fold_seconds": 0.3}, concurrency=2, scheduler="none")
     outcome = run_sweep(spec, cv_runner=fake.fake_run_cv)
 
     assert outcome.finished
@@ -89,7 +78,7 @@ def test_sweep_records_every_trial_in_folder_study_and_leaderboard(tmp_path: Pat
 
 @pytest.mark.slow
 def test_asha_prunes_and_failed_trials_carry_their_reason(tmp_path: Path, local_ray: None) -> None:
-    spec = _sweep(tmp_path, "a", {"fold_seconds": 0.2, "roles": ["plain", "nan", "crash_once"]},
+    spec = tiny_sweep_spec(tmp_path, "a", {"fold_seconds": 0.2, "roles": ["plain", "nan", "crash_once"]},
                   trials=7, concurrency=1, scheduler="asha", seed=1)
     outcome = run_sweep(spec, cv_runner=fake.fake_run_cv)
 

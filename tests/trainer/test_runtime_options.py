@@ -1,0 +1,157 @@
+"""--mixed-precision and --threads (resolved, recorded, reaching sweep trials) and --verbose (TF start-up lines)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from sweeps.runner import run_sweep
+from tests.support.ray import tiny_sweep_spec
+from trainer import models
+from trainer.errors import ConfigError
+
+REPO = Path(__file__).resolve().parents[2]
+#: Lines of TensorFlow's native start-up that users must not see unless they ask (--verbose).
+NOISE_MARKERS = ("cuInit", "oneDNN")
+
+
+@pytest.fixture
+def fresh_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
+    """Each test configures TensorFlow's settings anew; later tests get float32 models again."""
+    monkeypatch.setattr(models, "_runtime", None)
+    for name in (models.MIXED_PRECISION_ENV, models.THREADS_ENV):
+        monkeypatch.delenv(name, raising=False)
+    yield
+    import tf_keras
+
+    tf_keras.mixed_precision.set_global_policy("float32")
+
+
+def test_auto_is_on_only_when_every_visible_gpu_has_tensor_cores() -> None:
+    assert models.resolve_mixed_precision("auto", []) == (False, "auto: no GPU visible")
+    assert models.resolve_mixed_precision("auto", [(8, 0), (7, 0)])[0] is True
+    assert models.resolve_mixed_precision("auto", [(8, 0), (6, 1)]) == (
+        False, "auto: GPU compute capability 8.0, 6.1, below 7.0 on some GPU")  # fmt: skip
+    assert models.resolve_mixed_precision("auto", [None])[0] is False
+    assert models.resolve_mixed_precision("on", [])[0] is True
+    assert models.resolve_mixed_precision("off", [(9, 0)]) == (False, "off as asked")
+
+
+def test_bad_values_are_one_line_errors_naming_the_fix() -> None:
+    assert models.check_mixed_precision("ON") == "on" and models.check_mixed_precision("1") == "on"
+    with pytest.raises(ConfigError, match="choose one of auto, on, off"):
+        models.check_mixed_precision("fp16")
+    assert models.check_threads(0) is None and models.check_threads("4") == 4
+    with pytest.raises(ConfigError, match="SEGSWEEP_THREADS"):
+        models.check_threads("many")
+    with pytest.raises(ConfigError, match="0"):
+        models.check_threads(-1)
+
+
+def test_sweep_options_are_checked_before_ray(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from sweeps.cli import main
+
+    args = ["sweep", "run", "--data", str(tmp_path), "--space", "quick", "--trials", "1", "--name", "x",
+            "--storage", str(tmp_path / "s"), "--threads", "-2"]  # fmt: skip
+    assert main(args) == 2
+    assert "threads must be 0" in capsys.readouterr().err
+
+
+def test_cpu_auto_resolves_off_and_on_builds_a_float32_output_model(fresh_runtime: None) -> None:
+    import tensorflow as tf
+
+    from trainer.config import CVConfig
+
+    if tf.config.list_physical_devices("GPU"):
+        pytest.skip("this machine has a GPU: auto depends on its compute capability")
+    settings = models.configure_tensorflow()
+    assert settings.mixed_precision == "auto" and not settings.mixed_precision_enabled
+    assert settings.mixed_precision_reason == "auto: no GPU visible"
+    assert models.configure_tensorflow() is settings  # fit() calls it again: the settings stand
+
+    on = models.configure_tensorflow(mixed_precision="on")
+    assert on.mixed_precision_enabled and on.to_dict()["mixed_precision"] == "on"
+    config = CVConfig(encoder="mobilenetv2", weights="none", image_size=32)
+    model = models.build_model(config)
+    assert model.layers[-1].name == "output_float32" and model.output.dtype == tf.float32
+    assert any(layer.compute_dtype == "float16" for layer in model.layers)
+    # Prediction (bundles) builds float32 whatever the setting.
+    assert all(layer.compute_dtype == "float32" for layer in models.build_model(config, mixed_precision=False).layers)
+
+
+def _user_env() -> dict[str, str]:
+    """The environment of a user's shell: none of the variables segsweep sets for itself."""
+    env = dict(os.environ)
+    for name in ("TF_CPP_MIN_LOG_LEVEL", "_SEGSWEEP_TF_LOG_LEVEL_SET", "SEGSWEEP_VERBOSE", "TF_USE_LEGACY_KERAS",
+                 "SM_FRAMEWORK", models.MIXED_PRECISION_ENV, models.THREADS_ENV):
+        env.pop(name, None)
+    return env
+
+
+def _segsweep_cv(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
+    args = [str(Path(sys.executable).with_name("segsweep")), "cv", "--data", str(data), "--out", str(out), "--encoder",
+            "mobilenetv2", "--weights", "none", "--epochs", "1", "--folds", "2", "--limit", "4", "--batch-size", "2",
+            "--image-size", "64", "--tracker", "none", *extra]  # fmt: skip
+    return subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=REPO, env=_user_env(), check=False)
+
+
+@pytest.mark.slow
+def test_cv_records_the_options_and_hides_tensorflow_startup_lines_unless_verbose(
+    kvasir_seg_dir: Path, tmp_path: Path
+) -> None:
+    quiet = _segsweep_cv(kvasir_seg_dir, tmp_path / "a", "--mixed-precision", "on", "--threads", "1")
+    assert quiet.returncode == 0, quiet.stderr
+    noisy = [line for line in quiet.stderr.splitlines() if any(m in line for m in NOISE_MARKERS)]
+    assert noisy == []
+    runtime = json.loads((tmp_path / "a" / "cv.json").read_text())["runtime"]
+    assert runtime["mixed_precision"] == "on" and runtime["mixed_precision_enabled"] is True
+    assert runtime["threads"] == 1 and runtime["gpus"] == []
+    assert "runtime: mixed precision on (on as asked; no GPU visible" in quiet.stdout
+
+    verbose = _segsweep_cv(kvasir_seg_dir, tmp_path / "b", "--verbose")
+    assert verbose.returncode == 0, verbose.stderr
+    assert json.loads((tmp_path / "b" / "cv.json").read_text())["runtime"]["mixed_precision_reason"] == (
+        "auto: no GPU visible"
+    )
+    if not any(m in verbose.stderr for m in NOISE_MARKERS):
+        pytest.skip("TensorFlow prints no oneDNN or cuInit line on this machine, even with --verbose")
+    assert "oneDNN" in verbose.stderr or "cuInit" in verbose.stderr
+
+
+# --- the options reach a sweep's trials (on a real local Ray, with the stand-in cross-validation) ---------
+
+
+def runtime_recording_cv(config: Any, data: Any, out_dir: str | Path, reporter: Any = None, **kwargs: Any) -> Any:
+    """The stand-in cross-validation, writing the TensorFlow settings the trial runs with first."""
+    import tensorflow as tf
+
+    from tests import test_sweeps_fake_cv as fake
+    from trainer.models import runtime_settings
+
+    Path(out_dir).mkdir(parents=True, exist_ok=True)
+    recorded = {**runtime_settings().to_dict(), "intra_op": tf.config.threading.get_intra_op_parallelism_threads()}
+    (Path(out_dir) / "runtime.json").write_text(json.dumps(recorded))
+    return fake.fake_run_cv(config, data, out_dir, reporter, **kwargs)
+
+
+@pytest.mark.slow
+def test_sweep_run_options_reach_the_trials(tmp_path: Path, local_ray: None) -> None:
+    import cloudpickle
+
+    cloudpickle.register_pickle_by_value(sys.modules[__name__])
+    spec = tiny_sweep_spec(tmp_path, "mp", {"fold_seconds": 0.1}, trials=1, concurrency=1, scheduler="none",
+                  mixed_precision="on", threads=1)  # fmt: skip
+    outcome = run_sweep(spec, cv_runner=runtime_recording_cv)
+    assert outcome.finished
+    recorded = json.loads(next((tmp_path / "out" / "mp" / "trials").glob("*/runtime.json")).read_text())
+    assert recorded["mixed_precision"] == "on" and recorded["mixed_precision_enabled"] is True
+    assert recorded["threads"] == 1 == recorded["intra_op"]
+    sweep_json = json.loads((tmp_path / "out" / "mp" / "sweep.json").read_text())
+    assert sweep_json["mixed_precision"] == "on" and sweep_json["threads"] == 1
