@@ -94,8 +94,8 @@ def running_trial(trial_dir: Any, record: dict[str, Any]) -> RunningTrial:
     epochs = int(config.get("epochs") or 0)
     for event in current:
         kind = event.get("event")
-        if kind == "fold_start":
-            fold, epoch = int(event.get("fold") or 0), 0
+        if kind == "fold_start":  # a new fold: its own epochs and IoU from here
+            fold, epoch, val_iou = int(event.get("fold") or 0), 0, None
         elif kind == "epoch":
             fold, epoch = int(event.get("fold") or fold), int(event.get("epoch") or 0)
             epochs = int(event.get("epochs") or epochs)

@@ -112,6 +112,7 @@ def test_stop_from_another_process_then_resume_trains_no_fold_twice(
     log = (tmp_path / "run.log").read_text()
     assert code == 1, log[-3000:]
     assert "did not finish (stopped by `segsweep sweep stop`)" in log and "sweep resume k" in log
+    print(f"sweep stop took effect in {took:.1f} s (the driver exited)")
     assert took < 90, took  # the running folds end (6 s each) and the run ends with them
     assert watched.returncode == 0
     assert re.search(r"#\d \(lr=[\d.e-]+, encoder=\w+\): fold 1/3, epoch 1/3, val IoU 0\.\d{4}, ", view), view
