@@ -72,13 +72,21 @@ def run_sweep(spec: SweepSpec, *, cv_runner: CVRunner | None = None) -> SweepOut
     return _execute(spec, space, restore=False, cv_runner=cv_runner)
 
 
-def resume_sweep(storage: str | Path | None, name: str, *, cv_runner: CVRunner | None = None) -> SweepOutcome:
-    """Finish a sweep whose driver stopped: finished trials and folds are not trained again."""
+def resume_sweep(
+    storage: str | Path | None, name: str, *, cv_runner: CVRunner | None = None, address: str | None = None
+) -> SweepOutcome:
+    """Finish a sweep whose driver stopped: finished trials and folds are not trained again.
+
+    ``address``: the Ray cluster to continue on, where it is not the one the sweep started on (a
+    resubmitted Slurm job starts a new Ray head).
+    """
     from ray import tune
 
     from search_spaces import SearchSpace
 
     spec = SweepSpec.read(storage, name)
+    if address is not None:
+        spec.address = address
     space = SearchSpace.from_dict(spec.space_definition, source=str(spec.folder.spec_file))
     restore = tune.Tuner.can_restore(str(spec.folder.ray_dir))
     return _execute(spec, space, restore=restore, cv_runner=cv_runner)
@@ -258,8 +266,12 @@ def _shareable(data: PreparedData) -> PreparedData:
 
 
 def _object_store_bytes(data: PreparedData) -> int:
+    return object_store_bytes(int(data.images.nbytes + data.masks.nbytes))
+
+
+def object_store_bytes(data_bytes: int) -> int:
     """Room for the one copy of the data plus Ray's own objects."""
-    return max(256 * _MIB, int(data.images.nbytes + data.masks.nbytes) + 256 * _MIB)
+    return max(256 * _MIB, data_bytes + 256 * _MIB)
 
 
 @contextlib.contextmanager

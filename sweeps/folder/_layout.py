@@ -12,6 +12,9 @@
     report/                    `segsweep report` output (report.html, report.md, figures/, best.json)
     predictions/<key>.json     test-set scores `segsweep predict` recorded for a bundle retrained from a trial
     mlflow.db, mlartifacts/    MLflow sink (trainer.tracking owns those names); .neptune/ Neptune's
+    submitted.json             `segsweep sweep submit`: each Slurm job or Ray Job that ran the driver
+    slurm.sbatch               the Slurm batch script `sweep submit --slurm` wrote (editable; resubmittable)
+    logs/                      the Slurm jobs' output (slurm-<job id>.out)
 
 A sweep folder is the source of truth; trackers are sinks and are never read back.
 """
@@ -37,6 +40,11 @@ EVENTS_FILE = "events.jsonl"
 RAY_DIR = "ray"
 REPORT_DIR = "report"
 PREDICTIONS_DIR = "predictions"
+SUBMITTED_FILE = "submitted.json"
+SLURM_SCRIPT = "slurm.sbatch"
+LOGS_DIR = "logs"
+#: Slurm's output file pattern (``%j``: the job id), inside LOGS_DIR.
+SLURM_LOG_PATTERN = "slurm-%j.out"
 
 #: Where sweeps go when no --storage is given: $SEGSWEEP_HOME, else ./runs (git-ignored here, and
 #: outside every package, so a sweep started from a checkout never lands in the source tree).
@@ -115,6 +123,26 @@ class SweepFolder:
     @property
     def mlflow_artifacts(self) -> Path:
         return self.path / MLFLOW_ARTIFACTS_DIR
+
+    @property
+    def submitted_file(self) -> Path:
+        return self.path / SUBMITTED_FILE
+
+    @property
+    def slurm_script(self) -> Path:
+        return self.path / SLURM_SCRIPT
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.path / LOGS_DIR
+
+    @property
+    def slurm_log_pattern(self) -> Path:
+        """The batch script's ``--output`` (Slurm puts the job id in place of ``%j``)."""
+        return self.logs_dir / SLURM_LOG_PATTERN
+
+    def slurm_log(self, job_id: str) -> Path:
+        return self.logs_dir / SLURM_LOG_PATTERN.replace("%j", job_id)
 
     def exists(self) -> bool:
         return self.spec_file.is_file()

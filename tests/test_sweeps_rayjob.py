@@ -1,0 +1,180 @@
+"""`segsweep sweep submit --ray URL`: the sweep driver as a Ray Job on a real Ray head.
+
+The head (``ray start --head --block``, token authentication, its dashboard and Job API on
+127.0.0.1) is started by the test and stopped by pid with every process below it. The job runs a
+tiny real sweep (quick space, 8 synthetic pairs at 64 px, 2 folds, 1 epoch) in the environment the
+head runs in (this venv: no code is shipped). Needs Ray's dashboard extras (``.[cluster]``); skipped
+with the reason where they are absent.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import secrets
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from sweeps.folder import SweepFolder, format_leaderboard, load_sweep, read_events, read_submissions
+from tests.synth import make_dataset
+from tests.test_sweeps_cluster import _descendants
+
+
+def _dashboard_missing() -> str | None:
+    try:
+        import aiohttp_cors  # noqa: F401
+        import opencensus  # noqa: F401
+    except ImportError as exc:
+        return f"Ray's dashboard extras are not installed ({exc.name}): pip install -c constraints.txt -e '.[cluster]'"
+    return None
+
+
+pytestmark = [pytest.mark.slow, pytest.mark.cluster,
+              pytest.mark.skipif(_dashboard_missing() is not None, reason=str(_dashboard_missing()))]
+
+BIN = Path(sys.executable).parent
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+@pytest.fixture(scope="module")
+def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
+    """A Ray head with its dashboard on 127.0.0.1; (dashboard URL, the environment that reaches it)."""
+    temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")
+    dashboard_port = _free_port()
+    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
+           "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
+    log = open(Path(temp) / "head.log", "wb")  # noqa: SIM115
+    head = subprocess.Popen(
+        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
+         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
+         f"--dashboard-agent-listen-port={_free_port()}", "--num-cpus=2", f"--object-store-memory={200 * 2**20}",
+         f"--temp-dir={temp}", "--disable-usage-stats"],
+        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=temp,
+    )
+    url = f"http://127.0.0.1:{dashboard_port}"
+    pids: set[int] = set()
+    try:
+        from ray.job_submission import JobSubmissionClient
+
+        deadline = time.monotonic() + 240
+        while True:
+            pids.update(_descendants(head.pid))
+            try:
+                with _env(env):
+                    JobSubmissionClient(url).list_jobs()
+                break
+            except Exception:
+                assert head.poll() is None, (Path(temp) / "head.log").read_text()[-3000:]
+                assert time.monotonic() < deadline, "the Ray head's dashboard did not answer"
+                time.sleep(2)
+        yield url, env
+    finally:
+        if head.poll() is None:
+            pids.update(_descendants(head.pid))
+        for pid in sorted(pids, reverse=True):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            head.wait(timeout=10)
+        log.close()
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def _env(env: dict[str, str]) -> Iterator[None]:
+    saved = dict(os.environ)
+    os.environ.update(env)
+    try:
+        yield
+    finally:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
+def _segsweep(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / "segsweep"), *args], env=env, capture_output=True, text=True, timeout=timeout,
+                          cwd=REPO)
+
+
+def _job_state(env: dict[str, str], folder: SweepFolder) -> str:
+    from ray.job_submission import JobSubmissionClient
+
+    last = read_submissions(folder)[-1]
+    with _env(env):
+        return str(JobSubmissionClient(last["address"]).get_job_status(last["job_id"]).value)
+
+
+def _wait(env: dict[str, str], folder: SweepFolder, timeout: float = 1500) -> str:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        state = _job_state(env, folder)
+        if state in ("SUCCEEDED", "FAILED", "STOPPED"):
+            return state
+        time.sleep(2)
+    raise AssertionError(f"Ray Job still {_job_state(env, folder)} after {timeout:.0f} s")
+
+
+def _submit_new(url: str, env: dict[str, str], tmp_path: Path, name: str, trials: int) -> SweepFolder:
+    data = make_dataset(tmp_path / "data", 8)
+    storage = tmp_path / "sweeps"
+    proc = _segsweep(env, "sweep", "submit", "--ray", url, "--data", str(data), "--space", "quick", "--trials",
+                     str(trials), "--folds", "2", "--epochs", "1", "--scheduler", "none", "--cpus-per-trial", "1",
+                     "--tracker", "none", "--name", name, "--storage", str(storage))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    [submission] = read_submissions(SweepFolder(storage / name))
+    assert submission["job_id"] in proc.stdout  # printed, and the command returned (detached)
+    return SweepFolder(storage / name)
+
+
+def test_ray_job_runs_the_sweep_detached(ray_head: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    url, env = ray_head
+    folder = _submit_new(url, env, tmp_path, "rj1", trials=2)
+    state = _wait(env, folder)
+    status = _segsweep(env, "sweep", "status", folder.name, "--storage", str(folder.storage))
+    assert state == "SUCCEEDED", status.stdout[-3000:] + status.stderr[-2000:]
+    assert status.returncode == 0 and "SUCCEEDED" in status.stdout
+    sweep = load_sweep(folder.storage, folder.name)
+    assert [t.state for t in sweep.trials] == ["COMPLETE"] * 2, format_leaderboard(sweep)
+
+
+def test_ray_job_stopped_mid_sweep_resumes(ray_head: tuple[str, dict[str, str]], tmp_path: Path) -> None:
+    url, env = ray_head
+    folder = _submit_new(url, env, tmp_path, "rj2", trials=3)
+    deadline = time.monotonic() + 1200
+    while not any(e.get("event") == "fold_end" for t in folder.trial_dirs() for e in read_events(t)):
+        assert _job_state(env, folder) in ("PENDING", "RUNNING"), _segsweep(env, "sweep", "status", "rj2",
+                                                                            "--storage", str(folder.storage)).stdout
+        assert time.monotonic() < deadline, "no fold finished in time"
+        time.sleep(1)
+    stopped = _segsweep(env, "sweep", "stop", folder.name, "--storage", str(folder.storage))
+    assert stopped.returncode == 0, stopped.stderr
+    assert _wait(env, folder, timeout=300) == "STOPPED"
+
+    resumed = _segsweep(env, "sweep", "submit", folder.name, "--storage", str(folder.storage), "--resume")
+    assert resumed.returncode == 0, resumed.stderr[-3000:]
+    assert len(read_submissions(folder)) == 2
+    followed = _segsweep(env, "sweep", "status", folder.name, "--storage", str(folder.storage), "--follow",
+                         timeout=1500)  # streams the job's log until it ends
+    assert followed.returncode == 0, followed.stderr[-3000:]
+    assert "[segsweep] resuming sweep" in followed.stdout
+    assert _job_state(env, folder) == "SUCCEEDED", followed.stdout[-3000:]
+    sweep = load_sweep(folder.storage, folder.name)
+    assert [t.state for t in sweep.trials] == ["COMPLETE"] * 3, format_leaderboard(sweep)
+    for trial in sweep.trials:
+        trained = [e["fold"] for e in read_events(trial.path) if e["event"] == "fold_end"]
+        assert sorted(trained) == [1, 2], (trial.trial_id, trained)
