@@ -171,9 +171,6 @@ export RAY_AUTH_MODE=token
 RAY_AUTH_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(32))')
 export RAY_AUTH_TOKEN  # srun passes the environment to every node; the token is never written down
 export RAY_USAGE_STATS_ENABLED=0
-# A busy node can take longer than Ray's defaults to start the raylet and its agents.
-export RAY_raylet_start_wait_time_s=${{RAY_raylet_start_wait_time_s:-180}}
-export RAY_agent_register_timeout_ms=${{RAY_agent_register_timeout_ms:-180000}}
 RAY_TEMP=/tmp/ray-${{SLURM_JOB_ID}}
 # Room for the prepared data set (one copy per node, mapped by every trial) plus Ray's own objects.
 OBJECT_STORE_BYTES={object_store_bytes}
@@ -186,6 +183,17 @@ node_ip() {{
   getent ahostsv4 "${{addr:-$1}}" | awk 'NR == 1 {{print $1}}'
 }}
 free_port() {{ python -c 'import socket; s = socket.socket(); s.bind(("", 0)); print(s.getsockname()[1])'; }}
+# One node's Ray, in the foreground until SIGTERM (then it stops all of the node's Ray processes).
+# The agents' ports are chosen here: Ray's raylet would otherwise give its agents a fixed 15 s to
+# report theirs, which a busy node (or a slow shared file system) can miss.
+ray_node() {{
+  exec ray start --block --num-cpus="$CPUS"{gpus} --object-store-memory="$OBJECT_STORE_BYTES" \
+    --temp-dir="$RAY_TEMP" --disable-usage-stats --dashboard-agent-grpc-port="$(free_port)" \
+    --dashboard-agent-listen-port="$(free_port)" --metrics-export-port="$(free_port)" \
+    --runtime-env-agent-port="$(free_port)" "$@"
+}}
+export -f free_port ray_node
+export CPUS OBJECT_STORE_BYTES RAY_TEMP
 mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 HEAD_NODE=${{NODES[0]}}
 HEAD_IP=$(node_ip "$HEAD_NODE")
@@ -217,33 +225,24 @@ stop_ray() {{
 trap stop_driver TERM INT
 trap stop_ray EXIT
 
-log "starting the Ray head on $HEAD_NODE ($SEGSWEEP_RAY_ADDRESS)"
-srun --nodes=1 --ntasks=1 --overlap -w "$HEAD_NODE" --cpus-per-task="$CPUS"{step_gpus} \\
-  ray start --head --block --node-ip-address="$HEAD_IP" --port="$RAY_PORT" --include-dashboard=false \\
-  --num-cpus="$CPUS"{gpus} --object-store-memory="$OBJECT_STORE_BYTES" --temp-dir="$RAY_TEMP" \\
-  --dashboard-agent-listen-port="$(free_port)" --disable-usage-stats &
-RAY_STEPS+=($!)
-sleep 5
-for node in "${{NODES[@]:1}}"; do
-  log "starting a Ray worker on $node"
-  srun --nodes=1 --ntasks=1 --overlap -w "$node" --cpus-per-task="$CPUS"{step_gpus} \\
-    ray start --block --address="$SEGSWEEP_RAY_ADDRESS" --node-ip-address="$(node_ip "$node")" \\
-    --num-cpus="$CPUS"{gpus} --object-store-memory="$OBJECT_STORE_BYTES" --temp-dir="$RAY_TEMP" \\
-    --disable-usage-stats &
-  RAY_STEPS+=($!)
-done
-
-# Wait until all ${{#NODES[@]}} node(s) joined the head.
-python - "$SEGSWEEP_RAY_ADDRESS" "${{#NODES[@]}}" {join_timeout} "${{RAY_STEPS[0]}}" <<'EOF'
+# Wait until Ray at $SEGSWEEP_RAY_ADDRESS has $1 live node(s); exit 3 if the head step ($2) ended.
+wait_for_ray() {{
+  python - "$SEGSWEEP_RAY_ADDRESS" "$1" {join_timeout} "$2" <<'EOF'
 import logging, os, sys, time
 import ray
 address, nodes, timeout, head_step = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 deadline = time.monotonic() + timeout
-while True:
+
+def head_alive():
     try:
         os.kill(head_step, 0)
+        return True
     except ProcessLookupError:
-        sys.exit("[segsweep] the Ray head did not start; see its errors above")
+        return False
+
+while True:
+    if not head_alive():
+        sys.exit(3)
     try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         break
@@ -257,8 +256,32 @@ while len([n for n in ray.nodes() if n["Alive"]]) < nodes:
     time.sleep(2)
 ray.shutdown()
 EOF
-JOINED=$?
-if [ "$JOINED" -ne 0 ]; then
+}}
+
+# The head, on the first node (a busy node can miss Ray's start-up deadlines: up to 3 attempts).
+for attempt in 1 2 3; do
+  log "starting the Ray head on $HEAD_NODE ($SEGSWEEP_RAY_ADDRESS), attempt $attempt"
+  srun --nodes=1 --ntasks=1 --overlap -w "$HEAD_NODE" --cpus-per-task="$CPUS"{step_gpus} \\
+    bash -c 'ray_node --head --node-ip-address="$0" --port="$1" --include-dashboard=false' "$HEAD_IP" "$RAY_PORT" &
+  RAY_STEPS=($!)
+  wait_for_ray 1 "${{RAY_STEPS[0]}}"
+  HEAD_UP=$?
+  [ "$HEAD_UP" -ne 3 ] && break
+  RAY_STEPS=()
+  rm -rf "$RAY_TEMP"
+done
+if [ "$HEAD_UP" -ne 0 ]; then
+  log "the Ray head did not start; see the lines above"
+  exit 1
+fi
+# A worker on each other node.
+for node in "${{NODES[@]:1}}"; do
+  log "starting a Ray worker on $node"
+  srun --nodes=1 --ntasks=1 --overlap -w "$node" --cpus-per-task="$CPUS"{step_gpus} \\
+    bash -c 'ray_node --address="$0" --node-ip-address="$1"' "$SEGSWEEP_RAY_ADDRESS" "$(node_ip "$node")" &
+  RAY_STEPS+=($!)
+done
+if ! wait_for_ray "${{#NODES[@]}}" "${{RAY_STEPS[0]}}"; then
   log "Ray did not come up on all nodes; see the lines above"
   exit 1
 fi

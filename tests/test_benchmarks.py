@@ -16,7 +16,7 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ["input_pipeline", "data_prep", "training_path", "sweep_overhead", "memory"]
+SCRIPTS = ["input_pipeline", "data_prep", "training_path", "sweep_overhead", "memory", "sweep_scale"]
 
 
 @pytest.mark.slow

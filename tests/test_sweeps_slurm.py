@@ -94,7 +94,7 @@ def _timeline(log: str, folder: SweepFolder) -> dict[str, float]:
 def test_slurm_job_runs_the_sweep_and_stops_ray(cluster: slurm.SlurmCluster, tmp_path: Path) -> None:
     folder = _new_sweep(cluster, tmp_path, "slurm1")
     script = folder.slurm_script.read_text()
-    assert "#SBATCH --nodes=1" in script and "ray start --head" in script and "trap stop_ray EXIT" in script
+    assert "#SBATCH --nodes=1" in script and "ray_node --head" in script and "trap stop_ray EXIT" in script
     [job] = _job_ids(folder)
     state = cluster.wait_job(job, timeout=1500)
     log = folder.slurm_log(job).read_text() if folder.slurm_log(job).is_file() else "(no job log)"
