@@ -62,9 +62,9 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-         # the agents' ports given, so the raylet does not wait (15 s at most) for them to report theirs
          f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
-         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}", "--num-cpus=2", f"--object-store-memory={200 * 2**20}",
+         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
+         "--num-cpus=2", f"--object-store-memory={200 * 2**20}",
          f"--temp-dir={temp}", "--disable-usage-stats"],
         env=env, stdout=log, stderr=subprocess.STDOUT, cwd=temp,
     )
