@@ -186,13 +186,35 @@ free_port() {{ python -c 'import socket; s = socket.socket(); s.bind(("", 0)); p
 # One node's Ray, in the foreground until SIGTERM (then it stops all of the node's Ray processes).
 # The agents' ports are chosen here: Ray's raylet would otherwise give its agents a fixed 15 s to
 # report theirs, which a busy node (or a slow shared file system) can miss.
+# Ray 2.60's raylet waits at most 15 s for the agent's HTTP port file, and no option names that
+# port to the raylet; persist_listen_port writes the file (with Ray's own function) as soon as the
+# raylet names its node.
 ray_node() {{
-  exec ray start --block --num-cpus="$CPUS"{gpus} --object-store-memory="$OBJECT_STORE_BYTES" \
-    --temp-dir="$RAY_TEMP" --disable-usage-stats --dashboard-agent-grpc-port="$(free_port)" \
-    --dashboard-agent-listen-port="$(free_port)" --metrics-export-port="$(free_port)" \
+  local listen_port
+  listen_port=$(free_port)
+  persist_listen_port "$listen_port" &
+  exec ray start --block --num-cpus="$CPUS"{gpus} --object-store-memory="$OBJECT_STORE_BYTES" \\
+    --temp-dir="$RAY_TEMP" --disable-usage-stats --dashboard-agent-grpc-port="$(free_port)" \\
+    --dashboard-agent-listen-port="$listen_port" --metrics-export-port="$(free_port)" \\
     --runtime-env-agent-port="$(free_port)" "$@"
 }}
-export -f free_port ray_node
+persist_listen_port() {{
+  python - "$RAY_TEMP" "$1" <<'EOF'
+import re, sys, time
+from pathlib import Path
+from ray._raylet import DASHBOARD_AGENT_LISTEN_PORT_NAME, persist_port
+temp, port = Path(sys.argv[1]), int(sys.argv[2])
+deadline = time.monotonic() + 300
+while time.monotonic() < deadline:
+    log = temp / "session_latest" / "logs" / "raylet.out"
+    found = re.search(r"node_id=([0-9a-f]{{56}})", log.read_text(errors="replace")) if log.is_file() else None
+    if found:
+        persist_port(str((temp / "session_latest").resolve()), found.group(1), DASHBOARD_AGENT_LISTEN_PORT_NAME, port)
+        break
+    time.sleep(0.5)
+EOF
+}}
+export -f free_port ray_node persist_listen_port
 export CPUS OBJECT_STORE_BYTES RAY_TEMP
 mapfile -t NODES < <(scontrol show hostnames "$SLURM_JOB_NODELIST")
 HEAD_NODE=${{NODES[0]}}
@@ -228,7 +250,7 @@ trap stop_ray EXIT
 # Wait until Ray at $SEGSWEEP_RAY_ADDRESS has $1 live node(s); exit 3 if the head step ($2) ended.
 wait_for_ray() {{
   python - "$SEGSWEEP_RAY_ADDRESS" "$1" {join_timeout} "$2" <<'EOF'
-import logging, os, sys, time
+import logging, os, socket, sys, time
 import ray
 address, nodes, timeout, head_step = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]), int(sys.argv[4])
 deadline = time.monotonic() + timeout
@@ -240,15 +262,26 @@ def head_alive():
     except ProcessLookupError:
         return False
 
-while True:
+host, port = address.rsplit(":", 1)
+while True:  # until the head's GCS accepts connections (ray.init would block for minutes before)
     if not head_alive():
         sys.exit(3)
     try:
+        socket.create_connection((host, int(port)), timeout=2).close()
+        break
+    except OSError:
+        if time.monotonic() > deadline:
+            sys.exit(f"[segsweep] the Ray head at {{address}} did not answer")
+        time.sleep(2)
+while True:
+    try:
         ray.init(address=address, logging_level=logging.ERROR, log_to_driver=False)
         break
-    except Exception as exc:  # the head is still starting
+    except Exception:  # the head's raylet is still registering, or it died
+        if not head_alive():
+            sys.exit(3)
         if time.monotonic() > deadline:
-            sys.exit(f"[segsweep] the Ray head at {{address}} did not answer: {{exc}}")
+            raise
         time.sleep(2)
 while len([n for n in ray.nodes() if n["Alive"]]) < nodes:
     if time.monotonic() > deadline:
@@ -259,14 +292,18 @@ EOF
 }}
 
 # The head, on the first node (a busy node can miss Ray's start-up deadlines: up to 3 attempts).
+# No dashboard and no autoscaler monitor: a Slurm allocation has a fixed set of nodes.
 for attempt in 1 2 3; do
   log "starting the Ray head on $HEAD_NODE ($SEGSWEEP_RAY_ADDRESS), attempt $attempt"
   srun --nodes=1 --ntasks=1 --overlap -w "$HEAD_NODE" --cpus-per-task="$CPUS"{step_gpus} \\
-    bash -c 'ray_node --head --node-ip-address="$0" --port="$1" --include-dashboard=false' "$HEAD_IP" "$RAY_PORT" &
+    bash -c 'ray_node --head --node-ip-address="$0" --port="$1" --include-dashboard=false --no-monitor' \\
+    "$HEAD_IP" "$RAY_PORT" &
   RAY_STEPS=($!)
   wait_for_ray 1 "${{RAY_STEPS[0]}}"
   HEAD_UP=$?
   [ "$HEAD_UP" -ne 3 ] && break
+  # Why (Ray's raylet log names the deadline it missed).
+  grep -h "Check failed" "$RAY_TEMP"/session_latest/logs/raylet.out 2>/dev/null | cut -c1-400
   RAY_STEPS=()
   rm -rf "$RAY_TEMP"
 done
