@@ -7,7 +7,7 @@ fold checkpoints and experiment-state snapshots, the driver's callback, the tria
 the second row) each trial's MLflow runs in the sweep's SQLite store.
 
 For each size and tracker setting one sweep runs (two trials at a time, one CPU each, scheduler
-none), on one local Ray started once on 127.0.0.1 (its start-up is not counted). Measured:
+none), on one Ray head started once on 127.0.0.1 (its start-up is not counted). Measured:
 
 * driver seconds per trial: ``run_sweep``'s wall time / trials;
 * peak driver memory: the largest RSS of this process during that sweep (sampled every 0.2 s);
@@ -26,12 +26,14 @@ The script runs itself inside a loopback-only network namespace (``unshare -n``)
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import subprocess
 import sys
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -116,6 +118,94 @@ class PeakRSS:
         self.peak = max(self.peak, self._process.memory_info().rss)
 
 
+@contextlib.contextmanager
+def ray_head(num_cpus: int) -> Iterator[None]:
+    """A Ray head (``ray start --head --block``) on 127.0.0.1 in a private folder, this process its driver.
+
+    Started as a separate node rather than by ``ray.init`` so that the dashboard agent's HTTP port
+    file can be written for the raylet in time (Ray 2.60 waits 15 s for it, which a loaded shared
+    machine misses; the Slurm batch script does the same). Every process of it is stopped by pid.
+    """
+    import logging
+    import re
+    import secrets
+    import signal
+    import socket
+    import tempfile
+
+    import ray
+    from ray._raylet import DASHBOARD_AGENT_LISTEN_PORT_NAME, persist_port
+
+    def free_port() -> int:
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            return int(sock.getsockname()[1])
+
+    temp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
+    # Ray 2.60 authenticates with a token; a private one here (not ~/.ray's, which other Ray users share).
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
+    port, listen_port = free_port(), free_port()
+    ray_bin = str(Path(sys.executable).parent / "ray")
+    head = subprocess.Popen(
+        [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
+         "--include-dashboard=false", "--no-monitor", f"--num-cpus={num_cpus}", f"--object-store-memory={256 << 20}",
+         f"--temp-dir={temp}", "--disable-usage-stats", f"--dashboard-agent-listen-port={listen_port}",
+         f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
+         f"--runtime-env-agent-port={free_port()}"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    pids: set[int] = set()
+    try:
+        log = temp / "session_latest" / "logs" / "raylet.out"
+        deadline = time.monotonic() + 300
+        while time.monotonic() < deadline and head.poll() is None:
+            found = re.search(r"node_id=([0-9a-f]{56})", log.read_text(errors="replace")) if log.is_file() else None
+            if found:
+                persist_port(str((temp / "session_latest").resolve()), found.group(1),
+                             DASHBOARD_AGENT_LISTEN_PORT_NAME, listen_port)
+                break
+            time.sleep(0.5)
+        while True:
+            if head.poll() is not None:
+                raise SystemExit("the Ray head did not start")
+            try:
+                ray.init(address=f"127.0.0.1:{port}", logging_level=logging.WARNING, log_to_driver=False)
+                break
+            except Exception:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(2)
+        pids.update(_descendants(head.pid))
+        yield
+    finally:
+        ray.shutdown()
+        if head.poll() is None:
+            pids.update(_descendants(head.pid))
+        for pid in sorted(pids, reverse=True):
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(pid, signal.SIGKILL)
+        with contextlib.suppress(Exception):
+            head.wait(timeout=10)
+        import shutil
+
+        shutil.rmtree(temp, ignore_errors=True)
+
+
+def _descendants(pid: int) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            with contextlib.suppress(OSError, IndexError, ValueError):
+                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
+                children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = set(), [pid]
+    while todo:
+        current = todo.pop()
+        found.add(current)
+        todo.extend(children.get(current, []))
+    return found
+
+
 def folder_bytes(path: Path) -> int:
     return sum(p.stat().st_size for p in path.rglob("*") if p.is_file())
 
@@ -182,7 +272,7 @@ def run(args: argparse.Namespace) -> None:
         data = _common.synthetic_dataset(tmp / "data", 8, size=32)
         space = tmp / "space.yaml"
         space.write_text(_common.tiny_space("bench-scale", "mobilenetv2", 32, 2))
-        with _common.local_ray(num_cpus=2):
+        with ray_head(num_cpus=2):
             for tracker in trackers:
                 for trials in sizes:
                     rows.append(one_sweep(tmp, data, space, trials, tracker))

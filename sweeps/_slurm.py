@@ -118,8 +118,9 @@ def sbatch(script: Path) -> str:
 
 
 def job_state(job_id: str) -> str | None:
-    """The job's state from ``squeue`` (pending or running jobs), else ``sacct``; None if unknown."""
-    for argv in (["squeue", "-h", "-j", job_id, "-o", "%T"], ["sacct", "-n", "-X", "-j", job_id, "-o", "State"]):
+    """The job's state from ``squeue`` (any job slurmctld still holds), else ``sacct``; None if unknown."""
+    for argv in (["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"],
+                 ["sacct", "-n", "-X", "-j", job_id, "-o", "State"]):
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         except (FileNotFoundError, subprocess.TimeoutExpired):

@@ -55,19 +55,20 @@ def _free_port() -> int:
 def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
     """A Ray head with its dashboard on 127.0.0.1; (dashboard URL, the environment that reaches it)."""
     temp = tempfile.mkdtemp(prefix="rj", dir="/tmp")
-    dashboard_port = _free_port()
+    dashboard_port, listen_port = _free_port(), _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
            "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{BIN}:{os.environ.get('PATH', '')}"}
     log = open(Path(temp) / "head.log", "wb")  # noqa: SIM115
     head = subprocess.Popen(
         [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
          "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-         f"--dashboard-agent-listen-port={_free_port()}", f"--dashboard-agent-grpc-port={_free_port()}",
+         f"--dashboard-agent-listen-port={listen_port}", f"--dashboard-agent-grpc-port={_free_port()}",
          f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
          "--num-cpus=2", f"--object-store-memory={200 * 2**20}",
          f"--temp-dir={temp}", "--disable-usage-stats"],
         env=env, stdout=log, stderr=subprocess.STDOUT, cwd=temp,
     )
+    _persist_listen_port(Path(temp), listen_port)
     url = f"http://127.0.0.1:{dashboard_port}"
     pids: set[int] = set()
     try:
@@ -95,6 +96,27 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
             head.wait(timeout=10)
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
+
+
+def _persist_listen_port(temp: Path, port: int) -> None:
+    """Write the dashboard agent's HTTP port file as soon as the raylet names its node.
+
+    Ray 2.60's raylet waits at most 15 s for that file and aborts the node otherwise, which a busy
+    machine misses while the agent imports; the Slurm batch script does the same (``ray_node``).
+    """
+    import re
+
+    from ray._raylet import DASHBOARD_AGENT_LISTEN_PORT_NAME, persist_port
+
+    deadline = time.monotonic() + 240
+    log = temp / "session_latest" / "logs" / "raylet.out"
+    while time.monotonic() < deadline:
+        found = re.search(r"node_id=([0-9a-f]{56})", log.read_text(errors="replace")) if log.is_file() else None
+        if found:
+            persist_port(str((temp / "session_latest").resolve()), found.group(1), DASHBOARD_AGENT_LISTEN_PORT_NAME,
+                         port)
+            return
+        time.sleep(0.5)
 
 
 @contextlib.contextmanager
