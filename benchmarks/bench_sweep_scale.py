@@ -128,7 +128,6 @@ def ray_head(num_cpus: int) -> Iterator[None]:
     """
     import logging
     import re
-    import secrets
     import signal
     import socket
     import tempfile
@@ -142,8 +141,6 @@ def ray_head(num_cpus: int) -> Iterator[None]:
             return int(sock.getsockname()[1])
 
     temp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
-    # Ray 2.60 authenticates with a token; a private one here (not ~/.ray's, which other Ray users share).
-    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     port, listen_port = free_port(), free_port()
     ray_bin = str(Path(sys.executable).parent / "ray")
     head = subprocess.Popen(
@@ -263,6 +260,11 @@ def main(argv: list[str] | None = None) -> None:
 
 
 def run(args: argparse.Namespace) -> None:
+    import secrets
+
+    # Ray 2.60 authenticates with a token, read once per process: a private one, set before Ray is
+    # imported (not ~/.ray/auth_token, which every Ray user of this machine shares).
+    os.environ.update(RAY_AUTH_MODE="token", RAY_AUTH_TOKEN=secrets.token_hex(32))
     sizes = tuple(int(s) for s in args.sizes.split(",")) if args.sizes else (QUICK_SIZES if args.quick else FULL_SIZES)
     trackers = tuple(args.trackers.split(",")) if args.trackers else (("none",) if args.quick else TRACKERS)
     rows: list[dict[str, Any]] = []

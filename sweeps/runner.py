@@ -134,12 +134,12 @@ def _execute(
     n_folds = 1 if probe.val_split else probe.folds
     print(f"[segsweep] {len(data)} pairs ready ({data.key}); {n_folds} folds per trial", flush=True)
 
-    # Throttle Tune's experiment snapshots to every few seconds (default: 10 s or more), so a
-    # driver killed mid-sweep loses little bookkeeping; fold files are never lost either way.
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3")
-    # With num_to_keep=1 every fold checkpoint forces a snapshot, which is what resume wants; Tune
-    # warns about it on every fold.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's experiment snapshot holds every trial, so its cost grows with the sweep: taken on every
+    # fold (what CheckpointConfig(num_to_keep=1) forces) or every 3 s, it made the driver's cost per
+    # trial grow with the number of trials (benchmarks/bench_sweep_scale.py). Tune's "auto" period
+    # keeps snapshots under 5% of the driver's time; a driver killed between two loses no fold (the
+    # fold files in each trial folder are what a resumed trial starts from).
+    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "auto")
     shared = _shareable(data)
     with ray_session(spec.address, object_store_bytes=_object_store_bytes(shared)):
         spec.concurrency = resolve_concurrency(spec)
@@ -184,8 +184,10 @@ def _execute(
                     name=ray_dir.name,
                     storage_path=str(ray_dir.parent),
                     failure_config=tune.FailureConfig(max_failures=spec.max_failures),
-                    # Each fold's checkpoint holds all fold files so far: the latest one suffices.
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    # Each fold's checkpoint holds all fold files so far: the latest one suffices,
+                    # but Tune forces an experiment snapshot whenever a trial made num_to_keep
+                    # checkpoints since the last one; one more than a trial's folds never does.
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=n_folds + 1),
                     callbacks=[SweepCallback(spec.sweep_dir, spec.name)],
                     log_to_file=True,
                     verbose=1,

@@ -72,19 +72,14 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
     url = f"http://127.0.0.1:{dashboard_port}"
     pids: set[int] = set()
     try:
-        from ray.job_submission import JobSubmissionClient
-
         deadline = time.monotonic() + 240
         while True:
             pids.update(_descendants(head.pid))
-            try:
-                with _env(env):
-                    JobSubmissionClient(url).list_jobs()
+            if _client(env, f"C({url!r}).list_jobs()").returncode == 0:
                 break
-            except Exception:
-                assert head.poll() is None, (Path(temp) / "head.log").read_text()[-3000:]
-                assert time.monotonic() < deadline, "the Ray head's dashboard did not answer"
-                time.sleep(2)
+            assert head.poll() is None, (Path(temp) / "head.log").read_text()[-3000:]
+            assert time.monotonic() < deadline, "the Ray head's dashboard did not answer"
+            time.sleep(2)
         yield url, env
     finally:
         if head.poll() is None:
@@ -119,15 +114,11 @@ def _persist_listen_port(temp: Path, port: int) -> None:
         time.sleep(0.5)
 
 
-@contextlib.contextmanager
-def _env(env: dict[str, str]) -> Iterator[None]:
-    saved = dict(os.environ)
-    os.environ.update(env)
-    try:
-        yield
-    finally:
-        os.environ.clear()
-        os.environ.update(saved)
+def _client(env: dict[str, str], call: str) -> subprocess.CompletedProcess[str]:
+    """``call`` on Ray's JobSubmissionClient (``C``) in a fresh process with ``env``: Ray reads its
+    auth token once per process, and this test process may have met another cluster's."""
+    code = f"from ray.job_submission import JobSubmissionClient as C; print({call})"
+    return subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=120)
 
 
 def _segsweep(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
@@ -136,11 +127,10 @@ def _segsweep(env: dict[str, str], *args: str, timeout: float = 300) -> subproce
 
 
 def _job_state(env: dict[str, str], folder: SweepFolder) -> str:
-    from ray.job_submission import JobSubmissionClient
-
     last = read_submissions(folder)[-1]
-    with _env(env):
-        return str(JobSubmissionClient(last["address"]).get_job_status(last["job_id"]).value)
+    proc = _client(env, f"C({last['address']!r}).get_job_status({last['job_id']!r}).value")
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    return proc.stdout.strip().splitlines()[-1]
 
 
 def _wait(env: dict[str, str], folder: SweepFolder, timeout: float = 1500) -> str:
@@ -149,7 +139,7 @@ def _wait(env: dict[str, str], folder: SweepFolder, timeout: float = 1500) -> st
         state = _job_state(env, folder)
         if state in ("SUCCEEDED", "FAILED", "STOPPED"):
             return state
-        time.sleep(2)
+        time.sleep(5)
     raise AssertionError(f"Ray Job still {_job_state(env, folder)} after {timeout:.0f} s")
 
 
