@@ -38,7 +38,8 @@ def _dashboard_missing() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster,
+# Real trainings on a cluster started by the test: minutes on an idle machine, more on a busy one.
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(2400),
               pytest.mark.skipif(_dashboard_missing() is not None, reason=str(_dashboard_missing()))]
 
 BIN = Path(sys.executable).parent

@@ -27,7 +27,8 @@ from tests.synth import make_dataset
 REPO = Path(__file__).resolve().parents[1]
 SEGSWEEP = str(Path(sys.executable).parent / "segsweep")
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster,
+# Real trainings on a cluster started by the test: minutes on an idle machine, more on a busy one.
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(2400),
               pytest.mark.skipif(slurm.missing() is not None, reason=str(slurm.missing()))]
 
 
