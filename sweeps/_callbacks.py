@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -31,6 +32,10 @@ class SweepCallback(tune.Callback):
     def __init__(self, sweep_dir: str | Path, name: str) -> None:
         self.sweep_dir = str(sweep_dir)
         self.name = name
+        # The progress line's counts and best trial, kept as trials end: reading the whole sweep
+        # folder after every trial made the driver's cost per trial grow with the sweep (once per
+        # driver run it is read, to count the trials of earlier runs).
+        self._progress: _Progress | None = None
 
     def _folder(self, trial: Any) -> Path:
         return SweepFolder(Path(self.sweep_dir)).trial_dir(trial.trial_id)
@@ -61,9 +66,10 @@ class SweepCallback(tune.Callback):
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         reason = _error_reason(trial)
         folder = self._folder(trial)
-        update_trial_record(folder, state=FAILED, reason=reason, ended=now())
+        record = update_trial_record(folder, state=FAILED, reason=reason, ended=now())
         append_event(folder, "trial_end", state=FAILED, reason=reason)
         print(f"[segsweep] trial {self._label(trial)} FAILED: {reason}", flush=True)
+        self._count(trial.trial_id, record)
 
     def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         last = trial.last_result or {}
@@ -80,29 +86,67 @@ class SweepCallback(tune.Callback):
                 f"stopped by the scheduler after {folds_done} of {n_folds} folds "
                 f"(running mean Dice {float(last.get('dice', float('nan'))):.4f})"
             )
-        update_trial_record(folder, state=state, reason=reason, ended=now())
+        record = update_trial_record(folder, state=state, reason=reason, ended=now())
         append_event(folder, "trial_end", state=state, reason=reason)
         suffix = f": {reason}" if reason else ""
         print(f"[segsweep] trial {self._label(trial)} {state}{suffix}", flush=True)
+        best = None
+        if state == COMPLETE:
+            best = _Best(float(last.get("dice", float("nan"))), float(last.get("dice_std", float("nan"))),
+                         float(last.get("iou", float("nan"))), record.get("number"), dict(record.get("params") or {}))
+        self._count(trial.trial_id, record, best)
         self._print_best()
 
-    def _print_best(self) -> None:
+    def _count(self, trial_id: str, record: dict[str, Any], best: _Best | None = None) -> None:
         with contextlib.suppress(Exception):  # progress output must never stop a sweep
-            sweep = load_sweep(Path(self.sweep_dir).parent, self.name)
-            done = sweep.completed()
-            finished = sum(t.state in (COMPLETE, PRUNED, FAILED) for t in sweep.trials)
-            if not done:
-                print(f"[segsweep] {finished}/{sweep.spec.get('trials')} trials finished; none complete yet",
-                      flush=True)
-                return
-            best = done[0]
-            params = ", ".join(f"{k}={_short(v)}" for k, v in best.params.items())
-            print(
-                f"[segsweep] {finished}/{sweep.spec.get('trials')} trials finished; best so far: "
-                f"#{best.number} Dice {best.mean['dice']:.4f} ± {best.std['dice']:.4f}, "
-                f"IoU {best.mean['iou']:.4f} ({params})",
-                flush=True,
-            )
+            if self._progress is None:
+                self._progress = _Progress.read(Path(self.sweep_dir).parent, self.name)
+                return  # that read saw this trial's end already
+            self._progress.finished.add(trial_id)
+            if best is not None and (self._progress.best is None or best.dice > self._progress.best.dice):
+                self._progress.best = best
+
+    def _print_best(self) -> None:
+        progress = self._progress
+        if progress is None:
+            return
+        finished = f"[segsweep] {len(progress.finished)}/{progress.trials} trials finished"
+        best = progress.best
+        if best is None:
+            print(f"{finished}; none complete yet", flush=True)
+            return
+        params = ", ".join(f"{k}={_short(v)}" for k, v in best.params.items())
+        print(f"{finished}; best so far: #{best.number} Dice {best.dice:.4f} ± {best.dice_std:.4f}, "
+              f"IoU {best.iou:.4f} ({params})", flush=True)
+
+
+@dataclass
+class _Best:
+    dice: float
+    dice_std: float
+    iou: float
+    number: int | None
+    params: dict[str, Any]
+
+
+@dataclass
+class _Progress:
+    """Trials finished so far (ids) and the best complete one, for the progress line."""
+
+    trials: int | None
+    finished: set[str] = field(default_factory=set)
+    best: _Best | None = None
+
+    @classmethod
+    def read(cls, storage: Path, name: str) -> _Progress:
+        sweep = load_sweep(storage, name)
+        progress = cls(sweep.spec.get("trials"),
+                       {t.trial_id for t in sweep.trials if t.state in (COMPLETE, PRUNED, FAILED)})
+        done = sweep.completed()
+        if done:
+            top = done[0]
+            progress.best = _Best(top.mean["dice"], top.std["dice"], top.mean["iou"], top.number, dict(top.params))
+        return progress
 
 
 def interrupted_by_stop(sweep: SweepFolder, last_result: dict[str, Any] | None) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 
 import trainer._env  # sets the Keras environment before anything imports it; umask at start
 from trainer import version
-from trainer.errors import SegsweepError
+from trainer.errors import ConfigError, SegsweepError
 
 #: Entry-point group through which each package adds its verbs: ``register(subparsers)``.
 VERBS_GROUP = "segsweep.verbs"
@@ -113,6 +113,8 @@ def register(sub: Any) -> None:
     resume.add_argument("name", help="sweep name")
     resume.add_argument("--storage", default=None, help=storage_help())
     _add_limit_options(resume)
+    resume.add_argument("--address", default=None,
+                        help="HOST:PORT of the Ray cluster to continue on (default: the sweep's own --address)")
     resume.set_defaults(handler=_cmd_resume)
 
     status = verbs.add_parser("status", help="print a sweep's leaderboard, or follow it live (--watch)")
@@ -122,15 +124,17 @@ def register(sub: Any) -> None:
                         help="follow the running sweep: a line per running trial (fold, epoch, val IoU), "
                         "the best so far and an ETA, until it ends (Ctrl-C leaves it running)")
     status.add_argument("--interval", type=float, default=None, help="seconds between refreshes with --watch")
+    status.add_argument("--follow", action="store_true", help="stream a submitted Ray Job's log until it ends")
     status.set_defaults(handler=_cmd_status)
 
     listing = verbs.add_parser("list", help="every sweep in the storage folder, with its state")
     listing.add_argument("--storage", default=None, help=storage_help())
     listing.set_defaults(handler=_cmd_list)
 
+    _register_submit(verbs)
     stop = verbs.add_parser(
         "stop",
-        help="stop a running sweep cleanly (resumable)",
+        help="stop a running sweep cleanly (resumable); a submitted job through its scheduler",
         description="Ask the sweep's driver to stop: no new trials, running trials stop at the end of their "
         "current fold (at once with --now; their running folds then rerun on resume). `sweep resume` "
         "continues it.",
@@ -240,6 +244,43 @@ def spec_from_args(args: argparse.Namespace) -> Any:
     return spec
 
 
+def _register_submit(verbs: Any) -> None:
+
+    submit = verbs.add_parser(
+        "submit",
+        help="run a sweep's driver as a Slurm job or a Ray Job (detached)",
+        description="Submit the sweep driver to a cluster and return: --slurm writes STORAGE/NAME/slurm.sbatch "
+        "(Ray on the job's nodes, the driver, Ray stopped after) and submits it with sbatch; --ray URL submits "
+        "it as a Ray Job to a running cluster. Takes `sweep run`'s options; `submit NAME --resume` continues "
+        "an interrupted sweep.",
+    )
+    submit.add_argument("resume_name", nargs="?", metavar="NAME", help="with --resume: the sweep to continue")
+    where = submit.add_mutually_exclusive_group()
+    where.add_argument("--slurm", action="store_true", help="submit a Slurm batch job (sbatch)")
+    where.add_argument("--ray", metavar="URL", default=None,
+                       help="submit a Ray Job to the cluster whose dashboard is at URL (http://HEAD_IP:8265)")
+    submit.add_argument("--resume", action="store_true",
+                        help="continue sweep NAME: resubmit its batch script as it is, or a new Ray Job")
+    submit.add_argument("--dry-run", action="store_true",
+                        help="write the batch script (or show the job); submit nothing")
+    submit.add_argument("--follow", action="store_true", help="Ray Jobs: stream the job's log until it ends")
+    slurm = submit.add_argument_group("Slurm")
+    slurm.add_argument("--nodes", type=int, default=1, help="nodes (default 1); Ray's head runs on the first")
+    slurm.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node (default 0)")
+    slurm.add_argument("--cpus-per-node", type=int, default=None,
+                       help="CPUs per node (default: whole nodes, --exclusive)")
+    slurm.add_argument("--time", default=None, help="time limit, HH:MM:SS or D-HH:MM:SS (default: the partition's)")
+    slurm.add_argument("--partition", default=None, help="Slurm partition")
+    slurm.add_argument("--account", default=None, help="Slurm account")
+    slurm.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
+                       help="one more sbatch option for the script, e.g. --sbatch-arg=--qos=long (repeatable)")
+    slurm.add_argument("--setup", action="append", default=None, metavar="LINE",
+                       help="shell line run on the nodes before segsweep, e.g. 'module load cuda/12' (repeatable; "
+                       "default: activate the virtual environment segsweep runs from)")
+    add_run_options(submit)
+    submit.set_defaults(handler=_cmd_submit)
+
+
 def _register_ui(sub: Any) -> None:
     from sweeps.folder import storage_help
     from sweeps.ui import DEFAULT_MLFLOW_PORT, DEFAULT_OPTUNA_PORT
@@ -270,18 +311,30 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from sweeps.spec import parse_duration
 
     budget = parse_duration(args.time_budget) if args.time_budget is not None else None
-    return _finish(resume_sweep(args.storage, args.name, time_budget_s=budget, max_failed_trials=args.max_failures))
+    return _finish(resume_sweep(args.storage, args.name, time_budget_s=budget, max_failed_trials=args.max_failures,
+                                address=args.address))
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
-    from sweeps.folder import SweepFolder, format_leaderboard, load_sweep, read_spec_record
+    from sweeps.folder import NoSuchSweep, SweepFolder, format_leaderboard, load_sweep, read_spec_record
+    from sweeps.submit import describe, follow
 
+    folder = SweepFolder.at(args.storage, args.name)
     if args.watch:
         from sweeps._progress import REFRESH_S, watch
 
-        folder = SweepFolder.at(args.storage, args.name)
         read_spec_record(folder)  # one line for a sweep that is not there, before the view starts
         return watch(folder, interval_s=args.interval or REFRESH_S)
+    job = describe(folder)  # a sweep submitted as a Slurm job or Ray Job: its state and log tail
+    if args.follow and follow(folder) is not None:
+        job = describe(folder)
+    if job:
+        print("\n".join(job))
+    if not folder.exists():
+        if job is None:
+            raise NoSuchSweep(folder)
+        print(f"(no sweep.json in {folder.path} yet: the job has not started the sweep)")
+        return 0
     sweep = load_sweep(args.storage, args.name)
     _warn(sweep.warnings)
     print(format_leaderboard(sweep))
@@ -319,9 +372,15 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 def _cmd_stop(args: argparse.Namespace) -> int:
     from sweeps.folder import SweepFolder, driver_info, driver_running, read_spec_record, request_stop
+    from sweeps.submit import stop
     from trainer.errors import SegsweepError
 
     folder = SweepFolder.at(args.storage, args.name)
+    if not driver_running(folder):  # a driver elsewhere: a submitted job is stopped through its scheduler
+        done = stop(folder)
+        if done is not None:
+            print(f"[segsweep] {done}; continue it later with `segsweep sweep submit {args.name} --resume`")
+            return 0
     read_spec_record(folder)
     if not driver_running(folder):
         raise SegsweepError(
@@ -335,6 +394,44 @@ def _cmd_stop(args: argparse.Namespace) -> int:
         + ("now" if request.now else "at the end of its running folds")
         + f"; `segsweep sweep resume {folder.name}` continues it"
     )
+    return 0
+
+
+def _cmd_submit(args: argparse.Namespace) -> int:
+    from sweeps import submit
+
+    options = submit.SlurmOptions(
+        nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_node=args.cpus_per_node, time=args.time,
+        partition=args.partition, account=args.account, sbatch_args=list(args.sbatch_arg),
+        setup=list(args.setup) if args.setup is not None else submit.default_setup(),
+    )
+    if args.resume:
+        name = args.resume_name or args.name
+        if not name:
+            raise ConfigError("--resume needs the sweep's name: `segsweep sweep submit NAME --resume`")
+        done = submit.resubmit(args.storage, name, slurm=options if args.slurm else None, ray=args.ray,
+                               dry_run=args.dry_run)
+    else:
+        if args.resume_name:
+            raise ConfigError(f"{args.resume_name!r}: a new sweep takes --name; to continue one, add --resume")
+        if not args.slurm and not args.ray:
+            raise ConfigError("say where the sweep runs: --slurm, or --ray http://HEAD_IP:8265")
+        spec = spec_from_args(args)
+        done = (submit.submit_slurm(spec, options, dry_run=args.dry_run) if args.slurm
+                else submit.submit_ray_job(spec, args.ray, dry_run=args.dry_run))
+    where = f" --storage {done.folder.storage}"
+    if done.job_id is None:
+        print(f"[segsweep] dry run: wrote {done.script}" if done.script else "[segsweep] dry run: nothing submitted")
+        return 0
+    print(f"[segsweep] submitted {done.kind} job {done.job_id}" + (f" to {done.address}" if done.address else ""))
+    if done.script:
+        print(f"[segsweep] script {done.script}; log {done.folder.slurm_log(done.job_id)}")
+    print(f"[segsweep] follow it with `segsweep sweep status {done.folder.name}{where}`; stop it with "
+          f"`segsweep sweep stop {done.folder.name}{where}`")
+    if args.follow and done.kind == submit.RAY_JOB:
+        state = submit.follow(done.folder)
+        print(f"[segsweep] Ray Job {done.job_id}: {state}")
+        return 0 if state == "SUCCEEDED" else 1
     return 0
 
 

@@ -82,15 +82,20 @@ def resume_sweep(
     cv_runner: CVRunner | None = None,
     time_budget_s: float | None = None,
     max_failed_trials: int | None = None,
+    address: str | None = None,
 ) -> SweepOutcome:
     """Finish a sweep whose driver stopped: finished trials and folds are not trained again.
 
-    A budget given here replaces the one the sweep ran with (budgets count per run).
+    A budget given here replaces the one the sweep ran with (budgets count per run). ``address``:
+    the Ray cluster to continue on, where it is not the one the sweep started on (a resubmitted
+    Slurm job starts a new Ray head).
     """
     from ray import tune
 
     spec = SweepSpec.read(storage, name)
     spec.time_budget_s, spec.max_failed_trials = time_budget_s, max_failed_trials
+    if address is not None:
+        spec.address = address
     spec.validate()
     space = spec.load_space()
     restore = tune.Tuner.can_restore(str(spec.folder.ray_dir))
@@ -155,6 +160,8 @@ def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVR
 
     # Throttle Tune's experiment snapshots to every few seconds (default: 10 s or more), so a
     # driver killed mid-sweep loses little bookkeeping; fold files are never lost either way.
+    # (benchmarks/bench_sweep_scale.py measures what these snapshots cost a large sweep; Tune's "auto"
+    # period and num_to_keep above the folds are the candidate fix, pending the kill -9 resume tests.)
     os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3")
     # With num_to_keep=1 every fold checkpoint forces a snapshot, which is what resume wants; Tune
     # warns about it on every fold.
@@ -361,8 +368,12 @@ def private_ray_temp_dir() -> str:
 
 
 def _object_store_bytes(data: PreparedData) -> int:
+    return object_store_bytes(int(data.images.nbytes + data.masks.nbytes))
+
+
+def object_store_bytes(data_bytes: int) -> int:
     """Room for the one copy of the data plus Ray's own objects."""
-    return max(256 * _MIB, int(data.images.nbytes + data.masks.nbytes) + 256 * _MIB)
+    return max(256 * _MIB, data_bytes + 256 * _MIB)
 
 
 @contextlib.contextmanager

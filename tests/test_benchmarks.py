@@ -15,8 +15,12 @@ from pathlib import Path
 
 import pytest
 
+from tests.support.ray import cluster_tests_off
+
 REPO = Path(__file__).resolve().parents[1]
-SCRIPTS = ["input_pipeline", "data_prep", "training_path", "sweep_overhead", "memory"]
+SCRIPTS = ["input_pipeline", "data_prep", "training_path", "sweep_overhead", "memory",
+           pytest.param("sweep_scale", marks=pytest.mark.skipif(cluster_tests_off() is not None,
+                                                                reason=str(cluster_tests_off())))]
 
 
 @pytest.mark.slow

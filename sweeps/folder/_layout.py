@@ -14,6 +14,9 @@
     stop.json                  a pending request to stop (from `sweep stop`, a budget, Ctrl-C)
     predictions/<key>.json     test-set scores `segsweep predict` recorded for a bundle retrained from a trial
     mlflow.db, mlartifacts/    MLflow sink (trainer.tracking owns those names); .neptune/ Neptune's
+    submitted.json             `segsweep sweep submit`: each Slurm job or Ray Job that ran the driver
+    slurm.sbatch               the Slurm batch script `sweep submit --slurm` wrote (editable; resubmittable)
+    logs/                      the Slurm jobs' output (slurm-<job id>.out)
 
 A sweep folder is the source of truth; trackers are sinks and are never read back.
 """
@@ -43,6 +46,11 @@ PREDICTIONS_DIR = "predictions"
 STOP_FILE = "stop.json"
 #: Held (flock) by the running driver; names its host and pid, so others can tell a sweep is running.
 DRIVER_FILE = "driver.json"
+SUBMITTED_FILE = "submitted.json"
+SLURM_SCRIPT = "slurm.sbatch"
+LOGS_DIR = "logs"
+#: Slurm's output file pattern (``%j``: the job id), inside LOGS_DIR.
+SLURM_LOG_PATTERN = "slurm-%j.out"
 
 #: Where sweeps go when no --storage is given: $SEGSWEEP_HOME, else ./runs (git-ignored here, and
 #: outside every package, so a sweep started from a checkout never lands in the source tree).
@@ -129,6 +137,26 @@ class SweepFolder:
     @property
     def mlflow_artifacts(self) -> Path:
         return self.path / MLFLOW_ARTIFACTS_DIR
+
+    @property
+    def submitted_file(self) -> Path:
+        return self.path / SUBMITTED_FILE
+
+    @property
+    def slurm_script(self) -> Path:
+        return self.path / SLURM_SCRIPT
+
+    @property
+    def logs_dir(self) -> Path:
+        return self.path / LOGS_DIR
+
+    @property
+    def slurm_log_pattern(self) -> Path:
+        """The batch script's ``--output`` (Slurm puts the job id in place of ``%j``)."""
+        return self.logs_dir / SLURM_LOG_PATTERN
+
+    def slurm_log(self, job_id: str) -> Path:
+        return self.logs_dir / SLURM_LOG_PATTERN.replace("%j", job_id)
 
     def exists(self) -> bool:
         return self.spec_file.is_file()

@@ -64,6 +64,33 @@ def keep_damaged(path: Path) -> Path:
     return copy
 
 
+# --- submitted.json -------------------------------------------------------------------------
+
+
+def read_submissions(folder: SweepFolder) -> list[dict[str, Any]]:
+    """Every submission of the sweep's driver (``sweep submit``), oldest first; [] when none.
+
+    Each is ``{"kind": "slurm"|"ray-job", "job_id", "address" (Ray Jobs), "submitted", "resume"}``.
+    """
+    try:
+        record = read_json_record(folder.submitted_file)
+    except (OSError, ValueError) as exc:
+        raise DamagedRecord(
+            f"{folder.submitted_file} does not parse ({exc}); it only lists the submitted jobs: "
+            "delete it, and find the jobs with squeue / `ray job list`"
+        ) from None
+    return list((record or {}).get("submissions") or [])
+
+
+def append_submission(folder: SweepFolder, **fields: Any) -> dict[str, Any]:
+    """Record one more submission (with the time) in submitted.json; returns it."""
+    entry = {**fields, "submitted": now()}
+    submissions = [*read_submissions(folder), entry]
+    folder.path.mkdir(parents=True, exist_ok=True)
+    write_json_atomic(folder.submitted_file, {"format": FORMAT_VERSION, "submissions": submissions})
+    return entry
+
+
 # --- sweep.json -------------------------------------------------------------------------------
 
 

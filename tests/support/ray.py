@@ -76,3 +76,37 @@ def tiny_sweep_spec(tmp_path: Path, name: str, fake_settings: dict[str, Any], **
     (tmp_path / "out" / name / "fake.json").write_text(json.dumps(fake_settings))
     return SweepSpec(name=name, data=str(data), space=str(tmp_path / "tiny.yaml"),
                      storage=str(tmp_path / "out"), **{"trials": 4, "tracker": "none", **options})
+
+
+def descendants(pid: int) -> list[int]:
+    """``pid`` and every process below it, from /proc."""
+    children: dict[int, list[int]] = {}
+    for proc in Path("/proc").iterdir():
+        if not proc.name.isdigit():
+            continue
+        try:
+            stat = (proc / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat.rsplit(")", 1)[1].split()[1])
+        children.setdefault(ppid, []).append(int(proc.name))
+    found, todo = [], [pid]
+    while todo:
+        current = todo.pop()
+        found.append(current)
+        todo.extend(children.get(current, []))
+    return found
+
+#: The real Slurm and Ray Jobs tests (each several minutes) run where this is set to 1. Not yet part of
+#: CI: the cancelled-and-resubmitted Slurm test has not passed cleanly, and together they would take the
+#: 20-minute CI budget (issue 13 stays open until they run there).
+CLUSTER_TESTS_ENV = "SEGSWEEP_CLUSTER_TESTS"
+
+
+def cluster_tests_off() -> str | None:
+    """Why the real-cluster tests skip here (None when they run)."""
+    import os
+
+    if os.environ.get(CLUSTER_TESTS_ENV) == "1":
+        return None
+    return f"real Slurm / Ray Jobs tests run with {CLUSTER_TESTS_ENV}=1 (not yet in CI; see tests/support/ray.py)"

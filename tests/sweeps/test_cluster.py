@@ -26,7 +26,7 @@ from pathlib import Path
 import pytest
 
 from sweeps.folder import format_leaderboard, load_sweep, read_events, read_trial_record
-from tests.support.ray import TINY_SPACE
+from tests.support.ray import TINY_SPACE, descendants
 from tests.support.synth import make_dataset
 
 REPO = Path(__file__).resolve().parents[2]
@@ -39,26 +39,6 @@ def _free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-def _descendants(pid: int) -> list[int]:
-    """``pid`` and every process below it, from /proc."""
-    children: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit():
-            continue
-        try:
-            stat = (proc / "stat").read_text()
-        except OSError:
-            continue
-        ppid = int(stat.rsplit(")", 1)[1].split()[1])
-        children.setdefault(ppid, []).append(int(proc.name))
-    found, todo = [], [pid]
-    while todo:
-        current = todo.pop()
-        found.append(current)
-        todo.extend(children.get(current, []))
-    return found
-
-
 @dataclass
 class Node:
     name: str
@@ -69,7 +49,7 @@ class Node:
     def track(self) -> None:
         """Remember the node's processes (the raylet's agents outlive a killed parent)."""
         if self.process.poll() is None:
-            self.pids.update(_descendants(self.process.pid))
+            self.pids.update(descendants(self.process.pid))
 
     def kill(self) -> None:
         self.track()
