@@ -33,7 +33,7 @@ import numpy as np
 from trainer import version
 from trainer.bundle import CARD_FILE, ModelBundle, load_bundle
 from trainer.errors import SegsweepError
-from trainer.files import write_json_atomic
+from trainer.files import ensure_new_folder, write_json_atomic
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -67,7 +67,7 @@ def export_bundle(bundle_dir: str | Path, out: str | Path, fmt: str) -> Path:
         raise ExportError(f"--format {fmt!r}: choose one of {', '.join(EXPORT_FORMATS)}")
     bundle = load_bundle(bundle_dir)
     out = Path(out)
-    _check_out(out)
+    ensure_new_folder(out, "export")
     if fmt == "onnx":
         _require_tf2onnx()
 
@@ -269,15 +269,6 @@ def mask_iou(a: np.ndarray, b: np.ndarray) -> float:
 
 
 # --- what travels with the export -------------------------------------------------------------------
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise ExportError(f"{out} exists and is not an empty folder; pass a new --out for the export")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise ExportError(f"cannot create {out.parent}: {exc.strerror}; pass a writable --out") from None
 
 
 def _description(bundle: ModelBundle, fmt: str, check: dict[str, Any]) -> dict[str, Any]:

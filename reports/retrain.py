@@ -28,6 +28,7 @@ from trainer.bundle import (
 )
 from trainer.config import CVConfig
 from trainer.errors import ConfigError, DataError, SegsweepError
+from trainer.files import ensure_new_folder
 from trainer.results import CV_FILE, EpochRecord, read_cv_result
 
 SCHEDULE_RULE = (
@@ -66,15 +67,6 @@ def choose_trial(sweep: SweepResults, trial_id: str | None) -> TrialResult:
             return trial
     ids = ", ".join(t.trial_id for t in sweep.trials)
     raise SegsweepError(f"sweep {sweep.name!r} has no trial {trial_id!r}; its trials: {ids}")
-
-
-def _check_out(out: Path) -> None:
-    if out.exists() and (not out.is_dir() or any(out.iterdir())):
-        raise SegsweepError(f"{out} exists and is not an empty folder; pass a new --out for the model bundle")
-    try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as exc:
-        raise SegsweepError(f"cannot create {out.parent}: {exc.strerror}; pass a writable --out") from None
 
 
 def _model_card(meta: Mapping[str, Any], history: Sequence[EpochRecord], schedule: Mapping[str, Any]) -> str:
@@ -183,7 +175,7 @@ def retrain(
         )
     if not Path(root).is_dir():
         raise DataError(f"the sweep's data set {root} is not there; retrain where the sweep's data is")
-    _check_out(out)
+    ensure_new_folder(out, "model bundle")
 
     # The pairs the sweep left out with --skip-bad stay out of the final model too.
     skip_bad = bool(sweep.spec.get("skip_bad"))

@@ -59,6 +59,19 @@ def ensure_writable_folder(folder: Path, what: str, fix: str) -> Path:
     return folder
 
 
+def ensure_new_folder(out: Path, what: str) -> Path:
+    """``out`` must not exist or be an empty folder (nothing is overwritten), under a parent we can create."""
+    from trainer.errors import ConfigError
+
+    if out.exists() and (not out.is_dir() or any(out.iterdir())):
+        raise ConfigError(f"{out} exists and is not an empty folder; pass a new --out for the {what}")
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {out.parent}: {exc.strerror}; pass a writable --out") from None
+    return out
+
+
 @contextmanager
 def atomic_path(target: Path, suffix: str = ".part") -> Iterator[Path]:
     """A temporary path beside ``target`` that replaces it only if the block completes."""
