@@ -53,8 +53,9 @@ def fake_run_cv(
     val_stems: list[str] | None = None,
     data_source: str | None = None,
     verbose: bool = False,
+    keep_models: bool = False,
 ) -> CVResult:
-    del val_stems, verbose
+    del val_stems, verbose, keep_models
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings_path = out_dir.parent.parent / "fake.json"

@@ -19,7 +19,7 @@ from trainer.config import CVConfig
 from trainer.data import prepare_dataset
 from trainer.errors import ConfigError
 from trainer.files import write_json_atomic
-from trainer.results import FoldResult
+from trainer.results import CVResult, FoldResult
 
 
 @pytest.fixture
@@ -47,7 +47,7 @@ def test_mostly_empty_masks_warn_on_every_run_and_reach_cv_json(
     assert data.quality()["mostly_empty"] and data.n_empty_masks == 7
 
     def fake_fold(config: CVConfig, data: Any, number: int, train: Any, val: Any, reporter: Any) -> Any:
-        return FoldResult(number, len(train), len(val), 1.0, 1.0, 1, [], [], 0.1), None
+        return FoldResult(number, len(train), len(val), 1.0, 1.0, 1, [], [], 0.1), None, None
 
     monkeypatch.setattr(cv_module, "_run_fold", fake_fold)
     monkeypatch.setattr(cv_module.Reporter, "on_fold_end", lambda *args: None)
@@ -63,9 +63,9 @@ def test_report_shows_the_data_quality_warning(tmp_path: Path) -> None:
     class Trial:
         path = tmp_path
 
-    (tmp_path / "cv.json").write_text(
-        json.dumps({"data": {"quality": {"n_empty_masks": 9, "empty_mask_share": 0.75, "mostly_empty": True}}})
-    )
+    quality = {"n_empty_masks": 9, "empty_mask_share": 0.75, "mostly_empty": True}
+    cv = CVResult(config={}, data={"quality": quality}, n_folds=2, folds=[], seconds=0.0, complete=False)
+    (tmp_path / "cv.json").write_text(json.dumps(cv.to_dict()))
     note = data_quality(Trial())  # type: ignore[arg-type]
     assert note is not None and note.startswith("WARNING: 9 masks (75%) are empty")
 
