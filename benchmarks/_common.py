@@ -18,7 +18,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -212,6 +212,8 @@ def local_ray(num_cpus: int | None = None, object_store_bytes: int = 256 << 20) 
 
     import ray
 
+    from tests.support.ray import stop_processes_using
+
     temp = tempfile.mkdtemp(prefix="rb", dir="/tmp")  # short: Ray's socket paths have a length limit
     os.environ["RAY_TMPDIR"] = temp
     os.environ.setdefault("RAY_agent_register_timeout_ms", "180000")
@@ -225,28 +227,13 @@ def local_ray(num_cpus: int | None = None, object_store_bytes: int = 256 << 20) 
                 break
             except Exception as exc:  # Ray raises bare Exception when its node times out
                 ray.shutdown()
-                _stop_processes_using(temp)
+                stop_processes_using(temp)
                 if attempt == 2:
                     raise SystemExit(f"Ray did not start on this machine: {exc}") from None
                 print(f"Ray did not start ({exc}); trying once more", file=sys.stderr)
         yield
     finally:
         ray.shutdown()
-        _stop_processes_using(temp)
+        stop_processes_using(temp)
         shutil.rmtree(temp, ignore_errors=True)
 
-
-def _stop_processes_using(marker: str) -> None:
-    """SIGKILL processes whose command line names ``marker`` (our private Ray folder), by pid."""
-    import signal
-
-    for proc in Path("/proc").iterdir():
-        if not proc.name.isdigit() or int(proc.name) == os.getpid():
-            continue
-        try:
-            cmdline = (proc / "cmdline").read_bytes().decode(errors="replace")
-        except OSError:
-            continue
-        if marker in cmdline:
-            with suppress(ProcessLookupError):
-                os.kill(int(proc.name), signal.SIGKILL)
