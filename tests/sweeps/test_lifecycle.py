@@ -1,6 +1,6 @@
 """A sweep's life from the outside: list, stop from another process, budgets, --config, --watch.
 
-Trials run the stand-in cross-validation of test_sweeps_fake_cv on a real local Ray, in a driver
+Trials run the stand-in cross-validation of tests/support/fake_cv.py on a real local Ray, in a driver
 process of their own (as `segsweep sweep run` would), so `sweep stop` and `status --watch` act from
 another process exactly as a user's second shell does.
 """

@@ -2,7 +2,7 @@
 
 Run inside a loopback-only network namespace:
 ``unshare -n sh -c 'ip link set lo up && .venv/bin/python -m pytest tests/sweeps/test_ray.py'``.
-Most tests run trials with the stand-in cross-validation of test_sweeps_fake_cv (seconds per
+Most tests run trials with the stand-in cross-validation of tests/support/fake_cv.py (seconds per
 trial); the ``slow`` ones run the real trainer through the ``segsweep`` command.
 """
 

@@ -1,6 +1,6 @@
 """`segsweep sweep submit` without a cluster: the batch script it writes, and the options it refuses.
 
-The real Slurm and Ray Jobs runs are in tests/test_sweeps_slurm.py and tests/test_sweeps_rayjob.py.
+The real Slurm and Ray Jobs runs are in tests/sweeps/test_slurm.py and tests/sweeps/test_rayjob.py.
 """
 
 from __future__ import annotations

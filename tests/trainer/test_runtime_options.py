@@ -132,7 +132,7 @@ def runtime_recording_cv(config: Any, data: Any, out_dir: str | Path, reporter: 
     """The stand-in cross-validation, writing the TensorFlow settings the trial runs with first."""
     import tensorflow as tf
 
-    from tests import test_sweeps_fake_cv as fake
+    from tests.support import fake_cv as fake
     from trainer.models import runtime_settings
 
     Path(out_dir).mkdir(parents=True, exist_ok=True)
