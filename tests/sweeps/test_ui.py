@@ -14,6 +14,7 @@ from pathlib import Path
 import psutil
 import pytest
 
+from sweeps.folder import SweepFolder, write_spec_record
 from sweeps.ui import free_port
 from tests.support.tracking import drive
 from trainer.tracking import finish_sweep_tracking, open_trackers, start_sweep_tracking
@@ -25,12 +26,12 @@ def make_sweep_folder(storage: Path, name: str) -> Path:
     """A sweep folder with a tiny Optuna study and MLflow runs nested sweep > trial > fold."""
     import optuna
 
-    sweep = storage / name
-    sweep.mkdir(parents=True)
-    (sweep / "sweep.json").write_text(json.dumps({"name": name, "space": "quick", "trials": 2}))
+    folder = SweepFolder.at(storage, name)
+    sweep = folder.path
+    write_spec_record(folder, {"name": name, "space": "quick", "trials": 2})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(
-        study_name=name, storage=f"sqlite:///{sweep / 'optuna.db'}", direction="maximize"
+        study_name=name, storage=folder.optuna_url, direction="maximize"
     )
     study.optimize(lambda t: -((t.suggest_float("lr", 1e-4, 1e-2, log=True) - 1e-3) ** 2), n_trials=2)
     ctx = start_sweep_tracking("mlflow", sweep, name, {"space": "quick"})
@@ -94,10 +95,10 @@ def test_ui_serves_both_dashboards_and_stops_every_process(tmp_path: Path) -> No
 
 
 def test_ui_without_sweep_data_is_a_clear_error(tmp_path: Path) -> None:
-    (tmp_path / "sweeps" / "other").mkdir(parents=True)
+    write_spec_record(SweepFolder.at(tmp_path / "sweeps", "other"), {"name": "other", "trials": 1})
     result = subprocess.run(
         [*ui_command(), "nope", "--storage", str(tmp_path / "sweeps")],
         capture_output=True, text=True, timeout=120, env={**os.environ},
     )  # fmt: skip
     assert result.returncode == 2
-    assert "no sweep data in" in result.stderr and "other" in result.stderr
+    assert "no sweep named 'nope'" in result.stderr and "sweeps there: other" in result.stderr
