@@ -14,10 +14,12 @@ gracefully and save the experiment state", with a minute before Ray kills it.
 
 from __future__ import annotations
 
+import contextlib
 import re
 import shlex
 import sys
 import uuid
+from collections.abc import Iterator
 from typing import Any
 
 from sweeps.folder import SweepFolder
@@ -72,32 +74,31 @@ def submit(address: str, folder: SweepFolder, argv: list[str], *, dry_run: bool 
         raise ConfigError(f"the Ray cluster at {address} refused the job: {first}") from None
 
 
-def status(address: str, job_id: str) -> str:
-    """PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED."""
+@contextlib.contextmanager
+def _job_call(what: str) -> Iterator[None]:
+    """A Jobs API call whose failure becomes one line naming ``what`` (ConfigError passes through)."""
     try:
-        return str(_client(address).get_job_status(job_id).value)
+        yield
     except ConfigError:
         raise
     except Exception as exc:
-        raise ConfigError(f"Ray Job {job_id} at {address}: {exc}") from None
+        raise ConfigError(f"{what}: {exc}") from None
+
+
+def status(address: str, job_id: str) -> str:
+    """PENDING, RUNNING, STOPPED, SUCCEEDED or FAILED."""
+    with _job_call(f"Ray Job {job_id} at {address}"):
+        return str(_client(address).get_job_status(job_id).value)
 
 
 def logs(address: str, job_id: str) -> str:
-    try:
+    with _job_call(f"Ray Job {job_id} at {address}"):
         return str(_client(address).get_job_logs(job_id))
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"Ray Job {job_id} at {address}: {exc}") from None
 
 
 def stop(address: str, job_id: str) -> None:
-    try:
+    with _job_call(f"cannot stop Ray Job {job_id} at {address}"):
         _client(address).stop_job(job_id)
-    except ConfigError:
-        raise
-    except Exception as exc:
-        raise ConfigError(f"cannot stop Ray Job {job_id} at {address}: {exc}") from None
 
 
 def follow(address: str, job_id: str) -> str:
