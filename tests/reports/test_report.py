@@ -61,6 +61,10 @@ def test_pretraining_comparison(storage: Path) -> None:
     assert list(comparison.per_encoder) == ["mobilenetv2"]  # resnet18 untrained failed
 
 
+#: The figures a report of the `storage` fixture's sweep draws, in order.
+FIGURES = ("best_so_far", "optimisation_history", "parallel_coordinate", "fold_dice", "learning_curves")
+
+
 def test_report_writes_html_md_and_best_json(storage: Path, tmp_path: Path) -> None:
     out = tmp_path / "report"
     assert main(["report", "quick1", "--storage", str(storage), "--out", str(out)]) == 0
@@ -74,12 +78,12 @@ def test_report_writes_html_md_and_best_json(storage: Path, tmp_path: Path) -> N
     assert "<script" not in html and "<link" not in html
     assert not re.search(r"""(src|href)=["'](?!data:)""", html)
     images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) == 5  # best so far, history, parallel coordinates, fold box plots, learning curves
+    assert len(images) == len(FIGURES)
     from PIL import Image
 
     for data in images:
         assert Image.open(io.BytesIO(base64.b64decode(data))).size[0] > 100
-    for name in ("best_so_far", "optimisation_history", "parallel_coordinate", "fold_dice", "learning_curves"):
+    for name in FIGURES:
         assert f"figures/{name}.png" in md
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
 
@@ -204,7 +208,7 @@ def test_report_html_opens_in_headless_chromium_offline(storage: Path, tmp_path:
     dom = subprocess.run(
         [*base, "--dump-dom", url], check=True, timeout=120, capture_output=True, text=True, env=env
     ).stdout
-    assert "Leaderboard" in dom and dom.count("<img") == 4
+    assert "Leaderboard" in dom and dom.count("<img") == len(FIGURES)
     from PIL import Image
 
     with Image.open(screenshot) as shot:
