@@ -224,3 +224,11 @@ def test_best_json_of_winner_with_unusable_config_is_an_error(tmp_path: Path) ->
     (path / "trials" / "trial_00000" / "trial.json").write_text(__import__("json").dumps(info))
     with pytest.raises(SegsweepError, match="colour"):
         build_report(load_sweep(tmp_path, "bad"))
+
+
+def test_importance_of_a_large_study_uses_a_bounded_forest() -> None:
+    from reports.report import FANOVA_FULL_FOREST_UP_TO, FANOVA_LARGE_STUDY_DEPTH, _fanova_evaluator
+
+    small, large = _fanova_evaluator(FANOVA_FULL_FOREST_UP_TO), _fanova_evaluator(FANOVA_FULL_FOREST_UP_TO + 1)
+    assert small._evaluator._forest.max_depth == 64  # Optuna's default forest
+    assert large._evaluator._forest.max_depth == FANOVA_LARGE_STUDY_DEPTH
