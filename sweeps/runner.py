@@ -158,14 +158,12 @@ def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVR
     n_folds = 1 if probe.val_split else probe.folds
     print(f"[segsweep] {len(data)} pairs ready ({data.key}); {n_folds} folds per trial", flush=True)
 
-    # Throttle Tune's experiment snapshots to every few seconds (default: 10 s or more), so a
-    # driver killed mid-sweep loses little bookkeeping; fold files are never lost either way.
-    # (benchmarks/bench_sweep_scale.py measures what these snapshots cost a large sweep; Tune's "auto"
-    # period and num_to_keep above the folds are the candidate fix, pending the kill -9 resume tests.)
-    os.environ.setdefault("TUNE_GLOBAL_CHECKPOINT_S", "3")
-    # With num_to_keep=1 every fold checkpoint forces a snapshot, which is what resume wants; Tune
-    # warns about it on every fold.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    # Tune's experiment snapshot (every trial's state) costs time in proportion to the trials so far:
+    # taken on a fixed short period or on every fold, it makes the driver's cost per trial grow with
+    # the sweep (benchmarks/bench_sweep_scale.py). So the period stays Tune's default ("auto": snapshots
+    # under 5% of the driver's time) and no fold forces one (CheckpointConfig below). A driver killed
+    # between snapshots loses no fold: a resumed trial starts from the fold files in its trial folder,
+    # which are ahead of its last checkpoint (tests/sweeps/test_ray.py, kill -9).
     shared = _shareable(data)
     with ray_session(spec.address, object_store_bytes=_object_store_bytes(shared)):
         spec.concurrency = resolve_concurrency(spec)
@@ -218,8 +216,9 @@ def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVR
                     name=ray_dir.name,
                     storage_path=str(ray_dir.parent),
                     failure_config=tune.FailureConfig(max_failures=spec.trial_retries),
-                    # Each fold's checkpoint holds all fold files so far: the latest one suffices.
-                    checkpoint_config=tune.CheckpointConfig(num_to_keep=1),
+                    # Each fold's checkpoint holds all fold files so far (the latest suffices), but
+                    # dropping an older one forces an experiment snapshot: keep them all instead.
+                    checkpoint_config=tune.CheckpointConfig(num_to_keep=n_folds + 1),
                     callbacks=callbacks,
                     log_to_file=True,
                     verbose=1,

@@ -30,8 +30,10 @@ def test_readme_notebook_example_runs(tmp_path: Path, ray_env: dict[str, str]) -
     assert "../shared/data/kvasir-seg" in code and '"medico2020_train"' in code
     code = code.replace("../shared/data/kvasir-seg", str(data)).replace('"medico2020_train"', '"train"')
     code += (
-        "\nassert list(trials['state']) == ['COMPLETE', 'COMPLETE'] and trials['rank'].tolist() == [1, 2]"
-        "\nassert len(folds) == 4 and set(epochs['epoch']) == {1}"
+        # ASHA (the default scheduler) may prune the trial that reaches fold 1 second with a lower Dice.
+        "\nassert trials['state'].iloc[0] == 'COMPLETE' and trials['rank'].iloc[0] == 1"
+        "\nassert len(trials) == 2 and set(trials['state']) <= {'COMPLETE', 'PRUNED'}"
+        "\nassert len(folds) == trials['folds_done'].sum() and set(epochs['epoch']) == {1}"
         "\nassert config.image_size == 64 and config.epochs == 1"
         "\nassert (model / 'weights.h5').is_file()"
         "\nassert scored.n_images == 40 and scored.rows[0]['variant'] == 'plain'"

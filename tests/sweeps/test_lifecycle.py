@@ -24,6 +24,7 @@ import pytest
 from sweeps.cli import main, spec_from_args
 from sweeps.folder import SweepFolder, format_leaderboard, hold_driver_lock, load_sweep
 from sweeps.spec import SweepSpec
+from tests.support import SIGINT_HANDLER_AT_START
 from tests.support.fake_sweep import FakeTrial, make_sweep
 from tests.support.ray import TINY_SPACE, fold_trainings, wait_for
 from tests.support.synth import make_dataset
@@ -239,4 +240,4 @@ def test_sweep_spec_reads_the_retries_of_an_old_sweep_json() -> None:
 
 
 def test_sigint_handler_is_not_left_changed() -> None:
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is SIGINT_HANDLER_AT_START
