@@ -215,6 +215,7 @@ def test_retrain_bad_input(trained: tuple[Path, Path], tmp_path: Path, capsys: p
 
 @pytest.mark.slow
 @pytest.mark.realdata
+@pytest.mark.long
 def test_real_kvasir_seg_retrain_and_predict_medico_val(real_kvasir_seg: Path, tmp_path: Path) -> None:
     """Done-when of the reports issue, on a sweep folder made by real cross-validations.
 

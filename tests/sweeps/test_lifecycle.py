@@ -64,6 +64,8 @@ def _driver(setup: dict[str, Any], mode: str, log: Path, **options: Any) -> subp
         (setup["storage"] / name / "fake.json").write_text(json.dumps({"fold_seconds": options.pop("fold_s", 2.0)}))
         options = {"data": setup["data"], "space": setup["space"], "trials": 3, "concurrency": 2,
                    "scheduler": "none", "tracker": "none", **options}
+    elif "fold_s" in options:  # a resumed run's trials read fake.json afresh: its folds can be quicker
+        (setup["storage"] / name / "fake.json").write_text(json.dumps({"fold_seconds": options.pop("fold_s")}))
     with open(log, "ab") as out:
         return subprocess.Popen([sys.executable, "-c", _DRIVER, mode, str(setup["storage"]), json.dumps(options)],
                                 cwd=REPO, env=setup["env"], stdout=out, stderr=subprocess.STDOUT)
@@ -131,7 +133,7 @@ def test_stop_from_another_process_then_resume_trains_no_fold_twice(
     listed = _segsweep("sweep", "list", "--storage", str(storage), env=env)
     assert "k" in listed.stdout and "stopped" in listed.stdout, listed.stdout
 
-    resumed = _driver(sweep_setup, "resume", tmp_path / "resume.log", name="k")
+    resumed = _driver(sweep_setup, "resume", tmp_path / "resume.log", name="k", fold_s=0.5)
     assert resumed.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-3000:]
     sweep = load_sweep(storage, "k")
     assert len(sweep.trials) == 3 and {t.state for t in sweep.trials} == {"COMPLETE"}
@@ -151,7 +153,7 @@ def test_time_budget_ends_the_run_cleanly_and_resume_finishes(sweep_setup: dict[
     assert "did not finish (time budget of 4s reached)" in log, log[-3000:]
     sweep = load_sweep(storage, "k")
     assert sum(t.state == "COMPLETE" for t in sweep.trials) < 3
-    resumed = _driver(sweep_setup, "resume", tmp_path / "resume.log", name="k", time_budget_s=3600)
+    resumed = _driver(sweep_setup, "resume", tmp_path / "resume.log", name="k", time_budget_s=3600, fold_s=0.5)
     assert resumed.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-3000:]
     sweep = load_sweep(storage, "k")
     assert {t.state for t in sweep.trials} == {"COMPLETE"} and len(sweep.trials) == 3

@@ -19,7 +19,9 @@ import pytest
 from sweeps.ui import free_port, mlflow_command, start_dashboard, stop_dashboards, wait_ready
 from tests.support.tracking import find_secrets, neptune_operations
 
-pytestmark = [pytest.mark.slow]
+# The Done-when of the tracking issue, end to end; tests/trainer/test_tracking.py covers the same
+# nesting and token hygiene per reporter in seconds.
+pytestmark = [pytest.mark.slow, pytest.mark.long]
 
 PLANTED_KEY = "planted-sweep-neptune-key-91c4d2"
 PLANTED_PASSWORD = "planted-sweep-password-6ab0e3"

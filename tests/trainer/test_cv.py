@@ -237,6 +237,7 @@ def test_cli_config_file_and_option_override(kvasir_seg_dir: Path, tmp_path: Pat
 
 @pytest.mark.realdata
 @pytest.mark.slow
+@pytest.mark.long
 def test_cv_on_real_kvasir_seg(real_kvasir_seg: Path, tmp_path: Path) -> None:
     proc = _segsweep(
         "cv",
