@@ -114,8 +114,11 @@ sys.exit(0 if outcome.finished else 1)
 """
 
 
+# Long: two Ray nodes take ~100 s to start and lose; in the default run the same recovery path (a trial
+# whose worker dies mid-fold with its fold files, retried and resumed) is test_ray.py's crash_once trial.
 @pytest.mark.cluster
 @pytest.mark.slow
+@pytest.mark.long
 def test_sweep_on_two_nodes_survives_losing_one(
     tmp_path: Path, cluster: tuple[str, dict[str, str], list[Node]]
 ) -> None:
