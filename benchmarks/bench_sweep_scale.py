@@ -226,7 +226,7 @@ def one_sweep(tmp: Path, data: Path, space: Path, trials: int, tracker: str) -> 
     storage = tmp / "sweeps"
     spec = SweepSpec(name=name, data=str(data), space=str(space), trials=trials, storage=str(storage),
                      concurrency=2, cpus_per_trial=1.0, scheduler="none", seed=0, tracker=tracker,
-                     max_failures=0)
+                     trial_retries=0)
     with PeakRSS() as memory:
         started = time.perf_counter()
         outcome = run_sweep(spec, cv_runner=InstantCV())

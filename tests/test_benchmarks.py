@@ -15,15 +15,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.support.ray import cluster_tests_off
-
 REPO = Path(__file__).resolve().parents[1]
 #: The benchmarks that train models or start Ray take minutes each: `-m long` runs their smoke runs.
 _LONG = pytest.mark.long
 SCRIPTS = ["input_pipeline", "data_prep", pytest.param("training_path", marks=_LONG),
            pytest.param("sweep_overhead", marks=_LONG), pytest.param("memory", marks=_LONG),
-           pytest.param("sweep_scale", marks=pytest.mark.skipif(cluster_tests_off() is not None,
-                                                                reason=str(cluster_tests_off())))]
+           pytest.param("sweep_scale", marks=_LONG)]
 
 
 @pytest.mark.slow
