@@ -16,9 +16,9 @@ from pathlib import Path
 import pytest
 
 REPO = Path(__file__).resolve().parents[1]
-#: The benchmarks that train models or start Ray take minutes each: `-m long` runs their smoke runs.
+#: The benchmarks that build models or start Ray take a minute or more each: `-m long` runs their smoke runs.
 _LONG = pytest.mark.long
-SCRIPTS = ["input_pipeline", "data_prep", pytest.param("training_path", marks=_LONG),
+SCRIPTS = ["data_prep", pytest.param("input_pipeline", marks=_LONG), pytest.param("training_path", marks=_LONG),
            pytest.param("sweep_overhead", marks=_LONG), pytest.param("memory", marks=_LONG),
            pytest.param("sweep_scale", marks=_LONG)]
 
