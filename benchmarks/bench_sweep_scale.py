@@ -129,16 +129,13 @@ def ray_head(num_cpus: int) -> Iterator[None]:
     import logging
     import re
     import signal
-    import socket
     import tempfile
 
     import ray
     from ray._raylet import DASHBOARD_AGENT_LISTEN_PORT_NAME, persist_port
 
-    def free_port() -> int:
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            return int(sock.getsockname()[1])
+    from sweeps.ui import free_port
+    from tests.support.ray import descendants
 
     temp = Path(tempfile.mkdtemp(prefix="rs", dir="/tmp"))
     port, listen_port = free_port(), free_port()
@@ -172,12 +169,12 @@ def ray_head(num_cpus: int) -> Iterator[None]:
                 if time.monotonic() > deadline:
                     raise
                 time.sleep(2)
-        pids.update(_descendants(head.pid))
+        pids.update(descendants(head.pid))
         yield
     finally:
         ray.shutdown()
         if head.poll() is None:
-            pids.update(_descendants(head.pid))
+            pids.update(descendants(head.pid))
         for pid in sorted(pids, reverse=True):
             with contextlib.suppress(ProcessLookupError):
                 os.kill(pid, signal.SIGKILL)
@@ -186,21 +183,6 @@ def ray_head(num_cpus: int) -> Iterator[None]:
         import shutil
 
         shutil.rmtree(temp, ignore_errors=True)
-
-
-def _descendants(pid: int) -> set[int]:
-    children: dict[int, list[int]] = {}
-    for proc in Path("/proc").iterdir():
-        if proc.name.isdigit():
-            with contextlib.suppress(OSError, IndexError, ValueError):
-                ppid = int((proc / "stat").read_text().rsplit(")", 1)[1].split()[1])
-                children.setdefault(ppid, []).append(int(proc.name))
-    found, todo = set(), [pid]
-    while todo:
-        current = todo.pop()
-        found.add(current)
-        todo.extend(children.get(current, []))
-    return found
 
 
 def folder_bytes(path: Path) -> int:
