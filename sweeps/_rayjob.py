@@ -8,8 +8,9 @@ per-job ``pip`` runtime environment would reinstall that stack for every job; so
 image (a KubeRay image, a cloud cluster's setup commands) installs segsweep once, at the version
 the sweep should run. The client needs ``ray[default]`` (``pip install 'segsweep[cluster]'``).
 
-Stopping a job sends SIGINT to the driver (``RAY_JOB_STOP_SIGNAL``), which Ray Tune takes as "stop
-gracefully and save the experiment state", with a minute before Ray kills it.
+Stopping a job sends SIGINT to the driver (``RAY_JOB_STOP_SIGNAL``), which the driver takes as a
+first Ctrl-C: no new trials, running trials end their current fold, Ray Tune saves the sweep's
+state, and the job ends STOPPED (``sweep stop --now`` ends it without waiting for the folds).
 """
 
 from __future__ import annotations
@@ -25,8 +26,9 @@ from typing import Any
 from sweeps.folder import SweepFolder
 from trainer.errors import ConfigError
 
-#: How long a stopped driver has to save the sweep's state before Ray kills it.
-STOP_WAIT_SECONDS = 60
+#: How long a stopped driver may take (running folds end first) before Ray kills it; a killed driver
+#: loses only the running folds (the sweep resumes from Tune's last snapshot).
+STOP_WAIT_SECONDS = 3 * 3600
 _URL = re.compile(r"^https?://[^/\s]+(:\d+)?/?$")
 
 

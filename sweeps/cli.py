@@ -376,11 +376,15 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     from trainer.errors import SegsweepError
 
     folder = SweepFolder.at(args.storage, args.name)
-    if not driver_running(folder):  # a driver elsewhere: a submitted job is stopped through its scheduler
-        done = stop(folder)
-        if done is not None:
-            print(f"[segsweep] {done}; continue it later with `segsweep sweep submit {args.name} --resume`")
-            return 0
+    # A submitted job still running is stopped through its scheduler, wherever its driver runs, so that
+    # the scheduler records the stop (a Ray Job ends STOPPED, not FAILED); --now first tells the
+    # driver, which then takes the scheduler's signal as "stop now".
+    if args.now and driver_running(folder):
+        request_stop(folder, "stopped by `segsweep sweep stop --now`", now=True)
+    done = stop(folder)
+    if done is not None:
+        print(f"[segsweep] {done}; continue it later with `segsweep sweep submit {args.name} --resume`")
+        return 0
     read_spec_record(folder)
     if not driver_running(folder):
         raise SegsweepError(

@@ -268,11 +268,15 @@ def follow(folder: SweepFolder) -> str | None:
     return _rayjob.follow(str(last["address"]), str(last["job_id"]))
 
 
+#: Job states in which a job may still be running its driver (Slurm's and Ray Jobs' names).
+ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED"})
+
+
 def stop(folder: SweepFolder) -> str | None:
-    """Stop the sweep's running job gracefully (the driver saves the sweep's state); what was done,
-    or None when the sweep was never submitted."""
+    """Stop the sweep's job through its scheduler, gracefully (the driver saves the sweep's state);
+    what was done, or None when the sweep has no job that is still active."""
     last = last_submission(folder)
-    if last is None:
+    if last is None or submission_state(last) not in ACTIVE_STATES:
         return None
     if last.get("kind") == SLURM:
         from sweeps._slurm import cancel

@@ -3,7 +3,8 @@
 It keeps run_cv's contract (fold files and cv.json written as folds end, resume at the first
 unfinished fold, the reporter's calls, reporter closed) but "trains" by sleeping, and scores a
 configuration by its learning rate, so the Ray plumbing is tested in seconds. A sweep's
-``fake.json`` (next to sweep.json) sets the seconds per fold and the roles of the first trials
+``fake.json`` (next to sweep.json; else the environment's ``SEGSWEEP_FAKE_CV``, as
+tests.support.fake_driver sets it) sets the seconds per fold and the roles of the first trials
 (``nan``: fails with a NaN loss in fold 1; ``crash_once``: in fold 2 its worker dies once, taking
 the trial folder's fold files with it, as a lost node would; ``slow``: sleeps 3x longer).
 """
@@ -59,7 +60,9 @@ def fake_run_cv(
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     settings_path = out_dir.parent.parent / "fake.json"
-    settings: dict[str, Any] = json.loads(settings_path.read_text()) if settings_path.is_file() else {}
+    settings: dict[str, Any] = json.loads(
+        settings_path.read_text() if settings_path.is_file() else os.environ.get("SEGSWEEP_FAKE_CV", "{}")
+    )
     role = _role(out_dir, settings.get("roles", []))
     seconds = float(settings.get("fold_seconds", 0.2)) * (3 if role == "slow" else 1)
     reporter = reporter or Reporter()

@@ -96,17 +96,3 @@ def descendants(pid: int) -> list[int]:
         found.append(current)
         todo.extend(children.get(current, []))
     return found
-
-#: The real Slurm and Ray Jobs tests (each several minutes) run where this is set to 1. Not yet part of
-#: CI: the cancelled-and-resubmitted Slurm test has not passed cleanly, and together they would take the
-#: 20-minute CI budget (issue 13 stays open until they run there).
-CLUSTER_TESTS_ENV = "SEGSWEEP_CLUSTER_TESTS"
-
-
-def cluster_tests_off() -> str | None:
-    """Why the real-cluster tests skip here (None when they run)."""
-    import os
-
-    if os.environ.get(CLUSTER_TESTS_ENV) == "1":
-        return None
-    return f"real Slurm / Ray Jobs tests run with {CLUSTER_TESTS_ENV}=1 (not yet in CI; see tests/support/ray.py)"

@@ -1,16 +1,19 @@
 """`segsweep sweep submit --slurm` on a real single-node Slurm cluster (tests/slurm_cluster.py).
 
-The batch script starts Ray on the job's node, runs a tiny real sweep (quick space, 8 synthetic
-pairs at 64 px, 2 trials of 2 folds, 1 epoch) and stops Ray; a cancelled job is resubmitted with
-``--resume`` and finishes without training a finished fold again. Skipped where Slurm is not
-installed (``.ci/run`` installs Debian's slurm-wlm and munge). Run inside a loopback-only network
-namespace, as every test here.
+The batch script starts Ray on the job's node, runs a tiny sweep (quick space, 8 synthetic pairs at
+64 px, 2 folds) and stops Ray; a cancelled job is resubmitted with ``--resume`` and finishes without
+training a finished fold again. All of it is real (sbatch, srun, the script, Ray, the driver, the
+sweep folder) but the training: the job's ``segsweep`` is tests.support.fake_driver, whose folds
+take seconds (the real training has its own tests; a real-training job ran here before, see the
+issue 13 notes). Skipped where Slurm is not installed (``.ci/run`` installs Debian's slurm-wlm
+and munge). Run inside a loopback-only network namespace, as every test here.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import shlex
 import subprocess
 import sys
 import time
@@ -21,17 +24,16 @@ from pathlib import Path
 import pytest
 
 from sweeps.folder import SweepFolder, format_leaderboard, load_sweep, read_events, read_submissions
+from sweeps.submit import default_setup
+from tests.support import fake_driver
 from tests.support import slurm_cluster as slurm
-from tests.support.ray import cluster_tests_off
 from tests.support.synth import make_dataset
 
 REPO = Path(__file__).resolve().parents[2]
 SEGSWEEP = str(Path(sys.executable).parent / "segsweep")
 
-# Real trainings on a cluster started by the test: minutes on an idle machine, more on a busy one.
-pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(2400),
-              pytest.mark.skipif(slurm.missing() is not None, reason=str(slurm.missing())),
-              pytest.mark.skipif(cluster_tests_off() is not None, reason=str(cluster_tests_off()))]
+pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(900),
+              pytest.mark.skipif(slurm.missing() is not None, reason=str(slurm.missing()))]
 
 
 @pytest.fixture(scope="module")
@@ -50,13 +52,22 @@ def _submit(cluster: slurm.SlurmCluster, *args: str) -> str:
     return proc.stdout
 
 
-def _new_sweep(cluster: slurm.SlurmCluster, tmp_path: Path, name: str, trials: int = 2) -> SweepFolder:
+def _job_setup(tmp_path: Path, fold_seconds: float) -> list[str]:
+    """--setup lines: the usual venv, then the stand-in driver first on PATH (see the module's doc)."""
+    bin_dir = fake_driver.install(tmp_path / "bin")
+    exports = {**fake_driver.environment({"fold_seconds": fold_seconds}), "PATH": f"{bin_dir}:$PATH"}
+    line = "export " + " ".join(f"{k}={v if k == 'PATH' else shlex.quote(v)}" for k, v in exports.items())
+    return [arg for setup in [*default_setup(), line] for arg in ("--setup", setup)]
+
+
+def _new_sweep(cluster: slurm.SlurmCluster, tmp_path: Path, name: str, trials: int = 2,
+               fold_seconds: float = 0.5) -> SweepFolder:
     data = make_dataset(tmp_path / "data", 8)
     storage = tmp_path / "sweeps"
-    _submit(cluster, "--slurm", "--cpus-per-node", str(os.cpu_count() or 1), "--data", str(data), "--space",
-            "quick", "--trials", str(trials), "--folds", "2", "--epochs", "1", "--image-size", "64",
-            "--scheduler", "none", "--cpus-per-trial", "1", "--tracker", "none", "--name", name,
-            "--storage", str(storage))
+    _submit(cluster, "--slurm", "--cpus-per-node", str(os.cpu_count() or 1), *_job_setup(tmp_path, fold_seconds),
+            "--data", str(data), "--space", "quick", "--trials", str(trials), "--folds", "2", "--epochs", "1",
+            "--image-size", "64", "--scheduler", "none", "--cpus-per-trial", "1", "--tracker", "none",
+            "--name", name, "--storage", str(storage))
     return SweepFolder(storage / name)
 
 
@@ -99,7 +110,7 @@ def test_slurm_job_runs_the_sweep_and_stops_ray(cluster: slurm.SlurmCluster, tmp
     script = folder.slurm_script.read_text()
     assert "#SBATCH --nodes=1" in script and "ray_node --head" in script and "trap stop_ray EXIT" in script
     [job] = _job_ids(folder)
-    state = cluster.wait_job(job, timeout=1500)
+    state = cluster.wait_job(job, timeout=600)
     log = folder.slurm_log(job).read_text() if folder.slurm_log(job).is_file() else "(no job log)"
     assert state == "COMPLETED", log[-4000:] + cluster.logs()
     sweep = load_sweep(folder.storage, folder.name)
@@ -118,9 +129,9 @@ def test_slurm_job_runs_the_sweep_and_stops_ray(cluster: slurm.SlurmCluster, tmp
 def test_cancelled_job_resubmitted_with_resume_trains_no_fold_twice(
     cluster: slurm.SlurmCluster, tmp_path: Path
 ) -> None:
-    folder = _new_sweep(cluster, tmp_path, "slurm2", trials=3)
+    folder = _new_sweep(cluster, tmp_path, "slurm2", trials=3, fold_seconds=6)
     [job] = _job_ids(folder)
-    deadline = time.monotonic() + 1200
+    deadline = time.monotonic() + 600
     while time.monotonic() < deadline:  # cancel once a fold has finished and the sweep has not
         ended = [e for t in folder.trial_dirs() for e in read_events(t) if e.get("event") == "fold_end"]
         if ended:
@@ -138,7 +149,7 @@ def test_cancelled_job_resubmitted_with_resume_trains_no_fold_twice(
     _submit(cluster, folder.name, "--storage", str(folder.storage), "--resume")
     second = _job_ids(folder)[-1]
     assert second != job
-    state = cluster.wait_job(second, timeout=1500)
+    state = cluster.wait_job(second, timeout=600)
     log = folder.slurm_log(second).read_text() if folder.slurm_log(second).is_file() else "(no job log)"
     assert state == "COMPLETED", log[-4000:]
     assert "resuming the sweep" in log

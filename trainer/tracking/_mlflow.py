@@ -21,6 +21,7 @@ from trainer.tracking._secrets import flatten_params, redact_params
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
+    from mlflow.entities import Metric
 
     from trainer.config import CVConfig
     from trainer.results import CVResult, FoldResult
@@ -86,22 +87,33 @@ def find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) 
     return runs[0].info.run_id if runs else None
 
 
-def log_params(client: MlflowClient, run_id: str, params: Mapping[str, Any]) -> None:
-    """Log redacted, flattened parameters, skipping keys the run already has (a resumed run)."""
-    from mlflow.entities import Param
+def log_params(
+    client: MlflowClient, run_id: str, params: Mapping[str, Any], *, new_run: bool = False,
+    tags: Mapping[str, str] | None = None,
+) -> None:
+    """Log redacted, flattened parameters (and ``tags``), skipping keys the run already has (a resumed
+    run; ``new_run`` says there are none to look up)."""
+    from mlflow.entities import Param, RunTag
 
-    existing = client.get_run(run_id).data.params
+    existing = {} if new_run else client.get_run(run_id).data.params
     flat = flatten_params(redact_params(params))
     batch = [Param(k, str(v)[:_MAX_PARAM_LENGTH]) for k, v in flat.items() if k not in existing]
-    for start in range(0, len(batch), 100):  # MLflow takes at most 100 params per batch
-        client.log_batch(run_id, params=batch[start : start + 100], synchronous=True)
+    tag_batch = [RunTag(k, v) for k, v in (tags or {}).items()]
+    chunks = [batch[i : i + 100] for i in range(0, len(batch), 100)] or [[]]  # at most 100 params per batch
+    for i, chunk in enumerate(chunks):
+        if chunk or (i == 0 and tag_batch):
+            client.log_batch(run_id, params=chunk, tags=tag_batch if i == 0 else [], synchronous=True)
 
 
-def log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, float], step: int) -> None:
+def _metrics(values: Mapping[str, float], step: int) -> list[Metric]:
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    metrics = [Metric(k, float(v), now, step) for k, v in values.items()]
+    return [Metric(k, float(v), now, step) for k, v in values.items()]
+
+
+def log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, float], step: int) -> None:
+    metrics = _metrics(values, step)
     if metrics:
         client.log_batch(run_id, metrics=metrics, synchronous=True)
 
@@ -151,6 +163,7 @@ class MlflowTracker(GuardedTracker):
             self.experiment_id = experiment_id_for(client, self.experiment_name, self.tracking_uri)
         kind = "trial" if self.parent_run_id else "cv"
         self.run_id = find_run(client, self.experiment_id, {ROOT_TAG: str(self.root), KIND_TAG: kind})
+        new_run = self.run_id is None
         if self.run_id is None:
             tags = {ROOT_TAG: str(self.root), KIND_TAG: kind}
             if self.parent_run_id:
@@ -158,8 +171,7 @@ class MlflowTracker(GuardedTracker):
             self.run_id = client.create_run(self.experiment_id, run_name=self.run_name, tags=tags).info.run_id
         else:
             client.update_run(self.run_id, status="RUNNING")
-        log_params(client, self.run_id, self.params)
-        client.set_tag(self.run_id, "n_folds", str(n_folds), synchronous=True)
+        log_params(client, self.run_id, self.params, new_run=new_run, tags={"n_folds": str(n_folds)})
 
     def _fold_start(self, fold: int, n_train: int, n_val: int) -> None:
         assert self.run_id is not None and self.experiment_id is not None
@@ -173,7 +185,7 @@ class MlflowTracker(GuardedTracker):
             tags={PARENT_TAG: self.run_id, FOLD_TAG: str(fold), KIND_TAG: "fold", ROOT_TAG: str(self.root)},
         )
         self.fold_runs[fold] = run.info.run_id
-        log_params(client, run.info.run_id, {"fold": fold, "n_train": n_train, "n_val": n_val})
+        log_params(client, run.info.run_id, {"fold": fold, "n_train": n_train, "n_val": n_val}, new_run=True)
 
     def _epoch(self, fold: int, epoch: int, metrics: Mapping[str, float]) -> None:
         if fold not in self.fold_runs:
@@ -186,20 +198,17 @@ class MlflowTracker(GuardedTracker):
         if result.fold not in self.fold_runs:
             self._fold_start(result.fold, result.n_train, result.n_val)
         fold_run = self.fold_runs.pop(result.fold)
-        log_metrics(
-            client,
+        # One write per kind of record: on a shared SQLite store every call is a transaction, and a
+        # 1,000-trial sweep makes tens of thousands of them (benchmarks/README.md, the scale study).
+        from mlflow.entities import RunTag
+
+        scores = {"dice": result.dice, "iou": result.iou, "epochs_run": result.epochs_run, "seconds": result.seconds}
+        client.log_batch(
             fold_run,
-            {
-                "dice": result.dice,
-                "iou": result.iou,
-                "epochs_run": result.epochs_run,
-                "seconds": result.seconds,
-            },
-            step=0,
+            metrics=[*_metrics(scores, step=0), *(m for e in result.lr_drops for m in _metrics({"lr_drop": 1.0}, e))],
+            tags=[RunTag("lr_drops", ",".join(str(e) for e in result.lr_drops))],
+            synchronous=True,
         )
-        client.set_tag(fold_run, "lr_drops", ",".join(str(e) for e in result.lr_drops), synchronous=True)
-        for epoch in result.lr_drops:
-            log_metrics(client, fold_run, {"lr_drop": 1.0}, step=epoch)
         if preview is not None:
             from trainer.preview import preview_png
 
@@ -216,18 +225,13 @@ class MlflowTracker(GuardedTracker):
         assert self.run_id is not None
         latest = next(f for f in completed if f.fold == fold)
         mean, std = summarise(completed)
-        log_metrics(self.client, self.run_id, {"fold_dice": latest.dice, "fold_iou": latest.iou}, step=fold)
-        log_metrics(
-            self.client,
+        summary = {"mean_dice": mean["dice"], "mean_iou": mean["iou"], "std_dice": std["dice"], "std_iou": std["iou"],
+                   "folds_done": len(completed)}
+        self.client.log_batch(
             self.run_id,
-            {
-                "mean_dice": mean["dice"],
-                "mean_iou": mean["iou"],
-                "std_dice": std["dice"],
-                "std_iou": std["iou"],
-                "folds_done": len(completed),
-            },
-            step=len(completed),
+            metrics=[*_metrics({"fold_dice": latest.dice, "fold_iou": latest.iou}, step=fold),
+                     *_metrics(summary, step=len(completed))],
+            synchronous=True,
         )
 
     def _cv_end(self, result: CVResult) -> None:
