@@ -156,14 +156,18 @@ def _default_cv_runner() -> CVRunner:
 
 
 def _configure_tensorflow(threads: int | None, mixed_precision: str) -> None:
-    """Thread pools sized to the trial's CPUs and GPU memory growth, before the trainer starts TF.
+    """Thread pools sized to the trial's CPUs, and the mixed-precision choice, for the trainer.
 
-    Ray sets CUDA_VISIBLE_DEVICES to the trial's own GPUs, so TensorFlow sees only those; memory
-    growth lets fractional-GPU trials share a card.
+    Given through the environment that trainer.models.configure_tensorflow reads when the trainer
+    first needs TensorFlow (with GPU memory growth; Ray sets CUDA_VISIBLE_DEVICES to the trial's own
+    GPUs), rather than by importing TensorFlow here: a trial whose folds are all restored, or a
+    cross-validation runner of another framework, then never pays TensorFlow's start-up.
     """
-    from trainer.models import configure_tensorflow
+    from trainer.models import MIXED_PRECISION_ENV, THREADS_ENV, check_mixed_precision, check_threads
 
-    configure_tensorflow(threads, mixed_precision)
+    if threads is not None:
+        os.environ[THREADS_ENV] = str(check_threads(threads) or 0)  # 0: TensorFlow's default
+    os.environ[MIXED_PRECISION_ENV] = check_mixed_precision(mixed_precision)
 
 
 def _extra_reporters(spec: Mapping[str, Any], trial_id: str, out_dir: Path) -> list[Reporter]:

@@ -106,14 +106,16 @@ def _segsweep_cv(data: Path, out: Path, *extra: str) -> subprocess.CompletedProc
 def test_cv_records_the_options_and_hides_tensorflow_startup_lines_unless_verbose(
     kvasir_seg_dir: Path, tmp_path: Path
 ) -> None:
-    quiet = _segsweep_cv(kvasir_seg_dir, tmp_path / "a", "--mixed-precision", "on", "--threads", "1")
+    # "off", not "on": float16 on a CPU takes minutes even here (its loss-scaled train step traces
+    # a finiteness check per variable); "on" reaching the model and the trials is tested above and below.
+    quiet = _segsweep_cv(kvasir_seg_dir, tmp_path / "a", "--mixed-precision", "off", "--threads", "1")
     assert quiet.returncode == 0, quiet.stderr
     noisy = [line for line in quiet.stderr.splitlines() if any(m in line for m in NOISE_MARKERS)]
     assert noisy == []
     runtime = json.loads((tmp_path / "a" / "cv.json").read_text())["runtime"]
-    assert runtime["mixed_precision"] == "on" and runtime["mixed_precision_enabled"] is True
+    assert runtime["mixed_precision"] == "off" and runtime["mixed_precision_enabled"] is False
     assert runtime["threads"] == 1 and runtime["gpus"] == []
-    assert "runtime: mixed precision on (on as asked; no GPU visible" in quiet.stdout
+    assert "runtime: mixed precision off (off as asked), TensorFlow threads 1" in quiet.stdout
 
     verbose = _segsweep_cv(kvasir_seg_dir, tmp_path / "b", "--verbose")
     assert verbose.returncode == 0, verbose.stderr
