@@ -57,15 +57,15 @@ class SweepCallback(tune.Callback):
         )
 
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        reason = _error_reason(trial)
         folder = self._folder(trial)
+        reason = _error_reason(trial, read_trial_record(folder))
         update_trial_record(folder, state=RUNNING, reason=f"retrying after: {reason}")
         append_event(folder, "retry", reason=reason)
         print(f"[segsweep] trial {self._label(trial)} failed ({reason}); retrying", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        reason = _error_reason(trial)
         folder = self._folder(trial)
+        reason = _error_reason(trial, read_trial_record(folder))
         record = update_trial_record(folder, state=FAILED, reason=reason, ended=now())
         append_event(folder, "trial_end", state=FAILED, reason=reason)
         print(f"[segsweep] trial {self._label(trial)} FAILED: {reason}", flush=True)
@@ -164,8 +164,13 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _error_reason(trial: Any) -> str:
-    """One line naming the trial's latest error (from the error Ray stored for it)."""
+def _error_reason(trial: Any, record: dict[str, Any]) -> str:
+    """One line naming the trial's latest error: as the trial wrote it into trial.json before raising,
+    else from the error Ray stored for it (a worker that died wrote nothing; Ray may store its copy
+    after this callback runs, which made the reason "unknown" now and then)."""
+    written = record.get("fatal_reason") or record.get("error")
+    if written:
+        return str(written)
     with contextlib.suppress(Exception):
         error = trial.get_pickled_error()
         if error is not None:

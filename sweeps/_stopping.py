@@ -4,7 +4,8 @@ Ray Tune ends a run resumably only through its SIGINT handler (trials it stops i
 TERMINATED, never resumed). So every stop here goes through that handler, at a moment chosen so
 that no finished work is lost: the searcher stops proposing, running trials park at their next fold
 boundary (sweeps._trainable.wait_while_stopping), and once all are parked the run ends. ``now``
-(``sweep stop --now``, a second Ctrl-C) ends it at once; running folds rerun on resume.
+(``sweep stop --now``, a second Ctrl-C) ends it at once; running folds rerun on resume. With no
+trial running (a stop between trials, or as the last running ones end) StoppableSearch ends it.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from types import FrameType
 from typing import Any
 
 from ray import tune
+from ray.tune.search import Searcher, SearchGenerator
 
 from sweeps.folder import SweepFolder, read_stop_request, read_trial_record, request_stop
 from sweeps.spec import format_duration
@@ -102,3 +104,21 @@ class StopControl(tune.Callback):
             self._tune_handler(signal.SIGINT, None)  # Tune saves its state and leaves trials resumable
         else:
             signal.raise_signal(signal.SIGINT)
+
+
+class StoppableSearch(SearchGenerator):
+    """Tune's wrapper of the searcher, reporting the search finished while the sweep is stopping.
+
+    With no trial running or pending, Tune waits inside one step, up to ten minutes and with no
+    callback called, for the searcher to propose a trial; the searcher proposes none while a stop is
+    pending (sweeps._optuna), so a stop that came between trials waited that long. A finished search
+    with every trial ended ends the run at once. Nothing of this is saved (Tune's own ``finished`` flag
+    stays unset), so a resumed sweep proposes the remaining trials.
+    """
+
+    def __init__(self, searcher: Searcher, folder: SweepFolder) -> None:
+        super().__init__(searcher)
+        self.folder = folder
+
+    def is_finished(self) -> bool:
+        return bool(super().is_finished()) or read_stop_request(self.folder) is not None

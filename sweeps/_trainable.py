@@ -105,6 +105,7 @@ def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) 
         trial_id=trial_id,
         state="RUNNING",
         parked=False,
+        error=None,  # this attempt's own failure, written below if it fails
         started=record.get("started") or attempt["started"],
         attempts=[*record.get("attempts", []), attempt],
     )
@@ -135,12 +136,12 @@ def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) 
             prune_fold_models(setup.sweep_dir, keep)
     except SegsweepError as exc:
         reason = one_line_reason(exc)
-        update_trial_record(folder, fatal_reason=reason, reason=reason)
+        update_trial_record(folder, fatal_reason=reason, reason=reason, error=reason)
         append_event(folder, "failed", reason=reason, fatal=True)
         raise FatalTrialError(reason) from exc
     except Exception as exc:
         reason = one_line_reason(exc)
-        update_trial_record(folder, reason=reason)
+        update_trial_record(folder, reason=reason, error=reason)
         append_event(folder, "failed", reason=reason, fatal=False)
         raise
     if reporter.folds_reported < len(result.folds) or reporter.folds_reported == 0:

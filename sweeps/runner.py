@@ -13,6 +13,8 @@ import dataclasses
 import logging
 import math
 import os
+import signal
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -30,6 +32,7 @@ from sweeps.folder import (
     load_sweep,
     now,
     read_spec_record,
+    read_stop_request,
     read_trial_record,
     update_trial_record,
     write_spec_record,
@@ -143,7 +146,7 @@ def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVR
     from sweeps._callbacks import SweepCallback
     from sweeps._optuna import make_searcher
     from sweeps._progress import LiveProgress
-    from sweeps._stopping import StopControl
+    from sweeps._stopping import StopControl, StoppableSearch
     from sweeps._trainable import run_trial
     from trainer.data import prepare_dataset, read_split
 
@@ -206,7 +209,8 @@ def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVR
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=ConcurrencyLimiter(searcher, max_concurrent=spec.concurrency),
+                    search_alg=StoppableSearch(ConcurrencyLimiter(searcher, max_concurrent=spec.concurrency),
+                                               spec.folder),
                     scheduler=make_scheduler(spec.scheduler, n_folds),
                     num_samples=spec.trials,
                     reuse_actors=True,
@@ -231,11 +235,15 @@ def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVR
             )
         tracking = _start_sweep_tracking(spec)
         try:
-            grid = tuner.fit()
+            with _signal_handlers_kept():
+                grid = tuner.fit()
         finally:
+            pending = read_stop_request(spec.folder)
             clear_stop_request(spec.folder)  # acted on: the next run of this sweep starts afresh
         statuses = _ray_trial_statuses(grid)
-    stopped = stop_control.reason
+    # A stop that came with no trial running ends Tune's run as finished (StoppableSearch), not
+    # through StopControl: the request names why.
+    stopped = stop_control.reason or (pending.reason if pending and len(statuses) < spec.trials else None)
     finished = _reconcile(spec, statuses, stopped=stopped is not None)
     if spec.keep_models:
         from sweeps._models import prune_fold_models
@@ -247,6 +255,22 @@ def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVR
     if tracking and finished:  # an unfinished sweep keeps its parent runs open for `sweep resume`
         _finish_sweep_tracking(spec, outcome)
     return outcome
+
+
+@contextlib.contextmanager
+def _signal_handlers_kept() -> Iterator[None]:
+    """Put SIGINT's and SIGUSR1's handlers back after Tune's run: Tune installs its own and restores
+    them only when one fires, which would leave a notebook's Ctrl-C to a finished sweep."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    kept = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGUSR1)}
+    try:
+        yield
+    finally:
+        for signum, handler in kept.items():
+            if handler is not None:
+                signal.signal(signum, handler)
 
 
 def _start_sweep_tracking(spec: SweepSpec) -> bool:

@@ -6,7 +6,8 @@ configuration by its learning rate, so the Ray plumbing is tested in seconds. A 
 ``fake.json`` (next to sweep.json; else the environment's ``SEGSWEEP_FAKE_CV``, as
 tests.support.fake_driver sets it) sets the seconds per fold and the roles of the first trials
 (``nan``: fails with a NaN loss in fold 1; ``crash_once``: in fold 2 its worker dies once, taking
-the trial folder's fold files with it, as a lost node would; ``slow``: sleeps 3x longer).
+the trial folder's fold files with it, as a lost node would; ``slow``: sleeps 3x longer;
+``stop_sweep``: asks the sweep to stop as it ends, so the stop finds no trial running).
 """
 
 from __future__ import annotations
@@ -113,6 +114,10 @@ def fake_run_cv(
             reporter.on_fold_end(result, list(completed), None)
         final = snapshot(complete=True)
         reporter.on_cv_end(final)
+        if role == "stop_sweep":
+            from sweeps.folder import SweepFolder, request_stop
+
+            request_stop(SweepFolder(out_dir.parent.parent), "stopped by the test between trials")
         return final
     finally:
         reporter.close()

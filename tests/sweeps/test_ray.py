@@ -30,7 +30,7 @@ from sweeps.folder import (
     read_events,
     read_trial_record,
 )
-from sweeps.runner import run_sweep
+from sweeps.runner import resume_sweep, run_sweep
 from tests.support import fake_cv as fake
 from tests.support.ray import TINY_SPACE, fold_trainings, tiny_sweep_spec, wait_for
 from tests.support.synth import make_dataset
@@ -131,6 +131,21 @@ else:
     outcome = resume_sweep(sys.argv[2], "k", cv_runner=fake.fake_run_cv)
     sys.exit(0 if outcome.finished else 1)
 """
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)  # Tune waited ten minutes here for a proposal that never came
+def test_stop_with_no_trial_running_ends_at_once_and_resume_proposes_the_rest(
+    tmp_path: Path, local_ray: None
+) -> None:
+    spec = tiny_sweep_spec(tmp_path, "b", {"fold_seconds": 0.1, "roles": ["stop_sweep"]}, trials=3, concurrency=1,
+                           scheduler="none")  # fmt: skip
+    outcome = run_sweep(spec, cv_runner=fake.fake_run_cv)
+    assert not outcome.finished and outcome.stopped == "stopped by the test between trials"
+    assert [t.state for t in outcome.results.trials] == ["COMPLETE"], format_leaderboard(outcome.results)
+    resumed = resume_sweep(tmp_path / "out", "b", cv_runner=fake.fake_run_cv)
+    assert resumed.finished, format_leaderboard(resumed.results)
+    assert [t.state for t in resumed.results.trials] == ["COMPLETE"] * 3
 
 
 @pytest.mark.slow
