@@ -377,11 +377,8 @@ def _cmd_stop(args: argparse.Namespace) -> int:
 
     folder = SweepFolder.at(args.storage, args.name)
     # A submitted job still running is stopped through its scheduler, wherever its driver runs, so that
-    # the scheduler records the stop (a Ray Job ends STOPPED, not FAILED); --now first tells the
-    # driver, which then takes the scheduler's signal as "stop now".
-    if args.now and driver_running(folder):
-        request_stop(folder, "stopped by `segsweep sweep stop --now`", now=True)
-    done = stop(folder)
+    # the scheduler records the stop (a Ray Job ends STOPPED, not FAILED).
+    done = stop(folder, at_once=args.now)
     if done is not None:
         print(f"[segsweep] {done}; continue it later with `segsweep sweep submit {args.name} --resume`")
         return 0

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps._slurm import SlurmOptions
-from sweeps.folder import SweepFolder, append_submission, now, read_submissions
+from sweeps.folder import SweepFolder, append_submission, now, read_submissions, request_stop
 from sweeps.spec import OVERRIDE_KEYS, SweepSpec
 from trainer.errors import ConfigError
 
@@ -272,12 +272,18 @@ def follow(folder: SweepFolder) -> str | None:
 ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED"})
 
 
-def stop(folder: SweepFolder) -> str | None:
+def stop(folder: SweepFolder, *, at_once: bool = False) -> str | None:
     """Stop the sweep's job through its scheduler, gracefully (the driver saves the sweep's state);
-    what was done, or None when the sweep has no job that is still active."""
+    what was done, or None when the sweep has no job that is still active.
+
+    ``at_once`` (``--now``) first tells the driver (stop.json), which then takes the scheduler's signal as "stop now"
+    rather than "let the running folds finish".
+    """
     last = last_submission(folder)
     if last is None or submission_state(last) not in ACTIVE_STATES:
         return None
+    if at_once:
+        request_stop(folder, "stopped by `segsweep sweep stop --now`", now=True)
     if last.get("kind") == SLURM:
         from sweeps._slurm import cancel
 
