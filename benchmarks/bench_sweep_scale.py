@@ -41,7 +41,7 @@ import _common
 
 NAME = "sweep_scale"
 FULL_SIZES = (10, 100, 1000)
-QUICK_SIZES = (4, 8)
+QUICK_SIZES = (2, 4)
 TRACKERS = ("none", "mlflow")
 STATUS_GOAL_S, REPORT_GOAL_S, GROWTH_GOAL = 2.0, 30.0, 1.5
 
@@ -234,7 +234,7 @@ def one_sweep(tmp: Path, data: Path, space: Path, trials: int, tracker: str) -> 
 
 def main(argv: list[str] | None = None) -> None:
     p = _common.parser(NAME, __doc__.splitlines()[0])
-    p.add_argument("--sizes", default=None, help="comma-separated trial counts (default 10,100,1000; quick 4,8)")
+    p.add_argument("--sizes", default=None, help="comma-separated trial counts (default 10,100,1000; quick 2,4)")
     p.add_argument("--trackers", default=None, help="comma-separated: none, mlflow (default both; quick none)")
     args = p.parse_args(argv)
     _common.reexec_in_loopback_netns()

@@ -24,6 +24,7 @@ def readme_notebook_example() -> str:
 
 
 @pytest.mark.slow
+@pytest.mark.long  # two real trainings, a retrain and a prediction (~2 min); CI's time goes to the cluster tests
 def test_readme_notebook_example_runs(tmp_path: Path, ray_env: dict[str, str]) -> None:
     data = make_dataset(tmp_path / "data", 40)
     code = readme_notebook_example()

@@ -103,7 +103,7 @@ def _segsweep_cv(data: Path, out: Path, *extra: str) -> subprocess.CompletedProc
 
 
 @pytest.mark.slow
-def test_cv_records_the_options_and_hides_tensorflow_startup_lines_unless_verbose(
+def test_cv_records_the_options_and_hides_tensorflow_startup_lines(
     kvasir_seg_dir: Path, tmp_path: Path
 ) -> None:
     # "off", not "on": float16 on a CPU takes minutes even here (its loss-scaled train step traces
@@ -117,6 +117,10 @@ def test_cv_records_the_options_and_hides_tensorflow_startup_lines_unless_verbos
     assert runtime["threads"] == 1 and runtime["gpus"] == []
     assert "runtime: mixed precision off (off as asked), TensorFlow threads 1" in quiet.stdout
 
+
+@pytest.mark.slow
+@pytest.mark.long  # a second whole `segsweep cv` process; the quiet half above runs in CI
+def test_verbose_cv_shows_tensorflow_startup_lines(kvasir_seg_dir: Path, tmp_path: Path) -> None:
     verbose = _segsweep_cv(kvasir_seg_dir, tmp_path / "b", "--verbose")
     assert verbose.returncode == 0, verbose.stderr
     assert json.loads((tmp_path / "b" / "cv.json").read_text())["runtime"]["mixed_precision_reason"] == (
