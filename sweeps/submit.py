@@ -184,9 +184,13 @@ def _resume_argv(folder: SweepFolder) -> list[str]:
     return ["segsweep", "sweep", "resume", folder.name, "--storage", str(folder.storage)]
 
 
+#: Job states in which a job may still be running its driver (Slurm's and Ray Jobs' names).
+ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "CONFIGURING", "COMPLETING", "REQUEUED", "RESIZING", "SUSPENDED"})
+
+
 def _refuse_if_running(folder: SweepFolder, last: dict[str, Any]) -> None:
     state = submission_state(last)
-    if state in ("PENDING", "RUNNING", "CONFIGURING", "COMPLETING"):
+    if state in ACTIVE_STATES:
         raise ConfigError(
             f"sweep {folder.name!r} is still {state} as {_job_label(last)}; stop it first with "
             f"`segsweep sweep stop {folder.name}` (or wait for it)"
@@ -266,10 +270,6 @@ def follow(folder: SweepFolder) -> str | None:
     if last is None or last.get("kind") != RAY_JOB:
         return None
     return _rayjob.follow(str(last["address"]), str(last["job_id"]))
-
-
-#: Job states in which a job may still be running its driver (Slurm's and Ray Jobs' names).
-ACTIVE_STATES = frozenset({"PENDING", "RUNNING", "CONFIGURING", "REQUEUED", "RESIZING", "SUSPENDED"})
 
 
 def stop(folder: SweepFolder, *, at_once: bool = False) -> str | None:

@@ -28,6 +28,9 @@ from trainer.reporting import Reporter
 from trainer.results import CVResult, FoldResult
 from trainer.training import TrainingError
 
+#: The settings (as fake.json holds them) where no fake.json is in the sweep folder.
+SETTINGS_ENV = "SEGSWEEP_FAKE_CV"
+
 
 def fake_quality(lr: float) -> float:
     """Dice of a configuration: higher learning rate, better (0.5 at 1e-4 to 0.7 at 1e-2)."""
@@ -62,7 +65,7 @@ def fake_run_cv(
     out_dir.mkdir(parents=True, exist_ok=True)
     settings_path = out_dir.parent.parent / "fake.json"
     settings: dict[str, Any] = json.loads(
-        settings_path.read_text() if settings_path.is_file() else os.environ.get("SEGSWEEP_FAKE_CV", "{}")
+        settings_path.read_text() if settings_path.is_file() else os.environ.get(SETTINGS_ENV, "{}")
     )
     role = _role(out_dir, settings.get("roles", []))
     seconds = float(settings.get("fold_seconds", 0.2)) * (3 if role == "slow" else 1)

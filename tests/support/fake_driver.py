@@ -17,8 +17,9 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from tests.support.fake_cv import SETTINGS_ENV
+
 REPO = Path(__file__).resolve().parents[2]
-SETTINGS_ENV = "SEGSWEEP_FAKE_CV"
 
 
 def main() -> int:

@@ -55,8 +55,8 @@ def _submit(cluster: slurm.SlurmCluster, *args: str) -> str:
 def _job_setup(tmp_path: Path, fold_seconds: float) -> list[str]:
     """--setup lines: the usual venv, then the stand-in driver first on PATH (see the module's doc)."""
     bin_dir = fake_driver.install(tmp_path / "bin")
-    exports = {**fake_driver.environment({"fold_seconds": fold_seconds}), "PATH": f"{bin_dir}:$PATH"}
-    line = "export " + " ".join(f"{k}={v if k == 'PATH' else shlex.quote(v)}" for k, v in exports.items())
+    exports = fake_driver.environment({"fold_seconds": fold_seconds})
+    line = "export " + " ".join(f"{k}={shlex.quote(v)}" for k, v in exports.items()) + f' PATH="{bin_dir}:$PATH"'
     return [arg for setup in [*default_setup(), line] for arg in ("--setup", setup)]
 
 
