@@ -32,6 +32,7 @@ import pytest
 
 from sweeps.cli import main
 from sweeps.folder import SweepFolder
+from tests.support import TINY_ENCODER
 from tests.support.fake_sweep import FakeTrial, make_sweep
 
 #: stderr lines that are not the one message: warnings segsweep or its libraries print on the way (MLflow's
@@ -92,7 +93,7 @@ class Fault:
 def cv(ws: Workspace, *extra: str) -> list[str]:
     """`segsweep cv` on the workspace's data, light and untracked, with ``extra`` options."""
     return ["cv", "--data", str(ws.data), "--out", str(ws.root / "out"), "--weights", "none",
-            "--encoder", "mobilenetv2", "--image-size", "64", "--folds", "2", "--epochs", "1",
+            "--encoder", TINY_ENCODER, "--image-size", "64", "--folds", "2", "--epochs", "1",
             "--batch-size", "2", "--tracker", "none", "--quiet", *extra]
 
 
@@ -151,7 +152,7 @@ def _nested_secret_space(ws: Workspace) -> list[str]:
     space = ws.write(
         "space.yaml",
         "params:\n  lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}\n"
-        "fixed:\n  encoder: mobilenetv2\n  weights: none\n  folds: 2\n  epochs: 1\n  batch_size: 2\n"
+        f"fixed:\n  encoder: {TINY_ENCODER}\n  weights: none\n  folds: 2\n  epochs: 1\n  batch_size: 2\n"
         "  image_size: 64\n  extra:\n    tracker:\n      - {password: hunter22hunter}\n",
     )
     return sweep(ws, "--space", str(space))
@@ -228,7 +229,7 @@ def _damaged_sweep_json(ws: Workspace, verb: list[str]) -> list[str]:
 
 
 def _overridden_epochs(ws: Workspace) -> list[str]:
-    proposed_two = FakeTrial({"encoder": "mobilenetv2", "weights": "none", "batch_size": 4, "lr": 1e-3, "epochs": 2},
+    proposed_two = FakeTrial({"encoder": TINY_ENCODER, "weights": "none", "batch_size": 4, "lr": 1e-3, "epochs": 2},
                              [0.6, 0.7], epochs=1)  # fmt: skip
     make_sweep(ws.root / "sweeps", "s", [proposed_two], data=ws.data, with_study=False)
     return ["sweep", "status", "s", "--storage", str(ws.root / "sweeps")]
@@ -461,10 +462,14 @@ def test_skip_bad_agrees_with_data_check(workspace: Workspace, tmp_path: Path) -
 def test_ctrl_c_during_cv_says_how_to_resume_and_kills_the_fold_run_once(tmp_path: Path, kvasir_seg_dir: Path) -> None:
     """SIGINT in fold 1: exit 130, one line with the command that resumes; strict JSON; fold run KILLED + tagged."""
     out = tmp_path / "out"
-    argv = ["cv", "--data", str(kvasir_seg_dir), "--out", str(out), "--weights", "none", "--encoder", "mobilenetv2",
+    argv = ["cv", "--data", str(kvasir_seg_dir), "--out", str(out), "--weights", "none", "--encoder", TINY_ENCODER,
             "--image-size", "64", "--folds", "2", "--epochs", "50", "--batch-size", "2", "--tracker", "mlflow"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    proc = subprocess.Popen([sys.executable, "-m", "sweeps.cli", *argv], stdout=subprocess.PIPE,
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "PYTHONFAULTHANDLER": "1"}
+    # The CLI as a terminal starts it: a background job (or a pytest-xdist worker) running this test
+    # passes SIGINT on ignored, and Python then never raises KeyboardInterrupt.
+    run_cli = "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); " \
+              "runpy.run_module('sweeps.cli', run_name='__main__')"
+    proc = subprocess.Popen([sys.executable, "-c", run_cli, *argv], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, env=env, cwd=tmp_path)
     assert proc.stdout is not None
     for line in proc.stdout:  # wait until fold 1 trains an epoch
@@ -472,7 +477,12 @@ def test_ctrl_c_during_cv_says_how_to_resume_and_kills_the_fold_run_once(tmp_pat
             break
     time.sleep(1.0)
     proc.send_signal(signal.SIGINT)
-    _, err = proc.communicate(timeout=120)
+    try:
+        _, err = proc.communicate(timeout=120)
+    except subprocess.TimeoutExpired:
+        proc.send_signal(signal.SIGABRT)  # PYTHONFAULTHANDLER: every thread's stack goes to stderr
+        _, err = proc.communicate()
+        raise AssertionError(f"still running 120 s after SIGINT:\n{err[-6000:]}") from None
     assert proc.returncode == 130, err
     lines = _message_lines(err)
     assert "Traceback" not in err and len(lines) == 1, err

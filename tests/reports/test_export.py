@@ -12,9 +12,10 @@ import numpy as np
 import pytest
 
 from sweeps.cli import main
+from tests.support import TINY_ENCODER
 from tests.support.fake_sweep import FakeTrial, make_sweep
 
-PARAMS = {"encoder": "mobilenetv2", "weights": "none", "batch_size": 4, "lr": 1e-3}
+PARAMS = {"encoder": TINY_ENCODER, "weights": "none", "batch_size": 4, "lr": 1e-3}
 
 # Run in a fresh interpreter: reads the test images as a user would (OpenCV, BGR -> RGB), feeds them to
 # the export, saves the masks, and proves it never imported segmentation-models or segsweep.
@@ -43,7 +44,7 @@ assert "segmentation_models" not in sys.modules and not banned, banned
 
 @pytest.fixture(scope="module")
 def bundle(tmp_path_factory: pytest.TempPathFactory, kvasir_seg_dir: Path) -> Path:
-    """A fabricated sweep's winner (mobilenetv2, no pretrained weights, 64 px) retrained for one epoch."""
+    """A fabricated sweep's winner (the tests' tiny encoder, no pretrained weights, 64 px) retrained for one epoch."""
     root = tmp_path_factory.mktemp("export")
     make_sweep(root / "sweeps", "s", [FakeTrial(PARAMS, [0.7, 0.6], epochs=1)], data=kvasir_seg_dir, limit=None)
     out = root / "model"

@@ -8,12 +8,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support import TINY_ENCODER
 from trainer.bundle import load_bundle
 from trainer.config import CVConfig
 from trainer.cv import fold_model_dir, run_cv
 from trainer.data import prepare_dataset
 
-TINY = dict(encoder="mobilenetv2", weights="none", image_size=64, folds=2, epochs=1, batch_size=2)
+TINY = dict(encoder=TINY_ENCODER, weights="none", image_size=64, folds=2, epochs=1, batch_size=2)
 
 
 @pytest.fixture(scope="module")

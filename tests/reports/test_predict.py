@@ -16,6 +16,7 @@ import pytest
 
 from sweeps.cli import main
 from sweeps.folder import load_sweep
+from tests.support import TINY_ENCODER
 from tests.support.fake_sweep import FakeTrial, make_sweep, read_json
 from trainer.bundle import BundleError, load_bundle
 
@@ -28,7 +29,7 @@ def _read(path: Path, flags: int = cv2.IMREAD_UNCHANGED) -> np.ndarray:
     return np.asarray(image)
 
 
-PARAMS = {"encoder": "mobilenetv2", "weights": "none", "batch_size": 4, "lr": 1e-3}
+PARAMS = {"encoder": TINY_ENCODER, "weights": "none", "batch_size": 4, "lr": 1e-3}
 
 
 @pytest.fixture(scope="module")
@@ -69,7 +70,7 @@ def test_retrain_writes_a_bundle_with_the_imitated_schedule(trained: tuple[Path,
     assert names == ["README.md", "config.json", "history.json", "schedule.json", "train_stems.txt", "weights.h5"]
     meta = read_json(bundle / "config.json")
     assert meta["bundle_format"] == 1 and meta["segsweep_version"]
-    assert meta["source"]["trial"] == "trial_00000" and meta["preprocessing"]["encoder"] == "mobilenetv2"
+    assert meta["source"]["trial"] == "trial_00000" and meta["preprocessing"]["encoder"] == TINY_ENCODER
     assert meta["data"]["n_images"] == 12
     schedule = read_json(bundle / "schedule.json")
     assert schedule["fold_drops"] == [[1], [2]]
@@ -240,7 +241,7 @@ def test_real_kvasir_seg_retrain_and_predict_medico_val(real_kvasir_seg: Path, t
         "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True)
     }
     for number, lr in enumerate((1e-3, 3e-3)):
-        config = CVConfig(encoder="mobilenetv2", weights="none", batch_size=8, epochs=2, lr=lr, folds=2,
+        config = CVConfig(encoder=TINY_ENCODER, weights="none", batch_size=8, epochs=2, lr=lr, folds=2,
                           image_size=64, limit=40, dev_split=dev_split)  # fmt: skip
         data = prepare_dataset(real_kvasir_seg, 64, split=dev_split, limit=40)
         trial_dir = sweep / "trials" / f"trial_{number:05d}"

@@ -6,9 +6,10 @@ from pathlib import Path
 
 from reports.report import best_so_far, build_report, generalisation_gap_sentence, render_markdown
 from sweeps.folder import SweepFolder, load_sweep, record_test_scores, update_trial_record
+from tests.support import TINY_ENCODER
 from tests.support.fake_sweep import FakeTrial, make_sweep
 
-PARAMS = {"encoder": "mobilenetv2", "weights": "none", "batch_size": 4, "lr": 1e-3}
+PARAMS = {"encoder": TINY_ENCODER, "weights": "none", "batch_size": 4, "lr": 1e-3}
 
 
 def _set_times(sweep_dir: Path, trial_id: str, started: str, ended: str) -> None:

@@ -15,13 +15,14 @@ from typing import Any
 import optuna
 
 from sweeps.folder import STUDY_TRIAL_ID_ATTR, SweepFolder, update_trial_record, write_spec_record
+from tests.support import TINY_ENCODER
 from trainer.config import CVConfig
 from trainer.files import write_json_atomic
 from trainer.results import CV_FILE, CVResult, EpochRecord, FoldResult, fold_path
 
-#: The parameters a quick space proposes, as Optuna distributions.
+#: The parameters a quick space proposes, as Optuna distributions (and the tests' tiny encoder).
 DISTRIBUTIONS: dict[str, optuna.distributions.BaseDistribution] = {
-    "encoder": optuna.distributions.CategoricalDistribution(["mobilenetv2", "mobilenet", "resnet18"]),
+    "encoder": optuna.distributions.CategoricalDistribution(["mobilenetv2", "mobilenet", "resnet18", TINY_ENCODER]),
     "weights": optuna.distributions.CategoricalDistribution(["imagenet", "none"]),
     "batch_size": optuna.distributions.CategoricalDistribution([4, 8]),
     "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),

@@ -10,6 +10,7 @@ import pytest
 
 from sweeps.cli import main
 from sweeps.folder import SweepFolder, format_leaderboard, load_sweep, rank_trials
+from tests.support import TINY_ENCODER
 from tests.support.fake_sweep import FakeTrial, default_trials, make_sweep
 
 
@@ -47,7 +48,7 @@ def test_leaderboard_and_winner_show_the_values_trials_ran_with(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     # Optuna proposed epochs 2; the sweep ran with --epochs 1 (the fake's configuration epochs).
-    trial = FakeTrial({"encoder": "mobilenetv2", "weights": "none", "batch_size": 4, "lr": 1e-3, "epochs": 2},
+    trial = FakeTrial({"encoder": TINY_ENCODER, "weights": "none", "batch_size": 4, "lr": 1e-3, "epochs": 2},
                       [0.6, 0.7], epochs=1)  # fmt: skip
     make_sweep(tmp_path, "s", [trial], data=tmp_path / "data", with_study=False)
     assert main(["sweep", "status", "s", "--storage", str(tmp_path)]) == 0

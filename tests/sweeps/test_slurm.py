@@ -98,38 +98,25 @@ def _timeline(log: str, folder: SweepFolder) -> dict[str, float]:
         for text, key in marks.items():
             if text in line and line.startswith("[segsweep] 20") and key not in stamps:
                 stamps[key] = datetime.fromisoformat(line.split()[1].replace("Z", "+00:00"))
-    firsts = [e["time"] for t in folder.trial_dirs() for e in read_events(t) if e.get("event") == "attempt"]
-    if firsts:
-        stamps["first_trial"] = datetime.fromisoformat(min(firsts))
     start = stamps.get("start")
+    attempts = [datetime.fromisoformat(e["time"]) for t in folder.trial_dirs() for e in read_events(t)
+                if e.get("event") == "attempt"]
+    firsts = [a for a in attempts if start is None or a >= start]  # this job's trials, not an earlier job's
+    if firsts:
+        stamps["first_trial"] = min(firsts)
     return {k: round((v - start).total_seconds(), 1) for k, v in stamps.items()} if start else {}
 
 
-def test_slurm_job_runs_the_sweep_and_stops_ray(cluster: slurm.SlurmCluster, tmp_path: Path) -> None:
-    folder = _new_sweep(cluster, tmp_path, "slurm1")
-    script = folder.slurm_script.read_text()
-    assert "#SBATCH --nodes=1" in script and "ray_node --head" in script and "trap stop_ray EXIT" in script
-    [job] = _job_ids(folder)
-    state = cluster.wait_job(job, timeout=600)
-    log = folder.slurm_log(job).read_text() if folder.slurm_log(job).is_file() else "(no job log)"
-    assert state == "COMPLETED", log[-4000:] + cluster.logs()
-    sweep = load_sweep(folder.storage, folder.name)
-    assert [t.state for t in sweep.trials] == ["COMPLETE"] * 2, format_leaderboard(sweep)
-    assert str(folder.path) in log  # the job's log names the sweep folder
-    assert "Ray stopped" in log and "driver ended (exit 0)" in log
-    assert _ray_processes(job) == []
-    print("timeline (s from job start):", json.dumps(_timeline(log, folder)))
-
-    status = subprocess.run([SEGSWEEP, "sweep", "status", folder.name, "--storage", str(folder.storage)],
-                            env=cluster.env, capture_output=True, text=True, timeout=120)
-    assert status.returncode == 0, status.stderr
-    assert f"Slurm job {job}" in status.stdout and "COMPLETED" in status.stdout
-
-
-def test_cancelled_job_resubmitted_with_resume_trains_no_fold_twice(
+def test_job_runs_the_sweep_and_a_cancelled_job_resubmitted_with_resume_trains_no_fold_twice(
     cluster: slurm.SlurmCluster, tmp_path: Path
 ) -> None:
+    """One job cancelled mid-sweep, then resubmitted: the second runs the sweep to its end and stops Ray.
+
+    (One test, not two: each Slurm job starts Ray on its node, the bulk of a job's time here.)
+    """
     folder = _new_sweep(cluster, tmp_path, "slurm2", trials=3, fold_seconds=6)
+    script = folder.slurm_script.read_text()
+    assert "#SBATCH --nodes=1" in script and "ray_node --head" in script and "trap stop_ray EXIT" in script
     [job] = _job_ids(folder)
     deadline = time.monotonic() + 600
     while time.monotonic() < deadline:  # cancel once a fold has finished and the sweep has not
@@ -151,11 +138,19 @@ def test_cancelled_job_resubmitted_with_resume_trains_no_fold_twice(
     assert second != job
     state = cluster.wait_job(second, timeout=600)
     log = folder.slurm_log(second).read_text() if folder.slurm_log(second).is_file() else "(no job log)"
-    assert state == "COMPLETED", log[-4000:]
+    assert state == "COMPLETED", log[-4000:] + cluster.logs()
     assert "resuming the sweep" in log
+    assert str(folder.path) in log  # the job's log names the sweep folder
+    assert "Ray stopped" in log and "driver ended (exit 0)" in log
     sweep = load_sweep(folder.storage, folder.name)
     assert [t.state for t in sweep.trials] == ["COMPLETE"] * 3, format_leaderboard(sweep)
     for trial in sweep.trials:
         trained = [e["fold"] for e in read_events(trial.path) if e["event"] == "fold_end"]
         assert sorted(trained) == [1, 2], (trial.trial_id, trained)
     assert _ray_processes(second) == []
+    print("timeline of the resumed job (s from its start):", json.dumps(_timeline(log, folder)))
+
+    status = subprocess.run([SEGSWEEP, "sweep", "status", folder.name, "--storage", str(folder.storage)],
+                            env=cluster.env, capture_output=True, text=True, timeout=120)
+    assert status.returncode == 0, status.stderr
+    assert f"Slurm job {second}" in status.stdout and "COMPLETED" in status.stdout

@@ -1,4 +1,4 @@
-"""The cross-validation worker end to end on tiny synthetic data (mobilenetv2, untrained, 64 px)."""
+"""The cross-validation worker end to end on tiny synthetic data (tests.support.TINY_ENCODER, untrained, 64 px)."""
 
 from __future__ import annotations
 
@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.support import TINY_ENCODER
 from tests.support.synth import make_dataset
 from trainer.config import CVConfig
 from trainer.cv import make_folds, run_cv
@@ -20,7 +21,7 @@ from trainer.errors import ConfigError
 from trainer.reporting import FoldPreview, Reporter
 from trainer.results import CVResult, FoldResult
 
-TINY = dict(encoder="mobilenetv2", weights="none", image_size=64, folds=2, epochs=1, batch_size=2)
+TINY = dict(encoder=TINY_ENCODER, weights="none", image_size=64, folds=2, epochs=1, batch_size=2)
 
 
 class Recorder(Reporter):
@@ -222,7 +223,7 @@ def test_cli_bad_folders_exit_2(kvasir_seg_dir: Path, tmp_path: Path) -> None:
 def test_cli_config_file_and_option_override(kvasir_seg_dir: Path, tmp_path: Path) -> None:
     config = tmp_path / "c.yaml"
     config.write_text(
-        f"data: {kvasir_seg_dir}\nencoder: mobilenetv2\nweights: none\nimage_size: 64\n"
+        f"data: {kvasir_seg_dir}\nencoder: {TINY_ENCODER}\nweights: none\nimage_size: 64\n"
         "folds: 2\nepochs: 1\nbatch_size: 30\nlimit: 6\n"
     )
     proc = _segsweep("cv", "--config", str(config), "--batch-size", "2", "--out", str(tmp_path / "o"), "--quiet")
@@ -248,7 +249,7 @@ def test_cv_on_real_kvasir_seg(real_kvasir_seg: Path, tmp_path: Path) -> None:
         "--image-size",
         "64",
         "--encoder",
-        "mobilenetv2",
+        TINY_ENCODER,
         "--weights",
         "none",
         "--folds",

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from sweeps.runner import run_sweep
+from tests.support import TINY_ENCODER
 from tests.support.ray import tiny_sweep_spec
 from trainer import models
 from trainer.errors import ConfigError
@@ -78,7 +79,7 @@ def test_cpu_auto_resolves_off_and_on_builds_a_float32_output_model(fresh_runtim
 
     on = models.configure_tensorflow(mixed_precision="on")
     assert on.mixed_precision_enabled and on.to_dict()["mixed_precision"] == "on"
-    config = CVConfig(encoder="mobilenetv2", weights="none", image_size=32)
+    config = CVConfig(encoder=TINY_ENCODER, weights="none", image_size=32)
     model = models.build_model(config)
     assert model.layers[-1].name == "output_float32" and model.output.dtype == tf.float32
     assert any(layer.compute_dtype == "float16" for layer in model.layers)
@@ -97,7 +98,7 @@ def _user_env() -> dict[str, str]:
 
 def _segsweep_cv(data: Path, out: Path, *extra: str) -> subprocess.CompletedProcess[str]:
     args = [str(Path(sys.executable).with_name("segsweep")), "cv", "--data", str(data), "--out", str(out), "--encoder",
-            "mobilenetv2", "--weights", "none", "--epochs", "1", "--folds", "2", "--limit", "4", "--batch-size", "2",
+            TINY_ENCODER, "--weights", "none", "--epochs", "1", "--folds", "2", "--limit", "4", "--batch-size", "2",
             "--image-size", "64", "--tracker", "none", *extra]  # fmt: skip
     return subprocess.run(args, capture_output=True, text=True, timeout=900, cwd=REPO, env=_user_env(), check=False)
 

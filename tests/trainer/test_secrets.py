@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.support import TINY_ENCODER
 from tests.support.tracking import find_secrets, neptune_operations
 from trainer.config import CVConfig
 from trainer.tracking import TrackingWarning, open_trackers
@@ -43,7 +44,7 @@ def test_no_token_reaches_any_file_the_run_writes(
     # An online Neptune run is attempted (token and project given) against a server that never answers.
     monkeypatch.setenv("SEGSWEEP_NEPTUNE_INIT_TIMEOUT", "3")
     config = CVConfig(
-        encoder="mobilenetv2", weights="none", image_size=64, folds=2, epochs=1, batch_size=2, limit=8, augment=False
+        encoder=TINY_ENCODER, weights="none", image_size=64, folds=2, epochs=1, batch_size=2, limit=8, augment=False
     )
     data = prepare_dataset(kvasir_seg_dir, 64, limit=8)
     out = tmp_path / "out"

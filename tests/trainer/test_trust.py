@@ -14,6 +14,7 @@ import cv2
 import numpy as np
 import pytest
 
+from tests.support import TINY_ENCODER
 from trainer import data as data_module
 from trainer.config import CVConfig
 from trainer.data import prepare_dataset
@@ -51,7 +52,7 @@ def test_mostly_empty_masks_warn_on_every_run_and_reach_cv_json(
 
     monkeypatch.setattr(cv_module, "_run_fold", fake_fold)
     monkeypatch.setattr(cv_module.Reporter, "on_fold_end", lambda *args: None)
-    config = CVConfig(encoder="mobilenetv2", weights="none", image_size=32, folds=2, epochs=1, batch_size=2)
+    config = CVConfig(encoder=TINY_ENCODER, weights="none", image_size=32, folds=2, epochs=1, batch_size=2)
     cv_module.run_cv(config, data, tmp_path / "out")
     record = json.loads((tmp_path / "out" / "cv.json").read_text())
     assert record["data"]["quality"]["n_empty_masks"] == 7 and record["data"]["quality"]["mostly_empty"]
