@@ -144,23 +144,6 @@ def test_stop_from_another_process_then_resume_trains_no_fold_twice(
     assert "finished" in _segsweep("sweep", "list", "--storage", str(storage), env=env).stdout
 
 
-@pytest.mark.slow
-def test_time_budget_ends_the_run_cleanly_and_resume_finishes(sweep_setup: dict[str, Any], tmp_path: Path) -> None:
-    storage = sweep_setup["storage"]
-    driver = _driver(sweep_setup, "run", tmp_path / "run.log", fold_s=3.0, time_budget_s=4.0, concurrency=1)
-    assert driver.wait(timeout=300) == 1
-    log = (tmp_path / "run.log").read_text()
-    assert "did not finish (time budget of 4s reached)" in log, log[-3000:]
-    sweep = load_sweep(storage, "k")
-    assert sum(t.state == "COMPLETE" for t in sweep.trials) < 3
-    resumed = _driver(sweep_setup, "resume", tmp_path / "resume.log", name="k", time_budget_s=3600, fold_s=0.5)
-    assert resumed.wait(timeout=600) == 0, (tmp_path / "resume.log").read_text()[-3000:]
-    sweep = load_sweep(storage, "k")
-    assert {t.state for t in sweep.trials} == {"COMPLETE"} and len(sweep.trials) == 3
-    for trial in sweep.trials:
-        assert max(fold_trainings(trial.path).values()) == 1  # type: ignore[arg-type]
-
-
 def test_config_file_merges_with_flags_and_sweep_json_reruns(tmp_path: Path) -> None:
     config = tmp_path / "sweep.yaml"
     config.write_text(

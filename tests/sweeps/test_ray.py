@@ -149,6 +149,27 @@ def test_stop_with_no_trial_running_ends_at_once_and_resume_proposes_the_rest(
 
 
 @pytest.mark.slow
+def test_time_budget_ends_the_run_cleanly_and_resume_finishes(tmp_path: Path, local_ray: None,
+                                                              capsys: pytest.CaptureFixture[str]) -> None:
+    from sweeps.cli import _finish
+
+    spec = tiny_sweep_spec(tmp_path, "b", {"fold_seconds": 3.0}, trials=3, concurrency=1, scheduler="none",
+                           time_budget_s=4.0)  # fmt: skip
+    outcome = run_sweep(spec, cv_runner=fake.fake_run_cv)
+    assert _finish(outcome) == 1  # the CLI's exit code and last lines
+    assert "did not finish (time budget of 4s reached)" in capsys.readouterr().err
+    sweep = load_sweep(tmp_path / "out", "b")
+    assert sum(t.state == "COMPLETE" for t in sweep.trials) < 3, format_leaderboard(sweep)
+    (tmp_path / "out" / "b" / "fake.json").write_text(json.dumps({"fold_seconds": 0.3}))  # quicker resumed folds
+    resumed = resume_sweep(tmp_path / "out", "b", cv_runner=fake.fake_run_cv, time_budget_s=3600)
+    assert resumed.finished and _finish(resumed) == 0
+    sweep = load_sweep(tmp_path / "out", "b")
+    assert {t.state for t in sweep.trials} == {"COMPLETE"} and len(sweep.trials) == 3, format_leaderboard(sweep)
+    for trial in sweep.trials:
+        assert max(fold_trainings(trial.path).values()) == 1
+
+
+@pytest.mark.slow
 def test_resume_after_sigkill_of_the_driver_trains_no_fold_twice(tmp_path: Path, ray_env: dict[str, str]) -> None:
     data = make_dataset(tmp_path / "data", 12)
     (tmp_path / "tiny.yaml").write_text(TINY_SPACE)
@@ -171,6 +192,7 @@ def test_resume_after_sigkill_of_the_driver_trains_no_fold_twice(tmp_path: Path,
     time.sleep(8)
     finished_before = {p.parent.parent.name + "/" + p.name for p in (storage / "k" / "trials").glob("*/folds/*.json")}
 
+    (storage / "k" / "fake.json").write_text(json.dumps({"fold_seconds": 0.3}))  # the resumed folds: quicker
     resumed = subprocess.run([*args, "resume", str(storage)], cwd=REPO, env=env, capture_output=True,
                              timeout=600)
     assert resumed.returncode == 0, resumed.stdout.decode()[-3000:] + resumed.stderr.decode()[-3000:]

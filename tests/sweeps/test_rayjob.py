@@ -11,6 +11,7 @@ tests.support.fake_driver, whose folds take seconds. Needs Ray's dashboard extra
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import secrets
 import shutil
@@ -180,6 +181,7 @@ def test_ray_job_runs_detached_stops_mid_sweep_and_resumes(ray_head: tuple[str, 
     state = _wait(env, folder, timeout=300)
     assert state == "STOPPED", _segsweep(env, "sweep", "status", folder.name, "--storage", str(folder.storage)).stdout
 
+    (folder.path / "fake.json").write_text(json.dumps({"fold_seconds": 0.5}))  # the resumed job's folds: quicker
     resumed = _segsweep(env, "sweep", "submit", folder.name, "--storage", str(folder.storage), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert len(read_submissions(folder)) == 2

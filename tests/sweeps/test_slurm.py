@@ -133,6 +133,7 @@ def test_job_runs_the_sweep_and_a_cancelled_job_resubmitted_with_resume_trains_n
     first = load_sweep(folder.storage, folder.name)
     assert not all(t.state == "COMPLETE" for t in first.trials) or len(first.trials) < 3
 
+    (folder.path / "fake.json").write_text(json.dumps({"fold_seconds": 0.5}))  # the resumed job's folds: quicker
     _submit(cluster, folder.name, "--storage", str(folder.storage), "--resume")
     second = _job_ids(folder)[-1]
     assert second != job
