@@ -3,6 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import signal
+import threading
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -142,13 +146,33 @@ def _cmd_cv(args: argparse.Namespace) -> int:
 
     config, data, out = resolve_cv_args(args)
     try:
-        return run_cv_command(config, data, out, tracker=args.tracker, verbose=not args.quiet, skip_bad=args.skip_bad,
-                              keep_models=args.keep_models, threads=args.threads,
-                              mixed_precision=args.mixed_precision)
+        with sigterm_interrupts():
+            return run_cv_command(config, data, out, tracker=args.tracker, verbose=not args.quiet,
+                                  skip_bad=args.skip_bad, keep_models=args.keep_models, threads=args.threads,
+                                  mixed_precision=args.mixed_precision)
     except KeyboardInterrupt:
         raise Interrupted(
             f"finished folds are kept in {out}; resume with `{resume_command(args)}`"
         ) from None
+
+
+@contextlib.contextmanager
+def sigterm_interrupts() -> Iterator[None]:
+    """SIGTERM ends the run as Ctrl-C does: the tracker's fold run is marked KILLED and the CLI says
+    how to resume. SIGTERM is what stops a `segsweep cv` in a Slurm job (scancel, the time limit) or
+    under `kill`, and what reaches one started in the background, where SIGINT arrives ignored."""
+    if threading.current_thread() is not threading.main_thread():  # Python handles signals there only
+        yield
+        return
+
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 class Interrupted(KeyboardInterrupt):

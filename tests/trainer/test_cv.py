@@ -204,6 +204,34 @@ def test_cli_bad_options_exit_2_with_one_line(kvasir_seg_dir: Path, tmp_path: Pa
     assert "Traceback" not in proc.stderr
 
 
+def test_sigterm_interrupts_cv_as_ctrl_c_does(kvasir_seg_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
+                                              capsys: pytest.CaptureFixture[str]) -> None:
+    """scancel, a Slurm time limit or `kill` (SIGTERM) end `segsweep cv` with the same resume line as Ctrl-C
+    (test_faults' Ctrl-C test covers what the interruption does to cv.json and the tracker), and SIGTERM's
+    handler is put back after."""
+    import os
+    import signal
+    import time
+
+    import trainer.cv
+    from sweeps.cli import main
+
+    def terminated(*args: object, **kwargs: object) -> int:
+        # Without segsweep's handler SIGTERM would end the test session itself: check first.
+        assert signal.getsignal(signal.SIGTERM) is not before, "no SIGTERM handler while cv runs"
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(30)  # Python runs the handler at its next step: this sleep never ends
+        raise AssertionError("SIGTERM did not interrupt the run")
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(trainer.cv, "run_cv_command", terminated)
+    out = tmp_path / "out"
+    assert main(["cv", "--data", str(kvasir_seg_dir), "--out", str(out), "--weights", "none"]) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"segsweep: interrupted; finished folds are kept in {out}; resume with `segsweep cv ")
+    assert signal.getsignal(signal.SIGTERM) is before
+
+
 def test_cli_bad_folders_exit_2(kvasir_seg_dir: Path, tmp_path: Path) -> None:
     proc = _segsweep("cv", "--data", str(tmp_path / "nope"), "--out", str(tmp_path / "o"), "--weights", "none")
     assert proc.returncode == 2 and "does not exist" in proc.stderr
