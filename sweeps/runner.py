@@ -14,7 +14,6 @@ import logging
 import math
 import os
 import signal
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,6 +37,7 @@ from sweeps.folder import (
     write_spec_record,
 )
 from sweeps.spec import OVERRIDE_KEYS, SweepSpec
+from trainer._signals import signal_handlers
 from trainer.errors import ConfigError
 from trainer.files import ensure_writable_folder
 
@@ -257,20 +257,10 @@ def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVR
     return outcome
 
 
-@contextlib.contextmanager
-def _signal_handlers_kept() -> Iterator[None]:
+def _signal_handlers_kept() -> contextlib.AbstractContextManager[None]:
     """Put SIGINT's and SIGUSR1's handlers back after Tune's run: Tune installs its own and restores
     them only when one fires, which would leave a notebook's Ctrl-C to a finished sweep."""
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    kept = {signum: signal.getsignal(signum) for signum in (signal.SIGINT, signal.SIGUSR1)}
-    try:
-        yield
-    finally:
-        for signum, handler in kept.items():
-            if handler is not None:
-                signal.signal(signum, handler)
+    return signal_handlers({}, keep=(signal.SIGINT, signal.SIGUSR1))
 
 
 def _start_sweep_tracking(spec: SweepSpec) -> bool:

@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-import threading
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -156,23 +154,16 @@ def _cmd_cv(args: argparse.Namespace) -> int:
         ) from None
 
 
-@contextlib.contextmanager
-def sigterm_interrupts() -> Iterator[None]:
+def sigterm_interrupts() -> contextlib.AbstractContextManager[None]:
     """SIGTERM ends the run as Ctrl-C does: the tracker's fold run is marked KILLED and the CLI says
     how to resume. SIGTERM is what stops a `segsweep cv` in a Slurm job (scancel, the time limit) or
     under `kill`, and what reaches one started in the background, where SIGINT arrives ignored."""
-    if threading.current_thread() is not threading.main_thread():  # Python handles signals there only
-        yield
-        return
+    from trainer._signals import signal_handlers
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
 
-    previous = signal.signal(signal.SIGTERM, interrupt)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGTERM, previous)
+    return signal_handlers({signal.SIGTERM: interrupt})
 
 
 class Interrupted(KeyboardInterrupt):
