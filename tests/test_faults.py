@@ -486,8 +486,9 @@ def test_ctrl_c_during_cv_says_how_to_resume_and_kills_the_fold_run_once(tmp_pat
     assert proc.returncode == 130, err
     lines = _message_lines(err)
     assert "Traceback" not in err and len(lines) == 1, err
-    match = re.fullmatch(r"segsweep: interrupted; finished folds are kept in (.*); resume with `(segsweep cv .*)`",
-                         lines[0])
+    match = re.fullmatch(
+        r"segsweep: interrupted; finished folds and epochs are kept in (.*); resume with `(segsweep cv .*)`", lines[0]
+    )
     assert match and match.group(1) == str(out), lines[0]
     assert f"--out {out}" in match.group(2) and "--epochs 50" in match.group(2)
 

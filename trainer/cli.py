@@ -150,7 +150,7 @@ def _cmd_cv(args: argparse.Namespace) -> int:
                                   mixed_precision=args.mixed_precision)
     except KeyboardInterrupt:
         raise Interrupted(
-            f"finished folds are kept in {out}; resume with `{resume_command(args)}`"
+            f"finished folds and epochs are kept in {out}; resume with `{resume_command(args)}`"
         ) from None
 
 

@@ -17,6 +17,7 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from trainer import version
+from trainer.checkpoint import EpochCheckpoint, run_identity
 from trainer.config import CVConfig
 from trainer.data import PreparedData, prepare_dataset, read_split
 from trainer.errors import ConfigError
@@ -26,6 +27,7 @@ from trainer.results import (
     CV_FILE,
     CVResult,
     FoldResult,
+    fold_checkpoint_path,
     fold_model_dir,
     fold_path,
     read_cv_result,
@@ -180,6 +182,8 @@ def run_cv(
         )
         runtime = {**runtime, "earlier": previous.runtime}
     done = {f.fold for f in completed}
+    for number in done:  # a run stopped between writing a fold and removing its checkpoint
+        fold_checkpoint_path(out_dir, number).unlink(missing_ok=True)
     if keep_models:
         missing = sorted(n for n in done if not (fold_model_dir(out_dir, n) / "weights.h5").is_file())
         if missing:
@@ -211,11 +215,16 @@ def run_cv(
         for number, (train_rows, val_rows) in enumerate(folds, start=1):
             if number in done:
                 continue
-            result, preview, model = _run_fold(config, data, number, train_rows, val_rows, reporter)
+            checkpoint = EpochCheckpoint(
+                fold_checkpoint_path(out_dir, number),
+                run_identity(config.to_dict(), data.key, number, train_rows),
+            )
+            result, preview, model = _run_fold(config, data, number, train_rows, val_rows, reporter, checkpoint)
             if keep_models:
                 train_stems = [data.stems[i] for i in np.sort(train_rows)]
                 _save_fold_model(out_dir, model, config, result, data_info, len(folds), train_stems)
             write_json_atomic(fold_path(out_dir, number), result.to_dict())
+            checkpoint.discard()
             completed.append(result)
             completed.sort(key=lambda f: f.fold)
             snapshot(complete=len(completed) == len(folds))
@@ -234,6 +243,7 @@ def _run_fold(
     train_rows: np.ndarray,
     val_rows: np.ndarray,
     reporter: Reporter,
+    checkpoint: EpochCheckpoint | None = None,
 ) -> tuple[FoldResult, FoldPreview, tf_keras.Model]:
     import tf_keras
 
@@ -256,6 +266,7 @@ def _run_fold(
         on_epoch=lambda epoch, metrics: reporter.on_epoch(number, epoch, metrics),
         seed=config.seed * 1000 + number,
         compile=False,
+        checkpoint=checkpoint,
     )
     val_images = np.asarray(data.images[np.sort(val_rows)])
     val_masks = np.asarray(data.masks[np.sort(val_rows)])[..., 0]
@@ -271,7 +282,7 @@ def _run_fold(
         epochs_run=len(history),
         lr_drops=lr_drops,
         history=history,
-        seconds=time.perf_counter() - started,
+        seconds=checkpoint.seconds() if checkpoint is not None else time.perf_counter() - started,
         val_stems=stems,
     )
     k = min(PREVIEW_IMAGES, len(stems))

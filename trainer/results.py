@@ -19,6 +19,9 @@ CV_FILE = "cv.json"
 FOLDS_DIR = "folds"
 #: Each fold's model as a bundle (``--keep-models``): ``models/fold_01/``, ... (a fold ensemble).
 MODELS_DIR = "models"
+#: A fold in training's state after its last finished epoch (trainer.checkpoint), removed when the
+#: fold ends: ``checkpoints/fold_01.npz``, ...
+CHECKPOINTS_DIR = "checkpoints"
 
 
 @dataclass
@@ -123,6 +126,11 @@ def fold_path(out_dir: Path, fold: int) -> Path:
 def fold_model_dir(out_dir: str | Path, fold: int) -> Path:
     """Where fold ``fold``'s model bundle is kept (``cv --keep-models``)."""
     return Path(out_dir) / MODELS_DIR / f"fold_{fold:02d}"
+
+
+def fold_checkpoint_path(out_dir: str | Path, fold: int) -> Path:
+    """Where fold ``fold``'s epoch checkpoint is kept while it trains."""
+    return Path(out_dir) / CHECKPOINTS_DIR / f"fold_{fold:02d}.npz"
 
 
 def fold_files(out_dir: Path) -> list[Path]:

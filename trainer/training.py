@@ -22,7 +22,11 @@ from trainer.results import EpochRecord
 if TYPE_CHECKING:
     import tf_keras
 
+    from trainer.checkpoint import EpochCheckpoint
+
 EpochCallback = Callable[[int, Mapping[str, float]], None]
+#: ReduceLROnPlateau's state between epochs, which a resumed fold must carry on from.
+PLATEAU_COUNTERS = ("best", "wait", "cooldown_counter")
 
 
 class TrainingError(SegsweepError):
@@ -33,7 +37,9 @@ class BatchSource:
     """Shuffled, augmented, preprocessed batches over (a subset of) a prepared data set.
 
     ``images`` and ``masks`` may be read-only memory maps; rows are copied out per batch, never
-    written. Each pass draws a new shuffle from a generator seeded once, so runs repeat exactly.
+    written. Each epoch's order and augmentations are drawn from (seed, epoch) alone, so runs
+    repeat exactly and a run resumed at any epoch (trainer.checkpoint) sees the batches an
+    uninterrupted run would have.
     """
 
     def __init__(
@@ -52,7 +58,7 @@ class BatchSource:
         self.indices = np.asarray(indices, dtype=np.int64)
         self.batch_size = batch_size
         self.preprocess = preprocessing(encoder)
-        self.rng = np.random.default_rng(seed)
+        self.seed = seed
         self.transform: Any = None
         if augment:
             from trainer.augment import build_augmentation
@@ -63,14 +69,20 @@ class BatchSource:
     def steps(self) -> int:
         return math.ceil(len(self.indices) / self.batch_size)
 
-    def batches(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """Endless epochs of batches: tf.data keeps prefetching across epoch boundaries."""
+    def batches(self, first_epoch: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Endless epochs of batches from ``first_epoch`` (from 0): tf.data prefetches across epochs."""
+        number = first_epoch
         while True:
-            yield from self.epoch()
+            yield from self.epoch(number)
+            number += 1
 
-    def epoch(self) -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        """One pass in a new random order."""
-        order = self.rng.permutation(self.indices)
+    def epoch(self, number: int = 0) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        """Epoch ``number`` (from 0): a random order and augmentations of its own."""
+        # Masked to 64 bits: SeedSequence takes non-negative entropy only, and any int is a valid seed.
+        rng = np.random.default_rng([self.seed & 0xFFFF_FFFF_FFFF_FFFF, number])
+        order = rng.permutation(self.indices)
+        if self.transform is not None:
+            self.transform.set_random_seed(int(rng.integers(2**31)))
         for start in range(0, len(order), self.batch_size):
             # Sorted gathers read the memory map sequentially.
             rows = np.sort(order[start : start + self.batch_size])
@@ -83,14 +95,16 @@ class BatchSource:
             x = np.asarray(self.preprocess(images.astype(np.float32)), dtype=np.float32)
             yield x, masks.astype(np.float32)
 
-    def dataset(self, image_size: int) -> Any:
+    def dataset(self, image_size: int, first_epoch: int = 0) -> Any:
         import tensorflow as tf
 
         spec = (
             tf.TensorSpec((None, image_size, image_size, 3), tf.float32),
             tf.TensorSpec((None, image_size, image_size, 1), tf.float32),
         )
-        return tf.data.Dataset.from_generator(self.batches, output_signature=spec).prefetch(2)
+        return tf.data.Dataset.from_generator(
+            lambda: self.batches(first_epoch), output_signature=spec
+        ).prefetch(2)
 
 
 def _validation_dataset(
@@ -150,6 +164,7 @@ def _make_callbacks(
     on_epoch: EpochCallback | None,
     n_train: int,
     bn_batches: Callable[[], Iterator[np.ndarray]] | None = None,
+    checkpoint: EpochCheckpoint | None = None,
 ) -> list[Any]:
     import tf_keras
 
@@ -224,22 +239,57 @@ def _make_callbacks(
                     },
                 )
 
+    class CheckpointSaver(tf_keras.callbacks.Callback):
+        """Saves the training state after each epoch, and puts the plateau rule's counters back."""
+
+        def __init__(self, checkpoint: EpochCheckpoint, plateau: Any) -> None:
+            super().__init__()
+            self.checkpoint = checkpoint
+            self.plateau = plateau
+
+        def on_train_begin(self, logs: Mapping[str, float] | None = None) -> None:
+            # After ReduceLROnPlateau's own on_train_begin, which resets its counters.
+            resumed = self.checkpoint.resumed
+            if resumed is not None and self.plateau is not None:
+                for name, value in resumed.plateau.items():
+                    if math.isnan(value):
+                        continue  # best was still -inf (strict JSON keeps no infinities): keep the reset value
+                    setattr(self.plateau, name, int(value) if name != "best" else value)
+
+        def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+            from trainer.checkpoint import EpochState
+
+            plateau = {}
+            if self.plateau is not None:
+                plateau = {name: float(getattr(self.plateau, name)) for name in PLATEAU_COUNTERS}
+            state = EpochState(
+                epoch=epoch + 1,
+                history=list(history),
+                lr_drops=list(lr_drops),
+                lr=float(tf_keras.backend.get_value(self.model.optimizer.learning_rate)),
+                plateau=plateau,
+                seconds=self.checkpoint.seconds(),
+            )
+            self.checkpoint.save(self.model, state)
+
     callbacks: list[Any] = []
     if bn_batches is not None:
         callbacks.append(BatchNormReestimator(bn_batches))
+    plateau = None
     if monitor_val:
         # The paper: cut the learning rate 10x when validation IoU has not improved for 3 epochs.
-        callbacks.append(
-            tf_keras.callbacks.ReduceLROnPlateau(
-                monitor="val_iou",
-                mode="max",
-                factor=config.lr_factor,
-                patience=config.lr_patience,
-                min_lr=0.0,
-                verbose=0,
-            )
+        plateau = tf_keras.callbacks.ReduceLROnPlateau(
+            monitor="val_iou",
+            mode="max",
+            factor=config.lr_factor,
+            patience=config.lr_patience,
+            min_lr=0.0,
+            verbose=0,
         )
+        callbacks.append(plateau)
     callbacks.append(EpochRecorder())  # after the scheduler, so it sees the cut learning rate
+    if checkpoint is not None:
+        callbacks.append(CheckpointSaver(checkpoint, plateau))  # last: the epoch's state is complete
     return callbacks
 
 
@@ -255,11 +305,15 @@ def fit(
     on_epoch: EpochCallback | None = None,
     seed: int | None = None,
     compile: bool = True,
+    checkpoint: EpochCheckpoint | None = None,
 ) -> tuple[list[EpochRecord], list[int]]:
     """Compile and train ``model``; return the per-epoch history and the epochs the LR was cut after.
 
     ``compile=False`` trains a model that trainer.models.model_for_fold compiled and reset, keeping
     its traced training graph (tracing costs as much as several epochs of a small fold).
+
+    With a ``checkpoint`` the state is saved there after every epoch, and a checkpoint of the same
+    run found there is resumed: training goes on after its last epoch, with its history.
 
     ``train`` and ``val`` are (uint8 RGB images (N,S,S,3), 0/1 masks (N,S,S,1)) arrays, optionally
     restricted to ``train_indices``/``val_indices`` (so folds index one shared memory map instead
@@ -291,6 +345,13 @@ def fit(
         compile_model(model, config)
     history: list[EpochRecord] = []
     lr_drops: list[int] = []
+    first_epoch = 0
+    resumed = checkpoint.load(model) if checkpoint is not None else None
+    if resumed is not None:
+        import tf_keras
+
+        history, lr_drops, first_epoch = list(resumed.history), list(resumed.lr_drops), resumed.epoch
+        tf_keras.backend.set_value(model.optimizer.learning_rate, resumed.lr)
     callbacks = _make_callbacks(
         config,
         history,
@@ -300,10 +361,12 @@ def fit(
         on_epoch=on_epoch,
         n_train=len(indices),
         bn_batches=_bn_batches(images, indices, config, seed) if config.bn_reestimate else None,
+        checkpoint=checkpoint,
     )
     model.fit(
-        source.dataset(config.image_size),
+        source.dataset(config.image_size, first_epoch),
         epochs=config.epochs,
+        initial_epoch=first_epoch,
         steps_per_epoch=source.steps,
         validation_data=validation,
         callbacks=callbacks,

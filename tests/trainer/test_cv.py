@@ -25,15 +25,18 @@ TINY = dict(encoder=TINY_ENCODER, weights="none", image_size=64, folds=2, epochs
 
 
 class Recorder(Reporter):
-    def __init__(self, stop_after_fold: int | None = None) -> None:
+    def __init__(self, stop_after_fold: int | None = None, stop_in: tuple[int, int] | None = None) -> None:
         self.events: list[tuple] = []
         self.stop_after_fold = stop_after_fold
+        self.stop_in = stop_in  # (fold, epoch): stop as that epoch ends, before its checkpoint is saved
 
     def on_fold_start(self, fold: int, n_train: int, n_val: int) -> None:
         self.events.append(("fold_start", fold))
 
     def on_epoch(self, fold: int, epoch: int, metrics: Mapping[str, float]) -> None:
         self.events.append(("epoch", fold, epoch, dict(metrics)))
+        if self.stop_in == (fold, epoch):
+            raise KeyboardInterrupt
 
     def on_fold_end(self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None) -> None:
         self.events.append(("fold_end", result.fold, len(completed), preview))
@@ -86,6 +89,33 @@ def test_rerun_resumes_at_first_unfinished_fold(tiny_data, tmp_path: Path) -> No
     assert [e[1] for e in recorder.events if e[0] == "fold_start"] == [2]  # fold 1 not trained again
     assert (tmp_path / "folds" / "fold_01.json").read_bytes() == first
     assert result.complete and [f.fold for f in result.folds] == [1, 2]
+
+
+def test_fold_stopped_mid_training_resumes_after_its_last_epoch_as_if_never_stopped(
+    tiny_data, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    _, data = tiny_data
+    # Patience 1 so the plateau rule's counters and a cut learning rate cross the interruption.
+    config = CVConfig(**{**TINY, "epochs": 4, "lr_patience": 1})
+    whole = run_cv(config, data, tmp_path / "whole")
+    assert not any((tmp_path / "whole" / "checkpoints").iterdir())  # removed as each fold ends
+
+    with pytest.raises(KeyboardInterrupt):
+        run_cv(config, data, tmp_path / "cut", Recorder(stop_in=(2, 3)))
+    assert (tmp_path / "cut" / "checkpoints" / "fold_02.npz").is_file()
+    recorder = Recorder()
+    resumed = run_cv(config, data, tmp_path / "cut", recorder)
+
+    assert [e[1:3] for e in recorder.events if e[0] == "epoch"] == [(2, 3), (2, 4)]
+    assert "resuming" in capsys.readouterr().err
+    one, two = whole.folds[1], resumed.folds[1]
+    assert [h.epoch for h in two.history] == [1, 2, 3, 4]
+    assert two.lr_drops == one.lr_drops
+    np.testing.assert_allclose([h.loss for h in two.history], [h.loss for h in one.history], rtol=1e-5)
+    np.testing.assert_allclose([h.lr for h in two.history], [h.lr for h in one.history])
+    np.testing.assert_allclose([h.val_iou for h in two.history], [h.val_iou for h in one.history], atol=1e-5)
+    assert two.dice == pytest.approx(one.dice, abs=1e-5) and two.iou == pytest.approx(one.iou, abs=1e-5)
+    assert not any((tmp_path / "cut" / "checkpoints").iterdir())
 
 
 def test_rerun_with_other_configuration_is_refused(tiny_data, tmp_path: Path) -> None:
@@ -228,7 +258,9 @@ def test_sigterm_interrupts_cv_as_ctrl_c_does(kvasir_seg_dir: Path, tmp_path: Pa
     out = tmp_path / "out"
     assert main(["cv", "--data", str(kvasir_seg_dir), "--out", str(out), "--weights", "none"]) == 130
     err = capsys.readouterr().err.strip().splitlines()
-    assert err[-1].startswith(f"segsweep: interrupted; finished folds are kept in {out}; resume with `segsweep cv ")
+    assert err[-1].startswith(
+        f"segsweep: interrupted; finished folds and epochs are kept in {out}; resume with `segsweep cv "
+    )
     assert signal.getsignal(signal.SIGTERM) is before
 
 

@@ -47,7 +47,7 @@ def test_mostly_empty_masks_warn_on_every_run_and_reach_cv_json(
         assert "WARNING: 7 of the 12 masks used from" in capsys.readouterr().err
     assert data.quality()["mostly_empty"] and data.n_empty_masks == 7
 
-    def fake_fold(config: CVConfig, data: Any, number: int, train: Any, val: Any, reporter: Any) -> Any:
+    def fake_fold(config: CVConfig, data: Any, number: int, train: Any, val: Any, reporter: Any, _: Any) -> Any:
         return FoldResult(number, len(train), len(val), 1.0, 1.0, 1, [], [], 0.1), None, None
 
     monkeypatch.setattr(cv_module, "_run_fold", fake_fold)

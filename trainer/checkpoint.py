@@ -1,0 +1,179 @@
+"""Epoch checkpoints: a fold stopped mid-training resumes after its last finished epoch.
+
+A fold of a CPU sweep trains for tens of minutes to hours; a Slurm time limit, a preempted node, a
+killed driver or Ctrl-C would otherwise throw all of it away (folds are kept only once finished).
+After every epoch the fold's whole training state goes into one file, replaced atomically: the
+model's weights, the optimizer's variables (Adam's step count and moments), the learning rate, the
+plateau rule's counters and the history so far. Resuming restores all of it and continues at the
+next epoch; each epoch's shuffle and augmentations are drawn from (seed, epoch), so the resumed
+epochs see the batches an uninterrupted run would have.
+
+The file names the run it belongs to (configuration, data, fold, its training rows): a checkpoint of
+anything else, or one that cannot be read, is set aside with a warning and the fold starts over.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sys
+import time
+import zipfile
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from trainer.files import atomic_path, dumps_strict
+from trainer.results import EpochRecord
+
+if TYPE_CHECKING:
+    import tf_keras
+
+#: Bumped when the file's content changes meaning; other formats are set aside, not read.
+FORMAT = 1
+
+
+@dataclass
+class EpochState:
+    """Where training stood after ``epoch`` epochs (counted from 1)."""
+
+    epoch: int
+    history: list[EpochRecord]
+    lr_drops: list[int]
+    lr: float
+    #: ReduceLROnPlateau's counters: best, wait, cooldown_counter (empty without validation).
+    plateau: dict[str, float] = field(default_factory=dict)
+    #: Training seconds spent on this fold so far, over every attempt.
+    seconds: float = 0.0
+
+
+def run_identity(config: Mapping[str, Any], data_key: str, fold: int, train_rows: np.ndarray) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: configuration, data, fold and its training rows."""
+    rows = np.ascontiguousarray(np.sort(np.asarray(train_rows, dtype=np.int64)))
+    return {
+        "config": dict(config),
+        "data_key": data_key,
+        "fold": fold,
+        "train_rows": hashlib.sha256(rows.tobytes()).hexdigest(),
+    }
+
+
+class EpochCheckpoint:
+    """One fold's checkpoint file: saved after each epoch, read once when the fold starts."""
+
+    def __init__(self, path: Path, identity: Mapping[str, Any]) -> None:
+        self.path = Path(path)
+        self.identity = json.loads(dumps_strict(identity))  # as it reads back from the file
+        self.started = time.perf_counter()
+        #: The state this attempt resumed from (None: it started the fold from its first epoch).
+        self.resumed: EpochState | None = None
+
+    def seconds(self) -> float:
+        """This fold's training seconds: earlier attempts' plus this one's."""
+        before = self.resumed.seconds if self.resumed is not None else 0.0
+        return before + time.perf_counter() - self.started
+
+    def save(self, model: tf_keras.Model, state: EpochState) -> None:
+        optimizer = model.optimizer
+        arrays: dict[str, np.ndarray] = {
+            "meta": np.frombuffer(
+                dumps_strict({"format": FORMAT, "identity": self.identity, "state": asdict(state)}).encode(),
+                dtype=np.uint8,
+            )
+        }
+        arrays.update({f"weight_{i}": w for i, w in enumerate(model.get_weights())})
+        arrays.update({f"optimizer_{i}": np.asarray(v.numpy()) for i, v in enumerate(optimizer.variables)})
+        with atomic_path(self.path) as partial:
+            with open(partial, "wb") as handle:  # a file object: np.savez would add ".npz" to a path
+                np.savez(handle, **arrays)  # type: ignore[arg-type]
+            os.chmod(partial, _created_file_mode())
+
+    def load(self, model: tf_keras.Model) -> EpochState | None:
+        """Restore ``model`` (weights and optimizer) from the checkpoint and return its state.
+
+        None, leaving ``model`` untouched, when there is no checkpoint or it cannot be used (then it
+        is renamed ``*.unused`` with a one-line warning, never silently trained on).
+        """
+        if not self.path.is_file():
+            return None
+        try:
+            with np.load(self.path, allow_pickle=False) as stored:
+                arrays = {name: stored[name] for name in stored.files}
+            meta = json.loads(arrays.pop("meta").tobytes().decode())
+            if meta.get("format") != FORMAT:
+                self._set_aside(f"format {meta.get('format')}, expected {FORMAT}")
+                return None
+            if meta.get("identity") != self.identity:
+                self._set_aside(_difference(meta.get("identity") or {}, self.identity))
+                return None
+            raw = meta["state"]
+            state = EpochState(
+                epoch=int(raw["epoch"]),
+                history=[EpochRecord(**_nan_for_null(h)) for h in raw["history"]],
+                lr_drops=[int(e) for e in raw["lr_drops"]],
+                lr=float(raw["lr"]),
+                plateau={k: _float(v) for k, v in raw.get("plateau", {}).items()},
+                seconds=float(raw.get("seconds", 0.0)),
+            )
+            weights = _numbered(arrays, "weight_")
+            optimizer_values = _numbered(arrays, "optimizer_")
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile) as exc:
+            self._set_aside(f"unreadable: {type(exc).__name__}")
+            return None
+        expected = [w.shape for w in model.get_weights()]
+        if [w.shape for w in weights] != expected:
+            self._set_aside("its weights do not fit this model")
+            return None
+        optimizer = model.optimizer
+        if len(optimizer.variables) != len(optimizer_values):
+            optimizer.build(model.trainable_variables)  # a fresh optimizer makes its moments on first use
+        if [tuple(v.shape) for v in optimizer.variables] != [v.shape for v in optimizer_values]:
+            self._set_aside("its optimizer state does not fit this model")
+            return None
+        model.set_weights(weights)
+        for variable, value in zip(optimizer.variables, optimizer_values, strict=True):
+            variable.assign(value)
+        self.resumed = state
+        print(f"segsweep: resuming {self.path} after epoch {state.epoch}", file=sys.stderr, flush=True)
+        return state
+
+    def discard(self) -> None:
+        """The fold finished: its checkpoint has served."""
+        self.path.unlink(missing_ok=True)
+
+    def _set_aside(self, why: str) -> None:
+        aside = self.path.with_name(self.path.name + ".unused")
+        os.replace(self.path, aside)
+        print(
+            f"segsweep: warning: checkpoint {self.path} not resumed ({why}); moved to {aside.name}, "
+            "the fold starts from its first epoch",
+            file=sys.stderr,
+        )
+
+
+def _numbered(arrays: Mapping[str, np.ndarray], prefix: str) -> list[np.ndarray]:
+    count = sum(1 for name in arrays if name.startswith(prefix))
+    return [arrays[f"{prefix}{i}"] for i in range(count)]
+
+
+def _difference(found: Mapping[str, Any], expected: Mapping[str, Any]) -> str:
+    differing = sorted(k for k in set(found) | set(expected) if found.get(k) != expected.get(k))
+    return f"it belongs to another run: {', '.join(differing)} differ"
+
+
+def _float(value: Any) -> float:
+    return float("nan") if value is None else float(value)
+
+
+def _nan_for_null(values: Mapping[str, Any]) -> dict[str, Any]:
+    return {k: (float("nan") if v is None else v) for k, v in values.items()}
+
+
+def _created_file_mode() -> int:
+    from trainer._env import created_file_mode
+
+    return created_file_mode()
