@@ -117,11 +117,22 @@ def _cmd_report(args: argparse.Namespace) -> int:
 
 def _cmd_retrain(args: argparse.Namespace) -> int:
     from reports.retrain import run_retrain_command
+    from trainer.bundle import retrain_checkpoint_path
+    from trainer.cli import Interrupted, sigterm_interrupts
 
-    return run_retrain_command(
-        args.name, args.storage, Path(args.out), trial_id=args.trial, verbose=not args.quiet,
-        threads=args.threads, mixed_precision=args.mixed_precision,
-    )  # fmt: skip
+    try:
+        with sigterm_interrupts():
+            return run_retrain_command(
+                args.name, args.storage, Path(args.out), trial_id=args.trial, verbose=not args.quiet,
+                threads=args.threads, mixed_precision=args.mixed_precision,
+            )  # fmt: skip
+    except KeyboardInterrupt:
+        checkpoint = retrain_checkpoint_path(args.out)
+        if not checkpoint.is_file():
+            raise
+        raise Interrupted(
+            f"finished epochs are kept in {checkpoint}; the same command resumes after the last of them"
+        ) from None
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

@@ -10,10 +10,11 @@ import json
 import math
 import statistics
 import sys
-import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
+
+import numpy as np
 
 from reports.leaderboard import pick_winner
 from reports.report import data_path
@@ -24,8 +25,10 @@ from trainer.bundle import (
     CONFIG_FILE,
     SCHEDULE_FILE,
     bundle_meta,
+    retrain_checkpoint_path,
     write_bundle,
 )
+from trainer.checkpoint import EpochCheckpoint, run_identity
 from trainer.config import CVConfig
 from trainer.errors import ConfigError, DataError, SegsweepError
 from trainer.files import ensure_new_folder
@@ -198,13 +201,17 @@ def retrain(
                 flush=True,
             )
 
-    started = time.perf_counter()
+    # Interrupted (Ctrl-C, SIGTERM, a time limit), the same command resumes after the last epoch.
+    checkpoint = EpochCheckpoint(
+        retrain_checkpoint_path(out),
+        run_identity(config.to_dict(), data.key, 0, np.arange(len(data)), drop_epochs=drop_epochs),
+    )
     tf_keras.backend.clear_session()
     tf_keras.utils.set_random_seed(config.seed)
     model = build_model(config)
     history, lr_drops = fit(model, config, (data.images, data.masks), None, lr_drop_epochs=drop_epochs,
-                            on_epoch=on_epoch)  # fmt: skip
-    seconds = time.perf_counter() - started
+                            on_epoch=on_epoch, checkpoint=checkpoint)  # fmt: skip
+    seconds = checkpoint.seconds()
 
     choice = (
         "the winner by the report's rule" if trial_id is None else f"trial {trial_id}, named with --trial"
@@ -230,7 +237,7 @@ def retrain(
         "applied_drops": lr_drops, "lr": config.lr, "lr_factor": config.lr_factor, "epochs": config.epochs,
     }  # fmt: skip
 
-    return write_bundle(
+    bundle = write_bundle(
         out,
         model,
         meta,
@@ -238,6 +245,8 @@ def retrain(
         train_stems=data.stems,
         extra_files={SCHEDULE_FILE: schedule, CARD_FILE: _model_card(meta, history, schedule)},
     )
+    checkpoint.discard()
+    return bundle
 
 
 def cv_folder_as_sweep(folder: Path) -> SweepResults:

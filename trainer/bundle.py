@@ -43,6 +43,15 @@ TRAIN_STEMS_FILE = "train_stems.txt"
 REQUIRED_FILES = (CONFIG_FILE, WEIGHTS_FILE)
 
 
+def retrain_checkpoint_path(out: str | Path) -> Path:
+    """Where a retrain into bundle folder ``out`` keeps its epoch checkpoint until the bundle exists.
+
+    Beside ``out``, not in it: the bundle folder appears only whole (see write_bundle).
+    """
+    out = Path(out)
+    return out.parent / f".{out.name}.checkpoint.npz"
+
+
 class BundleError(SegsweepError):
     """A model bundle that cannot be loaded."""
 

@@ -1,4 +1,4 @@
-"""Epoch checkpoints: a fold stopped mid-training resumes after its last finished epoch.
+"""Epoch checkpoints: a fold (or a retrain) stopped mid-training resumes after its last finished epoch.
 
 A fold of a CPU sweep trains for tens of minutes to hours; a Slurm time limit, a preempted node, a
 killed driver or Ctrl-C would otherwise throw all of it away (folds are kept only once finished).
@@ -51,14 +51,18 @@ class EpochState:
     seconds: float = 0.0
 
 
-def run_identity(config: Mapping[str, Any], data_key: str, fold: int, train_rows: np.ndarray) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: configuration, data, fold and its training rows."""
+def run_identity(
+    config: Mapping[str, Any], data_key: str, fold: int, train_rows: np.ndarray, **more: Any
+) -> dict[str, Any]:
+    """What a checkpoint must match to be resumed: configuration, data, fold (0: a retrain), its
+    training rows, and ``more`` (a retrain's learning-rate schedule)."""
     rows = np.ascontiguousarray(np.sort(np.asarray(train_rows, dtype=np.int64)))
     return {
         "config": dict(config),
         "data_key": data_key,
         "fold": fold,
         "train_rows": hashlib.sha256(rows.tobytes()).hexdigest(),
+        **more,
     }
 
 
@@ -142,7 +146,7 @@ class EpochCheckpoint:
         return state
 
     def discard(self) -> None:
-        """The fold finished: its checkpoint has served."""
+        """The training finished: its checkpoint has served."""
         self.path.unlink(missing_ok=True)
 
     def _set_aside(self, why: str) -> None:
