@@ -151,6 +151,21 @@ def test_table2_shows_recorded_test_scores(storage: Path, tmp_path: Path) -> Non
     assert "No test set scored yet" not in table2
 
 
+def test_table2_names_post_processed_rows(storage: Path, tmp_path: Path) -> None:
+    # `predict --postprocess` records rows plain+min-area, tta+fill-holes, ...: each was labelled
+    # "plain" in Table 2, so four different "plain" test Dice stood there side by side.
+    sweep = load_sweep(storage, "quick1")
+    names = ["plain", "tta", "plain+min-area", "tta+min-area+fill-holes"]
+    rows = [{"variant": name, "n_images": 6, "dice_mean": 0.5 + i / 10, "dice_std": 0.1, "iou_mean": 0.4,
+             "iou_std": 0.1} for i, name in enumerate(names)]  # fmt: skip
+    record_test_scores(sweep.path, "trial_00000", {"images": "/t", "out": str(tmp_path / "p"), "rows": rows})
+    table2 = render_markdown(build_report(sweep)).split("## Table 2")[1].split("## Leaderboard")[0]
+    labels = re.findall(r"\| Test set /t \(6 images, (.*?); mean", table2)
+    assert labels == ["plain", "flip test-time augmentation", "plain, post-processed: min-area",
+                      "flip test-time augmentation, post-processed: min-area, fill-holes"]  # fmt: skip
+    assert "test Dice 0.5000" in table2  # the gap is the plain row's
+
+
 def test_html_escapes_text(tmp_path: Path) -> None:
     params = {"encoder": "mobilenet", "weights": "none", "batch_size": 4, "lr": 1e-3}
     trials = [
