@@ -94,7 +94,7 @@ class CVConfig:
 
     @property
     def pretrained(self) -> bool:
-        return self.weights == "imagenet" or self.weights not in ("none", "")
+        return loads_encoder_weights(self.weights)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -110,6 +110,16 @@ class CVConfig:
         for name, value in values.items():
             kwargs[name] = _coerce(name, value, known[name].type, source)
         return cls(**kwargs)
+
+
+def loads_encoder_weights(weights: object) -> bool:
+    """Whether a ``weights`` value starts the encoder from weights (ImageNet or a file).
+
+    The rule trainer.weights.resolve_weights trains by: ``none`` in any case, with spaces around it,
+    or empty loads nothing, so ``--weights None`` trains from random initialisation and must be
+    reported as untrained.
+    """
+    return str(weights or "").strip().lower() not in ("none", "")
 
 
 _CASTS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}

@@ -61,6 +61,22 @@ def test_pretraining_comparison(storage: Path) -> None:
     assert list(comparison.per_encoder) == ["mobilenetv2"]  # resnet18 untrained failed
 
 
+@pytest.mark.parametrize("spelling", ["None", "NONE", " none", ""])
+def test_weights_none_in_any_spelling_is_untrained(tmp_path: Path, spelling: str) -> None:
+    # Training loads nothing for `--weights None` (trainer.weights lower-cases and strips it), but the
+    # report counted such a trial as "ImageNet (pretrained)" and printed a pretrained-minus-untrained
+    # gain between two untrained runs.
+    params = {"encoder": "vgg16", "batch_size": 4, "lr": 1e-3}
+    trials = [FakeTrial({**params, "weights": spelling}, [0.7, 0.6]),
+              FakeTrial({**params, "weights": "none"}, [0.5, 0.6])]  # fmt: skip
+    make_sweep(tmp_path, "w", trials, with_study=False)
+    comparison = compare_pretraining(load_sweep(tmp_path, "w"))
+    assert comparison.best_pretrained is None and comparison.per_encoder == {}
+    assert comparison.best_untrained is not None and comparison.best_untrained.trial_id == "trial_00000"
+    assert not CVConfig(weights=spelling).pretrained
+    assert CVConfig(weights="ImageNet").pretrained and CVConfig(weights="/w/encoder.h5").pretrained
+
+
 #: The figures a report of the `storage` fixture's sweep draws, in order.
 FIGURES = ("best_so_far", "optimisation_history", "parallel_coordinate", "fold_dice", "learning_curves")
 
