@@ -133,6 +133,11 @@ def _coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
         if text.startswith(type_name):
             if cast is bool and not isinstance(value, bool):
                 raise ConfigError(f"{source}: {name} must be true or false, got {value!r}")
+            # int(2.5) is 2 and int(True) is 1: a value that is not what it says would train silently.
+            if cast in (int, float) and isinstance(value, bool):
+                raise ConfigError(f"{source}: {name} must be a number, got {value!r}")
+            if cast is int and isinstance(value, float) and not value.is_integer():
+                raise ConfigError(f"{source}: {name} must be a whole number, got {value!r}; write e.g. {round(value)}")
             try:
                 return cast(value)
             except (TypeError, ValueError):
