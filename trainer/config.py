@@ -182,6 +182,15 @@ def load_config_file(path: str | Path) -> tuple[CVConfig, dict[str, Any]]:
         raise ConfigError(f"{path}: expected a mapping of option names to values")
     # best.json from `segsweep report` nests the configuration under "config".
     if "config" in values and isinstance(values["config"], dict):
+        # Only `config:` and the file-only keys are read from such a file: a field beside `config:`
+        # (best.json with `epochs: 40` added at the top) would be dropped without a word.
+        beside = sorted(k for k in values if k in {f.name for f in dataclasses.fields(CVConfig)})
+        if beside:
+            raise ConfigError(
+                f"{path}: {', '.join(beside)} stand(s) beside `config:` and would be ignored (a file with a "
+                "`config:` mapping, like best.json, is read from that mapping); move them under `config:` "
+                "or pass them as options (e.g. --epochs 40)"
+            )
         values = {**values["config"], **{k: values[k] for k in FILE_ONLY_KEYS if k in values}}
     extras = {k: values.pop(k) for k in FILE_ONLY_KEYS if k in values}
     return CVConfig.from_dict(values, source=str(path)), extras

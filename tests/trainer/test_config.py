@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from sweeps.cli import main
-from trainer.config import CVConfig
+from trainer.config import CVConfig, load_config_file
 from trainer.errors import ConfigError
 
 
@@ -39,3 +40,14 @@ def test_cv_config_file_with_a_fractional_epoch_exits_2(tmp_path: Path, capsys: 
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "epochs must be a whole number, got 2.5" in err[0] and "Traceback" not in err[0]
     assert not (tmp_path / "o").exists()
+
+
+def test_fields_beside_config_mapping_are_refused(tmp_path: Path) -> None:
+    # A best.json-style file is read from its `config:` mapping; `epochs: 2` beside it was dropped.
+    path = tmp_path / "best.json"
+    path.write_text(json.dumps({"config": {"encoder": "vgg16", "epochs": 20}, "epochs": 2, "data": "/d", "sweep": "s"}))
+    with pytest.raises(ConfigError, match=r"best.json: epochs stand\(s\) beside `config:` and would be ignored"):
+        load_config_file(path)
+    path.write_text(json.dumps({"config": {"encoder": "vgg16", "epochs": 20}, "data": "/d", "sweep": "s"}))
+    config, extras = load_config_file(path)
+    assert (config.encoder, config.epochs, extras) == ("vgg16", 20, {"data": "/d"})
