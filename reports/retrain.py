@@ -180,6 +180,7 @@ def retrain(
     # The pairs the sweep left out with --skip-bad stay out of the final model too.
     skip_bad = bool(sweep.spec.get("skip_bad"))
     data = prepare_dataset(root, config.image_size, split=config.dev_split, limit=config.limit, skip_bad=skip_bad)
+    _check_same_data(trial, Path(root), data.key, len(data))
     fold_drops = [list(f.lr_drops) for f in trial.folds]
     drop_epochs = imitated_schedule(fold_drops, config.epochs)
     if verbose:
@@ -237,6 +238,25 @@ def retrain(
         history=history,
         train_stems=data.stems,
         extra_files={SCHEDULE_FILE: schedule, CARD_FILE: _model_card(meta, history, schedule)},
+    )
+
+
+def _check_same_data(trial: TrialResult, root: Path, key: str, n_pairs: int) -> None:
+    """Refuse to retrain on other pairs than the trial cross-validated (the data set changed since).
+
+    The cache key is a digest of the selected pairs' content and the size, as the cross-validation
+    recorded it in cv.json; records without one (older or fabricated) are not checked.
+    """
+    cv = read_cv_result(trial.path) if trial.path is not None else None
+    recorded = (cv.data if cv else None) or {}
+    before = recorded.get("cache_key")
+    if not before or before == key:
+        return
+    then = f"{recorded['n_pairs']} pairs" if isinstance(recorded.get("n_pairs"), int) else "other pairs"
+    raise DataError(
+        f"the data set {root} changed since trial {trial.label} was cross-validated on it ({then} then, "
+        f"{n_pairs} now; content digest {before} then, {key} now): the model would be trained on other images "
+        "than its cross-validation scores describe; restore the data set as it was, or cross-validate again"
     )
 
 
