@@ -87,8 +87,14 @@ def _model_card(meta: Mapping[str, Any], history: Sequence[EpochRecord], schedul
         f"- Parameters: {', '.join(f'{k}={v}' for k, v in source.get('params', {}).items())}",
     ]
     if cv:
+        done = cv.get("folds_done", cv["n_folds"])
+        folds = (
+            f"{cv['n_folds']} folds" if done == cv["n_folds"]
+            else f"only {done} of its {cv['n_folds']} folds finished, trial {cv.get('state', '?')}: not comparable "
+            "with complete cross-validations"
+        )  # fmt: skip
         lines.append(
-            f"- Cross-validation of this configuration ({cv['n_folds']} folds, development set): "
+            f"- Cross-validation of this configuration ({folds}, development set): "
             f"Dice {cv['mean']['dice']:.4f} ± {cv['std']['dice']:.4f}, IoU {cv['mean']['iou']:.4f} ± "
             f"{cv['std']['iou']:.4f} (mean ± std over folds). These are estimates for this configuration; "
             "the bundle's weights are a new training run on all development images."
@@ -221,7 +227,8 @@ def retrain(
             "number": trial.number,
             "params": trial.params,
             "chosen_as": choice,
-            "cv": {"n_folds": trial.n_folds, "mean": trial.mean, "std": trial.std},
+            "cv": {"n_folds": trial.n_folds, "folds_done": trial.folds_done, "state": trial.state,
+                   "mean": trial.mean, "std": trial.std},
         },
         seconds=seconds,
         runtime=runtime_settings().to_dict(),

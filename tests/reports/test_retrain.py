@@ -44,3 +44,21 @@ def test_retrain_refuses_a_data_set_changed_since_the_cross_validation(
     assert len(err) == 1 and "Traceback" not in err[0]
     assert f"the data set {data} changed since trial cv was cross-validated on it (12 pairs then, 13 now" in err[0]
     assert not out.exists()
+
+
+def test_model_card_of_a_trial_with_unfinished_folds_says_so() -> None:
+    # `retrain --trial N` of a pruned trial (1 of 2 folds) wrote "Cross-validation of this
+    # configuration (2 folds, ...): Dice 0.9000 ± 0.0000": one fold's score as a 2-fold mean.
+    from reports.retrain import SCHEDULE_RULE, _model_card
+    from trainer.bundle import bundle_meta
+
+    config = CVConfig(encoder=TINY_ENCODER, weights="none", image_size=64, folds=2, epochs=1)
+    cv = {"n_folds": 2, "folds_done": 1, "state": "PRUNED", "mean": {"dice": 0.9, "iou": 0.8},
+          "std": {"dice": 0.0, "iou": 0.0}}  # fmt: skip
+    meta = bundle_meta(config, data={}, source={"sweep": "s", "trial": "trial_00001", "cv": cv}, seconds=1.0)
+    schedule = {"drop_epochs": [], "rule": SCHEDULE_RULE, "fold_drops": [[]]}
+    card = _model_card(meta, [], schedule)
+    assert "Cross-validation of this configuration (only 1 of its 2 folds finished, trial PRUNED: not " in card
+    assert "(2 folds, development set)" not in card
+    meta["source"]["cv"] = {**cv, "folds_done": 2, "state": "COMPLETE"}
+    assert "Cross-validation of this configuration (2 folds, development set)" in _model_card(meta, [], schedule)
