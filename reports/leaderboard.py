@@ -5,6 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from sweeps.folder import SweepResults, TrialResult
+from trainer.config import loads_encoder_weights
 from trainer.errors import SegsweepError
 
 WINNER_RULE = (
@@ -77,8 +78,8 @@ def pick_winner(sweep: SweepResults) -> WinnerChoice:
 
 
 def is_pretrained(trial: TrialResult) -> bool:
-    weights = str(trial.config.get("weights", trial.params.get("weights", "imagenet")))
-    return weights not in ("none", "")
+    """Whether the trial's encoder started from weights, by the rule training applied to the value."""
+    return loads_encoder_weights(trial.config.get("weights", trial.params.get("weights", "imagenet")))
 
 
 def encoder_of(trial: TrialResult) -> str:

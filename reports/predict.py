@@ -39,7 +39,7 @@ from reports.count import (
 from sweeps.folder import SweepFolder, record_test_scores
 from trainer.bundle import ModelBundle, load_bundles
 from trainer.data import IMAGE_EXTENSIONS
-from trainer.decode import BadFileError
+from trainer.decode import BadFileError, orientation_mismatch
 from trainer.errors import DataError, SegsweepError
 from trainer.files import write_json_atomic
 
@@ -125,7 +125,10 @@ def _check_masks(images: dict[str, Path], masks: dict[str, Path], masks_dir: Pat
             except DataError as exc:
                 problems.append(str(exc).split("; ")[0])
             else:
-                if mask_size is None:
+                turned = orientation_mismatch(images[stem], masks[stem])
+                if turned:
+                    problems.append(turned.split("; ")[0])
+                elif mask_size is None:
                     problems.append(f"mask {masks[stem]} cannot be read")
                 elif image_size is not None and image_size != mask_size:
                     problems.append(
@@ -137,8 +140,9 @@ def _check_masks(images: dict[str, Path], masks: dict[str, Path], masks_dir: Pat
     if problems:
         raise DataError(
             "masks do not match images: " + "; ".join(problems) + ". Masks pair with images by file name "
-            "without extension (images/a.jpg with masks/a.png) and have the image's size; fix the folders or "
-            "predict without --masks"
+            "without extension (images/a.jpg with masks/a.png) and have the image's size and EXIF orientation "
+            "(save images upright without the tag, e.g. `mogrify -auto-orient`); fix the folders or predict "
+            "without --masks"
         )
 
 

@@ -232,7 +232,7 @@ def _table2(sweep: SweepResults, winner: TrialResult) -> Section:
         if key in seen:  # an older record of the same test set and variant
             continue
         seen.add(key)
-        variant = "flip test-time augmentation" if score.variant == "tta" else "plain"
+        variant = _variant_label(score.variant)
         leak = (
             f"; WARNING: {score.n_overlap_with_training} of them were training images"
             if score.n_overlap_with_training
@@ -258,6 +258,14 @@ def _table2(sweep: SweepResults, winner: TrialResult) -> Section:
             "folder, and the next report shows them here."
         )
     return Section("Table 2: development and test scores", blocks)
+
+
+def _variant_label(variant: str) -> str:
+    """A metrics.json row name in words: ``plain``, ``tta``, or either with post-processing options
+    (``tta+min-area+fill-holes``), so post-processed rows never read as the plain prediction."""
+    base, *options = variant.split("+")
+    text = "flip test-time augmentation" if base == "tta" else base
+    return f"{text}, post-processed: {', '.join(options)}" if options else text
 
 
 def generalisation_gap_sentence(cv_dice: float, cv_std: float, test_dice: float) -> str:

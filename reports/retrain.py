@@ -90,8 +90,14 @@ def _model_card(meta: Mapping[str, Any], history: Sequence[EpochRecord], schedul
         f"- Parameters: {', '.join(f'{k}={v}' for k, v in source.get('params', {}).items())}",
     ]
     if cv:
+        done = cv.get("folds_done", cv["n_folds"])
+        folds = (
+            f"{cv['n_folds']} folds" if done == cv["n_folds"]
+            else f"only {done} of its {cv['n_folds']} folds finished, trial {cv.get('state', '?')}: not comparable "
+            "with complete cross-validations"
+        )  # fmt: skip
         lines.append(
-            f"- Cross-validation of this configuration ({cv['n_folds']} folds, development set): "
+            f"- Cross-validation of this configuration ({folds}, development set): "
             f"Dice {cv['mean']['dice']:.4f} ± {cv['std']['dice']:.4f}, IoU {cv['mean']['iou']:.4f} ± "
             f"{cv['std']['iou']:.4f} (mean ± std over folds). These are estimates for this configuration; "
             "the bundle's weights are a new training run on all development images."
@@ -183,6 +189,7 @@ def retrain(
     # The pairs the sweep left out with --skip-bad stay out of the final model too.
     skip_bad = bool(sweep.spec.get("skip_bad"))
     data = prepare_dataset(root, config.image_size, split=config.dev_split, limit=config.limit, skip_bad=skip_bad)
+    _check_same_data(trial, Path(root), data.key, len(data))
     fold_drops = [list(f.lr_drops) for f in trial.folds]
     drop_epochs = imitated_schedule(fold_drops, config.epochs)
     if verbose:
@@ -227,7 +234,8 @@ def retrain(
             "number": trial.number,
             "params": trial.params,
             "chosen_as": choice,
-            "cv": {"n_folds": trial.n_folds, "mean": trial.mean, "std": trial.std},
+            "cv": {"n_folds": trial.n_folds, "folds_done": trial.folds_done, "state": trial.state,
+                   "mean": trial.mean, "std": trial.std},
         },
         seconds=seconds,
         runtime=runtime_settings().to_dict(),
@@ -247,6 +255,25 @@ def retrain(
     )
     checkpoint.discard()
     return bundle
+
+
+def _check_same_data(trial: TrialResult, root: Path, key: str, n_pairs: int) -> None:
+    """Refuse to retrain on other pairs than the trial cross-validated (the data set changed since).
+
+    The cache key is a digest of the selected pairs' content and the size, as the cross-validation
+    recorded it in cv.json; records without one (older or fabricated) are not checked.
+    """
+    cv = read_cv_result(trial.path) if trial.path is not None else None
+    recorded = (cv.data if cv else None) or {}
+    before = recorded.get("cache_key")
+    if not before or before == key:
+        return
+    then = f"{recorded['n_pairs']} pairs" if isinstance(recorded.get("n_pairs"), int) else "other pairs"
+    raise DataError(
+        f"the data set {root} changed since trial {trial.label} was cross-validated on it ({then} then, "
+        f"{n_pairs} now; content digest {before} then, {key} now): the model would be trained on other images "
+        "than its cross-validation scores describe; restore the data set as it was, or cross-validate again"
+    )
 
 
 def cv_folder_as_sweep(folder: Path) -> SweepResults:

@@ -94,7 +94,7 @@ class CVConfig:
 
     @property
     def pretrained(self) -> bool:
-        return self.weights == "imagenet" or self.weights not in ("none", "")
+        return loads_encoder_weights(self.weights)
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
@@ -112,6 +112,16 @@ class CVConfig:
         return cls(**kwargs)
 
 
+def loads_encoder_weights(weights: object) -> bool:
+    """Whether a ``weights`` value starts the encoder from weights (ImageNet or a file).
+
+    The rule trainer.weights.resolve_weights trains by: ``none`` in any case, with spaces around it,
+    or empty loads nothing, so ``--weights None`` trains from random initialisation and must be
+    reported as untrained.
+    """
+    return str(weights or "").strip().lower() not in ("none", "")
+
+
 _CASTS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
 
 
@@ -123,6 +133,11 @@ def _coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
         if text.startswith(type_name):
             if cast is bool and not isinstance(value, bool):
                 raise ConfigError(f"{source}: {name} must be true or false, got {value!r}")
+            # int(2.5) is 2 and int(True) is 1: a value that is not what it says would train silently.
+            if cast in (int, float) and isinstance(value, bool):
+                raise ConfigError(f"{source}: {name} must be a number, got {value!r}")
+            if cast is int and isinstance(value, float) and not value.is_integer():
+                raise ConfigError(f"{source}: {name} must be a whole number, got {value!r}; write e.g. {round(value)}")
             try:
                 return cast(value)
             except (TypeError, ValueError):
@@ -167,6 +182,15 @@ def load_config_file(path: str | Path) -> tuple[CVConfig, dict[str, Any]]:
         raise ConfigError(f"{path}: expected a mapping of option names to values")
     # best.json from `segsweep report` nests the configuration under "config".
     if "config" in values and isinstance(values["config"], dict):
+        # Only `config:` and the file-only keys are read from such a file: a field beside `config:`
+        # (best.json with `epochs: 40` added at the top) would be dropped without a word.
+        beside = sorted(k for k in values if k in {f.name for f in dataclasses.fields(CVConfig)})
+        if beside:
+            raise ConfigError(
+                f"{path}: {', '.join(beside)} stand(s) beside `config:` and would be ignored (a file with a "
+                "`config:` mapping, like best.json, is read from that mapping); move them under `config:` "
+                "or pass them as options (e.g. --epochs 40)"
+            )
         values = {**values["config"], **{k: values[k] for k in FILE_ONLY_KEYS if k in values}}
     extras = {k: values.pop(k) for k in FILE_ONLY_KEYS if k in values}
     return CVConfig.from_dict(values, source=str(path)), extras

@@ -24,7 +24,7 @@ import numpy as np
 
 # One reader of image and mask files for training, checking, predicting and counting (re-exported).
 from trainer.decode import MASK_THRESHOLD as MASK_THRESHOLD
-from trainer.decode import BadFileError
+from trainer.decode import BadFileError, orientation_mismatch
 from trainer.decode import read_image as read_image
 from trainer.decode import read_mask as read_mask
 from trainer.errors import DataError
@@ -201,6 +201,9 @@ def _decode_pair(args: tuple[Path, Path, int]) -> tuple[np.ndarray, np.ndarray]:
     image_path, mask_path, size = args
     image = read_image(image_path)
     mask = read_mask(mask_path)
+    turned = orientation_mismatch(image_path, mask_path)
+    if turned:
+        raise DataError(turned)
     if image.shape[:2] != mask.shape[:2]:
         raise DataError(
             f"{image_path} is {image.shape[1]}x{image.shape[0]} but its mask {mask_path} is "

@@ -21,7 +21,14 @@ from pathlib import Path
 from typing import Literal
 
 from trainer.data import IMAGE_EXTENSIONS, read_split
-from trainer.decode import BadFileError, binary_mask, decode_image, decode_mask, read_checked_bytes
+from trainer.decode import (
+    BadFileError,
+    binary_mask,
+    decode_image,
+    decode_mask,
+    orientation_mismatch,
+    read_checked_bytes,
+)
 from trainer.errors import DataError
 
 Severity = Literal["error", "warning"]
@@ -166,6 +173,11 @@ def check_dataset(path: str | Path, *, workers: int | None = None) -> CheckRepor
                     "export the mask at the image's size",
                 )
             )
+        elif image_shape is not None and mask_shape is not None:
+            turned = orientation_mismatch(images[stem], masks[stem])
+            if turned:  # training refuses the pair too (trainer.data._decode_pair)
+                problem, fix = turned.split("; ", 1)
+                report.findings.append(Finding("error", images[stem], "has " + problem.split(" has ", 1)[1], fix))
 
     _check_split_files(root, set(pairs), report)
     return report

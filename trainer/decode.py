@@ -116,6 +116,42 @@ def decode_mask(data: bytes, path: Path) -> np.ndarray:
     return mask
 
 
+#: EXIF orientations (tag 274) and what OpenCV's decoder does to such a file's pixels.
+_ORIENTATIONS = {
+    1: "stored upright", 2: "mirrored", 3: "turned 180 degrees", 4: "flipped upside down", 5: "transposed",
+    6: "turned 90 degrees clockwise", 7: "transversed", 8: "turned 90 degrees anticlockwise",
+}  # fmt: skip
+
+
+def exif_orientation(path: Path) -> int:
+    """The file's EXIF orientation (1-8; 1 when it has none or cannot be read), as OpenCV applies it."""
+    from PIL import Image, UnidentifiedImageError
+
+    try:
+        with Image.open(path) as image:
+            value = image.getexif().get(0x0112, 1)
+    except (OSError, UnidentifiedImageError, ValueError, SyntaxError):
+        return 1
+    return value if value in _ORIENTATIONS else 1
+
+
+def orientation_mismatch(image_path: Path, mask_path: Path) -> str | None:
+    """Why an image and its mask would not line up once decoded (different EXIF orientations), or None.
+
+    Images and masks are both decoded turned as their EXIF orientation says; a photo carrying
+    "turned 90 degrees" beside a PNG mask without the tag is then compared rotated against its
+    mask, which a square pair does without any size check noticing.
+    """
+    image, mask = exif_orientation(image_path), exif_orientation(mask_path)
+    if image == mask:
+        return None
+    return (
+        f"{image_path} has EXIF orientation {image} ({_ORIENTATIONS[image]}) but its mask {mask_path} has "
+        f"{mask} ({_ORIENTATIONS[mask]}): both are decoded turned as their tag says, so they would not line up; "
+        "save the image upright without the tag (e.g. `mogrify -auto-orient`) or give both the same orientation"
+    )
+
+
 def read_image(path: Path) -> np.ndarray:
     """An RGB uint8 image (H, W, 3) from a complete, decodable file."""
     return decode_image(read_checked_bytes(path, "image"), path)

@@ -18,6 +18,7 @@ from sweeps.cli import main
 from sweeps.folder import load_sweep
 from tests.support import TINY_ENCODER
 from tests.support.fake_sweep import FakeTrial, make_sweep, read_json
+from tests.support.synth import make_exif_turned_pair
 from trainer.bundle import BundleError, load_bundle
 
 PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
@@ -183,6 +184,32 @@ def test_masks_not_matching_images(
     assert main(args) == 2
     assert "case001.jpg is 96x80 but its mask" in capsys.readouterr().err
     assert not (tmp_path / "p").exists()  # nothing predicted before the check
+
+
+def test_image_turned_by_exif_against_an_untagged_mask_is_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # OpenCV decodes the image turned upright, the PNG mask as stored: a square pair passed the size
+    # check and was scored rotated (synthetic pairs: Dice 0.002 instead of 0.77); a non-square one
+    # ended in a ValueError traceback from the metrics.
+    from trainer.bundle import bundle_meta
+    from trainer.config import CVConfig
+
+    bundle = tmp_path / "model"  # a bundle's description is enough: the check comes before the model loads
+    bundle.mkdir()
+    config = CVConfig(encoder=TINY_ENCODER, weights="none", image_size=64, folds=2)
+    (bundle / "config.json").write_text(json.dumps(bundle_meta(config, data={}, source={}, seconds=0.0)))
+    (bundle / "weights.h5").write_bytes(b"")
+    make_exif_turned_pair(tmp_path / "test")
+    out = tmp_path / "pred"
+    args = ["predict", str(bundle), "--images", str(tmp_path / "test" / "images"), "--masks",
+            str(tmp_path / "test" / "masks"), "--out", str(out)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert "a.jpg has EXIF orientation 6 (turned 90 degrees clockwise) but its mask" in err[0]
+    assert "mogrify -auto-orient" in err[0]
+    assert not out.exists()
 
 
 @pytest.mark.slow

@@ -61,6 +61,22 @@ def test_pretraining_comparison(storage: Path) -> None:
     assert list(comparison.per_encoder) == ["mobilenetv2"]  # resnet18 untrained failed
 
 
+@pytest.mark.parametrize("spelling", ["None", "NONE", " none", ""])
+def test_weights_none_in_any_spelling_is_untrained(tmp_path: Path, spelling: str) -> None:
+    # Training loads nothing for `--weights None` (trainer.weights lower-cases and strips it), but the
+    # report counted such a trial as "ImageNet (pretrained)" and printed a pretrained-minus-untrained
+    # gain between two untrained runs.
+    params = {"encoder": "vgg16", "batch_size": 4, "lr": 1e-3}
+    trials = [FakeTrial({**params, "weights": spelling}, [0.7, 0.6]),
+              FakeTrial({**params, "weights": "none"}, [0.5, 0.6])]  # fmt: skip
+    make_sweep(tmp_path, "w", trials, with_study=False)
+    comparison = compare_pretraining(load_sweep(tmp_path, "w"))
+    assert comparison.best_pretrained is None and comparison.per_encoder == {}
+    assert comparison.best_untrained is not None and comparison.best_untrained.trial_id == "trial_00000"
+    assert not CVConfig(weights=spelling).pretrained
+    assert CVConfig(weights="ImageNet").pretrained and CVConfig(weights="/w/encoder.h5").pretrained
+
+
 #: The figures a report of the `storage` fixture's sweep draws, in order.
 FIGURES = ("best_so_far", "optimisation_history", "parallel_coordinate", "fold_dice", "learning_curves")
 
@@ -149,6 +165,21 @@ def test_table2_shows_recorded_test_scores(storage: Path, tmp_path: Path) -> Non
     assert "flip test-time augmentation" in table2
     assert table2.count("Test set") == 2  # the other trial's scores are not the winner's
     assert "No test set scored yet" not in table2
+
+
+def test_table2_names_post_processed_rows(storage: Path, tmp_path: Path) -> None:
+    # `predict --postprocess` records rows plain+min-area, tta+fill-holes, ...: each was labelled
+    # "plain" in Table 2, so four different "plain" test Dice stood there side by side.
+    sweep = load_sweep(storage, "quick1")
+    names = ["plain", "tta", "plain+min-area", "tta+min-area+fill-holes"]
+    rows = [{"variant": name, "n_images": 6, "dice_mean": 0.5 + i / 10, "dice_std": 0.1, "iou_mean": 0.4,
+             "iou_std": 0.1} for i, name in enumerate(names)]  # fmt: skip
+    record_test_scores(sweep.path, "trial_00000", {"images": "/t", "out": str(tmp_path / "p"), "rows": rows})
+    table2 = render_markdown(build_report(sweep)).split("## Table 2")[1].split("## Leaderboard")[0]
+    labels = re.findall(r"\| Test set /t \(6 images, (.*?); mean", table2)
+    assert labels == ["plain", "flip test-time augmentation", "plain, post-processed: min-area",
+                      "flip test-time augmentation, post-processed: min-area, fill-holes"]  # fmt: skip
+    assert "test Dice 0.5000" in table2  # the gap is the plain row's
 
 
 def test_html_escapes_text(tmp_path: Path) -> None:

@@ -64,3 +64,17 @@ def make_dataset(
         (root / "train.txt").write_text("\n".join(train) + "\n")
         (root / "test.txt").write_text("\n".join(val) + "\n")
     return root
+
+
+def make_exif_turned_pair(root: Path, stem: str = "a") -> None:
+    """One square pair under ``root``: images/STEM.jpg tagged EXIF orientation 6 (turned 90 degrees
+    clockwise; OpenCV decodes it turned) beside masks/STEM.png without the tag (decoded as stored)."""
+    from PIL import Image
+
+    image, mask = make_pair(np.random.default_rng(1))
+    for sub in ("images", "masks"):
+        (root / sub).mkdir(parents=True, exist_ok=True)
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    Image.fromarray(image).save(root / "images" / f"{stem}.jpg", exif=exif.tobytes(), quality=95)
+    cv2.imwrite(str(root / "masks" / f"{stem}.png"), mask)

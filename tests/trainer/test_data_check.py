@@ -173,3 +173,16 @@ def test_real_kvasir_seg_checks_clean(real_kvasir_seg: Path) -> None:
     assert report.findings == [], report.format()
     assert report.n_pairs == 1000
     assert run_check_command(real_kvasir_seg) == 0
+
+
+def test_exif_turned_image_beside_untagged_mask_is_an_error(tmp_path: Path) -> None:
+    # Training refuses such a pair (it would be decoded turned against its mask); data check says so first.
+    from tests.support.synth import make_exif_turned_pair
+
+    make_exif_turned_pair(tmp_path / "data")
+    make_exif_turned_pair(tmp_path / "data", "b")
+    report = check_dataset(tmp_path / "data")
+    errors = [f for f in report.findings if f.severity == "error"]
+    assert [f.path.name for f in errors] == ["a.jpg", "b.jpg"]
+    assert errors[0].problem.startswith("has EXIF orientation 6 (turned 90 degrees clockwise) but its mask")
+    assert "mogrify -auto-orient" in errors[0].fix

@@ -141,3 +141,16 @@ def test_half_cut_jpeg_image_is_refused_not_decoded_with_grey_rows(kvasir_seg_di
     assert cv2.imread(str(cut)) is not None  # OpenCV alone decodes it
     with pytest.raises(BadFileError, match=r"cut\.jpg: truncated JPEG"):
         read_image(cut)
+
+
+def test_training_refuses_an_image_turned_by_exif_against_an_untagged_mask(tmp_path: Path) -> None:
+    # The training reader decoded the tagged image turned and the mask as stored: a square pair went
+    # into the cache with its polyp outside its mask (0 of 295 polyp pixels inside), no message.
+    from tests.support.synth import make_exif_turned_pair
+    from trainer.data import prepare_dataset
+    from trainer.errors import DataError
+
+    make_exif_turned_pair(tmp_path / "data")
+    make_exif_turned_pair(tmp_path / "data", "b")
+    with pytest.raises(DataError, match=r"a.jpg has EXIF orientation 6 .* its mask .*a.png has 1 \(stored upright\)"):
+        prepare_dataset(tmp_path / "data", 64, cache_dir=tmp_path / "cache")
