@@ -213,11 +213,15 @@ def read_sweep_config(path: str | Path) -> dict[str, Any]:
         values["space"] = str(path.parent / space)
     for transient in ("runs", "created", "format", "storage_resolved"):
         values.pop(transient, None)
-    known = {f.name for f in dataclasses.fields(SweepSpec)}
-    unknown = sorted(set(values) - known)
+    known = {f.name: f.type for f in dataclasses.fields(SweepSpec)}
+    unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(
             f"{path}: unknown option(s) {', '.join(unknown)}; use the names of `segsweep sweep run --help` "
             "with _ for -"
         )
-    return values
+    from trainer.config import coerce_value
+
+    # `trials: 2.5` or `skip_bad: "no"` (a quoted string, truthy) would run otherwise than written.
+    numbers = {k for k, annotation in known.items() if str(annotation).startswith(("int", "float", "bool"))}
+    return {k: coerce_value(k, v, known[k], str(path)) if k in numbers else v for k, v in values.items()}

@@ -108,7 +108,7 @@ class CVConfig:
             raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
         kwargs: dict[str, Any] = {}
         for name, value in values.items():
-            kwargs[name] = _coerce(name, value, known[name].type, source)
+            kwargs[name] = coerce_value(name, value, known[name].type, source)
         return cls(**kwargs)
 
 
@@ -125,7 +125,9 @@ def loads_encoder_weights(weights: object) -> bool:
 _CASTS: dict[str, type] = {"int": int, "float": float, "str": str, "bool": bool}
 
 
-def _coerce(name: str, value: Any, annotation: Any, source: str) -> Any:
+def coerce_value(name: str, value: Any, annotation: Any, source: str) -> Any:
+    """``value`` as the type a dataclass field is annotated with (int, float, str, bool, or one of
+    them or None), or a one-line ConfigError naming ``source`` and ``name``; other types pass as given."""
     if value is None or name == "extra":
         return value
     text = str(annotation)

@@ -184,6 +184,36 @@ def test_config_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     assert "--time-budget 'soon' is not a duration" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("trials: 2.5", "trials must be a whole number, got 2.5"),
+        ("trials: '2x'", "trials must be a int, got '2x'"),
+        ("skip_bad: 'no'", "skip_bad must be true or false, got 'no'"),  # a quoted "no" is a truthy string
+        ("keep_models: true", "keep_models must be a number, got True"),
+        ("cpus_per_trial: fast", "cpus_per_trial must be a float, got 'fast'"),
+    ],
+)
+def test_config_values_of_the_wrong_type_are_refused_not_converted(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], line: str, message: str
+) -> None:
+    config = tmp_path / "sweep.yaml"
+    trials = "" if line.startswith("trials") else "trials: 2\n"
+    config.write_text(f"data: /d\nspace: quick\nname: x\n{trials}{line}\n")
+    assert main(["sweep", "run", "--config", str(config)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and f"{config}: {message}" in err, err
+
+
+def test_config_numbers_written_as_text_still_read(tmp_path: Path) -> None:
+    from sweeps.spec import read_sweep_config
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text("data: /d\nspace: quick\nname: x\ntrials: '4'\ncpus_per_trial: 2\nskip_bad: yes\n")
+    values = read_sweep_config(config)
+    assert values["trials"] == 4 and values["cpus_per_trial"] == 2.0 and values["skip_bad"] is True
+
+
 def _run_parser() -> Any:
     import argparse
 
