@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data import IMAGE_EXTENSIONS, read_mask
+from trainer.data import IMAGE_EXTENSIONS, nested_image_files, read_mask
 from trainer.decode import NotAMaskError
 from trainer.errors import DataError, SegsweepError
 
@@ -158,9 +158,13 @@ def count_folder(
     folder: str | Path, min_area: float = DEFAULT_MIN_AREA
 ) -> tuple[list[ImageCount], list[tuple[Path, str]]]:
     """Count every mask in a folder; return the counts and the files that could not be read (with why)."""
+    files = list_mask_files(Path(folder))
     counts: list[ImageCount] = []
-    unreadable: list[tuple[Path, str]] = []
-    for path in list_mask_files(Path(folder)):
+    unreadable: list[tuple[Path, str]] = [
+        (path, f"in a subfolder of {folder}: only the files directly in it are counted")
+        for path in nested_image_files(Path(folder))
+    ]
+    for path in files:
         try:
             mask = read_mask(path)
         except NotAMaskError as exc:  # counting its "objects" would be a number without meaning
@@ -227,7 +231,7 @@ def run_count_command(masks: Path, min_area: float, out: Path | None) -> int:
         writer.writeheader()
         writer.writerows(count_rows(counts))
     for path, why in unreadable:
-        print(f"segsweep: skipped unreadable mask {path}: {why}", file=sys.stderr)
+        print(f"segsweep: skipped {path}: {why}", file=sys.stderr)
     return 0
 
 

@@ -38,7 +38,7 @@ from reports.count import (
 )
 from sweeps.folder import SweepFolder, record_test_scores
 from trainer.bundle import ModelBundle, load_bundles
-from trainer.data import IMAGE_EXTENSIONS
+from trainer.data import IMAGE_EXTENSIONS, image_files_by_stem
 from trainer.decode import BadFileError, orientation_mismatch
 from trainer.errors import DataError, SegsweepError
 from trainer.files import write_json_atomic
@@ -76,19 +76,10 @@ class Prediction:
 def _files_by_stem(folder: Path, what: str) -> tuple[dict[str, Path], list[tuple[str, str]]]:
     if not folder.is_dir():
         raise DataError(f"{what} folder {folder} does not exist or is not a folder")
-    found: dict[str, Path] = {}
-    skipped: list[tuple[str, str]] = []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or path.is_dir():
-            continue
-        if path.suffix.lower() not in IMAGE_EXTENSIONS:
-            skipped.append(
-                (str(path), f"not an image file (extension not one of {', '.join(IMAGE_EXTENSIONS)})")
-            )
-            continue
-        if path.stem in found:
-            raise DataError(f"{path} and {found[path.stem]} share the stem {path.stem!r}; keep one of them")
-        found[path.stem] = path
+    found, others, nested = image_files_by_stem(folder)
+    skipped = [
+        (str(path), f"not an image file (extension not one of {', '.join(IMAGE_EXTENSIONS)})") for path in others
+    ] + [(str(path), f"in a subfolder of {folder}: only the files directly in it are read") for path in nested]
     return found, skipped
 
 

@@ -60,6 +60,47 @@ class DatasetIndex:
         return sorted(set(self.masks) - set(self.images))
 
 
+def image_files_by_stem(folder: Path) -> tuple[dict[str, Path], list[Path], list[Path]]:
+    """What segsweep reads from a folder of images or masks, and what it leaves there.
+
+    Returns the image files directly in ``folder`` by stem (hidden files aside), the other files
+    directly in it, and the image files in its subfolders, which are never read: the callers say so,
+    since a test set partly moved into a subfolder would otherwise be scored on fewer images.
+    Two image files sharing a stem (a.jpg and a.png) are a DataError: which one pairs is unknowable.
+    """
+    found: dict[str, Path] = {}
+    others: list[Path] = []
+    nested: list[Path] = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith("."):
+            continue
+        if path.is_dir():
+            nested.extend(_image_files_under(path, folder))
+        elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+            others.append(path)
+        elif path.stem in found:
+            raise DataError(f"{path} and {found[path.stem]} share the stem {path.stem!r}; keep one of them")
+        else:
+            found[path.stem] = path
+    return found, others, nested
+
+
+def nested_image_files(folder: Path) -> list[Path]:
+    """Image files in the subfolders of ``folder`` (which segsweep never reads), hidden ones aside."""
+    return [
+        p for sub in sorted(folder.iterdir()) if sub.is_dir() and not sub.name.startswith(".")
+        for p in _image_files_under(sub, folder)
+    ]  # fmt: skip
+
+
+def _image_files_under(sub: Path, folder: Path) -> list[Path]:
+    return [
+        p for p in sorted(sub.rglob("*"))
+        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        and not any(part.startswith(".") for part in p.relative_to(folder).parts)
+    ]  # fmt: skip
+
+
 def index_dataset(root: str | Path) -> DatasetIndex:
     """List a data set folder's images/ and masks/, or say what the folder lacks."""
     root = Path(root)
@@ -76,16 +117,14 @@ def index_dataset(root: str | Path) -> DatasetIndex:
                 f"{root} has no {sub}/ folder; a data set is a folder with images/ and masks/ "
                 "whose files are paired by name (e.g. images/a.jpg with masks/a.png)"
             )
-        found: dict[str, Path] = {}
-        for path in sorted(folder.iterdir()):
-            if path.name.startswith(".") or path.is_dir():
-                continue
-            if path.suffix.lower() not in IMAGE_EXTENSIONS:
-                ignored.append(path)
-                continue
-            if path.stem in found:
-                raise DataError(f"{path} and {found[path.stem]} share the stem {path.stem!r}; keep one of them")
-            found[path.stem] = path
+        found, others, nested = image_files_by_stem(folder)
+        ignored.extend(others)
+        if nested:
+            print(
+                f"segsweep: warning: {len(nested)} image file(s) in subfolders of {folder} are not used "
+                f"(only the files directly in {sub}/ are; e.g. {nested[0]}); move them up into {sub}/ to use them",
+                file=sys.stderr,
+            )
         files[sub] = found
     index = DatasetIndex(root, files["images"], files["masks"], tuple(ignored))
     if not index.images and not index.masks:

@@ -71,6 +71,8 @@ def test_count_command_writes_csv_and_lists_unreadable(
     cv2.imwrite(str(masks / "b.jpg"), np.zeros((40, 60), np.uint8))
     (masks / "c.png").write_bytes(b"not a png")
     (masks / "notes.txt").write_text("ignored")
+    (masks / "more").mkdir()
+    cv2.imwrite(str(masks / "more" / "d.png"), _mask())  # not counted, and said so
     out = tmp_path / "counts.csv"
     assert main(["count", str(masks), "--out", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
@@ -79,7 +81,9 @@ def test_count_command_writes_csv_and_lists_unreadable(
     assert rows[0]["areas"].split(";")[1] == "200"
     assert rows[0]["bboxes"].split(";")[1] == "10 10 20 10"
     assert (rows[1]["count"], rows[1]["height"], rows[1]["width"]) == ("0", "40", "60")
-    assert "c.png" in capsys.readouterr().err
+    err = capsys.readouterr().err
+    assert "c.png" in err
+    assert f"skipped {masks / 'more' / 'd.png'}: in a subfolder of {masks}: only the files directly in it" in err
 
     assert main(["count", str(masks), "--min-area", "0"]) == 0
     printed = list(csv.DictReader(capsys.readouterr().out.splitlines()))

@@ -308,3 +308,20 @@ def test_real_kvasir_seg_retrain_and_predict_medico_val(real_kvasir_seg: Path, t
     assert len(list(csv.DictReader((out / "counts.csv").open()))) == 120
     print(json.dumps({"rows": metrics["rows"], "count_agreement": metrics["count_agreement"]}), file=sys.stderr)
     assert os.environ.get("SEGSWEEP_CACHE")  # the run used the test's own cache
+
+
+def test_images_in_subfolders_are_listed_as_skipped_not_dropped_silently(tmp_path: Path) -> None:
+    # A test set partly moved into a subfolder was scored on fewer images without a word.
+    from reports.predict import _files_by_stem
+
+    images = tmp_path / "images"
+    (images / "batch2" / "deeper").mkdir(parents=True)
+    for path in (images / "a.jpg", images / "batch2" / "b.jpg", images / "batch2" / "deeper" / "c.png"):
+        cv2.imwrite(str(path), np.zeros((8, 8, 3), np.uint8))
+    (images / "batch2" / "notes.txt").write_text("not an image")
+    found, skipped = _files_by_stem(images, "images")
+    assert list(found) == ["a"]
+    assert [(Path(f).name, why.split(":")[0]) for f, why in skipped] == [
+        ("b.jpg", f"in a subfolder of {images}"), ("c.png", f"in a subfolder of {images}")
+    ]
+

@@ -242,3 +242,21 @@ def test_crash_during_build_leaves_no_cache_entry(
     rebuilt = prepare_dataset(kvasir_seg_dir, 32, cache_dir=cache)
     assert len(rebuilt) == 12
     assert [p.name for p in cache.iterdir()] == [rebuilt.key]
+
+
+def test_images_in_subfolders_are_not_used_and_a_warning_says_so(
+    kvasir_seg_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    root = tmp_path / "data"
+    shutil.copytree(kvasir_seg_dir, root)
+    (root / "images" / "later").mkdir()
+    shutil.move(root / "images" / "case000.jpg", root / "images" / "later" / "case000.jpg")
+    index = data.index_dataset(root)
+    assert "case000" not in index.images
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"segsweep: warning: 1 image file(s) in subfolders of {root / 'images'} are not used (only the files "
+        f"directly in images/ are; e.g. {root / 'images' / 'later' / 'case000.jpg'}); move them up into images/ "
+        "to use them"
+    ]
+
