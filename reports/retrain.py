@@ -36,10 +36,11 @@ from trainer.results import CV_FILE, EpochRecord, read_cv_result
 
 SCHEDULE_RULE = (
     "The learning rate starts at the trial's lr and is cut by lr_factor (10x) at the end of each listed "
-    "epoch. The k-th cut is at the median epoch of the k-th cut over the cross-validation folds that had a "
-    "k-th cut (the folds cut when validation IoU had not improved for lr_patience epochs); a median between "
-    "two epochs is rounded up, a cut that would not come after the previous one is moved one epoch after "
-    "it, and cuts at or after the last epoch are dropped (they would change nothing)."
+    "epoch. The k-th cut is at the median, over all cross-validation folds, of the epoch of each fold's "
+    "k-th cut, a fold without a k-th cut counting as never cutting (the folds cut when validation IoU had "
+    "not improved for lr_patience epochs): a cut most folds did not make is not made. A median between two "
+    "epochs is rounded up, a cut that would not come after the previous one is moved one epoch after it, "
+    "and cuts at or after the last epoch are dropped (they would change nothing)."
 )
 
 
@@ -48,8 +49,12 @@ def imitated_schedule(fold_drops: Sequence[Sequence[int]], epochs: int) -> list[
     drops = [sorted(d) for d in fold_drops]
     schedule: list[int] = []
     for k in range(max((len(d) for d in drops), default=0)):
-        kth = [d[k] for d in drops if len(d) > k]
-        epoch = math.floor(statistics.median(kth) + 0.5)
+        # One fold of ten cutting once must not cut the final model's learning rate: the median
+        # counts the folds that never made a k-th cut as cutting after every epoch.
+        median = statistics.median(d[k] if len(d) > k else math.inf for d in drops)
+        if not math.isfinite(median):
+            break
+        epoch = math.floor(median + 0.5)
         if schedule:
             epoch = max(epoch, schedule[-1] + 1)
         if epoch >= epochs:

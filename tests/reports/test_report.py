@@ -196,7 +196,10 @@ def test_html_escapes_text(tmp_path: Path) -> None:
 @pytest.mark.parametrize(
     ("fold_drops", "epochs", "expected"),
     [
-        ([[5, 9], [6], [7, 12]], 20, [6, 11]),  # 1st: median 6; 2nd: median of 9, 12 = 10.5 -> 11
+        ([[5, 9], [6], [7, 12]], 20, [6, 12]),  # 1st: median 6; 2nd: median of 9, 12, never = 12
+        ([[5, 9], [6], [7]], 20, [6]),  # only one fold of three cut twice: the final model cuts once
+        ([[7], [], [], [], []], 20, []),  # one fold of five cut: most did not, so no cut
+        ([[3], []], 10, []),  # a tie between a cut and no cut: no cut (the median rounds up, to never)
         ([[], []], 10, []),
         ([[3], [4]], 10, [4]),  # 3.5 rounds up
         ([[3, 4], [3, 3]], 10, [3, 4]),  # 2nd median 3.5 -> 4, after the 1st
