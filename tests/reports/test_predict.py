@@ -79,7 +79,7 @@ def test_retrain_writes_a_bundle_with_the_imitated_schedule(trained: tuple[Path,
     history = read_json(bundle / "history.json")
     assert [h["lr"] for h in history] == pytest.approx([1e-3, 1e-3, 1e-4])
     card = (bundle / "README.md").read_text()
-    assert "median epoch of the k-th cut" in card and "trial_00000" in card
+    assert "median, over all cross-validation folds" in card and "trial_00000" in card
     assert len((bundle / "train_stems.txt").read_text().split()) == 12
 
 
