@@ -6,7 +6,12 @@ Both sides train the same architecture (rebuilt from the same seed), compiled th
 * bare: ``model.fit(x, y)`` on preprocessed float32 numpy arrays held in memory;
 * segsweep: ``trainer.training.fit`` (BatchSource generator through tf.data with prefetch, its
   epoch recorder and LR-cut callbacks) on the uint8 prepared data, without augmentation for
-  fairness; and once more with the paper's augmentation, as a sweep trains.
+  fairness; and once more with the paper's augmentation, as a sweep trains;
+* segsweep with an epoch checkpoint saved after every epoch (trainer.checkpoint; the worst case:
+  segsweep skips saves that would cost more than trainer.checkpoint.MAX_OVERHEAD of the training
+  time), timed from one epoch's end to the next, so each epoch carries the previous one's save.
+  The checkpoint's size and its save time alone (median of 3) are printed too: the cost per saved
+  epoch on any machine, to set against its epoch time.
 
 The first epoch of each side (graph tracing) is not timed; the median of the later epochs is. In
 full mode the sides alternate (bare, segsweep, segsweep+augmentation, bare, segsweep) so that a
@@ -22,6 +27,7 @@ import argparse
 import os
 import statistics
 import time
+from pathlib import Path
 from typing import Any
 
 import _common
@@ -70,10 +76,14 @@ def bare_fit(config: Any, images: np.ndarray, masks: np.ndarray) -> tuple[list[f
     return seconds, threads
 
 
-def segsweep_fit(config: Any, images: np.ndarray, masks: np.ndarray) -> tuple[list[float], dict[str, int]]:
-    """Per-epoch seconds of ``trainer.training.fit`` (its own per-epoch timing); peak threads seen."""
+def segsweep_fit(
+    config: Any, images: np.ndarray, masks: np.ndarray, checkpoint_dir: Path | None = None
+) -> tuple[list[float], dict[str, int]]:
+    """Per-epoch seconds of ``trainer.training.fit`` (its own per-epoch timing; with ``checkpoint_dir``,
+    from one epoch's end to the next, which includes the checkpoint saved between); peak threads seen."""
     import tf_keras
 
+    from trainer.checkpoint import EpochCheckpoint, run_identity
     from trainer.models import build_model
     from trainer.training import fit
 
@@ -82,14 +92,41 @@ def segsweep_fit(config: Any, images: np.ndarray, masks: np.ndarray) -> tuple[li
     model = build_model(config)
     seconds: list[float] = []
     threads: dict[str, int] = {}
+    ends: list[float] = []
 
     def on_epoch(epoch: int, metrics: Any) -> None:
-        seconds.append(float(metrics["seconds"]))
-        now = _threads()
-        threads.update({k: max(v, threads.get(k, 0)) for k, v in now.items()})
+        now = time.perf_counter()
+        seconds.append(float(metrics["seconds"]) if not ends or checkpoint_dir is None else now - ends[-1])
+        ends.append(now)
+        threads.update({k: max(v, threads.get(k, 0)) for k, v in _threads().items()})
 
-    fit(model, config, (images, masks), on_epoch=on_epoch)
+    checkpoint = None
+    if checkpoint_dir is not None:
+        import trainer.checkpoint
+
+        trainer.checkpoint.MAX_OVERHEAD = float("inf")  # save after every epoch: the worst case
+        identity = run_identity(config.to_dict(), "bench", 1, np.arange(len(images)))
+        checkpoint = EpochCheckpoint(checkpoint_dir / "fold_01.npz", identity)
+    fit(model, config, (images, masks), on_epoch=on_epoch, checkpoint=checkpoint)
+    if checkpoint is not None:
+        CHECKPOINT_COST.update(_checkpoint_cost(model, checkpoint))
     return seconds, threads
+
+
+#: Size and save time of the last checkpointed side's checkpoint.
+CHECKPOINT_COST: dict[str, float] = {}
+
+
+def _checkpoint_cost(model: Any, checkpoint: Any) -> dict[str, float]:
+    from trainer.checkpoint import EpochState
+
+    state = EpochState(epoch=1, history=[], lr_drops=[], lr=1e-3)
+    times = []
+    for _ in range(3):
+        started = time.perf_counter()
+        checkpoint.save(model, state)
+        times.append(time.perf_counter() - started)
+    return {"bytes": float(checkpoint.path.stat().st_size), "save_seconds": statistics.median(times)}
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -105,8 +142,10 @@ def run(args: argparse.Namespace) -> None:
     encoder, size, batch, n, epochs = ("mobilenetv2", 64, 4, 16, 2) if quick else ("efficientnetb0", 128, 8, 64, 3)
     bare_name, plain_name, aug_name = ("bare model.fit (numpy in memory)", "segsweep fit (no augmentation)",
                                        "segsweep fit (paper augmentation)")
-    # Full mode alternates the sides (A B C A B) so that load drifting on a shared machine hits both.
-    order = [bare_name, plain_name] if quick else [bare_name, plain_name, aug_name, bare_name, plain_name]
+    ckpt_name = "segsweep fit + epoch checkpoints (no augmentation)"
+    # Full mode alternates the sides (A B C D A B D) so that load drifting on a shared machine hits all.
+    order = ([bare_name, plain_name, ckpt_name] if quick
+             else [bare_name, plain_name, aug_name, ckpt_name, bare_name, plain_name, ckpt_name])
     with _common.temporary_dir("training") as tmp:
         root = _common.real_data(args)
         if root is None:
@@ -116,8 +155,11 @@ def run(args: argparse.Namespace) -> None:
         for name in order:
             config = CVConfig(encoder=encoder, weights="none", image_size=size, batch_size=batch, epochs=epochs,
                               augment=name == aug_name, seed=0)
-            side = bare_fit if name == bare_name else segsweep_fit
-            seconds, threads = side(config, data.images, data.masks)
+            if name == bare_name:
+                seconds, threads = bare_fit(config, data.images, data.masks)
+            else:
+                seconds, threads = segsweep_fit(config, data.images, data.masks,
+                                                tmp / "checkpoints" if name == ckpt_name else None)
             runs.append((name, seconds, threads))
             print(f"  {name}: epoch seconds {', '.join(f'{s:.1f}' for s in seconds)}", flush=True)
 
@@ -139,11 +181,18 @@ def run(args: argparse.Namespace) -> None:
     ratio = median_rate[plain_name] / bare
     print(f"goal: segsweep fit >= 0.95x bare model.fit: {'holds' if ratio >= 0.95 else 'does NOT hold'} "
           f"({ratio:.3f}x)")
+    with_checkpoints = median_rate[ckpt_name] / median_rate[plain_name]
+    epoch_seconds = statistics.median(s for n, secs, _ in runs if n == plain_name for s in secs[1:])
+    print(f"epoch checkpoint: {CHECKPOINT_COST['bytes'] / 2**20:.0f} MiB, saved in "
+          f"{CHECKPOINT_COST['save_seconds']:.2f} s (median of 3); fit saving one after every epoch = "
+          f"{with_checkpoints:.3f}x without, at {epoch_seconds:.1f} s per epoch (segsweep skips saves beyond "
+          "2% of training time)")
     _common.finish(NAME, args, ratio, {
         "data": str(root), "n_pairs": len(data), "encoder": encoder, "image_size": size, "batch_size": batch,
         "epochs": epochs,
         "runs": [{"side": name, "epoch_seconds": secs, "threads": threads} for name, secs, threads in runs],
         "median_images_per_second": median_rate,
+        "checkpoint": {**CHECKPOINT_COST, "rate_with_over_without": with_checkpoints},
         "segsweep_threads_env": os.environ.get("SEGSWEEP_THREADS"),
         "goal": ">= 0.95", "goal_holds": ratio >= 0.95,
     })

@@ -35,6 +35,12 @@ if TYPE_CHECKING:
 
 #: Bumped when the file's content changes meaning; other formats are set aside, not read.
 FORMAT = 1
+#: Largest share of training time spent writing checkpoints. An epoch's checkpoint is skipped when
+#: the last one was written too recently for that (short epochs on a fast GPU, a slow shared file
+#: system); then a stop loses the epochs since, at most about save time / MAX_OVERHEAD of training.
+#: A 92 MiB checkpoint takes ~0.4 s here (benchmarks/bench_training_path.py): every epoch longer
+#: than ~20 s is saved.
+MAX_OVERHEAD = 0.02
 
 
 @dataclass
@@ -73,6 +79,7 @@ class EpochCheckpoint:
         self.path = Path(path)
         self.identity = json.loads(dumps_strict(identity))  # as it reads back from the file
         self.started = time.perf_counter()
+        self._last_save: tuple[float, float] | None = None  # (when it ended, how long it took)
         #: The state this attempt resumed from (None: it started the fold from its first epoch).
         self.resumed: EpochState | None = None
 
@@ -81,7 +88,15 @@ class EpochCheckpoint:
         before = self.resumed.seconds if self.resumed is not None else 0.0
         return before + time.perf_counter() - self.started
 
+    def due(self) -> bool:
+        """Whether saving now keeps checkpoints within MAX_OVERHEAD of the training time."""
+        if self._last_save is None:
+            return True
+        ended, took = self._last_save
+        return (time.perf_counter() - ended) * MAX_OVERHEAD >= took
+
     def save(self, model: tf_keras.Model, state: EpochState) -> None:
+        started = time.perf_counter()
         optimizer = model.optimizer
         arrays: dict[str, np.ndarray] = {
             "meta": np.frombuffer(
@@ -95,6 +110,8 @@ class EpochCheckpoint:
             with open(partial, "wb") as handle:  # a file object: np.savez would add ".npz" to a path
                 np.savez(handle, **arrays)  # type: ignore[arg-type]
             os.chmod(partial, _created_file_mode())
+        ended = time.perf_counter()
+        self._last_save = (ended, ended - started)
 
     def load(self, model: tf_keras.Model) -> EpochState | None:
         """Restore ``model`` (weights and optimizer) from the checkpoint and return its state.

@@ -259,6 +259,8 @@ def _make_callbacks(
         def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
             from trainer.checkpoint import EpochState
 
+            if not self.checkpoint.due():
+                return
             plateau = {}
             if self.plateau is not None:
                 plateau = {name: float(getattr(self.plateau, name)) for name in PLATEAU_COUNTERS}

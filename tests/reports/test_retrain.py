@@ -88,6 +88,7 @@ def test_retrain_stopped_after_an_epoch_resumes_there_and_ends_as_if_never_stopp
 ) -> None:
     from trainer.checkpoint import EpochCheckpoint
 
+    monkeypatch.setattr("trainer.checkpoint.MAX_OVERHEAD", float("inf"))  # tiny epochs: save after each
     assert main(["retrain", str(cv_folder), "--out", str(tmp_path / "whole"), "--quiet"]) == 0
     capsys.readouterr()
 

@@ -109,3 +109,19 @@ def test_a_checkpoint_of_another_model_shape_is_set_aside(tmp_path: Path, capsys
 
     assert EpochCheckpoint(tmp_path / "fold_01.npz", IDENTITY).load(other) is None
     assert "do not fit this model" in capsys.readouterr().err
+
+
+def test_saving_is_skipped_while_it_would_cost_more_than_its_share_of_training(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import time
+
+    monkeypatch.setattr("trainer.checkpoint.MAX_OVERHEAD", 0.02)
+    checkpoint = EpochCheckpoint(tmp_path / "fold_01.npz", IDENTITY)
+    assert checkpoint.due()  # nothing saved yet
+    checkpoint.save(_trained_model(), STATE)
+    took = checkpoint._last_save[1]  # type: ignore[index]
+    assert not checkpoint.due()  # the next save waits for 50x its cost of training time
+    checkpoint._last_save = (time.perf_counter() - took / 0.02 - 0.1, took)
+    assert checkpoint.due()
+

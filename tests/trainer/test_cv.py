@@ -92,9 +92,10 @@ def test_rerun_resumes_at_first_unfinished_fold(tiny_data, tmp_path: Path) -> No
 
 
 def test_fold_stopped_mid_training_resumes_after_its_last_epoch_as_if_never_stopped(
-    tiny_data, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+    tiny_data, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, data = tiny_data
+    monkeypatch.setattr("trainer.checkpoint.MAX_OVERHEAD", float("inf"))  # tiny epochs: save after each
     # Patience 1 so the plateau rule's counters and a cut learning rate cross the interruption.
     config = CVConfig(**{**TINY, "epochs": 4, "lr_patience": 1})
     whole = run_cv(config, data, tmp_path / "whole")
