@@ -343,6 +343,14 @@ def _leaderboard(sweep: SweepResults) -> Section:
     return Section("Leaderboard", [*notes, Table(columns, rows)])
 
 
+def _pretrained_label(trial: TrialResult | None) -> str:
+    """What the best pretrained trial started from: ImageNet, or the weights file it named."""
+    if trial is None:
+        return "pretrained (ImageNet or a weights file)"
+    weights = str(trial.config.get("weights", trial.params.get("weights", "imagenet"))).strip()
+    return "ImageNet (pretrained)" if weights.lower() == "imagenet" else f"pretrained from {Path(weights).name}"
+
+
 def _pretraining(sweep: SweepResults) -> Section:
     comparison = compare_pretraining(sweep)
 
@@ -357,7 +365,7 @@ def _pretraining(sweep: SweepResults) -> Section:
 
     overall = Table(
         ["encoder weights", "best trial", "Dice", "IoU"],
-        [["ImageNet (pretrained)", *cells(comparison.best_pretrained)],
+        [[_pretrained_label(comparison.best_pretrained), *cells(comparison.best_pretrained)],
          ["none (random initialisation)", *cells(comparison.best_untrained)]],
     )  # fmt: skip
     blocks: list[Block] = ["Best trial of each kind among the trials that completed all folds.", overall]

@@ -77,6 +77,15 @@ def test_weights_none_in_any_spelling_is_untrained(tmp_path: Path, spelling: str
     assert CVConfig(weights="ImageNet").pretrained and CVConfig(weights="/w/encoder.h5").pretrained
 
 
+def test_a_trial_pretrained_from_a_file_is_not_labelled_imagenet(tmp_path: Path) -> None:
+    params = {"encoder": "vgg16", "batch_size": 4, "lr": 1e-3}
+    trials = [FakeTrial({**params, "weights": "/w/vgg16-polyps.h5"}, [0.7, 0.6]),
+              FakeTrial({**params, "weights": "none"}, [0.5, 0.6])]  # fmt: skip
+    make_sweep(tmp_path, "f", trials, with_study=False)
+    md = render_markdown(build_report(load_sweep(tmp_path, "f")))
+    assert "pretrained from vgg16-polyps.h5" in md and "ImageNet" not in md
+
+
 #: The figures a report of the `storage` fixture's sweep draws, in order.
 FIGURES = ("best_so_far", "optimisation_history", "parallel_coordinate", "fold_dice", "learning_curves")
 
