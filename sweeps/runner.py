@@ -160,6 +160,14 @@ def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVR
     val_stems = tuple(read_split(spec.data, probe.val_split)) if probe.val_split else None
     n_folds = 1 if probe.val_split else probe.folds
     print(f"[segsweep] {len(data)} pairs ready ({data.key}); {n_folds} folds per trial", flush=True)
+    if spec.data_key is not None and spec.data_key != data.key:
+        raise ConfigError(
+            f"the data set {spec.data} is not what sweep {spec.name!r} started on (content digest "
+            f"{spec.data_key} then, {data.key} now: pairs added, removed or changed, or a segsweep version "
+            "that prepares them otherwise); its trials would be ranked against other images: restore the "
+            "data set as it was, or start a new sweep with another --name"
+        )
+    spec.data_key = data.key  # sweeps recorded before this field get it on their next run
 
     # Tune's experiment snapshot (every trial's state) costs time in proportion to the trials so far:
     # taken on a fixed short period or on every fold, it makes the driver's cost per trial grow with

@@ -55,6 +55,9 @@ class SweepSpec:
     #: How every trial's TensorFlow runs: auto/on/off, and intra-op threads (None: the trial's CPUs).
     mixed_precision: str = "auto"
     threads: int | None = None
+    #: The prepared data's content digest (trainer.data's cache key) when the sweep first ran; a
+    #: resume on data that changed since is refused: its trials would be ranked against other images.
+    data_key: str | None = None
 
     @property
     def folder(self) -> SweepFolder:
@@ -211,7 +214,7 @@ def read_sweep_config(path: str | Path) -> dict[str, Any]:
         values["space"], values["space_definition"] = f"inline in {path.name}", parsed.to_dict()
     elif isinstance(space, str) and not values.get("space_definition") and (path.parent / space).is_file():
         values["space"] = str(path.parent / space)
-    for transient in ("runs", "created", "format", "storage_resolved"):
+    for transient in ("runs", "created", "format", "storage_resolved", "data_key"):
         values.pop(transient, None)
     known = {f.name: f.type for f in dataclasses.fields(SweepSpec)}
     unknown = sorted(set(values) - set(known))

@@ -214,6 +214,35 @@ def test_config_numbers_written_as_text_still_read(tmp_path: Path) -> None:
     assert values["trials"] == 4 and values["cpus_per_trial"] == 2.0 and values["skip_bad"] is True
 
 
+def test_resume_on_a_data_set_changed_since_the_sweep_started_is_refused_before_ray(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Trials trained after such a resume were ranked against trials that saw other images.
+    from trainer.data import prepare_dataset
+
+    data = make_dataset(tmp_path / "data", 12)
+    make_sweep(tmp_path / "sweeps", "s", data=data)
+    folder = SweepFolder.at(tmp_path / "sweeps", "s")
+    record = json.loads(folder.spec_file.read_text())
+    before = prepare_dataset(data, 64, limit=12).key
+    folder.spec_file.write_text(json.dumps({**record, "storage": str(tmp_path / "sweeps"), "data_key": before}))
+    (data / "images" / "case000.jpg").write_bytes((data / "images" / "case001.jpg").read_bytes())
+
+    assert main(["sweep", "resume", "s", "--storage", str(tmp_path / "sweeps")]) == 2
+    err = capsys.readouterr().err
+    assert f"segsweep: error: the data set {data} is not what sweep 's' started on (content digest {before} then" in err
+    assert "restore the data set as it was, or start a new sweep" in err and "Traceback" not in err
+    assert json.loads(folder.spec_file.read_text())["data_key"] == before  # nothing rewritten
+
+
+def test_a_sweep_json_used_as_config_does_not_carry_its_data_digest(tmp_path: Path) -> None:
+    from sweeps.spec import read_sweep_config
+
+    config = tmp_path / "sweep.json"
+    config.write_text(json.dumps({"name": "s", "data": "/d", "space": "quick", "trials": 2, "data_key": "abc"}))
+    assert "data_key" not in read_sweep_config(config)
+
+
 def _run_parser() -> Any:
     import argparse
 
