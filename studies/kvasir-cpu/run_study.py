@@ -23,6 +23,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import IO
 
 #: The study's protocol, shared by every cross-validation and the sweep.
 PROTOCOL = ["--dev-split", "medico2020_train", "--image-size", "128", "--folds", "3", "--seed", "0"]
@@ -160,6 +161,20 @@ def _sweep_finished(folder: Path) -> bool:
     return len(states) >= int(spec["trials"]) and all(s in ("COMPLETE", "PRUNED", "FAILED") for s in states)
 
 
+def _step_lock(path: Path) -> IO[str] | None:
+    """An exclusive lock on ``path`` held while the returned file is open, or None if another
+    process holds it: two runs of this script never work on the same step."""
+    import fcntl
+
+    handle = open(path, "a")  # noqa: SIM115 - closed by the caller's with block
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
 def _text(path: Path) -> str:
     try:
         return path.read_text()
@@ -229,10 +244,15 @@ def main() -> int:
             print(f"[study] {step.name}: waits for {', '.join(missing)}", flush=True)
             failed.append(step.name)
             continue
+        lock = _step_lock(out / "logs" / f"{step.name}.lock")
+        if lock is None:  # a second run_study.py (e.g. --only the steps that need no sweep) has it
+            print(f"[study] {step.name}: running in another process, skipped", flush=True)
+            failed.append(step.name)
+            continue
         started = time.time()
         print(f"[study] {step.name}: started {time.strftime('%H:%M:%S')}", flush=True)
         ok = True
-        with open(out / "logs" / f"{step.name}.log", "a") as log:
+        with lock, open(out / "logs" / f"{step.name}.log", "a") as log:
             try:
                 commands = step.commands()
             except RuntimeError as exc:
