@@ -117,8 +117,11 @@ class EpochCheckpoint:
         """Restore ``model`` (weights and optimizer) from the checkpoint and return its state.
 
         None, leaving ``model`` untouched, when there is no checkpoint or it cannot be used (then it
-        is renamed ``*.unused`` with a one-line warning, never silently trained on).
+        is renamed ``*.unused`` with a one-line warning, never silently trained on). Called again
+        once it resumed, it returns the same state without reading the file again.
         """
+        if self.resumed is not None:  # loaded already (the model holds its state)
+            return self.resumed
         if not self.path.is_file():
             return None
         try:

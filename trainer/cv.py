@@ -256,6 +256,9 @@ def _run_fold(
     # Every fold starts from the same initial weights; its seed drives shuffling and augmentation.
     model = model_for_fold(config)
     tf_keras.utils.set_random_seed(config.seed * 1000 + number)
+    resumed = checkpoint.load(model) if checkpoint is not None else None
+    if resumed is not None:
+        reporter.on_fold_resumed(number, list(resumed.history))
     history, lr_drops = fit(
         model,
         config,

@@ -16,7 +16,7 @@ import numpy as np
 
 if TYPE_CHECKING:
     from trainer.config import CVConfig
-    from trainer.results import CVResult, FoldResult
+    from trainer.results import CVResult, EpochRecord, FoldResult
 
 
 @dataclass(frozen=True)
@@ -40,6 +40,10 @@ class Reporter:
 
     def on_epoch(self, fold: int, epoch: int, metrics: Mapping[str, float]) -> None:
         """Called after every epoch with loss, val_loss, val_iou and lr. ``epoch`` counts from 1."""
+
+    def on_fold_resumed(self, fold: int, history: list[EpochRecord]) -> None:
+        """Called after on_fold_start when the fold goes on from an epoch checkpoint: ``history`` holds
+        the epochs trained before (on_epoch follows for the rest)."""
 
     def on_fold_end(self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None) -> None:
         """Called after a fold is scored and written; ``completed`` includes it."""
@@ -68,6 +72,10 @@ class MultiReporter(Reporter):
     def on_epoch(self, fold: int, epoch: int, metrics: Mapping[str, float]) -> None:
         for r in self.reporters:
             r.on_epoch(fold, epoch, metrics)
+
+    def on_fold_resumed(self, fold: int, history: list[EpochRecord]) -> None:
+        for r in self.reporters:
+            r.on_fold_resumed(fold, history)
 
     def on_fold_end(self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None) -> None:
         for r in self.reporters:

@@ -38,6 +38,9 @@ class Recorder(Reporter):
         if self.stop_in == (fold, epoch):
             raise KeyboardInterrupt
 
+    def on_fold_resumed(self, fold: int, history: list) -> None:
+        self.events.append(("resumed", fold, [h.epoch for h in history]))
+
     def on_fold_end(self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None) -> None:
         self.events.append(("fold_end", result.fold, len(completed), preview))
         if self.stop_after_fold == result.fold:
@@ -107,6 +110,7 @@ def test_fold_stopped_mid_training_resumes_after_its_last_epoch_as_if_never_stop
     recorder = Recorder()
     resumed = run_cv(config, data, tmp_path / "cut", recorder)
 
+    assert [e for e in recorder.events if e[0] == "resumed"] == [("resumed", 2, [1, 2])]
     assert [e[1:3] for e in recorder.events if e[0] == "epoch"] == [(2, 3), (2, 4)]
     assert "resuming" in capsys.readouterr().err
     one, two = whole.folds[1], resumed.folds[1]

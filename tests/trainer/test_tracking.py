@@ -125,6 +125,22 @@ def test_mlflow_resume_reuses_run_and_replaces_partial_fold(tmp_path: Path) -> N
     assert _client(out).get_metric_history(fold2.info.run_id, "loss")[0].value == 1.0
 
 
+def test_fold_resumed_from_a_checkpoint_logs_its_earlier_epochs_in_the_new_fold_run(tmp_path: Path) -> None:
+    from trainer.results import EpochRecord
+
+    out = tmp_path / "out"
+    tracker = open_trackers("mlflow", root=out, run_name="cv", params={"lr": 1e-3})
+    tracker.on_cv_start(CVConfig(folds=1), 1, out)
+    tracker.on_fold_start(1, 6, 2)
+    before = [EpochRecord(1, 0.9, 0.8, 0.1, 1e-3), EpochRecord(2, 0.7, 0.6, 0.2, 1e-3)]
+    tracker.on_fold_resumed(1, before)  # what run_cv calls when the fold goes on from epoch 2
+    tracker.on_epoch(1, 3, {"loss": 0.5, "val_loss": 0.4, "val_iou": 0.3, "lr": 1e-4})
+    tracker.close()
+    (fold,) = [r for r in _runs(out) if r.info.run_name == "fold 01"]
+    history = _client(out).get_metric_history(fold.info.run_id, "val_iou")
+    assert sorted((m.step, m.value) for m in history) == [(1, 0.1), (2, 0.2), (3, pytest.approx(0.3))]
+
+
 def test_failing_tracker_warns_once_and_the_run_goes_on(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the store's folder should be")

@@ -17,7 +17,7 @@ from trainer.tracking._secrets import redact_text
 
 if TYPE_CHECKING:
     from trainer.config import CVConfig
-    from trainer.results import CVResult, FoldResult
+    from trainer.results import CVResult, EpochRecord, FoldResult
 
 
 class TrackingWarning(UserWarning):
@@ -62,6 +62,12 @@ class GuardedTracker(Reporter):
 
     def on_epoch(self, fold: int, epoch: int, metrics: Mapping[str, float]) -> None:
         self._guard(f"logging epoch {epoch} of fold {fold}", lambda: self._epoch(fold, epoch, metrics))
+
+    def on_fold_resumed(self, fold: int, history: list[EpochRecord]) -> None:
+        # The fold's run gets the epochs trained before the checkpoint, so its curves are whole.
+        for record in history:
+            metrics = {"loss": record.loss, "val_loss": record.val_loss, "val_iou": record.val_iou, "lr": record.lr}
+            self.on_epoch(fold, record.epoch, metrics)
 
     def on_fold_end(self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None) -> None:
         self._guard(f"logging fold {result.fold}", lambda: self._fold_end(result, completed, preview))
