@@ -99,10 +99,18 @@ def test_fold_stopped_mid_training_resumes_after_its_last_epoch_as_if_never_stop
 ) -> None:
     _, data = tiny_data
     monkeypatch.setattr("trainer.checkpoint.MAX_OVERHEAD", float("inf"))  # tiny epochs: save after each
+    from trainer.training import BatchSource
+
+    starts: list[int] = []  # the first epoch of each stream of batches Keras asked for
+    batches = BatchSource.batches
+    monkeypatch.setattr(BatchSource, "batches", lambda self, first=0: starts.append(first) or batches(self, first))
     # Patience 1 so the plateau rule's counters and a cut learning rate cross the interruption.
     config = CVConfig(**{**TINY, "epochs": 4, "lr_patience": 1})
     whole = run_cv(config, data, tmp_path / "whole")
     assert not any((tmp_path / "whole" / "checkpoints").iterdir())  # removed as each fold ends
+    # One stream per fold: Keras keeps its iterator across epochs, so every epoch draws its own order
+    # (a stream restarted each epoch would repeat epoch 1's shuffle and augmentations).
+    assert starts == [0, 0]
 
     with pytest.raises(KeyboardInterrupt):
         run_cv(config, data, tmp_path / "cut", Recorder(stop_in=(2, 3)))
@@ -111,6 +119,7 @@ def test_fold_stopped_mid_training_resumes_after_its_last_epoch_as_if_never_stop
     resumed = run_cv(config, data, tmp_path / "cut", recorder)
 
     assert [e for e in recorder.events if e[0] == "resumed"] == [("resumed", 2, [1, 2])]
+    assert starts[-1] == 2  # the resumed fold's batches begin at epoch 3's draws
     assert [e[1:3] for e in recorder.events if e[0] == "epoch"] == [(2, 3), (2, 4)]
     assert "resuming" in capsys.readouterr().err
     one, two = whole.folds[1], resumed.folds[1]
