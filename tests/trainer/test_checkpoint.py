@@ -125,3 +125,26 @@ def test_saving_is_skipped_while_it_would_cost_more_than_its_share_of_training(
     checkpoint._last_save = (time.perf_counter() - took / 0.02 - 0.1, took)
     assert checkpoint.due()
 
+
+
+def test_the_plateau_rule_goes_on_with_its_counters(tmp_path: Path) -> None:
+    # Reset, the rule would take the first resumed epoch as its best and cut a step late.
+    import tf_keras
+
+    from trainer.config import CVConfig
+    from trainer.training import _make_callbacks
+
+    checkpoint = EpochCheckpoint(tmp_path / "fold_01.npz", IDENTITY)
+    checkpoint.resumed = EpochState(epoch=2, history=[], lr_drops=[], lr=1e-3,
+                                    plateau={"best": 0.5, "wait": 1.0, "cooldown_counter": 0.0})  # fmt: skip
+    callbacks = _make_callbacks(CVConfig(), [], [], monitor_val=True, lr_drop_epochs=None, on_epoch=None, n_train=4,
+                                checkpoint=checkpoint)  # fmt: skip
+    for callback in callbacks:  # in Keras' order: the plateau rule resets itself first
+        callback.on_train_begin()
+    (plateau,) = [c for c in callbacks if isinstance(c, tf_keras.callbacks.ReduceLROnPlateau)]
+    assert plateau.best == 0.5 and plateau.wait == 1 and plateau.cooldown_counter == 0
+
+    checkpoint.resumed.plateau["best"] = float("nan")  # -inf before any epoch, null in strict JSON
+    for callback in callbacks:
+        callback.on_train_begin()
+    assert plateau.best == float("-inf") and plateau.wait == 1
