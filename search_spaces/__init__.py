@@ -17,7 +17,8 @@ from search_spaces._yaml import load_space_file
 from trainer.errors import ConfigError
 
 #: Built-in spaces by name: ``paper`` (Tzavara & Singstad 2021), ``quick`` (minutes on a CPU) and
-#: ``cpu`` (a real search in ~2 h on 2 cores, untrained light encoders at 128 px).
+#: ``cpu`` (a real search on 2 cores, untrained light encoders at 128 px; 10 trials take hours:
+#: its header has the measured times).
 BUILTIN_SPACES: tuple[str, ...] = ("paper", "quick", "cpu")
 
 

@@ -129,7 +129,7 @@ def test_cpu_space_searches_the_untrained_levers() -> None:
     assert space.params["augment"].choices == (True, False)
     assert space.fixed == {"weights": "none", "image_size": 128, "folds": 3}
     header = builtin_space_path("cpu").read_text()
-    assert "2 h" in header and "128" in header and "3 folds" in header
+    assert "measured" in header and "128" in header and "3 folds" in header
 
 
 # -- sampling with Optuna --------------------------------------------------------------------------
