@@ -190,10 +190,13 @@ def write_bundle(
             else:
                 write_json_atomic(staging / name, dict(content))
         (staging / TRAIN_STEMS_FILE).write_text("".join(f"{stem}\n" for stem in train_stems))
-        # mkdtemp and the atomic JSON writer create owner-only files; a bundle is meant to be shared.
-        staging.chmod(0o755)
+        # mkdtemp makes an owner-only folder: give the bundle the modes of every other output (the
+        # umask; segsweep's default 077 keeps a model trained on patients' images private).
+        from trainer._env import created_file_mode
+
+        staging.chmod(created_file_mode() | ((created_file_mode() & 0o444) >> 2))  # x where r
         for path in staging.iterdir():
-            path.chmod(0o644)
+            path.chmod(created_file_mode())
         if out.exists():
             out.rmdir()  # the caller checked it is empty
         staging.rename(out)

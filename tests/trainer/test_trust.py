@@ -185,6 +185,28 @@ def test_outputs_are_private_by_default_and_follow_segsweep_umask(
         os.umask(saved)
 
 
+def test_model_bundles_follow_the_umask_like_every_other_output(tmp_path: Path) -> None:
+    # Bundles were always made 0755/0644, readable by every user of a shared cluster, while the
+    # README promised owner-only outputs.
+    import tf_keras
+
+    from trainer.bundle import bundle_meta, write_bundle
+
+    model = tf_keras.Sequential([tf_keras.Input((2,)), tf_keras.layers.Dense(1)])
+    meta = bundle_meta(CVConfig(encoder=TINY_ENCODER), data={}, source={}, seconds=1.0)
+    saved = os.umask(0o077)
+    try:
+        private = write_bundle(tmp_path / "private", model, meta, train_stems=["case001"])
+        os.umask(0o022)
+        shared = write_bundle(tmp_path / "shared", model, meta, train_stems=["case001"])
+    finally:
+        os.umask(saved)
+    assert stat.S_IMODE(private.stat().st_mode) == 0o700
+    assert {stat.S_IMODE(p.stat().st_mode) for p in private.iterdir()} == {0o600}
+    assert stat.S_IMODE(shared.stat().st_mode) == 0o755
+    assert {stat.S_IMODE(p.stat().st_mode) for p in shared.iterdir()} == {0o644}
+
+
 def test_ray_temp_folder_is_private_and_short_enough_for_sockets(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
