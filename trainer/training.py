@@ -178,7 +178,9 @@ def _make_callbacks(
         def __init__(self, batches: Callable[[], Iterator[np.ndarray]]) -> None:
             super().__init__()
             self.batches = batches
-            self.stale = False
+            # Unknown at the start: a run resumed after its last epoch trains nothing, and without
+            # validation (a retrain) its checkpoint holds Keras' moving statistics, not re-estimated ones.
+            self.stale = True
 
         def on_train_batch_end(self, batch: int, logs: Mapping[str, float] | None = None) -> None:
             self.stale = True

@@ -32,6 +32,28 @@ def test_reestimated_statistics_are_the_batch_statistics_averaged() -> None:
     assert bn.momentum == pytest.approx(0.999)  # put back
 
 
+def test_a_run_resumed_after_its_last_epoch_still_ends_with_reestimated_statistics() -> None:
+    # A retrain stopped after its final epoch's checkpoint trains no batch when resumed; its
+    # checkpoint (no validation, so no re-estimation yet) held Keras' moving statistics, and the
+    # bundle was saved with them: the batch-norm trap again, silently.
+    import tf_keras
+
+    from trainer.training import _make_callbacks
+
+    inputs = tf_keras.Input((4, 4, 2))
+    bn = tf_keras.layers.BatchNormalization(momentum=0.999)
+    model = tf_keras.Model(inputs, bn(inputs))
+    batch = np.random.default_rng(0).normal(5.0, 2.0, (3, 4, 4, 2)).astype(np.float32)
+    callbacks = _make_callbacks(CVConfig(), [], [], monitor_val=False, lr_drop_epochs=[], on_epoch=None,
+                                n_train=3, bn_batches=lambda: iter([batch]))  # fmt: skip
+    for callback in callbacks:
+        callback.set_model(model)
+        callback.on_train_begin()
+    for callback in callbacks:  # no epoch in between: fit(initial_epoch=epochs)
+        callback.on_train_end()
+    np.testing.assert_allclose(bn.moving_mean.numpy(), batch.mean(axis=(0, 1, 2)), rtol=1e-4)
+
+
 def test_no_batches_leave_the_model_unchanged() -> None:
     model = model_for_fold(CVConfig(**TINY))
     before = [w.copy() for w in model.get_weights()]
