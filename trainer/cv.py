@@ -7,6 +7,7 @@ from Ray: the sweep adapts it through a Reporter.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import sys
 import time
@@ -24,6 +25,7 @@ from trainer.errors import ConfigError
 from trainer.files import ensure_writable_folder, write_json_atomic
 from trainer.reporting import FoldPreview, MultiReporter, Reporter
 from trainer.results import (
+    CHECKPOINTS_DIR,
     CV_FILE,
     CVResult,
     FoldResult,
@@ -230,6 +232,8 @@ def run_cv(
             snapshot(complete=len(completed) == len(folds))
             reporter.on_fold_end(result, list(completed), preview)
         final = snapshot(complete=True)
+        with contextlib.suppress(OSError):  # every fold's checkpoint has served; keep the folder tidy
+            (out_dir / CHECKPOINTS_DIR).rmdir()
         reporter.on_cv_end(final)
         return final
     finally:
