@@ -68,15 +68,15 @@ def test_model_card_of_a_trial_with_unfinished_folds_says_so() -> None:
     assert "Cross-validation of this configuration (2 folds, development set)" in _model_card(meta, [], schedule)
 
 
-CONFIG = CVConfig(encoder=TINY_ENCODER, weights="none", image_size=64, folds=2, epochs=3, batch_size=2)
+CONFIG = CVConfig(encoder=TINY_ENCODER, weights="none", image_size=64, folds=2, epochs=2, batch_size=2)
 
 
 @pytest.fixture()
 def cv_folder(kvasir_seg_dir: Path, tmp_path: Path) -> Path:
-    """A finished cross-validation whose folds cut the learning rate after epoch 2."""
+    """A finished cross-validation whose folds cut the learning rate after epoch 1."""
     folder = tmp_path / "cv"
-    history = [EpochRecord(e, 1.0, 1.0, 0.1, 1e-3) for e in (1, 2, 3)]
-    folds = [FoldResult(n, 6, 6, 0.5, 0.4, 3, [2], history, 1.0) for n in (1, 2)]
+    history = [EpochRecord(e, 1.0, 1.0, 0.1, 1e-3) for e in (1, 2)]
+    folds = [FoldResult(n, 6, 6, 0.5, 0.4, 2, [1], history, 1.0) for n in (1, 2)]
     result = CVResult(config=CONFIG.to_dict(), data={"path": str(kvasir_seg_dir)}, n_folds=2, folds=folds,
                       seconds=2.0, complete=True)  # fmt: skip
     write_json_atomic(folder / "cv.json", result.to_dict())
@@ -96,8 +96,8 @@ def test_retrain_stopped_after_an_epoch_resumes_there_and_ends_as_if_never_stopp
 
     def save_then_stop(self: EpochCheckpoint, model: object, state: object) -> None:
         save(self, model, state)  # type: ignore[arg-type]
-        if state.epoch == 2:  # type: ignore[attr-defined]
-            raise KeyboardInterrupt  # Ctrl-C (or SIGTERM: a Slurm time limit) just after epoch 2
+        if state.epoch == 1:  # type: ignore[attr-defined]
+            raise KeyboardInterrupt  # Ctrl-C (or SIGTERM: a Slurm time limit) just after epoch 1
 
     out = tmp_path / "cut"
     with monkeypatch.context() as patch:
@@ -112,12 +112,12 @@ def test_retrain_stopped_after_an_epoch_resumes_there_and_ends_as_if_never_stopp
     assert checkpoint.is_file() and not out.exists()
 
     assert main(["retrain", str(cv_folder), "--out", str(out), "--quiet"]) == 0
-    assert f"resuming {checkpoint} after epoch 2" in capsys.readouterr().err
+    assert f"resuming {checkpoint} after epoch 1" in capsys.readouterr().err
     assert not checkpoint.exists()
     whole, resumed = load_bundle(tmp_path / "whole"), load_bundle(out)
     history = [json.loads((b.path / "history.json").read_text()) for b in (whole, resumed)]
-    assert [h["epoch"] for h in history[1]] == [1, 2, 3]
-    assert [h["lr"] for h in history[1]] == [h["lr"] for h in history[0]] == pytest.approx([1e-3, 1e-3, 1e-4])
+    assert [h["epoch"] for h in history[1]] == [1, 2]
+    assert [h["lr"] for h in history[1]] == [h["lr"] for h in history[0]] == pytest.approx([1e-3, 1e-4])
     np.testing.assert_allclose([h["loss"] for h in history[1]], [h["loss"] for h in history[0]], rtol=1e-5)
     for a, b in zip(whole.load_model().get_weights(), resumed.load_model().get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)

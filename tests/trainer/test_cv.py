@@ -25,9 +25,8 @@ TINY = dict(encoder=TINY_ENCODER, weights="none", image_size=64, folds=2, epochs
 
 
 class Recorder(Reporter):
-    def __init__(self, stop_after_fold: int | None = None, stop_in: tuple[int, int] | None = None) -> None:
+    def __init__(self, stop_in: tuple[int, int] | None = None) -> None:
         self.events: list[tuple] = []
-        self.stop_after_fold = stop_after_fold
         self.stop_in = stop_in  # (fold, epoch): stop as that epoch ends, before its checkpoint is saved
 
     def on_fold_start(self, fold: int, n_train: int, n_val: int) -> None:
@@ -43,8 +42,6 @@ class Recorder(Reporter):
 
     def on_fold_end(self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None) -> None:
         self.events.append(("fold_end", result.fold, len(completed), preview))
-        if self.stop_after_fold == result.fold:
-            raise KeyboardInterrupt  # what a killed worker looks like from the outside
 
     def on_cv_end(self, result: CVResult) -> None:
         self.events.append(("cv_end", result.complete))
@@ -79,22 +76,7 @@ def test_cv_writes_results_and_calls_reporter(tiny_data, tmp_path: Path) -> None
     assert result.mean["dice"] == pytest.approx(np.mean([f.dice for f in result.folds]))
 
 
-def test_rerun_resumes_at_first_unfinished_fold(tiny_data, tmp_path: Path) -> None:
-    _, data = tiny_data
-    with pytest.raises(KeyboardInterrupt):
-        run_cv(CVConfig(**TINY), data, tmp_path, Recorder(stop_after_fold=1))
-    partial = json.loads((tmp_path / "cv.json").read_text())
-    assert partial["complete"] is False and [f["fold"] for f in partial["folds"]] == [1]
-    first = (tmp_path / "folds" / "fold_01.json").read_bytes()
-
-    recorder = Recorder()
-    result = run_cv(CVConfig(**TINY), data, tmp_path, recorder)
-    assert [e[1] for e in recorder.events if e[0] == "fold_start"] == [2]  # fold 1 not trained again
-    assert (tmp_path / "folds" / "fold_01.json").read_bytes() == first
-    assert result.complete and [f.fold for f in result.folds] == [1, 2]
-
-
-def test_fold_stopped_mid_training_resumes_after_its_last_epoch_as_if_never_stopped(
+def test_rerun_resumes_at_the_first_unfinished_fold_after_its_last_finished_epoch(
     tiny_data, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, data = tiny_data
@@ -115,8 +97,15 @@ def test_fold_stopped_mid_training_resumes_after_its_last_epoch_as_if_never_stop
     with pytest.raises(KeyboardInterrupt):
         run_cv(config, data, tmp_path / "cut", Recorder(stop_in=(2, 3)))
     assert (tmp_path / "cut" / "checkpoints" / "fold_02.npz").is_file()
+    partial = json.loads((tmp_path / "cut" / "cv.json").read_text())
+    assert partial["complete"] is False and [f["fold"] for f in partial["folds"]] == [1]
+    first = (tmp_path / "cut" / "folds" / "fold_01.json").read_bytes()
     recorder = Recorder()
     resumed = run_cv(config, data, tmp_path / "cut", recorder)
+
+    assert [e[1] for e in recorder.events if e[0] == "fold_start"] == [2]  # fold 1 not trained again
+    assert (tmp_path / "cut" / "folds" / "fold_01.json").read_bytes() == first
+    assert resumed.complete and [f.fold for f in resumed.folds] == [1, 2]
 
     assert [e for e in recorder.events if e[0] == "resumed"] == [("resumed", 2, [1, 2])]
     assert starts[-1] == 2  # the resumed fold's batches begin at epoch 3's draws
