@@ -115,9 +115,9 @@ class CVConfig:
 def loads_encoder_weights(weights: object) -> bool:
     """Whether a ``weights`` value starts the encoder from weights (ImageNet or a file).
 
-    The rule trainer.weights.resolve_weights trains by: ``none`` in any case, with spaces around it,
-    or empty loads nothing, so ``--weights None`` trains from random initialisation and must be
-    reported as untrained.
+    The one rule for training (trainer.weights.resolve_weights) and reports: ``none`` in any case,
+    with spaces around it, or empty loads nothing, so ``--weights None`` trains from random
+    initialisation and is reported as untrained.
     """
     return str(weights or "").strip().lower() not in ("none", "")
 

@@ -152,7 +152,7 @@ def run_cv(
             f"{len(data)} pairs in {len(folds)} folds); use --batch-size {smallest_train} or less, or more images"
         )
     check_output_dir(out_dir)
-    if config.weights not in ("none", ""):
+    if config.pretrained:
         from trainer.weights import resolve_weights
 
         resolve_weights(config.encoder, config.weights)  # missing weights fail now, not inside fold 1

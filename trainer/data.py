@@ -70,33 +70,23 @@ def image_files_by_stem(folder: Path) -> tuple[dict[str, Path], list[Path], list
     """
     found: dict[str, Path] = {}
     others: list[Path] = []
-    nested: list[Path] = []
     for path in sorted(folder.iterdir()):
-        if path.name.startswith("."):
+        if path.name.startswith(".") or path.is_dir():
             continue
-        if path.is_dir():
-            nested.extend(_image_files_under(path, folder))
-        elif path.suffix.lower() not in IMAGE_EXTENSIONS:
+        if path.suffix.lower() not in IMAGE_EXTENSIONS:
             others.append(path)
         elif path.stem in found:
             raise DataError(f"{path} and {found[path.stem]} share the stem {path.stem!r}; keep one of them")
         else:
             found[path.stem] = path
-    return found, others, nested
+    return found, others, nested_image_files(folder)
 
 
 def nested_image_files(folder: Path) -> list[Path]:
     """Image files in the subfolders of ``folder`` (which segsweep never reads), hidden ones aside."""
     return [
-        p for sub in sorted(folder.iterdir()) if sub.is_dir() and not sub.name.startswith(".")
-        for p in _image_files_under(sub, folder)
-    ]  # fmt: skip
-
-
-def _image_files_under(sub: Path, folder: Path) -> list[Path]:
-    return [
-        p for p in sorted(sub.rglob("*"))
-        if p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
+        p for p in sorted(folder.rglob("*"))
+        if p.parent != folder and p.suffix.lower() in IMAGE_EXTENSIONS and p.is_file()
         and not any(part.startswith(".") for part in p.relative_to(folder).parts)
     ]  # fmt: skip
 

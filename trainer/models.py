@@ -178,7 +178,7 @@ def build_model(config: CVConfig, *, mixed_precision: bool | None = None) -> tf_
     # Set both ways: a process (a reused sweep worker) may build models under both settings.
     tf_keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
     weights_path = None
-    if config.weights not in ("none", ""):
+    if config.pretrained:
         from trainer.weights import resolve_weights
 
         weights_path = resolve_weights(config.encoder, config.weights)

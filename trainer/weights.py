@@ -32,7 +32,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.config import ENCODERS
+from trainer.config import ENCODERS, loads_encoder_weights
 from trainer.errors import WeightsError
 from trainer.files import atomic_path, file_digest
 
@@ -184,7 +184,7 @@ def resolve_weights(encoder: str, weights: str) -> Path | None:
     names the file and says how to provide it.
     """
     choice = weights.strip()
-    if choice.lower() in ("none", ""):
+    if not loads_encoder_weights(choice):
         return None
     if choice.lower() == "imagenet":
         return _resolve_imagenet(imagenet_weights_file(encoder))
