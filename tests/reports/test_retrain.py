@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from sweeps.cli import main
-from tests.support import TINY_ENCODER
+from tests.support import TINY_ENCODER, checkpoint_every_epoch
 from trainer.bundle import load_bundle, retrain_checkpoint_path
 from trainer.config import CVConfig
 from trainer.data import prepare_dataset
@@ -88,7 +88,7 @@ def test_retrain_stopped_after_an_epoch_resumes_there_and_ends_as_if_never_stopp
 ) -> None:
     from trainer.checkpoint import EpochCheckpoint
 
-    monkeypatch.setattr("trainer.checkpoint.MAX_OVERHEAD", float("inf"))  # tiny epochs: save after each
+    checkpoint_every_epoch(monkeypatch)
     assert main(["retrain", str(cv_folder), "--out", str(tmp_path / "whole"), "--quiet"]) == 0
     capsys.readouterr()
 

@@ -11,3 +11,10 @@ SIGINT_HANDLER_AT_START = signal.getsignal(signal.SIGINT)
 #: graph (one op per layer and per Adam update), not computing it: a tiny `segsweep cv` takes ~40%
 #: less time than with mobilenetv2. Tests of batch normalisation or of an encoder's weights name theirs.
 TINY_ENCODER = "vgg16"
+
+
+def checkpoint_every_epoch(monkeypatch) -> None:  # type: ignore[no-untyped-def]
+    """Tiny epochs last about a second: make every one of them write its checkpoint (normally one
+    protects at least trainer.checkpoint.MIN_PROTECTED_SECONDS and costs at most MAX_OVERHEAD)."""
+    monkeypatch.setattr("trainer.checkpoint.MIN_PROTECTED_SECONDS", 0.0)
+    monkeypatch.setattr("trainer.checkpoint.MAX_OVERHEAD", float("inf"))

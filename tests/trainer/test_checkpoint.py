@@ -111,20 +111,24 @@ def test_a_checkpoint_of_another_model_shape_is_set_aside(tmp_path: Path, capsys
     assert "do not fit this model" in capsys.readouterr().err
 
 
-def test_saving_is_skipped_while_it_would_cost_more_than_its_share_of_training(
+def test_saving_is_skipped_while_it_would_protect_too_little_or_cost_too_much(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     import time
 
     monkeypatch.setattr("trainer.checkpoint.MAX_OVERHEAD", 0.02)
+    monkeypatch.setattr("trainer.checkpoint.MIN_PROTECTED_SECONDS", 60.0)
     checkpoint = EpochCheckpoint(tmp_path / "fold_01.npz", IDENTITY)
-    assert checkpoint.due()  # nothing saved yet
+    assert not checkpoint.due()  # a fold's first minute is not worth a checkpoint
+    checkpoint.started -= 60.0
+    assert checkpoint.due()
     checkpoint.save(_trained_model(), STATE)
     took = checkpoint._last_save[1]  # type: ignore[index]
-    assert not checkpoint.due()  # the next save waits for 50x its cost of training time
-    checkpoint._last_save = (time.perf_counter() - took / 0.02 - 0.1, took)
+    assert not checkpoint.due()  # the next one waits for a minute, and for 50x its cost of training
+    checkpoint._last_save = (time.perf_counter() - 60.0, took)
+    assert checkpoint.due() == (took <= 60.0 * 0.02)
+    checkpoint._last_save = (time.perf_counter() - max(60.0, took / 0.02) - 0.1, took)
     assert checkpoint.due()
-
 
 
 def test_the_plateau_rule_goes_on_with_its_counters(tmp_path: Path) -> None:

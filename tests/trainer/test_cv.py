@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support import TINY_ENCODER
+from tests.support import TINY_ENCODER, checkpoint_every_epoch
 from tests.support.synth import make_dataset
 from trainer.config import CVConfig
 from trainer.cv import make_folds, run_cv
@@ -80,7 +80,7 @@ def test_rerun_resumes_at_the_first_unfinished_fold_after_its_last_finished_epoc
     tiny_data, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     _, data = tiny_data
-    monkeypatch.setattr("trainer.checkpoint.MAX_OVERHEAD", float("inf"))  # tiny epochs: save after each
+    checkpoint_every_epoch(monkeypatch)
     from trainer.training import BatchSource
 
     starts: list[int] = []  # the first epoch of each stream of batches Keras asked for
