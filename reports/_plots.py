@@ -68,13 +68,13 @@ def fold_boxplots(trials: list[TrialResult], labels: list[str]) -> bytes:
 
 
 def best_so_far(points: list[tuple[float, float, str]]) -> bytes:
-    """A step curve of the best mean Dice so far against wall time (minutes)."""
+    """A step curve of the best mean Dice so far against the sweep's running time (minutes)."""
     figure, axes = plt.subplots(figsize=(_WIDTH, 3.6))
     minutes = [seconds / 60 for seconds, _, _ in points]
     dice = [value for _, value, _ in points]
     axes.step(minutes, dice, where="post", color="tab:blue")
     axes.scatter(minutes, dice, color="tab:blue", zorder=3)
-    axes.set(xlabel="wall time since the first trial started (minutes)", ylabel="best mean CV Dice so far")
+    axes.set(xlabel="minutes the sweep ran (pauses left out)", ylabel="best mean CV Dice so far")
     axes.grid(alpha=0.3)
     return _png(figure)
 

@@ -15,6 +15,7 @@ import math
 import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -33,6 +34,7 @@ from sweeps.folder import (
     leaderboard_table,
     load_sweep,
     load_test_scores,
+    read_events,
 )
 from trainer.config import CVConfig
 from trainer.errors import ConfigError, SegsweepError
@@ -288,33 +290,61 @@ def generalisation_gap_sentence(cv_dice: float, cv_std: float, test_dice: float)
 
 
 def best_so_far(sweep: SweepResults) -> list[tuple[float, float, str]]:
-    """(seconds since the sweep's first trial started, best mean Dice so far, trial) at each new best.
+    """(seconds the sweep had run, best mean Dice so far, trial) at each new best.
 
-    From the trials' start and end times in the sweep folder; only trials that completed all folds
-    count (the winner rule). A resumed sweep's pause counts as wall time.
+    Only trials that completed all folds count (the winner rule), at their end times. The time axis
+    is the sweep's running time: the union of its trials' attempts (each from its ``attempt`` event
+    to its last event), so the pauses of a stopped and resumed sweep (a night, a session, a Slurm
+    queue) are left out; on a curve over calendar time they would read as trials that bought
+    nothing. A trial without events counts from its start to its end.
     """
-    from datetime import datetime
+    spans = sorted(span for trial in sweep.trials for span in _trial_spans(trial))
+    merged: list[list[float]] = []
+    for begin, end in spans:
+        if merged and begin <= merged[-1][1]:
+            merged[-1][1] = max(merged[-1][1], end)
+        else:
+            merged.append([begin, end])
 
-    def when(text: str | None) -> datetime | None:
-        try:
-            return datetime.fromisoformat(text) if text else None
-        except ValueError:
-            return None
+    def running(until: float) -> float:
+        return sum(max(0.0, min(end, until) - begin) for begin, end in merged)
 
-    starts = [t for t in (when(trial.started) for trial in sweep.trials) if t is not None]
-    if not starts:
-        return []
-    origin = min(starts)
     ended = []
     for trial in sweep.completed():
-        end = when(trial.ended)
-        if end is not None:
-            ended.append(((end - origin).total_seconds(), trial.mean["dice"], trial.label))
+        finished = _timestamp(trial.ended)
+        if finished is not None:
+            ended.append((running(finished), trial.mean["dice"], trial.label))
     points: list[tuple[float, float, str]] = []
     for seconds, dice, name in sorted(ended):
         if not points or dice > points[-1][1]:
             points.append((seconds, dice, name))
     return points
+
+
+def _timestamp(text: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(text).timestamp() if isinstance(text, str) and text else None
+    except ValueError:
+        return None
+
+
+def _trial_spans(trial: TrialResult) -> list[tuple[float, float]]:
+    """When the trial ran: one (start, end) per attempt, from its events; else its start to its end."""
+    spans: list[tuple[float, float]] = []
+    events = read_events(trial.path) if trial.path is not None else []
+    for event in events:
+        when = _timestamp(event.get("time"))
+        if when is None:
+            continue
+        if event.get("event") == "attempt" or not spans:
+            spans.append((when, when))
+        else:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], when))
+    if not spans:
+        begin, end = _timestamp(trial.started), _timestamp(trial.ended)
+        if begin is not None and end is not None and end >= begin:
+            spans.append((begin, end))
+    return spans
 
 
 def _best_so_far_section(sweep: SweepResults) -> Section:
@@ -326,11 +356,12 @@ def _best_so_far_section(sweep: SweepResults) -> Section:
         section.blocks.append("No trial has completed all folds with recorded times yet.")
         return section
     section.blocks += [
-        "The best mean CV Dice among the trials completed so far, against wall time since the sweep's first "
-        "trial started (trial end times in the sweep folder). A curve still rising at the end says more "
-        "trials would likely help; a long flat tail says the budget was enough for this space.",
+        "The best mean CV Dice among the trials completed so far, against the sweep's running time (trial "
+        "attempts in the sweep folder; pauses between a stop and a resume left out). A curve still rising at "
+        "the end says more trials would likely help; a long flat tail says the budget was enough for this "
+        "space.",
         Table(
-            ["minutes", "best mean Dice", "trial"],
+            ["minutes the sweep ran", "best mean Dice", "trial"],
             [[f"{seconds / 60:.1f}", f"{dice:.4f}", name] for seconds, dice, name in points],
         ),
         Figure("best_so_far", "Best mean CV Dice so far over wall time", _plots.best_so_far(points)),

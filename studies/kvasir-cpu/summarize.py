@@ -165,7 +165,7 @@ def render(summary: dict[str, Any]) -> str:
         )
     lines += ["", f"Sweep: {summary['sweep_state']}", ""]
     if summary["best_so_far"]:
-        lines += ["| minutes | best mean CV Dice | trial |", "|---|---|---|"]
+        lines += ["| minutes the sweep ran | best mean CV Dice | trial |", "|---|---|---|"]
         lines += [f"| {s / 60:.1f} | {d:.4f} | {t} |" for s, d, t in summary["best_so_far"]]
     lines += ["", "| batch-norm run | state | CV Dice | CV IoU | folds |", "|---|---|---|---|---|"]
     for name, row in summary["bn"].items():

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from reports.report import best_so_far, build_report, generalisation_gap_sentence, render_markdown
-from sweeps.folder import SweepFolder, load_sweep, record_test_scores, update_trial_record
+from sweeps.folder import SweepFolder, append_event, load_sweep, record_test_scores, update_trial_record
 from tests.support import TINY_ENCODER
 from tests.support.fake_sweep import FakeTrial, make_sweep
 
@@ -38,6 +38,25 @@ def test_best_so_far_follows_trial_end_times(tmp_path: Path) -> None:
     section = text.split("## Best so far over wall time")[1].split("## ")[0]
     assert "| 10.0 | 0.5000 |" in section and "| 30.0 | 0.7000 |" in section
     assert "figures/best_so_far.png" in section
+
+
+def test_best_so_far_leaves_out_the_pause_of_a_stopped_and_resumed_sweep(tmp_path: Path) -> None:
+    path = make_sweep(tmp_path, "s", [FakeTrial(PARAMS, [0.5, 0.5]), FakeTrial({**PARAMS, "lr": 2e-3}, [0.7, 0.7])])
+    events = {
+        "trial_00000": [("attempt", "00:00:00"), ("fold_end", "00:10:00"), ("trial_end", "00:10:00")],
+        # Runs beside trial 0, is stopped at 00:20, and goes on when the sweep resumes five hours later.
+        "trial_00001": [("attempt", "00:05:00"), ("fold_end", "00:20:00"), ("attempt", "05:00:00"),
+                        ("fold_end", "05:20:00"), ("trial_end", "05:20:00")],
+    }  # fmt: skip
+    for trial_id, lines in events.items():
+        for event, time in lines:
+            append_event(SweepFolder(path).trial_dir(trial_id), event, time=f"2025-01-01T{time}+00:00")
+        _set_times(path, trial_id, lines[0][1] + "+00:00", lines[-1][1] + "+00:00")
+
+    points = best_so_far(load_sweep(tmp_path, "s"))
+
+    # Running time: 00:00-00:20 (both trials) and 05:00-05:20, 40 minutes, not 320.
+    assert [(seconds, round(dice, 4)) for seconds, dice, _ in points] == [(600.0, 0.5), (2400.0, 0.7)]
 
 
 def test_gap_larger_than_twice_the_fold_std_is_flagged() -> None:
