@@ -412,7 +412,7 @@ def ray_session(address: str | None, *, object_store_bytes: int) -> Iterator[Non
             ray.init(address=address, **quiet)
         else:
             temp_dir = private_ray_temp_dir()
-            _start_local_ray(object_store_bytes, {**quiet, "_temp_dir": temp_dir})
+            start_local_ray(object_store_bytes, **quiet, _temp_dir=temp_dir)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         if temp_dir is not None:
             import shutil
@@ -443,11 +443,13 @@ def ray_session(address: str | None, *, object_store_bytes: int) -> Iterator[Non
 LOCAL_RAY_STARTS = 3
 
 
-def _start_local_ray(object_store_bytes: int, quiet: dict[str, Any]) -> None:
+def start_local_ray(object_store_bytes: int, **more: Any) -> None:
+    """``ray.init`` of a one-machine Ray on 127.0.0.1, tried LOCAL_RAY_STARTS times; ``more`` goes
+    to ``ray.init`` (the sweep's quiet logging, a temp folder; the tests' CPU count)."""
     import ray
 
     options = {"include_dashboard": False, "_node_ip_address": "127.0.0.1",
-               "object_store_memory": object_store_bytes, **quiet}
+               "object_store_memory": object_store_bytes, **more}
     for attempt in range(1, LOCAL_RAY_STARTS + 1):
         try:
             ray.init(**options)

@@ -90,11 +90,11 @@ def local_ray(ray_env: dict[str, str]) -> Iterator[None]:
     import cloudpickle
     import ray
 
+    from sweeps.runner import start_local_ray
     from tests.support import fake_cv
 
     cloudpickle.register_pickle_by_value(fake_cv)  # workers need not import the tests package
-    ray.init(num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1",
-             object_store_memory=200 * 2**20, log_to_driver=False)
+    start_local_ray(200 * 2**20, num_cpus=2, log_to_driver=False)  # retried: a busy CI runner misses Ray's 30 s
     try:
         yield
     finally:

@@ -118,7 +118,8 @@ def test_stop_from_another_process_then_resume_trains_no_fold_twice(
     print(f"sweep stop took effect in {took:.1f} s (the driver exited)")
     assert took < 90, took  # the running folds end (6 s each) and the run ends with them
     assert watched.returncode == 0
-    assert re.search(r"#\d \(lr=[\d.e-]+, encoder=\w+\): fold 1/3, epoch 1/3, val IoU 0\.\d{4}, ", view), view
+    # Any fold: on a busy machine --watch may start when the first trial is past its fold 1.
+    assert re.search(r"#\d \(lr=[\d.e-]+, encoder=\w+\): fold \d/3, epoch \d/3, val IoU 0\.\d{4}, ", view), view
     assert "waiting to stop" in view
     assert "ETA ~" in view and "running" in view, view
     spec = json.loads(folder.spec_file.read_text())
