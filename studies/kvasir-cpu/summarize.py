@@ -17,6 +17,7 @@ from typing import Any
 import trainer._env  # noqa: F401  (sets the Keras environment first)
 
 SWEEP = "kvasir-cpu"
+AUGMENTED = "cpu winner, augmentation on"
 
 
 def _read(path: Path) -> dict[str, Any] | None:
@@ -73,6 +74,10 @@ def collect(out: Path) -> dict[str, Any]:
         rows[name]["retrain_seconds"] = bundle.get("seconds") if bundle else None
         rows[name]["test"] = _test_rows(_read(out / "predict" / key / "metrics.json"))
         rows[name]["test_folds"] = _test_rows(_read(out / "predict" / f"{key}-folds" / "metrics.json"))
+    # The follow-up of the missed goal: the winner's configuration with augmentation on (no retrain).
+    rows[AUGMENTED] = _cv_row(_read(out / "cv" / "winner-augmented" / "cv.json"))
+    rows[AUGMENTED].update(retrain_seconds=None, test={},
+                           test_folds=_test_rows(_read(out / "predict" / "winner-augmented-folds" / "metrics.json")))
     bn = {name: _cv_row(_read(out / "cv" / name / "cv.json")) for name in ("bn-before", "bn-after")}
     curve: list[tuple[float, float, str]] = []
     sweep_state = "pending"
@@ -142,12 +147,14 @@ def render(summary: dict[str, Any]) -> str:
         "| + TTA | fold ensemble | ensemble + TTA |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name in ("default", "handpicked", "cpu winner"):
+    for name in ("default", "handpicked", "cpu winner", AUGMENTED):
         row = rows.get(name, {})
 
-        def test(table: dict[str, Any], variant: str) -> str:
+        missing = "-" if name == AUGMENTED else "pending"  # the follow-up run is not retrained
+
+        def test(table: dict[str, Any], variant: str, missing: str = "pending") -> str:
             value = table.get(variant) if table else None
-            return f"{value[0]:.3f} / {value[1]:.3f}" if value else "pending"
+            return f"{value[0]:.3f} / {value[1]:.3f}" if value else missing
 
         config = row.get("config")
         described = name
@@ -159,8 +166,8 @@ def render(summary: dict[str, Any]) -> str:
         retrain = row.get("retrain_seconds")
         lines.append(
             f"| {described} | {row.get('state')} | {_pm(row.get('dice'))} | {_pm(row.get('iou'))} "
-            f"| {row.get('seconds', 0):.0f} | {f'{retrain:.0f}' if retrain else 'pending'} "
-            f"| {test(row.get('test', {}), 'plain')} | {test(row.get('test', {}), 'tta')} "
+            f"| {row.get('seconds', 0):.0f} | {f'{retrain:.0f}' if retrain else missing} "
+            f"| {test(row.get('test', {}), 'plain', missing)} | {test(row.get('test', {}), 'tta', missing)} "
             f"| {test(row.get('test_folds', {}), 'plain')} | {test(row.get('test_folds', {}), 'tta')} |"
         )
     lines += ["", f"Sweep: {summary['sweep_state']}", ""]
@@ -174,7 +181,7 @@ def render(summary: dict[str, Any]) -> str:
     lines += ["", "Verdicts (goals of issue 10):", ""]
     lines += [f"- {line}" for line in verdicts(summary)]
     post = {}
-    for name in ("default", "handpicked", "cpu winner"):
+    for name in ("default", "handpicked", "cpu winner", AUGMENTED):
         for key in ("test", "test_folds"):
             for variant, value in rows.get(name, {}).get(key, {}).items():
                 if "+" in variant:
