@@ -30,11 +30,11 @@ from reports.leaderboard import (
 from sweeps.folder import (
     SweepResults,
     TrialResult,
+    attempt_spans,
     format_value,
     leaderboard_table,
     load_sweep,
     load_test_scores,
-    read_events,
 )
 from trainer.config import CVConfig
 from trainer.errors import ConfigError, SegsweepError
@@ -330,16 +330,7 @@ def _timestamp(text: Any) -> float | None:
 
 def _trial_spans(trial: TrialResult) -> list[tuple[float, float]]:
     """When the trial ran: one (start, end) per attempt, from its events; else its start to its end."""
-    spans: list[tuple[float, float]] = []
-    events = read_events(trial.path) if trial.path is not None else []
-    for event in events:
-        when = _timestamp(event.get("time"))
-        if when is None:
-            continue
-        if event.get("event") == "attempt" or not spans:
-            spans.append((when, when))
-        else:
-            spans[-1] = (spans[-1][0], max(spans[-1][1], when))
+    spans = attempt_spans(trial.path) if trial.path is not None else []
     if not spans:
         begin, end = _timestamp(trial.started), _timestamp(trial.ended)
         if begin is not None and end is not None and end >= begin:

@@ -248,3 +248,19 @@ def read_events(trial_dir: Path) -> list[dict[str, Any]]:
             if isinstance(loaded, dict):
                 events.append(loaded)
     return events
+
+
+def attempt_spans(trial_dir: Path) -> list[tuple[float, float]]:
+    """When the trial ran, by its events: one (start, end) in POSIX seconds per attempt, from its
+    ``attempt`` event to that attempt's last event (a stop, a crash or a pause ends a span)."""
+    spans: list[tuple[float, float]] = []
+    for event in read_events(trial_dir):
+        try:
+            when = datetime.fromisoformat(str(event.get("time"))).timestamp()
+        except ValueError:
+            continue
+        if event.get("event") == "attempt" or not spans:
+            spans.append((when, when))
+        else:
+            spans[-1] = (spans[-1][0], max(spans[-1][1], when))
+    return spans
