@@ -78,7 +78,8 @@ class FoldPruningOptunaSearch(OptunaSearch):
 
     def _setup_study(self, mode: str | list[str]) -> None:
         super()._setup_study(mode)
-        name_objective(self._ot_study)
+        if self._ot_study is not None:
+            name_objective(self._ot_study)
 
     def restore(self, checkpoint_path: str) -> None:
         super().restore(checkpoint_path)
