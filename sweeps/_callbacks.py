@@ -9,7 +9,7 @@ from typing import Any
 
 from ray import tune
 
-from sweeps._trainable import one_line_reason
+from sweeps._trainable import interrupted_by_stop, one_line_reason, pruned_reason
 from sweeps.folder import (
     COMPLETE,
     FAILED,
@@ -19,7 +19,6 @@ from sweeps.folder import (
     append_event,
     load_sweep,
     now,
-    read_stop_request,
     read_trial_record,
     update_trial_record,
 )
@@ -81,11 +80,7 @@ class SweepCallback(tune.Callback):
         if n_folds and folds_done >= n_folds:
             state, reason = COMPLETE, None
         else:
-            state = PRUNED
-            reason = (
-                f"stopped by the scheduler after {folds_done} of {n_folds} folds "
-                f"(running mean Dice {float(last.get('dice', float('nan'))):.4f})"
-            )
+            state, reason = PRUNED, pruned_reason(last)
         record = update_trial_record(folder, state=state, reason=reason, ended=now())
         append_event(folder, "trial_end", state=state, reason=reason)
         suffix = f": {reason}" if reason else ""
@@ -147,17 +142,6 @@ class _Progress:
             top = done[0]
             progress.best = _Best(top.mean["dice"], top.std["dice"], top.mean["iou"], top.number, dict(top.params))
         return progress
-
-
-def interrupted_by_stop(sweep: SweepFolder, last_result: dict[str, Any] | None) -> bool:
-    """Whether Tune ends an unfinished trial because the sweep is stopping (not because ASHA said so).
-
-    Tune reports every running trial as complete when a run ends on its SIGINT path, which is how a
-    sweep stops resumably; such a trial must stay RUNNING in trial.json and the study.
-    """
-    last = last_result or {}
-    unfinished = int(last.get("folds_done") or 0) < int(last.get("n_folds") or 1 << 30)
-    return unfinished and read_stop_request(sweep) is not None
 
 
 def _short(value: Any) -> str:

@@ -30,6 +30,8 @@ from sweeps.folder import (
 
 #: Metric the trainable reports after every fold (running mean Dice over the folds done) and its mode.
 METRIC, MODE = "dice", "max"
+#: The study's name for its objective (METRIC at the last fold), shown by optuna-dashboard.
+OBJECTIVE_NAME = "mean CV Dice"
 
 
 def open_storage(sweep_dir: Path) -> optuna.storages.RDBStorage:
@@ -73,6 +75,16 @@ class FoldPruningOptunaSearch(OptunaSearch):
     def __init__(self, *args: Any, sweep_dir: str | Path, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.sweep_dir = str(sweep_dir)
+
+    def _setup_study(self, mode: str | list[str]) -> None:
+        super()._setup_study(mode)
+        if self._ot_study is not None:
+            name_objective(self._ot_study)
+
+    def restore(self, checkpoint_path: str) -> None:
+        super().restore(checkpoint_path)
+        if self._ot_study is not None:  # a study made before segsweep named its objective
+            name_objective(self._ot_study)
 
     def suggest(self, trial_id: str) -> dict[str, Any] | None:
         if read_stop_request(SweepFolder(Path(self.sweep_dir))) is not None:
@@ -139,6 +151,14 @@ def completion_state(result: dict[str, Any] | None, *, error: bool) -> tuple[Tri
     if not math.isfinite(float(value)):
         return TrialState.FAIL, None
     return TrialState.COMPLETE, float(value)
+
+
+def name_objective(study: optuna.Study) -> None:
+    """Name the study's objective, so optuna-dashboard says what it is instead of "Objective 0"."""
+    if study.metric_names != [OBJECTIVE_NAME]:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            study.set_metric_names([OBJECTIVE_NAME])
 
 
 def make_searcher(

@@ -27,8 +27,8 @@ from sweeps.folder import (
     read_trial_record,
     update_trial_record,
 )
-from trainer.errors import SegsweepError
-from trainer.reporting import FoldPreview, MultiReporter, Reporter
+from trainer.errors import SegsweepError, one_line_error
+from trainer.reporting import FoldPreview, MultiReporter, Reporter, StoppedEarly
 from trainer.results import (
     CV_FILE,
     FOLDS_DIR,
@@ -112,19 +112,19 @@ def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) 
     append_event(folder, "attempt", node_id=attempt["node_id"], restored_folds=restored)
 
     reporter = TuneFoldReporter(folder)
-    reporter.report_finished_folds(restored)
+    reporter.report_finished_folds(restored)  # before any tracker opens: nothing to log if Ray ends it here
     try:
         cv_config = setup.space.to_cv_config(config, setup.overrides)
         update_trial_record(folder, config=cv_config.to_dict())
         _configure_tensorflow(setup.threads, setup.mixed_precision)
         run_cv = setup.cv_runner or _default_cv_runner()
-        reporters = [reporter, *_extra_reporters(setup.spec, trial_id, folder)]
+        trial_reporter = TrialReporter(reporter, _extra_reporters(setup.spec, trial_id, folder))
         keep = int(setup.spec.get("keep_models") or 0)
         result = run_cv(
             cv_config,
             data,
             folder,
-            MultiReporter(reporters),
+            trial_reporter,
             val_stems=list(setup.val_stems) if setup.val_stems is not None else None,
             data_source=setup.data_source,
             verbose=True,
@@ -145,7 +145,9 @@ def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) 
         append_event(folder, "failed", reason=reason, fatal=False)
         raise
     if reporter.folds_reported < len(result.folds) or reporter.folds_reported == 0:
-        # Every fold was finished before this attempt (restored): report the final result once.
+        # The last fold is reported here, once its trackers have closed their runs and the fold
+        # models are pruned: Ray ends a trial at its last report (ASHA's max_t), and nothing after
+        # that report is sure to run. Also the case of a trial whose folds were all restored.
         reporter.n_folds = result.n_folds
         reporter.report(result.folds)
 
@@ -191,11 +193,51 @@ def _extra_reporters(spec: Mapping[str, Any], trial_id: str, out_dir: Path) -> l
     return [open_trackers(names, root=Path(out_dir), run_name=trial_id, params=params, parent=ctx)]
 
 
+class TrialReporter(MultiReporter):
+    """The Ray reporter and the trackers of one trial, in the order each hook needs.
+
+    Ray hears first at a fold's start (a trial parks there while its sweep stops, before a tracker
+    opens a fold run) and last at a fold's end: Ray may end the trial at that report (ASHA prunes
+    it; its worker thread exits inside ``tune.report``), so the trackers log the fold before it.
+    """
+
+    def __init__(self, tune_reporter: TuneFoldReporter, trackers: list[Reporter]) -> None:
+        super().__init__([tune_reporter, *trackers])
+        self.tune_reporter, self.trackers = tune_reporter, trackers
+
+    def on_fold_end(self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None) -> None:
+        for tracker in self.trackers:
+            tracker.on_fold_end(result, completed, preview)
+        self.tune_reporter.on_fold_end(result, completed, preview)
+
+
+def interrupted_by_stop(sweep: SweepFolder, last_result: Mapping[str, Any] | None) -> bool:
+    """Whether Tune ends an unfinished trial because the sweep is stopping (not because ASHA said so).
+
+    Tune reports every running trial as complete when a run ends on its SIGINT path, which is how a
+    sweep stops resumably; such a trial must stay RUNNING in trial.json and the study. The driver
+    (trial.json) and the trial's worker (its trackers) both decide with this.
+    """
+    last = last_result or {}
+    unfinished = int(last.get("folds_done") or 0) < int(last.get("n_folds") or 1 << 30)
+    return unfinished and read_stop_request(sweep) is not None
+
+
+def pruned_reason(last_result: Mapping[str, Any]) -> str:
+    """Why a trial was PRUNED, from its last report to Ray (trial.json and the trackers say this)."""
+    return (
+        f"stopped by the scheduler after {int(last_result.get('folds_done') or 0)} of "
+        f"{int(last_result.get('n_folds') or 0)} folds "
+        f"(running mean Dice {float(last_result.get('dice', math.nan)):.4f})"
+    )
+
+
 class TuneFoldReporter(Reporter):
     """Reports each finished fold to Ray Tune with a checkpoint of the fold files; logs events."""
 
     def __init__(self, folder: Path) -> None:
         self.folder = folder
+        self.sweep = SweepFolder(folder.parent.parent)  # SWEEP/trials/<trial_id>
         self.n_folds = 0
         self.epochs = 0
         self.folds_reported = 0
@@ -207,7 +249,7 @@ class TuneFoldReporter(Reporter):
         update_trial_record(self.folder, n_folds=n_folds)
 
     def on_fold_start(self, fold: int, n_train: int, n_val: int) -> None:
-        wait_while_stopping(SweepFolder(self.folder.parent.parent), self.folder)
+        wait_while_stopping(self.sweep, self.folder)
         append_event(self.folder, "fold_start", fold=fold, n_train=n_train, n_val=n_val)
         self._epoch_started = time.monotonic()
 
@@ -223,7 +265,8 @@ class TuneFoldReporter(Reporter):
         self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None
     ) -> None:
         append_event(self.folder, "fold_end", fold=result.fold, dice=result.dice, seconds=result.seconds)
-        self.report(completed, latest=result)
+        if len(completed) < self.n_folds:  # the last fold is reported by run_trial, after the trackers close
+            self.report(completed, latest=result)
 
     def report_finished_folds(self, reported: int) -> None:
         """Report folds the trial folder holds beyond the ``reported`` ones Ray knows of.
@@ -260,9 +303,18 @@ class TuneFoldReporter(Reporter):
         update_trial_record(
             self.folder, folds_done=len(completed), mean_dice=mean["dice"] if completed else None
         )
-        with tempfile.TemporaryDirectory(prefix="segsweep-ckpt-") as tmp:
-            _copy_fold_files(self.folder, Path(tmp))
-            tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        try:
+            with tempfile.TemporaryDirectory(prefix="segsweep-ckpt-") as tmp:
+                _copy_fold_files(self.folder, Path(tmp))
+                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+        except SystemExit:
+            # Ray ended the trial at this report (its thread exits here). With folds left and the
+            # sweep not stopping, the scheduler pruned it: say so, for the trackers to record it
+            # PRUNED as the driver records trial.json; a stopping sweep's trial is interrupted.
+            self.folds_reported = len(completed)
+            if 0 < len(completed) < self.n_folds and not interrupted_by_stop(self.sweep, metrics):
+                raise StoppedEarly(pruned_reason(metrics)) from None
+            raise
         self.folds_reported = len(completed)
 
 
@@ -324,6 +376,4 @@ def one_line_reason(exc: BaseException) -> str:
         exc, seen = cause, seen + 1
     if isinstance(exc, FatalTrialError):
         return str(exc)[:300]
-    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
-    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    return text[:300]
+    return one_line_error(exc)

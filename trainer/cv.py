@@ -21,9 +21,9 @@ from trainer import version
 from trainer.checkpoint import EpochCheckpoint, run_identity
 from trainer.config import CVConfig
 from trainer.data import PreparedData, prepare_dataset, read_split
-from trainer.errors import ConfigError
+from trainer.errors import ConfigError, one_line_error
 from trainer.files import ensure_writable_folder, write_json_atomic
-from trainer.reporting import FoldPreview, MultiReporter, Reporter
+from trainer.reporting import FAILED, PRUNED, FoldPreview, MultiReporter, Reporter, StoppedEarly
 from trainer.results import (
     CHECKPOINTS_DIR,
     CV_FILE,
@@ -236,8 +236,14 @@ def run_cv(
             (out_dir / CHECKPOINTS_DIR).rmdir()
         reporter.on_cv_end(final)
         return final
+    except StoppedEarly as stop:
+        reporter.on_cv_incomplete(PRUNED, stop.reason)
+        raise
+    except Exception as exc:
+        reporter.on_cv_incomplete(FAILED, one_line_error(exc))
+        raise
     finally:
-        reporter.close()
+        reporter.close()  # runs still open here were interrupted (Ctrl-C, SystemExit)
 
 
 def _run_fold(

@@ -17,3 +17,10 @@ class DataError(SegsweepError):
 
 class WeightsError(SegsweepError):
     """Encoder weights that are missing, corrupt or do not fit the model."""
+
+
+def one_line_error(exc: BaseException, limit: int = 300) -> str:
+    """``Type: first line of the message``, at most ``limit`` characters: an error as a record holds it."""
+    lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
+    text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return text[:limit]

@@ -18,6 +18,24 @@ if TYPE_CHECKING:
     from trainer.config import CVConfig
     from trainer.results import CVResult, EpochRecord, FoldResult
 
+#: How a run ended, as trackers record it (and the sweep folder's trial states, which use these):
+#: every fold done; stopped after a finished fold by a scheduler (its finished folds stand); an
+#: error; or an interruption (Ctrl-C, a killed worker, a sweep stopping to resume later).
+RUNNING, COMPLETE, PRUNED, FAILED, INTERRUPTED = "RUNNING", "COMPLETE", "PRUNED", "FAILED", "INTERRUPTED"
+
+
+class StoppedEarly(SystemExit):
+    """Raised by a reporter whose scheduler ended the run after a finished fold (a sweep pruned the
+    trial). A SystemExit, as the scheduler's own stop is: it ends the run's thread, not the program.
+    The cross-validation tells its reporters the run ended PRUNED and lets it propagate."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(0)
+        self.reason = reason
+
+    def __str__(self) -> str:
+        return self.reason
+
 
 @dataclass(frozen=True)
 class FoldPreview:
@@ -50,6 +68,11 @@ class Reporter:
 
     def on_cv_end(self, result: CVResult) -> None:
         """Called once when every fold is done."""
+
+    def on_cv_incomplete(self, state: str, reason: str) -> None:
+        """Called instead of on_cv_end when the run ends early: ``state`` PRUNED (a reporter raised
+        StoppedEarly after a finished fold) or FAILED (an error; ``reason`` is its one line). An
+        interruption calls nothing: close() then finds the run open and records it INTERRUPTED."""
 
     def close(self) -> None:
         """Release resources (tracker runs, files). Called even when the run fails."""
@@ -84,6 +107,10 @@ class MultiReporter(Reporter):
     def on_cv_end(self, result: CVResult) -> None:
         for r in self.reporters:
             r.on_cv_end(result)
+
+    def on_cv_incomplete(self, state: str, reason: str) -> None:
+        for r in self.reporters:
+            r.on_cv_incomplete(state, reason)
 
     def close(self) -> None:
         for r in self.reporters:

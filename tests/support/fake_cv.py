@@ -23,8 +23,9 @@ from typing import Any
 
 from trainer.config import CVConfig
 from trainer.data import PreparedData
+from trainer.errors import one_line_error
 from trainer.files import write_json_atomic
-from trainer.reporting import Reporter
+from trainer.reporting import FAILED, PRUNED, Reporter, StoppedEarly
 from trainer.results import CVResult, FoldResult
 from trainer.training import TrainingError
 
@@ -122,6 +123,12 @@ def fake_run_cv(
 
             request_stop(SweepFolder(out_dir.parent.parent), "stopped by the test between trials")
         return final
+    except StoppedEarly as stop:  # as run_cv tells its reporters how the run ended
+        reporter.on_cv_incomplete(PRUNED, stop.reason)
+        raise
+    except Exception as exc:
+        reporter.on_cv_incomplete(FAILED, one_line_error(exc))
+        raise
     finally:
         reporter.close()
 

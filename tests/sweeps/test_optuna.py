@@ -120,3 +120,24 @@ def test_reconcile_finishes_trials_a_dead_driver_left_running(tmp_path: Path) ->
 )
 def test_startup_trials_scale_with_the_budget(trials: int, concurrency: int, expected: int) -> None:
     assert n_startup_trials(trials, concurrency) == expected
+
+
+def test_study_names_its_objective_and_a_resumed_study_keeps_the_name(tmp_path: Path) -> None:
+    from sweeps._optuna import OBJECTIVE_NAME
+
+    assert OBJECTIVE_NAME == "mean CV Dice"  # what optuna-dashboard shows instead of "Objective 0"
+    searcher = make_searcher(tmp_path, "s", load_space("quick").define_by_run, 4, 1, 0)
+    searcher.suggest("t1")
+    assert _load(tmp_path).metric_names == [OBJECTIVE_NAME]
+    saved = tmp_path / "searcher.pkl"
+    searcher.save(str(saved))
+    # A study made before its objective was named (an older sweep), then resumed: named on restore.
+    optuna.create_study(study_name="old", storage=SweepFolder(tmp_path).optuna_url, direction="maximize")
+    old = make_searcher(tmp_path, "old", load_space("quick").define_by_run, 4, 1, 0)
+    old._ot_study = _load(tmp_path, "old")
+    old.save(str(saved))
+    restored = make_searcher(tmp_path, "old", load_space("quick").define_by_run, 4, 1, 0)
+    restored.restore(str(saved))
+    restored.suggest("t2")
+    assert _load(tmp_path, "old").metric_names == [OBJECTIVE_NAME]
+    assert _load(tmp_path).metric_names == [OBJECTIVE_NAME]

@@ -31,9 +31,11 @@ from sweeps.folder import (
     read_trial_record,
 )
 from sweeps.runner import resume_sweep, run_sweep
+from tests.support import TINY_ENCODER
 from tests.support import fake_cv as fake
 from tests.support.ray import TINY_SPACE, fold_trainings, tiny_sweep_spec, wait_for
 from tests.support.synth import make_dataset
+from tests.support.tracking import neptune_operations
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -212,3 +214,102 @@ def test_resume_after_sigkill_of_the_driver_trains_no_fold_twice(tmp_path: Path,
 
 
 # The CLI sweep with real training is exercised by tests/sweeps/test_tracking_sweep.py (with trackers on).
+
+
+_TRACKED_SPACE = f"""\
+name: tracked
+params:
+  lr: {{type: float, low: 1.0e-4, high: 1.0e-2, log: true}}
+fixed:
+  encoder: {TINY_ENCODER}
+  weights: none
+  image_size: 64
+  folds: 2
+  epochs: 1
+  batch_size: 2
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.cluster
+def test_trackers_record_every_fold_and_the_trial_states_of_the_sweep_folder(
+    tmp_path: Path, local_ray: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """ASHA on, two folds, real training: the first trial completes (Ray ends it at its last report,
+    max_t) and the second is pruned after fold 1 (ASHA's cutoff forced, the only thing not real);
+    MLflow and Neptune must hold every finished fold with its scores and preview, and the states of
+    trial.json: no run KILLED."""
+    import math
+
+    from mlflow import MlflowClient
+    from ray.tune.schedulers import async_hyperband
+
+    from sweeps._optuna import OBJECTIVE_NAME
+    from sweeps.spec import SweepSpec
+    from trainer.results import read_fold_files
+    from trainer.tracking._mlflow import (
+        EXPERIMENT_KIND,
+        EXPERIMENT_KIND_TAG,
+        INTERRUPTED_TAG,
+        KIND_TAG,
+        PARENT_TAG,
+        REASON_TAG,
+        ROOT_TAG,
+        STATE_TAG,
+    )
+    from trainer.tracking._neptune import FAILED_FIELD, STATE_FIELD
+
+    # The driver runs in this process: any trial after the first one at a rung is below the cutoff.
+    monkeypatch.setattr(async_hyperband._Bracket, "cutoff", lambda self, recorded: math.inf if recorded else None)
+    data = make_dataset(tmp_path / "data", 8)
+    (tmp_path / "tracked.yaml").write_text(_TRACKED_SPACE)
+    spec = SweepSpec(name="t", data=str(data), space=str(tmp_path / "tracked.yaml"), storage=str(tmp_path / "out"),
+                     trials=2, concurrency=1, scheduler="asha", tracker="mlflow,neptune")  # fmt: skip
+    outcome = run_sweep(spec)
+
+    assert outcome.finished
+    sweep = load_sweep(tmp_path / "out", "t")
+    trials = {t.state: t for t in sweep.trials}
+    assert sorted(trials) == ["COMPLETE", "PRUNED"], format_leaderboard(sweep)
+    complete, pruned = trials["COMPLETE"], trials["PRUNED"]
+    assert (complete.folds_done, pruned.folds_done) == (2, 1)
+
+    client = MlflowClient(tracking_uri=f"sqlite:///{sweep.path / 'mlflow.db'}")
+    experiment = client.get_experiment_by_name("t")
+    assert experiment is not None and experiment.tags[EXPERIMENT_KIND_TAG] == EXPERIMENT_KIND
+    runs = client.search_runs([experiment.experiment_id], max_results=100)
+    assert [r.info.run_name for r in runs if r.info.status != "FINISHED"] == []
+    assert not [r.info.run_name for r in runs if INTERRUPTED_TAG in r.data.tags]
+    (top,) = [r for r in runs if r.data.tags[KIND_TAG] == "sweep"]
+    assert top.data.tags[STATE_TAG] == "COMPLETE"
+    for trial in (complete, pruned):
+        (run,) = [r for r in runs if r.data.tags[KIND_TAG] == "trial" and r.data.tags[ROOT_TAG] == str(trial.path)]
+        assert run.data.tags[STATE_TAG] == trial.state and run.data.tags[REASON_TAG] == (trial.reason or "")
+        assert run.data.metrics["mean_dice"] == pytest.approx(trial.mean["dice"])
+        assert run.data.metrics["folds_done"] == trial.folds_done
+        folds = {int(r.data.tags["segsweep.fold"]): r for r in runs if r.data.tags.get(PARENT_TAG) == run.info.run_id}
+        finished, _ = read_fold_files(trial.path)
+        assert sorted(folds) == [f.fold for f in finished] == list(range(1, trial.folds_done + 1))
+        for fold in finished:
+            assert folds[fold.fold].data.metrics["dice"] == pytest.approx(fold.dice)
+            assert folds[fold.fold].data.metrics["iou"] == pytest.approx(fold.iou)
+            artifacts = [a.path for a in client.list_artifacts(folds[fold.fold].info.run_id, "preview")]
+            assert artifacts == [f"preview/fold_{fold.fold:02d}.png"]
+
+    # Neptune (offline, in the sweep folder): each trial's run ends in its trial.json state.
+    by_run: dict[Path, list[dict]] = {}
+    for run_dir, op in neptune_operations(sweep.path / ".neptune"):
+        by_run.setdefault(run_dir, []).append(op)
+    states = {}
+    for ops in by_run.values():
+        values = {"/".join(op["path"]): op.get("value") for op in ops if op["type"].startswith("Assign")}
+        if values.get("segsweep/kind") == "trial":
+            states[values["segsweep/root"]] = (values[STATE_FIELD], values[FAILED_FIELD])
+            uploads = sorted("/".join(op["path"]) for op in ops if op["type"] == "UploadFile")
+            n = 2 if values[STATE_FIELD] == "COMPLETE" else 1
+            assert uploads == [f"folds/{i:02d}/preview" for i in range(1, n + 1)]
+    assert states == {str(complete.path): ("COMPLETE", False), str(pruned.path): ("PRUNED", False)}
+
+    study = optuna.load_study(study_name="t", storage=SweepFolder(sweep.path).optuna_url)
+    assert study.metric_names == [OBJECTIVE_NAME]
+    assert sorted(t.state.name for t in study.get_trials()) == ["COMPLETE", "PRUNED"]

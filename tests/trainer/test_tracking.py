@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.support.tracking import drive, loopback_token, make_preview, neptune_operations
+from tests.support.tracking import drive, loopback_token, make_fold, make_preview, neptune_operations
 from trainer.config import CVConfig
 from trainer.errors import ConfigError
 from trainer.reporting import FoldPreview, Reporter
@@ -259,3 +259,96 @@ def test_preview_png_draws_true_and_predicted_contours_losslessly() -> None:
     assert np.array_equal(decoded, rgb)
     with pytest.raises(ValueError, match="no images"):
         render_preview(FoldPreview((), preview.images[:0], preview.true_masks[:0], preview.probabilities[:0]))
+
+
+# --- how a run ended: the same states in MLflow, Neptune and a sweep's trial.json ---------------------
+
+
+def test_run_states_map_to_mlflow_statuses_and_neptune_fields() -> None:
+    from sweeps.folder import TRIAL_STATES
+    from trainer.reporting import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING
+    from trainer.tracking._mlflow import RUN_STATUS
+    from trainer.tracking._neptune import FAILED_FIELD, REASON_FIELD, STATE_FIELD, state_fields
+
+    assert set(TRIAL_STATES) <= set(RUN_STATUS)  # every trial.json state has its MLflow status
+    assert RUN_STATUS == {RUNNING: "RUNNING", COMPLETE: "FINISHED", PRUNED: "FINISHED", FAILED: "FAILED",
+                          INTERRUPTED: "KILLED"}  # fmt: skip
+    assert state_fields(PRUNED, "stopped") == {STATE_FIELD: "PRUNED", REASON_FIELD: "stopped", FAILED_FIELD: False}
+    assert state_fields(FAILED, "NaN")[FAILED_FIELD] is True
+    assert state_fields(COMPLETE)[FAILED_FIELD] is False and state_fields(INTERRUPTED)[STATE_FIELD] == "INTERRUPTED"
+
+
+def _end(reporter: Reporter, out: Path, how: str) -> None:
+    """Two folds of which one finished, then the run ends ``how``: as run_cv tells its reporters."""
+    reporter.on_cv_start(CVConfig(encoder="mobilenetv2", folds=2), 2, out)
+    drive_fold = make_fold(1)
+    reporter.on_fold_start(1, 6, 2)
+    reporter.on_fold_end(drive_fold, [drive_fold], make_preview())
+    if how != "PRUNED":
+        reporter.on_fold_start(2, 6, 2)  # fold 2 fails or is interrupted midway
+        reporter.on_epoch(2, 1, {"loss": 1.0, "val_loss": 1.0, "val_iou": 0.1, "lr": 1e-3})
+    if how in ("PRUNED", "FAILED"):
+        reporter.on_cv_incomplete(how, f"the reason it was {how}")
+    reporter.close()
+
+
+@pytest.mark.parametrize(("how", "status", "fold_2"), [("PRUNED", "FINISHED", None), ("FAILED", "FAILED", "FAILED"),
+                                                       ("INTERRUPTED", "KILLED", "KILLED")])  # fmt: skip
+def test_mlflow_run_ends_pruned_failed_or_interrupted_with_its_finished_folds(
+    tmp_path: Path, how: str, status: str, fold_2: str | None
+) -> None:
+    out = tmp_path / "out"
+    _end(open_trackers("mlflow", root=out, run_name="cv-run", params={}), out, how)
+    runs = _runs(out)
+    (cv,) = [r for r in runs if r.data.tags["segsweep.kind"] == "cv"]
+    assert (cv.info.status, cv.data.tags["segsweep.state"]) == (status, how)
+    assert cv.data.tags["segsweep.reason"] == ("interrupted before the run ended" if how == "INTERRUPTED"
+                                               else f"the reason it was {how}")  # fmt: skip
+    folds = {r.data.tags["segsweep.fold"]: r for r in runs if r.data.tags["segsweep.kind"] == "fold"}
+    assert folds["1"].info.status == "FINISHED" and folds["1"].data.metrics["dice"] == pytest.approx(0.6)
+    assert "segsweep.interrupted" not in folds["1"].data.tags
+    if fold_2 is None:
+        assert "2" not in folds
+    else:
+        assert folds["2"].info.status == fold_2 and folds["2"].data.tags["segsweep.interrupted"] == "true"
+
+
+def test_mlflow_complete_run_and_a_resumed_one_record_their_state(tmp_path: Path) -> None:
+    out = tmp_path / "out"
+    _end(open_trackers("mlflow", root=out, run_name="cv-run", params={}), out, "INTERRUPTED")
+    drive(open_trackers("mlflow", root=out, run_name="cv-run", params={}), out, folds=(2,), done=[make_fold(1)])
+    (cv,) = [r for r in _runs(out) if r.data.tags["segsweep.kind"] == "cv"]
+    assert (cv.info.status, cv.data.tags["segsweep.state"], cv.data.tags["segsweep.reason"]) == (
+        "FINISHED", "COMPLETE", "")  # fmt: skip
+
+
+@pytest.mark.parametrize("how", ["PRUNED", "FAILED", "INTERRUPTED", "COMPLETE"])
+def test_neptune_run_records_how_it_ended(tmp_path: Path, how: str) -> None:
+    out = tmp_path / "out"
+    reporter = open_trackers("neptune", root=out, run_name="cv-run", params={}, neptune_mode="offline")
+    if how == "COMPLETE":
+        drive(reporter, out)
+    else:
+        _end(reporter, out, how)
+    assigned: dict[str, object] = {}
+    for _, op in neptune_operations(out / ".neptune"):
+        if op["type"].startswith("Assign"):
+            assigned["/".join(op["path"])] = op.get("value")  # the last assignment wins, as in Neptune
+    assert assigned["segsweep/state"] == how and assigned["sys/failed"] is (how == "FAILED")
+    assert assigned["folds/01/dice"] == pytest.approx(0.6)
+
+
+def test_mlflow_experiment_is_a_model_training_one(tmp_path: Path) -> None:
+    from trainer.tracking._mlflow import EXPERIMENT_KIND_TAG, experiment_id_for, make_client
+
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = make_client(uri)
+    new = experiment_id_for(client, "fresh", uri)
+    # MLflow 3's UI opens an experiment on its runs table for this kind (its GenAI overview otherwise).
+    assert client.get_experiment(new).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    older = client.create_experiment("older")  # made by a segsweep that did not mark it
+    assert experiment_id_for(client, "older", uri) == older
+    assert client.get_experiment(older).tags[EXPERIMENT_KIND_TAG] == "custom_model_development"
+    client.set_experiment_tag(older, EXPERIMENT_KIND_TAG, "genai_development")  # a user's own choice stays
+    experiment_id_for(client, "older", uri)
+    assert client.get_experiment(older).tags[EXPERIMENT_KIND_TAG] == "genai_development"

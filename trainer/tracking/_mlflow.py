@@ -15,7 +15,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer.reporting import FoldPreview
+from trainer.reporting import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING, FoldPreview
 from trainer.tracking._guarded import GuardedTracker
 from trainer.tracking._secrets import flatten_params, redact_params
 
@@ -36,6 +36,14 @@ DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 #: On a fold run that ended before its fold did: its metrics are partial, not a result.
 INTERRUPTED_TAG = "segsweep.interrupted"
+#: How the run ended (trainer.reporting's states: a sweep trial's agrees with its trial.json), and why.
+STATE_TAG = "segsweep.state"
+REASON_TAG = "segsweep.reason"
+#: MLflow's run status for each state: a pruned run finished its folds; only an interruption is KILLED.
+RUN_STATUS = {RUNNING: "RUNNING", COMPLETE: "FINISHED", PRUNED: "FINISHED", FAILED: "FAILED", INTERRUPTED: "KILLED"}
+#: The experiment tag MLflow's UI (3.x) reads to choose an experiment's pages; this value ("Machine
+#: learning") lands on the runs table instead of the GenAI overview (mlflow/server/js: ExperimentKind).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 #: MLflow's limit on a parameter value's length.
 _MAX_PARAM_LENGTH = 6000
 
@@ -63,17 +71,25 @@ def make_client(tracking_uri: str) -> MlflowClient:
 
 
 def experiment_id_for(client: MlflowClient, name: str, tracking_uri: str) -> str:
-    """The experiment called ``name``, created (artifacts beside a SQLite store) when missing."""
+    """The experiment called ``name``, created (artifacts beside a SQLite store) when missing, and
+    marked a model-training experiment (one made by an older segsweep is marked when next used)."""
     experiment = client.get_experiment_by_name(name)
-    if experiment is not None:
-        return str(experiment.experiment_id)
-    try:
-        return str(client.create_experiment(name, artifact_location=artifact_location_for(tracking_uri)))
-    except Exception:
-        experiment = client.get_experiment_by_name(name)  # another process created it meanwhile
-        if experiment is None:
-            raise
-        return str(experiment.experiment_id)
+    if experiment is None:
+        try:
+            return str(
+                client.create_experiment(
+                    name,
+                    artifact_location=artifact_location_for(tracking_uri),
+                    tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+                )
+            )
+        except Exception:
+            experiment = client.get_experiment_by_name(name)  # another process created it meanwhile
+            if experiment is None:
+                raise
+    if EXPERIMENT_KIND_TAG not in experiment.tags:  # a user's own choice of kind is kept
+        client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
+    return str(experiment.experiment_id)
 
 
 def find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) -> str | None:
@@ -171,7 +187,8 @@ class MlflowTracker(GuardedTracker):
             self.run_id = client.create_run(self.experiment_id, run_name=self.run_name, tags=tags).info.run_id
         else:
             client.update_run(self.run_id, status="RUNNING")
-        log_params(client, self.run_id, self.params, new_run=new_run, tags={"n_folds": str(n_folds)})
+        log_params(client, self.run_id, self.params, new_run=new_run,
+                   tags={"n_folds": str(n_folds), STATE_TAG: RUNNING, REASON_TAG: ""})
 
     def _fold_start(self, fold: int, n_train: int, n_val: int) -> None:
         assert self.run_id is not None and self.experiment_id is not None
@@ -248,21 +265,34 @@ class MlflowTracker(GuardedTracker):
             },
             step=len(result.folds),
         )
-        self.client.set_terminated(self.run_id, "FINISHED")
+        self._end(COMPLETE, "")
+
+    def _cv_incomplete(self, state: str, reason: str) -> None:
+        self._end(state, reason)
+
+    def _end(self, state: str, reason: str) -> None:
+        """Close the fold run still open (a fold that did not end) and the run, as ``state``."""
+        from mlflow.entities import RunTag
+
+        assert self._client is not None
+        fold_runs, self.fold_runs = list(self.fold_runs.values()), {}
+        for fold_run in fold_runs:
+            # Tagged so that nobody reads its partial metrics as a result; a rerun deletes it when
+            # it trains the fold again.
+            self._client.set_tag(fold_run, INTERRUPTED_TAG, "true", synchronous=True)
+            if self._client.get_run(fold_run).info.status == "RUNNING":
+                self._client.set_terminated(fold_run, RUN_STATUS[state])
+        if self.run_id is not None and self._client.get_run(self.run_id).info.status == "RUNNING":
+            tags = [RunTag(STATE_TAG, state), RunTag(REASON_TAG, reason[:_MAX_PARAM_LENGTH])]
+            self._client.log_batch(self.run_id, tags=tags, synchronous=True)
+            self._client.set_terminated(self.run_id, RUN_STATUS[state])
 
     def _close(self) -> None:
         if self._client is None:
             return
-        # Runs still open here were interrupted (Ctrl-C, a failure, or a trial stopped early by the
-        # scheduler): KILLED once, and tagged so that nobody reads their partial metrics as a result.
-        # A rerun deletes them when it trains their fold again.
-        fold_runs, self.fold_runs = list(self.fold_runs.values()), {}
-        for fold_run in fold_runs:
-            self._client.set_tag(fold_run, INTERRUPTED_TAG, "true", synchronous=True)
-            if self._client.get_run(fold_run).info.status == "RUNNING":
-                self._client.set_terminated(fold_run, "KILLED")
-        if self.run_id is not None and self._client.get_run(self.run_id).info.status == "RUNNING":
-            self._client.set_terminated(self.run_id, "KILLED")
+        # Runs still open here were interrupted (Ctrl-C, a killed worker, a sweep stopping to resume
+        # later): the run ended neither complete, pruned nor failed.
+        self._end(INTERRUPTED, "interrupted before the run ended")
 
 
 def start_sweep_run(root: Path, sweep_name: str, params: Mapping[str, Any]) -> tuple[str, str, str]:
@@ -289,4 +319,5 @@ def finish_sweep_run(tracking_uri: str, run_id: str, summary: Mapping[str, Any])
     for key, value in flat.items():
         if key not in numbers:
             client.set_tag(run_id, f"summary.{key}", str(value)[:_MAX_PARAM_LENGTH], synchronous=True)
-    client.set_terminated(run_id, "FINISHED")
+    client.set_tag(run_id, STATE_TAG, COMPLETE, synchronous=True)
+    client.set_terminated(run_id, RUN_STATUS[COMPLETE])

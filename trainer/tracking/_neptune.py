@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from trainer.errors import ConfigError
-from trainer.reporting import FoldPreview
+from trainer.reporting import COMPLETE, FAILED, INTERRUPTED, RUNNING, FoldPreview
 from trainer.tracking._guarded import GuardedTracker, warn_tracking
 from trainer.tracking._secrets import flatten_params, redact_params
 
@@ -122,6 +122,17 @@ def assign_params(run: Run, params: Mapping[str, Any]) -> None:
         run["parameters/" + key.replace(".", "/")] = value
 
 
+#: Where a run's end state goes: Neptune's own ``sys/state`` only says Active or Inactive.
+STATE_FIELD, REASON_FIELD = "segsweep/state", "segsweep/reason"
+#: Neptune's failed flag (the runs table's red mark), true for a FAILED run only.
+FAILED_FIELD = "sys/failed"
+
+
+def state_fields(state: str, reason: str = "") -> dict[str, Any]:
+    """The fields recording how a run ended (trainer.reporting's states), as Neptune holds them."""
+    return {STATE_FIELD: state, REASON_FIELD: reason, FAILED_FIELD: state == FAILED}
+
+
 def stop_run(run: Run, mode: str) -> None:
     run.stop(seconds=DEFAULT_STOP_TIMEOUT if mode == "async" else None)
 
@@ -159,6 +170,7 @@ class NeptuneTracker(GuardedTracker):
         self.sweep_id = sweep_id
         self.init_timeout = init_timeout
         self.run: Run | None = None
+        self.state: str | None = None
 
     def _cv_start(self, config: CVConfig, n_folds: int, out_dir: Path) -> None:
         del config, out_dir
@@ -180,6 +192,13 @@ class NeptuneTracker(GuardedTracker):
         if self.sweep_id:
             run["sweep/id"] = self.sweep_id
         assign_params(run, self.params)
+        self._record_state(RUNNING, "")
+
+    def _record_state(self, state: str, reason: str) -> None:
+        assert self.run is not None
+        self.state = state
+        for key, value in state_fields(state, reason).items():
+            self.run[key] = value
 
     def _epoch(self, fold: int, epoch: int, metrics: Mapping[str, float]) -> None:
         assert self.run is not None
@@ -220,9 +239,16 @@ class NeptuneTracker(GuardedTracker):
         self._assign_summary(result.mean, result.std, len(result.folds))
         assert self.run is not None
         self.run["segsweep/complete"] = True
+        self._record_state(COMPLETE, "")
+
+    def _cv_incomplete(self, state: str, reason: str) -> None:
+        if self.run is not None:
+            self._record_state(state, reason)
 
     def _close(self) -> None:
         if self.run is not None:
+            if self.state == RUNNING:  # neither complete, pruned nor failed: interrupted
+                self._record_state(INTERRUPTED, "interrupted before the run ended")
             run, self.run = self.run, None
             stop_run(run, self.mode)
 
