@@ -248,6 +248,21 @@ class Sweep:
             for t in self.results().trials for f in t.folds
         ])  # fmt: skip
 
+    def images(self) -> pd.DataFrame:
+        """One row per validation image of every finished fold (tidy): trial, fold, stem, Dice, IoU.
+
+        Each image is scored out of fold (by the fold that did not train on it), so two trials pair
+        image by image: ``frame.pivot(index="stem", columns="trial_id", values="dice")``.
+        """
+        import pandas as pd
+
+        columns = ["trial_id", "number", "fold", "stem", "dice", "iou"]
+        return pd.DataFrame([
+            {"trial_id": t.trial_id, "number": t.number, "fold": s.fold, "stem": s.stem, "dice": s.dice,
+             "iou": s.iou}
+            for t in self.results().trials for s in t.image_scores().values()
+        ], columns=columns)  # fmt: skip
+
     def epochs(self) -> pd.DataFrame:
         """One row per epoch of every finished fold (tidy): loss, val_loss, val IoU, learning rate."""
         import pandas as pd

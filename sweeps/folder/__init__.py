@@ -56,10 +56,12 @@ from sweeps.folder._results import (
     PRUNED,
     RUNNING,
     TRIAL_STATES,
+    ImageScore,
     SweepResults,
     TrialResult,
     load_sweep,
     load_trial,
+    pair_image_scores,
 )
 from sweeps.folder._scores import TestScore, load_test_scores, record_test_scores
 
@@ -76,6 +78,7 @@ __all__ = [
     "STUDY_TRIAL_ID_ATTR",
     "TRIAL_STATES",
     "DamagedRecord",
+    "ImageScore",
     "NoSuchSweep",
     "RunningTrial",
     "StopRequest",
@@ -103,6 +106,7 @@ __all__ = [
     "load_trial",
     "mean_std",
     "now",
+    "pair_image_scores",
     "rank_trials",
     "read_events",
     "read_progress",
