@@ -37,7 +37,9 @@ from sweeps.folder._ranking import (
 )
 from sweeps.folder._records import (
     STUDY_REASON_ATTR,
+    STUDY_START_ATTR,
     STUDY_TRIAL_ID_ATTR,
+    STUDY_WARM_START_ATTR,
     DamagedRecord,
     append_event,
     append_submission,
@@ -75,7 +77,9 @@ __all__ = [
     "RUNNING",
     "STORAGE_ENV",
     "STUDY_REASON_ATTR",
+    "STUDY_START_ATTR",
     "STUDY_TRIAL_ID_ATTR",
+    "STUDY_WARM_START_ATTR",
     "TRIAL_STATES",
     "DamagedRecord",
     "ImageScore",

@@ -37,6 +37,8 @@ class TrialResult:
     path: Path | None = None
     #: What the reader had to repair or skip to read this trial (damaged files), one line each.
     warnings: list[str] = field(default_factory=list)
+    #: The label of the starting point this trial ran (``--start``, the space's ``start:``), or None.
+    start: str | None = None
 
     @property
     def folds_done(self) -> int:
@@ -192,4 +194,5 @@ def load_trial(trial_dir: Path, warnings: list[str] | None = None) -> TrialResul
         ended=info.get("ended"),
         path=trial_dir,
         warnings=notes,
+        start=info.get("start"),
     )

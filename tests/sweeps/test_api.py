@@ -57,7 +57,7 @@ def test_images_frame_pairs_two_trials_image_by_image(tmp_path: Path) -> None:
     make_sweep(tmp_path)
     sweep = Sweep.open("quick1", tmp_path)
     images = sweep.images()
-    assert list(images.columns) == ["trial_id", "number", "fold", "stem", "dice", "iou"]
+    assert list(images.columns) == ["trial_id", "number", "start", "fold", "stem", "dice", "iou"]
     # Per trial and fold, the mean over its images is the fold's recorded Dice.
     means = images.groupby(["trial_id", "fold"])["dice"].mean()
     folds = sweep.folds().set_index(["trial_id", "fold"])["dice"]
