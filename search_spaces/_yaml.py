@@ -164,7 +164,8 @@ class _Reader:
             raise self.fail(node, "start must be a list of configurations (`- {encoder: resnet18, lr: 1.0e-3}`)")
         entries = []
         for item in node.value:
-            entries.append({key: self.value(value) for key, (_, value) in self.mapping(item, "a starting point").items()})
+            fields = self.mapping(item, "a starting point")
+            entries.append({key: self.value(value) for key, (_, value) in fields.items()})
         return tuple(entries)
 
     def fixed(self, node: yaml.Node) -> dict[str, Any]:

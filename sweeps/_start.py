@@ -81,7 +81,9 @@ def read_start_file(path: str | Path) -> list[StartEntry]:
     try:
         text = path.read_text()
     except OSError as exc:
-        raise ConfigError(f"--start {path}: cannot read it ({exc.strerror}); give a best.json, cv.json or YAML list") from None
+        raise ConfigError(
+            f"--start {path}: cannot read it ({exc.strerror}); give a best.json, cv.json or YAML list"
+        ) from None
     try:
         loaded = json.loads(text) if path.suffix == ".json" else yaml.safe_load(text)
     except json.JSONDecodeError as exc:
@@ -113,7 +115,9 @@ def start_entries(entries: Sequence[Mapping[str, Any]], source: str) -> list[Sta
     return result
 
 
-def resolve_start_points(entries: Sequence[StartEntry], space: SearchSpace, overrides: Mapping[str, Any]) -> list[StartPoint]:
+def resolve_start_points(
+    entries: Sequence[StartEntry], space: SearchSpace, overrides: Mapping[str, Any]
+) -> list[StartPoint]:
     """Each entry as the parameters it fixes, or a one-line ConfigError naming its file and field."""
     return [_resolve(entry, space, overrides) for entry in entries]
 
@@ -132,8 +136,9 @@ def _resolve(entry: StartEntry, space: SearchSpace, overrides: Mapping[str, Any]
             param = space.params[name]
             if not param.contains(value):
                 allowed = (
-                    f"choices {list(param.choices)}" if param.type == "categorical" else f"range {param.low} to {param.high}"
-                    + (f" in steps of {param.step}" if param.step else "")
+                    f"choices {list(param.choices)}"
+                    if param.type == "categorical"
+                    else f"range {param.low} to {param.high}" + (f" in steps of {param.step}" if param.step else "")
                 )
                 raise ConfigError(
                     f"{where}: {name} {value!r} lies outside the space {space.name!r} ({allowed}); change the "
@@ -153,8 +158,7 @@ def _resolve(entry: StartEntry, space: SearchSpace, overrides: Mapping[str, Any]
         if not param.is_active(params) and not _same(params[name], defaults[name]):
             conditions = ", ".join(f"{k} in {list(v)}" for k, v in param.when.items())
             raise ConfigError(
-                f"{where}: {name} {params[name]!r} is searched only when {conditions}; give those values or "
-                f"drop {name}"
+                f"{where}: {name} {params[name]!r} is searched only when {conditions}; give those values or drop {name}"
             )
         if not param.is_active(params):
             del params[name]
@@ -212,7 +216,9 @@ def _covers(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
 def warm_start_folder(spec: SweepSpec) -> SweepFolder:
     """The earlier sweep ``--warm-start`` names: a sweep in --storage, or a sweep folder's path."""
     given = Path(str(spec.warm_start))
-    folder = SweepFolder(given) if (given / "sweep.json").is_file() else SweepFolder.at(spec.storage, str(spec.warm_start))
+    folder = (
+        SweepFolder(given) if (given / "sweep.json").is_file() else SweepFolder.at(spec.storage, str(spec.warm_start))
+    )
     if not folder.exists():
         raise ConfigError(
             f"--warm-start {spec.warm_start}: no sweep there (neither a sweep folder nor a sweep in {spec.storage}); "

@@ -75,9 +75,11 @@ def run_sweep(spec: SweepSpec, *, cv_runner: CVRunner | None = None) -> SweepOut
         )
     space = spec.load_space()
     spec.space_definition = space.to_dict()
-    from sweeps._start import sweep_start_points
+    from sweeps._start import sweep_start_points, warm_start_folder
 
     sweep_start_points(spec, space)  # a starting point outside the space answers now, not in a trial
+    if spec.warm_start:
+        warm_start_folder(spec)
     return _execute(spec, space, restore=False, cv_runner=cv_runner)
 
 

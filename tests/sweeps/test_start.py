@@ -117,8 +117,6 @@ def test_starting_points_run_first_and_are_marked(tmp_path: Path, local_ray: Non
     assert Sweep.open("s", tmp_path / "out").trials().set_index("number").loc[0, "start"] == "known"
 
 
-
-
 def test_warm_start_on_the_same_data_gives_the_sampler_the_scored_trials(tmp_path: Path) -> None:
     earlier = make_sweep(tmp_path)
     record = json.loads((earlier / "sweep.json").read_text())
@@ -132,7 +130,9 @@ def test_warm_start_on_the_same_data_gives_the_sampler_the_scored_trials(tmp_pat
     assert spec.warm_start_mode == "3 scored trials of sweep 'quick1' given to the sampler"
     study = optuna.create_study(direction="maximize")
     assert add_warm_start_trials(study, trials) == 3 and add_warm_start_trials(study, trials) == 0
-    assert sorted(t.value for t in study.trials) == sorted(t.mean["dice"] for t in load_sweep(tmp_path, "quick1").completed())
+    assert sorted(t.value for t in study.trials) == sorted(
+        t.mean["dice"] for t in load_sweep(tmp_path, "quick1").completed()
+    )
     assert warm_start_trials(SweepFolder(earlier), space)[0].distributions["lr"].log
 
 
