@@ -9,7 +9,7 @@ import optuna
 import pytest
 import yaml
 
-from search_spaces import load_space
+from search_spaces import SearchSpace, load_space
 from sweeps._start import (
     StartEntry,
     add_warm_start_trials,
@@ -117,13 +117,33 @@ def test_starting_points_run_first_and_are_marked(tmp_path: Path, local_ray: Non
     assert Sweep.open("s", tmp_path / "out").trials().set_index("number").loc[0, "start"] == "known"
 
 
-def test_warm_start_on_the_same_data_gives_the_sampler_the_scored_trials(tmp_path: Path) -> None:
+#: The space tests.support.fake_sweep's trials were drawn from (its DISTRIBUTIONS, 4 epochs).
+FAKE_SWEEP_SPACE = """\
+name: fabricated
+params:
+  encoder: {type: categorical, choices: [mobilenetv2, mobilenet, resnet18, vgg16]}
+  weights: {type: categorical, choices: [imagenet, none]}
+  batch_size: {type: categorical, choices: [4, 8]}
+  lr: {type: float, low: 1.0e-4, high: 1.0e-2, log: true}
+fixed:
+  epochs: 4
+"""
+
+
+def _earlier_sweep(tmp_path: Path) -> tuple[dict, SearchSpace]:
+    """A fabricated earlier sweep whose sweep.json records data digest k1 and the space it searched."""
     earlier = make_sweep(tmp_path)
+    (tmp_path / "fabricated.yaml").write_text(FAKE_SWEEP_SPACE)
+    space = load_space(tmp_path / "fabricated.yaml")
     record = json.loads((earlier / "sweep.json").read_text())
-    space = load_space("quick")
     record.update(data_key="k1", space_definition=space.to_dict())
     (earlier / "sweep.json").write_text(json.dumps(record))
-    spec = SweepSpec(name="again", data=record["data"], space="quick", trials=4, storage=str(tmp_path),
+    return record, space
+
+
+def test_warm_start_on_the_same_data_gives_the_sampler_the_scored_trials(tmp_path: Path) -> None:
+    record, space = _earlier_sweep(tmp_path)
+    spec = SweepSpec(name="again", data=record["data"], space="fabricated", trials=4, storage=str(tmp_path),
                      overrides=record["overrides"], warm_start="quick1", space_definition=space.to_dict())  # fmt: skip
     trials = prepare_warm_start(spec, space, "k1")
     assert len(trials) == 3 and spec.start == []  # the three complete trials, none re-run
@@ -133,18 +153,17 @@ def test_warm_start_on_the_same_data_gives_the_sampler_the_scored_trials(tmp_pat
     assert sorted(t.value for t in study.trials) == sorted(
         t.mean["dice"] for t in load_sweep(tmp_path, "quick1").completed()
     )
-    assert warm_start_trials(SweepFolder(earlier), space)[0].distributions["lr"].log
+    assert warm_start_trials(SweepFolder(tmp_path / "quick1"), space)[0].distributions["lr"].log
 
 
 def test_warm_start_on_other_data_makes_its_best_trials_starting_points(tmp_path: Path) -> None:
-    earlier = make_sweep(tmp_path)
-    record = json.loads((earlier / "sweep.json").read_text())
-    space = load_space("quick")
-    record.update(data_key="k1", space_definition=space.to_dict())
-    (earlier / "sweep.json").write_text(json.dumps(record))
-    spec = SweepSpec(name="other", data="/elsewhere", space="quick", trials=4, storage=str(tmp_path),
+    record, space = _earlier_sweep(tmp_path)
+    spec = SweepSpec(name="other", data="/elsewhere", space="fabricated", trials=4, storage=str(tmp_path),
                      overrides=record["overrides"], warm_start="quick1", space_definition=space.to_dict())  # fmt: skip
     assert prepare_warm_start(spec, space, "k2") == []
     best = [t.trial_id for t in load_sweep(tmp_path, "quick1").completed()]
     assert [e["label"] for e in spec.start] == [f"quick1/{t}" for t in best]
     assert spec.warm_start_mode == "sweep 'quick1' it ran on other data: its best 3 trials became starting points"
+    # They are checked against the space like any starting point, the sweep's data settings left out.
+    points = resolve_start_points([StartEntry.from_dict(e) for e in spec.start], space, spec.cv_overrides())
+    assert points[0].params == load_sweep(tmp_path, "quick1").completed()[0].params
