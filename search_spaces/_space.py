@@ -118,6 +118,8 @@ class SearchSpace:
     fixed: Mapping[str, Any]
     source: str
     description: str = ""
+    #: Configurations a sweep tries first (CVConfig fields, optionally a ``label``): see sweeps._start.
+    start: tuple[Mapping[str, Any], ...] = ()
 
     @property
     def define_by_run(self) -> DefineByRun:
@@ -148,6 +150,7 @@ class SearchSpace:
             "source": self.source,
             "params": {name: param.to_dict() for name, param in self.params.items()},
             "fixed": dict(self.fixed),
+            **({"start": [dict(entry) for entry in self.start]} if self.start else {}),
         }
 
     @classmethod

@@ -14,6 +14,8 @@ value keeps its line. Format::
     fixed:                      # CVConfig fields held constant
       image_size: 256
       folds: 10
+    start:                      # optional: configurations the sweep tries first (sweeps._start)
+      - {label: known-good, encoder: resnet18, weights: none, lr: 1.0e-3}
 """
 
 from __future__ import annotations
@@ -33,7 +35,7 @@ from trainer.config import CVConfig, yaml_error_line
 from trainer.errors import ConfigError
 from trainer.tracking._secrets import MASK, redact_params
 
-TOP_KEYS = ("name", "description", "params", "fixed")
+TOP_KEYS = ("name", "description", "params", "fixed", "start")
 PARAM_KEYS = ("type", "choices", "low", "high", "log", "step", "when")
 #: Int ranges up to this many values are checked value by value against CVConfig.validate().
 _MAX_CHECKED_VALUES = 10_000
@@ -149,7 +151,22 @@ class _Reader:
         if "params" not in top:
             raise self.fail(root, "no `params:` mapping; add the CVConfig fields to search under `params:`")
         params = self.params(top["params"][1], fixed)
-        return SearchSpace(name=name, params=params, fixed=fixed, source=self.source, description=description)
+        start = self.start(top["start"][1]) if "start" in top else ()
+        return SearchSpace(
+            name=name, params=params, fixed=fixed, source=self.source, description=description, start=start
+        )
+
+    def start(self, node: yaml.Node) -> tuple[dict[str, Any], ...]:
+        """The space's starting points: a list of mappings of CVConfig fields (and a ``label``).
+
+        Checked against the space when a sweep starts (sweeps._start), with the sweep's overrides."""
+        if not isinstance(node, yaml.SequenceNode):
+            raise self.fail(node, "start must be a list of configurations (`- {encoder: resnet18, lr: 1.0e-3}`)")
+        entries = []
+        for item in node.value:
+            fields = self.mapping(item, "a starting point")
+            entries.append({key: self.value(value) for key, (_, value) in fields.items()})
+        return tuple(entries)
 
     def fixed(self, node: yaml.Node) -> dict[str, Any]:
         fixed: dict[str, Any] = {}

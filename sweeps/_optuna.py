@@ -20,6 +20,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sweeps._callbacks import interrupted_by_stop
 from sweeps.folder import (
     STUDY_REASON_ATTR,
+    STUDY_START_ATTR,
     STUDY_TRIAL_ID_ATTR,
     SweepFolder,
     now,
@@ -100,6 +101,7 @@ class FoldPruningOptunaSearch(OptunaSearch):
             state="RUNNING",
             reason=None,
             proposed=now(),
+            start=ot_trial.user_attrs.get(STUDY_START_ATTR),  # an enqueued starting point's label
         )
         return config
 

@@ -217,7 +217,8 @@ class Sweep:
 
     def trials(self) -> pd.DataFrame:
         """One row per trial in leaderboard order: rank, id, number, state, parameters (the values the
-        trial ran with), folds done, Dice/IoU mean and std over folds, training seconds, reason."""
+        trial ran with), folds done, Dice/IoU mean and std over folds, training seconds, reason, and
+        ``start``: the starting point's label where the trial ran one (None for the sampler's)."""
         import pandas as pd
 
         rows = []
@@ -230,7 +231,7 @@ class Sweep:
                 "rank": rank if eligible else None, "trial_id": trial.trial_id, "number": trial.number,
                 "state": trial.state, **trial.ran_with, "folds_done": trial.folds_done, "n_folds": trial.n_folds,
                 "dice_mean": mean["dice"], "dice_std": std["dice"], "iou_mean": mean["iou"], "iou_std": std["iou"],
-                "seconds": trial.seconds, "reason": trial.reason,
+                "seconds": trial.seconds, "reason": trial.reason, "start": trial.start,
             })  # fmt: skip
         frame = pd.DataFrame(rows)
         if not frame.empty:
@@ -247,6 +248,21 @@ class Sweep:
              "seconds": f.seconds}
             for t in self.results().trials for f in t.folds
         ])  # fmt: skip
+
+    def images(self) -> pd.DataFrame:
+        """One row per validation image of every finished fold (tidy): trial, fold, stem, Dice, IoU.
+
+        Each image is scored out of fold (by the fold that did not train on it), so two trials pair
+        image by image: ``frame.pivot(index="stem", columns="trial_id", values="dice")``.
+        """
+        import pandas as pd
+
+        columns = ["trial_id", "number", "start", "fold", "stem", "dice", "iou"]
+        return pd.DataFrame([
+            {"trial_id": t.trial_id, "number": t.number, "start": t.start, "fold": s.fold, "stem": s.stem,
+             "dice": s.dice, "iou": s.iou}
+            for t in self.results().trials for s in t.image_scores().values()
+        ], columns=columns)  # fmt: skip
 
     def epochs(self) -> pd.DataFrame:
         """One row per epoch of every finished fold (tidy): loss, val_loss, val IoU, learning rate."""

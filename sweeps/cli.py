@@ -194,6 +194,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--skip-bad", action="store_true", default=None,
                         help="leave out pairs whose image or mask is cut short, undecodable or not a binary mask "
                         "(listed, and recorded in each trial's cv.json); default: stop naming the file")
+    parser.add_argument("--start", action="append", default=None, metavar="FILE",
+                        help="run this configuration first (repeatable): a report's best.json, a cv output's "
+                        "cv.json, or a YAML list of configurations; partial ones take the space's values")
+    parser.add_argument("--warm-start", default=None, metavar="SWEEP",
+                        help="learn from an earlier sweep (name in --storage, or its folder): its scored trials "
+                        "go to the sampler on the same data and space, else its best 3 become starting points")
     _add_limit_options(parser)
     add_runtime_options(parser)  # --mixed-precision, --threads (default threads: the trial's CPUs)
 
@@ -231,6 +237,12 @@ def spec_from_args(args: argparse.Namespace) -> Any:
         values["time_budget_s"] = parse_duration(args.time_budget)
     if args.max_failures is not None:
         values["max_failed_trials"] = args.max_failures
+    if getattr(args, "start", None):
+        from sweeps._start import read_start_file
+
+        values["start"] = [*(values.get("start") or []), *(e.to_dict() for f in args.start for e in read_start_file(f))]
+    if getattr(args, "warm_start", None) is not None:
+        values["warm_start"] = args.warm_start
     if args.space is not None:  # a space named on the command line replaces the file's
         values.pop("space_definition", None)
     missing = [k for k in ("data", "space", "trials", "name") if values.get(k) is None]

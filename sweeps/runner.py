@@ -75,6 +75,11 @@ def run_sweep(spec: SweepSpec, *, cv_runner: CVRunner | None = None) -> SweepOut
         )
     space = spec.load_space()
     spec.space_definition = space.to_dict()
+    from sweeps._start import sweep_start_points, warm_start_folder
+
+    sweep_start_points(spec, space)  # a starting point outside the space answers now, not in a trial
+    if spec.warm_start:
+        warm_start_folder(spec)
     return _execute(spec, space, restore=False, cv_runner=cv_runner)
 
 
@@ -168,6 +173,10 @@ def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVR
             "data set as it was, or start a new sweep with another --name"
         )
     spec.data_key = data.key  # sweeps recorded before this field get it on their next run
+    from sweeps._start import prepare_warm_start, sweep_start_points
+
+    warm_trials = prepare_warm_start(spec, space, data.key) if spec.warm_start and not restore else []
+    start_points = sweep_start_points(spec, space)
 
     # Tune's experiment snapshot (every trial's state) costs time in proportion to the trials so far:
     # taken on a fixed short period or on every fold, it makes the driver's cost per trial grow with
@@ -214,6 +223,7 @@ def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVR
             searcher = make_searcher(
                 spec.sweep_dir, spec.name, space.define_by_run, spec.trials, spec.concurrency, spec.seed
             )
+            _seed_study(searcher._ot_study, spec, warm_trials, start_points)
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
@@ -263,6 +273,25 @@ def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVR
     if tracking and finished:  # an unfinished sweep keeps its parent runs open for `sweep resume`
         _finish_sweep_tracking(spec, outcome)
     return outcome
+
+
+def _seed_study(study: Any, spec: SweepSpec, warm_trials: list[Any], start_points: list[Any]) -> None:
+    """Give the study the warm start's trials and enqueue the starting points, each once (a sweep
+    resumed without Tune's snapshot builds a new searcher over the same study)."""
+    from sweeps._start import add_warm_start_trials, enqueue_start_points
+
+    added = add_warm_start_trials(study, warm_trials)
+    enqueued = enqueue_start_points(study, start_points)
+    if spec.warm_start_mode:
+        print(f"[segsweep] --warm-start {spec.warm_start}: {spec.warm_start_mode}", flush=True)
+    if added or enqueued:
+        print(f"[segsweep] {added} earlier trials added to the study, {enqueued} starting points run first", flush=True)
+    if len(start_points) > spec.trials:
+        print(
+            f"[segsweep] note: {len(start_points)} starting points but --trials {spec.trials}: only the first "
+            f"{spec.trials} run",
+            flush=True,
+        )
 
 
 def _signal_handlers_kept() -> contextlib.AbstractContextManager[None]:

@@ -58,6 +58,13 @@ class SweepSpec:
     #: The prepared data's content digest (trainer.data's cache key) when the sweep first ran; a
     #: resume on data that changed since is refused: its trials would be ranked against other images.
     data_key: str | None = None
+    #: Starting points of ``--start`` files (and of a warm start from other data or space), as
+    #: sweeps._start.StartEntry dicts; the space's own ``start:`` comes with the space.
+    start: list[dict[str, Any]] = field(default_factory=list)
+    #: ``--warm-start``: an earlier sweep (name in --storage, or its folder) to learn from.
+    warm_start: str | None = None
+    #: What the warm start did (trials given to the sampler, or starting points), set on the first run.
+    warm_start_mode: str | None = None
 
     @property
     def folder(self) -> SweepFolder:
@@ -214,7 +221,7 @@ def read_sweep_config(path: str | Path) -> dict[str, Any]:
         values["space"], values["space_definition"] = f"inline in {path.name}", parsed.to_dict()
     elif isinstance(space, str) and not values.get("space_definition") and (path.parent / space).is_file():
         values["space"] = str(path.parent / space)
-    for transient in ("runs", "created", "format", "storage_resolved", "data_key"):
+    for transient in ("runs", "created", "format", "storage_resolved", "data_key", "warm_start_mode"):
         values.pop(transient, None)
     known = {f.name: f.type for f in dataclasses.fields(SweepSpec)}
     unknown = sorted(set(values) - set(known))

@@ -168,6 +168,16 @@ def _bad_yaml_space(ws: Workspace) -> list[str]:
     return sweep(ws, "--space", str(space))
 
 
+def _start_outside_space(ws: Workspace) -> list[str]:
+    start = ws.write("start.yaml", "- {label: too-fast, encoder: resnet18, lr: 0.5}\n")
+    return sweep(ws, "--start", str(start))
+
+
+def _start_unknown_field(ws: Workspace) -> list[str]:
+    start = ws.write("best.json", '{"config": {"encoder": "resnet18", "learning_rate": 0.001}}')
+    return sweep(ws, "--start", str(start))
+
+
 def _storage_file(ws: Workspace) -> list[str]:
     ws.write("storage-file", "not a folder")
     return sweep(ws, "--storage", str(ws.root / "storage-file"))
@@ -295,6 +305,17 @@ FAULTS: list[Fault] = [
           r"^segsweep: error: .*extra\.neptune\.api_token look like secrets.*environment"),
     Fault("secret-nested-space", "a password in a list in a space's fixed extra", _nested_secret_space, 2,
           r"^segsweep: error: .*space\.yaml.*extra\.tracker\.0\.password look like secrets"),
+    Fault("start-outside-space", "sweep run --start with lr 0.5 where the space stops at 1e-2: before Ray",
+          _start_outside_space, 2,
+          r"^segsweep: error: .*start\.yaml: starting point 'too-fast': lr 0\.5 lies outside the space 'quick' "
+          r"\(range 0\.0001 to 0\.01\); change the starting point or widen the space$",
+          check=lambda ws, out: None if not (ws.root / "sweeps" / "s").exists() else pytest.fail("sweep folder made")),
+    Fault("start-unknown-field", "sweep run --start best.json naming a field no configuration has",
+          _start_unknown_field, 2,
+          r"^segsweep: error: .*best\.json: starting point '\w+': unknown key\(s\) learning_rate; valid keys:"),
+    Fault("warm-start-no-such-sweep", "sweep run --warm-start naming no sweep",
+          lambda ws: sweep(ws, "--warm-start", "nope"), 2,
+          r"^segsweep: error: --warm-start nope: no sweep there .*name an earlier sweep$"),
     Fault("storage-is-file", "sweep run --storage FILE", _storage_file, 2,
           r"^segsweep: error: --storage .*storage-file is a file, not a folder"),
     Fault("storage-unwritable", "sweep run --storage under a file (cannot be created)", _storage_under_file, 2,

@@ -297,6 +297,8 @@ def _run_fold(
         history=history,
         seconds=checkpoint.seconds() if checkpoint is not None else time.perf_counter() - started,
         val_stems=stems,
+        val_dice=[float(v) for v in scores["dice"]],
+        val_iou=[float(v) for v in scores["iou"]],
     )
     k = min(PREVIEW_IMAGES, len(stems))
     preview = FoldPreview(tuple(stems[:k]), val_images[:k], val_masks[:k], probabilities[:k])

@@ -39,7 +39,11 @@ class EpochRecord:
 class FoldResult:
     """One fold, scored MedAI-style on its validation images. ``fold`` counts from 1.
 
-    ``lr_drops`` are the epochs (from 1) at whose end the learning rate was cut.
+    ``lr_drops`` are the epochs (from 1) at whose end the learning rate was cut. ``val_dice`` and
+    ``val_iou`` are the MedAI scores of each validation image (trainer.metrics.medai_scores), in the
+    order of ``val_stems``: ``dice`` and ``iou`` are their means. They let two trials on the same
+    folds be compared image by image (sweeps.folder.image_scores); folds written before they were
+    recorded have none.
     """
 
     fold: int
@@ -52,6 +56,14 @@ class FoldResult:
     history: list[EpochRecord]
     seconds: float
     val_stems: list[str] = field(default_factory=list)
+    val_dice: list[float] = field(default_factory=list)
+    val_iou: list[float] = field(default_factory=list)
+
+    def image_scores(self) -> dict[str, tuple[float, float]]:
+        """Each validation image's (Dice, IoU) by stem; empty for a fold recorded without them."""
+        if not (len(self.val_stems) == len(self.val_dice) == len(self.val_iou)):
+            return {}  # an edited or cut record: pairing by position would pair the wrong images
+        return {stem: (d, i) for stem, d, i in zip(self.val_stems, self.val_dice, self.val_iou, strict=True)}
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)

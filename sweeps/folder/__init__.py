@@ -37,7 +37,9 @@ from sweeps.folder._ranking import (
 )
 from sweeps.folder._records import (
     STUDY_REASON_ATTR,
+    STUDY_START_ATTR,
     STUDY_TRIAL_ID_ATTR,
+    STUDY_WARM_START_ATTR,
     DamagedRecord,
     append_event,
     append_submission,
@@ -56,10 +58,12 @@ from sweeps.folder._results import (
     PRUNED,
     RUNNING,
     TRIAL_STATES,
+    ImageScore,
     SweepResults,
     TrialResult,
     load_sweep,
     load_trial,
+    pair_image_scores,
 )
 from sweeps.folder._scores import TestScore, load_test_scores, record_test_scores
 
@@ -73,9 +77,12 @@ __all__ = [
     "RUNNING",
     "STORAGE_ENV",
     "STUDY_REASON_ATTR",
+    "STUDY_START_ATTR",
     "STUDY_TRIAL_ID_ATTR",
+    "STUDY_WARM_START_ATTR",
     "TRIAL_STATES",
     "DamagedRecord",
+    "ImageScore",
     "NoSuchSweep",
     "RunningTrial",
     "StopRequest",
@@ -103,6 +110,7 @@ __all__ = [
     "load_trial",
     "mean_std",
     "now",
+    "pair_image_scores",
     "rank_trials",
     "read_events",
     "read_progress",

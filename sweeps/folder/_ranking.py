@@ -63,6 +63,7 @@ def leaderboard_table(sweep: SweepResults) -> tuple[list[str], list[list[str]], 
     param_names: list[str] = []
     for trial in trials:
         param_names += [p for p in trial.params if p not in param_names]
+    starts = any(t.start for t in trials)
     rows: list[list[str]] = []
     overridden: dict[str, set[str]] = {}
     rank = 0
@@ -81,9 +82,17 @@ def leaderboard_table(sweep: SweepResults) -> tuple[list[str], list[list[str]], 
             mean_std(trial, "iou"),
             trial.state,
             trial.reason or "",
+            *([trial.start or ""] if starts else []),
         ])  # fmt: skip
-    columns = ["rank", "trial", *param_names, "folds", "Dice", "IoU", "state", "reason"]
+    columns = ["rank", "trial", *param_names, "folds", "Dice", "IoU", "state", "reason", *(["start"] if starts else [])]
     notes = [RANKING_RULE]
+    if starts:
+        notes.append(
+            "start: a starting point (--start, the space's start: or a --warm-start), run before the sampler's "
+            "proposals and counted in --trials."
+        )
+    if sweep.spec.get("warm_start_mode"):
+        notes.append(f"Warm start from {sweep.spec.get('warm_start')}: {sweep.spec['warm_start_mode']}.")
     if overridden:
         notes.append(
             "* the value the trial trained with, set by the sweep's options over the search space's proposal ("

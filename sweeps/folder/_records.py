@@ -32,6 +32,11 @@ _LOCK_FILE = ".trial.lock"
 STUDY_TRIAL_ID_ATTR = "ray_trial_id"
 #: Why a trial failed or was pruned, stored on the Optuna trial for the dashboard.
 STUDY_REASON_ATTR = "reason"
+#: The label of a starting point (``--start``, a space's ``start:``), stored on its Optuna trial;
+#: trial.json's ``start`` holds the same label.
+STUDY_START_ATTR = "segsweep_start"
+#: On a trial ``--warm-start`` added from an earlier sweep: ``SWEEP/TRIAL_ID`` it was scored in.
+STUDY_WARM_START_ATTR = "segsweep_warm_start"
 
 
 class DamagedRecord(SegsweepError):

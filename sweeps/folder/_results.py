@@ -37,6 +37,8 @@ class TrialResult:
     path: Path | None = None
     #: What the reader had to repair or skip to read this trial (damaged files), one line each.
     warnings: list[str] = field(default_factory=list)
+    #: The label of the starting point this trial ran (``--start``, the space's ``start:``), or None.
+    start: str | None = None
 
     @property
     def folds_done(self) -> int:
@@ -75,6 +77,43 @@ class TrialResult:
     @property
     def seconds(self) -> float:
         return sum(f.seconds for f in self.folds)
+
+    def image_scores(self) -> dict[str, ImageScore]:
+        """The out-of-fold score of every validation image of the folds this trial finished, by stem.
+
+        K-fold validates each image in exactly one fold, so two trials of one sweep (same seed, same
+        folds) can be paired image by image (:func:`pair_image_scores`). Folds recorded before
+        per-image scores were kept contribute nothing.
+        """
+        scores: dict[str, ImageScore] = {}
+        for fold in self.folds:
+            for stem, (dice, iou) in fold.image_scores().items():
+                scores[stem] = ImageScore(stem=stem, fold=fold.fold, dice=dice, iou=iou)
+        return scores
+
+
+@dataclass(frozen=True)
+class ImageScore:
+    """One validation image's MedAI scores in the fold that validated it."""
+
+    stem: str
+    fold: int
+    dice: float
+    iou: float
+
+
+def pair_image_scores(first: TrialResult, second: TrialResult) -> dict[str, tuple[ImageScore, ImageScore]]:
+    """The images both trials scored out of fold, by stem: (first's score, second's score).
+
+    Only images validated in the same fold of both are paired: on other folds an image's score
+    comes from models trained on other images, and the pair would not be like for like.
+    """
+    theirs = second.image_scores()
+    return {
+        stem: (mine, theirs[stem])
+        for stem, mine in first.image_scores().items()
+        if stem in theirs and theirs[stem].fold == mine.fold
+    }
 
 
 @dataclass
@@ -155,4 +194,5 @@ def load_trial(trial_dir: Path, warnings: list[str] | None = None) -> TrialResul
         ended=info.get("ended"),
         path=trial_dir,
         warnings=notes,
+        start=info.get("start"),
     )

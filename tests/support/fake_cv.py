@@ -38,6 +38,14 @@ def fake_quality(lr: float) -> float:
     return 0.5 + 0.1 * math.log10(lr / 1e-4)
 
 
+def fake_image_scores(mean: float, n: int) -> list[float]:
+    """``n`` per-image scores around ``mean`` (alternately 0.05 above and below) whose mean is ``mean``."""
+    scores = [mean + (0.05 if i % 2 == 0 else -0.05) for i in range(n)]
+    if n % 2:
+        scores[-1] = mean
+    return scores
+
+
 def _role(out_dir: Path, roles: list[str]) -> str:
     """Roles go to trials in the order they first start (stable across retries)."""
     registry = out_dir.parent / ".fake-roles.json"
@@ -109,9 +117,13 @@ def fake_run_cv(
                 os._exit(1)  # the worker process dies, as on an out-of-memory kill
             # crash_once scores best, so that ASHA lets it reach the fold where it crashes.
             dice = fake_quality(config.lr) + 0.01 * fold + (0.25 if role == "crash_once" else 0.0)
-            result = FoldResult(fold=fold, n_train=len(data) - len(data) // n_folds, n_val=len(data) // n_folds,
+            n_val = len(data) // n_folds
+            stems = list(data.stems[(fold - 1) * n_val : fold * n_val])
+            per_image = fake_image_scores(dice, len(stems))
+            result = FoldResult(fold=fold, n_train=len(data) - n_val, n_val=n_val,
                                 dice=dice, iou=0.8 * dice, epochs_run=config.epochs, lr_drops=[], history=[],
-                                seconds=seconds)
+                                seconds=seconds, val_stems=stems, val_dice=per_image,
+                                val_iou=[0.8 * d for d in per_image])
             write_json_atomic(out_dir / "folds" / f"fold_{fold:02d}.json", result.to_dict())
             completed.append(result)
             snapshot(complete=len(completed) == n_folds)

@@ -16,6 +16,7 @@ import optuna
 
 from sweeps.folder import STUDY_TRIAL_ID_ATTR, SweepFolder, update_trial_record, write_spec_record
 from tests.support import TINY_ENCODER
+from tests.support.fake_cv import fake_image_scores
 from trainer.config import CVConfig
 from trainer.files import write_json_atomic
 from trainer.results import CV_FILE, CVResult, EpochRecord, FoldResult, fold_path
@@ -91,6 +92,8 @@ def _fold(number: int, dice: float, epochs: int, drops: list[int], stems: list[s
         history=history,
         seconds=1.5,
         val_stems=stems,
+        val_dice=fake_image_scores(dice, len(stems)),
+        val_iou=fake_image_scores(dice - 0.1, len(stems)),
     )
 
 

@@ -47,3 +47,22 @@ def test_readme_notebook_example_runs(tmp_path: Path, ray_env: dict[str, str]) -
     assert done.returncode == 0 and "EXAMPLE OK" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     assert (tmp_path / "runs" / "notebook" / "sweep.json").is_file()  # the default storage: ./runs
     assert "sweep notebook" in (tmp_path / "runs" / "notebook" / "driver.log").read_text()
+
+
+def test_images_frame_pairs_two_trials_image_by_image(tmp_path: Path) -> None:
+    from sweeps import Sweep
+    from sweeps.folder import load_sweep, pair_image_scores
+    from tests.support.fake_sweep import make_sweep
+
+    make_sweep(tmp_path)
+    sweep = Sweep.open("quick1", tmp_path)
+    images = sweep.images()
+    assert list(images.columns) == ["trial_id", "number", "start", "fold", "stem", "dice", "iou"]
+    # Per trial and fold, the mean over its images is the fold's recorded Dice.
+    means = images.groupby(["trial_id", "fold"])["dice"].mean()
+    folds = sweep.folds().set_index(["trial_id", "fold"])["dice"]
+    assert means.round(12).to_dict() == folds.round(12).to_dict()
+    trials = load_sweep(tmp_path, "quick1").trials
+    pairs = pair_image_scores(trials[0], trials[2])  # both complete on the same two folds
+    assert len(pairs) == 12 and all(a.fold == b.fold for a, b in pairs.values())
+    assert len(pair_image_scores(trials[0], trials[3])) == 6  # the pruned trial finished fold 1 only

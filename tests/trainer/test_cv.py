@@ -76,6 +76,25 @@ def test_cv_writes_results_and_calls_reporter(tiny_data, tmp_path: Path) -> None
     assert result.mean["dice"] == pytest.approx(np.mean([f.dice for f in result.folds]))
 
 
+def test_every_fold_records_its_per_image_scores_whose_mean_is_the_fold_score(tiny_data, tmp_path: Path) -> None:
+    from sweeps.folder import load_trial
+
+    _, data = tiny_data
+    run_cv(CVConfig(**TINY), data, tmp_path)
+    written = json.loads((tmp_path / "cv.json").read_text())
+    for fold in written["folds"]:
+        assert len(fold["val_dice"]) == len(fold["val_iou"]) == len(fold["val_stems"]) == fold["n_val"]
+        assert np.mean(fold["val_dice"]) == pytest.approx(fold["dice"], abs=1e-12)
+        assert np.mean(fold["val_iou"]) == pytest.approx(fold["iou"], abs=1e-12)
+    # The sweep folder's reader: every image once, out of fold, keyed by stem, from the fold files.
+    scores = load_trial(tmp_path).image_scores()
+    assert sorted(scores) == sorted(data.stems)
+    for fold in written["folds"]:
+        mine = [scores[stem] for stem in fold["val_stems"]]
+        assert {s.fold for s in mine} == {fold["fold"]}
+        assert np.mean([s.dice for s in mine]) == pytest.approx(fold["dice"], abs=1e-12)
+
+
 def test_rerun_resumes_at_the_first_unfinished_fold_after_its_last_finished_epoch(
     tiny_data, tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
 ) -> None:
