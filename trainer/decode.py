@@ -286,8 +286,8 @@ def binary_mask(
         raise NotAMaskError(
             path,
             f"is not binary: {share:.1%} of its pixels are between {BACKGROUND_MAX + 1} and {FOREGROUND_MIN - 1} "
-            f"of 255, more than the {SOFT_EDGE_MAX_SHARE:.0%} anti-aliased edges leave: a gradient, noise or a "
-            "photo, not a mask",
+            f"of 255, more than the {SOFT_EDGE_MAX_SHARE:.0%} anti-aliased edges leave: a gradient, noise, a photo, "
+            "a blurred mask or a probability map, not a mask",
             _BINARY_FIX,
         )
     if between:  # a share anti-aliasing could leave, but in a band too wide for it
