@@ -388,4 +388,5 @@ def test_hidden_images_are_listed_as_skipped_not_dropped_silently(tmp_path: Path
         cv2.imwrite(str(images / name), np.zeros((8, 8, 3), np.uint8))
     found, skipped = _files_by_stem(images, "images")
     assert list(found) == ["a"]
-    assert skipped == [(str(images / ".b.jpg"), "a hidden file (its name starts with a dot): rename it without the dot")]
+    why = "a hidden file (its name starts with a dot): rename it without the dot"
+    assert skipped == [(str(images / ".b.jpg"), why)]

@@ -11,9 +11,9 @@ import pytest
 
 from reports.count import count_folder
 from sweeps.cli import main
+from tests.support.synth import anti_aliased
 from trainer.data import MASK_THRESHOLD, read_mask
 from trainer.data_check import check_dataset
-from tests.support.synth import anti_aliased
 from trainer.decode import NotAMaskError, SoftEdges
 
 
@@ -135,7 +135,7 @@ def test_soft_edges_get_one_warning_with_count_largest_share_and_example(
 @pytest.mark.parametrize(
     "name, build, problem",
     [
-        ("blurred1.png", lambda m: _blurred(m, 1.2), r"is not binary: its edges are soft, a band of grey [2-9]\.\d pixels"),
+        ("blurred1.png", lambda m: _blurred(m, 1.2), r"not binary: its edges are soft, a band of grey [2-9]\.\d pix"),
         ("blurred5.png", lambda m: _blurred(m, 5), r"is not binary: \d+\.\d% of its pixels.*a blurred mask"),
         ("probabilities.png", _probability_map, r"is not binary: .*a probability map"),
         ("gradient.png", lambda m: np.tile(np.linspace(0, 255, 64), (64, 1)).astype(np.uint8),
@@ -148,7 +148,7 @@ def test_soft_edges_get_one_warning_with_count_largest_share_and_example(
 def test_soft_masks_and_non_masks_are_still_refused(tmp_path: Path, name: str, build: object, problem: str) -> None:
     path = _write(tmp_path / name, np.asarray(build(_object())).astype(np.uint8))  # type: ignore[operator]
     soft_edges = SoftEdges()
-    with pytest.raises(NotAMaskError, match=rf"{name}: {problem}"):
+    with pytest.raises(NotAMaskError, match=rf"{name}: (is )?{problem}"):
         read_mask(path, soft_edges)
     assert soft_edges.found == []
 
@@ -158,7 +158,8 @@ def test_zero_one_mask_saved_as_jpeg_is_named_as_such(tmp_path: Path, quality: i
     # Called "a label map ... values 0, 1, 2" with the fix "merge the labels"; JPEG moved its edges.
     path = tmp_path / "m.jpg"
     assert cv2.imwrite(str(path), _object(), [cv2.IMWRITE_JPEG_QUALITY, quality])
-    with pytest.raises(NotAMaskError, match=r"m\.jpg: is a 0/1 mask saved as JPEG \(values 0\.\.[12]\).*save the masks as PNG") as caught:
+    expected = r"m\.jpg: is a 0/1 mask saved as JPEG \(values 0\.\.[12]\).*save the masks as PNG"
+    with pytest.raises(NotAMaskError, match=expected) as caught:
         read_mask(path)
     assert "merge the labels" not in str(caught.value)
     png = _write(tmp_path / "m.png", _object())  # the same mask lossless: a 0/1 mask
