@@ -30,8 +30,8 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.data import IMAGE_EXTENSIONS, nested_image_files, read_mask
-from trainer.decode import NotAMaskError
+from trainer.data import IMAGE_EXTENSIONS, hidden_files_warning, hidden_image_files, nested_image_files, read_mask
+from trainer.decode import NotAMaskError, SoftEdges, not_masks_line
 from trainer.errors import DataError, SegsweepError
 
 #: Smallest object kept, as a fraction of the image's area. Chosen on Kvasir-SEG's true masks (see the
@@ -151,6 +151,11 @@ def list_mask_files(folder: Path) -> list[Path]:
     )
     if not files:
         raise DataError(f"{folder} holds no mask images ({', '.join(IMAGE_EXTENSIONS)})")
+    hidden = hidden_image_files(folder)
+    if hidden:
+        import sys
+
+        print(f"segsweep: warning: {hidden_files_warning(folder, hidden)}", file=sys.stderr)
     return files
 
 
@@ -164,17 +169,25 @@ def count_folder(
         (path, f"in a subfolder of {folder}: only the files directly in it are counted")
         for path in nested_image_files(Path(folder))
     ]
+    soft_edges = SoftEdges()
+    not_masks: list[NotAMaskError] = []
     for path in files:
         try:
-            mask = read_mask(path)
+            mask = read_mask(path, soft_edges)
         except NotAMaskError as exc:  # counting its "objects" would be a number without meaning
-            raise DataError(f"{exc} (segsweep count reads binary masks only)") from None
+            not_masks.append(exc)
+            continue
         except DataError as exc:
             unreadable.append((path, str(exc)))
             continue
         counts.append(
             ImageCount(path.stem, path, mask.shape[0], mask.shape[1], count_objects(mask, min_area))
         )
+    if not_masks:
+        raise DataError(
+            f"{not_masks_line(not_masks, len(files), Path(folder))} (segsweep count reads binary masks only)"
+        )
+    soft_edges.warn()
     return counts, unreadable
 
 
@@ -252,7 +265,9 @@ def measure(
 ) -> dict:
     """Counter against connected regions and against ``kavsir_bboxes.json`` on a data set's true masks."""
     files = list_mask_files(data / "masks")
-    masks = [read_mask(p) for p in files]
+    soft_edges = SoftEdges()
+    masks = [read_mask(p, soft_edges) for p in files]
+    soft_edges.warn()
     regions = [connected_regions(m) for m in masks]
     result: dict = {"n_masks": len(masks), "thresholds": {}}
     boxes_file = data / "kavsir_bboxes.json"

@@ -39,7 +39,7 @@ from reports.count import (
 from sweeps.folder import SweepFolder, record_test_scores
 from trainer.bundle import ModelBundle, load_bundles
 from trainer.data import IMAGE_EXTENSIONS, image_files_by_stem
-from trainer.decode import BadFileError, orientation_mismatch
+from trainer.decode import BadFileError, SoftEdges, not_masks_line, orientation_mismatch
 from trainer.errors import DataError, SegsweepError
 from trainer.files import write_json_atomic
 
@@ -76,10 +76,11 @@ class Prediction:
 def _files_by_stem(folder: Path, what: str) -> tuple[dict[str, Path], list[tuple[str, str]]]:
     if not folder.is_dir():
         raise DataError(f"{what} folder {folder} does not exist or is not a folder")
-    found, others, nested = image_files_by_stem(folder)
+    found, others, nested, hidden = image_files_by_stem(folder)
     skipped = [
         (str(path), f"not an image file (extension not one of {', '.join(IMAGE_EXTENSIONS)})") for path in others
     ] + [(str(path), f"in a subfolder of {folder}: only the files directly in it are read") for path in nested]
+    skipped += [(str(path), "a hidden file (its name starts with a dot): rename it without the dot") for path in hidden]
     return found, skipped
 
 
@@ -96,7 +97,11 @@ def _size(path: Path) -> tuple[int, int] | None:
 
 
 def _check_masks(images: dict[str, Path], masks: dict[str, Path], masks_dir: Path) -> None:
-    """Raise with the stems that do not pair, masks that are not binary masks, and sizes that differ."""
+    """Raise with the stems that do not pair, masks that are not binary masks, and sizes that differ.
+
+    Every mask is read with the reader training uses (cut short, label map, photo, gradient); the
+    masks it binarises despite anti-aliased edges get one warning.
+    """
     problems = []
     no_mask = sorted(set(images) - set(masks))
     no_image = sorted(set(masks) - set(images))
@@ -109,28 +114,33 @@ def _check_masks(images: dict[str, Path], masks: dict[str, Path], masks_dir: Pat
     if not problems:
         from trainer.data import read_mask
 
+        soft_edges = SoftEdges()
+        not_masks: list[BadFileError] = []
         for stem in sorted(images):
             image_size, mask_size = _size(images[stem]), _size(masks[stem])
             try:
-                read_mask(masks[stem])  # the reader training used: cut short, label map, photo -> named here
-            except DataError as exc:
-                problems.append(str(exc).split("; ")[0])
-            else:
-                turned = orientation_mismatch(images[stem], masks[stem])
-                if turned:
-                    problems.append(turned.split("; ")[0])
-                elif mask_size is None:
-                    problems.append(f"mask {masks[stem]} cannot be read")
-                elif image_size is not None and image_size != mask_size:
-                    problems.append(
-                        f"{images[stem].name} is {image_size[1]}x{image_size[0]} but its mask {masks[stem]} is "
-                        f"{mask_size[1]}x{mask_size[0]}"
-                    )
-            if len(problems) >= 5:
-                break
+                read_mask(masks[stem], soft_edges)
+            except BadFileError as exc:
+                not_masks.append(exc)
+                continue
+            turned = orientation_mismatch(images[stem], masks[stem])
+            if turned:
+                problems.append(turned.split("; ")[0])
+            elif mask_size is None:
+                problems.append(f"mask {masks[stem]} cannot be read")
+            elif image_size is not None and image_size != mask_size:
+                problems.append(
+                    f"{images[stem].name} is {image_size[1]}x{image_size[0]} but its mask {masks[stem]} is "
+                    f"{mask_size[1]}x{mask_size[0]}"
+                )
+        if not_masks:  # what is wrong with the masks themselves comes before how they pair
+            raise DataError(
+                f"{not_masks_line(not_masks, len(images), masks_dir)}; or predict without --masks"
+            )
+        soft_edges.warn()
     if problems:
         raise DataError(
-            "masks do not match images: " + "; ".join(problems) + ". Masks pair with images by file name "
+            "masks do not match images: " + "; ".join(problems[:5]) + ". Masks pair with images by file name "
             "without extension (images/a.jpg with masks/a.png) and have the image's size and EXIF orientation "
             "(save images upright without the tag, e.g. `mogrify -auto-orient`); fix the folders or predict "
             "without --masks"
@@ -259,7 +269,8 @@ def predict_folder(
             probabilities = at_original(plain[i])
             predicted = binarize(probabilities, bundle.threshold).astype(np.uint8)
             _write_png(folders["masks"] / f"{stem}.png", predicted * 255)
-            truth = read_mask(masks[stem]) if stem in masks else None
+            # Read and warned about (anti-aliased edges) by _check_masks already: a throwaway tally.
+            truth = read_mask(masks[stem], SoftEdges()) if stem in masks else None
             _write_png(folders["overlays"] / f"{stem}.png", _overlay(image, predicted, truth))
             objects = count_objects(predicted, min_area)
             result = ImageResult(stem, height, width, len(objects), objects)

@@ -134,6 +134,30 @@ def _count_of(array_of: Callable[[Workspace], np.ndarray]) -> Callable[[Workspac
     return build
 
 
+def _assert_in(text: str, out: str) -> None:
+    assert text in out, out
+
+
+def _anti_aliased_masks(ws: Workspace) -> list[str]:
+    from tests.support.synth import anti_aliased
+
+    for stem in ("case003", "case007"):
+        ws.replace_mask(anti_aliased(ws.object_mask(stem)), stem)
+    return ["data", "check", str(ws.data)]
+
+
+def _zero_one_jpeg(ws: Workspace) -> list[str]:
+    mask = ws.object_mask()
+    assert cv2.imwrite(str(ws.mask()), mask, [cv2.IMWRITE_JPEG_QUALITY, 95])
+    return ["data", "check", str(ws.data)]
+
+
+def _zero_one_jpeg_line(ws: Workspace, out: str) -> None:
+    line = next(line for line in out.splitlines() if line.startswith("  error"))
+    assert "case003.jpg: is a 0/1 mask saved as JPEG" in line and "save the masks as PNG" in line, out
+    assert "is a label map" not in line and "merge" not in line, out
+
+
 def _all_empty(ws: Workspace) -> None:
     for i in range(12):
         cv2.imwrite(str(ws.mask(f"case{i:03d}")), np.zeros((64, 64), np.uint8))
@@ -289,6 +313,16 @@ FAULTS: list[Fault] = [
           lambda ws: [ws.replace_mask(np.random.default_rng(1).integers(0, 256, (64, 64)).astype(np.uint8)),
                       *sweep(ws)][1:],
           2, r"^segsweep: error: .*case003\.png: is not binary"),
+    # -- issue 21 (cases 12 and 17) -------------------------------------------------------------------------
+    Fault("mask-anti-aliased-data-check", "masks 0/255 but for anti-aliased edges (refused before): one warning",
+          _anti_aliased_masks, 0, r"^0 errors, 1 warning: the data set is usable$", stream="stdout",
+          check=lambda ws, out: _assert_in("masks: 2 mask(s) have anti-aliased edges, binarised at 128", out)),
+    Fault("mask-blurred-count", "count on a blurred mask: refused, what is wrong first, a count and an example",
+          _count_of(lambda ws: cv2.GaussianBlur(ws.object_mask() * 255, (0, 0), 1.2)),
+          2, r"^segsweep: error: 1 of the 12 masks in .*masks cannot be used as binary masks, e\.g\. "
+             r".*case003\.png: is not binary: its edges are soft.*count reads binary masks only\)$"),
+    Fault("mask-zero-one-jpeg-data-check", "0/1 masks saved as JPEG (called label maps, 'merge the labels')",
+          _zero_one_jpeg, 2, r"^1 error, 0 warnings: fix the errors", stream="stdout", check=_zero_one_jpeg_line),
     Fault("all-masks-empty-cv", "every mask empty: cv refuses, naming the data folder",
           lambda ws: [_all_empty(ws), *cv(ws)][1:], 2,
           r"^segsweep: error: all 12 masks of the pairs used from .*data are empty"),

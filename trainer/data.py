@@ -18,13 +18,13 @@ from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 
 # One reader of image and mask files for training, checking, predicting and counting (re-exported).
 from trainer.decode import MASK_THRESHOLD as MASK_THRESHOLD
-from trainer.decode import BadFileError, orientation_mismatch
+from trainer.decode import BadFileError, SoftEdges, orientation_mismatch
 from trainer.decode import read_image as read_image
 from trainer.decode import read_mask as read_mask
 from trainer.errors import DataError
@@ -33,8 +33,9 @@ from trainer.files import ensure_writable_folder, file_digest
 #: Extensions OpenCV decodes that data sets in this field use.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")
 #: Bump when decoding or resizing changes, so old caches are not reused (2: masks read at their own
-#: bit depth; format 1 read 16-bit 0/255 and 0/1 masks as empty).
-CACHE_FORMAT = 2
+#: bit depth; format 1 read 16-bit 0/255 and 0/1 masks as empty; 3: masks with anti-aliased edges
+#: are binarised, where format 2 refused them or left their pairs out).
+CACHE_FORMAT = 3
 
 
 @dataclass(frozen=True)
@@ -60,13 +61,22 @@ class DatasetIndex:
         return sorted(set(self.masks) - set(self.images))
 
 
-def image_files_by_stem(folder: Path) -> tuple[dict[str, Path], list[Path], list[Path]]:
-    """What segsweep reads from a folder of images or masks, and what it leaves there.
+class FolderListing(NamedTuple):
+    """What segsweep reads from a folder of images or masks, and what it leaves there."""
 
-    Returns the image files directly in ``folder`` by stem (hidden files aside), the other files
-    directly in it, and the image files in its subfolders, which are never read: the callers say so,
-    since a test set partly moved into a subfolder would otherwise be scored on fewer images.
-    Two image files sharing a stem (a.jpg and a.png) are a DataError: which one pairs is unknowable.
+    images: dict[str, Path]  # the image files directly in the folder, by stem
+    others: list[Path]  # the other (not image) files directly in it
+    nested: list[Path]  # image files in its subfolders
+    hidden: list[Path]  # hidden image files directly in it (``.x.jpg``)
+
+
+def image_files_by_stem(folder: Path) -> FolderListing:
+    """The image files directly in ``folder`` by stem, and what it leaves there.
+
+    Image files in subfolders and hidden image files are never read: the callers say so, since a
+    test set partly moved into a subfolder, or a pair named ``.x.jpg``, would otherwise be used
+    short without a word. Two image files sharing a stem (a.jpg and a.png) are a DataError: which
+    one pairs is unknowable.
     """
     found: dict[str, Path] = {}
     others: list[Path] = []
@@ -79,7 +89,28 @@ def image_files_by_stem(folder: Path) -> tuple[dict[str, Path], list[Path], list
             raise DataError(f"{path} and {found[path.stem]} share the stem {path.stem!r}; keep one of them")
         else:
             found[path.stem] = path
-    return found, others, nested_image_files(folder)
+    return FolderListing(found, others, nested_image_files(folder), hidden_image_files(folder))
+
+
+def hidden_image_files(folder: Path) -> list[Path]:
+    """Image files directly in ``folder`` whose names start with a dot (which segsweep never reads).
+
+    macOS's ``._x.jpg`` (AppleDouble metadata beside every file copied from a Mac) are not images
+    and not listed: a warning about each of them would bury a real one.
+    """
+    return [
+        p for p in sorted(folder.iterdir())
+        if p.name.startswith(".") and not p.name.startswith("._") and p.suffix.lower() in IMAGE_EXTENSIONS
+        and p.is_file()
+    ]  # fmt: skip
+
+
+def hidden_files_warning(folder: Path, hidden: Sequence[Path]) -> str:
+    """The one line saying that hidden image files of ``folder`` are left out."""
+    return (
+        f"{len(hidden)} hidden image file(s) in {folder} are not used (names starting with a dot, e.g. "
+        f"{hidden[0].name}); rename them without the dot to use them"
+    )
 
 
 def nested_image_files(folder: Path) -> list[Path]:
@@ -107,8 +138,10 @@ def index_dataset(root: str | Path) -> DatasetIndex:
                 f"{root} has no {sub}/ folder; a data set is a folder with images/ and masks/ "
                 "whose files are paired by name (e.g. images/a.jpg with masks/a.png)"
             )
-        found, others, nested = image_files_by_stem(folder)
+        found, others, nested, hidden = image_files_by_stem(folder)
         ignored.extend(others)
+        if hidden:
+            print(f"segsweep: warning: {hidden_files_warning(folder, hidden)}", file=sys.stderr)
         if nested:
             print(
                 f"segsweep: warning: {len(nested)} image file(s) in subfolders of {folder} are not used "
@@ -180,7 +213,8 @@ class PreparedData:
 
     Loaded from the cache as read-only memory maps, so trials sharing a machine share the pages.
     ``skipped`` holds the pairs left out with ``skip_bad`` (file, problem); ``n_empty_masks`` the
-    masks without an object pixel.
+    masks without an object pixel; ``soft_edges`` the masks binarised despite anti-aliased edges
+    (file, share of grey pixels).
     """
 
     images: np.ndarray
@@ -190,6 +224,7 @@ class PreparedData:
     key: str
     skipped: tuple[tuple[str, str], ...] = ()
     n_empty_masks: int = 0
+    soft_edges: tuple[tuple[str, float], ...] = ()
 
     def __len__(self) -> int:
         return len(self.stems)
@@ -202,6 +237,8 @@ class PreparedData:
             "empty_mask_share": self.n_empty_masks / n if n else None,
             "mostly_empty": bool(n) and self.n_empty_masks > n / 2,
             "skipped": [{"file": f, "problem": why} for f, why in self.skipped],
+            "n_soft_edge_masks": len(self.soft_edges),
+            "soft_edge_max_share": max((share for _, share in self.soft_edges), default=None),
         }
 
 
@@ -224,12 +261,12 @@ def cache_key(index: DatasetIndex, stems: Sequence[str], image_size: int) -> str
     return outer.hexdigest()[:32]
 
 
-def _decode_pair(args: tuple[Path, Path, int]) -> tuple[np.ndarray, np.ndarray]:
+def _decode_pair(args: tuple[Path, Path, int, SoftEdges]) -> tuple[np.ndarray, np.ndarray]:
     import cv2
 
-    image_path, mask_path, size = args
+    image_path, mask_path, size, soft_edges = args
     image = read_image(image_path)
-    mask = read_mask(mask_path)
+    mask = read_mask(mask_path, soft_edges)
     turned = orientation_mismatch(image_path, mask_path)
     if turned:
         raise DataError(turned)
@@ -245,7 +282,7 @@ def _decode_pair(args: tuple[Path, Path, int]) -> tuple[np.ndarray, np.ndarray]:
     return image, mask
 
 
-def _decode_or_problem(args: tuple[Path, Path, int]) -> tuple[np.ndarray, np.ndarray] | BadFileError:
+def _decode_or_problem(args: tuple[Path, Path, int, SoftEdges]) -> tuple[np.ndarray, np.ndarray] | BadFileError:
     try:
         return _decode_pair(args)
     except BadFileError as exc:
@@ -287,6 +324,7 @@ def prepare_dataset(
         )
         for name, why in data.skipped:
             print(f"  {name} {why}", file=sys.stderr)
+    SoftEdges([(Path(f), share) for f, share in data.soft_edges]).warn()
     _check_empty_masks(index.root, data)
     return data
 
@@ -402,8 +440,9 @@ def load_cache(entry: Path) -> PreparedData:
     if arrays["images"].shape != (len(stems), size, size, 3) or arrays["masks"].shape != (len(stems), size, size, 1):
         raise ValueError("the arrays' shapes do not match meta.json")
     skipped = tuple((str(s["file"]), str(s["problem"])) for s in meta.get("skipped", []))
+    soft_edges = tuple((str(s["file"]), float(s["share"])) for s in meta["soft_edges"])
     return PreparedData(
-        arrays["images"], arrays["masks"], stems, size, entry.name, skipped, int(meta["n_empty_masks"])
+        arrays["images"], arrays["masks"], stems, size, entry.name, skipped, int(meta["n_empty_masks"]), soft_edges
     )
 
 
@@ -417,7 +456,8 @@ def _build_cache(
     lock = open(tmp / _LOCK_NAME, "w")  # noqa: SIM115  (held for the whole build, see _remove_orphans)
     try:
         fcntl.flock(lock, fcntl.LOCK_EX)
-        jobs = [(index.images[s], index.masks[s], size) for s in stems]
+        soft_edges = SoftEdges()
+        jobs = [(index.images[s], index.masks[s], size, soft_edges) for s in stems]
         show = sys.stderr.isatty() if progress is None else progress
         bar = None
         if show:
@@ -454,6 +494,7 @@ def _build_cache(
                 del kept
                 os.replace(tmp / f"{name}.kept.npy", tmp / f"{name}.npy")
         del images, masks
+        kept_masks = {index.masks[stems[i]] for i in good}
         meta = {
             "format": CACHE_FORMAT,
             "image_size": size,
@@ -461,6 +502,9 @@ def _build_cache(
             "source": str(index.root),
             "n_empty_masks": n_empty,
             "skipped": [{"file": str(b.path), "problem": b.problem} for b in bad],
+            "soft_edges": [  # of the pairs kept
+                {"file": str(f), "share": share} for f, share in sorted(soft_edges.found) if f in kept_masks
+            ],
             "files": {name: _array_fingerprint(tmp / name) for name in ("images.npy", "masks.npy")},
         }
         (tmp / "meta.json").write_text(json.dumps(meta))

@@ -20,15 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from trainer.data import IMAGE_EXTENSIONS, read_split
-from trainer.decode import (
-    BadFileError,
-    binary_mask,
-    decode_image,
-    decode_mask,
-    orientation_mismatch,
-    read_checked_bytes,
-)
+from trainer.data import IMAGE_EXTENSIONS, hidden_files_warning, hidden_image_files, read_split
+from trainer.decode import SOFT_EDGE_FIX, BadFileError, SoftEdges, orientation_mismatch, read_image, read_mask
 from trainer.errors import DataError
 
 Severity = Literal["error", "warning"]
@@ -155,11 +148,15 @@ def check_dataset(path: str | Path, *, workers: int | None = None) -> CheckRepor
                 )
             )
 
-    jobs = [(p, False) for p in images.values()] + [(p, True) for p in masks.values()]
+    soft_edges = SoftEdges()
+    jobs = [(p, False, soft_edges) for p in images.values()] + [(p, True, soft_edges) for p in masks.values()]
     with ThreadPoolExecutor(max_workers=workers or min(8, 2 * (os.cpu_count() or 2))) as pool:
-        inspected = dict(zip([p for p, _ in jobs], pool.map(_inspect_file, jobs), strict=True))
+        inspected = dict(zip([p for p, _, _ in jobs], pool.map(_inspect_file, jobs), strict=True))
     for info in inspected.values():
         report.findings.extend(info.findings)
+    soft_edge_summary = soft_edges.summary()
+    if soft_edge_summary:  # one finding for them all, as training and predict give one warning
+        report.findings.append(Finding("warning", root / "masks", soft_edge_summary, SOFT_EDGE_FIX))
 
     for stem in pairs:
         image_shape, mask_shape = inspected[images[stem]].shape, inspected[masks[stem]].shape
@@ -195,6 +192,10 @@ def _scan_folder(folder: Path, report: CheckReport) -> dict[str, Path]:
             )
         )
         return {}
+    hidden = hidden_image_files(folder)
+    if hidden:
+        problem, fix = hidden_files_warning(folder, hidden).split("; ")
+        report.findings.append(Finding("warning", folder, problem.replace(f" in {folder}", ""), fix))
     found: dict[str, Path] = {}
     for path in sorted(folder.iterdir()):
         if path.name.startswith("."):
@@ -238,17 +239,15 @@ class _FileInfo:
     findings: list[Finding]
 
 
-def _inspect_file(job: tuple[Path, bool]) -> _FileInfo:
+def _inspect_file(job: tuple[Path, bool, SoftEdges]) -> _FileInfo:
     """Read one image or mask with the reader training uses: complete, decodable, a binary mask."""
-    path, is_mask = job
+    path, is_mask, soft_edges = job
     try:
-        data = read_checked_bytes(path, "mask" if is_mask else "image")
         if not is_mask:
-            image = decode_image(data, path)
+            image = read_image(path)
             return _FileInfo((int(image.shape[0]), int(image.shape[1])), [])
-        raw = decode_mask(data, path)
-        shape = (int(raw.shape[0]), int(raw.shape[1]))
-        mask = binary_mask(raw, path)
+        mask = read_mask(path, soft_edges)
+        shape = (int(mask.shape[0]), int(mask.shape[1]))
     except BadFileError as exc:
         return _FileInfo(None, [Finding("error", exc.path, exc.problem, exc.fix)])
     if not mask.any():

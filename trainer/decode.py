@@ -7,11 +7,14 @@ in this field look like and refuses, naming the file, what would otherwise be re
 
 - accepted: {0, 1} and {0, max} masks of any depth (8/16-bit PNG or TIFF, float TIFF); 8-bit masks
   with JPEG compression noise (every pixel within 30 grey levels of black or white, as Kvasir-SEG's),
-  thresholded at half; 3-channel masks whose channels are equal (up to that noise for 8-bit); an
-  alpha channel is ignored.
-- refused: pixels at mid grey (soft edges, a gradient, noise, a photo: ``data check`` has always
-  called them "not binary"), label maps with more than one foreground value ({0, 1, 2},
-  {0, 128, 255}), masks whose colour channels differ.
+  thresholded at half; masks with anti-aliased edges (a thin band of grey between object and
+  background, see :data:`SOFT_EDGE_MAX_SHARE`), thresholded at half and counted in a
+  :class:`SoftEdges` tally, which the caller warns about once; 3-channel masks whose channels are
+  equal (up to that noise for 8-bit); an alpha channel is ignored.
+- refused: many pixels at mid grey (a gradient, noise, a photo) or a wide band of them (a blurred
+  mask, a probability map): "not binary"; label maps with more than one foreground value
+  ({0, 1, 2}, {0, 128, 255}); 0/1 masks saved as JPEG (compression moved their edges); masks whose
+  colour channels differ.
 
 Reading 16-bit masks through ``IMREAD_GRAYSCALE`` scaled 0/255 and 0/1 masks to all zeros: a data
 set of empty masks that trained to a high Dice. That is why masks keep their depth here.
@@ -20,6 +23,9 @@ set of empty masks that trained to a high Dice. That is why masks keep their dep
 from __future__ import annotations
 
 import struct
+import sys
+import threading
+from collections.abc import Sequence
 from pathlib import Path
 
 import numpy as np
@@ -35,6 +41,30 @@ FOREGROUND_MIN = 225
 #: A mask with at most this many distinct values and one of them at mid grey is a label map
 #: (lossless, few classes); JPEG noise or soft edges give many more.
 _LABEL_MAP_MAX_VALUES = 16
+#: Anti-aliasing leaves a band of grey levels (BACKGROUND_MAX, FOREGROUND_MIN) about one pixel wide
+#: between object and background; such a mask is binarised at MASK_THRESHOLD with one warning. It
+#: is told from what must be refused by two measures of those grey pixels: their share of the mask,
+#: and the band's width (grey pixels per pixel of the binarised mask's outline). Measured
+#: (/tmp script of issue 21, case 17; share min / median / max, width min / median / max in px):
+#:   Kvasir-SEG JPEG masks (1000)                 0 / 0 / 0                 0 / 0 / 0
+#:   cv2 LINE_AA ellipses, polygons 128-1024 px   0.033% / 0.35% / 2.4%     0.42 / 0.66 / 0.93
+#:   LINE_AA one polyp, 384x288 (400)             0.11% / 0.24% / 0.40%     0.51 / 0.67 / 0.81
+#:   Kvasir masks binarised, INTER_AREA 1/2..1/8  0.076% / 0.6% / 3.8%      0.38 / 0.59 / 0.92
+#:   ... INTER_AREA to 64x64 / 256x256            0.073% / 0.6% / 4.3%      0.46 / 0.61 / 0.83
+#:   ... INTER_LINEAR to 352x352                  0.034% / 0.20% / 0.56%    0.14 / 0.43 / 0.60
+#:   refused: Gaussian-blurred masks, sigma 2-10  0.22% / 2.5% / 15%        3.4 / 9.3 / 23
+#:   refused: probability maps sigmoid(d/1.5..3)  0.26% / 1.8% / 7.3%       4.1 / 6.6 / 9.6
+#:   refused: linear gradients                    69% / 77% / 79%           16 / 77 / 233
+#:   refused: uniform noise                       75% / 76% / 77%           1.5 / 1.5 / 1.6
+#:   refused: photos (Kvasir-SEG images)          49% / 80% / 93%           7.7 / 24 / 100
+#: Share alone cannot tell a lightly blurred mask (0.22%) from an anti-aliased 64 px one (4.3%);
+#: width can (at most 0.93 against at least 3.4), and share then keeps out noise (width 1.5). The
+#: bounds sit about 2x beyond the anti-aliased maxima and 2x (width), 5x (share) inside the refused.
+SOFT_EDGE_MAX_SHARE = 0.10
+SOFT_EDGE_MAX_WIDTH = 2.0
+#: Anti-aliasing makes many grey levels; a mask with this many or fewer is a label map (or a
+#: boundary class) whatever its share: {0, 128, 255}.
+_LABEL_MAP_MAX_GREY_LEVELS = 2
 
 _JPEG_MAGIC = b"\xff\xd8\xff"
 _PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
@@ -157,27 +187,93 @@ def read_image(path: Path) -> np.ndarray:
     return decode_image(read_checked_bytes(path, "image"), path)
 
 
-def read_mask(path: Path) -> np.ndarray:
-    """A 0/1 uint8 mask (H, W) from a complete file that is a binary mask (see the module docstring)."""
-    return binary_mask(decode_mask(read_checked_bytes(path, "mask"), path), path)
+class SoftEdges:
+    """The masks binarised despite anti-aliased edges, so that one warning covers them all.
+
+    One tally per command (training's preparation, ``data check``, ``predict``, ``count``); the
+    mask reader adds to it from any thread.
+    """
+
+    def __init__(self, found: Sequence[tuple[Path, float]] = ()) -> None:
+        self.found: list[tuple[Path, float]] = list(found)  # (mask file, share of its pixels that were grey)
+        self._lock = threading.Lock()
+
+    def add(self, path: Path, share: float) -> None:
+        with self._lock:
+            self.found.append((path, share))
+
+    def summary(self) -> str | None:
+        """One sentence: how many masks, the largest share of grey pixels and its file; None if none."""
+        if not self.found:
+            return None
+        path, share = max(self.found, key=lambda found: found[1])
+        return (
+            f"{len(self.found)} mask(s) have anti-aliased edges, binarised at {MASK_THRESHOLD} of 255: at most "
+            f"{share:.2%} of a mask's pixels are between {BACKGROUND_MAX + 1} and {FOREGROUND_MIN - 1} "
+            f"(e.g. {path})"
+        )
+
+    def warn(self) -> None:
+        summary = self.summary()
+        if summary:
+            print(f"segsweep: warning: {summary}; {SOFT_EDGE_FIX}", file=sys.stderr)
+
+
+SOFT_EDGE_FIX = "export masks without anti-aliasing (0/255 or 0/1) to silence this"
+
+
+def read_mask(path: Path, soft_edges: SoftEdges | None = None) -> np.ndarray:
+    """A 0/1 uint8 mask (H, W) from a complete file that is a binary mask (see the module docstring).
+
+    A mask with anti-aliased edges is added to ``soft_edges`` for the caller's one warning; without
+    a tally it is warned about on its own, so binarising one is never silent.
+    """
+    data = read_checked_bytes(path, "mask")
+    return binary_mask(decode_mask(data, path), path, soft_edges, from_jpeg=data.startswith(_JPEG_MAGIC))
 
 
 _BINARY_FIX = "export the mask as black background and white object (0/255 or 0/1), without soft edges"
 
 
-def binary_mask(raw: np.ndarray, path: Path) -> np.ndarray:
+def binary_mask(
+    raw: np.ndarray, path: Path, soft_edges: SoftEdges | None = None, *, from_jpeg: bool = False
+) -> np.ndarray:
     """0/1 uint8 (H, W) from a decoded mask, or BadFileError saying why it is not a binary mask."""
     if raw.ndim == 3:
         raw = _one_channel(raw, path)
     if np.issubdtype(raw.dtype, np.floating) and not np.isfinite(raw).all():
         raise NotAMaskError(path, "holds NaN or infinite values", _BINARY_FIX)
     values = _distinct_values(raw)
+    full = _full_scale(raw)
+    low, high = full * BACKGROUND_MAX / 255, full * FOREGROUND_MIN / 255
+    if from_jpeg and values.size > 1 and values.max() <= low:
+        # A 0/1 mask has a step of one grey level, which JPEG's quantisation all but erases: measured on
+        # Kvasir-SEG's masks saved 0/1, reading values >= 1 as object gives IoU 0.89-0.99 with the true
+        # mask at quality 75 and an empty mask at quality 50. Reading it would score against moved edges.
+        raise NotAMaskError(
+            path,
+            f"is a 0/1 mask saved as JPEG (values 0..{values.max():g}), whose compression moved its edges "
+            "(or a label map saved as JPEG)",
+            "save the masks as PNG (lossless) from their source, or as 0/255 if they must be JPEG; "
+            "converting this JPEG cannot restore its edges",
+        )
     if values.size <= 2 and (values[0] == 0 or values.size == 1):
         # {0}, {0, 1}, {0, max} at any depth (and a constant non-zero mask: all object).
         return (raw > 0).astype(np.uint8)
-    full = _full_scale(raw)
-    low, high = full * BACKGROUND_MAX / 255, full * FOREGROUND_MIN / 255
-    between = int(np.count_nonzero((raw > low) & (raw < high)))
+    grey = (raw > low) & (raw < high)
+    between = int(np.count_nonzero(grey))
+    share = between / raw.size
+    binary = (raw >= full * MASK_THRESHOLD / 255).astype(np.uint8)
+    if between:
+        width = between / max(_outline_length(binary), 1)
+        grey_levels = int(np.count_nonzero((values > low) & (values < high)))
+        thin = share <= SOFT_EDGE_MAX_SHARE and width <= SOFT_EDGE_MAX_WIDTH
+        if thin and grey_levels > _LABEL_MAP_MAX_GREY_LEVELS:
+            if soft_edges is None:
+                SoftEdges([(path, share)]).warn()
+            else:
+                soft_edges.add(path, share)
+            return binary
     if values.size <= _LABEL_MAP_MAX_VALUES and (between or values.max() <= low):
         shown = ", ".join(f"{v:g}" for v in values.tolist())
         raise NotAMaskError(
@@ -186,13 +282,20 @@ def binary_mask(raw: np.ndarray, path: Path) -> np.ndarray:
             "export one binary mask (0 for background, 255 or 1 for the object), e.g. merge the labels you "
             "segment into one",
         )
-    if between:
-        share = 100.0 * between / raw.size
+    if between and share > SOFT_EDGE_MAX_SHARE:
         raise NotAMaskError(
             path,
-            f"is not binary: {between} pixels ({share:.1f}%) are between {BACKGROUND_MAX + 1} and "
-            f"{FOREGROUND_MIN - 1} of 255 (masks must be 0/255, or 0/1; soft edges, a gradient or a photo?)",
+            f"is not binary: {share:.1%} of its pixels are between {BACKGROUND_MAX + 1} and {FOREGROUND_MIN - 1} "
+            f"of 255, more than the {SOFT_EDGE_MAX_SHARE:.0%} anti-aliased edges leave: a gradient, noise, a photo, "
+            "a blurred mask or a probability map, not a mask",
             _BINARY_FIX,
+        )
+    if between:  # a share anti-aliasing could leave, but in a band too wide for it
+        raise NotAMaskError(
+            path,
+            f"is not binary: its edges are soft, a band of grey {width:.1f} pixels wide on average where "
+            f"anti-aliasing leaves at most {SOFT_EDGE_MAX_WIDTH:g}: a blurred mask or a probability map",
+            "export a binary mask (0/255 or 0/1); threshold a probability map at your cut-off first",
         )
     if values.max() <= low:
         top = f"{values.max():g}"
@@ -202,7 +305,25 @@ def binary_mask(raw: np.ndarray, path: Path) -> np.ndarray:
             "export a binary mask: 0 for background and 255 (or 1) for the object",
         )
     # Compression noise around black and white: threshold at half, as Kvasir-SEG's JPEG masks need.
-    return (raw >= full * MASK_THRESHOLD / 255).astype(np.uint8)
+    return binary
+
+
+def _outline_length(binary: np.ndarray) -> int:
+    """About the length in pixels of the outline of a 0/1 mask's objects (pixels next to the other side)."""
+    import cv2
+
+    kernel = np.ones((3, 3), np.uint8)
+    # Dilated and eroded differ on the pixels on either side of the outline: two per pixel of length.
+    return int(np.count_nonzero(cv2.dilate(binary, kernel) != cv2.erode(binary, kernel))) // 2
+
+
+def not_masks_line(bad: Sequence[BadFileError], total: int, folder: Path) -> str:
+    """What is wrong with a folder's masks first, then how many and one example: for predict and count."""
+    first = bad[0]
+    return (
+        f"{len(bad)} of the {total} masks in {folder} cannot be used as binary masks, e.g. {first.path}: "
+        f"{first.problem}; {first.fix}"
+    )
 
 
 def _distinct_values(raw: np.ndarray) -> np.ndarray:

@@ -110,3 +110,39 @@ def test_counter_on_kvasir_seg_true_masks(real_kvasir_seg: Path) -> None:
     assert default["equals_connected_regions"] == 857  # the other 143 masks carry JPEG specks
     assert default["equals_bbox_file"] == 992
     assert result["thresholds"]["0.0"]["equals_connected_regions"] == 1000
+
+
+def test_anti_aliased_masks_are_counted_with_one_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # Refused before: "count reads binary masks only" on the first mask with a grey edge pixel.
+    from tests.support.synth import anti_aliased
+
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    for name in ("a.png", "b.png"):
+        cv2.imwrite(str(masks / name), anti_aliased((_mask() > 0).astype(np.uint8)))
+    assert main(["count", str(masks), "--out", str(tmp_path / "counts.csv")]) == 0
+    assert [r["count"] for r in csv.DictReader((tmp_path / "counts.csv").open())] == ["2", "2"]
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("segsweep: warning: 2 mask(s) have anti-aliased edges"), err
+
+
+def test_non_masks_are_one_line_with_a_count_and_an_example(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    cv2.imwrite(str(masks / "a.png"), _mask())
+    for name in ("b.png", "c.png"):
+        cv2.imwrite(str(masks / name), np.tile(np.linspace(0, 255, 100), (100, 1)).astype(np.uint8))
+    cv2.imwrite(str(masks / ".d.png"), _mask())  # hidden: not counted, and said so
+    assert main(["count", str(masks)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[0] == (
+        f"segsweep: warning: 1 hidden image file(s) in {masks} are not used (names starting with a dot, e.g. "
+        ".d.png); rename them without the dot to use them"
+    )
+    assert len(err) == 2 and err[1].startswith(
+        f"segsweep: error: 2 of the 3 masks in {masks} cannot be used as binary masks, e.g. {masks / 'b.png'}: "
+        "is not binary: "
+    ), err
+    assert err[1].endswith("(segsweep count reads binary masks only)")

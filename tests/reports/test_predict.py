@@ -165,6 +165,57 @@ def test_predict_without_masks(trained: tuple[Path, Path], test_set: Path, tmp_p
     assert "true_count" not in (out / "counts.csv").read_text().splitlines()[0]
 
 
+def _bundle_description(root: Path) -> Path:
+    """A bundle's description without a model: enough for what predict checks before loading it."""
+    from trainer.bundle import bundle_meta
+    from trainer.config import CVConfig
+
+    bundle = root / "model"
+    bundle.mkdir()
+    config = CVConfig(encoder=TINY_ENCODER, weights="none", image_size=64, folds=2)
+    (bundle / "config.json").write_text(json.dumps(bundle_meta(config, data={}, source={}, seconds=0.0)))
+    (bundle / "weights.h5").write_bytes(b"")
+    return bundle
+
+
+def test_masks_that_are_not_binary_are_one_line_saying_so_first(
+    test_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Was "masks do not match images: .../case003.png: is not binary: ... (masks must be 0/255, or 0/1;
+    # .../case004.png: ..." over five files, with unbalanced parentheses.
+    masks = Path(shutil.copytree(test_set / "masks", tmp_path / "masks"))
+    for stem in ("case003", "case004", "case005"):
+        cv2.imwrite(str(masks / f"{stem}.png"), np.tile(np.linspace(0, 255, 96), (80, 1)).astype(np.uint8))
+    out = tmp_path / "pred"
+    args = ["predict", str(_bundle_description(tmp_path)), "--images", str(test_set / "images"), "--masks",
+            str(masks), "--out", str(out)]  # fmt: skip
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1, err
+    assert err[0].startswith(
+        f"segsweep: error: 3 of the 13 masks in {masks} cannot be used as binary masks, e.g. {masks / 'case003.png'}: "
+        "is not binary: "
+    ), err[0]
+    assert err[0].endswith("; or predict without --masks") and err[0].count("(") == err[0].count(")")
+    assert not out.exists()
+
+
+def test_anti_aliased_masks_are_scored_binarised_with_one_warning(
+    test_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from reports.predict import _check_masks, _files_by_stem
+    from tests.support.synth import anti_aliased
+
+    masks = Path(shutil.copytree(test_set / "masks", tmp_path / "masks"))
+    for path in sorted(masks.glob("case*.png"))[:4]:
+        cv2.imwrite(str(path), anti_aliased((_read(path) >= 128).astype(np.uint8)))
+    images, _ = _files_by_stem(test_set / "images", "images")
+    found, _ = _files_by_stem(masks, "masks")
+    _check_masks(images, found, masks)  # refused before: "masks do not match images: ... is not binary"
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("segsweep: warning: 4 mask(s) have anti-aliased edges"), err
+
+
 @pytest.mark.slow
 def test_masks_not_matching_images(
     trained: tuple[Path, Path], test_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -325,3 +376,17 @@ def test_images_in_subfolders_are_listed_as_skipped_not_dropped_silently(tmp_pat
         ("b.jpg", f"in a subfolder of {images}"), ("c.png", f"in a subfolder of {images}")
     ]
 
+
+
+def test_hidden_images_are_listed_as_skipped_not_dropped_silently(tmp_path: Path) -> None:
+    # An image named .x.jpg was left out of the prediction without a word.
+    from reports.predict import _files_by_stem
+
+    images = tmp_path / "images"
+    images.mkdir()
+    for name in ("a.jpg", ".b.jpg"):
+        cv2.imwrite(str(images / name), np.zeros((8, 8, 3), np.uint8))
+    found, skipped = _files_by_stem(images, "images")
+    assert list(found) == ["a"]
+    why = "a hidden file (its name starts with a dot): rename it without the dot"
+    assert skipped == [(str(images / ".b.jpg"), why)]

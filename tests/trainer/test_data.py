@@ -260,3 +260,40 @@ def test_images_in_subfolders_are_not_used_and_a_warning_says_so(
         "to use them"
     ]
 
+
+
+def test_hidden_pair_is_left_out_with_a_warning(
+    kvasir_seg_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A pair named .x.jpg was left out without a word: 11 of 12 pairs, no warning.
+    root = Path(shutil.copytree(kvasir_seg_dir, tmp_path / "data"))
+    (root / "images" / "case000.jpg").rename(root / "images" / ".case000.jpg")
+    index = index_dataset(root)
+    assert "case000" not in index.images
+    assert capsys.readouterr().err.strip().splitlines() == [
+        f"segsweep: warning: 1 hidden image file(s) in {root / 'images'} are not used (names starting with a dot, "
+        "e.g. .case000.jpg); rename them without the dot to use them"
+    ]
+
+
+def test_anti_aliased_masks_train_binarised_with_one_warning_on_every_call(
+    kvasir_seg_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Refused before: "masks/case000.png: is not binary: 52 pixels (1.3%) are between 31 and 224 ...".
+    from tests.support.synth import anti_aliased
+
+    root = Path(shutil.copytree(kvasir_seg_dir, tmp_path / "data"))
+    truths = {}
+    for stem in ("case000", "case001"):
+        jpeg = root / "masks" / f"{stem}.jpg"
+        truths[stem] = (cv2.imread(str(jpeg), cv2.IMREAD_GRAYSCALE) >= 128).astype(np.uint8)
+        jpeg.unlink()
+        cv2.imwrite(str(root / "masks" / f"{stem}.png"), anti_aliased(truths[stem]))
+    for _ in range(2):  # built, then loaded from the cache: the warning each time
+        prepared = prepare_dataset(root, 64, cache_dir=tmp_path / "cache")
+        err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+        assert len(err) == 1 and err[0].startswith("segsweep: warning: 2 mask(s) have anti-aliased edges"), err
+        assert "case00" in err[0]
+    assert len(prepared) == 12
+    np.testing.assert_array_equal(prepared.masks[0, ..., 0], truths["case000"])
+    assert prepared.quality()["n_soft_edge_masks"] == 2

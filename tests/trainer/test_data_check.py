@@ -186,3 +186,40 @@ def test_exif_turned_image_beside_untagged_mask_is_an_error(tmp_path: Path) -> N
     assert [f.path.name for f in errors] == ["a.jpg", "b.jpg"]
     assert errors[0].problem.startswith("has EXIF orientation 6 (turned 90 degrees clockwise) but its mask")
     assert "mogrify -auto-orient" in errors[0].fix
+
+
+def test_anti_aliased_masks_are_one_warning_not_errors(instrument_copy: Path) -> None:
+    from tests.support.synth import anti_aliased
+
+    for path in sorted((instrument_copy / "masks").iterdir())[:3]:
+        cv2.imwrite(str(path), anti_aliased((read_grey(path) > 127).astype(np.uint8)))
+    report = check_dataset(instrument_copy)
+    assert not report.errors, report.format()
+    finding = only(report, instrument_copy / "masks")
+    assert finding.severity == "warning"
+    assert finding.problem.startswith("3 mask(s) have anti-aliased edges, binarised at 128 of 255: at most ")
+    assert "export masks without anti-aliasing" in finding.fix
+
+
+def test_zero_one_masks_saved_as_jpeg_are_named_not_called_label_maps(seg_copy: Path) -> None:
+    # Called "a label map ... values 0, 1, 2" with the fix "merge the labels you segment into one".
+    path = seg_copy / "masks" / "case000.jpg"
+    cv2.imwrite(str(path), (read_grey(path) > 127).astype(np.uint8), [cv2.IMWRITE_JPEG_QUALITY, 95])
+    finding = only(check_dataset(seg_copy), path)
+    assert finding.severity == "error"
+    assert finding.problem.startswith("is a 0/1 mask saved as JPEG (values 0..")
+    assert "save the masks as PNG" in finding.fix and "merge" not in finding.fix
+
+
+def test_hidden_pair_is_a_warning(seg_copy: Path) -> None:
+    # A pair named .x.jpg was left out without a word (11 of 12 pairs, 0 warnings).
+    for sub in ("images", "masks"):
+        (seg_copy / sub / "case000.jpg").rename(seg_copy / sub / ".case000.jpg")
+    (seg_copy / "images" / "._case001.jpg").write_bytes(b"\0\5\26\7")  # macOS metadata: not an image, not listed
+    report = check_dataset(seg_copy)
+    assert report.n_pairs == 11 and all(f.path.suffix == ".txt" for f in report.errors)  # the splits name it
+    for sub in ("images", "masks"):
+        finding = only(report, seg_copy / sub)
+        assert finding.severity == "warning"
+        assert finding.problem == "1 hidden image file(s) are not used (names starting with a dot, e.g. .case000.jpg)"
+        assert finding.fix == "rename them without the dot to use them"

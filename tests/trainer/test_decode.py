@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import cv2
@@ -10,9 +11,10 @@ import pytest
 
 from reports.count import count_folder
 from sweeps.cli import main
+from tests.support.synth import anti_aliased
 from trainer.data import MASK_THRESHOLD, read_mask
 from trainer.data_check import check_dataset
-from trainer.decode import NotAMaskError
+from trainer.decode import NotAMaskError, SoftEdges
 
 
 def _object() -> np.ndarray:
@@ -76,6 +78,92 @@ def test_not_a_binary_mask_is_refused_naming_the_file(tmp_path: Path, name: str,
     path = _write(tmp_path / name, raw if raw.dtype == np.uint16 else raw.astype(np.uint8))
     with pytest.raises(NotAMaskError, match=rf"{name}: .*{problem}"):
         read_mask(path)
+
+
+def _blurred(mask: np.ndarray, sigma: float) -> np.ndarray:
+    return np.asarray(cv2.GaussianBlur(mask * 255, (0, 0), sigma))
+
+
+def _probability_map(mask: np.ndarray) -> np.ndarray:
+    """A model's confident output as 8-bit: sigmoid of the signed distance to the edge (3 px scale)."""
+    inside = cv2.distanceTransform(mask, cv2.DIST_L2, 5) - cv2.distanceTransform(1 - mask, cv2.DIST_L2, 5)
+    return np.asarray(255 / (1 + np.exp(-inside / 3))).astype(np.uint8)
+
+
+@pytest.mark.parametrize(
+    "name, build",
+    [
+        ("area_downscaled.png", anti_aliased),
+        ("area_downscaled_rgb.png", lambda m: np.dstack([anti_aliased(m)] * 3)),
+        ("area_downscaled16.png", lambda m: anti_aliased(m).astype(np.uint16) * 257),
+        ("line_aa.png", lambda m: cv2.circle(np.zeros((64, 64), np.uint8), (32, 32), 20, 255, -1, cv2.LINE_AA)),
+    ],
+)
+def test_anti_aliased_masks_are_binarised_at_half_and_tallied(tmp_path: Path, name: str, build: object) -> None:
+    # Refused before ("is not binary: 52 pixels (1.3%) are between 31 and 224 ..."): a public polyp set
+    # whose masks are 0/255 but for a few anti-aliased edge pixels could not be used at all.
+    raw = np.asarray(build(_object()))  # type: ignore[operator]
+    path = _write(tmp_path / name, raw)
+    soft_edges = SoftEdges()
+    read = read_mask(path, soft_edges)
+    grey = raw if raw.ndim == 2 else raw[..., 0]
+    np.testing.assert_array_equal(read, (grey >= (32896 if grey.dtype == np.uint16 else 128)).astype(np.uint8))
+    assert [p for p, _ in soft_edges.found] == [path]
+    assert 0 < soft_edges.found[0][1] < 0.05
+
+
+def test_soft_edges_get_one_warning_with_count_largest_share_and_example(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    soft_edges = SoftEdges()
+    for i, radius in enumerate((6, 10, 14)):
+        mask = cv2.circle(np.zeros((64, 64), np.uint8), (32, 32), radius, 1, -1)
+        read_mask(_write(tmp_path / f"{i}.png", anti_aliased(mask)), soft_edges)
+    soft_edges.warn()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1
+    assert re.match(
+        r"segsweep: warning: 3 mask\(s\) have anti-aliased edges, binarised at 128 of 255: at most \d\.\d\d% of "
+        rf"a mask's pixels are between 31 and 224 \(e\.g\. {re.escape(str(tmp_path / '2.png'))}\); export masks",
+        err[0],
+    ), err[0]
+    # Without a tally (a caller that does not collect) the binarising is still said, per file.
+    read_mask(tmp_path / "0.png")
+    assert "1 mask(s) have anti-aliased edges" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "name, build, problem",
+    [
+        ("blurred1.png", lambda m: _blurred(m, 1.2), r"not binary: its edges are soft, a band of grey [2-9]\.\d pix"),
+        ("blurred5.png", lambda m: _blurred(m, 5), r"is not binary: \d+\.\d% of its pixels.*a blurred mask"),
+        ("probabilities.png", _probability_map, r"is not binary: .*a probability map"),
+        ("gradient.png", lambda m: np.tile(np.linspace(0, 255, 64), (64, 1)).astype(np.uint8),
+         r"is not binary: \d+\.\d% of its pixels are between 31 and 224 of 255, more than the 10%"),
+        ("noise.png", lambda m: np.random.default_rng(0).integers(0, 256, (64, 64)).astype(np.uint8),
+         r"is not binary: 7\d\.\d% of its pixels.*noise"),
+        ("one_grey_level.png", lambda m: m * 255 - (np.arange(64)[None, :] > 52) * m * 127, r"is a label map"),
+    ],
+)  # fmt: skip
+def test_soft_masks_and_non_masks_are_still_refused(tmp_path: Path, name: str, build: object, problem: str) -> None:
+    path = _write(tmp_path / name, np.asarray(build(_object())).astype(np.uint8))  # type: ignore[operator]
+    soft_edges = SoftEdges()
+    with pytest.raises(NotAMaskError, match=rf"{name}: (is )?{problem}"):
+        read_mask(path, soft_edges)
+    assert soft_edges.found == []
+
+
+@pytest.mark.parametrize("quality", [75, 95, 100])
+def test_zero_one_mask_saved_as_jpeg_is_named_as_such(tmp_path: Path, quality: int) -> None:
+    # Called "a label map ... values 0, 1, 2" with the fix "merge the labels"; JPEG moved its edges.
+    path = tmp_path / "m.jpg"
+    assert cv2.imwrite(str(path), _object(), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    expected = r"m\.jpg: is a 0/1 mask saved as JPEG \(values 0\.\.[12]\).*save the masks as PNG"
+    with pytest.raises(NotAMaskError, match=expected) as caught:
+        read_mask(path)
+    assert "merge the labels" not in str(caught.value)
+    png = _write(tmp_path / "m.png", _object())  # the same mask lossless: a 0/1 mask
+    np.testing.assert_array_equal(read_mask(png), _object())
 
 
 def test_photo_as_mask_is_refused(kvasir_seg_dir: Path) -> None:
