@@ -456,11 +456,11 @@ def predict(
     masks_dir = Path(masks) if masks is not None else None
     if batch_size < 1:
         raise SegsweepError(f"--batch-size must be at least 1, got {batch_size}")
-    check_out_outside_data(out, images_dir, masks_dir)
     check_min_area(min_area)
     options = parse_postprocess(postprocess)
     bundles = load_bundles(model_dir)
     bundle = bundles[0]
+    check_out_outside_data(out, images_dir, masks_dir)
     identity = {"model": str(model_dir.resolve()), "images": str(images_dir.resolve())}
     with writing_lock(out) as target:
         replaced = check_replaceable(out, target, identity)
