@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 import shutil
@@ -185,8 +186,9 @@ def test_table2_has_one_row_per_test_set_with_the_variants_as_columns(storage: P
         return {"variant": variant, "n_images": 6, "dice_mean": dice, "dice_std": 0.1, "iou_mean": dice - 0.1,
                 "iou_std": 0.1}  # fmt: skip
 
-    record_test_scores(sweep.path, "trial_00000", {"images": "/a", "out": str(tmp_path / "a-old"),
-                                                   "rows": [row("plain", 0.1)]})  # fmt: skip
+    older = record_test_scores(sweep.path, "trial_00000", {"images": "/a", "out": str(tmp_path / "a-old"),
+                                                           "rows": [row("plain", 0.1)]})  # fmt: skip
+    older.write_text(json.dumps({**json.loads(older.read_text()), "written": "2020-01-01T00:00:00+00:00"}))
     record_test_scores(sweep.path, "trial_00000", {"images": "/a", "out": str(tmp_path / "a"),
                                                    "rows": [row("plain", 0.5), row("tta", 0.6),
                                                             row("plain+min-area", 0.55)]})  # fmt: skip
