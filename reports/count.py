@@ -162,7 +162,16 @@ def list_mask_files(folder: Path) -> list[Path]:
 def count_folder(
     folder: str | Path, min_area: float = DEFAULT_MIN_AREA
 ) -> tuple[list[ImageCount], list[tuple[Path, str]]]:
-    """Count every mask in a folder; return the counts and the files that could not be read (with why)."""
+    """Count every mask in a folder; return the counts and the files that could not be read (with why).
+
+    The masks of a prediction that has not finished (killed, or still writing) are refused: a count
+    of part of a test set reads like a count of all of it.
+    """
+    from reports.predict import unfinished_prediction
+
+    unfinished = unfinished_prediction(Path(folder).resolve())
+    if unfinished:
+        raise DataError(unfinished)
     files = list_mask_files(Path(folder))
     counts: list[ImageCount] = []
     unreadable: list[tuple[Path, str]] = [

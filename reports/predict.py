@@ -15,10 +15,20 @@ fold ensemble: each fold model's probabilities (with TTA: each model's flip aver
 before the threshold, as nnU-Net does. ``--postprocess min-area,fill-holes`` adds a metrics row per
 option (and one with all of them) computed on the thresholded masks at the original resolution
 (reports.count.postprocess_mask); the masks with every option applied go to ``masks_postprocessed/``.
+
+A prediction never writes into the data it reads: an ``--out`` that is, holds or lies inside
+``--images``, ``--masks`` or a data set folder (one holding ``images/`` and ``masks/``) is refused.
+It is written into a staging folder beside ``--out`` and renamed at the end, so ``--out`` only ever
+holds one whole prediction; ``prediction.json`` says which (model, images) and stays ``running``
+until the last file is written, so ``segsweep count`` refuses a killed prediction's masks. A
+non-empty ``--out`` is refused unless it is this model's earlier prediction of the same images,
+which is replaced whole (a rerun, e.g. with ``--tta``), never mixed with.
 """
 
 from __future__ import annotations
 
+import json
+import os
 import sys
 import time
 from collections.abc import Sequence
@@ -36,15 +46,25 @@ from reports.count import (
     count_objects,
     postprocess_mask,
 )
-from sweeps.folder import SweepFolder, record_test_scores
+from sweeps.folder import SweepFolder, now, record_test_scores
 from trainer.bundle import ModelBundle, load_bundles
 from trainer.data import IMAGE_EXTENSIONS, image_files_by_stem
 from trainer.decode import BadFileError, SoftEdges, not_masks_line, orientation_mismatch
-from trainer.errors import DataError, SegsweepError
-from trainer.files import write_json_atomic
+from trainer.errors import ConfigError, DataError, SegsweepError
+from trainer.files import staged_folder, write_json_atomic, writing_lock
 
 #: Images per prediction batch (memory, not results, depends on it).
 PREDICT_BATCH_SIZE = 8
+
+#: A prediction's own record (model, images, state): ``running`` until its last file is written.
+PREDICTION_FILE = "prediction.json"
+COMPLETE_STATE, RUNNING_STATE = "complete", "running"
+
+#: Everything a prediction writes at the top of ``--out``: a folder holding anything else is not replaced.
+_OUTPUT_NAMES = frozenset(
+    {"masks", "masks_tta", "masks_postprocessed", "overlays", "counts.csv", "metrics.json", "skipped.txt",
+     PREDICTION_FILE}
+)  # fmt: skip
 
 #: Colours (BGR) of the overlay: predicted region tinted, predicted outline, true outline.
 _FILL, _PREDICTED, _TRUE = (0, 220, 255), (0, 220, 255), (80, 220, 80)
@@ -416,6 +436,11 @@ class PredictionReport:
     #: Images the model (or a fold of the ensemble) was trained on: their scores are not test scores.
     overlap_with_training: list[str]
     skipped: list[tuple[str, str]]
+    #: Whether ``out`` held this model's earlier prediction of the same images, now replaced whole.
+    replaced: bool = False
+    #: Where the test scores were recorded for the sweep's report, or why they were not (with masks).
+    recorded_in: Path | None = None
+    not_recorded: str | None = None
 
     @property
     def rows(self) -> list[dict[str, Any]]:
@@ -446,42 +471,140 @@ def predict(
     options = parse_postprocess(postprocess)
     bundles = load_bundles(model_dir)
     bundle = bundles[0]
-    started = time.perf_counter()
-    prediction = predict_folder(
-        bundles, images_dir, out, masks_dir=masks_dir, tta=tta, batch_size=batch_size, min_area=min_area,
-        postprocess=options,
-    )  # fmt: skip
-    seconds = time.perf_counter() - started
-    write_counts(out / "counts.csv", prediction.results)
-    summary = summarise_prediction(prediction)
-    trained_on = set().union(*(b.train_stems() for b in bundles))
-    overlap = sorted({r.stem for r in prediction.results} & trained_on)
-    metrics = None
-    if masks_dir is not None:
-        metrics = {
-            "model": str(model_dir.resolve()),
-            "trial": bundle.source.get("trial"),
-            "ensemble": [str(b.path.resolve()) for b in bundles] if len(bundles) > 1 else None,
-            "postprocess": list(options),
-            "images": str(images_dir.resolve()),
-            "masks": str(masks_dir.resolve()),
-            "out": str(out.resolve()),
-            "threshold": bundle.threshold,
-            "resolution": "original (probabilities resized to each image's size, then thresholded)",
-            "scoring": "MedAI 2021: per image Dice and IoU, empty truth inverted, mean over images; "
-            "std with ddof=1",
-            "min_area": min_area,
-            **summary,
-            "overlap_with_training": overlap,
-            "skipped": [{"file": f, "reason": why} for f, why in prediction.skipped],
-            "seconds": seconds,
-        }
-        write_json_atomic(out / "metrics.json", metrics)
+    check_out_outside_data(out, images_dir, masks_dir)
+    identity = {"model": str(model_dir.resolve()), "images": str(images_dir.resolve())}
+    with writing_lock(out) as target:
+        replaced = check_replaceable(out, target, identity)
+        with staged_folder(target) as staging:
+            record = {**identity, "masks": str(masks_dir.resolve()) if masks_dir else None, "tta": tta,
+                      "postprocess": list(options), "pid": os.getpid(), "started": now()}  # fmt: skip
+            write_json_atomic(staging / PREDICTION_FILE, {**record, "state": RUNNING_STATE})
+            started = time.perf_counter()
+            prediction = predict_folder(
+                bundles, images_dir, staging, masks_dir=masks_dir, tta=tta, batch_size=batch_size,
+                min_area=min_area, postprocess=options,
+            )  # fmt: skip
+            seconds = time.perf_counter() - started
+            write_counts(staging / "counts.csv", prediction.results)
+            summary = summarise_prediction(prediction)
+            trained_on = set().union(*(b.train_stems() for b in bundles))
+            overlap = sorted({r.stem for r in prediction.results} & trained_on)
+            metrics = None
+            if masks_dir is not None:
+                metrics = {
+                    "model": identity["model"],
+                    "trial": bundle.source.get("trial"),
+                    "ensemble": [str(b.path.resolve()) for b in bundles] if len(bundles) > 1 else None,
+                    "postprocess": list(options),
+                    "images": identity["images"],
+                    "masks": str(masks_dir.resolve()),
+                    "out": str(target),
+                    "threshold": bundle.threshold,
+                    "resolution": "original (probabilities resized to each image's size, then thresholded)",
+                    "scoring": "MedAI 2021: per image Dice and IoU, empty truth inverted, mean over images; "
+                    "std with ddof=1",
+                    "min_area": min_area,
+                    **summary,
+                    "overlap_with_training": overlap,
+                    "skipped": [{"file": f, "reason": why} for f, why in prediction.skipped],
+                    "seconds": seconds,
+                }
+                write_json_atomic(staging / "metrics.json", metrics)
+            if prediction.skipped:
+                (staging / "skipped.txt").write_text("".join(f"{name}\t{why}\n" for name, why in prediction.skipped))
+            # Last: until this is written the folder is a part of a prediction (count refuses it).
+            write_json_atomic(staging / PREDICTION_FILE, {**record, "state": COMPLETE_STATE, "finished": now(),
+                                                          "n_images": len(prediction.results)})  # fmt: skip
+    report = PredictionReport(out, len(prediction.results), seconds, metrics, overlap, list(prediction.skipped),
+                              replaced=replaced)  # fmt: skip
+    if metrics is not None:
         if len(bundles) == 1:
-            _record(bundle, metrics)
-    if prediction.skipped:
-        (out / "skipped.txt").write_text("".join(f"{name}\t{why}\n" for name, why in prediction.skipped))
-    return PredictionReport(out, len(prediction.results), seconds, metrics, overlap, list(prediction.skipped))
+            report.recorded_in, report.not_recorded = _record(bundle, metrics)
+        else:
+            report.not_recorded = "a fold ensemble's scores are not a retrained model's, so no report shows them"
+    return report
+
+
+def check_out_outside_data(out: Path, images_dir: Path, masks_dir: Path | None) -> None:
+    """Refuse an ``--out`` that is, holds or lies inside ``--images``, ``--masks`` or a data set folder.
+
+    `predict --out D` with ``D/masks`` as ``--masks`` wrote its PNG masks over the true ones and then
+    scored them against themselves (Dice 1.0); JPEG masks got predictions beside them. Paths are
+    compared resolved (relative paths, symlinks).
+    """
+    target = out.resolve()
+    fix = "pass an --out outside the data (predictions there overwrite or mix with the true masks)"
+    for folder in (target, *target.parents):
+        if (folder / "images").is_dir() and (folder / "masks").is_dir():
+            relation = "is" if folder == target else "lies inside"
+            raise ConfigError(
+                f"--out {out} {relation} the data set folder {folder} (it holds images/ and masks/); {fix}"
+            )
+    for option, given in (("--images", images_dir), ("--masks", masks_dir)):
+        if given is None:
+            continue
+        source = given.resolve()
+        if target == source:
+            relation = "is"
+        elif source in target.parents:
+            relation = "lies inside"
+        elif target in source.parents:
+            relation = "holds"
+        else:
+            continue
+        raise ConfigError(f"--out {out} {relation} the {option} folder {given}; {fix}")
+
+
+def read_prediction_record(folder: Path) -> dict[str, Any] | None:
+    """``folder``'s prediction.json, or None when there is none (or it cannot be read)."""
+    try:
+        record = json.loads((folder / PREDICTION_FILE).read_text())
+    except (OSError, ValueError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def check_replaceable(out: Path, target: Path, identity: dict[str, str]) -> bool:
+    """Whether ``out`` holds this model's earlier prediction of the same images (to replace whole).
+
+    Absent or empty: False. Anything else (a foreign file, another model's or images' prediction) is
+    refused: a second prediction beside the first would be counted and read with it.
+    """
+    if not target.exists():
+        return False
+    if not target.is_dir():
+        raise ConfigError(f"--out {out} is a file, not a folder; pass a new folder for the prediction")
+    names = sorted(p.name for p in target.iterdir())
+    if not names:
+        return False
+    record = read_prediction_record(target)
+    foreign = [name for name in names if name not in _OUTPUT_NAMES]
+    if record is None or foreign:
+        example = (foreign or names)[0]
+        raise ConfigError(
+            f"--out {out} is not empty and is not a segsweep prediction (it holds {example}); predict into a "
+            "new or empty folder: nothing already there is overwritten"
+        )
+    if {key: record.get(key) for key in identity} != identity:
+        raise ConfigError(
+            f"--out {out} holds a prediction of {record.get('model')} on {record.get('images')}; predict into a "
+            "new --out (masks beside it would be counted with its own), or remove that folder to replace it"
+        )
+    return True
+
+
+def unfinished_prediction(folder: Path) -> str | None:
+    """Why ``folder`` (a prediction or its masks folder) is not a whole prediction, or None if it is
+    one or is no prediction: a killed ``predict`` leaves its staging folder with a ``running`` record."""
+    for candidate in (folder, folder.parent):
+        record = read_prediction_record(candidate)
+        if record is not None and record.get("state") != COMPLETE_STATE:
+            return (
+                f"{folder} is part of an unfinished prediction ({candidate / PREDICTION_FILE} says "
+                f"{record.get('state')!r}: started {record.get('started')} by pid {record.get('pid')}, killed or "
+                "still running); rerun the `segsweep predict` command and count its --out"
+            )
+    return None
 
 
 def run_predict_command(
@@ -505,7 +628,8 @@ def run_predict_command(
             f"(e.g. {', '.join(overlap[:3])}); their scores are not test scores",
             file=sys.stderr,
         )
-    print(f"predicted {report.n_images} image(s) into {out} in {report.seconds:.1f} s")
+    replaced = " (replacing its earlier prediction of the same model and images)" if report.replaced else ""
+    print(f"predicted {report.n_images} image(s) into {out} in {report.seconds:.1f} s{replaced}")
     for row in report.rows:
         print(
             f"{row['variant']:>5}: Dice {row['dice_mean']:.4f} ± {row['dice_std']:.4f}, "
@@ -514,6 +638,10 @@ def run_predict_command(
     agreement = (report.metrics or {}).get("count_agreement") or {}
     if agreement.get("n_images"):
         print(f"count: predicted equals true count for {agreement['agree']}/{agreement['n_images']} images")
+    if report.recorded_in is not None:
+        print(f"recorded the test scores for the sweep's report in {report.recorded_in}")
+    elif report.not_recorded:
+        print(f"test scores not recorded for a sweep report: {report.not_recorded}")
     if report.skipped:
         print(f"segsweep: skipped {len(report.skipped)} file(s):", file=sys.stderr)
         for name, why in report.skipped:
@@ -521,17 +649,20 @@ def run_predict_command(
     return 0
 
 
-def _record(bundle: ModelBundle, metrics: dict[str, Any]) -> None:
-    """Leave the scores in the bundle's sweep folder for the report's Table 2 (when it is here)."""
+def _record(bundle: ModelBundle, metrics: dict[str, Any]) -> tuple[Path | None, str | None]:
+    """Leave the scores in the bundle's sweep folder for the report's Table 2 (when it is here).
+
+    Returns the record's path, or why there is none.
+    """
     source = bundle.source
     sweep_path = Path(str(source.get("sweep_path", "")))
-    if not source.get("trial") or not SweepFolder(sweep_path).exists():
-        return
+    if not source.get("trial"):
+        return None, f"the model {bundle.path} names no sweep trial it was retrained from"
+    if not SweepFolder(sweep_path).exists():
+        return None, f"the model's sweep folder {sweep_path} is not here"
     summary = {k: metrics[k] for k in ("model", "images", "masks", "out", "rows")}
     summary["n_overlap_with_training"] = len(metrics["overlap_with_training"])
     try:
-        record_test_scores(sweep_path, str(source["trial"]), summary)
+        return record_test_scores(sweep_path, str(source["trial"]), summary), None
     except OSError as exc:
-        print(
-            f"segsweep: note: could not record the scores in {sweep_path} ({exc.strerror})", file=sys.stderr
-        )
+        return None, f"could not write in {sweep_path} ({exc.strerror})"

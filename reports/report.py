@@ -29,6 +29,7 @@ from reports.leaderboard import (
 )
 from sweeps.folder import (
     SweepResults,
+    TestScore,
     TrialResult,
     attempt_spans,
     format_value,
@@ -222,35 +223,48 @@ def _runtime_sentence(trial: TrialResult) -> str | None:
 
 
 def _table2(sweep: SweepResults, winner: TrialResult) -> Section:
-    rows = [[
+    """One row per test set (its newest prediction), the variants it was scored with as columns."""
+    scores = load_test_scores(sweep.path, winner.trial_id)
+    newest: dict[str, str] = {}  # test set -> the out of its newest record (records come newest first)
+    by_set: dict[str, dict[str, TestScore]] = {}
+    for score in scores:
+        if newest.setdefault(score.images, score.out) == score.out:
+            by_set.setdefault(score.images, {}).setdefault(score.variant, score)
+    variants = sorted({v for row in by_set.values() for v in row}, key=_variant_order)
+    variants = variants or ["plain"]
+    header = [""]
+    for variant in variants:
+        label = "" if variant == "plain" else f" ({_variant_label(variant)})"
+        header += [f"Dice{label}", f"IoU{label}"]
+    development = [
         f"Development set, {winner.n_folds}-fold cross-validation (mean ± std over folds)",
         pm(winner.mean["dice"], winner.std["dice"]),
         pm(winner.mean["iou"], winner.std["iou"]),
-    ]]  # fmt: skip
-    scores = load_test_scores(sweep.path, winner.trial_id)
-    seen: set[tuple[str, str]] = set()
-    for score in scores:
-        key = (score.images, score.variant)
-        if key in seen:  # an older record of the same test set and variant
-            continue
-        seen.add(key)
-        variant = _variant_label(score.variant)
+    ]
+    rows = [development + ["–"] * (len(header) - len(development))]
+    for images, row in by_set.items():
+        first = next(iter(row.values()))
+        n_images = ", ".join(sorted({str(s.n_images) for s in row.values()}, key=int))
         leak = (
-            f"; WARNING: {score.n_overlap_with_training} of them were training images"
-            if score.n_overlap_with_training
+            f"; WARNING: {first.n_overlap_with_training} of them were training images"
+            if first.n_overlap_with_training
             else ""
         )
-        rows.append([
-            f"Test set {score.images} ({score.n_images} images, {variant}; mean ± std over images{leak})",
-            pm(score.dice_mean, score.dice_std),
-            pm(score.iou_mean, score.iou_std),
-        ])  # fmt: skip
+        cells = [f"Test set {images} ({n_images} images; mean ± std over images{leak})"]
+        for variant in variants:
+            scored = row.get(variant)
+            if scored is None:
+                cells += ["–", "–"]  # this test set was not predicted with this variant
+            else:
+                cells += [pm(scored.dice_mean, scored.dice_std), pm(scored.iou_mean, scored.iou_std)]
+        rows.append(cells)
     blocks: list[Block] = [
-        "The shape of the paper's Table 2 for the winner. Test scores are MedAI-style (per image at the "
-        "original resolution, threshold 0.5, mean over images).",
-        Table(["", "Dice", "IoU"], rows),
+        "The shape of the paper's Table 2 for the winner: one row per test set (its newest prediction), "
+        "one Dice and IoU column pair per variant it was predicted with. Test scores are MedAI-style (per image "
+        "at the original resolution, threshold 0.5, mean over images).",
+        Table(header, rows),
     ]
-    plain = [score for score in scores if score.variant == "plain" and not score.n_overlap_with_training]
+    plain = [row["plain"] for row in by_set.values() if "plain" in row and not row["plain"].n_overlap_with_training]
     if plain:
         blocks.append(generalisation_gap_sentence(winner.mean["dice"], winner.std["dice"], plain[0].dice_mean))
     if not scores:
@@ -260,6 +274,12 @@ def _table2(sweep: SweepResults, winner: TrialResult) -> Section:
             "folder, and the next report shows them here."
         )
     return Section("Table 2: development and test scores", blocks)
+
+
+def _variant_order(variant: str) -> tuple[bool, bool, int, str]:
+    """plain, flip TTA, then the post-processed variants: plain's before TTA's, fewer options first."""
+    base, *options = variant.split("+")
+    return bool(options), base != "plain", len(options), variant
 
 
 def _variant_label(variant: str) -> str:

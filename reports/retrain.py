@@ -31,7 +31,7 @@ from trainer.bundle import (
 from trainer.checkpoint import EpochCheckpoint, run_identity
 from trainer.config import CVConfig
 from trainer.errors import ConfigError, DataError, SegsweepError
-from trainer.files import ensure_new_folder
+from trainer.files import ensure_new_folder, writing_lock
 from trainer.results import CV_FILE, EpochRecord, read_cv_result
 
 SCHEDULE_RULE = (
@@ -165,7 +165,19 @@ def _model_card(meta: Mapping[str, Any], history: Sequence[EpochRecord], schedul
 def retrain(
     sweep: SweepResults | Sweep, out: str | Path, *, trial_id: str | None = None, verbose: bool = True
 ) -> Path:
-    """Train the winner (or ``trial_id``) on every development image; write the model bundle at ``out``."""
+    """Train the winner (or ``trial_id``) on every development image; write the model bundle at ``out``.
+
+    ``out`` is locked from before training to the bundle's rename: a second retrain into it stops at
+    once ("being written by pid N"), not in write_bundle after training; a killed one's staging
+    folder is removed.
+    """
+    with writing_lock(Path(out)):
+        return _retrain_holding_lock(sweep, out, trial_id=trial_id, verbose=verbose)
+
+
+def _retrain_holding_lock(
+    sweep: SweepResults | Sweep, out: str | Path, *, trial_id: str | None, verbose: bool
+) -> Path:
     import tf_keras
 
     if isinstance(sweep, Sweep):

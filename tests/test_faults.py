@@ -164,6 +164,52 @@ def _all_empty(ws: Workspace) -> None:
 
 
 #: Secret values planted by cases: no output may carry them (not even the error refusing them).
+def _bundle(ws: Workspace) -> Path:
+    """A model bundle's description (config.json, empty weights): the --out checks come before the model loads."""
+    from trainer.bundle import bundle_meta
+    from trainer.config import CVConfig
+
+    bundle = ws.root / "model"
+    if not bundle.is_dir():
+        bundle.mkdir()
+        config = CVConfig(encoder=TINY_ENCODER, weights="none", image_size=64, folds=2)
+        (bundle / "config.json").write_text(json.dumps(bundle_meta(config, data={}, source={}, seconds=0.0)))
+        (bundle / "weights.h5").write_bytes(b"")
+    return bundle
+
+
+def _predict(ws: Workspace, out: Path | str, images: Path | None = None, masks: Path | None = None) -> list[str]:
+    """`segsweep predict` of the workspace's data (its images and masks unless given) into ``out``."""
+    return ["predict", str(_bundle(ws)), "--images", str(images or ws.data / "images"),
+            "--masks", str(masks or ws.data / "masks"), "--out", str(out)]  # fmt: skip
+
+
+def _data_untouched(ws: Workspace, out: str) -> None:
+    """Nothing was added beside the true masks (JPEG masks got predictions as masks/<stem>.png)."""
+    assert not [p for p in ws.data.iterdir() if p.name not in ("images", "masks", "splits")]
+    assert sorted(p.suffix for p in (ws.data / "masks").iterdir()) == [".jpg"] * 12
+    assert not list(ws.root.rglob(".*.lock"))
+
+
+def _masks_elsewhere(ws: Workspace) -> Path:
+    """A copy of the masks outside any data set folder, reached through a symlink (``truth-link``)."""
+    shutil.copytree(ws.data / "masks", ws.root / "truth")
+    (ws.root / "truth-link").symlink_to(ws.root / "truth")
+    return ws.root / "truth-link"
+
+
+def _earlier_prediction(ws: Workspace, state: str = "complete", model: str = "/elsewhere/other-model") -> Path:
+    """A folder as `predict` leaves it: masks/*.png and prediction.json (of another model by default)."""
+    out = ws.root / "pred"
+    (out / "masks").mkdir(parents=True)
+    for i in range(3):
+        cv2.imwrite(str(out / "masks" / f"case{i:03d}.png"), ws.object_mask(f"case{i:03d}") * 255)
+    record = {"model": model, "images": str(ws.data / "images"), "state": state, "pid": 4242,
+              "started": "2025-01-01T00:00:00+00:00"}  # fmt: skip
+    (out / "prediction.json").write_text(json.dumps(record))
+    return out
+
+
 PLANTED_SECRETS = ("abcdef123456", "hunter22hunter")
 
 
@@ -436,6 +482,35 @@ FAULTS: list[Fault] = [
     Fault("predict-missing-model", "predict from a folder that is not a model bundle",
           lambda ws: ["predict", str(ws.root / "nope"), "--images", str(ws.data / "images"),
                       "--out", str(ws.root / "p")], 2, r"^segsweep: error: .*nope"),
+    # --out in the data: PNG masks were overwritten by predictions and scored against themselves (Dice 1.0),
+    # JPEG masks got predictions beside them (masks/<stem>.png), and `data check` then failed.
+    Fault("predict-out-is-data-set", "predict --out D with --images D/images --masks D/masks",
+          lambda ws: _predict(ws, ws.data), 2,
+          r"^segsweep: error: --out \S+/data is the data set folder \S+/data \(it holds images/ and masks/\); "
+          r"pass an --out outside the data", check=_data_untouched),
+    Fault("predict-out-is-masks", "predict --out D/masks, given relative to the working folder",
+          lambda ws: _predict(ws, "data/masks"), 2,
+          r"^segsweep: error: --out data/masks lies inside the data set folder \S+/data ", check=_data_untouched),
+    Fault("predict-out-in-masks-via-symlink", "predict --out LINK/pred where LINK -> the --masks folder",
+          lambda ws: _predict(ws, ws.root / "truth-link" / "pred", masks=_masks_elsewhere(ws)), 2,
+          r"^segsweep: error: --out \S+truth-link/pred lies inside the --masks folder \S+truth-link; "
+          r"pass an --out outside"),
+    Fault("predict-out-holds-images", "predict --out into a folder that holds the --images folder",
+          lambda ws: [shutil.copytree(ws.data / "images", ws.root / "set" / "pics"),
+                      *_predict(ws, ws.root / "set", images=ws.root / "set" / "pics")][1:], 2,
+          r"^segsweep: error: --out \S+/set holds the --images folder \S+/set/pics; "),
+    # A second prediction beside the first: `count` counted both models' masks as one test set.
+    Fault("predict-out-other-prediction", "predict into an --out holding another model's prediction",
+          lambda ws: _predict(ws, _earlier_prediction(ws)), 2,
+          r"^segsweep: error: --out \S+/pred holds a prediction of /elsewhere/other-model on \S+/data/images; "
+          r"predict into a new --out"),
+    Fault("predict-out-not-a-prediction", "predict into a non-empty folder that is not a prediction",
+          lambda ws: _predict(ws, ws.write("notes/plan.txt", "mine").parent), 2,
+          r"^segsweep: error: --out \S+/notes is not empty and is not a segsweep prediction \(it holds plan\.txt\)"),
+    Fault("count-unfinished-prediction", "count the masks of a prediction that was killed",
+          lambda ws: ["count", str(_earlier_prediction(ws, state="running") / "masks")], 2,
+          r"^segsweep: error: \S+/pred/masks is part of an unfinished prediction \(\S+/prediction\.json says "
+          r"'running': started 2025-01-01T00:00:00\+00:00 by pid 4242, killed or still running\); rerun"),
 ]
 
 

@@ -12,6 +12,7 @@ import json
 import math
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -86,6 +87,118 @@ def atomic_path(target: Path, suffix: str = ".part") -> Iterator[Path]:
         partial.unlink(missing_ok=True)
 
 
+#: The name ``tempfile.mkdtemp`` gives a staging folder of output ``NAME`` beside it (``.NAME.`` and its
+#: eight random characters), as :func:`staged_folder`, write_bundle and export make them.
+_STAGING_SUFFIX = r"[a-z0-9_]{8}"
+
+
+def _lock_file(out: Path) -> Path:
+    return out.parent / f".{out.name}.lock"
+
+
+@contextmanager
+def writing_lock(out: Path) -> Iterator[Path]:
+    """Hold ``out`` (a folder segsweep writes) for this process; yield its resolved path.
+
+    An flock on ``.NAME.lock`` beside ``out``, holding this process's pid: a second writer of the
+    same ``--out`` stops at once with "OUT is being written by pid N" instead of failing after an
+    hour of training, and the kernel releases the lock when its holder dies. Holding it, every
+    staging folder ``.NAME.XXXXXXXX`` beside ``out`` belongs to a writer that is gone (a live one
+    would hold the lock), so those are removed. The lock file is removed on release.
+    """
+    import fcntl
+
+    from trainer.errors import ConfigError
+
+    out = out.resolve()  # one lock however the folder is spelt (relative, through a symlink)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ConfigError(f"cannot create {out.parent}: {exc.strerror}; pass a writable --out") from None
+    path = _lock_file(out)
+    while True:
+        try:
+            handle = open(path, "a+")  # noqa: SIM115  (held until the block ends)
+        except OSError as exc:
+            raise ConfigError(f"cannot create {path}: {exc.strerror}; pass a writable --out") from None
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            handle.seek(0)
+            holder = handle.read().strip()
+            handle.close()
+            who = f"pid {holder}" if holder.isdigit() else "another process"
+            raise ConfigError(
+                f"{out} is being written by {who}; wait for it to finish, or pass another --out"
+            ) from None
+        # The holder before us removes the file on release: a lock on that unlinked file guards nothing.
+        try:
+            if os.stat(path).st_ino == os.fstat(handle.fileno()).st_ino:
+                break
+        except FileNotFoundError:
+            pass
+        handle.close()
+    try:
+        handle.seek(0)
+        handle.truncate()
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        remove_stale_staging(out)
+        yield out
+    finally:
+        path.unlink(missing_ok=True)  # before the release, so no one locks a file that is going
+        handle.close()
+
+
+def remove_stale_staging(out: Path) -> list[Path]:
+    """Remove the staging folders ``.NAME.XXXXXXXX`` beside ``out``; call it holding :func:`writing_lock`.
+
+    A writer killed before its rename (SIGKILL, a power cut) leaves its staging folder: tens of MB of
+    weights or thousands of masks that nothing else removes.
+    """
+    pattern = re.compile(re.escape(f".{out.name}.") + _STAGING_SUFFIX)
+    removed = []
+    for path in out.parent.iterdir() if out.parent.is_dir() else ():
+        if pattern.fullmatch(path.name) and path.is_dir() and not path.is_symlink():
+            shutil.rmtree(path, ignore_errors=True)
+            removed.append(path)
+            print(f"segsweep: warning: removed {path}, left by an earlier run writing {out} that was killed",
+                  file=sys.stderr)  # fmt: skip
+    return removed
+
+
+def created_folder_mode() -> int:
+    """The mode ``mkdir`` gives a folder under the current umask (0777 & ~umask); mkdtemp's is 0700."""
+    current = os.umask(0)
+    os.umask(current)
+    return 0o777 & ~current
+
+
+@contextmanager
+def staged_folder(out: Path) -> Iterator[Path]:
+    """A fresh folder beside ``out`` that replaces ``out`` whole if the block completes.
+
+    Readers never see half an output under its final name: an exception removes the staging folder,
+    a kill leaves it for :func:`remove_stale_staging`. An ``out`` already there is replaced whole (the
+    caller decides it may be); between its rename and the new folder's, a kill leaves both as staging
+    folders. Hold :func:`writing_lock` on ``out`` around it and pass the path it yields (resolved).
+    """
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+    try:
+        staging.chmod(created_folder_mode())  # the umask's mode, like every other output
+        yield staging
+        if out.exists():
+            earlier = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
+            os.replace(out, earlier)  # rename(2) onto an empty folder
+            staging.rename(out)
+            shutil.rmtree(earlier, ignore_errors=True)
+        else:
+            staging.rename(out)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging, ignore_errors=True)
+
+
 def finite_or_none(value: Any) -> Any:
     """``value`` with every NaN/inf float (numpy's too) replaced by None, at every depth."""
     if isinstance(value, float | np.floating):
@@ -113,6 +226,8 @@ def write_json_atomic(path: Path, payload: Any) -> None:
 
 
 # --- fetching (resumable) ------------------------------------------------------------------------
+
+
 
 
 def fetch(
@@ -227,5 +342,3 @@ def _content_range_start(value: str | None) -> int | None:
 def _content_range_total(value: str | None) -> int | None:
     match = re.match(r"bytes (?:\*|\d+-\d+)/(\d+)", value or "")
     return int(match.group(1)) if match else None
-
-

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -113,8 +114,14 @@ def test_predict_writes_original_size_png_masks_metrics_counts(
     args = ["predict", str(bundle), "--images", str(test_set / "images"), "--masks", str(test_set / "masks"),
             "--out", str(out), "--tta"]  # fmt: skip
     assert main(args) == 0
-    err = capsys.readouterr().err
+    captured = capsys.readouterr()
+    err = captured.err
     assert "truncated.jpg" in err and "were among the model's training images" in err
+    # Where the test scores went (the source sweep's folder) is said, not left to be found.
+    recorded = re.search(r"^recorded the test scores for the sweep's report in (\S+)$", captured.out, re.M)
+    assert recorded and Path(recorded.group(1)).parent == storage.resolve() / "s" / "predictions"
+    assert read_json(Path(recorded.group(1)))["out"] == str(out.resolve())
+    assert read_json(out / "prediction.json")["state"] == "complete"
     stems = [f"case{i:03d}" for i in range(12)]
     for sub in ("masks", "masks_tta", "overlays"):
         assert sorted(p.stem for p in (out / sub).glob("*.png")) == stems
@@ -151,8 +158,65 @@ def test_predict_writes_original_size_png_masks_metrics_counts(
     # The winner's test scores reach the report's Table 2, flagged as training images.
     assert main(["report", "s", "--storage", str(storage), "--format", "md"]) == 0
     table2 = (storage / "s" / "report" / "report.md").read_text().split("## Table 2")[1].split("## Leaderboard")[0]
-    assert f"Test set {test_set / 'images'} (12 images, plain" in table2
-    assert "WARNING: 12 of them were training images" in table2
+    assert f"| Test set {test_set / 'images'} (12 images; mean ± std over images; WARNING: 12 of them were " \
+           "training images) |" in table2  # fmt: skip
+    assert "| Dice (flip test-time augmentation) |" in table2  # TTA is a column of the test set's row
+
+
+@pytest.mark.slow
+def test_predict_into_the_data_set_is_refused_and_the_true_masks_kept(
+    trained: tuple[Path, Path], test_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `predict --out D` with D/masks as --masks wrote the predictions over the true PNG masks, scored
+    # them against themselves (Dice 1.0000 ± 0.0000) and the next report published that row.
+    _, bundle = trained
+    data = tmp_path / "D"
+    shutil.copytree(test_set, data)
+    before = {p.name: p.read_bytes() for p in (data / "masks").iterdir()}
+    args = ["predict", str(bundle), "--images", str(data / "images"), "--masks", str(data / "masks"), "--out"]
+    assert main([*args, str(data)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--out {data} is the data set folder {data}" in err[0]
+    assert {p.name: p.read_bytes() for p in (data / "masks").iterdir()} == before
+    assert sorted(p.name for p in data.iterdir()) == ["images", "masks"]
+
+
+@pytest.mark.slow
+def test_a_second_prediction_replaces_its_own_whole_and_never_mixes_with_another(
+    trained: tuple[Path, Path], test_set: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A second predict into an --out holding an earlier prediction kept the earlier masks beside the
+    # new ones, and `count` then counted both.
+    _, bundle = trained
+    out = tmp_path / "pred"
+    args = ["predict", str(bundle), "--images", str(test_set / "images"), "--out", str(out)]
+    assert main(args) == 0
+    first = read_json(out / "prediction.json")
+    assert first["state"] == "complete" and first["model"] == str(bundle.resolve()) and first["n_images"] == 12
+    assert not (out / "masks_tta").exists()
+    stale = tmp_path / ".pred.k1lled_0"  # a prediction killed before its rename
+    (stale / "masks").mkdir(parents=True)
+    capsys.readouterr()
+
+    # The same model on the same images: replaced whole (a rerun with --tta).
+    assert main([*args, "--tta"]) == 0
+    assert "(replacing its earlier prediction of the same model and images)" in capsys.readouterr().out
+    assert (out / "masks_tta").is_dir() and read_json(out / "prediction.json")["tta"] is True
+    assert not stale.exists()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["pred"]  # no staging folder, no lock file left
+
+    # Other images: refused, the earlier prediction untouched.
+    subset = tmp_path / "subset"
+    subset.mkdir()
+    for path in sorted((test_set / "images").glob("case00[0-3].jpg")):
+        shutil.copy(path, subset / path.name)
+    before = sorted(p.relative_to(out) for p in out.rglob("*"))
+    assert main(["predict", str(bundle), "--images", str(subset), "--out", str(out)]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and f"--out {out} holds a prediction of {bundle.resolve()} on " in err[0]
+    assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
+    assert main(["count", str(out / "masks")]) == 0
+    assert len(capsys.readouterr().out.strip().splitlines()) == 1 + 12  # header and the 12 images, once
 
 
 @pytest.mark.slow

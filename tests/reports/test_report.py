@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import os
 import re
 import shutil
@@ -169,11 +170,43 @@ def test_table2_shows_recorded_test_scores(storage: Path, tmp_path: Path) -> Non
     )
     text = render_markdown(build_report(sweep))
     table2 = text.split("## Table 2")[1].split("## Leaderboard")[0]
-    row = "| Test set /test/images (120 images, plain; mean ± std over images) |"
-    assert f"{row} 0.8100 ± 0.2000 | 0.7200 ± 0.2100 |" in table2
-    assert "flip test-time augmentation" in table2
-    assert table2.count("Test set") == 2  # the other trial's scores are not the winner's
+    assert "|  | Dice | IoU | Dice (flip test-time augmentation) | IoU (flip test-time augmentation) |" in table2
+    row = "| Test set /test/images (120 images; mean ± std over images) |"
+    assert f"{row} 0.8100 ± 0.2000 | 0.7200 ± 0.2100 | 0.8200 ± 0.1900 | 0.7300 ± 0.2000 |" in table2
+    assert table2.count("Test set /") == 1  # one row per test set; the other trial's scores are not the winner's
     assert "No test set scored yet" not in table2
+
+
+def test_table2_has_one_row_per_test_set_with_the_variants_as_columns(storage: Path, tmp_path: Path) -> None:
+    # Every variant (TTA, post-processing) was a row of its own: two test sets predicted plain, with
+    # TTA and post-processed made six rows that read like six test sets.
+    sweep = load_sweep(storage, "quick1")
+
+    def row(variant: str, dice: float) -> dict[str, object]:
+        return {"variant": variant, "n_images": 6, "dice_mean": dice, "dice_std": 0.1, "iou_mean": dice - 0.1,
+                "iou_std": 0.1}  # fmt: skip
+
+    older = record_test_scores(sweep.path, "trial_00000", {"images": "/a", "out": str(tmp_path / "a-old"),
+                                                           "rows": [row("plain", 0.1)]})  # fmt: skip
+    older.write_text(json.dumps({**json.loads(older.read_text()), "written": "2020-01-01T00:00:00+00:00"}))
+    record_test_scores(sweep.path, "trial_00000", {"images": "/a", "out": str(tmp_path / "a"),
+                                                   "rows": [row("plain", 0.5), row("tta", 0.6),
+                                                            row("plain+min-area", 0.55)]})  # fmt: skip
+    record_test_scores(sweep.path, "trial_00000", {"images": "/b", "out": str(tmp_path / "b"),
+                                                   "rows": [row("plain", 0.7)]})  # fmt: skip
+    table2 = render_markdown(build_report(sweep)).split("## Table 2")[1].split("## Leaderboard")[0]
+    lines = [line for line in table2.splitlines() if line.startswith("| ")]
+    assert lines[0] == (
+        "|  | Dice | IoU | Dice (flip test-time augmentation) | IoU (flip test-time augmentation) "
+        "| Dice (plain, post-processed: min-area) | IoU (plain, post-processed: min-area) |"
+    )
+    rows = {line.split(" | ")[0]: line.split(" | ")[1:] for line in lines[1:]}
+    assert len(rows) == 3 and "Development set" in lines[1]
+    assert rows["| Test set /a (6 images; mean ± std over images)"][:6] == [
+        "0.5000 ± 0.1000", "0.4000 ± 0.1000", "0.6000 ± 0.1000", "0.5000 ± 0.1000", "0.5500 ± 0.1000",
+        "0.4500 ± 0.1000 |"]  # fmt: skip  (its newest prediction only: the older plain 0.1 is not mixed in)
+    assert rows["| Test set /b (6 images; mean ± std over images)"] == ["0.7000 ± 0.1000", "0.6000 ± 0.1000",
+                                                                        "–", "–", "–", "– |"]  # fmt: skip
 
 
 def test_table2_names_post_processed_rows(storage: Path, tmp_path: Path) -> None:
@@ -185,9 +218,10 @@ def test_table2_names_post_processed_rows(storage: Path, tmp_path: Path) -> None
              "iou_std": 0.1} for i, name in enumerate(names)]  # fmt: skip
     record_test_scores(sweep.path, "trial_00000", {"images": "/t", "out": str(tmp_path / "p"), "rows": rows})
     table2 = render_markdown(build_report(sweep)).split("## Table 2")[1].split("## Leaderboard")[0]
-    labels = re.findall(r"\| Test set /t \(6 images, (.*?); mean", table2)
-    assert labels == ["plain", "flip test-time augmentation", "plain, post-processed: min-area",
+    labels = re.findall(r"\| Dice \((.*?)\) \|", table2)
+    assert labels == ["flip test-time augmentation", "plain, post-processed: min-area",
                       "flip test-time augmentation, post-processed: min-area, fill-holes"]  # fmt: skip
+    assert "| Dice | IoU |" in table2  # plain's columns
     assert "test Dice 0.5000" in table2  # the gap is the plain row's
 
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 
 import json
 import shutil
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -121,3 +123,46 @@ def test_retrain_stopped_after_an_epoch_resumes_there_and_ends_as_if_never_stopp
     np.testing.assert_allclose([h["loss"] for h in history[1]], [h["loss"] for h in history[0]], rtol=1e-5)
     for a, b in zip(whole.load_model().get_weights(), resumed.load_model().get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_a_second_retrain_into_the_same_out_stops_before_training(
+    cv_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Two `retrain --out X` at once: the second trained fully, then died in write_bundle with
+    # "OSError: Directory not empty" (a traceback). A live writer holds an flock on .X.lock (its pid).
+    out = tmp_path / "model"
+    holder = subprocess.Popen(
+        [sys.executable, "-c", "import fcntl, os, sys, time\n"
+         "f = open(sys.argv[1], 'a+'); fcntl.flock(f, fcntl.LOCK_EX); f.write(f'{os.getpid()}\\n'); f.flush()\n"
+         "print('locked', flush=True); time.sleep(120)", str(tmp_path / ".model.lock")],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
+        assert main(["retrain", str(cv_folder), "--out", str(out), "--quiet"]) == 2
+    finally:
+        holder.kill()
+        holder.wait()
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "Traceback" not in err[0]
+    assert err[0] == f"segsweep: error: {out} is being written by pid {holder.pid}; wait for it to finish, or pass " \
+                     "another --out"  # fmt: skip
+    assert not out.exists() and not retrain_checkpoint_path(out).exists()  # refused before any training
+
+
+def test_a_killed_retrains_staging_folder_is_removed_by_the_next(
+    cv_folder: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A retrain killed in write_bundle left .X.XXXXXXXX (~40 MB of weights) beside X forever.
+    out = tmp_path / "model"
+    stale = tmp_path / ".model.k1lled_0"
+    stale.mkdir()
+    (stale / "weights.h5").write_bytes(b"\0" * 1024)
+    kept = [tmp_path / ".model.checkpoint.npz.unused", tmp_path / ".model.notes"]  # not staging folders
+    kept[0].write_bytes(b"x")
+    kept[1].mkdir()
+    assert main(["retrain", str(cv_folder), "--out", str(out), "--quiet"]) == 0
+    assert not stale.exists() and all(p.exists() for p in kept)
+    assert f"removed {stale}, left by an earlier run writing {out}" in capsys.readouterr().err
+    assert load_bundle(out).path == out
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".model")) == sorted(p.name for p in kept)
