@@ -33,6 +33,7 @@ from sweeps.folder import (
     read_spec_record,
     read_stop_request,
     read_trial_record,
+    storage_path,
     update_trial_record,
     write_spec_record,
 )
@@ -66,7 +67,7 @@ class SweepOutcome:
 def run_sweep(spec: SweepSpec, *, cv_runner: CVRunner | None = None) -> SweepOutcome:
     """Start a new sweep in STORAGE/NAME and run it to the end (or until interrupted)."""
     spec.validate()
-    spec.storage = str(Path(spec.storage).resolve())
+    spec.storage = str(storage_path(spec.storage).resolve())
     spec.data = str(Path(spec.data).resolve())
     if spec.folder.exists():
         raise ConfigError(
