@@ -27,9 +27,9 @@ ENCODERS: tuple[str, ...] = (
 ARCHITECTURES: tuple[str, ...] = ("unet", "fpn", "linknet")
 LOSSES: tuple[str, ...] = ("iou", "dice", "bce_dice")
 
-# Bounds beyond which no machine trains a run: refused by CVConfig.validate() with the bound in the
-# line, and a search space's ranges are checked against the same bounds when it loads
-# (search_spaces._yaml checks every value through CVConfig.validate()).
+# Bounds beyond which a value is a slip (an extra digit) or beyond what a library or a machine takes:
+# refused by CVConfig.validate() with the bound in the line, before any data is read; a search space's
+# ranges meet the same bounds when it loads (search_spaces._yaml checks its values through validate()).
 #: NumPy's global seed and scikit-learn's KFold ``random_state`` are unsigned 32-bit integers.
 SEED_MAX = 2**32 - 1
 #: 500 times the paper's 20: at the smallest size (32 px, one image per step) 10,000 epochs of
@@ -38,8 +38,8 @@ EPOCHS_MAX = 10_000
 #: Twice the largest side of the public polyp and instrument sets (Kvasir-SEG: 1920 px): a U-Net's
 #: full-resolution activations at 4096 px already take ~1 GB per image and per 16 channels.
 IMAGE_SIZE_MAX = 4096
-#: A batch is one array in memory: 65,536 images are 0.8 GB of float32 input at 32 px before the
-#: activations (a U-Net's are ~100 times more), beyond any one accelerator.
+#: A batch is one array in memory: 65,536 images are 0.8 GB of float32 input at 32 px, and a U-Net's
+#: activations are many times that, beyond any one accelerator.
 BATCH_SIZE_MAX = 65_536
 
 
@@ -90,8 +90,8 @@ class CVConfig:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
         if self.image_size > IMAGE_SIZE_MAX:
             raise ConfigError(
-                f"image size {self.image_size} is more than {IMAGE_SIZE_MAX} px, the largest segsweep trains "
-                f"(a U-Net's activations alone would not fit); use {IMAGE_SIZE_MAX} or less, e.g. 256 or 512"
+                f"image size {self.image_size} is more than {IMAGE_SIZE_MAX} px, the largest segsweep trains; "
+                f"use {IMAGE_SIZE_MAX} or less (e.g. 256 or 512)"
             )
         if self.image_size < 32 or self.image_size % 32:
             raise ConfigError(
