@@ -165,7 +165,10 @@ def test_ctrl_c_after_the_last_trial_ended_leaves_the_sweep_finished(
         return statuses(grid)
 
     monkeypatch.setattr(runner, "_ray_trial_statuses", ctrl_c_then_statuses)
-    outcome = run_sweep(spec, cv_runner=fake.fake_run_cv)
+    try:
+        outcome = run_sweep(spec, cv_runner=fake.fake_run_cv)
+    except KeyboardInterrupt:  # not left to end the test session
+        pytest.fail("a Ctrl-C after the last trial ended interrupted the driver before it recorded the run")
     assert outcome.finished and outcome.stopped is None, format_leaderboard(outcome.results)
     assert "the run has ended; saving its records first" in capsys.readouterr().out
     folder = SweepFolder.at(tmp_path / "out", "c")
