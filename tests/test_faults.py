@@ -319,6 +319,8 @@ FAULTS: list[Fault] = [
     Fault("ui-port-in-use", "ui --port-optuna on a port another process listens on", _ui_port_in_use, 2,
           r"^segsweep: error: port \d+ on 127\.0\.0\.1 is in use; pass --port-optuna with another port",
           check=_release_ports),
+    Fault("folds-more-than-images-sweep", "sweep run --folds 20 on 12 pairs stops before Ray (every trial failed)",
+          lambda ws: sweep(ws, "--folds", "20"), 2, r"^segsweep: error: 20 folds need at least 20 images"),
     Fault("storage-tilde-status", "sweep status --storage \"~/sweeps\" (looked for a folder named ~)",
           lambda ws: _home_sweep(ws, "sweep", "status", "s", "--storage", "~/sweeps"), 0, r"optuna-dashboard sqlite:///.*/home/sweeps/s/",
           stream="stdout", env=_HOME),
