@@ -128,11 +128,19 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
             )  # fmt: skip
     except KeyboardInterrupt:
         checkpoint = retrain_checkpoint_path(args.out)
-        if not checkpoint.is_file():
-            raise
-        raise Interrupted(
-            f"finished epochs are kept in {checkpoint}; the same command resumes after the last of them"
-        ) from None
+        kept = f"finished epochs are kept in {checkpoint}; " if checkpoint.is_file() else ""
+        raise Interrupted(f"{kept}resume with `{retrain_command(args)}`") from None
+
+
+def retrain_command(args: argparse.Namespace) -> str:
+    """The `segsweep retrain` command that resumes this one: the same sweep, trial and --out."""
+    import shlex
+
+    from trainer.cli import option_words
+
+    words = ["segsweep", "retrain", args.name,
+             *option_words(args, ["storage", "out", "trial", "threads", "mixed_precision"])]  # fmt: skip
+    return shlex.join(words + (["--quiet"] if args.quiet else []))
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:

@@ -17,6 +17,12 @@ from trainer.errors import ConfigError
 ParamType = Literal["categorical", "int", "float"]
 PARAM_TYPES: tuple[ParamType, ...] = ("categorical", "int", "float")
 
+#: CVConfig fields every trial of a sweep takes from the sweep, never from its space, with the
+#: ``sweep run`` option that sets them (sweeps.spec.SweepSpec.cv_overrides reads the same names): the
+#: seed is one for all trials so that they split the same folds and their scores compare. A space
+#: naming one would show a value its trials never train with, so the space loader refuses it.
+SWEEP_WIDE_FIELDS: dict[str, str] = {"seed": "--seed"}
+
 #: The values Optuna can store for a categorical parameter.
 Choice = None | bool | int | float | str
 

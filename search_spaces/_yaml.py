@@ -30,7 +30,7 @@ from typing import Any
 
 import yaml
 
-from search_spaces._space import PARAM_TYPES, Choice, Param, ParamType, SearchSpace
+from search_spaces._space import PARAM_TYPES, SWEEP_WIDE_FIELDS, Choice, Param, ParamType, SearchSpace
 from trainer.config import CVConfig, yaml_error_line
 from trainer.errors import ConfigError
 from trainer.tracking._secrets import MASK, redact_params
@@ -368,15 +368,18 @@ class _Reader:
     def check_range(
         self, spec: dict[str, tuple[yaml.Node, yaml.Node]], param: Param, fixed: dict[str, Any]
     ) -> None:
-        """Every value of an int range (unless there are very many), or both ends, must be valid."""
+        """Both ends, then every value of an int range (unless there are very many), must be valid.
+
+        The ends first: a bound (trainer.config's EPOCHS_MAX, IMAGE_SIZE_MAX, ...) is then reported at
+        the end that crosses it, with no word about the values in between.
+        """
         assert param.low is not None and param.high is not None
+        values: list[int | float] = [param.low, param.high]
         if param.type == "int":
             step = int(param.step or 1)
-            values: range | tuple[int | float, ...] = range(int(param.low), int(param.high) + 1, step)
-            if len(values) > _MAX_CHECKED_VALUES:
-                values = (param.low, param.high)
-        else:
-            values = (param.low, param.high)
+            # Counted, not len(range): a range of more values than a C integer holds has no len().
+            if (int(param.high) - int(param.low)) // step + 1 <= _MAX_CHECKED_VALUES:
+                values += range(int(param.low) + step, int(param.high), step)
         for value in values:
             node = spec["high"][1] if value == param.high else spec["low"][1]
             fix = ""
@@ -454,6 +457,14 @@ class _Reader:
     # -- checks against CVConfig -------------------------------------------------------------------
 
     def check_field(self, node: yaml.Node, name: str, section: str, allow_extra: bool) -> None:
+        if name in SWEEP_WIDE_FIELDS:
+            option = SWEEP_WIDE_FIELDS[name]
+            raise self.fail(
+                node,
+                f"{section}: {name!r} is the sweep's, not the space's (every trial trains with the sweep's "
+                f"{name}, so that all trials split the same folds); remove it from the space and pass "
+                f"{option} to `segsweep sweep run`",
+            )
         fields = tuple(FIELD_KINDS) if allow_extra else SEARCHABLE
         if name not in fields:
             if name == "extra":

@@ -13,7 +13,6 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
-from pathlib import Path
 from typing import Any
 
 import trainer._env  # sets the Keras environment before anything imports it; umask at start
@@ -357,13 +356,13 @@ def _cmd_list(args: argparse.Namespace) -> int:
     from sweeps.folder import (
         DamagedRecord,
         SweepFolder,
-        default_storage,
         format_text_table,
+        storage_path,
         summarise_sweep,
         sweep_names,
     )
 
-    storage = Path(args.storage) if args.storage else default_storage()
+    storage = storage_path(args.storage)
     names = sweep_names(storage)
     if not names:
         print(f"no sweeps in {storage}")

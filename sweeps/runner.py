@@ -33,6 +33,7 @@ from sweeps.folder import (
     read_spec_record,
     read_stop_request,
     read_trial_record,
+    storage_path,
     update_trial_record,
     write_spec_record,
 )
@@ -66,7 +67,7 @@ class SweepOutcome:
 def run_sweep(spec: SweepSpec, *, cv_runner: CVRunner | None = None) -> SweepOutcome:
     """Start a new sweep in STORAGE/NAME and run it to the end (or until interrupted)."""
     spec.validate()
-    spec.storage = str(Path(spec.storage).resolve())
+    spec.storage = str(storage_path(spec.storage).resolve())
     spec.data = str(Path(spec.data).resolve())
     if spec.folder.exists():
         raise ConfigError(
@@ -140,12 +141,41 @@ def _execute(
     check_storage(Path(spec.storage))  # before data and Ray: a wrong --storage answers at once
     if spec.address:
         probe_address(spec.address)
-    with hold_driver_lock(spec.folder):
+    with hold_driver_lock(spec.folder), contextlib.ExitStack() as winding_down:
         clear_stop_request(spec.folder)  # a resumed sweep starts afresh; the last run acted on it
-        return _drive(spec, space, restore=restore, cv_runner=cv_runner)
+        return _drive(spec, space, restore=restore, cv_runner=cv_runner, winding_down=winding_down)
 
 
-def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVRunner | None) -> SweepOutcome:
+@contextlib.contextmanager
+def _interrupts_wait_for_the_records() -> Iterator[None]:
+    """A first Ctrl-C once Tune's run is over waits until the sweep's end is recorded.
+
+    From then on the driver shuts Ray down and settles trial.json, the study and sweep.json; an
+    interrupt in between left a sweep whose trials had all ended recorded as interrupted (``sweep
+    list``: "resume it"). A second Ctrl-C interrupts at once.
+    """
+    asked: list[int] = []
+
+    def wait(signum: int, frame: object) -> None:
+        if asked:
+            raise KeyboardInterrupt
+        asked.append(signum)
+        print("\n[segsweep] the run has ended; saving its records first (Ctrl-C again to stop at once)", flush=True)
+
+    with signal_handlers({signal.SIGINT: wait}):
+        yield
+
+
+def _drive(
+    spec: SweepSpec,
+    space: SearchSpace,
+    *,
+    restore: bool,
+    cv_runner: CVRunner | None,
+    winding_down: contextlib.ExitStack,
+) -> SweepOutcome:
+    """Run the sweep; ``winding_down`` (closed by the caller after the run is recorded) takes what must
+    last from the end of Tune's run until then."""
     from ray import tune
 
     from sweeps._callbacks import SweepCallback
@@ -153,6 +183,7 @@ def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVR
     from sweeps._progress import LiveProgress
     from sweeps._stopping import StopControl, StoppableSearch
     from sweeps._trainable import run_trial
+    from trainer.cv import make_folds
     from trainer.data import prepare_dataset, read_split
 
     started = time.perf_counter()
@@ -163,6 +194,9 @@ def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVR
         spec.data, probe.image_size, split=probe.dev_split, limit=probe.limit, skip_bad=spec.skip_bad
     )
     val_stems = tuple(read_split(spec.data, probe.val_split)) if probe.val_split else None
+    # The folds every trial splits, made once here: more folds than pairs (or a split naming none of
+    # them) is one line now rather than the same failure in every trial.
+    make_folds(data.stems, probe, list(val_stems) if val_stems is not None else None)
     n_folds = 1 if probe.val_split else probe.folds
     print(f"[segsweep] {len(data)} pairs ready ({data.key}); {n_folds} folds per trial", flush=True)
     if spec.data_key is not None and spec.data_key != data.key:
@@ -258,11 +292,14 @@ def _drive(spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVR
         finally:
             pending = read_stop_request(spec.folder)
             clear_stop_request(spec.folder)  # acted on: the next run of this sweep starts afresh
+        winding_down.enter_context(_interrupts_wait_for_the_records())  # Ray's shutdown takes seconds
         statuses = _ray_trial_statuses(grid)
     # A stop that came with no trial running ends Tune's run as finished (StoppableSearch), not
     # through StopControl: the request names why.
     stopped = stop_control.reason or (pending.reason if pending and len(statuses) < spec.trials else None)
     finished = _reconcile(spec, statuses, stopped=stopped is not None)
+    if finished:
+        stopped = None  # the stop came once every trial had ended (a Ctrl-C after the last): nothing stopped
     if spec.keep_models:
         from sweeps._models import prune_fold_models
 
@@ -558,7 +595,10 @@ def _reconcile(spec: SweepSpec, statuses: dict[str, str], *, stopped: bool = Fal
                 record = update_trial_record(folder, state=FAILED, ended=now())
         records[folder.name] = record
     finished = bool(statuses) and all(s in ("TERMINATED", "ERROR") for s in statuses.values())
-    finished = finished and len(statuses) >= spec.trials and not stopped
+    # Finished when every trial asked for has ended, stop or not: a trial that a stop ended
+    # unfinished is still RUNNING in its record (it resumes); one that ended before the stop is not.
+    ended = all(records[trial_id].get("state") != RUNNING for trial_id in statuses if trial_id in records)
+    finished = finished and len(statuses) >= spec.trials and ended
     if finished:
         reconcile_study(spec.sweep_dir, spec.name, records)
     return finished

@@ -94,6 +94,9 @@ class SweepSpec:
                 f"--gpus-per-trial {self.gpus_per_trial}: above 1 a trial takes whole GPUs; "
                 f"use {int(self.gpus_per_trial)} or {int(self.gpus_per_trial) + 1}"
             )
+        from trainer.config import check_seed
+
+        check_seed(self.seed, "--seed")  # before the sampler, which takes the same 32-bit seed
         if self.scheduler not in SCHEDULERS:
             raise ConfigError(f"--scheduler {self.scheduler!r}: choose one of {', '.join(SCHEDULERS)}")
         if self.address is not None and not re.match(r"^(auto|[A-Za-z0-9.\-\[\]:]+:\d+)$", self.address):
@@ -123,7 +126,10 @@ class SweepSpec:
         The sweep's seed is also the cross-validation seed, so all trials split the same folds and
         their scores compare.
         """
-        return {**{k: v for k, v in self.overrides.items() if v is not None}, "seed": self.seed}
+        from search_spaces._space import SWEEP_WIDE_FIELDS
+
+        sweep_wide = {name: getattr(self, name) for name in SWEEP_WIDE_FIELDS}
+        return {**{k: v for k, v in self.overrides.items() if v is not None}, **sweep_wide}
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)

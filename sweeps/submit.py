@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps._slurm import SlurmOptions
-from sweeps.folder import SweepFolder, append_submission, now, read_submissions, request_stop
+from sweeps.folder import SweepFolder, append_submission, now, read_submissions, request_stop, storage_path
 from sweeps.spec import OVERRIDE_KEYS, SweepSpec
 from trainer.errors import ConfigError
 
@@ -65,7 +65,7 @@ def checked_spec(spec: SweepSpec) -> tuple[SweepSpec, int]:
     if spec.address is not None:
         raise ConfigError("--address is for `sweep run`; a submitted sweep starts Ray in its job (Slurm) or "
                           "runs on the cluster given by --ray")
-    spec.storage = str(Path(spec.storage).resolve())
+    spec.storage = str(storage_path(spec.storage).resolve())
     if Path(spec.space).is_file():
         spec.space = str(Path(spec.space).resolve())
     data = Path(spec.data).resolve()

@@ -87,18 +87,45 @@ def free_port() -> int:
         return int(probe.getsockname()[1])
 
 
-def check_port(port: int, option: str) -> int:
-    """``port`` if free on 127.0.0.1 (0: a free one), else an error naming the option to change."""
-    if port == 0:
-        return free_port()
-    with socket.socket() as probe:
-        try:
-            probe.bind((HOST, port))
-        except OSError:
+#: The TCP port numbers a dashboard can listen on (0 asks for a free one).
+PORT_MAX = 65535
+
+
+def check_port_numbers(wanted: Sequence[tuple[int, str]]) -> None:
+    """One line unless every ``(port, option)`` is a port number (0: a free one) and no two are the same."""
+    for port, option in wanted:
+        if not 0 <= port <= PORT_MAX:
+            raise SegsweepError(f"{option} {port} is not a port; use 1 to {PORT_MAX} (0 picks a free one)")
+    taken: dict[int, str] = {}
+    for port, option in wanted:
+        if port and port in taken:
             raise SegsweepError(
-                f"port {port} on {HOST} is in use; pass {option} with another port (0 picks a free one)"
-            ) from None
-    return port
+                f"{taken[port]} and {option} are both {port}: each dashboard needs its own port; "
+                "change one of them (0 picks a free one)"
+            )
+        taken[port] = option
+
+
+def reserve_ports(wanted: Sequence[tuple[int, str]]) -> list[int]:
+    """The ports to serve on, one per ``(port, option)``, checked before any server starts.
+
+    Checked by check_port_numbers, then each must be free on 127.0.0.1, else one line naming the
+    option to change. All are held bound until every one is checked, so that two dashboards never
+    get the same free port.
+    """
+    check_port_numbers(wanted)
+    with contextlib.ExitStack() as held:
+        ports = []
+        for port, option in wanted:
+            probe = held.enter_context(socket.socket())
+            try:
+                probe.bind((HOST, port))
+            except OSError:
+                raise SegsweepError(
+                    f"port {port} on {HOST} is in use; pass {option} with another port (0 picks a free one)"
+                ) from None
+            ports.append(int(probe.getsockname()[1]))
+        return ports
 
 
 def start_dashboard(name: str, command: Sequence[str], port: int, ready_path: str, log_dir: Path) -> Dashboard:
@@ -198,6 +225,7 @@ def serve_dashboards(
 ) -> int:
     """Serve the sweep's dashboards until SIGINT or SIGTERM; 1 if a server dies on its own."""
     out = out or sys.stdout
+    check_port_numbers([(mlflow_port, "--port-mlflow"), (optuna_port, "--port-optuna")])  # options first
     folder = SweepFolder(Path(sweep)).require()
     has_mlflow, has_optuna = folder.mlflow_db.is_file(), folder.optuna_db.is_file()
     if not (has_mlflow or has_optuna):
@@ -205,32 +233,22 @@ def serve_dashboards(
             f"sweep {folder.name!r} has no dashboard data yet (neither {folder.mlflow_db.name} nor "
             f"{folder.optuna_db.name} in {folder.path}); start it with `segsweep sweep run`"
         )
-    plans: list[tuple[str, Callable[[int], list[str]], int, str]] = []
+    plans: list[tuple[str, Callable[[int], list[str]], str]] = []
+    wanted: list[tuple[int, str]] = []
     if has_mlflow:
-        plans.append(
-            (
-                "MLflow UI",
-                lambda p: mlflow_command(sweep, p),
-                check_port(mlflow_port, "--port-mlflow"),
-                "/health",
-            )
-        )
+        plans.append(("MLflow UI", lambda p: mlflow_command(sweep, p), "/health"))
+        wanted.append((mlflow_port, "--port-mlflow"))
     else:
         print(
             f"no MLflow store in {sweep} (the sweep ran with --tracker none?): MLflow UI not started",
             file=out,
         )
     if has_optuna:
-        plans.append(
-            (
-                "Optuna dashboard",
-                lambda p: optuna_command(sweep, p),
-                check_port(optuna_port, "--port-optuna"),
-                "/api/studies",
-            )
-        )
+        plans.append(("Optuna dashboard", lambda p: optuna_command(sweep, p), "/api/studies"))
+        wanted.append((optuna_port, "--port-optuna"))
     else:
         print(f"no Optuna study in {sweep}: optuna-dashboard not started", file=out)
+    ports = reserve_ports(wanted)
 
     stop_requested: list[int] = []
 
@@ -242,7 +260,7 @@ def serve_dashboards(
     dashboards: list[Dashboard] = []
     with tempfile.TemporaryDirectory(prefix="segsweep-ui-") as logs:
         try:
-            for name, command, port, ready_path in plans:
+            for (name, command, ready_path), port in zip(plans, ports, strict=True):
                 dashboards.append(start_dashboard(name, command(port), port, ready_path, Path(logs)))
             wait_ready(dashboards, should_stop=lambda: bool(stop_requested))
             if stop_requested:

@@ -19,6 +19,7 @@ import os
 import re
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -329,7 +330,87 @@ def _both_folds_in_best(ws: Workspace, out: str) -> None:
     assert len(json.loads((ws.root / "r" / "best.json").read_text())["cv"]["folds"]) == 2
 
 
+# -- issue 21, cases 9 and 12: bounds, ports and ~ in --storage -----------------------------------------------
+
+
+def _huge_high_space(ws: Workspace) -> list[str]:
+    space = ws.write("space.yaml", "params:\n  epochs: {type: int, low: 1, high: 99999999999999999999999}\n")
+    return sweep(ws, "--space", str(space))
+
+
+def _ui(ws: Workspace, *ports: str) -> list[str]:
+    """`segsweep ui` of a fabricated sweep with both stores (mlflow.db empty: no server gets that far)."""
+    folder = _fake_sweep(ws)
+    folder.mlflow_db.touch()
+    return ["ui", "s", "--storage", str(ws.root / "sweeps"), *ports]
+
+
+#: Sockets that hold a port for a case until its check closes them.
+_HELD_PORTS: list[socket.socket] = []
+
+
+def _ui_port_in_use(ws: Workspace) -> list[str]:
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    held.listen()
+    _HELD_PORTS.append(held)
+    return _ui(ws, "--port-mlflow", "0", "--port-optuna", str(held.getsockname()[1]))
+
+
+def _release_ports(ws: Workspace, out: str) -> None:
+    while _HELD_PORTS:
+        _HELD_PORTS.pop().close()
+
+
+def _home_sweep(ws: Workspace, *argv: str) -> list[str]:
+    """``argv`` after a fabricated sweep ``s`` in $HOME/sweeps (the case sets HOME to its home/)."""
+    make_sweep(ws.root / "home" / "sweeps", "s", data=ws.data)
+    return list(argv)
+
+
+def _no_literal_tilde(ws: Workspace, out: str) -> None:
+    assert not (ws.root / "~").exists(), "a folder named ~ was created in the working directory"
+
+
+_HOME = {"HOME": "{root}/home"}
+
+
 FAULTS: list[Fault] = [
+    # -- issue 21 ----------------------------------------------------------------------------------------------
+    Fault("seed-too-large-cv", "cv --seed 2**32 (a ValueError traceback in scikit-learn's KFold)",
+          lambda ws: cv(ws, "--seed", "4294967296"), 2,
+          r"^segsweep: error: seed 4294967296 is out of range; use a whole number from 0 to 4294967295"),
+    Fault("seed-negative-config", "\"seed\": -1 in a cv --config file",
+          lambda ws: cv(ws, "--config", str(ws.write("c.json", '{"seed": -1}'))), 2,
+          r"^segsweep: error: seed -1 is out of range; use a whole number from 0 to 4294967295"),
+    Fault("seed-too-large-sweep", "sweep run --seed 2**32 (a ValueError traceback in Optuna's sampler)",
+          lambda ws: sweep(ws, "--seed", "4294967296"), 2,
+          r"^segsweep: error: --seed 4294967296 is out of range; use a whole number from 0 to 4294967295"),
+    Fault("space-high-beyond-any-integer", "a space's high: 99999999999999999999999 (an OverflowError traceback)",
+          _huge_high_space, 2,
+          r"^segsweep: error: .*space\.yaml, line 2: parameter 'epochs': value 99999999999999999999999 .*"
+          r"more than 10000, the most segsweep trains"),
+    Fault("ui-port-out-of-range", "ui --port-mlflow 99999 (an OverflowError traceback in bind)",
+          lambda ws: _ui(ws, "--port-mlflow", "99999"), 2,
+          r"^segsweep: error: --port-mlflow 99999 is not a port; use 1 to 65535 \(0 picks a free one\)$"),
+    Fault("ui-same-port-twice", "ui with one port for both dashboards (both announced, then MLflow's log, exit 1)",
+          lambda ws: _ui(ws, "--port-mlflow", "48213", "--port-optuna", "48213"), 2,
+          r"^segsweep: error: --port-mlflow and --port-optuna are both 48213: each dashboard needs its own port"),
+    Fault("ui-port-in-use", "ui --port-optuna on a port another process listens on", _ui_port_in_use, 2,
+          r"^segsweep: error: port \d+ on 127\.0\.0\.1 is in use; pass --port-optuna with another port",
+          check=_release_ports),
+    Fault("folds-more-than-images-sweep", "sweep run --folds 20 on 12 pairs stops before Ray (every trial failed)",
+          lambda ws: sweep(ws, "--folds", "20"), 2, r"^segsweep: error: 20 folds need at least 20 images"),
+    Fault("storage-tilde-status", "sweep status --storage \"~/sweeps\" (looked for a folder named ~)",
+          lambda ws: _home_sweep(ws, "sweep", "status", "s", "--storage", "~/sweeps"), 0, r"optuna-dashboard sqlite:///.*/home/sweeps/s/",
+          stream="stdout", env=_HOME),
+    Fault("storage-tilde-home-env", "SEGSWEEP_HOME=\"~/sweeps\" (sweep list found no sweeps)",
+          lambda ws: _home_sweep(ws, "sweep", "list"), 0, r"^s +\S+ +5/5 ", stream="stdout",
+          env={**_HOME, "SEGSWEEP_HOME": "~/sweeps"}),
+    Fault("storage-tilde-run", "sweep run --storage \"~/sweeps\" finds the sweep in $HOME/sweeps (not ./~/sweeps)",
+          lambda ws: _home_sweep(ws, *sweep(ws, "--storage", "~/sweeps")), 2,
+          r"^segsweep: error: a sweep named 's' exists in /\S+/home/sweeps; continue it with "
+          r"`segsweep sweep resume s --storage /\S+/home/sweeps`", env=_HOME, check=_no_literal_tilde),
     # -- issue 9 ---------------------------------------------------------------------------------------------
     Fault("mask-16bit-data-check", "16-bit 0/255 PNG masks (were read as empty) are usable, none empty",
           _sixteen_bit, 0, r"^0 errors, 0 warnings: the data set is usable$", stream="stdout"),

@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -170,15 +171,22 @@ class Interrupted(KeyboardInterrupt):
     """Ctrl-C, with what to run to go on (the CLI prints it after "interrupted")."""
 
 
+def option_words(args: argparse.Namespace, names: Sequence[str]) -> list[str]:
+    """``--name value`` for each of ``names`` given in ``args`` (not None): a rerun's options as typed."""
+    words: list[str] = []
+    for name in names:
+        value = getattr(args, name, None)
+        if value is not None:
+            words += ["--" + name.replace("_", "-"), str(value)]
+    return words
+
+
 def resume_command(args: argparse.Namespace) -> str:
     """The `segsweep cv` command that resumes this run: the same options into the same --out."""
     import shlex
 
-    words = ["segsweep", "cv"]
-    for name in ["data", "out", "config", *_CV_OPTIONS, "tracker", "threads", "mixed_precision"]:
-        value = getattr(args, name, None)
-        if value is not None:
-            words += ["--" + name.replace("_", "-"), str(value)]
+    words = ["segsweep", "cv",
+             *option_words(args, ["data", "out", "config", *_CV_OPTIONS, "tracker", "threads", "mixed_precision"])]
     if args.augment is False:
         words.append("--no-augment")
     if getattr(args, "bn_reestimate", None) is False:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,30 @@ ENCODERS: tuple[str, ...] = (
 )  # fmt: skip
 ARCHITECTURES: tuple[str, ...] = ("unet", "fpn", "linknet")
 LOSSES: tuple[str, ...] = ("iou", "dice", "bce_dice")
+
+# Bounds beyond which a value is a slip (an extra digit) or beyond what a library or a machine takes:
+# refused by CVConfig.validate() with the bound in the line, before any data is read; a search space's
+# ranges meet the same bounds when it loads (search_spaces._yaml checks its values through validate()).
+#: NumPy's global seed and scikit-learn's KFold ``random_state`` are unsigned 32-bit integers.
+SEED_MAX = 2**32 - 1
+#: 500 times the paper's 20: at the smallest size (32 px, one image per step) 10,000 epochs of
+#: Kvasir-SEG's 1000 images are ten million steps; more is a typo (an extra digit), not a schedule.
+EPOCHS_MAX = 10_000
+#: Twice the largest side of the public polyp and instrument sets (Kvasir-SEG: 1920 px): a U-Net's
+#: full-resolution activations at 4096 px already take ~1 GB per image and per 16 channels.
+IMAGE_SIZE_MAX = 4096
+#: A batch is one array in memory: 65,536 images are 0.8 GB of float32 input at 32 px, and a U-Net's
+#: activations are many times that, beyond any one accelerator.
+BATCH_SIZE_MAX = 65_536
+
+
+def check_seed(seed: int, option: str = "seed") -> None:
+    """Raise ConfigError unless ``seed`` is a seed NumPy and scikit-learn take (0..SEED_MAX)."""
+    if not 0 <= seed <= SEED_MAX:
+        raise ConfigError(
+            f"{option} {seed} is out of range; use a whole number from 0 to {SEED_MAX} "
+            "(NumPy's and scikit-learn's seeds are unsigned 32-bit)"
+        )
 
 
 @dataclass
@@ -63,6 +88,11 @@ class CVConfig:
             raise ConfigError(f"unknown architecture {self.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
         if self.loss not in LOSSES:
             raise ConfigError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
+        if self.image_size > IMAGE_SIZE_MAX:
+            raise ConfigError(
+                f"image size {self.image_size} is more than {IMAGE_SIZE_MAX} px, the largest segsweep trains; "
+                f"use {IMAGE_SIZE_MAX} or less (e.g. 256 or 512)"
+            )
         if self.image_size < 32 or self.image_size % 32:
             raise ConfigError(
                 f"image size {self.image_size} is not a multiple of 32 (the encoders downsample 32x); "
@@ -70,14 +100,22 @@ class CVConfig:
             )
         if self.batch_size < 1:
             raise ConfigError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.batch_size > BATCH_SIZE_MAX:
+            raise ConfigError(
+                f"batch size {self.batch_size} is more than {BATCH_SIZE_MAX}, the largest one batch can hold in "
+                "memory; use a smaller batch size (e.g. 8 to 32)"
+            )
         if self.epochs < 1:
             raise ConfigError(f"epochs must be at least 1, got {self.epochs}")
-        if not self.lr > 0:
-            raise ConfigError(f"learning rate must be positive, got {self.lr}")
+        if self.epochs > EPOCHS_MAX:
+            raise ConfigError(f"epochs {self.epochs} is more than {EPOCHS_MAX}, the most segsweep trains; use fewer")
+        if not (self.lr > 0 and math.isfinite(self.lr)):
+            raise ConfigError(f"learning rate must be a positive finite number, got {self.lr}")
         if self.val_split is None and self.folds < 2:
             raise ConfigError(f"folds must be at least 2, got {self.folds}")
         if self.limit is not None and self.limit < 2:
             raise ConfigError(f"--limit must be at least 2, got {self.limit}")
+        check_seed(self.seed)
         if not 0 < self.lr_factor < 1:
             raise ConfigError(f"lr_factor must lie in (0, 1), got {self.lr_factor}")
         if self.lr_patience < 1:

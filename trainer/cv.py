@@ -19,7 +19,7 @@ import numpy as np
 
 from trainer import version
 from trainer.checkpoint import EpochCheckpoint, run_identity
-from trainer.config import CVConfig
+from trainer.config import SEED_MAX, CVConfig
 from trainer.data import PreparedData, prepare_dataset, read_split
 from trainer.errors import ConfigError, one_line_error
 from trainer.files import ensure_writable_folder, write_json_atomic
@@ -41,6 +41,12 @@ if TYPE_CHECKING:
 
 #: Validation images shown per fold in tracker previews.
 PREVIEW_IMAGES = 4
+
+
+def fold_seed(seed: int, number: int) -> int:
+    """Fold ``number``'s seed (shuffling, augmentation, Keras): ``seed * 1000 + number``, wrapped into the
+    32 bits NumPy's global seed takes, so the largest --seed trains too (unchanged below seed 4,294,967)."""
+    return (seed * 1000 + number) % (SEED_MAX + 1)
 
 
 def make_folds(
@@ -265,7 +271,7 @@ def _run_fold(
     reporter.on_fold_start(number, len(train_rows), len(val_rows))
     # Every fold starts from the same initial weights; its seed drives shuffling and augmentation.
     model = model_for_fold(config)
-    tf_keras.utils.set_random_seed(config.seed * 1000 + number)
+    tf_keras.utils.set_random_seed(fold_seed(config.seed, number))
     resumed = checkpoint.load(model) if checkpoint is not None else None
     if resumed is not None:
         reporter.on_fold_resumed(number, list(resumed.history))
@@ -277,7 +283,7 @@ def _run_fold(
         train_indices=train_rows,
         val_indices=val_rows,
         on_epoch=lambda epoch, metrics: reporter.on_epoch(number, epoch, metrics),
-        seed=config.seed * 1000 + number,
+        seed=fold_seed(config.seed, number),
         compile=False,
         checkpoint=checkpoint,
     )

@@ -22,6 +22,7 @@ from sweeps.folder._layout import (
     SweepFolder,
     default_storage,
     storage_help,
+    storage_path,
     sweep_names,
 )
 from sweeps.folder._progress import RunningTrial, SweepProgress, SweepSummary, read_progress, summarise_sweep
@@ -121,6 +122,7 @@ __all__ = [
     "record_test_scores",
     "request_stop",
     "storage_help",
+    "storage_path",
     "summarise_sweep",
     "sweep_names",
     "update_trial_record",

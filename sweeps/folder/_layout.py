@@ -60,7 +60,17 @@ DEFAULT_STORAGE = "runs"
 
 def default_storage() -> Path:
     """The folder that holds the sweeps: ``$SEGSWEEP_HOME`` or ``./runs``."""
-    return Path(os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE)
+    return storage_path(None)
+
+
+def storage_path(storage: str | Path | None) -> Path:
+    """The folder a --storage value (a sweep configuration's ``storage:``, ``$SEGSWEEP_HOME``) names.
+
+    The one reader of such values: ``~`` is expanded here because a shell leaves a quoted "~/x" (or
+    one in a file) as it is, which would otherwise create a folder literally named ``~``.
+    """
+    chosen = storage if storage is not None else (os.environ.get(STORAGE_ENV) or DEFAULT_STORAGE)
+    return Path(chosen).expanduser()
 
 
 def storage_help() -> str:
@@ -76,7 +86,7 @@ class SweepFolder:
 
     @classmethod
     def at(cls, storage: str | Path | None, name: str) -> SweepFolder:
-        return cls(Path(storage if storage is not None else default_storage()) / name)
+        return cls(storage_path(storage) / name)
 
     @property
     def name(self) -> str:
@@ -170,7 +180,7 @@ class SweepFolder:
 
 def sweep_names(storage: str | Path) -> list[str]:
     """Names of the sweeps in ``storage`` (folders with a sweep.json)."""
-    storage = Path(storage)
+    storage = storage_path(storage)
     return sorted(p.parent.name for p in storage.glob(f"*/{SPEC_FILE}")) if storage.is_dir() else []
 
 

@@ -109,7 +109,7 @@ def test_retrain_stopped_after_an_epoch_resumes_there_and_ends_as_if_never_stopp
     err = capsys.readouterr().err.strip().splitlines()
     assert err[-1] == (
         f"segsweep: interrupted; finished epochs are kept in {checkpoint}; "
-        "the same command resumes after the last of them"
+        f"resume with `segsweep retrain {cv_folder} --out {out} --quiet`"
     )
     assert checkpoint.is_file() and not out.exists()
 
@@ -166,3 +166,26 @@ def test_a_killed_retrains_staging_folder_is_removed_by_the_next(
     assert f"removed {stale}, left by an earlier run writing {out}" in capsys.readouterr().err
     assert load_bundle(out).path == out
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".model")) == sorted(p.name for p in kept)
+
+
+def test_retrain_interrupted_before_its_first_epoch_prints_the_command_to_run_again(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # Stopped before a checkpoint existed, retrain said only "segsweep: interrupted".
+    import importlib
+
+    retrain_module = importlib.import_module("reports.retrain")  # `reports.retrain` is also a function
+
+    def stopped(*args: object, **kwargs: object) -> int:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(retrain_module, "run_retrain_command", stopped)
+    out = tmp_path / "my model"
+    argv = ["retrain", "s1", "--storage", str(tmp_path / "sweeps"), "--out", str(out), "--trial", "trial_00002",
+            "--threads", "2", "--mixed-precision", "off"]  # fmt: skip
+    assert main(argv) == 130
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [
+        f"segsweep: interrupted; resume with `segsweep retrain s1 --storage {tmp_path / 'sweeps'} --out '{out}' "
+        "--trial trial_00002 --threads 2 --mixed-precision off`"
+    ]

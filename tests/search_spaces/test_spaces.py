@@ -404,6 +404,65 @@ BAD_SPACES: dict[str, tuple[str, str]] = {
         """,
         "batch size must be at least 1",
     ),
+    "epochs beyond the bound": (
+        """\
+        params:
+          epochs:
+            type: int
+            low: 10
+            high: 54881351  # <-
+        """,
+        "epochs 54881351 is more than 10000, the most segsweep trains",
+    ),
+    "a high beyond any machine integer": (
+        """\
+        params:
+          epochs:
+            type: int
+            low: 1
+            high: 99999999999999999999999  # <-
+        """,
+        "more than 10000, the most segsweep trains",
+    ),
+    "image size range beyond the bound": (
+        """\
+        params:
+          image_size:
+            type: int
+            low: 64
+            high: 8192  # <-
+            step: 32
+        """,
+        "image size 8192 is more than 4096 px",
+    ),
+    "an infinite learning rate": (
+        """\
+        params:
+          lr:
+            type: float
+            low: 1.0e-4
+            high: 1e400  # <-
+        """,
+        "learning rate must be a positive finite number, got inf",
+    ),
+    "searched seed": (
+        """\
+        params:
+          lr: {type: float, low: 1.0e-4, high: 1.0e-2}
+          seed: {type: int, low: 0, high: 5}  # <-
+        """,
+        "'seed' is the sweep's, not the space's (every trial trains with the sweep's seed, so that all trials "
+        "split the same folds); remove it from the space and pass --seed to `segsweep sweep run`",
+    ),
+    "fixed seed": (
+        """\
+        params:
+          lr: {type: float, low: 1.0e-4, high: 1.0e-2}
+        fixed:
+          seed: 3  # <-
+        """,
+        "pass --seed to `segsweep sweep run`",
+    ),
     "broken YAML": (
         """\
         params:

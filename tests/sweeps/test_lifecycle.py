@@ -7,6 +7,7 @@ another process exactly as a user's second shell does.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import re
@@ -270,6 +271,33 @@ def test_list_shows_state_counts_and_best(tmp_path: Path, capsys: pytest.Capture
     lines = {line.split()[0]: line for line in out.splitlines()[1:]}
     assert lines["done"].split()[1:4] == ["finished", "5/5", "0.6400"]
     assert lines["live"].split()[1:4] == ["running", "0/1", "-"] and f"pid {os.getpid()}" in lines["live"]
+
+
+def test_a_stop_after_every_trial_ended_leaves_the_sweep_finished(tmp_path: Path) -> None:
+    # Ctrl-C after the last trial finished: the driver took it as a stop ("interrupted (Ctrl-C)") and
+    # recorded the sweep unfinished; `sweep list` then said "interrupted ... (resume it)".
+    from sweeps.runner import _reconcile
+
+    trial = {"encoder": "resnet18", "weights": "none", "batch_size": 4, "lr": 1e-3}
+    make_sweep(tmp_path, "done", [FakeTrial(trial, [0.5, 0.6]), FakeTrial(trial, [0.4], state="PRUNED")],
+               data=tmp_path / "data")  # fmt: skip
+    spec = SweepSpec(name="done", data=str(tmp_path / "data"), space="quick", trials=2, storage=str(tmp_path))
+    ended = {"trial_00000": "TERMINATED", "trial_00001": "TERMINATED"}
+    assert _reconcile(spec, ended, stopped=True)
+    make_sweep(tmp_path, "cut", [FakeTrial(trial, [0.5, 0.6]), FakeTrial(trial, [0.4], state="RUNNING")],
+               data=tmp_path / "data")  # fmt: skip
+    # A trial the stop ended unfinished resumes: that sweep has not finished.
+    assert not _reconcile(dataclasses.replace(spec, name="cut"), ended, stopped=True)
+
+
+def test_a_ctrl_c_while_the_driver_records_the_end_waits_for_the_records() -> None:
+    from sweeps.runner import _interrupts_wait_for_the_records
+
+    with _interrupts_wait_for_the_records():
+        signal.raise_signal(signal.SIGINT)  # the first waits: nothing is raised
+        with pytest.raises(KeyboardInterrupt):
+            signal.raise_signal(signal.SIGINT)  # the second stops at once
+    assert signal.getsignal(signal.SIGINT) is SIGINT_HANDLER_AT_START
 
 
 def test_a_second_driver_is_refused(tmp_path: Path) -> None:

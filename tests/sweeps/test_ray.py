@@ -151,6 +151,35 @@ def test_stop_with_no_trial_running_ends_at_once_and_resume_proposes_the_rest(
 
 
 @pytest.mark.slow
+def test_ctrl_c_after_the_last_trial_ended_leaves_the_sweep_finished(
+    tmp_path: Path, local_ray: None, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # A Ctrl-C once Tune's run was over (Ray shutting down, the records being written) printed
+    # "segsweep: interrupted" and left sweep.json without the run: `sweep list` said "interrupted".
+    import sweeps.runner as runner
+    from sweeps.folder import summarise_sweep
+
+    spec = tiny_sweep_spec(tmp_path, "c", {"fold_seconds": 0.1}, trials=2, concurrency=2, scheduler="none")
+    statuses = runner._ray_trial_statuses
+
+    def ctrl_c_then_statuses(grid: object) -> dict[str, str]:
+        signal.raise_signal(signal.SIGINT)  # the user's Ctrl-C as the driver winds down
+        return statuses(grid)
+
+    monkeypatch.setattr(runner, "_ray_trial_statuses", ctrl_c_then_statuses)
+    try:
+        outcome = run_sweep(spec, cv_runner=fake.fake_run_cv)
+    except KeyboardInterrupt:  # not left to end the test session
+        pytest.fail("a Ctrl-C after the last trial ended interrupted the driver before it recorded the run")
+    assert outcome.finished and outcome.stopped is None, format_leaderboard(outcome.results)
+    assert "the run has ended; saving its records first" in capsys.readouterr().out
+    folder = SweepFolder.at(tmp_path / "out", "c")
+    assert json.loads(folder.spec_file.read_text())["runs"][-1]["finished"]
+    assert summarise_sweep(folder).state == "finished"
+    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+
+
+@pytest.mark.slow
 def test_time_budget_ends_the_run_cleanly_and_resume_finishes(tmp_path: Path, local_ray: None,
                                                               capsys: pytest.CaptureFixture[str]) -> None:
     from sweeps.cli import _finish

@@ -8,7 +8,14 @@ from pathlib import Path
 import pytest
 
 from sweeps.cli import main
-from trainer.config import CVConfig, load_config_file
+from trainer.config import (
+    BATCH_SIZE_MAX,
+    EPOCHS_MAX,
+    IMAGE_SIZE_MAX,
+    SEED_MAX,
+    CVConfig,
+    load_config_file,
+)
 from trainer.errors import ConfigError
 
 
@@ -26,6 +33,29 @@ def test_numbers_are_not_truncated_or_taken_from_booleans(key: str, value: objec
     # int(2.5) == 2 and float(True) == 1.0: `epochs: 2.5` trained 2 epochs and `lr: yes` at 1.0.
     with pytest.raises(ConfigError, match=message):
         CVConfig.from_dict({key: value}, source="c.yaml")
+
+
+@pytest.mark.parametrize(
+    ("key", "value", "message"),
+    [
+        ("seed", 2**32, "seed 4294967296 is out of range; use a whole number from 0 to 4294967295"),
+        ("seed", -1, "seed -1 is out of range; use a whole number from 0 to 4294967295"),
+        ("epochs", 54_881_351, "epochs 54881351 is more than 10000, the most segsweep trains"),
+        ("image_size", 32_000, r"image size 32000 is more than 4096 px, the largest segsweep trains; use 4096"),
+        ("image_size", 4128, "image size 4128 is more than 4096 px"),
+        ("batch_size", 10**9, "batch size 1000000000 is more than 65536"),
+        ("lr", float("inf"), "learning rate must be a positive finite number, got inf"),
+    ],
+)
+def test_values_no_run_can_use_are_refused_with_the_limit(key: str, value: object, message: str) -> None:
+    # `cv --seed 4294967296` and `"seed": -1` died in scikit-learn's KFold; 32000 px and 54,881,351 epochs ran.
+    with pytest.raises(ConfigError, match=message):
+        CVConfig(**{key: value}).validate()  # type: ignore[arg-type]
+
+
+def test_the_limits_themselves_are_usable() -> None:
+    CVConfig(seed=SEED_MAX, epochs=EPOCHS_MAX, image_size=IMAGE_SIZE_MAX, batch_size=BATCH_SIZE_MAX).validate()
+    CVConfig(seed=0).validate()
 
 
 def test_whole_floats_and_numeric_strings_still_read() -> None:

@@ -14,8 +14,8 @@ import pytest
 
 from tests.support import TINY_ENCODER, checkpoint_every_epoch
 from tests.support.synth import make_dataset
-from trainer.config import CVConfig
-from trainer.cv import make_folds, run_cv
+from trainer.config import SEED_MAX, CVConfig
+from trainer.cv import fold_seed, make_folds, run_cv
 from trainer.data import prepare_dataset
 from trainer.errors import ConfigError
 from trainer.reporting import FoldPreview, Reporter
@@ -163,6 +163,17 @@ def test_folds_are_seeded_and_disjoint() -> None:
     assert sorted(np.concatenate([val for _, val in a]).tolist()) == list(range(10))
     given = make_folds(stems, CVConfig(val_split="v"), val_stems=["s1", "s4"])
     assert len(given) == 1 and given[0][1].tolist() == [1, 4]
+
+
+def test_the_largest_seed_seeds_every_fold() -> None:
+    # A fold's seed was seed * 1000 + fold: past 2**32 for any seed above 4,294,967, which NumPy's
+    # global seed (tf_keras.utils.set_random_seed) refuses with a traceback.
+    assert fold_seed(7, 3) == 7003  # unchanged for the seeds in use
+    folds = make_folds([f"s{i}" for i in range(12)], CVConfig(folds=3, seed=SEED_MAX))
+    assert len(folds) == 3
+    for number in range(1, 11):
+        np.random.seed(fold_seed(SEED_MAX, number))
+    assert len({fold_seed(SEED_MAX, n) for n in range(1, 11)}) == 10
 
 
 def test_batch_size_larger_than_training_fold(tiny_data, tmp_path: Path) -> None:
