@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class SegsweepError(Exception):
     """A problem with the user's input or environment, with a message that says how to fix it."""
@@ -17,3 +19,18 @@ class DataError(SegsweepError):
 
 class WeightsError(SegsweepError):
     """Encoder weights that are missing, corrupt or do not fit the model."""
+
+
+class DiskFullError(SegsweepError, OSError):
+    """A write the file system (or the user's quota on it) had no room for (trainer.files says it).
+
+    Also an OSError with the original errno (ENOSPC, EDQUOT), so code that handles a failed write as
+    an OSError still does; the CLI prints the message as any SegsweepError.
+    """
+
+    def __init__(self, message: str, *, errno_value: int) -> None:
+        super().__init__(errno_value, os.strerror(errno_value))
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message
