@@ -39,7 +39,13 @@ from trainer import version
 from trainer._env import created_folder_mode
 from trainer.bundle import CARD_FILE, ModelBundle, load_bundle, weights_bytes
 from trainer.errors import SegsweepError
-from trainer.files import disk_full_as_error, ensure_new_folder, write_bytes_atomic, write_json_atomic, write_text_atomic
+from trainer.files import (
+    disk_full_as_error,
+    ensure_new_folder,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+)
 
 if TYPE_CHECKING:
     import tensorflow as tf
@@ -297,7 +303,8 @@ def onnx_check(exact: np.ndarray, keras: np.ndarray, onnx: np.ndarray, iou: floa
     return {"probe_images": len(exact), "iou": iou, "max_probability_gap": gap, "onnx_error": onnx_error,
             "keras_error": keras_error,
             "summary": f"probabilities within {onnx_error:.1g} of the exact ones (the bundle's Keras model: "
-                       f"{keras_error:.1g}), mask IoU {iou:.5f} with the bundle's on {len(exact)} probe images"}  # fmt: skip
+                       f"{keras_error:.1g}), mask IoU {iou:.5f} with the bundle's on {len(exact)} probe "
+                       "images"}  # fmt: skip
 
 
 def _onnx_output(names: list[str], wanted: str) -> str:

@@ -332,8 +332,8 @@ def _untrained_bundle(ws: Workspace) -> Path:
 
 
 def _retrain_into_full(ws: Workspace) -> list[str]:
-    make_sweep(ws.root / "sweeps", "s", [FakeTrial({"encoder": TINY_ENCODER, "weights": "none", "batch_size": 4, "lr": 1e-3},
-                                                   [0.6, 0.7], epochs=1)], data=ws.data)  # fmt: skip
+    params = {"encoder": TINY_ENCODER, "weights": "none", "batch_size": 4, "lr": 1e-3}
+    make_sweep(ws.root / "sweeps", "s", [FakeTrial(params, [0.6, 0.7], epochs=1)], data=ws.data)
     return ["retrain", "s", "--storage", str(ws.root / "sweeps"), "--out", str(ws.root / "full" / "model"), "--quiet"]
 
 
@@ -487,17 +487,16 @@ FAULTS: list[Fault] = [
           lambda ws: [_fake_sweep(ws), "report", "s", "--storage", str(ws.root / "sweeps"),
                       "--out", str(ws.root / "full" / "r")][1:], 2, _NO_SPACE + r" writing .*full/r;",
           full="full", check=_nothing_partial),
-    Fault("disk-full-cv", "cv onto a full disk (a traceback)", lambda ws: cv(ws, "--out", str(ws.root / "full" / "out")),
-          2, _NO_SPACE + r" writing .*full/out;", full="full/out"),
+    Fault("disk-full-cv", "cv onto a full disk (a traceback)",
+          lambda ws: cv(ws, "--out", str(ws.root / "full" / "out")), 2, _NO_SPACE + r" writing .*full/out;",
+          full="full/out"),
     Fault("disk-full-retrain", "retrain onto a full disk (h5py's errno-28 traceback after training)",
           _retrain_into_full, 2, _NO_SPACE + r" writing .*full;", full="full", check=_nothing_partial),
     Fault("disk-full-predict", "predict onto a full disk (libpng's line, then 'check that the folder is writable')",
           lambda ws: ["predict", str(_untrained_bundle(ws)), "--images", str(ws.data / "images"),
                       "--out", str(ws.root / "full" / "p")], 2, _NO_SPACE + r" writing .*full/p;", full="full",
           check=lambda ws, out: _only_whole_files(ws.root / "full" / "p")),
-    Fault("disk-full-export", "export --format onnx onto a full disk",
-          lambda ws: ["export", str(_untrained_bundle(ws)), "--format", "onnx", "--out", str(ws.root / "full" / "x")],
-          2, _NO_SPACE + r" writing .*full;", full="full", check=_nothing_partial),
+    # (export onto a full disk: tests/reports/test_export.py, on a real tiny tmpfs, where TensorFlow writes)
 ]
 
 

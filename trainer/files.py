@@ -20,7 +20,7 @@ import time
 import urllib.error
 import urllib.request
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
@@ -106,17 +106,15 @@ def mount_point(path: Path) -> Path:
 
 
 def _megabytes(n_bytes: float) -> str:
-    return f"{n_bytes / 1e6:.0f}" if n_bytes >= 1e7 else f"{n_bytes / 1e6:.1f}"
+    return f"{n_bytes / 1e6:.0f}" if n_bytes >= 1e7 else f"{max(n_bytes, 1e5) / 1e6:.1f}"
 
 
 def disk_full_message(errno_value: int, folder: Path, needs_bytes: int | None) -> str:
     """The one line a writer that had no room says: the file system, what it needs, what is free, the fix."""
     mount = mount_point(folder)
     sizes = [f"needs ~{_megabytes(needs_bytes)} MB"] if needs_bytes else []
-    try:
+    with suppress(OSError):  # the free space is a courtesy: the line is said without it
         sizes.append(f"{_megabytes(shutil.disk_usage(mount).free)} MB free")
-    except OSError:
-        pass
     where = "" if mount == Path(os.path.abspath(folder)) else f" writing {folder}"
     return (
         f"{os.strerror(errno_value).lower()} on {mount}{' (' + ', '.join(sizes) + ')' if sizes else ''}{where}; "
@@ -139,7 +137,8 @@ def disk_full_as_error(folder: Path, needs_bytes: int | Callable[[], int | None]
         if needs_bytes is None:
             raise
         needs = needs_bytes() if callable(needs_bytes) else needs_bytes
-        raise DiskFullError(disk_full_message(exc.errno, folder, needs), errno_value=exc.errno) from None
+        restated: int = exc.errno or errno.ENOSPC
+        raise DiskFullError(disk_full_message(restated, folder, needs), errno_value=restated) from None
     except Exception as exc:
         number = no_room_errno(exc)
         if number is None:
