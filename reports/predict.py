@@ -51,7 +51,14 @@ from trainer.bundle import ModelBundle, load_bundles
 from trainer.data import IMAGE_EXTENSIONS, image_files_by_stem
 from trainer.decode import BadFileError, SoftEdges, not_masks_line, orientation_mismatch
 from trainer.errors import ConfigError, DataError, SegsweepError
-from trainer.files import staged_folder, write_json_atomic, writing_lock
+from trainer.files import (
+    disk_full_as_error,
+    staged_folder,
+    write_bytes_atomic,
+    write_json_atomic,
+    write_text_atomic,
+    writing_lock,
+)
 
 #: Images per prediction batch (memory, not results, depends on it).
 PREDICT_BATCH_SIZE = 8
@@ -217,8 +224,12 @@ def _overlay(image_rgb: np.ndarray, predicted: np.ndarray, truth: np.ndarray | N
 def _write_png(path: Path, image: np.ndarray) -> None:
     import cv2
 
-    if not cv2.imwrite(str(path), image):
-        raise SegsweepError(f"cannot write {path}; check that the output folder is writable")
+    # Encoded in memory and written by Python: cv2.imwrite only returns False (libpng prints its own
+    # line), which hides a full disk behind a guess; a write error now says what it is.
+    ok, encoded = cv2.imencode(".png", image)
+    if not ok:
+        raise SegsweepError(f"OpenCV could not encode {path.name} as PNG (report it)")
+    write_bytes_atomic(path, encoded.tobytes())
 
 
 def predict_folder(
@@ -404,24 +415,26 @@ def summarise_prediction(prediction: Prediction) -> dict[str, Any]:
 
 def write_counts(path: Path, results: Sequence[ImageResult]) -> None:
     import csv
+    import io
 
     with_truth = any(r.true_count is not None for r in results)
     columns = [*COUNT_COLUMNS, *(["true_count"] if with_truth else [])]
-    with open(path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        for r in results:
-            row: dict[str, Any] = {
-                "image": r.stem,
-                "height": r.height,
-                "width": r.width,
-                "count": r.count,
-                "areas": ";".join(str(o.area) for o in r.objects),
-                "bboxes": ";".join(f"{o.x} {o.y} {o.width} {o.height}" for o in r.objects),
-            }
-            if with_truth:
-                row["true_count"] = r.true_count
-            writer.writerow(row)
+    handle = io.StringIO(newline="")
+    writer = csv.DictWriter(handle, fieldnames=columns)
+    writer.writeheader()
+    for r in results:
+        row: dict[str, Any] = {
+            "image": r.stem,
+            "height": r.height,
+            "width": r.width,
+            "count": r.count,
+            "areas": ";".join(str(o.area) for o in r.objects),
+            "bboxes": ";".join(f"{o.x} {o.y} {o.width} {o.height}" for o in r.objects),
+        }
+        if with_truth:
+            row["true_count"] = r.true_count
+        writer.writerow(row)
+    write_text_atomic(path, handle.getvalue())
 
 
 @dataclass
@@ -480,12 +493,13 @@ def predict(
                       "postprocess": list(options), "pid": os.getpid(), "started": now()}  # fmt: skip
             write_json_atomic(staging / PREDICTION_FILE, {**record, "state": RUNNING_STATE})
             started = time.perf_counter()
-            prediction = predict_folder(
-                bundles, images_dir, staging, masks_dir=masks_dir, tta=tta, batch_size=batch_size,
-                min_area=min_area, postprocess=options,
-            )  # fmt: skip
+            with disk_full_as_error(target, lambda: _estimated_output_bytes(staging, images_dir)):
+                prediction = predict_folder(
+                    bundles, images_dir, staging, masks_dir=masks_dir, tta=tta, batch_size=batch_size,
+                    min_area=min_area, postprocess=options,
+                )  # fmt: skip
+                write_counts(staging / "counts.csv", prediction.results)
             seconds = time.perf_counter() - started
-            write_counts(staging / "counts.csv", prediction.results)
             summary = summarise_prediction(prediction)
             trained_on = set().union(*(b.train_stems() for b in bundles))
             overlap = sorted({r.stem for r in prediction.results} & trained_on)
@@ -511,7 +525,9 @@ def predict(
                 }
                 write_json_atomic(staging / "metrics.json", metrics)
             if prediction.skipped:
-                (staging / "skipped.txt").write_text("".join(f"{name}\t{why}\n" for name, why in prediction.skipped))
+                write_text_atomic(
+                    staging / "skipped.txt", "".join(f"{name}\t{why}\n" for name, why in prediction.skipped)
+                )
             # Last: until this is written the folder is a part of a prediction (count refuses it).
             write_json_atomic(staging / PREDICTION_FILE, {**record, "state": COMPLETE_STATE, "finished": now(),
                                                           "n_images": len(prediction.results)})  # fmt: skip
@@ -605,6 +621,15 @@ def unfinished_prediction(folder: Path) -> str | None:
                 "still running); rerun the `segsweep predict` command and count its --out"
             )
     return None
+
+
+def _estimated_output_bytes(out: Path, images_dir: Path) -> int | None:
+    """What a whole prediction into ``out`` takes, from what its images written so far take each."""
+    done = len(list((out / "masks").glob("*.png")))
+    if not done:
+        return None
+    used = sum(path.stat().st_size for path in out.rglob("*") if path.is_file())
+    return used * len(image_files_by_stem(images_dir)[0]) // done
 
 
 def run_predict_command(

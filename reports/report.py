@@ -39,7 +39,7 @@ from sweeps.folder import (
 )
 from trainer.config import CVConfig
 from trainer.errors import ConfigError, SegsweepError
-from trainer.files import write_json_atomic
+from trainer.files import disk_full_as_error, write_bytes_atomic, write_json_atomic
 from trainer.results import read_cv_result
 
 FORMATS = ("md", "html", "json")
@@ -644,32 +644,33 @@ def parse_formats(text: str) -> list[str]:
 
 
 def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS) -> list[Path]:
-    """Write the chosen formats into ``out``; return the files written."""
+    """Write the chosen formats into ``out``; return the files written.
+
+    Each file is rendered in memory, then written through a temporary file and a rename: a full disk
+    (one DiskFullError line) or a crash leaves the previous file or none, never a truncated one.
+    """
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise SegsweepError(
             f"cannot create the report folder {out}: {exc.strerror}; pass a writable --out"
         ) from None
-    written: list[Path] = []
+    files: dict[Path, bytes] = {}
     if "html" in formats:
-        path = out / "report.html"
-        path.write_text(render_html(report), encoding="utf-8")
-        written.append(path)
+        files[out / "report.html"] = render_html(report).encode("utf-8")
     if "md" in formats:
-        figures = out / "figures"
-        figures.mkdir(exist_ok=True)
         for section in report.sections:
             for block in section.blocks:
                 if isinstance(block, Figure):
-                    (figures / f"{block.name}.png").write_bytes(block.png)
-        path = out / "report.md"
-        path.write_text(render_markdown(report), encoding="utf-8")
-        written.append(path)
-    if "json" in formats:
-        path = out / "best.json"
-        write_json_atomic(path, report.best)
-        written.append(path)
+                    files[out / "figures" / f"{block.name}.png"] = block.png
+        files[out / "report.md"] = render_markdown(report).encode("utf-8")
+    written = [path for path in files if path.suffix != ".png"]
+    with disk_full_as_error(out, sum(map(len, files.values())) + (1 << 16)):
+        for path, content in files.items():
+            write_bytes_atomic(path, content)
+        if "json" in formats:
+            write_json_atomic(out / "best.json", report.best)
+            written.append(out / "best.json")
     return written
 
 

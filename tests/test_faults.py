@@ -13,6 +13,7 @@ under ``ws.root`` and returns the argv after ``segsweep``.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -26,6 +27,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import cv2
 import numpy as np
@@ -89,6 +91,8 @@ class Fault:
     stream: str = "stderr"
     env: dict[str, str] = field(default_factory=dict)
     check: Callable[[Workspace, str], None] | None = None
+    #: A folder (relative to the workspace) on a simulated full disk: see full_disk.
+    full: str | None = None
 
 
 def cv(ws: Workspace, *extra: str) -> list[str]:
@@ -375,6 +379,103 @@ def _no_literal_tilde(ws: Workspace, out: str) -> None:
 _HOME = {"HOME": "{root}/home"}
 
 
+# -- a full disk (issue 21, case 13): writes under ws.root / Fault.full fail as on a full device -----------------
+
+#: Bytes that fit under the full folder before the device is full: a few lines of JSON fit, a report does not.
+FULL_DISK_ROOM = 4096
+
+
+class _FullDiskFile:
+    """A real file on a device with ``room[0]`` bytes left: past them a write raises ENOSPC, as the kernel
+    does, after writing what fitted (the truncated file a careless writer leaves under its final name)."""
+
+    def __init__(self, handle: Any, room: list[int]) -> None:
+        self._handle, self._room = handle, room
+
+    def write(self, data: Any) -> int:
+        chunk = data.encode() if isinstance(data, str) else bytes(memoryview(data).cast("B"))
+        if len(chunk) > self._room[0]:
+            fitted = chunk[: self._room[0]]
+            self._handle.write(fitted.decode(errors="ignore") if isinstance(data, str) else fitted)
+            self._handle.flush()
+            self._room[0] = 0
+            raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), self._handle.name)
+        self._room[0] -= len(chunk)
+        return int(self._handle.write(data))
+
+    def __enter__(self) -> _FullDiskFile:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._handle.close()
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._handle, name)
+
+
+def full_disk(monkeypatch: pytest.MonkeyPatch, folder: Path) -> None:
+    """Make ``folder`` behave as a full device in this process: Python's writes there (open, pathlib,
+    np.savez through a file) stop with ENOSPC past FULL_DISK_ROOM bytes in all, h5py's at once (errno 28, as h5py
+    reports it). TensorFlow's own C++ writers are not reached: test_export runs one on a real tiny tmpfs."""
+    import builtins
+    import io
+
+    import h5py
+
+    real_open, real_h5 = builtins.open, h5py.File
+    room = [FULL_DISK_ROOM]
+
+    def under(name: Any) -> bool:
+        return isinstance(name, str | os.PathLike) and Path(os.path.abspath(name)).is_relative_to(folder)
+
+    def open_(file: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        handle = real_open(file, mode, *args, **kwargs)
+        return _FullDiskFile(handle, room) if under(file) and set(mode) & set("wax+") else handle
+
+    def h5_file(name: Any, mode: str = "r", *args: Any, **kwargs: Any) -> Any:
+        if under(name) and mode != "r":
+            raise OSError(errno.ENOSPC, f"Unable to synchronously create file (file write failed: errno = 28, "
+                                        f"error message = 'No space left on device', filename = '{name}')")  # fmt: skip
+        return real_h5(name, mode, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "open", open_)
+    monkeypatch.setattr(io, "open", open_)
+    monkeypatch.setattr(h5py, "File", h5_file)
+
+
+_NO_SPACE = r"^segsweep: error: no space left on device on /\S* \(needs ~[\d.]+ MB, [\d.]+ MB free\)"
+
+
+def _untrained_bundle(ws: Workspace) -> Path:
+    """A model bundle of the tiny encoder as it is built (no training: predict needs only a bundle)."""
+    from trainer.bundle import bundle_meta, write_bundle
+    from trainer.config import CVConfig
+    from trainer.models import build_model
+
+    config = CVConfig.from_dict({"encoder": TINY_ENCODER, "weights": "none", "image_size": 64}, source="test")
+    return write_bundle(ws.root / "model", build_model(config, mixed_precision=False),
+                        bundle_meta(config, data={}, source={}, seconds=0.0))  # fmt: skip
+
+
+def _retrain_into_full(ws: Workspace) -> list[str]:
+    params = {"encoder": TINY_ENCODER, "weights": "none", "batch_size": 4, "lr": 1e-3}
+    make_sweep(ws.root / "sweeps", "s", [FakeTrial(params, [0.6, 0.7], epochs=1)], data=ws.data)
+    return ["retrain", "s", "--storage", str(ws.root / "sweeps"), "--out", str(ws.root / "full" / "model"), "--quiet"]
+
+
+def _nothing_partial(ws: Workspace, out: str) -> None:
+    """The failed writer left no file or staging folder on the full device (what it wrote went with it)."""
+    left = sorted(str(p.relative_to(ws.root)) for p in (ws.root / "full").rglob("*") if not p.is_dir())
+    staging = sorted(p.name for p in (ws.root / "full").glob(".*") if p.is_dir())
+    assert not left and not staging, (left, staging)
+
+
+def _only_whole_files(folder: Path) -> None:
+    """What a writer without a staging folder left is whole: no temporary file, every PNG decodes."""
+    assert not [p for p in folder.rglob(".*")], sorted(folder.rglob(".*"))
+    assert all(cv2.imread(str(p)) is not None for p in folder.rglob("*.png"))
+
+
 FAULTS: list[Fault] = [
     # -- issue 21 ----------------------------------------------------------------------------------------------
     Fault("seed-too-large-cv", "cv --seed 2**32 (a ValueError traceback in scikit-learn's KFold)",
@@ -592,6 +693,21 @@ FAULTS: list[Fault] = [
           lambda ws: ["count", str(_earlier_prediction(ws, state="running") / "masks")], 2,
           r"^segsweep: error: \S+/pred/masks is part of an unfinished prediction \(\S+/prediction\.json says "
           r"'running': started 2025-01-01T00:00:00\+00:00 by pid 4242, killed or still running\); rerun"),
+    # -- issue 21, case 13: a full disk is one line naming the file system and the size, and leaves no partial file
+    Fault("disk-full-report", "report onto a full disk (left a truncated report.html, then a traceback)",
+          lambda ws: [_fake_sweep(ws), "report", "s", "--storage", str(ws.root / "sweeps"),
+                      "--out", str(ws.root / "full" / "r")][1:], 2, _NO_SPACE + r" writing .*full/r;",
+          full="full", check=_nothing_partial),
+    Fault("disk-full-cv", "cv onto a full disk (a traceback)",
+          lambda ws: cv(ws, "--out", str(ws.root / "full" / "out")), 2, _NO_SPACE + r" writing .*full/out;",
+          full="full/out"),
+    Fault("disk-full-retrain", "retrain onto a full disk (h5py's errno-28 traceback after training)",
+          _retrain_into_full, 2, _NO_SPACE + r" writing .*full;", full="full", check=_nothing_partial),
+    Fault("disk-full-predict", "predict onto a full disk (libpng's line, then 'check that the folder is writable')",
+          lambda ws: ["predict", str(_untrained_bundle(ws)), "--images", str(ws.data / "images"),
+                      "--out", str(ws.root / "full" / "p")], 2, _NO_SPACE + r" writing .*full/p;", full="full",
+          check=lambda ws, out: _only_whole_files(ws.root / "full" / "p")),
+    # (export onto a full disk: tests/reports/test_export.py, on a real tiny tmpfs, where TensorFlow writes)
 ]
 
 
@@ -626,6 +742,8 @@ def test_fault(
     monkeypatch.chdir(workspace.root)
     argv = fault.build(workspace)
     before = _snapshot(workspace.root)
+    if fault.full is not None:
+        full_disk(monkeypatch, workspace.root / fault.full)
     capsys.readouterr()
     code = main(argv)
     captured = capsys.readouterr()

@@ -68,6 +68,14 @@ def created_file_mode() -> int:
     return 0o666 & ~current
 
 
+def created_folder_mode() -> int:
+    """The mode a new folder gets under the current umask (0777 & ~umask): for folders made by mkdtemp
+    (owner-only whatever the umask) that become outputs, such as a bundle's or an export's staging."""
+    current = os.umask(0)
+    os.umask(current)
+    return 0o777 & ~current
+
+
 #: ``1``: show TensorFlow's native start-up and log lines (set by ``--verbose``; inherited by workers).
 VERBOSE_ENV = "SEGSWEEP_VERBOSE"
 _TF_LOG_LEVEL = "TF_CPP_MIN_LOG_LEVEL"

@@ -175,26 +175,28 @@ def write_bundle(
     """
     from dataclasses import asdict, is_dataclass
 
-    from trainer.files import write_json_atomic
+    from trainer.files import disk_full_as_error, write_json_atomic, write_text_atomic
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
     try:
-        model.save_weights(str(staging / WEIGHTS_FILE))
-        write_json_atomic(staging / CONFIG_FILE, dict(meta))
-        rows = [asdict(h) if is_dataclass(h) and not isinstance(h, type) else dict(h) for h in history]
-        write_json_atomic(staging / HISTORY_FILE, rows)
-        for name, content in (extra_files or {}).items():
-            if isinstance(content, str):
-                (staging / name).write_text(content)
-            else:
-                write_json_atomic(staging / name, dict(content))
-        (staging / TRAIN_STEMS_FILE).write_text("".join(f"{stem}\n" for stem in train_stems))
+        # A full disk (h5py's OSError, errno 28) is one line with the bundle's size; the staging goes.
+        with disk_full_as_error(out.parent, weights_bytes(model) + (1 << 20)):
+            model.save_weights(str(staging / WEIGHTS_FILE))
+            write_json_atomic(staging / CONFIG_FILE, dict(meta))
+            rows = [asdict(h) if is_dataclass(h) and not isinstance(h, type) else dict(h) for h in history]
+            write_json_atomic(staging / HISTORY_FILE, rows)
+            for name, content in (extra_files or {}).items():
+                if isinstance(content, str):
+                    write_text_atomic(staging / name, content)
+                else:
+                    write_json_atomic(staging / name, dict(content))
+            write_text_atomic(staging / TRAIN_STEMS_FILE, "".join(f"{stem}\n" for stem in train_stems))
         # mkdtemp makes an owner-only folder: give the bundle the modes of every other output (the
         # umask; segsweep's default 077 keeps a model trained on patients' images private).
-        from trainer._env import created_file_mode
+        from trainer._env import created_file_mode, created_folder_mode
 
-        staging.chmod(created_file_mode() | ((created_file_mode() & 0o444) >> 2))  # x where r
+        staging.chmod(created_folder_mode())
         for path in staging.iterdir():
             path.chmod(created_file_mode())
         if out.exists():
@@ -204,6 +206,11 @@ def write_bundle(
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
     return out
+
+
+def weights_bytes(model: tf_keras.Model) -> int:
+    """Bytes of the model's weights: about the size of its weights.h5 (and of an export's variables)."""
+    return sum(int(w.shape.num_elements() or 0) * w.dtype.size for w in model.weights)
 
 
 def load_bundles(path: str | Path) -> list[ModelBundle]:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 
 class SegsweepError(Exception):
     """A problem with the user's input or environment, with a message that says how to fix it."""
@@ -24,3 +26,18 @@ def one_line_error(exc: BaseException, limit: int = 300) -> str:
     lines = [line.strip() for line in str(exc).splitlines() if line.strip()]
     text = f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
     return text[:limit]
+
+
+class DiskFullError(SegsweepError, OSError):
+    """A write the file system (or the user's quota on it) had no room for (trainer.files says it).
+
+    Also an OSError with the original errno (ENOSPC, EDQUOT), so code that handles a failed write as
+    an OSError still does; the CLI prints the message as any SegsweepError.
+    """
+
+    def __init__(self, message: str, *, errno_value: int) -> None:
+        super().__init__(errno_value, os.strerror(errno_value))
+        self.message = message
+
+    def __str__(self) -> str:
+        return self.message

@@ -6,6 +6,7 @@ so a crash never leaves half a file where a reader expects a whole one.
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import http.client
 import json
@@ -18,14 +19,15 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager, suppress
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
-from trainer.errors import DataError
+from trainer._env import created_folder_mode
+from trainer.errors import DataError, DiskFullError
 
 _CHUNK = 1 << 16
 _USER_AGENT = "segsweep (python urllib)"
@@ -73,18 +75,98 @@ def ensure_new_folder(out: Path, what: str) -> Path:
     return out
 
 
+# --- a full disk ----------------------------------------------------------------------------------
+
+#: errno values of a write the file system had no room for: the device is full, or the user's quota on it.
+_NO_ROOM = (errno.ENOSPC, errno.EDQUOT)
+
+
+def no_room_errno(exc: BaseException) -> int | None:
+    """ENOSPC or EDQUOT when ``exc`` is a write that had no room, else None.
+
+    OSError carries errno (Python's writes, h5py's, numpy's); TensorFlow's C++ file writers (SavedModel)
+    raise tf.errors.OpError instead, with the C library's text in the message.
+    """
+    if isinstance(exc, OSError) and exc.errno in _NO_ROOM:
+        return exc.errno
+    if type(exc).__module__.startswith("tensorflow"):
+        for number in _NO_ROOM:
+            if os.strerror(number) in str(exc):
+                return number
+    return None
+
+
+def mount_point(path: Path) -> Path:
+    """The mount point of the file system ``path`` is (or would be created) on: where space must be freed."""
+    current = Path(os.path.abspath(path))
+    while not current.exists() and current != current.parent:
+        current = current.parent
+    while not os.path.ismount(current):
+        current = current.parent
+    return current
+
+
+def _megabytes(n_bytes: float) -> str:
+    return f"{n_bytes / 1e6:.0f}" if n_bytes >= 1e7 else f"{max(n_bytes, 1e5) / 1e6:.1f}"
+
+
+def disk_full_message(errno_value: int, folder: Path, needs_bytes: int | None) -> str:
+    """The one line a writer that had no room says: the file system, what it needs, what is free, the fix."""
+    mount = mount_point(folder)
+    sizes = [f"needs ~{_megabytes(needs_bytes)} MB"] if needs_bytes else []
+    with suppress(OSError):  # the free space is a courtesy: the line is said without it
+        sizes.append(f"{_megabytes(shutil.disk_usage(mount).free)} MB free")
+    where = "" if mount == Path(os.path.abspath(folder)) else f" writing {folder}"
+    return (
+        f"{os.strerror(errno_value).lower()} on {mount}{' (' + ', '.join(sizes) + ')' if sizes else ''}{where}; "
+        "nothing partial was kept: free space there (or write elsewhere) and run the command again"
+    )
+
+
 @contextmanager
-def atomic_path(target: Path, suffix: str = ".part") -> Iterator[Path]:
-    """A temporary path beside ``target`` that replaces it only if the block completes."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
-    os.close(handle)
-    partial = Path(name)
+def disk_full_as_error(folder: Path, needs_bytes: int | Callable[[], int | None] | None = None) -> Iterator[None]:
+    """Turn a write inside the block that had no room (ENOSPC, EDQUOT) into one DiskFullError line.
+
+    The one home of that translation: every writer of results (atomic files, bundles, exports, reports,
+    predicted masks) runs inside it. ``folder`` is what the block writes into; ``needs_bytes`` (or a
+    function computing it once the write failed) is the estimated size of the whole output. An outer
+    block that knows the whole output's size restates an inner block's error with its own estimate.
+    """
     try:
-        yield partial
-        os.replace(partial, target)
-    finally:
-        partial.unlink(missing_ok=True)
+        yield
+    except DiskFullError as exc:
+        if needs_bytes is None:
+            raise
+        needs = needs_bytes() if callable(needs_bytes) else needs_bytes
+        restated: int = exc.errno or errno.ENOSPC
+        raise DiskFullError(disk_full_message(restated, folder, needs), errno_value=restated) from None
+    except Exception as exc:
+        number = no_room_errno(exc)
+        if number is None:
+            raise
+        needs = needs_bytes() if callable(needs_bytes) else needs_bytes
+        raise DiskFullError(disk_full_message(number, folder, needs), errno_value=number) from None
+
+
+# --- atomic writes --------------------------------------------------------------------------------
+
+
+@contextmanager
+def atomic_path(target: Path, suffix: str = ".part", *, needs_bytes: int | None = None) -> Iterator[Path]:
+    """A temporary path beside ``target`` that replaces it only if the block completes.
+
+    A full disk is a DiskFullError (see disk_full_as_error), and the partial file is removed either way.
+    """
+    with disk_full_as_error(target.parent, needs_bytes):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=suffix, dir=target.parent)
+        os.close(handle)
+        partial = Path(name)
+        try:
+            yield partial
+            os.replace(partial, target)
+        finally:
+            partial.unlink(missing_ok=True)
 
 
 #: The name ``tempfile.mkdtemp`` gives a staging folder of output ``NAME`` beside it (``.NAME.`` and its
@@ -167,13 +249,6 @@ def remove_stale_staging(out: Path) -> list[Path]:
     return removed
 
 
-def created_folder_mode() -> int:
-    """The mode ``mkdir`` gives a folder under the current umask (0777 & ~umask); mkdtemp's is 0700."""
-    current = os.umask(0)
-    os.umask(current)
-    return 0o777 & ~current
-
-
 @contextmanager
 def staged_folder(out: Path) -> Iterator[Path]:
     """A fresh folder beside ``out`` that replaces ``out`` whole if the block completes.
@@ -215,14 +290,23 @@ def dumps_strict(payload: Any, **options: Any) -> str:
     return json.dumps(finite_or_none(payload), allow_nan=False, **options)
 
 
-def write_json_atomic(path: Path, payload: Any) -> None:
-    """Write strict JSON through a temporary file and a rename, so readers never see half a file."""
+def write_bytes_atomic(path: Path, data: bytes) -> None:
+    """Write ``data`` through a temporary file and a rename, so readers never see half a file."""
     from trainer._env import created_file_mode
 
-    text = dumps_strict(payload, indent=2) + "\n"
-    with atomic_path(path, suffix="") as tmp:
+    with atomic_path(path, suffix="", needs_bytes=len(data)) as tmp:
         os.chmod(tmp, created_file_mode())  # mkstemp makes 0600 files; follow the umask like other outputs
-        tmp.write_text(text)
+        tmp.write_bytes(data)
+
+
+def write_text_atomic(path: Path, text: str) -> None:
+    """Write UTF-8 ``text`` through a temporary file and a rename (see write_bytes_atomic)."""
+    write_bytes_atomic(path, text.encode("utf-8"))
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write strict JSON through a temporary file and a rename, so readers never see half a file."""
+    write_text_atomic(path, dumps_strict(payload, indent=2) + "\n")
 
 
 # --- fetching (resumable) ------------------------------------------------------------------------

@@ -162,13 +162,16 @@ def prepare_inputs(images: np.ndarray, encoder: str) -> np.ndarray:
     return np.asarray(preprocessing(encoder)(images.astype(np.float32)), dtype=np.float32)
 
 
-def build_model(config: CVConfig, *, mixed_precision: bool | None = None) -> tf_keras.Model:
+def build_model(
+    config: CVConfig, *, mixed_precision: bool | None = None, dtype: str | None = None
+) -> tf_keras.Model:
     """Build the configured architecture with encoder weights per ``config.weights`` (not compiled).
 
     The model is built with ``encoder_weights=None`` and the weights file is loaded afterwards by
     trainer.weights, which checks the file first and fails with a clear message offline, instead of
     letting Keras download (and delete on a hash mismatch) inside segmentation-models.
     ``mixed_precision`` None follows :func:`runtime_settings`; prediction passes False (float32).
+    ``dtype`` ("float64") builds every layer in that type instead (export's exact reference).
     """
     import segmentation_models as sm
     import tf_keras
@@ -176,7 +179,7 @@ def build_model(config: CVConfig, *, mixed_precision: bool | None = None) -> tf_
     builders: dict[str, Any] = {"unet": sm.Unet, "fpn": sm.FPN, "linknet": sm.Linknet}
     mixed = mixed_precision_enabled() if mixed_precision is None else mixed_precision
     # Set both ways: a process (a reused sweep worker) may build models under both settings.
-    tf_keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
+    tf_keras.mixed_precision.set_global_policy(dtype or ("mixed_float16" if mixed else "float32"))
     weights_path = None
     if config.pretrained:
         from trainer.weights import resolve_weights
@@ -193,7 +196,7 @@ def build_model(config: CVConfig, *, mixed_precision: bool | None = None) -> tf_
         from trainer.weights import load_encoder_weights
 
         load_encoder_weights(model, weights_path, config.encoder)
-    if mixed:
+    if mixed and dtype is None:
         # The sigmoid ran in float16; the loss and metric get float32 (Keras' mixed-precision rule:
         # the model's output layer in float32), so the IoU loss does not lose precision near 0 and 1.
         output = tf_keras.layers.Activation("linear", dtype="float32", name="output_float32")(model.output)
