@@ -23,9 +23,9 @@ from sweeps._trainable import CVRunner, TrialSetup
 from sweeps.folder import (
     COMPLETE,
     FAILED,
-    DamagedRecord,
     PRUNED,
     RUNNING,
+    DamagedRecord,
     SweepResults,
     clear_stop_request,
     hold_driver_lock,
@@ -542,14 +542,18 @@ def ray_session(address: str | None, *, object_store_bytes: int) -> Iterator[Non
 
 
 def _shutdown_ray() -> None:
-    """``ray.shutdown()``, finished even when a Ctrl-C interrupts it: Ray processes left running would
-    go on writing into the private folder that is removed next."""
+    """``ray.shutdown()``, finished even when a Ctrl-C interrupts it.
+
+    Half done, Ray finishes it at the interpreter's exit, after the private folder was removed, and
+    makes part of it again (its spilled-objects folder); the second try lets no Ctrl-C stop it.
+    """
     import ray
 
     try:
         ray.shutdown()
     except BaseException:
-        ray.shutdown()
+        with signal_handlers({signal.SIGINT: lambda signum, frame: None}):
+            ray.shutdown()
         raise
 
 

@@ -193,7 +193,8 @@ def test_resume_after_ray_state_was_deleted_stops_before_ray_naming_the_repair(
     params = {"encoder": "resnet18", "weights": "none", "batch_size": 4, "lr": 1e-3}
     make_sweep(tmp_path / "sweeps", "s", [FakeTrial(params, [0.5], state="RUNNING")], data=data)
     folder = SweepFolder.at(tmp_path / "sweeps", "s")
-    folder.spec_file.write_text(json.dumps({**json.loads(folder.spec_file.read_text()), "storage": str(folder.storage)}))
+    spec = json.loads(folder.spec_file.read_text())
+    folder.spec_file.write_text(json.dumps({**spec, "storage": str(folder.storage)}))
     records = {p: p.read_bytes() for p in folder.path.rglob("*") if p.is_file()}
 
     assert main(["sweep", "resume", "s", "--storage", str(tmp_path / "sweeps")]) == 2
