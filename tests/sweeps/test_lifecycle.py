@@ -146,6 +146,7 @@ def test_stop_from_another_process_then_resume_trains_no_fold_twice(
 
 
 @pytest.mark.slow
+@pytest.mark.long  # a minute or more; tests/sweeps/test_optuna.py rebuilds a study and goes on in a second
 def test_resume_after_optuna_db_was_deleted_rebuilds_the_study_from_the_trial_records(
     sweep_setup: dict[str, Any], tmp_path: Path
 ) -> None:
