@@ -290,6 +290,8 @@ def test_resume_on_a_data_set_changed_since_the_sweep_started_is_refused_before_
     record = json.loads(folder.spec_file.read_text())
     before = prepare_dataset(data, 64, limit=12).key
     folder.spec_file.write_text(json.dumps({**record, "storage": str(tmp_path / "sweeps"), "data_key": before}))
+    folder.ray_dir.mkdir()
+    (folder.ray_dir / "tuner.pkl").touch()  # Ray Tune's saved state, which a sweep that ran has
     (data / "images" / "case000.jpg").write_bytes((data / "images" / "case001.jpg").read_bytes())
 
     assert main(["sweep", "resume", "s", "--storage", str(tmp_path / "sweeps")]) == 2
