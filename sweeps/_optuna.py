@@ -11,7 +11,7 @@ from __future__ import annotations
 import math
 import warnings
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
@@ -23,11 +23,16 @@ from sweeps.folder import (
     STUDY_START_ATTR,
     STUDY_TRIAL_ID_ATTR,
     SweepFolder,
+    load_sweep,
     now,
     read_stop_request,
     read_trial_record,
     update_trial_record,
 )
+from trainer.results import summarise
+
+if TYPE_CHECKING:
+    from search_spaces import SearchSpace
 
 #: Metric the trainable reports after every fold (running mean Dice over the folds done) and its mode.
 METRIC, MODE = "dice", "max"
@@ -208,3 +213,50 @@ def _state_from_record(record: dict[str, Any]) -> tuple[TrialState, float | None
         return TrialState.PRUNED, None, record.get("reason")
     reason = record.get("reason") or "the sweep driver stopped before this proposal ran; Ray drew another"
     return TrialState.FAIL, None, reason
+
+
+def rebuild_study(sweep_dir: Path, study_name: str, space: SearchSpace) -> int:
+    """Make the study in SWEEP/optuna.db again from the trial records (the file was lost); return its trials.
+
+    The records hold what the study held: each trial's number, proposed parameters, state and reason
+    (trial.json) and its folds' Dice (the fold files), whose running means the searcher reported as
+    intermediate values (step = folds done); a COMPLETE trial's value is its mean over the folds, a
+    PRUNED one's its last running mean (as ``study.tell`` makes it). The parameters' distributions
+    come from the space (its define-by-run on the recorded values). Numbers are kept, a number with
+    no trial folder becoming a FAIL trial, because Ray's saved searcher refers to the study's trials
+    by their storage ids, which a fresh storage hands out in order of addition.
+    """
+    from optuna.trial import FixedTrial, create_trial
+
+    sweep = load_sweep(sweep_dir.parent, sweep_dir.name)
+    by_number = {t.number: t for t in sweep.trials if t.number is not None}
+    rebuilt: list[optuna.trial.FrozenTrial] = []
+    for number in range(max(by_number, default=-1) + 1):
+        trial = by_number.get(number)
+        if trial is None:
+            rebuilt.append(create_trial(state=TrialState.FAIL, user_attrs={STUDY_REASON_ATTR: _NO_RECORD}))
+            continue
+        fixed = FixedTrial(dict(trial.params))
+        space.define_by_run(fixed)
+        running_means = {k: summarise(trial.folds[:k])[0][METRIC] for k in range(1, trial.folds_done + 1)}
+        state = _RECORD_STATES.get(trial.state, TrialState.FAIL)
+        value = None
+        if state == TrialState.COMPLETE:
+            value = trial.mean[METRIC]
+        elif state == TrialState.PRUNED and running_means:
+            value = running_means[max(running_means)]
+        attrs = {STUDY_TRIAL_ID_ATTR: trial.trial_id, **({STUDY_REASON_ATTR: trial.reason} if trial.reason else {})}
+        if trial.start:  # a starting point stays marked, and is not enqueued again on this resume
+            attrs[STUDY_START_ATTR] = trial.start
+        rebuilt.append(create_trial(state=state, value=value, params=fixed.params, distributions=fixed.distributions,
+                                    user_attrs=attrs, intermediate_values=running_means))
+    study = optuna.create_study(study_name=study_name, storage=open_storage(sweep_dir),
+                                direction="maximize" if MODE == "max" else "minimize")
+    study.add_trials(rebuilt)
+    name_objective(study)
+    return len(rebuilt)
+
+
+#: trial.json's states as the study's.
+_RECORD_STATES = {"COMPLETE": TrialState.COMPLETE, "PRUNED": TrialState.PRUNED, "RUNNING": TrialState.RUNNING}
+_NO_RECORD = "no trial folder records this proposal (the driver stopped between proposing and recording it)"

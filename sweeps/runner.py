@@ -25,6 +25,7 @@ from sweeps.folder import (
     FAILED,
     PRUNED,
     RUNNING,
+    DamagedRecord,
     SweepResults,
     clear_stop_request,
     hold_driver_lock,
@@ -108,7 +109,7 @@ def resume_sweep(
     spec.validate()
     space = spec.load_space()
     restore = tune.Tuner.can_restore(str(spec.folder.ray_dir))
-    return _execute(spec, space, restore=restore, cv_runner=cv_runner)
+    return _execute(spec, space, restore=restore, cv_runner=cv_runner, resuming=True)
 
 
 def probe_config(space: SearchSpace, overrides: dict[str, Any], seed: int) -> CVConfig:
@@ -133,7 +134,7 @@ def probe_config(space: SearchSpace, overrides: dict[str, Any], seed: int) -> CV
 
 
 def _execute(
-    spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVRunner | None
+    spec: SweepSpec, space: SearchSpace, *, restore: bool, cv_runner: CVRunner | None, resuming: bool = False
 ) -> SweepOutcome:
     import optuna
 
@@ -143,7 +144,34 @@ def _execute(
         probe_address(spec.address)
     with hold_driver_lock(spec.folder), contextlib.ExitStack() as winding_down:
         clear_stop_request(spec.folder)  # a resumed sweep starts afresh; the last run acted on it
+        if resuming:
+            _repair_lost_state(spec, space, restore=restore)
         return _drive(spec, space, restore=restore, cv_runner=cv_runner, winding_down=winding_down)
+
+
+def _repair_lost_state(spec: SweepSpec, space: SearchSpace, *, restore: bool) -> None:
+    """Before a resume starts Ray: rebuild a lost optuna.db, refuse a resume that Ray's lost state would garble.
+
+    Without SWEEP/ray, Tune starts the sweep over: it would retrain the configurations of trials that
+    finished folds as new trials (and run the whole budget again), so the resume stops, naming the
+    repair. The study holds nothing the trial records do not (sweeps._optuna.rebuild_study).
+    """
+    from sweeps._optuna import rebuild_study
+
+    if not restore:
+        done = [t for t in load_sweep(spec.storage, spec.name).trials if t.folds_done or t.state in (COMPLETE, PRUNED)]
+        if done:
+            raise DamagedRecord(
+                f"{spec.folder.ray_dir} (Ray Tune's saved state) is missing or incomplete, and {len(done)} "
+                f"trial(s) of sweep {spec.name!r} hold finished folds ({', '.join(t.label for t in done[:3])}"
+                f"{', ...' if len(done) > 3 else ''}); resuming without it would start the sweep over and train "
+                f"them again as new trials: restore {spec.folder.ray_dir} from a backup, or run the rest as a new "
+                f"sweep with `segsweep sweep run --config {spec.folder.spec_file} --name NEW_NAME`"
+            )
+    if not spec.folder.optuna_db.is_file():
+        count = rebuild_study(spec.sweep_dir, spec.name, space)
+        print(f"[segsweep] {spec.folder.optuna_db} was missing: rebuilt study {spec.name!r} from {count} trial "
+              "record(s) (trial.json and fold files)", flush=True)
 
 
 @contextlib.contextmanager
@@ -437,12 +465,12 @@ def private_ray_temp_dir() -> str:
     Not Ray's default /tmp/ray, which other users of the machine can read. Ray makes its own temp
     folder world-writable (0777), hence the private folder around it. Short, because Ray puts Unix
     sockets under it (``session_<date>_<pid>/sockets/plasma_store``) and a socket path has at most
-    107 bytes. Remove ``os.path.dirname`` of it when done.
+    107 bytes. Remove ``os.path.dirname`` of it when done (``private_ray_folder`` does).
     """
     import tempfile
 
     base = os.environ.get("RAY_TMPDIR") or tempfile.gettempdir()
-    private = tempfile.mkdtemp(prefix="segsweep-ray-", dir=base)  # mkdtemp: mode 0700
+    private = tempfile.mkdtemp(prefix=RAY_FOLDER_PREFIX, dir=base)  # mkdtemp: mode 0700
     folder = os.path.join(private, "r")
     longest_socket = len(folder) + len("/session_2026-01-01_00-00-00_000000_4194304/sockets/plasma_store")
     if longest_socket > 107:
@@ -452,6 +480,85 @@ def private_ray_temp_dir() -> str:
             "bytes); set RAY_TMPDIR to a short folder such as /tmp"
         )
     return folder
+
+
+#: The private Ray folders' name prefix, in $RAY_TMPDIR or the system temporary folder.
+RAY_FOLDER_PREFIX = "segsweep-ray-"
+#: Held (flock) by the driver that owns a private Ray folder, for as long as its Ray runs.
+_RAY_FOLDER_LOCK = "owner.lock"
+
+
+@contextlib.contextmanager
+def private_ray_folder() -> Iterator[str]:
+    """``private_ray_temp_dir()``, owned by this process for the block, then removed.
+
+    Ray's logs in it may hold what trials were started with, so it must not outlive its driver. The
+    block's end removes it on every exit Python sees (a failed start, Ctrl-C, SIGTERM: Ray's driver
+    turns SIGTERM into SystemExit). Where the driver died without one (SIGKILL, a lost node), the next
+    local Ray start removes the folder: its lock is free once its owner has gone.
+    """
+    import fcntl
+    import shutil
+
+    temp_dir = private_ray_temp_dir()
+    private = os.path.dirname(temp_dir)
+    try:
+        # Locked before it has its name, so no other driver can take an unlocked lock for a stale one.
+        staged = os.path.join(private, f".{_RAY_FOLDER_LOCK}")
+        with open(staged, "w") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            os.rename(staged, os.path.join(private, _RAY_FOLDER_LOCK))
+            remove_stale_ray_folders(os.path.dirname(private))
+            yield temp_dir
+    finally:
+        shutil.rmtree(private, ignore_errors=True)
+
+
+def remove_stale_ray_folders(base: str | Path) -> list[Path]:
+    """Remove the private Ray folders in ``base`` whose driver has gone (their lock is free); return them.
+
+    A folder without a lock (being made, or made by an older segsweep) is left alone, as are other
+    users' folders (not readable here).
+    """
+    import fcntl
+    import shutil
+
+    removed = []
+    for folder in Path(base).glob(f"{RAY_FOLDER_PREFIX}*"):
+        try:
+            with open(folder / _RAY_FOLDER_LOCK) as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                shutil.rmtree(folder, ignore_errors=True)
+                removed.append(folder)
+        except OSError:  # no lock file, not ours, or held by a running driver (BlockingIOError)
+            continue
+    return removed
+
+
+@contextlib.contextmanager
+def _tune_forwards_no_secrets() -> Iterator[None]:
+    """Keep credentials out of the environment Ray Tune gives trial actors.
+
+    Tune copies AWS_SECRET_ACCESS_KEY, AWS_SESSION_TOKEN (and AWS_ACCESS_KEY_ID, among its own
+    settings) from the driver's environment into every trial actor's ``runtime_env``, which Ray's
+    runtime-env agent writes in clear to its log (SESSION/logs/runtime_env_agent.log; on a cluster,
+    the cluster's session logs). The trials need none of them (the sweep folder is a path on a file
+    system; trackers' tokens reach a local Ray's trials through the environment its processes
+    inherit), so Tune forwards only its and Ray Train's own settings (RAY_*, TRAIN_*, ...) for the
+    block, without any secret-like name (trainer.tracking._secrets) and without AWS_*.
+    """
+    from ray.tune.execution import class_cache
+
+    from trainer.tracking._secrets import is_secret_name
+
+    forwarded = class_cache.ENV_VARS_TO_PROPAGATE
+    class_cache.ENV_VARS_TO_PROPAGATE = {
+        name for name in forwarded if not is_secret_name(name) and not name.startswith("AWS_")
+    }
+    try:
+        yield
+    finally:
+        class_cache.ENV_VARS_TO_PROPAGATE = forwarded
 
 
 def _object_store_bytes(data: PreparedData) -> int:
@@ -465,43 +572,55 @@ def object_store_bytes(data_bytes: int) -> int:
 
 @contextlib.contextmanager
 def ray_session(address: str | None, *, object_store_bytes: int) -> Iterator[None]:
-    """Join the cluster at ``address``, or start a local Ray on 127.0.0.1; shut it down after."""
+    """Join the cluster at ``address``, or start a local Ray on 127.0.0.1; shut it down after.
+
+    A local Ray's private folder is removed after the shutdown, also when the start fails or a
+    Ctrl-C or SIGTERM interrupts the start or the shutdown.
+    """
     import ray
 
     if ray.is_initialized():  # a caller (a test, a notebook) runs Ray already: use it as it is
-        yield
+        with _tune_forwards_no_secrets():
+            yield
         return
     quiet: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
-    temp_dir = None
-    try:
-        if address:
-            ray.init(address=address, **quiet)
-        else:
-            temp_dir = private_ray_temp_dir()
-            start_local_ray(object_store_bytes, **quiet, _temp_dir=temp_dir)
-    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
-        if temp_dir is not None:
-            import shutil
-
-            ray.shutdown()
-            shutil.rmtree(os.path.dirname(temp_dir), ignore_errors=True)
-        where = f"the Ray cluster at {address}" if address else "a local Ray"
-        hint = (
-            "; start the head with `ray start --head --port PORT` and pass --address HEAD_IP:PORT "
-            "(with RAY_AUTH_MODE=token the driver needs the cluster's token in RAY_AUTH_TOKEN "
-            "or ~/.ray/auth_token)"
-            if address else ""
-        )
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise ConfigError(f"cannot start {where}: {first}{hint}") from None
-    try:
+    with contextlib.ExitStack() as stack:
+        # Entered first, so exited last: removed after the shutdown, even if the shutdown is interrupted.
+        temp_dir = None if address else stack.enter_context(private_ray_folder())
+        stack.callback(_shutdown_ray)
+        try:
+            if address:
+                ray.init(address=address, **quiet)
+            else:
+                start_local_ray(object_store_bytes, **quiet, _temp_dir=temp_dir)
+        except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+            where = f"the Ray cluster at {address}" if address else "a local Ray"
+            hint = (
+                "; start the head with `ray start --head --port PORT` and pass --address HEAD_IP:PORT "
+                "(with RAY_AUTH_MODE=token the driver needs the cluster's token in RAY_AUTH_TOKEN "
+                "or ~/.ray/auth_token)"
+                if address else ""
+            )
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise ConfigError(f"cannot start {where}: {first}{hint}") from None
+        stack.enter_context(_tune_forwards_no_secrets())
         yield
-    finally:
-        ray.shutdown()
-        if temp_dir is not None:
-            import shutil
 
-            shutil.rmtree(os.path.dirname(temp_dir), ignore_errors=True)
+
+def _shutdown_ray() -> None:
+    """``ray.shutdown()``, finished even when a Ctrl-C interrupts it.
+
+    Half done, Ray finishes it at the interpreter's exit, after the private folder was removed, and
+    makes part of it again (its spilled-objects folder); the second try lets no Ctrl-C stop it.
+    """
+    import ray
+
+    try:
+        ray.shutdown()
+    except BaseException:
+        with signal_handlers({signal.SIGINT: lambda signum, frame: None}):
+            ray.shutdown()
+        raise
 
 
 #: Tries of a local Ray start: Ray gives its raylet a fixed 30 s to register, which a busy machine

@@ -146,6 +146,69 @@ def test_stop_from_another_process_then_resume_trains_no_fold_twice(
     assert "finished" in _segsweep("sweep", "list", "--storage", str(storage), env=env).stdout
 
 
+@pytest.mark.slow
+@pytest.mark.long  # a minute or more; tests/sweeps/test_optuna.py rebuilds a study and goes on in a second
+def test_resume_after_optuna_db_was_deleted_rebuilds_the_study_from_the_trial_records(
+    sweep_setup: dict[str, Any], tmp_path: Path
+) -> None:
+    # It went on without a word and left no study, while `status` still named one for optuna-dashboard.
+    storage, env = sweep_setup["storage"], sweep_setup["env"]
+    folder = SweepFolder.at(storage, "k")
+    driver = _driver(sweep_setup, "run", tmp_path / "run.log", fold_s=4.0)
+    try:
+        _wait_for_logged(lambda: any(folder.trials_dir.glob("*/folds/fold_01.json")), "a finished fold", driver,
+                         tmp_path / "run.log")
+        assert _segsweep("sweep", "stop", "k", "--storage", str(storage), env=env).returncode == 0
+        assert driver.wait(timeout=300) == 1, (tmp_path / "run.log").read_text()[-3000:]
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    before = {t.number: t for t in optuna.load_study(study_name="k", storage=folder.optuna_url).trials}
+    assert any(t.intermediate_values for t in before.values())
+    folder.optuna_db.unlink()
+
+    resumed = _driver(sweep_setup, "resume", tmp_path / "resume.log", name="k", fold_s=0.3)
+    log = (tmp_path / "resume.log")
+    assert resumed.wait(timeout=600) == 0, log.read_text()[-3000:]
+    assert f"{folder.optuna_db} was missing: rebuilt study 'k' from {len(before)} trial record(s)" in log.read_text()
+    sweep = load_sweep(storage, "k")
+    assert len(sweep.trials) == 3 and {t.state for t in sweep.trials} == {"COMPLETE"}
+    for trial in sweep.trials:
+        assert fold_trainings(trial.path) == {1: 1, 2: 1, 3: 1}, trial.trial_id  # type: ignore[arg-type]
+    study = optuna.load_study(study_name="k", storage=folder.optuna_url)
+    assert [t.state for t in study.trials] == [optuna.trial.TrialState.COMPLETE] * 3
+    by_id = {t.trial_id: t for t in sweep.trials}
+    for after in study.trials:
+        trial = by_id[after.user_attrs["ray_trial_id"]]
+        assert after.value == pytest.approx(trial.mean["dice"]) and len(after.intermediate_values) == 3
+        if after.number in before:  # what the study held before it was lost, kept
+            assert after.params == before[after.number].params
+            for step, value in before[after.number].intermediate_values.items():
+                assert after.intermediate_values[step] == pytest.approx(value)
+
+
+def test_resume_after_ray_state_was_deleted_stops_before_ray_naming_the_repair(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # It marked a trial that had finished fold 1 FAILED and trained its configuration again as a new trial.
+    data = make_dataset(tmp_path / "data", 12)
+    params = {"encoder": "resnet18", "weights": "none", "batch_size": 4, "lr": 1e-3}
+    make_sweep(tmp_path / "sweeps", "s", [FakeTrial(params, [0.5], state="RUNNING")], data=data)
+    folder = SweepFolder.at(tmp_path / "sweeps", "s")
+    spec = json.loads(folder.spec_file.read_text())
+    folder.spec_file.write_text(json.dumps({**spec, "storage": str(folder.storage)}))
+    records = {p: p.read_bytes() for p in folder.path.rglob("*") if p.is_file()}
+
+    assert main(["sweep", "resume", "s", "--storage", str(tmp_path / "sweeps")]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "Traceback" not in err
+    assert f"segsweep: error: {folder.ray_dir} (Ray Tune's saved state) is missing or incomplete, and 1 trial(s)" in err
+    assert f"restore {folder.ray_dir} from a backup, or run the rest as a new sweep with `segsweep sweep run " in err
+    assert {p: p.read_bytes() for p in folder.path.rglob("*") if p.is_file() and p.name != "driver.json"} == records
+    trial = load_sweep(tmp_path / "sweeps", "s").trials[0]
+    assert (trial.state, trial.folds_done) == ("RUNNING", 1)  # nothing marked FAILED, no fold dropped
+
+
 def test_config_file_merges_with_flags_and_sweep_json_reruns(tmp_path: Path) -> None:
     config = tmp_path / "sweep.yaml"
     config.write_text(
@@ -228,6 +291,8 @@ def test_resume_on_a_data_set_changed_since_the_sweep_started_is_refused_before_
     record = json.loads(folder.spec_file.read_text())
     before = prepare_dataset(data, 64, limit=12).key
     folder.spec_file.write_text(json.dumps({**record, "storage": str(tmp_path / "sweeps"), "data_key": before}))
+    folder.ray_dir.mkdir()
+    (folder.ray_dir / "tuner.pkl").touch()  # Ray Tune's saved state, which a sweep that ran has
     (data / "images" / "case000.jpg").write_bytes((data / "images" / "case001.jpg").read_bytes())
 
     assert main(["sweep", "resume", "s", "--storage", str(tmp_path / "sweeps")]) == 2

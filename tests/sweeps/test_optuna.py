@@ -11,14 +11,25 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import load_space
-from sweeps._optuna import completion_state, make_searcher, n_startup_trials, reconcile_study
+from sweeps._optuna import (
+    OBJECTIVE_NAME,
+    completion_state,
+    make_searcher,
+    n_startup_trials,
+    rebuild_study,
+    reconcile_study,
+)
 from sweeps.folder import (
     STUDY_REASON_ATTR,
+    STUDY_START_ATTR,
     STUDY_TRIAL_ID_ATTR,
     SweepFolder,
     read_trial_record,
     update_trial_record,
+    write_spec_record,
 )
+from trainer.files import write_json_atomic
+from trainer.results import FoldResult, fold_path
 
 
 def _result(folds_done: int, n_folds: int, dice: float) -> dict[str, float]:
@@ -90,6 +101,56 @@ def test_searcher_state_pickles_and_continues_the_same_study(tmp_path: Path) -> 
     states = [t.state for t in _load(tmp_path).get_trials()]
     assert states == [TrialState.COMPLETE, TrialState.RUNNING]
     pickle.dumps(restored)
+
+
+def test_a_lost_study_is_rebuilt_from_the_trial_records_and_the_saved_searcher_goes_on(tmp_path: Path) -> None:
+    # `sweep resume` after optuna.db was deleted went on with no study at all.
+    space, sweep = load_space("quick"), tmp_path / "s"
+    folder = SweepFolder(sweep)
+    write_spec_record(folder, {"name": "s"})
+    searcher = make_searcher(sweep, "s", space.define_by_run, 4, 1, 0)
+    for trial_id in ("done", "pruned", "failed", "going"):
+        searcher.suggest(trial_id)
+
+    def fold_ends(trial_id: str, dices: list[float]) -> None:
+        for k, dice in enumerate(dices, start=1):
+            fold = FoldResult(fold=k, n_train=4, n_val=2, dice=dice, iou=0.8 * dice, epochs_run=1, lr_drops=[],
+                              history=[], seconds=1.0)
+            write_json_atomic(fold_path(folder.trial_dir(trial_id), k), fold.to_dict())
+            searcher.on_trial_result(trial_id, _result(k, 2, sum(dices[:k]) / k))
+
+    fold_ends("done", [0.5, 0.7])
+    searcher.on_trial_complete("done", _result(2, 2, 0.6))
+    fold_ends("pruned", [0.3])
+    searcher.on_trial_complete("pruned", _result(1, 2, 0.3))
+    update_trial_record(folder.trial_dir("failed"), reason="NaN loss in fold 1")
+    update_trial_record(folder.trial_dir("done"), start="hand-pick")  # a starting point stays marked
+    searcher.on_trial_complete("failed", error=True)
+    fold_ends("going", [0.4])
+    for trial_id, state in (("done", "COMPLETE"), ("pruned", "PRUNED"), ("failed", "FAILED")):
+        update_trial_record(folder.trial_dir(trial_id), state=state)
+    saved = tmp_path / "searcher.pkl"
+    searcher.save(str(saved))  # what Ray's experiment state holds
+    before = _load(sweep).get_trials()
+    folder.optuna_db.unlink()
+
+    assert rebuild_study(sweep, "s", space) == 4
+    after = _load(sweep).get_trials()
+    for old, new in zip(before, after, strict=True):
+        assert (new.number, new.state, new.params, new.distributions) == (old.number, old.state, old.params,
+                                                                          old.distributions)
+        assert new.value == pytest.approx(old.value) and new.intermediate_values == pytest.approx(
+            old.intermediate_values)
+        assert new.user_attrs[STUDY_TRIAL_ID_ATTR] == old.user_attrs[STUDY_TRIAL_ID_ATTR]
+    assert after[2].user_attrs[STUDY_REASON_ATTR] == "NaN loss in fold 1"
+    assert after[0].user_attrs[STUDY_START_ATTR] == "hand-pick"
+    assert _load(sweep).metric_names == [OBJECTIVE_NAME]  # optuna-dashboard names it, as on the first run
+    # Ray's saved searcher refers to the study's trials by storage id: it finishes the running one.
+    restored = make_searcher(sweep, "s", space.define_by_run, 4, 1, 0)
+    restored.restore(str(saved))
+    restored.on_trial_complete("going", _result(2, 2, 0.45))
+    going = _load(sweep).get_trials()[3]
+    assert going.state == TrialState.COMPLETE and going.intermediate_values == pytest.approx({1: 0.4, 2: 0.45})
 
 
 def test_completion_state() -> None:
