@@ -257,7 +257,8 @@ def _run_fold(
 
     started = time.perf_counter()
     reporter.on_fold_start(number, len(train_rows), len(val_rows))
-    # Every fold starts from the same initial weights; its seed drives shuffling and augmentation.
+    # Every fold starts from the same initial weights; its seed (from the seed and the fold, never from
+    # what the process ran before) drives shuffling, augmentation and dropout, per epoch.
     model = model_for_fold(config)
     tf_keras.utils.set_random_seed(config.seed * 1000 + number)
     resumed = checkpoint.load(model) if checkpoint is not None else None

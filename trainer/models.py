@@ -174,6 +174,12 @@ def build_model(config: CVConfig, *, mixed_precision: bool | None = None) -> tf_
     import tf_keras
 
     builders: dict[str, Any] = {"unet": sm.Unet, "fpn": sm.FPN, "linknet": sm.Linknet}
+    # Before any layer exists: dropout then draws from a tf.random.Generator whose state is a variable
+    # that reseed_random_layers sets per (seed, epoch). The legacy stateful ops keep their state in
+    # the traced training graph, which folds reuse, so fold 2 after fold 1 drew other dropout masks
+    # than fold 2 in a fresh process (a resumed sweep scored it differently). Initializers are
+    # stateless either way: initial weights do not change.
+    tf_keras.backend.experimental.enable_tf_random_generator()
     mixed = mixed_precision_enabled() if mixed_precision is None else mixed_precision
     # Set both ways: a process (a reused sweep worker) may build models under both settings.
     tf_keras.mixed_precision.set_global_policy("mixed_float16" if mixed else "float32")
@@ -273,11 +279,48 @@ def model_for_fold(config: CVConfig) -> tf_keras.Model:
 
 
 def reset_optimizer(model: tf_keras.Model, lr: float) -> None:
-    """Zero the optimizer's step counter and moment estimates and set its learning rate."""
+    """Zero the optimizer's step counter and moment estimates, set its learning rate, and put a
+    mixed-precision loss scale back to its initial value (a fresh process starts there too)."""
     import tensorflow as tf
     import tf_keras
 
     optimizer = model.optimizer
-    for variable in optimizer.variables:
+    for variable in optimizer.variables:  # a LossScaleOptimizer's are the inner optimizer's
         variable.assign(tf.zeros(variable.shape, variable.dtype))
     tf_keras.backend.set_value(optimizer.learning_rate, lr)
+    if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer) and optimizer.dynamic:
+        # Not among optimizer.variables: without this a fold would start from the scale the
+        # previous fold of the process ended with. Keras has no public setter for it.
+        state = optimizer._loss_scale
+        state.current_loss_scale.assign(state.initial_loss_scale)
+        state.counter.assign(0)
+
+
+def reseed_random_layers(model: tf_keras.Model, seed: int, epoch: int) -> int:
+    """Set every layer's random stream (dropout) to a state drawn from (seed, epoch, the layer's
+    place in name order); return how many there are.
+
+    Called as each epoch begins (trainer.training), so an epoch's dropout masks, like its shuffle
+    and augmentations, depend on the seed and the epoch alone: not on what the process trained
+    before, and not on whether the fold was resumed from a checkpoint.
+    """
+    layers = sorted((layer for layer in model.submodules if hasattr(layer, "_random_generator")),
+                    key=lambda layer: layer.name)  # fmt: skip
+    count = 0
+    for place, layer in enumerate(layers):
+        # tf_keras keeps a layer's stream in _random_generator (a BaseRandomLayer's); with the TF
+        # random generator on (build_model) its tf.random.Generator is _generator, made on first use.
+        stream = layer._random_generator
+        if stream._rng_type == stream.RNG_STATELESS:
+            continue  # no state: its draws depend on its seed alone
+        stream._maybe_init()
+        generator = stream._generator
+        if generator is None:
+            raise RuntimeError(
+                f"layer {layer.name} draws from a legacy random op whose state cannot be reset; "
+                "build models with trainer.models.build_model"
+            )
+        state = np.random.SeedSequence([seed & 0xFFFF_FFFF_FFFF_FFFF, epoch, place]).generate_state(1, np.uint64)
+        generator.reset_from_seed(int(state[0] >> np.uint64(1)))  # a non-negative int64
+        count += 1
+    return count

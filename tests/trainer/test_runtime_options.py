@@ -162,3 +162,41 @@ def test_sweep_run_options_reach_the_trials(tmp_path: Path, local_ray: None) -> 
     assert recorded["threads"] == 1 == recorded["intra_op"]
     sweep_json = json.loads((tmp_path / "out" / "mp" / "sweep.json").read_text())
     assert sweep_json["mixed_precision"] == "on" and sweep_json["threads"] == 1
+
+
+def test_reset_optimizer_puts_the_loss_scale_back(fresh_runtime: None) -> None:
+    """A fold after another one in the same process starts from a fresh process's loss scale (issue 21, case 4)."""
+    import tf_keras
+
+    from trainer.config import CVConfig
+
+    tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    inputs = tf_keras.Input((4,))
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(1, dtype="float32")(tf_keras.layers.Dense(3)(inputs)))
+    models.compile_model(model, CVConfig())
+    optimizer = model.optimizer
+    assert isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+    initial = float(optimizer.loss_scale.numpy())
+    optimizer._loss_scale.current_loss_scale.assign(4.0)  # where a previous fold's training left it
+    optimizer.dynamic_counter.assign(7)
+    models.reset_optimizer(model, 1e-3)
+    assert float(optimizer.loss_scale.numpy()) == initial and int(optimizer.dynamic_counter.numpy()) == 0
+
+
+def test_random_layers_draw_from_the_seed_and_the_epoch_alone(fresh_runtime: None) -> None:
+    import numpy as np
+    import tf_keras
+
+    tf_keras.backend.experimental.enable_tf_random_generator()  # as build_model does, for a tiny model
+    inputs = tf_keras.Input((64,))
+    model = tf_keras.Model(inputs, tf_keras.layers.Dropout(0.5)(inputs))
+    ones = np.ones((1, 64), np.float32)
+
+    def draw(seed: int, epoch: int) -> np.ndarray:
+        assert models.reseed_random_layers(model, seed, epoch) == 1
+        return np.asarray(model(ones, training=True))
+
+    first = draw(0, 3)
+    model(ones, training=True)  # what a previous fold or epoch drew
+    assert np.array_equal(draw(0, 3), first)
+    assert not np.array_equal(draw(0, 4), first) and not np.array_equal(draw(1, 3), first)
