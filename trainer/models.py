@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,10 @@ class RuntimeSettings:
     """How TensorFlow runs in this process: recorded in cv.json (``runtime``), bundles and reports.
 
     ``mixed_precision`` is what was asked (auto, on, off); ``mixed_precision_enabled`` what it resolved
-    to and ``mixed_precision_reason`` why. ``threads`` caps TensorFlow's intra-op pool (None: one per core).
+    to and ``mixed_precision_reason`` why. ``threads`` caps TensorFlow's intra-op pool (None: one per core,
+    ``cpus`` of them), ``inter_op_threads`` its inter-op pool (None: TensorFlow's choice). These and the
+    ``versions`` of TensorFlow, tf-keras, segmentation-models and segsweep change a run's numbers: on a
+    CPU a fold repeats exactly only with the same thread counts and versions (README, Reproducing).
     """
 
     mixed_precision: str
@@ -37,9 +40,12 @@ class RuntimeSettings:
     mixed_precision_reason: str
     threads: int | None
     gpus: tuple[str, ...] = ()
+    inter_op_threads: int | None = None
+    cpus: int | None = None
+    versions: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "gpus": list(self.gpus)}
+        return {**asdict(self), "gpus": list(self.gpus), "versions": dict(self.versions)}
 
     def describe(self) -> str:
         """One phrase for console lines and reports."""
@@ -127,8 +133,67 @@ def configure_tensorflow(threads: int | None = None, mixed_precision: str | None
         threads = _runtime.threads
     capabilities = [_capability(gpu) for gpu in gpus]
     enabled, reason = resolve_mixed_precision(choice, capabilities)
-    _runtime = RuntimeSettings(choice, enabled, reason, threads, tuple(gpu.name for gpu in gpus))
+    _runtime = RuntimeSettings(
+        choice, enabled, reason,
+        # What TensorFlow holds (0: its default), not what was asked: pools set earlier in the process stand.
+        tf.config.threading.get_intra_op_parallelism_threads() or None,
+        tuple(gpu.name for gpu in gpus),
+        inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads() or None,
+        cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        versions=tuple(library_versions().items()),
+    )  # fmt: skip
     return _runtime
+
+
+def library_versions() -> dict[str, str]:
+    """The installed versions that change a run's numbers (recorded with every run)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    from trainer import version
+
+    found = {"segsweep": version()}
+    for name in ("tensorflow", "tf-keras", "segmentation-models"):
+        try:
+            found[name] = package_version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def recorded_runtime_options(recorded: Mapping[str, Any], source: str) -> tuple[int, str]:
+    """(--threads, --mixed-precision) that repeat a recorded run's ``runtime`` (its threads, 0 for one
+    per core, and its resolved precision), for ``cv --config`` on a cv.json or best.json."""
+    threads = recorded.get("threads")
+    enabled = recorded.get("mixed_precision_enabled")
+    if not isinstance(enabled, bool) or not (threads is None or (isinstance(threads, int) and threads >= 0)):
+        raise ConfigError(
+            f"{source}: `runtime` is not as segsweep records it (threads a whole number or null, "
+            "mixed_precision_enabled true or false); fix or remove it"
+        )
+    return threads or 0, "on" if enabled else "off"
+
+
+def runtime_differences(recorded: Mapping[str, Any], current: RuntimeSettings) -> list[str]:
+    """What differs between a recorded run's ``runtime`` and this process's settings, one phrase each
+    ("TensorFlow threads 2 (recorded 1)"); empty when nothing recorded differs."""
+
+    def intra(threads: Any, cpus: Any) -> Any:
+        return threads or cpus  # one per core: as many as the process may use
+
+    def on_off(enabled: Any) -> str:
+        return "on" if enabled else "off"
+
+    pairs: list[tuple[str, Any, Any]] = [
+        ("TensorFlow threads", intra(current.threads, current.cpus),
+         intra(recorded.get("threads"), recorded.get("cpus"))),
+        ("inter-op threads", current.inter_op_threads, recorded.get("inter_op_threads", current.inter_op_threads)),
+        ("mixed precision", on_off(current.mixed_precision_enabled), on_off(recorded.get("mixed_precision_enabled"))),
+    ]  # fmt: skip
+    versions = recorded.get("versions")
+    recorded_versions: Mapping[str, Any] = versions if isinstance(versions, Mapping) else {}
+    pairs += [(name, value, recorded_versions.get(name, value)) for name, value in current.versions]
+    return [f"{name} {now} (recorded {then})" for name, now, then in pairs if now != then and then is not None]
 
 
 def _capability(gpu: Any) -> tuple[int, int] | None:
