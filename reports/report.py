@@ -123,6 +123,11 @@ def best_configuration(sweep: SweepResults, choice: WinnerChoice) -> dict[str, A
         "runner_up": None,
         "gap_in_winner_std": choice.gap_in_std,
     }
+    cv = read_cv_result(winner.path) if winner.path is not None else None
+    if cv is not None and cv.runtime:
+        # The TensorFlow settings the winner ran with (threads, precision, versions): `segsweep cv
+        # --config best.json` applies them, since on a CPU the Dice depends on the thread count.
+        best["runtime"] = {k: v for k, v in cv.runtime.items() if k != "earlier"}
     if choice.runner_up is not None:
         best["runner_up"] = {
             "trial_id": choice.runner_up.trial_id,

@@ -5,8 +5,8 @@ killed driver or Ctrl-C would otherwise throw all of it away (folds are kept onl
 After every epoch the fold's whole training state goes into one file, replaced atomically: the
 model's weights, the optimizer's variables (Adam's step count and moments), the learning rate, the
 plateau rule's counters and the history so far. Resuming restores all of it and continues at the
-next epoch; each epoch's shuffle and augmentations are drawn from (seed, epoch), so the resumed
-epochs see the batches an uninterrupted run would have.
+next epoch; each epoch's shuffle, augmentations and dropout masks are drawn from (seed, epoch), so
+the resumed epochs see the batches an uninterrupted run would have.
 
 The file names the run it belongs to (configuration, data, fold, its training rows): a checkpoint of
 anything else, or one that cannot be read, is set aside with a warning and the fold starts over.

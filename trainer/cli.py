@@ -118,8 +118,9 @@ def add_runtime_options(parser: Any) -> None:
     )  # fmt: skip
 
 
-def resolve_cv_args(args: argparse.Namespace) -> tuple[CVConfig, Path, Path]:
-    """Merge --config with the command-line options (options win) and check what is needed."""
+def resolve_cv_args(args: argparse.Namespace) -> tuple[CVConfig, Path, Path, dict[str, Any] | None]:
+    """Merge --config with the command-line options (options win) and check what is needed; also
+    return the TensorFlow settings the file records (``runtime`` of a cv.json or best.json), if any."""
     values: dict[str, Any] = {}
     extras: dict[str, Any] = {}
     if args.config:
@@ -137,18 +138,28 @@ def resolve_cv_args(args: argparse.Namespace) -> tuple[CVConfig, Path, Path]:
         raise ConfigError("no data set given; pass --data FOLDER (a folder with images/ and masks/)")
     if not out:
         raise ConfigError("no output folder given; pass --out FOLDER")
-    return config, Path(data), Path(out)
+    recorded = extras.get("runtime")
+    if recorded is not None and not isinstance(recorded, dict):
+        raise ConfigError(f"{args.config}: `runtime` must be a mapping, as segsweep records it; fix or remove it")
+    return config, Path(data), Path(out), recorded or None
 
 
 def _cmd_cv(args: argparse.Namespace) -> int:
     from trainer.cv import run_cv_command
+    from trainer.models import recorded_runtime_options
 
-    config, data, out = resolve_cv_args(args)
+    config, data, out, recorded = resolve_cv_args(args)
+    threads, mixed_precision = args.threads, args.mixed_precision
+    if recorded is not None:  # rerun as recorded (the sweep's trials set their threads); options win
+        recorded_threads, recorded_precision = recorded_runtime_options(recorded, str(args.config))
+        threads = recorded_threads if threads is None else threads
+        mixed_precision = recorded_precision if mixed_precision is None else mixed_precision
     try:
         with sigterm_interrupts():
             return run_cv_command(config, data, out, tracker=args.tracker, verbose=not args.quiet,
-                                  skip_bad=args.skip_bad, keep_models=args.keep_models, threads=args.threads,
-                                  mixed_precision=args.mixed_precision)
+                                  skip_bad=args.skip_bad, keep_models=args.keep_models, threads=threads,
+                                  mixed_precision=mixed_precision, recorded_runtime=recorded,
+                                  recorded_source=args.config)
     except KeyboardInterrupt:
         raise Interrupted(
             f"finished folds and epochs are kept in {out}; resume with `{resume_command(args)}`"

@@ -185,8 +185,9 @@ def coerce_value(name: str, value: Any, annotation: Any, source: str) -> Any:
     return value
 
 
-#: Keys a configuration file may hold besides CVConfig's fields.
-FILE_ONLY_KEYS = ("data", "out")
+#: Keys a configuration file may hold besides CVConfig's fields: ``runtime`` is the TensorFlow settings
+#: a recorded run used (cv.json, best.json), which ``cv --config`` applies (trainer.cli).
+FILE_ONLY_KEYS = ("data", "out", "runtime")
 
 
 def yaml_error_line(source: str | Path, exc: Exception) -> str:

@@ -79,7 +79,7 @@ def check_output_dir(out_dir: Path) -> None:
 
 def _save_fold_model(
     out_dir: Path, model: object, config: CVConfig, result: FoldResult, data_info: Mapping[str, object],
-    n_folds: int, train_stems: list[str],
+    n_folds: int, train_stems: list[str], runtime: Mapping[str, object],
 ) -> None:
     """The fold's model as a bundle (trainer.bundle.s format), loadable like a retrained one."""
     from trainer.bundle import bundle_meta, write_bundle
@@ -92,6 +92,7 @@ def _save_fold_model(
             "fold_scores": {"dice": result.dice, "iou": result.iou}, "val_stems": len(result.val_stems),
         },
         seconds=result.seconds,
+        runtime=dict(runtime),  # the TensorFlow settings and versions it trained with, as retrain records
     )  # fmt: skip
     target = fold_model_dir(out_dir, result.fold)
     if target.exists():
@@ -230,7 +231,7 @@ def run_cv(
             result, preview, model = _run_fold(config, data, number, train_rows, val_rows, reporter, checkpoint)
             if keep_models:
                 train_stems = [data.stems[i] for i in np.sort(train_rows)]
-                _save_fold_model(out_dir, model, config, result, data_info, len(folds), train_stems)
+                _save_fold_model(out_dir, model, config, result, data_info, len(folds), train_stems, runtime)
             write_json_atomic(fold_path(out_dir, number), result.to_dict())
             checkpoint.discard()
             completed.append(result)
@@ -269,7 +270,8 @@ def _run_fold(
 
     started = time.perf_counter()
     reporter.on_fold_start(number, len(train_rows), len(val_rows))
-    # Every fold starts from the same initial weights; its seed drives shuffling and augmentation.
+    # Every fold starts from the same initial weights; its seed (from the seed and the fold, never from
+    # what the process ran before) drives shuffling, augmentation and dropout, per epoch.
     model = model_for_fold(config)
     tf_keras.utils.set_random_seed(fold_seed(config.seed, number))
     resumed = checkpoint.load(model) if checkpoint is not None else None
@@ -373,17 +375,28 @@ def run_cv_command(
     keep_models: bool = False,
     threads: int | None = None,
     mixed_precision: str | None = None,
+    recorded_runtime: Mapping[str, object] | None = None,
+    recorded_source: str | None = None,
 ) -> int:
     """`segsweep cv`: prepare the data (cached), cross-validate, print the table, write cv.json.
 
     ``threads`` and ``mixed_precision`` (auto/on/off) fall back to SEGSWEEP_THREADS and
-    SEGSWEEP_MIXED_PRECISION, then to TensorFlow's thread default and auto.
+    SEGSWEEP_MIXED_PRECISION, then to TensorFlow's thread default and auto. ``recorded_runtime``
+    (the ``runtime`` of the ``--config`` file ``recorded_source``): warn when this run's differs.
     """
     config.validate()
     check_output_dir(out_dir)
-    from trainer.models import configure_tensorflow
+    from trainer.models import configure_tensorflow, runtime_differences
 
-    configure_tensorflow(threads, mixed_precision)
+    settings = configure_tensorflow(threads, mixed_precision)
+    differences = runtime_differences(recorded_runtime, settings) if recorded_runtime else []
+    if differences:
+        print(
+            f"segsweep: warning: this run's {'; '.join(differences)} differ from what {recorded_source} records: "
+            "losses and Dice may differ from the recorded ones (on a CPU a fold repeats exactly only with "
+            "the same threads and versions)",
+            file=sys.stderr,
+        )
     started = time.perf_counter()
     data = prepare_dataset(
         data_dir, config.image_size, split=config.dev_split, limit=config.limit, skip_bad=skip_bad

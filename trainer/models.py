@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict, dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -29,7 +29,10 @@ class RuntimeSettings:
     """How TensorFlow runs in this process: recorded in cv.json (``runtime``), bundles and reports.
 
     ``mixed_precision`` is what was asked (auto, on, off); ``mixed_precision_enabled`` what it resolved
-    to and ``mixed_precision_reason`` why. ``threads`` caps TensorFlow's intra-op pool (None: one per core).
+    to and ``mixed_precision_reason`` why. ``threads`` caps TensorFlow's intra-op pool (None: one per core,
+    ``cpus`` of them), ``inter_op_threads`` its inter-op pool (None: TensorFlow's choice). These and the
+    ``versions`` of TensorFlow, tf-keras, segmentation-models and segsweep change a run's numbers: on a
+    CPU a fold repeats exactly only with the same thread counts and versions (README, Reproducing).
     """
 
     mixed_precision: str
@@ -37,9 +40,12 @@ class RuntimeSettings:
     mixed_precision_reason: str
     threads: int | None
     gpus: tuple[str, ...] = ()
+    inter_op_threads: int | None = None
+    cpus: int | None = None
+    versions: tuple[tuple[str, str], ...] = ()
 
     def to_dict(self) -> dict[str, Any]:
-        return {**asdict(self), "gpus": list(self.gpus)}
+        return {**asdict(self), "gpus": list(self.gpus), "versions": dict(self.versions)}
 
     def describe(self) -> str:
         """One phrase for console lines and reports."""
@@ -127,8 +133,67 @@ def configure_tensorflow(threads: int | None = None, mixed_precision: str | None
         threads = _runtime.threads
     capabilities = [_capability(gpu) for gpu in gpus]
     enabled, reason = resolve_mixed_precision(choice, capabilities)
-    _runtime = RuntimeSettings(choice, enabled, reason, threads, tuple(gpu.name for gpu in gpus))
+    _runtime = RuntimeSettings(
+        choice, enabled, reason,
+        # What TensorFlow holds (0: its default), not what was asked: pools set earlier in the process stand.
+        tf.config.threading.get_intra_op_parallelism_threads() or None,
+        tuple(gpu.name for gpu in gpus),
+        inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads() or None,
+        cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
+        versions=tuple(library_versions().items()),
+    )  # fmt: skip
     return _runtime
+
+
+def library_versions() -> dict[str, str]:
+    """The installed versions that change a run's numbers (recorded with every run)."""
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as package_version
+
+    from trainer import version
+
+    found = {"segsweep": version()}
+    for name in ("tensorflow", "tf-keras", "segmentation-models"):
+        try:
+            found[name] = package_version(name)
+        except PackageNotFoundError:
+            found[name] = "not installed"
+    return found
+
+
+def recorded_runtime_options(recorded: Mapping[str, Any], source: str) -> tuple[int, str]:
+    """(--threads, --mixed-precision) that repeat a recorded run's ``runtime`` (its threads, 0 for one
+    per core, and its resolved precision), for ``cv --config`` on a cv.json or best.json."""
+    threads = recorded.get("threads")
+    enabled = recorded.get("mixed_precision_enabled")
+    if not isinstance(enabled, bool) or not (threads is None or (isinstance(threads, int) and threads >= 0)):
+        raise ConfigError(
+            f"{source}: `runtime` is not as segsweep records it (threads a whole number or null, "
+            "mixed_precision_enabled true or false); fix or remove it"
+        )
+    return threads or 0, "on" if enabled else "off"
+
+
+def runtime_differences(recorded: Mapping[str, Any], current: RuntimeSettings) -> list[str]:
+    """What differs between a recorded run's ``runtime`` and this process's settings, one phrase each
+    ("TensorFlow threads 2 (recorded 1)"); empty when nothing recorded differs."""
+
+    def intra(threads: Any, cpus: Any) -> Any:
+        return threads or cpus  # one per core: as many as the process may use
+
+    def on_off(enabled: Any) -> str:
+        return "on" if enabled else "off"
+
+    pairs: list[tuple[str, Any, Any]] = [
+        ("TensorFlow threads", intra(current.threads, current.cpus),
+         intra(recorded.get("threads"), recorded.get("cpus"))),
+        ("inter-op threads", current.inter_op_threads, recorded.get("inter_op_threads", current.inter_op_threads)),
+        ("mixed precision", on_off(current.mixed_precision_enabled), on_off(recorded.get("mixed_precision_enabled"))),
+    ]  # fmt: skip
+    versions = recorded.get("versions")
+    recorded_versions: Mapping[str, Any] = versions if isinstance(versions, Mapping) else {}
+    pairs += [(name, value, recorded_versions.get(name, value)) for name, value in current.versions]
+    return [f"{name} {now} (recorded {then})" for name, now, then in pairs if now != then and then is not None]
 
 
 def _capability(gpu: Any) -> tuple[int, int] | None:
@@ -177,6 +242,12 @@ def build_model(
     import tf_keras
 
     builders: dict[str, Any] = {"unet": sm.Unet, "fpn": sm.FPN, "linknet": sm.Linknet}
+    # Before any layer exists: dropout then draws from a tf.random.Generator whose state is a variable
+    # that reseed_random_layers sets per (seed, epoch). The legacy stateful ops keep their state in
+    # the traced training graph, which folds reuse, so fold 2 after fold 1 drew other dropout masks
+    # than fold 2 in a fresh process (a resumed sweep scored it differently). Initializers are
+    # stateless either way: initial weights do not change.
+    tf_keras.backend.experimental.enable_tf_random_generator()
     mixed = mixed_precision_enabled() if mixed_precision is None else mixed_precision
     # Set both ways: a process (a reused sweep worker) may build models under both settings.
     tf_keras.mixed_precision.set_global_policy(dtype or ("mixed_float16" if mixed else "float32"))
@@ -276,11 +347,48 @@ def model_for_fold(config: CVConfig) -> tf_keras.Model:
 
 
 def reset_optimizer(model: tf_keras.Model, lr: float) -> None:
-    """Zero the optimizer's step counter and moment estimates and set its learning rate."""
+    """Zero the optimizer's step counter and moment estimates, set its learning rate, and put a
+    mixed-precision loss scale back to its initial value (a fresh process starts there too)."""
     import tensorflow as tf
     import tf_keras
 
     optimizer = model.optimizer
-    for variable in optimizer.variables:
+    for variable in optimizer.variables:  # a LossScaleOptimizer's are the inner optimizer's
         variable.assign(tf.zeros(variable.shape, variable.dtype))
     tf_keras.backend.set_value(optimizer.learning_rate, lr)
+    if isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer) and optimizer.dynamic:
+        # Not among optimizer.variables: without this a fold would start from the scale the
+        # previous fold of the process ended with. Keras has no public setter for it.
+        state = optimizer._loss_scale
+        state.current_loss_scale.assign(state.initial_loss_scale)
+        state.counter.assign(0)
+
+
+def reseed_random_layers(model: tf_keras.Model, seed: int, epoch: int) -> int:
+    """Set every layer's random stream (dropout) to a state drawn from (seed, epoch, the layer's
+    place in name order); return how many there are.
+
+    Called as each epoch begins (trainer.training), so an epoch's dropout masks, like its shuffle
+    and augmentations, depend on the seed and the epoch alone: not on what the process trained
+    before, and not on whether the fold was resumed from a checkpoint.
+    """
+    layers = sorted((layer for layer in model.submodules if hasattr(layer, "_random_generator")),
+                    key=lambda layer: layer.name)  # fmt: skip
+    count = 0
+    for place, layer in enumerate(layers):
+        # tf_keras keeps a layer's stream in _random_generator (a BaseRandomLayer's); with the TF
+        # random generator on (build_model) its tf.random.Generator is _generator, made on first use.
+        stream = layer._random_generator
+        if stream._rng_type == stream.RNG_STATELESS:
+            continue  # no state: its draws depend on its seed alone
+        stream._maybe_init()
+        generator = stream._generator
+        if generator is None:
+            raise RuntimeError(
+                f"layer {layer.name} draws from a legacy random op whose state cannot be reset; "
+                "build models with trainer.models.build_model"
+            )
+        state = np.random.SeedSequence([seed & 0xFFFF_FFFF_FFFF_FFFF, epoch, place]).generate_state(1, np.uint64)
+        generator.reset_from_seed(int(state[0] >> np.uint64(1)))  # a non-negative int64
+        count += 1
+    return count

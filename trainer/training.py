@@ -165,8 +165,21 @@ def _make_callbacks(
     n_train: int,
     bn_batches: Callable[[], Iterator[np.ndarray]] | None = None,
     checkpoint: EpochCheckpoint | None = None,
+    seed: int | None = None,
 ) -> list[Any]:
     import tf_keras
+
+    class RandomStreamSeeder(tf_keras.callbacks.Callback):
+        """Sets the model's random streams (dropout) from (seed, epoch) as each epoch begins."""
+
+        def __init__(self, seed: int) -> None:
+            super().__init__()
+            self.seed = seed
+
+        def on_epoch_begin(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+            from trainer.models import reseed_random_layers
+
+            reseed_random_layers(self.model, self.seed, epoch)
 
     class BatchNormReestimator(tf_keras.callbacks.Callback):
         """Re-estimates BN statistics before each validation and at the end of training.
@@ -277,6 +290,8 @@ def _make_callbacks(
             self.checkpoint.save(self.model, state)
 
     callbacks: list[Any] = []
+    if seed is not None:
+        callbacks.append(RandomStreamSeeder(seed))
     if bn_batches is not None:
         callbacks.append(BatchNormReestimator(bn_batches))
     plateau = None
@@ -366,6 +381,7 @@ def fit(
         n_train=len(indices),
         bn_batches=_bn_batches(images, indices, config, seed) if config.bn_reestimate else None,
         checkpoint=checkpoint,
+        seed=seed,
     )
     model.fit(
         source.dataset(config.image_size, first_epoch),

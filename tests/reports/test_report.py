@@ -120,6 +120,19 @@ def test_report_writes_html_md_and_best_json(storage: Path, tmp_path: Path) -> N
     assert extras["data"] == str(tmp_path / "data")
 
 
+def test_best_json_carries_the_winners_runtime(storage: Path, tmp_path: Path) -> None:
+    """`cv --config best.json` reruns with the winner's threads and precision (issue 21, case 3)."""
+    cv_path = next(storage.glob("quick1/trials/trial_00000/cv.json"))
+    cv = read_json(cv_path)
+    runtime = {"mixed_precision": "auto", "mixed_precision_enabled": False, "threads": 1, "cpus": 8,
+               "versions": {"tensorflow": "2.21.0"}}  # fmt: skip
+    cv_path.write_text(json.dumps({**cv, "runtime": {**runtime, "earlier": {"threads": 2}}}))
+    assert main(["report", "quick1", "--storage", str(storage), "--out", str(tmp_path / "r"), "--format", "json"]) == 0
+    assert read_json(tmp_path / "r" / "best.json")["runtime"] == runtime
+    _, extras = load_config_file(tmp_path / "r" / "best.json")
+    assert extras["runtime"] == runtime
+
+
 def test_report_default_folder_and_formats(storage: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["report", "quick1", "--storage", str(storage), "--format", "json"]) == 0
     assert sorted(p.name for p in (storage / "quick1" / "report").iterdir()) == ["best.json"]

@@ -148,6 +148,52 @@ def test_rerun_resumes_at_the_first_unfinished_fold_after_its_last_finished_epoc
     assert not (tmp_path / "cut" / "checkpoints").exists()
 
 
+class StopAtFold(Reporter):
+    """Stops the run as fold ``fold`` starts: a cut at the fold boundary."""
+
+    def __init__(self, fold: int) -> None:
+        self.fold = fold
+
+    def on_fold_start(self, fold: int, n_train: int, n_val: int) -> None:
+        if fold == self.fold:
+            raise KeyboardInterrupt
+
+
+@pytest.mark.slow
+def test_a_fold_resumed_at_the_fold_boundary_in_a_fresh_state_equals_the_uninterrupted_fold(
+    tiny_data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Fold 2 does not depend on whether fold 1 ran before it in the same process (issue 21, case 4)."""
+    import tf_keras
+
+    from trainer import models
+
+    build = models.build_model
+
+    def with_dropout(config: CVConfig, **kwargs: object) -> tf_keras.Model:
+        # The tiny encoder has no dropout (efficientnets, the default encoders, do): add one, so the
+        # model draws random numbers in every training step.
+        model = build(config, **kwargs)  # type: ignore[arg-type]
+        return tf_keras.Model(model.input, tf_keras.layers.Dropout(0.5)(model.output))
+
+    monkeypatch.setattr(models, "build_model", with_dropout)
+    monkeypatch.setattr(models, "_reusable", None)  # an earlier test's model (without dropout)
+    config = CVConfig(**{**TINY, "epochs": 2})
+    whole = run_cv(config, data := tiny_data[1], tmp_path / "whole")
+    with pytest.raises(KeyboardInterrupt):
+        run_cv(config, data, tmp_path / "cut", StopAtFold(2))
+    # What a fresh process has: no compiled model, no traced training graph, no random state of fold 1.
+    monkeypatch.setattr(models, "_reusable", None)
+    resumed = run_cv(config, data, tmp_path / "cut")
+
+    one, two = whole.folds[1], resumed.folds[1]
+    assert resumed.folds[0].history == whole.folds[0].history
+    assert [(h.loss, h.val_loss, h.val_iou) for h in two.history] == [
+        (h.loss, h.val_loss, h.val_iou) for h in one.history
+    ]
+    assert (two.dice, two.iou) == (one.dice, one.iou)
+
+
 def test_rerun_with_other_configuration_is_refused(tiny_data, tmp_path: Path) -> None:
     _, data = tiny_data
     run_cv(CVConfig(**TINY), data, tmp_path)

@@ -116,7 +116,19 @@ def test_cv_records_the_options_and_hides_tensorflow_startup_lines(
     runtime = json.loads((tmp_path / "a" / "cv.json").read_text())["runtime"]
     assert runtime["mixed_precision"] == "off" and runtime["mixed_precision_enabled"] is False
     assert runtime["threads"] == 1 and runtime["gpus"] == []
+    assert runtime["inter_op_threads"] == 1 and set(runtime["versions"]) >= {"tensorflow", "segmentation-models"}
     assert "runtime: mixed precision off (off as asked), TensorFlow threads 1" in quiet.stdout
+
+    # The README's rerun of a winner: its best.json carries the runtime, which `cv --config` applies
+    # (a sweep's trials ran with --threads 1; this process would default to one thread per core).
+    cv = json.loads((tmp_path / "a" / "cv.json").read_text())
+    best = tmp_path / "best.json"
+    best.write_text(json.dumps({"config": cv["config"], "runtime": cv["runtime"]}))
+    rerun = _segsweep_cv(kvasir_seg_dir, tmp_path / "r", "--config", str(best))
+    assert rerun.returncode == 0, rerun.stderr
+    again = json.loads((tmp_path / "r" / "cv.json").read_text())
+    assert again["runtime"]["threads"] == 1 and "warning" not in rerun.stderr
+    assert [f["dice"] for f in again["folds"]] == [f["dice"] for f in cv["folds"]]
 
 
 @pytest.mark.slow
@@ -162,3 +174,93 @@ def test_sweep_run_options_reach_the_trials(tmp_path: Path, local_ray: None) -> 
     assert recorded["threads"] == 1 == recorded["intra_op"]
     sweep_json = json.loads((tmp_path / "out" / "mp" / "sweep.json").read_text())
     assert sweep_json["mixed_precision"] == "on" and sweep_json["threads"] == 1
+
+
+def test_reset_optimizer_puts_the_loss_scale_back(fresh_runtime: None) -> None:
+    """A fold after another one in the same process starts from a fresh process's loss scale (issue 21, case 4)."""
+    import tf_keras
+
+    from trainer.config import CVConfig
+
+    tf_keras.mixed_precision.set_global_policy("mixed_float16")
+    inputs = tf_keras.Input((4,))
+    model = tf_keras.Model(inputs, tf_keras.layers.Dense(1, dtype="float32")(tf_keras.layers.Dense(3)(inputs)))
+    models.compile_model(model, CVConfig())
+    optimizer = model.optimizer
+    assert isinstance(optimizer, tf_keras.mixed_precision.LossScaleOptimizer)
+    initial = float(optimizer.loss_scale.numpy())
+    optimizer._loss_scale.current_loss_scale.assign(4.0)  # where a previous fold's training left it
+    optimizer.dynamic_counter.assign(7)
+    models.reset_optimizer(model, 1e-3)
+    assert float(optimizer.loss_scale.numpy()) == initial and int(optimizer.dynamic_counter.numpy()) == 0
+
+
+def test_random_layers_draw_from_the_seed_and_the_epoch_alone(fresh_runtime: None) -> None:
+    import numpy as np
+    import tf_keras
+
+    tf_keras.backend.experimental.enable_tf_random_generator()  # as build_model does, for a tiny model
+    inputs = tf_keras.Input((64,))
+    model = tf_keras.Model(inputs, tf_keras.layers.Dropout(0.5)(inputs))
+    ones = np.ones((1, 64), np.float32)
+
+    def draw(seed: int, epoch: int) -> np.ndarray:
+        assert models.reseed_random_layers(model, seed, epoch) == 1
+        return np.asarray(model(ones, training=True))
+
+    first = draw(0, 3)
+    model(ones, training=True)  # what a previous fold or epoch drew
+    assert np.array_equal(draw(0, 3), first)
+    assert not np.array_equal(draw(0, 4), first) and not np.array_equal(draw(1, 3), first)
+
+
+def _best_json(tmp_path: Path, runtime: dict[str, Any]) -> Path:
+    best = tmp_path / "best.json"
+    config = {"encoder": TINY_ENCODER, "weights": "none", "image_size": 64, "folds": 2, "epochs": 1, "batch_size": 2}
+    best.write_text(json.dumps({"config": config, "data": str(tmp_path), "runtime": runtime}))
+    return best
+
+
+def test_cv_config_applies_the_recorded_runtime_and_options_win(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from sweeps.cli import main
+
+    calls: list[dict[str, Any]] = []
+    monkeypatch.setattr("trainer.cv.run_cv_command", lambda *args, **kwargs: calls.append(kwargs) or 0)
+    recorded = {"threads": 1, "mixed_precision": "auto", "mixed_precision_enabled": False}
+    best = _best_json(tmp_path, recorded)
+    assert main(["cv", "--config", str(best), "--out", str(tmp_path / "o")]) == 0
+    assert calls[-1]["threads"] == 1 and calls[-1]["mixed_precision"] == "off"
+    assert calls[-1]["recorded_runtime"] == recorded
+    assert main(["cv", "--config", str(best), "--out", str(tmp_path / "o"), "--threads", "2",
+                 "--mixed-precision", "auto"]) == 0  # fmt: skip
+    assert calls[-1]["threads"] == 2 and calls[-1]["mixed_precision"] == "auto"
+
+    assert main(["cv", "--config", str(_best_json(tmp_path, {"threads": "many"})), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "best.json: `runtime` is not as segsweep records it" in err[0]
+
+
+def test_a_rerun_that_differs_from_the_recorded_runtime_says_so_in_one_line(
+    fresh_runtime: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from trainer.config import CVConfig
+    from trainer.cv import run_cv_command
+
+    class DataRead(Exception):
+        """Stands in for the data preparation and training that follow the warning."""
+
+    def stop(*args: Any, **kwargs: Any) -> None:
+        raise DataRead
+
+    monkeypatch.setattr("trainer.cv.prepare_dataset", stop)
+    same = models.configure_tensorflow().to_dict()
+    assert models.runtime_differences(same, models.runtime_settings()) == []
+    recorded = {**same, "threads": 97, "versions": {**same["versions"], "tensorflow": "2.0.0"}}
+    with pytest.raises(DataRead):
+        run_cv_command(CVConfig(), tmp_path, tmp_path / "o", recorded_runtime=recorded, recorded_source="best.json")
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("segsweep: warning: ")
+    assert "TensorFlow threads" in err[0] and "(recorded 97)" in err[0] and "(recorded 2.0.0)" in err[0]
+    assert "best.json" in err[0] and "Dice may differ" in err[0]
