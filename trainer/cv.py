@@ -364,6 +364,51 @@ def format_fold_table(result: CVResult) -> str:
     return "\n".join(lines)
 
 
+def cross_validate(
+    config: CVConfig,
+    data: str | Path,
+    out: str | Path,
+    *,
+    tracker: str | None = None,
+    verbose: bool = False,
+    skip_bad: bool = False,
+    keep_models: bool = False,
+) -> CVResult:
+    """Cross-validate ``config`` on the data set folder ``data`` into the new folder ``out`` (``segsweep.cv``).
+
+    What ``segsweep cv`` runs: prepares the data (cached), opens the trackers (``tracker`` None: MLflow
+    in ``out``, plus Neptune when NEPTUNE_PROJECT is set; "none": no tracker) and writes cv.json as folds
+    finish. Rerunning it on the same ``out`` goes on after the last finished fold and epoch.
+    """
+    config.validate()
+    data_dir, out_dir = Path(data), Path(out)
+    check_output_dir(out_dir)
+    started = time.perf_counter()
+    prepared = prepare_dataset(
+        data_dir, config.image_size, split=config.dev_split, limit=config.limit, skip_bad=skip_bad
+    )
+    if verbose:
+        print(
+            f"data: {len(prepared)} pairs from {data_dir} at {prepared.image_size}px "
+            f"(ready in {time.perf_counter() - started:.1f} s)",
+            flush=True,
+        )
+    val_stems = read_split(data_dir, config.val_split) if config.val_split else None
+    from trainer.tracking import open_trackers
+
+    reporter = open_trackers(tracker, root=out_dir, run_name=out_dir.name, params=config.to_dict())
+    return run_cv(
+        config,
+        prepared,
+        out_dir,
+        reporter,
+        val_stems=val_stems,
+        data_source=str(data_dir.resolve()),
+        verbose=verbose,
+        keep_models=keep_models,
+    )
+
+
 def run_cv_command(
     config: CVConfig,
     data_dir: Path,
@@ -397,30 +442,8 @@ def run_cv_command(
             "the same threads and versions)",
             file=sys.stderr,
         )
-    started = time.perf_counter()
-    data = prepare_dataset(
-        data_dir, config.image_size, split=config.dev_split, limit=config.limit, skip_bad=skip_bad
-    )
-    if verbose:
-        print(
-            f"data: {len(data)} pairs from {data_dir} at {data.image_size}px "
-            f"(ready in {time.perf_counter() - started:.1f} s)",
-            flush=True,
-        )
-    val_stems = read_split(data_dir, config.val_split) if config.val_split else None
-    from trainer.tracking import open_trackers
-
-    # None: MLflow in the output folder, plus Neptune (offline unless configured) when NEPTUNE_PROJECT is set.
-    reporter = open_trackers(tracker, root=out_dir, run_name=out_dir.name, params=config.to_dict())
-    result = run_cv(
-        config,
-        data,
-        out_dir,
-        reporter,
-        val_stems=val_stems,
-        data_source=str(data_dir.resolve()),
-        verbose=verbose,
-        keep_models=keep_models,
+    result = cross_validate(
+        config, data_dir, out_dir, tracker=tracker, verbose=verbose, skip_bad=skip_bad, keep_models=keep_models
     )
     if not verbose:
         print(format_fold_table(result))
