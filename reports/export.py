@@ -45,6 +45,7 @@ from trainer.files import (
     write_bytes_atomic,
     write_json_atomic,
     write_text_atomic,
+    writing_lock,
 )
 
 if TYPE_CHECKING:
@@ -87,24 +88,27 @@ def export_bundle(bundle_dir: str | Path, out: str | Path, fmt: str) -> Path:
         _require_tf2onnx()
 
     module, model = _serving_module(bundle)
-    # Written next to the destination and renamed at the end: an interrupted export leaves nothing.
-    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
-    try:
-        # A full disk is one line with the export's size (about its weights and a graph); the staging goes.
-        with disk_full_as_error(out.parent, weights_bytes(model) + (4 << 20)):
-            if fmt == "savedmodel":
-                check = _write_savedmodel(module, model, bundle, staging)
-            else:
-                check = _write_onnx(module, model, bundle, staging)
-            write_json_atomic(staging / EXPORT_FILE, _description(bundle, fmt, check))
-            write_text_atomic(staging / CARD_FILE, _card(bundle, fmt))
-        staging.chmod(created_folder_mode())  # mkdtemp makes it owner-only: follow the umask like its files
-        if out.exists():
-            out.rmdir()  # checked empty above
-        staging.rename(out)
-    finally:
-        if staging.exists():
-            shutil.rmtree(staging, ignore_errors=True)
+    # Written next to the destination and renamed at the end: an interrupted export leaves nothing under
+    # its name, and the lock makes the next writer of ``out`` remove the staging folder a killed one left.
+    with writing_lock(out) as target:
+        ensure_new_folder(out, "export")  # again, holding the lock: another export may have finished since
+        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            # A full disk is one line with the export's size (about its weights and a graph); the staging goes.
+            with disk_full_as_error(target.parent, weights_bytes(model) + (4 << 20)):
+                if fmt == "savedmodel":
+                    check = _write_savedmodel(module, model, bundle, staging)
+                else:
+                    check = _write_onnx(module, model, bundle, staging)
+                write_json_atomic(staging / EXPORT_FILE, _description(bundle, fmt, check))
+                write_text_atomic(staging / CARD_FILE, _card(bundle, fmt))
+            staging.chmod(created_folder_mode())  # mkdtemp makes it owner-only: follow the umask like its files
+            if target.exists():
+                target.rmdir()  # checked empty above
+            staging.rename(target)
+        finally:
+            if staging.exists():
+                shutil.rmtree(staging, ignore_errors=True)
     return out
 
 

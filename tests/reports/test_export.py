@@ -89,7 +89,12 @@ def test_savedmodel_reproduces_predict_without_segmentation_models(
     bundle: Path, predicted: Path, kvasir_seg_dir: Path, tmp_path: Path
 ) -> None:
     export = tmp_path / "savedmodel"
+    killed = tmp_path / ".savedmodel.k1lled_0"  # the staging folder of an export that was killed
+    killed.mkdir()
+    (killed / "saved_model.pb").write_bytes(b"\0" * 1024)
     assert main(["export", str(bundle), "--format", "savedmodel", "--out", str(export)]) == 0
+    assert not killed.exists(), "a killed export's staging folder stays forever"
+    assert not list(tmp_path.glob(".savedmodel*")), "the lock file is removed on release"
     assert (export / "saved_model.pb").is_file() and (export / "variables").is_dir()
     description = json.loads((export / "export.json").read_text())
     assert description["input"] == {"name": "images", "dtype": "uint8", "shape": [None, 64, 64, 3],
