@@ -26,7 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweeps.folder import STUDY_START_ATTR, STUDY_WARM_START_ATTR, SweepFolder, load_sweep, read_spec_record
+from sweeps.folder import (
+    OBJECTIVE,
+    STUDY_START_ATTR,
+    STUDY_WARM_START_ATTR,
+    SweepFolder,
+    load_sweep,
+    read_spec_record,
+)
 from trainer.config import CVConfig
 from trainer.errors import ConfigError
 
@@ -268,7 +275,7 @@ def warm_start_trials(folder: SweepFolder, space: SearchSpace) -> list[optuna.tr
         trials.append(
             optuna.trial.create_trial(
                 state=optuna.trial.TrialState.COMPLETE,
-                value=trial.mean["dice"],
+                value=trial.mean[OBJECTIVE.metric],
                 params=asked.params,
                 distributions=asked.distributions,
                 user_attrs={STUDY_WARM_START_ATTR: f"{folder.name}/{trial.trial_id}"},
