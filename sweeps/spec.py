@@ -173,9 +173,9 @@ class SweepSpec:
     def read(cls, storage: str | Path | None, name: str) -> SweepSpec:
         """sweep.json of STORAGE/NAME, or a one-line error listing the sweeps there."""
         folder = SweepFolder.at(storage, name)
-        spec = cls.from_dict(read_spec_record(folder), source=str(folder.spec_file))
-        spec.storage = str(folder.storage.resolve())
-        return spec
+        # The storage is where the folder is now, whatever sweep.json says (a sweep folder can be moved).
+        record = {**read_spec_record(folder), "storage": str(folder.storage.resolve())}
+        return cls.from_dict(record, source=str(folder.spec_file))
 
 
 def parse_duration(text: str) -> float:
