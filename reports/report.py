@@ -28,6 +28,7 @@ from reports.leaderboard import (
     pick_winner,
 )
 from sweeps.folder import (
+    OBJECTIVE,
     SweepResults,
     TestScore,
     TrialResult,
@@ -315,7 +316,7 @@ def generalisation_gap_sentence(cv_dice: float, cv_std: float, test_dice: float)
 
 
 def best_so_far(sweep: SweepResults) -> list[tuple[float, float, str]]:
-    """(seconds the sweep had run, best mean Dice so far, trial) at each new best.
+    """(seconds the sweep had run, best value of the sweep's objective so far, trial) at each new best.
 
     Only trials that completed all folds count (the winner rule), at their end times. The time axis
     is the sweep's running time: the union of its trials' attempts (each from its ``attempt`` event
@@ -338,11 +339,11 @@ def best_so_far(sweep: SweepResults) -> list[tuple[float, float, str]]:
     for trial in sweep.completed():
         finished = _timestamp(trial.ended)
         if finished is not None:
-            ended.append((running(finished), trial.mean["dice"], trial.label))
+            ended.append((running(finished), trial.mean[OBJECTIVE.metric], trial.label))
     points: list[tuple[float, float, str]] = []
-    for seconds, dice, name in sorted(ended):
-        if not points or dice > points[-1][1]:
-            points.append((seconds, dice, name))
+    for seconds, value, name in sorted(ended):
+        if not points or OBJECTIVE.better(value, points[-1][1]):
+            points.append((seconds, value, name))
     return points
 
 
@@ -372,7 +373,7 @@ def _best_so_far_section(sweep: SweepResults) -> Section:
         section.blocks.append("No trial has completed all folds with recorded times yet.")
         return section
     section.blocks += [
-        "The best mean CV Dice among the trials completed so far, against the sweep's running time (trial "
+        f"The best {OBJECTIVE.display_name} among the trials completed so far, against the sweep's running time (trial "
         "attempts in the sweep folder; pauses between a stop and a resume left out). A curve still rising at "
         "the end says more trials would likely help; a long flat tail says the budget was enough for this "
         "space.",
@@ -380,7 +381,7 @@ def _best_so_far_section(sweep: SweepResults) -> Section:
             ["minutes the sweep ran", "best mean Dice", "trial"],
             [[f"{seconds / 60:.1f}", f"{dice:.4f}", name] for seconds, dice, name in points],
         ),
-        Figure("best_so_far", "Best mean CV Dice so far over wall time", _plots.best_so_far(points)),
+        Figure("best_so_far", f"Best {OBJECTIVE.display_name} so far over wall time", _plots.best_so_far(points)),
     ]
     return section
 

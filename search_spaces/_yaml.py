@@ -22,7 +22,6 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-import difflib
 from collections.abc import Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -31,7 +30,7 @@ from typing import Any
 import yaml
 
 from search_spaces._space import PARAM_TYPES, SWEEP_WIDE_FIELDS, Choice, Param, ParamType, SearchSpace
-from trainer.config import CVConfig, yaml_error_line
+from trainer.config import CVConfig, did_you_mean, yaml_error_line
 from trainer.errors import ConfigError
 from trainer.tracking._secrets import MASK, redact_params
 
@@ -66,11 +65,6 @@ def _field_kinds() -> dict[str, _FieldKind]:
 FIELD_KINDS: dict[str, _FieldKind] = _field_kinds()
 #: Fields a space may search: everything but the free-form ``extra`` mapping.
 SEARCHABLE = tuple(name for name, kind in FIELD_KINDS.items() if kind.base != "dict")
-
-
-def _did_you_mean(word: str, options: tuple[str, ...] | list[str]) -> str:
-    close = difflib.get_close_matches(word, options, n=1)
-    return f"did you mean {close[0]!r}? " if close else ""
 
 
 class _Reader:
@@ -134,7 +128,7 @@ class _Reader:
             if key not in TOP_KEYS:
                 raise self.fail(
                     key_node,
-                    f"unknown key {key!r}; {_did_you_mean(key, TOP_KEYS)}a search space file has "
+                    f"unknown key {key!r}; {did_you_mean(key, TOP_KEYS)}a search space file has "
                     f"{', '.join(TOP_KEYS)}",
                 )
         name = default_name
@@ -214,7 +208,7 @@ class _Reader:
             if key not in PARAM_KEYS:
                 raise self.fail(
                     spec_key_node,
-                    f"parameter {name!r}: unknown key {key!r}; {_did_you_mean(key, PARAM_KEYS)}"
+                    f"parameter {name!r}: unknown key {key!r}; {did_you_mean(key, PARAM_KEYS)}"
                     f"a parameter has {', '.join(PARAM_KEYS)}",
                 )
         if "type" not in spec:
@@ -424,7 +418,7 @@ class _Reader:
                         f"depends on {other!r}, which is fixed (the condition is always true or always false)"
                     )
                 else:
-                    fix = f"{_did_you_mean(other, list(earlier))}conditions name earlier parameters"
+                    fix = f"{did_you_mean(other, list(earlier))}conditions name earlier parameters"
                     if earlier:
                         fix += f" ({', '.join(earlier)})"
                     problem = f"depends on {other!r}, which is not a parameter of this space"
@@ -473,7 +467,7 @@ class _Reader:
                 )
             raise self.fail(
                 node,
-                f"{section}: {name!r} is not a CVConfig field; {_did_you_mean(name, fields)}"
+                f"{section}: {name!r} is not a CVConfig field; {did_you_mean(name, fields)}"
                 f"use one of {', '.join(fields)}",
             )
 

@@ -13,6 +13,7 @@ from sweeps._trainable import interrupted_by_stop, one_line_reason, pruned_reaso
 from sweeps.folder import (
     COMPLETE,
     FAILED,
+    OBJECTIVE,
     PRUNED,
     RUNNING,
     SweepFolder,
@@ -87,8 +88,9 @@ class SweepCallback(tune.Callback):
         print(f"[segsweep] trial {self._label(trial)} {state}{suffix}", flush=True)
         best = None
         if state == COMPLETE:
-            best = _Best(float(last.get("dice", float("nan"))), float(last.get("dice_std", float("nan"))),
-                         float(last.get("iou", float("nan"))), record.get("number"), dict(record.get("params") or {}))
+            best = _Best(float(last.get(OBJECTIVE.metric, float("nan"))), float(last.get("dice", float("nan"))),
+                         float(last.get("dice_std", float("nan"))), float(last.get("iou", float("nan"))),
+                         record.get("number"), dict(record.get("params") or {}))
         self._count(trial.trial_id, record, best)
         self._print_best()
 
@@ -98,7 +100,8 @@ class SweepCallback(tune.Callback):
                 self._progress = _Progress.read(Path(self.sweep_dir).parent, self.name)
                 return  # that read saw this trial's end already
             self._progress.finished.add(trial_id)
-            if best is not None and (self._progress.best is None or best.dice > self._progress.best.dice):
+            so_far = self._progress.best
+            if best is not None and (so_far is None or OBJECTIVE.better(best.value, so_far.value)):
                 self._progress.best = best
 
     def _print_best(self) -> None:
@@ -117,6 +120,7 @@ class SweepCallback(tune.Callback):
 
 @dataclass
 class _Best:
+    value: float  # the objective's, which picks the best
     dice: float
     dice_std: float
     iou: float
@@ -140,7 +144,8 @@ class _Progress:
         done = sweep.completed()
         if done:
             top = done[0]
-            progress.best = _Best(top.mean["dice"], top.std["dice"], top.mean["iou"], top.number, dict(top.params))
+            progress.best = _Best(top.mean[OBJECTIVE.metric], top.mean["dice"], top.std["dice"], top.mean["iou"],
+                                  top.number, dict(top.params))
         return progress
 
 

@@ -19,6 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from sweeps._callbacks import interrupted_by_stop
 from sweeps.folder import (
+    OBJECTIVE,
     STUDY_REASON_ATTR,
     STUDY_START_ATTR,
     STUDY_TRIAL_ID_ATTR,
@@ -34,10 +35,6 @@ from trainer.results import summarise
 if TYPE_CHECKING:
     from search_spaces import SearchSpace
 
-#: Metric the trainable reports after every fold (running mean Dice over the folds done) and its mode.
-METRIC, MODE = "dice", "max"
-#: The study's name for its objective (METRIC at the last fold), shown by optuna-dashboard.
-OBJECTIVE_NAME = "mean CV Dice"
 
 
 def open_storage(sweep_dir: Path) -> optuna.storages.RDBStorage:
@@ -150,7 +147,7 @@ def completion_state(result: dict[str, Any] | None, *, error: bool) -> tuple[Tri
     if error or not result:
         return TrialState.FAIL, None
     folds_done, n_folds = result.get("folds_done"), result.get("n_folds")
-    value = result.get(METRIC)
+    value = result.get(OBJECTIVE.metric)
     if folds_done is None or n_folds is None or value is None:
         return TrialState.FAIL, None
     if int(folds_done) < int(n_folds):
@@ -162,10 +159,10 @@ def completion_state(result: dict[str, Any] | None, *, error: bool) -> tuple[Tri
 
 def name_objective(study: optuna.Study) -> None:
     """Name the study's objective, so optuna-dashboard says what it is instead of "Objective 0"."""
-    if study.metric_names != [OBJECTIVE_NAME]:
+    if study.metric_names != [OBJECTIVE.display_name]:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
-            study.set_metric_names([OBJECTIVE_NAME])
+            study.set_metric_names([OBJECTIVE.display_name])
 
 
 def make_searcher(
@@ -173,8 +170,8 @@ def make_searcher(
 ) -> FoldPruningOptunaSearch:
     return FoldPruningOptunaSearch(
         space=define_by_run,
-        metric=METRIC,
-        mode=MODE,
+        metric=OBJECTIVE.metric,
+        mode=OBJECTIVE.direction,
         sampler=make_sampler(trials, concurrency, seed),
         study_name=study_name,
         storage=open_storage(sweep_dir),
@@ -186,7 +183,7 @@ def reconcile_study(sweep_dir: Path, study_name: str, records: dict[str, dict[st
     """Finish Optuna trials left RUNNING by a driver that died; return how many were fixed.
 
     ``records`` maps Ray trial ids to their trial.json. A trial whose record says it completed
-    every fold is told COMPLETE with its mean Dice, PRUNED stays PRUNED, anything else FAIL (the
+    every fold is told COMPLETE with its mean of the objective, PRUNED stays PRUNED, anything else FAIL (the
     driver died between proposing it and Ray recording it; Ray proposed a replacement).
     """
     storage = open_storage(sweep_dir)
@@ -207,8 +204,9 @@ def reconcile_study(sweep_dir: Path, study_name: str, records: dict[str, dict[st
 
 def _state_from_record(record: dict[str, Any]) -> tuple[TrialState, float | None, str | None]:
     state = record.get("state")
-    if state == "COMPLETE" and record.get("mean_dice") is not None:
-        return TrialState.COMPLETE, float(record["mean_dice"]), None
+    value = record.get(OBJECTIVE.record_field)
+    if state == "COMPLETE" and value is not None:
+        return TrialState.COMPLETE, float(value), None
     if state == "PRUNED":
         return TrialState.PRUNED, None, record.get("reason")
     reason = record.get("reason") or "the sweep driver stopped before this proposal ran; Ray drew another"
@@ -238,11 +236,11 @@ def rebuild_study(sweep_dir: Path, study_name: str, space: SearchSpace) -> int:
             continue
         fixed = FixedTrial(dict(trial.params))
         space.define_by_run(fixed)
-        running_means = {k: summarise(trial.folds[:k])[0][METRIC] for k in range(1, trial.folds_done + 1)}
+        running_means = {k: summarise(trial.folds[:k])[0][OBJECTIVE.metric] for k in range(1, trial.folds_done + 1)}
         state = _RECORD_STATES.get(trial.state, TrialState.FAIL)
         value = None
         if state == TrialState.COMPLETE:
-            value = trial.mean[METRIC]
+            value = trial.mean[OBJECTIVE.metric]
         elif state == TrialState.PRUNED and running_means:
             value = running_means[max(running_means)]
         attrs = {STUDY_TRIAL_ID_ATTR: trial.trial_id, **({STUDY_REASON_ATTR: trial.reason} if trial.reason else {})}
@@ -251,7 +249,7 @@ def rebuild_study(sweep_dir: Path, study_name: str, space: SearchSpace) -> int:
         rebuilt.append(create_trial(state=state, value=value, params=fixed.params, distributions=fixed.distributions,
                                     user_attrs=attrs, intermediate_values=running_means))
     study = optuna.create_study(study_name=study_name, storage=open_storage(sweep_dir),
-                                direction="maximize" if MODE == "max" else "minimize")
+                                direction=OBJECTIVE.optuna_direction)
     study.add_trials(rebuilt)
     name_objective(study)
     return len(rebuilt)

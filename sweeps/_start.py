@@ -26,7 +26,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweeps.folder import STUDY_START_ATTR, STUDY_WARM_START_ATTR, SweepFolder, load_sweep, read_spec_record
+from sweeps.folder import (
+    OBJECTIVE,
+    STUDY_START_ATTR,
+    STUDY_WARM_START_ATTR,
+    SweepFolder,
+    load_sweep,
+    read_spec_record,
+)
 from trainer.config import CVConfig
 from trainer.errors import ConfigError
 
@@ -232,11 +239,11 @@ def space_identity(definition: Mapping[str, Any]) -> dict[str, Any]:
     return {"params": definition.get("params", {}), "fixed": definition.get("fixed", {})}
 
 
-def _recorded_spec(record: Mapping[str, Any]) -> SweepSpec:
+def _recorded_spec(record: Mapping[str, Any], source: str) -> SweepSpec:
     """An earlier sweep's sweep.json as a SweepSpec (a record may lack fields a new spec needs)."""
     from sweeps.spec import SweepSpec
 
-    return SweepSpec.from_dict({"name": "", "data": "", "space": "", "trials": 1, "storage": "", **record})
+    return SweepSpec.from_dict({"name": "", "data": "", "space": "", "trials": 1, "storage": "", **record}, source)
 
 
 def warm_start_matches(earlier: Mapping[str, Any], spec: SweepSpec, data_key: str) -> str | None:
@@ -245,7 +252,7 @@ def warm_start_matches(earlier: Mapping[str, Any], spec: SweepSpec, data_key: st
         return "it ran on other data"
     if space_identity(earlier.get("space_definition") or {}) != space_identity(spec.space_definition):
         return "it searched another space"
-    if _recorded_spec(earlier).cv_overrides() != spec.cv_overrides():
+    if _recorded_spec(earlier, "the --warm-start sweep's sweep.json").cv_overrides() != spec.cv_overrides():
         return "it ran with other overrides (image size, folds, epochs, limit, split or seed)"
     return None
 
@@ -268,7 +275,7 @@ def warm_start_trials(folder: SweepFolder, space: SearchSpace) -> list[optuna.tr
         trials.append(
             optuna.trial.create_trial(
                 state=optuna.trial.TrialState.COMPLETE,
-                value=trial.mean["dice"],
+                value=trial.mean[OBJECTIVE.metric],
                 params=asked.params,
                 distributions=asked.distributions,
                 user_attrs={STUDY_WARM_START_ATTR: f"{folder.name}/{trial.trial_id}"},
@@ -283,7 +290,7 @@ def warm_start_entries(folder: SweepFolder) -> list[StartEntry]:
     Each gives the configuration it trained with, less the fields that sweep's options set (its
     ``--epochs 1`` was not its space's choice)."""
     earlier = load_sweep(folder.storage, folder.name)
-    set_by_options = set(_recorded_spec(earlier.spec).cv_overrides())
+    set_by_options = set(_recorded_spec(earlier.spec, str(folder.spec_file)).cv_overrides())
     return [
         StartEntry(
             label=f"{folder.name}/{trial.trial_id}",

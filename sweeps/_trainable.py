@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from sweeps.folder import (
+    OBJECTIVE,
     SweepFolder,
     append_event,
     now,
@@ -300,9 +301,9 @@ class TuneFoldReporter(Reporter):
             "folds_done": len(completed),
             "n_folds": self.n_folds,
         }
-        update_trial_record(
-            self.folder, folds_done=len(completed), mean_dice=mean["dice"] if completed else None
-        )
+        # trial.json keeps the objective's running mean: `sweep status`/`list` and a reconciled study read it.
+        objective_mean = mean[OBJECTIVE.metric] if completed else None
+        update_trial_record(self.folder, folds_done=len(completed), **{OBJECTIVE.record_field: objective_mean})
         try:
             with tempfile.TemporaryDirectory(prefix="segsweep-ckpt-") as tmp:
                 _copy_fold_files(self.folder, Path(tmp))

@@ -147,110 +147,64 @@ def register(sub: Any) -> None:
 
 
 def add_run_options(parser: argparse.ArgumentParser) -> None:
-    """``sweep run``'s options (also those of any verb that starts a sweep elsewhere).
+    """``sweep run``'s options (also those of any verb that starts a sweep elsewhere), from their one
+    declaration, ``sweeps.spec.RUN_OPTIONS``.
 
     Defaults are None here: a value comes from the command line, else --config, else SweepSpec.
     """
-    from sweeps.folder import storage_help
-    from sweeps.spec import SCHEDULERS, SweepSpec
+    from sweeps.spec import RUN_OPTIONS
     from trainer.cli import add_runtime_options
 
-    defaults = SweepSpec(name="", data="", space="", trials=0, storage="")
     parser.add_argument("--config", default=None,
                         help="YAML/JSON file with any of these options (names with _ for -); a sweep's "
                         "sweep.json re-runs that sweep; options given here win")
-    parser.add_argument("--data", help="data set folder with images/ and masks/ (required)")
-    parser.add_argument("--space", help="search space: paper, quick, or a YAML file (required)")
-    parser.add_argument("--trials", type=int, help="number of configurations to try (required)")
-    parser.add_argument("--name", help="sweep name (folder and Optuna study name; required)")
-    parser.add_argument("--storage", default=None, help=storage_help())
-    parser.add_argument("--concurrency", type=int, help="trials at a time (default: as many as the CPUs/GPUs hold)")
-    parser.add_argument("--cpus-per-trial", type=float,
-                        help=f"CPUs per trial (default {defaults.cpus_per_trial:g})")
-    parser.add_argument("--gpus-per-trial", type=float,
-                        help="GPUs per trial, fractions allowed (0.5: two trials share a card; "
-                        f"default {defaults.gpus_per_trial:g})")
-    parser.add_argument("--scheduler", choices=SCHEDULERS,
-                        help=f"asha stops weak trials after their first folds, none runs all folds "
-                        f"(default {defaults.scheduler})")
-    parser.add_argument("--seed", type=int,
-                        help=f"seed of the sampler and of every trial's folds (default {defaults.seed})")
-    parser.add_argument("--address",
-                        help="HOST:PORT of a running Ray cluster's head (default: start Ray on this machine)")
-    parser.add_argument("--limit", type=int, help="use only the first N pairs (quick runs)")
-    parser.add_argument("--image-size", type=int, help="override the space's image size")
-    parser.add_argument("--folds", type=int, help="override the space's number of folds")
-    parser.add_argument("--epochs", type=int, help="override the space's epochs")
-    parser.add_argument("--dev-split",
-                        help="split file (or its name in the data set, e.g. medico2020_train) listing the "
-                        "development stems; keep a test set out of the sweep (default: every pair)")
-    parser.add_argument("--tracker",
-                        help="comma-separated trackers for every trial: mlflow, neptune, or none "
-                        "(default: mlflow, plus neptune when NEPTUNE_PROJECT is set)")
-    parser.add_argument("--keep-models", type=int, default=None, metavar="K",
-                        help="keep each fold's model for the best K trials (fold ensembles for `segsweep predict "
-                        "TRIAL_FOLDER`); other trials' models are deleted as they fall out (default 0: none)")
-    parser.add_argument("--skip-bad", action="store_true", default=None,
-                        help="leave out pairs whose image or mask is cut short, undecodable or not a binary mask "
-                        "(listed, and recorded in each trial's cv.json); default: stop naming the file")
-    parser.add_argument("--start", action="append", default=None, metavar="FILE",
-                        help="run this configuration first (repeatable): a report's best.json, a cv output's "
-                        "cv.json, or a YAML list of configurations; partial ones take the space's values")
-    parser.add_argument("--warm-start", default=None, metavar="SWEEP",
-                        help="learn from an earlier sweep (name in --storage, or its folder): its scored trials "
-                        "go to the sampler on the same data and space, else its best 3 become starting points")
-    _add_limit_options(parser)
+    for option in RUN_OPTIONS:
+        if not option.runtime:
+            option.add_to(parser)
     add_runtime_options(parser)  # --mixed-precision, --threads (default threads: the trial's CPUs)
 
 
 def _add_limit_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--time-budget", default=None,
-                        help="end this run cleanly after this long (e.g. 90m, 2h, 1h30m): no new trials, running "
-                        "trials stop at the end of their fold; `sweep resume` continues with a new budget")
-    parser.add_argument("--max-failures", type=int, default=None,
-                        help="end this run cleanly once this many trials have failed")
+    """The options that end one run of a sweep (``sweep resume`` takes them too)."""
+    from sweeps.spec import LIMIT_KEYS, RUN_OPTION_BY_KEY
 
-
-#: ``sweep run`` options whose values go to SweepSpec fields of the same name.
-_SPEC_OPTIONS = ("name", "data", "space", "trials", "storage", "concurrency", "cpus_per_trial", "gpus_per_trial",
-                 "scheduler", "seed", "address", "tracker", "skip_bad", "keep_models", "mixed_precision", "threads")
+    for key in LIMIT_KEYS:
+        RUN_OPTION_BY_KEY[key].add_to(parser)
 
 
 def spec_from_args(args: argparse.Namespace) -> Any:
     """The SweepSpec of ``sweep run``: --config's values, then the options given, then the defaults."""
     from sweeps.folder import default_storage
-    from sweeps.spec import OVERRIDE_KEYS, SweepSpec, parse_duration, read_sweep_config
+    from sweeps.spec import OVERRIDE_KEYS, OVERRIDES, RUN_OPTIONS, SweepSpec, read_sweep_config
     from trainer.errors import ConfigError
     from trainer.models import MIXED_PRECISION_ENV
 
     values: dict[str, Any] = read_sweep_config(args.config) if args.config else {}
-    for key in _SPEC_OPTIONS:
-        if getattr(args, key, None) is not None:
-            values[key] = getattr(args, key)
-    overrides = {key: None for key in OVERRIDE_KEYS} | dict(values.get("overrides") or {})
-    for key in OVERRIDE_KEYS:
-        if getattr(args, key, None) is not None:
-            overrides[key] = getattr(args, key)
-    values["overrides"] = overrides
-    if args.time_budget is not None:
-        values["time_budget_s"] = parse_duration(args.time_budget)
-    if args.max_failures is not None:
-        values["max_failed_trials"] = args.max_failures
-    if getattr(args, "start", None):
+    overrides = {key: None for key in OVERRIDE_KEYS} | dict(values.get(OVERRIDES) or {})
+    for option in RUN_OPTIONS:
+        given = getattr(args, option.key, None)
+        if given is None or option.key == "start":
+            continue
+        value = option.convert(given) if option.convert is not None else given
+        if option.spec_field == OVERRIDES:
+            overrides[option.key] = value
+        else:
+            values[option.target] = value
+    values[OVERRIDES] = overrides
+    if getattr(args, "start", None):  # --start names files; their entries join the config's `start:`
         from sweeps._start import read_start_file
 
         values["start"] = [*(values.get("start") or []), *(e.to_dict() for f in args.start for e in read_start_file(f))]
-    if getattr(args, "warm_start", None) is not None:
-        values["warm_start"] = args.warm_start
     if args.space is not None:  # a space named on the command line replaces the file's
         values.pop("space_definition", None)
-    missing = [k for k in ("data", "space", "trials", "name") if values.get(k) is None]
+    required = [option.key for option in RUN_OPTIONS if option.required]
+    missing = [k for k in required if values.get(k) is None]
     if missing:
         source = f" or in {args.config}" if args.config else " (or in a --config file)"
         raise ConfigError(f"sweep run needs {', '.join('--' + m for m in missing)}{source}")
     values["storage"] = str(values.get("storage") or default_storage())
     values.setdefault("mixed_precision", os.environ.get(MIXED_PRECISION_ENV) or "auto")
-    spec = SweepSpec.from_dict(values)
+    spec = SweepSpec.from_dict(values, source=args.config or "sweep run's options")
     spec.validate()  # before any heavy import: option errors answer at once
     return spec
 

@@ -23,6 +23,7 @@ from sweeps._trainable import CVRunner, TrialSetup
 from sweeps.folder import (
     COMPLETE,
     FAILED,
+    OBJECTIVE,
     PRUNED,
     RUNNING,
     DamagedRecord,
@@ -394,15 +395,13 @@ def _finish_sweep_tracking(spec: SweepSpec, outcome: SweepOutcome) -> None:
 
 
 def make_scheduler(name: str, n_folds: int) -> Any:
-    """ASHA on the running mean Dice, time measured in folds done (or FIFO for ``none``)."""
+    """ASHA on the objective's running mean, time measured in folds done (or FIFO for ``none``)."""
     from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
-
-    from sweeps._optuna import METRIC, MODE
 
     if name == "none" or n_folds < 2:
         return FIFOScheduler()
     return AsyncHyperBandScheduler(
-        time_attr="folds_done", metric=METRIC, mode=MODE, max_t=n_folds, grace_period=1,
+        time_attr="folds_done", metric=OBJECTIVE.metric, mode=OBJECTIVE.direction, max_t=n_folds, grace_period=1,
         reduction_factor=ASHA_REDUCTION_FACTOR,
     )
 

@@ -4,19 +4,19 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweeps.folder import SweepFolder, read_spec_record, write_spec_record
+from sweeps.folder import SweepFolder, read_spec_record, storage_help, write_spec_record
+from trainer.config import coerce_value, name_unknown, unknown_keys_error, yaml_error_line
 from trainer.errors import ConfigError
 
 if TYPE_CHECKING:
     from search_spaces import SearchSpace
 
 SCHEDULERS = ("asha", "none")
-#: Options that override the space's values for every trial (quick runs).
-OVERRIDE_KEYS = ("limit", "image_size", "folds", "epochs", "dev_split")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -135,12 +135,26 @@ class SweepSpec:
         return dataclasses.asdict(self)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> SweepSpec:
+    def from_dict(cls, values: dict[str, Any], source: str = "sweep specification") -> SweepSpec:
+        """Build from sweep.json's mapping (or ``sweep run``'s merged options); a key that is neither a
+        field nor sweep.json's own (format, runs) is refused in one line naming ``source``."""
         values = dict(values)
         if "format" not in values and "max_failures" in values:  # sweep.json before format 1
             values["trial_retries"] = values.pop("max_failures")
-        known = {f.name for f in dataclasses.fields(cls)}
-        return cls(**{k: v for k, v in values.items() if k in known})
+        for key in SPEC_RECORD_KEYS:
+            values.pop(key, None)
+        fields = dataclasses.fields(cls)
+        known = {f.name for f in fields}
+        unknown = sorted(set(values) - known)
+        if unknown:
+            raise unknown_keys_error(source, unknown, known)
+        required = [f.name for f in fields if f.default is dataclasses.MISSING
+                    and f.default_factory is dataclasses.MISSING]  # fmt: skip
+        missing = [name for name in required if name not in values]
+        if missing:
+            raise ConfigError(f"{source}: missing key(s) {', '.join(missing)}; a sweep specification needs "
+                              f"{', '.join(required)}")
+        return cls(**values)
 
     def load_space(self) -> SearchSpace:
         """The space recorded in the specification, else the one ``space`` names (built-in or file)."""
@@ -159,9 +173,9 @@ class SweepSpec:
     def read(cls, storage: str | Path | None, name: str) -> SweepSpec:
         """sweep.json of STORAGE/NAME, or a one-line error listing the sweeps there."""
         folder = SweepFolder.at(storage, name)
-        spec = cls.from_dict(read_spec_record(folder))
-        spec.storage = str(folder.storage.resolve())
-        return spec
+        # The storage is where the folder is now, whatever sweep.json says (a sweep folder can be moved).
+        record = {**read_spec_record(folder), "storage": str(folder.storage.resolve())}
+        return cls.from_dict(record, source=str(folder.spec_file))
 
 
 def parse_duration(text: str) -> float:
@@ -185,6 +199,117 @@ def format_duration(seconds: float) -> str:
     return text or "0s"
 
 
+#: Where an override option's value goes: ``SweepSpec.overrides``, which every trial takes over its space.
+OVERRIDES = "overrides"
+
+
+@dataclass(frozen=True)
+class RunOption:
+    """One ``sweep run`` option: its flag, its --config key and the SweepSpec field it sets.
+
+    ``key`` is both the --config key and argparse's dest; the flag is ``key`` with ``-`` for ``_``.
+    ``spec_field`` is the SweepSpec field its value goes to (default ``key``; ``overrides``: an entry of
+    ``SweepSpec.overrides``).
+    ``convert`` turns a given value (command line or file) into the field's (a duration into seconds).
+    ``runtime`` options are declared by ``trainer.cli.add_runtime_options`` (shared with ``cv``).
+    """
+
+    key: str
+    help: str = ""
+    spec_field: str = ""
+    value_type: Callable[[str], Any] | None = None
+    choices: tuple[str, ...] | None = None
+    action: str | None = None
+    metavar: str | None = None
+    required: bool = False
+    convert: Callable[[Any], Any] | None = None
+    runtime: bool = False
+
+    @property
+    def flag(self) -> str:
+        return "--" + self.key.replace("_", "-")
+
+    @property
+    def target(self) -> str:
+        return self.spec_field or self.key
+
+    def add_to(self, parser: Any) -> None:
+        """Add the option to an argparse parser; its default is None (unset), so --config can fill it."""
+        kwargs: dict[str, Any] = {"default": None, "help": self.help}
+        if self.value_type is not None:
+            kwargs["type"] = self.value_type
+        for name in ("choices", "action", "metavar"):
+            if getattr(self, name) is not None:
+                kwargs[name] = getattr(self, name)
+        parser.add_argument(self.flag, **kwargs)
+
+
+def _budget_seconds(value: Any) -> float | None:
+    return None if value is None else parse_duration(str(value))
+
+
+_DEFAULTS = SweepSpec(name="", data="", space="", trials=0, storage="")
+#: ``sweep run``'s options, in --help order: the one declaration the parser, --config and the spec derive from.
+RUN_OPTIONS: tuple[RunOption, ...] = (
+    RunOption("data", "data set folder with images/ and masks/ (required)", required=True),
+    RunOption("space", "search space: paper, quick, or a YAML file (required)", required=True),
+    RunOption("trials", "number of configurations to try (required)", value_type=int, required=True),
+    RunOption("name", "sweep name (folder and Optuna study name; required)", required=True),
+    RunOption("storage", storage_help()),
+    RunOption("concurrency", "trials at a time (default: as many as the CPUs/GPUs hold)", value_type=int),
+    RunOption("cpus_per_trial", f"CPUs per trial (default {_DEFAULTS.cpus_per_trial:g})", value_type=float),
+    RunOption("gpus_per_trial", "GPUs per trial, fractions allowed (0.5: two trials share a card; "
+              f"default {_DEFAULTS.gpus_per_trial:g})", value_type=float),
+    RunOption("scheduler", "asha stops weak trials after their first folds, none runs all folds "
+              f"(default {_DEFAULTS.scheduler})", choices=SCHEDULERS),
+    RunOption("seed", f"seed of the sampler and of every trial's folds (default {_DEFAULTS.seed})", value_type=int),
+    RunOption("address", "HOST:PORT of a running Ray cluster's head (default: start Ray on this machine)"),
+    RunOption("limit", "use only the first N pairs (quick runs)", OVERRIDES, value_type=int),
+    RunOption("image_size", "override the space's image size", OVERRIDES, value_type=int),
+    RunOption("folds", "override the space's number of folds", OVERRIDES, value_type=int),
+    RunOption("epochs", "override the space's epochs", OVERRIDES, value_type=int),
+    RunOption("dev_split", "split file (or its name in the data set, e.g. medico2020_train) listing the "
+              "development stems; keep a test set out of the sweep (default: every pair)", OVERRIDES),
+    RunOption("tracker", "comma-separated trackers for every trial: mlflow, neptune, or none "
+              "(default: mlflow, plus neptune when NEPTUNE_PROJECT is set)"),
+    RunOption("keep_models", "keep each fold's model for the best K trials (fold ensembles for `segsweep predict "
+              "TRIAL_FOLDER`); other trials' models are deleted as they fall out (default 0: none)",
+              value_type=int, metavar="K"),
+    RunOption("skip_bad", "leave out pairs whose image or mask is cut short, undecodable or not a binary mask "
+              "(listed, and recorded in each trial's cv.json); default: stop naming the file", action="store_true"),
+    # On the command line --start names files (their entries join the config's); in a --config file or a
+    # sweep.json, `start:` holds the entries themselves (sweeps.cli.spec_from_args reads the files).
+    RunOption("start", "run this configuration first (repeatable): a report's best.json, a cv output's "
+              "cv.json, or a YAML list of configurations; partial ones take the space's values",
+              action="append", metavar="FILE"),
+    RunOption("warm_start", "learn from an earlier sweep (name in --storage, or its folder): its scored trials "
+              "go to the sampler on the same data and space, else its best 3 become starting points",
+              metavar="SWEEP"),
+    RunOption("time_budget", "end this run cleanly after this long (e.g. 90m, 2h, 1h30m): no new trials, running "
+              "trials stop at the end of their fold; `sweep resume` continues with a new budget",
+              "time_budget_s", convert=_budget_seconds),
+    RunOption("max_failures", "end this run cleanly once this many trials have failed", "max_failed_trials",
+              value_type=int),
+    RunOption("mixed_precision", runtime=True),  # --mixed-precision, --threads: trainer.cli.add_runtime_options
+    RunOption("threads", runtime=True),
+)  # fmt: skip
+RUN_OPTION_BY_KEY = {option.key: option for option in RUN_OPTIONS}
+#: Options that override the space's values for every trial (quick runs).
+OVERRIDE_KEYS = tuple(option.key for option in RUN_OPTIONS if option.spec_field == OVERRIDES)
+#: Options that end one run of a sweep (``sweep resume`` takes them too, counting from then).
+LIMIT_KEYS = ("time_budget", "max_failures")
+#: sweep.json keys beside SweepSpec's fields: its format version, and what each run of it recorded.
+SPEC_RECORD_KEYS = ("format", "runs")
+#: SweepSpec fields a run records about itself; a sweep.json used as --config starts a new sweep without them.
+_RECORDED_BY_THE_RUN = ("created", "data_key", "warm_start_mode")
+
+
+def config_keys() -> list[str]:
+    """The keys a --config file may hold: every option's (``RUN_OPTIONS``), and SweepSpec's fields, which
+    a sweep's sweep.json holds (it re-runs that sweep)."""
+    return sorted({*RUN_OPTION_BY_KEY, *(f.name for f in dataclasses.fields(SweepSpec)), *SPEC_RECORD_KEYS})
+
+
 def read_sweep_config(path: str | Path) -> dict[str, Any]:
     """A sweep configuration file (YAML or JSON): ``sweep run``'s options as keys, values as given.
 
@@ -203,40 +328,37 @@ def read_sweep_config(path: str | Path) -> dict[str, Any]:
     except OSError as exc:
         raise ConfigError(f"cannot read sweep configuration {path}: {exc.strerror}") from None
     except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        where = f" at line {mark.line + 1}, column {mark.column + 1}" if mark else ""
-        raise ConfigError(f"{path}{where} is not valid YAML ({getattr(exc, 'problem', exc)}); fix the file") from None
+        raise ConfigError(yaml_error_line(path, exc)) from None
     if not isinstance(loaded, dict):
         raise ConfigError(f"{path} must hold a mapping of `sweep run` options (data:, space:, trials:, ...)")
     values = dict(loaded)
-    legacy = "space_definition" in values and "format" not in values
-    if "max_failures" in values:
-        values["trial_retries" if legacy else "max_failed_trials"] = values.pop("max_failures")
-    if "time_budget" in values:
-        budget = values.pop("time_budget")
-        values["time_budget_s"] = None if budget is None else parse_duration(str(budget))
-    overrides = dict(values.pop("overrides", None) or {})
-    for key in OVERRIDE_KEYS:
-        if key in values:
-            overrides[key] = values.pop(key)
+    if "max_failures" in values and "space_definition" in values and "format" not in values:
+        values["trial_retries"] = values.pop("max_failures")  # a sweep.json before format 1: Ray's retries
+    overrides = dict(values.pop(OVERRIDES, None) or {})
+    for key in [k for k in values if k in RUN_OPTION_BY_KEY]:  # an option's key: its value to its field
+        option, value = RUN_OPTION_BY_KEY[key], values.pop(key)
+        value = option.convert(value) if option.convert is not None else value
+        if option.spec_field == OVERRIDES:
+            overrides[key] = value
+        else:
+            values[option.target] = value
     if overrides:
-        values["overrides"] = overrides
+        values[OVERRIDES] = overrides
     space = values.get("space")
     if isinstance(space, dict):
         parsed = parse_space_mapping(space, source=f"{path} (space)")
         values["space"], values["space_definition"] = f"inline in {path.name}", parsed.to_dict()
     elif isinstance(space, str) and not values.get("space_definition") and (path.parent / space).is_file():
         values["space"] = str(path.parent / space)
-    for transient in ("runs", "created", "format", "storage_resolved", "data_key", "warm_start_mode"):
+    for transient in (*SPEC_RECORD_KEYS, *_RECORDED_BY_THE_RUN):
         values.pop(transient, None)
     known = {f.name: f.type for f in dataclasses.fields(SweepSpec)}
     unknown = sorted(set(values) - set(known))
     if unknown:
         raise ConfigError(
-            f"{path}: unknown option(s) {', '.join(unknown)}; use the names of `segsweep sweep run --help` "
-            "with _ for -"
+            f"{path}: unknown option(s) {name_unknown(unknown, config_keys())}; use the names of "
+            "`segsweep sweep run --help` with _ for -"
         )
-    from trainer.config import coerce_value
 
     # `trials: 2.5` or `skip_bad: "no"` (a quoted string, truthy) would run otherwise than written.
     numbers = {k for k, annotation in known.items() if str(annotation).startswith(("int", "float", "bool"))}

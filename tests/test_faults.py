@@ -313,6 +313,12 @@ def _damaged_sweep_json(ws: Workspace, verb: list[str]) -> list[str]:
     return [*verb, "s", "--storage", str(ws.root / "sweeps")]
 
 
+def _sweep_json_with_unknown_key(ws: Workspace) -> list[str]:
+    spec = _fake_sweep(ws).spec_file
+    spec.write_text(json.dumps({**json.loads(spec.read_text()), "trails": 9}))  # a hand edit's typo
+    return ["sweep", "resume", "s", "--storage", str(ws.root / "sweeps")]
+
+
 def _overridden_epochs(ws: Workspace) -> list[str]:
     proposed_two = FakeTrial({"encoder": TINY_ENCODER, "weights": "none", "batch_size": 4, "lr": 1e-3, "epochs": 2},
                              [0.6, 0.7], epochs=1)  # fmt: skip
@@ -608,6 +614,10 @@ FAULTS: list[Fault] = [
           lambda ws: _damaged_sweep_json(ws, ["report"]), 2, r"sweep\.json is damaged .* restore it from a backup"),
     Fault("sweep-json-damaged-resume", "a half-written sweep.json, resume (before Ray starts)",
           lambda ws: _damaged_sweep_json(ws, ["sweep", "resume"]), 2, r"sweep\.json is damaged .* restore it"),
+    Fault("sweep-json-unknown-key-resume", "a sweep.json with a key SweepSpec has not (refused, not dropped)",
+          _sweep_json_with_unknown_key, 2,
+          r"^segsweep: error: .*sweep\.json: unknown key\(s\) trails \(did you mean 'trials'\?\); valid keys: "
+          r"address, .*, warm_start_mode$"),
     # -- earlier well-behaved cases, kept in the same table ----------------------------------------------------
     Fault("data-missing-cv", "cv --data on a folder that does not exist",
           lambda ws: cv(ws, "--data", str(ws.root / "nope")), 2,

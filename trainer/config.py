@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 import math
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -143,11 +145,30 @@ class CVConfig:
         known = {f.name: f for f in dataclasses.fields(cls)}
         unknown = sorted(set(values) - set(known))
         if unknown:
-            raise ConfigError(f"{source}: unknown key(s) {', '.join(unknown)}; valid keys: {', '.join(sorted(known))}")
+            raise unknown_keys_error(source, unknown, known)
         kwargs: dict[str, Any] = {}
         for name, value in values.items():
             kwargs[name] = coerce_value(name, value, known[name].type, source)
         return cls(**kwargs)
+
+
+def did_you_mean(word: str, options: Iterable[str]) -> str:
+    """``did you mean 'x'? `` naming the option closest to a misspelt ``word``; "" when none is close."""
+    close = difflib.get_close_matches(word, list(options), n=1)
+    return f"did you mean {close[0]!r}? " if close else ""
+
+
+def name_unknown(unknown: Sequence[str], valid: Iterable[str]) -> str:
+    """``encodr (did you mean 'encoder'?), foo``: the keys a file may not hold, each with the closest valid one."""
+    valid = list(valid)
+    return ", ".join(f"{key} ({hint.strip()})" if (hint := did_you_mean(key, valid)) else key for key in unknown)
+
+
+def unknown_keys_error(source: str, unknown: Sequence[str], valid: Iterable[str]) -> ConfigError:
+    """The one-line refusal of keys a file or record may not hold (typos must not silently do nothing):
+    ``source``, each unknown key with the closest valid one, and the valid keys."""
+    valid = sorted(valid)
+    return ConfigError(f"{source}: unknown key(s) {name_unknown(unknown, valid)}; valid keys: {', '.join(valid)}")
 
 
 def loads_encoder_weights(weights: object) -> bool:

@@ -25,6 +25,7 @@ from sweeps.folder._layout import (
     storage_path,
     sweep_names,
 )
+from sweeps.folder._objective import OBJECTIVE, Objective
 from sweeps.folder._progress import RunningTrial, SweepProgress, SweepSummary, read_progress, summarise_sweep
 from sweeps.folder._ranking import (
     RANKING_RULE,
@@ -73,6 +74,7 @@ __all__ = [
     "DEFAULT_STORAGE",
     "FAILED",
     "FORMAT_VERSION",
+    "OBJECTIVE",
     "PRUNED",
     "RANKING_RULE",
     "RUNNING",
@@ -85,6 +87,7 @@ __all__ = [
     "DamagedRecord",
     "ImageScore",
     "NoSuchSweep",
+    "Objective",
     "RunningTrial",
     "StopRequest",
     "SweepFolder",

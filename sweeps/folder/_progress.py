@@ -13,6 +13,7 @@ from datetime import UTC, datetime
 from typing import Any
 
 from sweeps.folder._layout import TRIAL_FILE, SweepFolder
+from sweeps.folder._objective import OBJECTIVE
 from sweeps.folder._records import read_events, read_spec_record, read_trial_record
 from sweeps.folder._results import COMPLETE, FAILED, PRUNED, RUNNING
 
@@ -134,14 +135,15 @@ def read_progress(folder: SweepFolder) -> SweepProgress:
             epochs_per_trial = max(epochs_per_trial, int(config.get("epochs") or 0) * int(record.get("n_folds") or 0))
         if state in (COMPLETE, PRUNED, FAILED):
             finished += 1
-            recorded = record.get("mean_dice")
-            dice = float(recorded) if isinstance(recorded, int | float) else math.nan
+            recorded = record.get(OBJECTIVE.record_field)
+            value = float(recorded) if isinstance(recorded, int | float) else math.nan
             all_folds = int(record.get("folds_done") or 0) >= int(record.get("n_folds") or 1 << 30)
             # The trial record's running mean, not the fold files: a refresh reads one file per trial.
-            if state == COMPLETE and all_folds and math.isfinite(dice) and (best is None or dice > best[1]):
+            wins = best is None or OBJECTIVE.better(value, best[1])
+            if state == COMPLETE and all_folds and math.isfinite(value) and wins:
                 number = record.get("number")
                 label = f"#{number} ({trial_dir.name})" if number is not None else trial_dir.name
-                best = (label, dice)
+                best = (label, value)
         elif state == RUNNING and record.get("attempts"):
             running.append(running_trial(trial_dir, record))
     return SweepProgress(
@@ -194,10 +196,10 @@ def summarise_sweep(folder: SweepFolder) -> SweepSummary:
             mtimes.append(with_mtime.stat().st_mtime)
         if record.get("state") in (COMPLETE, PRUNED, FAILED):
             finished += 1
-        dice = record.get("mean_dice")
+        value = record.get(OBJECTIVE.record_field)
         all_folds = int(record.get("folds_done") or 0) >= int(record.get("n_folds") or 1 << 30)
-        if record.get("state") == COMPLETE and all_folds and isinstance(dice, int | float) and math.isfinite(dice):
-            best = dice if best is None else max(best, float(dice))
+        if record.get("state") == COMPLETE and all_folds and isinstance(value, int | float) and math.isfinite(value):
+            best = float(value) if best is None or OBJECTIVE.better(float(value), best) else best
     last_update = datetime.fromtimestamp(max(mtimes), UTC).isoformat(timespec="seconds")
     return SweepSummary(
         name=folder.name,

@@ -6,6 +6,7 @@ import math
 from collections.abc import Sequence
 from typing import Any
 
+from sweeps.folder._objective import OBJECTIVE
 from sweeps.folder._results import COMPLETE, FAILED, PRUNED, RUNNING, SweepResults, TrialResult
 
 RANKING_RULE = (
@@ -17,21 +18,21 @@ _UNRANKED_ORDER = {RUNNING: 0, PRUNED: 1, FAILED: 2}
 
 
 def is_eligible(trial: TrialResult) -> bool:
-    """Whether a trial may win: COMPLETE, every fold done, a finite mean Dice."""
-    return trial.state == COMPLETE and trial.all_folds_done and math.isfinite(trial.mean["dice"])
+    """Whether a trial may win: COMPLETE, every fold done, a finite mean of the objective's metric."""
+    return trial.state == COMPLETE and trial.all_folds_done and math.isfinite(trial.mean[OBJECTIVE.metric])
 
 
 def rank_trials(trials: Sequence[TrialResult]) -> list[TrialResult]:
     """Every trial in leaderboard order (see :data:`RANKING_RULE`)."""
 
     def key(trial: TrialResult) -> tuple[int, int, float, int, str]:
-        dice = trial.mean["dice"] if trial.folds else math.nan
+        value = trial.mean[OBJECTIVE.metric] if trial.folds else math.nan
         group = 0 if is_eligible(trial) else 1
         order = 0 if group == 0 else _UNRANKED_ORDER.get(trial.state, len(_UNRANKED_ORDER))
         return (
             group,
             order,
-            -dice if math.isfinite(dice) else math.inf,
+            OBJECTIVE.rank_key(value),
             trial.number if trial.number is not None else 1 << 30,
             trial.trial_id,
         )

@@ -128,3 +128,78 @@ def test_spec_round_trips_through_sweep_json(tmp_path: Path) -> None:
     assert back.to_dict() == {**spec.to_dict(), "storage": str(tmp_path.resolve())}
     assert back.cv_overrides() == {"limit": 10, "epochs": 2, "seed": 0}
     assert json.loads(spec.folder.spec_file.read_text())["gpus_per_trial"] == 0.5
+
+
+#: A value for every `sweep run` option, as typed after its flag (None: a flag without a value).
+_OPTION_VALUES: dict[str, str | None] = {
+    "data": "/d", "space": "quick", "trials": "3", "name": "x", "storage": "STORAGE", "concurrency": "2",
+    "cpus_per_trial": "2", "gpus_per_trial": "0.5", "scheduler": "none", "seed": "4", "address": "10.0.0.5:6379",
+    "limit": "8", "image_size": "64", "folds": "2", "epochs": "1", "dev_split": "train", "tracker": "none",
+    "keep_models": "1", "skip_bad": None, "warm_start": "earlier", "time_budget": "1h30m", "max_failures": "3",
+    "mixed_precision": "off", "threads": "2",
+}  # fmt: skip
+#: --config keys that are no option: what sweep.json records besides the options' values (it re-runs that sweep).
+_RECORD_ONLY_KEYS = {"format", "runs", "overrides", "space_definition", "trial_retries", "time_budget_s",
+                     "max_failed_trials", "created", "data_key", "warm_start_mode"}  # fmt: skip
+
+
+def _run_option_dests() -> set[str]:
+    import argparse
+
+    from sweeps.cli import add_run_options
+
+    parser = argparse.ArgumentParser()
+    add_run_options(parser)
+    return {a.dest for a in parser._actions if a.dest not in ("help", "config")}
+
+
+def test_every_run_option_is_a_config_key_and_every_config_key_an_option() -> None:
+    from sweeps.spec import RUN_OPTIONS, config_keys
+
+    keys = {option.key for option in RUN_OPTIONS}
+    assert _run_option_dests() == keys  # the parser is made from the one table, runtime options included
+    assert keys <= set(config_keys())
+    assert set(config_keys()) - keys == _RECORD_ONLY_KEYS
+    assert set(_OPTION_VALUES) == keys - {"start"}  # --start names files; `start:` holds their entries
+
+
+@pytest.mark.parametrize("key", sorted(_OPTION_VALUES))
+def test_an_option_on_the_command_line_and_in_config_make_the_same_spec(tmp_path: Path, key: str) -> None:
+    import argparse
+
+    import yaml
+
+    from sweeps.cli import add_run_options, spec_from_args
+    from sweeps.spec import RUN_OPTION_BY_KEY
+
+    parser = argparse.ArgumentParser()
+    add_run_options(parser)
+    base = {"data": "/d", "space": "quick", "trials": "3", "name": "x", "storage": str(tmp_path)}
+    given = {**base, key: _OPTION_VALUES[key]} if key not in base else base
+    if key == "storage":
+        given = base
+    argv = [a for k, v in given.items() for a in (RUN_OPTION_BY_KEY[k].flag, *([v] if v is not None else []))]
+    config = tmp_path / "sweep.yaml"
+    # In a file, numbers are numbers and a flag is `true` (yaml.safe_load reads them so).
+    config.write_text(yaml.safe_dump({k: True if v is None else yaml.safe_load(v) for k, v in given.items()}))
+    from_options = spec_from_args(parser.parse_args(argv))
+    from_config = spec_from_args(parser.parse_args(["--config", str(config)]))
+    assert from_config.to_dict() == from_options.to_dict()
+
+
+def test_sweep_json_with_an_unknown_key_is_refused_in_one_line(tmp_path: Path) -> None:
+    spec = SweepSpec(name="s", data="/d", space="quick", trials=2, storage=str(tmp_path))
+    spec.folder.path.mkdir(parents=True)
+    spec.write()
+    record = json.loads(spec.folder.spec_file.read_text())
+    spec.folder.spec_file.write_text(json.dumps({**record, "max_failed_trails": 3}))
+    with pytest.raises(ConfigError) as refused:
+        SweepSpec.read(tmp_path, "s")
+    line = str(refused.value)
+    assert "\n" not in line and line.startswith(f"{spec.folder.spec_file}: unknown key(s) max_failed_trails")
+    assert "(did you mean 'max_failed_trials'?); valid keys: address, concurrency, cpus_per_trial," in line
+    # sweep.json's own keys and an old file's (format 0: max_failures was Ray's retries) are read as before.
+    spec.folder.spec_file.write_text(json.dumps({**record, "runs": [{"finished": True}]}))
+    assert SweepSpec.read(tmp_path, "s").trials == 2
+    old = {k: v for k, v in record.items() if k not in ("format", "trial_retries")} | {"max_failures": 5}
+    assert SweepSpec.from_dict(old).trial_retries == 5

@@ -111,3 +111,36 @@ def test_damaged_sweep_json_is_one_line_naming_it(
     assert err.count("\n") == 1 and "Traceback" not in err
     assert f"{spec} is damaged" in err and "restore it from a backup" in err
     assert spec.read_bytes() == damaged
+
+
+def test_one_objective_steers_the_study_the_scheduler_the_ranking_and_the_report(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import optuna
+
+    from reports import report
+    from search_spaces import load_space
+    from sweeps import _callbacks, _optuna, _start, _trainable, runner
+    from sweeps.folder import OBJECTIVE, Objective, _progress, _ranking
+
+    consumers = (_optuna, runner, _ranking, _progress, _trainable, _callbacks, _start, report)
+    assert all(module.OBJECTIVE is OBJECTIVE for module in consumers)  # one object, no copy of its values
+    assert (OBJECTIVE.metric, OBJECTIVE.direction, OBJECTIVE.display_name) == ("dice", "max", "mean CV Dice")
+
+    # A stand-in objective with the other direction: the study, ASHA, the leaderboard and the report follow.
+    lower = Objective(metric="dice", direction="min", display_name="mean CV Dice, lower is better")
+    for module in consumers:
+        monkeypatch.setattr(module, "OBJECTIVE", lower)
+    (tmp_path / "study").mkdir()
+    searcher = _optuna.make_searcher(tmp_path / "study", "s", load_space("quick").define_by_run, 4, 1, 0)
+    study = optuna.load_study(study_name="s", storage=SweepFolder(tmp_path / "study").optuna_url)
+    assert searcher._mode == "min" and study.direction == optuna.study.StudyDirection.MINIMIZE
+    scheduler = runner.make_scheduler("asha", 3)
+    assert (scheduler._metric, scheduler._mode) == ("dice", "min")
+
+    make_sweep(tmp_path, "s", default_trials(), data=tmp_path / "data")
+    sweep = load_sweep(tmp_path, "s")
+    ids = [t.trial_id for t in rank_trials(sweep.trials)]
+    # complete by Dice, lowest first now (0.54, 0.605, 0.64), then pruned, failed
+    assert ids[:3] == ["trial_00001", "trial_00002", "trial_00000"]
+    assert report.best_so_far(sweep)[0][1] == min(t.mean["dice"] for t in sweep.completed())

@@ -12,7 +12,6 @@ from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import load_space
 from sweeps._optuna import (
-    OBJECTIVE_NAME,
     completion_state,
     make_searcher,
     n_startup_trials,
@@ -20,6 +19,7 @@ from sweeps._optuna import (
     reconcile_study,
 )
 from sweeps.folder import (
+    OBJECTIVE,
     STUDY_REASON_ATTR,
     STUDY_START_ATTR,
     STUDY_TRIAL_ID_ATTR,
@@ -144,7 +144,7 @@ def test_a_lost_study_is_rebuilt_from_the_trial_records_and_the_saved_searcher_g
         assert new.user_attrs[STUDY_TRIAL_ID_ATTR] == old.user_attrs[STUDY_TRIAL_ID_ATTR]
     assert after[2].user_attrs[STUDY_REASON_ATTR] == "NaN loss in fold 1"
     assert after[0].user_attrs[STUDY_START_ATTR] == "hand-pick"
-    assert _load(sweep).metric_names == [OBJECTIVE_NAME]  # optuna-dashboard names it, as on the first run
+    assert _load(sweep).metric_names == [OBJECTIVE.display_name]  # optuna-dashboard names it, as on the first run
     # Ray's saved searcher refers to the study's trials by storage id: it finishes the running one.
     restored = make_searcher(sweep, "s", space.define_by_run, 4, 1, 0)
     restored.restore(str(saved))
@@ -184,12 +184,10 @@ def test_startup_trials_scale_with_the_budget(trials: int, concurrency: int, exp
 
 
 def test_study_names_its_objective_and_a_resumed_study_keeps_the_name(tmp_path: Path) -> None:
-    from sweeps._optuna import OBJECTIVE_NAME
-
-    assert OBJECTIVE_NAME == "mean CV Dice"  # what optuna-dashboard shows instead of "Objective 0"
+    assert OBJECTIVE.display_name == "mean CV Dice"  # what optuna-dashboard shows instead of "Objective 0"
     searcher = make_searcher(tmp_path, "s", load_space("quick").define_by_run, 4, 1, 0)
     searcher.suggest("t1")
-    assert _load(tmp_path).metric_names == [OBJECTIVE_NAME]
+    assert _load(tmp_path).metric_names == [OBJECTIVE.display_name]
     saved = tmp_path / "searcher.pkl"
     searcher.save(str(saved))
     # A study made before its objective was named (an older sweep), then resumed: named on restore.
@@ -200,5 +198,5 @@ def test_study_names_its_objective_and_a_resumed_study_keeps_the_name(tmp_path: 
     restored = make_searcher(tmp_path, "old", load_space("quick").define_by_run, 4, 1, 0)
     restored.restore(str(saved))
     restored.suggest("t2")
-    assert _load(tmp_path, "old").metric_names == [OBJECTIVE_NAME]
-    assert _load(tmp_path).metric_names == [OBJECTIVE_NAME]
+    assert _load(tmp_path, "old").metric_names == [OBJECTIVE.display_name]
+    assert _load(tmp_path).metric_names == [OBJECTIVE.display_name]

@@ -273,7 +273,7 @@ def test_trackers_record_every_fold_and_the_trial_states_of_the_sweep_folder(
     from mlflow import MlflowClient
     from ray.tune.schedulers import async_hyperband
 
-    from sweeps._optuna import OBJECTIVE_NAME
+    from sweeps.folder import OBJECTIVE
     from sweeps.spec import SweepSpec
     from trainer.results import read_fold_files
     from trainer.tracking._mlflow import (
@@ -340,5 +340,5 @@ def test_trackers_record_every_fold_and_the_trial_states_of_the_sweep_folder(
     assert states == {str(complete.path): ("COMPLETE", False), str(pruned.path): ("PRUNED", False)}
 
     study = optuna.load_study(study_name="t", storage=SweepFolder(sweep.path).optuna_url)
-    assert study.metric_names == [OBJECTIVE_NAME]
+    assert study.metric_names == [OBJECTIVE.display_name]
     assert sorted(t.state.name for t in study.get_trials()) == ["COMPLETE", "PRUNED"]
