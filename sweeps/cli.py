@@ -154,6 +154,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     from sweeps.folder import storage_help
     from sweeps.spec import SCHEDULERS, SweepSpec
     from trainer.cli import add_runtime_options
+    from trainer.tracking import tracker_help
 
     defaults = SweepSpec(name="", data="", space="", trials=0, storage="")
     parser.add_argument("--config", default=None,
@@ -185,8 +186,7 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
                         help="split file (or its name in the data set, e.g. medico2020_train) listing the "
                         "development stems; keep a test set out of the sweep (default: every pair)")
     parser.add_argument("--tracker",
-                        help="comma-separated trackers for every trial: mlflow, neptune, or none "
-                        "(default: mlflow, plus neptune when NEPTUNE_PROJECT is set)")
+                        help=tracker_help(" for every trial"))
     parser.add_argument("--keep-models", type=int, default=None, metavar="K",
                         help="keep each fold's model for the best K trials (fold ensembles for `segsweep predict "
                         "TRIAL_FOLDER`); other trials' models are deleted as they fall out (default 0: none)")
