@@ -55,6 +55,10 @@ def test_context_round_trips_through_json() -> None:
     assert TrackingContext.from_json(ctx.to_json()) == ctx
     # tracking.json keeps its format (each tracker's keys prefixed with its name): older sweeps resume.
     assert ctx.to_dict()["mlflow_parent_run_id"] == "abc"
+    older = {"trackers": ["mlflow"], "sweep_name": "s", "mlflow_tracking_uri": "sqlite:////x/mlflow.db",
+             "mlflow_experiment_id": "1", "mlflow_parent_run_id": "abc", "neptune_mode": None,
+             "neptune_project": None, "neptune_data_dir": None, "neptune_sweep_id": None, "extra": {}}  # fmt: skip
+    assert TrackingContext.from_dict(older) == ctx and ctx.part("neptune") is None
 
 
 # --- MLflow -------------------------------------------------------------------------------------------

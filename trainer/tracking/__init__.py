@@ -127,6 +127,7 @@ def open_trackers(
         backends = _context_backends(parent)
     else:
         backends = [TRACKER_BACKENDS[key] for key in parse_tracker_names(names)]
+    params = redact_params(params)  # every backend gets them redacted (MLflow's and Neptune's redact again)
     trackers: list[Reporter] = [
         backend.for_run(
             root=Path(root),
@@ -149,6 +150,7 @@ def start_sweep_tracking(names: str | None, root: Path, sweep_name: str, params:
     this again for the same sweep folder (resume) reuses the sweep's runs where the tracker can.
     """
     parts: dict[str, dict[str, Any]] = {}
+    params = redact_params(params)
     for key in parse_tracker_names(names):
         backend = TRACKER_BACKENDS[key]
         try:
@@ -162,6 +164,7 @@ def start_sweep_tracking(names: str | None, root: Path, sweep_name: str, params:
 
 def finish_sweep_tracking(ctx: TrackingContext, summary: Mapping[str, Any]) -> None:
     """Log the sweep's summary (best trial, counts, ...) to its parent runs and close them."""
+    summary = redact_params(summary)
     for backend in _context_backends(ctx):
         try:
             backend.finish_sweep(ctx.part(backend.key) or {}, ctx.sweep_name, summary)
