@@ -215,7 +215,7 @@ class RunOption:
     """
 
     key: str
-    help: str = ""
+    help: str | Callable[[], str] = ""
     spec_field: str = ""
     value_type: Callable[[str], Any] | None = None
     choices: tuple[str, ...] | None = None
@@ -235,7 +235,8 @@ class RunOption:
 
     def add_to(self, parser: Any) -> None:
         """Add the option to an argparse parser; its default is None (unset), so --config can fill it."""
-        kwargs: dict[str, Any] = {"default": None, "help": self.help}
+        help_text = self.help() if callable(self.help) else self.help
+        kwargs: dict[str, Any] = {"default": None, "help": help_text}
         if self.value_type is not None:
             kwargs["type"] = self.value_type
         for name in ("choices", "action", "metavar"):
@@ -249,6 +250,13 @@ def _budget_seconds(value: Any) -> float | None:
 
 
 _DEFAULTS = SweepSpec(name="", data="", space="", trials=0, storage="")
+def _tracker_help() -> str:
+    """The registered trackers say their own names and default (read when the parser is built)."""
+    from trainer.tracking import tracker_help
+
+    return tracker_help(" for every trial")
+
+
 #: ``sweep run``'s options, in --help order: the one declaration the parser, --config and the spec derive from.
 RUN_OPTIONS: tuple[RunOption, ...] = (
     RunOption("data", "data set folder with images/ and masks/ (required)", required=True),
@@ -270,8 +278,7 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     RunOption("epochs", "override the space's epochs", OVERRIDES, value_type=int),
     RunOption("dev_split", "split file (or its name in the data set, e.g. medico2020_train) listing the "
               "development stems; keep a test set out of the sweep (default: every pair)", OVERRIDES),
-    RunOption("tracker", "comma-separated trackers for every trial: mlflow, neptune, or none "
-              "(default: mlflow, plus neptune when NEPTUNE_PROJECT is set)"),
+    RunOption("tracker", _tracker_help),
     RunOption("keep_models", "keep each fold's model for the best K trials (fold ensembles for `segsweep predict "
               "TRIAL_FOLDER`); other trials' models are deleted as they fall out (default 0: none)",
               value_type=int, metavar="K"),

@@ -38,6 +38,8 @@ def _with_default(name: str, text: str) -> str:
 
 
 def register(sub: Any) -> None:
+    from trainer.tracking import tracker_help
+
     cv = sub.add_parser(
         "cv",
         help="cross-validate one configuration",
@@ -56,8 +58,7 @@ def register(sub: Any) -> None:
     cv.add_argument(
         "--tracker",
         default=None,
-        help="comma-separated trackers: mlflow, neptune, or none "
-        "(default: mlflow, plus neptune when NEPTUNE_PROJECT is set)",
+        help=tracker_help(),
     )
     cv.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     cv.add_argument(

@@ -13,7 +13,7 @@
     driver.json                the running driver's host, pid and start (locked while it runs)
     stop.json                  a pending request to stop (from `sweep stop`, a budget, Ctrl-C)
     predictions/<key>.json     test-set scores `segsweep predict` recorded for a bundle retrained from a trial
-    mlflow.db, mlartifacts/    MLflow sink (trainer.tracking owns those names); .neptune/ Neptune's
+    mlflow.db, mlartifacts/    MLflow sink; .neptune/ Neptune's (each tracker owns its names: trainer.tracking)
     submitted.json             `segsweep sweep submit`: each Slurm job or Ray Job that ran the driver
     slurm.sbatch               the Slurm batch script `sweep submit --slurm` wrote (editable; resubmittable)
     logs/                      the Slurm jobs' output (slurm-<job id>.out)
@@ -28,8 +28,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.errors import SegsweepError
-from trainer.tracking._mlflow import ARTIFACTS_DIR as MLFLOW_ARTIFACTS_DIR
-from trainer.tracking._mlflow import DB_FILE as MLFLOW_DB_FILE
+from trainer.tracking import tracker_files
 
 #: Bump when a record's meaning changes; readers accept this version and older ones.
 FORMAT_VERSION = 1
@@ -140,13 +139,18 @@ class SweepFolder:
     def driver_file(self) -> Path:
         return self.path / DRIVER_FILE
 
+    def tracker_path(self, tracker: str, role: str) -> Path:
+        """A file or folder a tracker writes here, by its role (``"mlflow", "store"``): the tracker's
+        backend names it (``TrackerBackend.files``)."""
+        return self.path / tracker_files(tracker)[role]
+
     @property
     def mlflow_db(self) -> Path:
-        return self.path / MLFLOW_DB_FILE
+        return self.tracker_path("mlflow", "store")
 
     @property
     def mlflow_artifacts(self) -> Path:
-        return self.path / MLFLOW_ARTIFACTS_DIR
+        return self.tracker_path("mlflow", "artifacts")
 
     @property
     def submitted_file(self) -> Path:

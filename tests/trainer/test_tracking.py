@@ -50,11 +50,15 @@ def test_context_round_trips_through_json() -> None:
     ctx = TrackingContext(
         trackers=("mlflow",),
         sweep_name="s",
-        mlflow_tracking_uri="sqlite:////x/mlflow.db",
-        mlflow_experiment_id="1",
-        mlflow_parent_run_id="abc",
+        parts={"mlflow": {"tracking_uri": "sqlite:////x/mlflow.db", "experiment_id": "1", "parent_run_id": "abc"}},
     )
     assert TrackingContext.from_json(ctx.to_json()) == ctx
+    # tracking.json keeps its format (each tracker's keys prefixed with its name): older sweeps resume.
+    assert ctx.to_dict()["mlflow_parent_run_id"] == "abc"
+    older = {"trackers": ["mlflow"], "sweep_name": "s", "mlflow_tracking_uri": "sqlite:////x/mlflow.db",
+             "mlflow_experiment_id": "1", "mlflow_parent_run_id": "abc", "neptune_mode": None,
+             "neptune_project": None, "neptune_data_dir": None, "neptune_sweep_id": None, "extra": {}}  # fmt: skip
+    assert TrackingContext.from_dict(older) == ctx and ctx.part("neptune") is None
 
 
 # --- MLflow -------------------------------------------------------------------------------------------
@@ -144,7 +148,9 @@ def test_fold_resumed_from_a_checkpoint_logs_its_earlier_epochs_in_the_new_fold_
 def test_failing_tracker_warns_once_and_the_run_goes_on(tmp_path: Path) -> None:
     blocker = tmp_path / "not-a-folder"
     blocker.write_text("a file where the store's folder should be")
-    ctx = TrackingContext(trackers=("mlflow",), mlflow_tracking_uri=f"sqlite:///{blocker}/sub/mlflow.db")
+    ctx = TrackingContext(
+        trackers=("mlflow",), parts={"mlflow": {"tracking_uri": f"sqlite:///{blocker}/sub/mlflow.db"}}
+    )
     tracker = open_trackers(None, root=tmp_path / "out", run_name="cv", params={}, parent=ctx)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -323,9 +329,10 @@ def test_mlflow_complete_run_and_a_resumed_one_record_their_state(tmp_path: Path
 
 
 @pytest.mark.parametrize("how", ["PRUNED", "FAILED", "INTERRUPTED", "COMPLETE"])
-def test_neptune_run_records_how_it_ended(tmp_path: Path, how: str) -> None:
+def test_neptune_run_records_how_it_ended(tmp_path: Path, how: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("NEPTUNE_MODE", "offline")
     out = tmp_path / "out"
-    reporter = open_trackers("neptune", root=out, run_name="cv-run", params={}, neptune_mode="offline")
+    reporter = open_trackers("neptune", root=out, run_name="cv-run", params={})
     if how == "COMPLETE":
         drive(reporter, out)
     else:

@@ -8,7 +8,8 @@ never a client object and never a credential (tokens stay in each process's envi
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass, field
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from typing import Any
 
 
@@ -16,36 +17,44 @@ from typing import Any
 class TrackingContext:
     """Where a sweep's trackers log and which runs are the parents of its trials.
 
-    ``trackers`` are the trackers the sweep opened. MLflow: the tracking URI, the experiment and the
-    sweep's run id. Neptune: the mode, the project (may be None offline), the folder that holds
-    ``.neptune`` and the sweep's custom run id, which each trial run records as its parent.
+    ``trackers`` are the trackers the sweep opened; ``parts`` holds each one's part, as its backend's
+    ``start_sweep`` returned it (e.g. MLflow's tracking URI, experiment and sweep run id). In JSON each
+    part's keys are prefixed with the tracker's key (``mlflow_tracking_uri``), the format
+    ``tracking.json`` has had since before trackers had a registry, so older sweeps resume as they were.
     """
 
     trackers: tuple[str, ...] = ()
     sweep_name: str = ""
-    mlflow_tracking_uri: str | None = None
-    mlflow_experiment_id: str | None = None
-    mlflow_parent_run_id: str | None = None
-    neptune_mode: str | None = None
-    neptune_project: str | None = None
-    neptune_data_dir: str | None = None
-    neptune_sweep_id: str | None = None
+    parts: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
+    def part(self, tracker: str) -> Mapping[str, Any] | None:
+        """Tracker ``tracker``'s part, None when the sweep did not start it."""
+        return self.parts.get(tracker) if tracker in self.trackers else None
+
     def to_dict(self) -> dict[str, Any]:
-        values = asdict(self)
-        values["trackers"] = list(self.trackers)
+        values: dict[str, Any] = {"trackers": list(self.trackers), "sweep_name": self.sweep_name}
+        for tracker, part in self.parts.items():
+            values.update({f"{tracker}_{key}": value for key, value in part.items()})
+        values["extra"] = dict(self.extra)
         return values
 
     def to_json(self) -> str:
         return json.dumps(self.to_dict(), sort_keys=True)
 
     @classmethod
-    def from_dict(cls, values: dict[str, Any]) -> TrackingContext:
-        values = dict(values)
-        values["trackers"] = tuple(values.get("trackers", ()))
-        known = set(cls.__dataclass_fields__)
-        return cls(**{k: v for k, v in values.items() if k in known})
+    def from_dict(cls, values: Mapping[str, Any]) -> TrackingContext:
+        trackers = tuple(values.get("trackers", ()))
+        parts: dict[str, dict[str, Any]] = {}
+        for tracker in trackers:
+            prefix = f"{tracker}_"
+            parts[tracker] = {k.removeprefix(prefix): v for k, v in values.items() if k.startswith(prefix)}
+        return cls(
+            trackers=trackers,
+            sweep_name=str(values.get("sweep_name", "")),
+            parts=parts,
+            extra=dict(values.get("extra") or {}),
+        )
 
     @classmethod
     def from_json(cls, text: str) -> TrackingContext:

@@ -13,10 +13,10 @@ import tempfile
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from trainer.reporting import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING, FoldPreview
-from trainer.tracking._guarded import GuardedTracker
+from trainer.tracking._backend import TrackerBackend
 from trainer.tracking._secrets import flatten_params, redact_params
 
 if TYPE_CHECKING:
@@ -134,14 +134,18 @@ def log_metrics(client: MlflowClient, run_id: str, values: Mapping[str, float], 
         client.log_batch(run_id, metrics=metrics, synchronous=True)
 
 
-class MlflowTracker(GuardedTracker):
+class MlflowTracker(TrackerBackend):
     """One cross-validation as an MLflow run with one child run per fold.
 
     With a parent (the sweep's run), the cross-validation run is a trial nested under it. A rerun
     into the same folder (resume) reuses its run; a fold that restarts replaces its partial run.
+    The sweep's part of the tracking context: ``tracking_uri``, ``experiment_id``, ``parent_run_id``.
     """
 
     name = "MLflow"
+    key = "mlflow"
+    files: ClassVar[Mapping[str, str]] = {"store": DB_FILE, "artifacts": ARTIFACTS_DIR}
+    default_when = "always"
 
     def __init__(
         self,
@@ -165,6 +169,38 @@ class MlflowTracker(GuardedTracker):
         self.run_id: str | None = None
         self.fold_runs: dict[int, str] = {}
         self._client: MlflowClient | None = None
+
+    @classmethod
+    def for_run(
+        cls,
+        *,
+        root: Path,
+        run_name: str,
+        params: Mapping[str, Any],
+        sweep_name: str | None,
+        parent: Mapping[str, Any] | None,
+    ) -> MlflowTracker:
+        del sweep_name  # the parent run says which sweep
+        parent = parent or {}
+        return cls(
+            root=root,
+            run_name=run_name,
+            params=params,
+            tracking_uri=parent.get("tracking_uri"),
+            experiment_id=parent.get("experiment_id"),
+            parent_run_id=parent.get("parent_run_id"),
+        )
+
+    @classmethod
+    def start_sweep(cls, root: Path, sweep_name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        uri, experiment_id, run_id = start_sweep_run(root, sweep_name, params)
+        return {"tracking_uri": uri, "experiment_id": experiment_id, "parent_run_id": run_id}
+
+    @classmethod
+    def finish_sweep(cls, part: Mapping[str, Any], sweep_name: str, summary: Mapping[str, Any]) -> None:
+        del sweep_name
+        if part.get("tracking_uri") and part.get("parent_run_id"):
+            finish_sweep_run(part["tracking_uri"], part["parent_run_id"], summary)
 
     @property
     def client(self) -> MlflowClient:

@@ -19,11 +19,12 @@ import os
 import threading
 from collections.abc import Mapping
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from trainer.errors import ConfigError
 from trainer.reporting import COMPLETE, FAILED, INTERRUPTED, RUNNING, FoldPreview
-from trainer.tracking._guarded import GuardedTracker, warn_tracking
+from trainer.tracking._backend import TrackerBackend
+from trainer.tracking._guarded import warn_tracking
 from trainer.tracking._secrets import flatten_params, redact_params
 
 if TYPE_CHECKING:
@@ -39,7 +40,12 @@ DEFAULT_INIT_TIMEOUT = 30.0
 #: Seconds ``stop`` may wait for an online run to finish syncing.
 DEFAULT_STOP_TIMEOUT = 30.0
 DATA_DIRECTORY_ENV = "NEPTUNE_DATA_DIRECTORY"
+#: The client's data folder in a run's root (a sweep folder or ``cv --out``).
+DATA_DIR = ".neptune"
 _ENV_LOCK = threading.Lock()
+# The sweep's own Neptune run stays open in the driver between start and finish (Neptune offline
+# cannot reopen a run by id), keyed by the sweep's data directory.
+_OPEN_SWEEP_RUNS: dict[str, tuple[Run, str]] = {}
 
 
 def resolve_mode(option: str | None = None) -> str:
@@ -55,7 +61,7 @@ def resolve_mode(option: str | None = None) -> str:
 
 def data_dir_for(root: Path) -> Path:
     """Where the client's ``.neptune`` folder goes for runs under ``root``."""
-    return Path(root).resolve() / ".neptune"
+    return Path(root).resolve() / DATA_DIR
 
 
 def init_timeout() -> float:
@@ -137,14 +143,19 @@ def stop_run(run: Run, mode: str) -> None:
     run.stop(seconds=DEFAULT_STOP_TIMEOUT if mode == "async" else None)
 
 
-class NeptuneTracker(GuardedTracker):
+class NeptuneTracker(TrackerBackend):
     """One cross-validation as a Neptune run; folds are namespaces ``folds/NN/`` inside it.
 
     Neptune has no nested runs: a trial records its sweep under ``sweep/`` (name and the sweep run's
-    custom id) and carries the sweep's name as a tag.
+    custom id) and carries the sweep's name as a tag. The sweep's part of the tracking context:
+    ``mode``, ``project`` (may be None offline), ``data_dir`` (the folder holding ``.neptune``) and
+    ``sweep_id`` (the sweep run's custom id).
     """
 
     name = "Neptune"
+    key = "neptune"
+    files: ClassVar[Mapping[str, str]] = {"data": DATA_DIR}
+    default_when = "NEPTUNE_PROJECT"
 
     def __init__(
         self,
@@ -171,6 +182,62 @@ class NeptuneTracker(GuardedTracker):
         self.init_timeout = init_timeout
         self.run: Run | None = None
         self.state: str | None = None
+
+    @classmethod
+    def for_run(
+        cls,
+        *,
+        root: Path,
+        run_name: str,
+        params: Mapping[str, Any],
+        sweep_name: str | None,
+        parent: Mapping[str, Any] | None,
+    ) -> NeptuneTracker:
+        parent = parent or {}
+        return cls(
+            root=root,
+            run_name=run_name,
+            params=params,
+            mode=parent.get("mode"),
+            project=parent.get("project"),
+            data_dir=Path(parent["data_dir"]) if parent.get("data_dir") else None,
+            sweep_name=sweep_name,
+            sweep_id=parent.get("sweep_id"),
+        )
+
+    @classmethod
+    def start_sweep(cls, root: Path, sweep_name: str, params: Mapping[str, Any]) -> dict[str, Any]:
+        mode = resolve_mode()
+        project = os.environ.get("NEPTUNE_PROJECT")
+        run, mode, data_dir = start_sweep_run(
+            root=root, sweep_name=sweep_name, params=params, mode=mode, project=project
+        )
+        _OPEN_SWEEP_RUNS[str(data_dir)] = (run, mode)
+        return {"mode": mode, "project": project, "data_dir": str(data_dir), "sweep_id": sweep_name}
+
+    @classmethod
+    def release_sweep(cls, part: Mapping[str, Any]) -> None:
+        opened = _OPEN_SWEEP_RUNS.pop(str(part.get("data_dir")), None)
+        if opened is not None:
+            stop_run(*opened)
+
+    @classmethod
+    def finish_sweep(cls, part: Mapping[str, Any], sweep_name: str, summary: Mapping[str, Any]) -> None:
+        if not part.get("data_dir"):
+            return
+        run, mode = _OPEN_SWEEP_RUNS.pop(part["data_dir"], (None, part.get("mode") or "offline"))
+        if run is None:  # a resumed driver: the sweep's first run was closed with its process
+            extra: dict[str, Any] = {"project": part["project"]} if part.get("project") else {}
+            run, mode = init_run(
+                mode=mode, data_dir=Path(part["data_dir"]), name=sweep_name, tags=["segsweep", "sweep", sweep_name],
+                **extra,
+            )  # fmt: skip
+            run["segsweep/kind"] = "sweep"
+            run["sweep/name"] = sweep_name
+            run["sweep/id"] = part.get("sweep_id") or sweep_name
+        for key, value in flatten_params(redact_params(summary)).items():
+            run["summary/" + key.replace(".", "/")] = value
+        stop_run(run, mode)
 
     def _cv_start(self, config: CVConfig, n_folds: int, out_dir: Path) -> None:
         del config, out_dir
