@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweeps.folder import SweepFolder, read_spec_record, write_spec_record
+from sweeps.folder import SweepFolder, SweepRecord, read_spec_record, write_spec_record
 from trainer.errors import ConfigError
 
 if TYPE_CHECKING:
@@ -152,14 +152,14 @@ class SweepSpec:
 
     def write(self) -> None:
         """sweep.json, keeping what earlier runs recorded (``runs``) beside the specification."""
-        previous = read_spec_record(self.folder) if self.folder.exists() else {}
-        write_spec_record(self.folder, {**previous, **self.to_dict()})
+        previous = read_spec_record(self.folder) if self.folder.exists() else SweepRecord()
+        write_spec_record(self.folder, SweepRecord({**previous.specification, **self.to_dict()}, previous.runs))
 
     @classmethod
     def read(cls, storage: str | Path | None, name: str) -> SweepSpec:
         """sweep.json of STORAGE/NAME, or a one-line error listing the sweeps there."""
         folder = SweepFolder.at(storage, name)
-        spec = cls.from_dict(read_spec_record(folder))
+        spec = cls.from_dict(read_spec_record(folder).specification)
         spec.storage = str(folder.storage.resolve())
         return spec
 

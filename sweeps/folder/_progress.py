@@ -10,11 +10,13 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sweeps.folder._layout import TRIAL_FILE, SweepFolder
 from sweeps.folder._records import read_events, read_spec_record, read_trial_record
 from sweeps.folder._results import COMPLETE, FAILED, PRUNED, RUNNING
+from sweeps.folder._schema import TrialRecord, may_win
 
 
 @dataclass(frozen=True)
@@ -82,12 +84,12 @@ def _seconds_since(stamp: str | None) -> float:
         return 0.0
 
 
-def running_trial(trial_dir: Any, record: dict[str, Any]) -> RunningTrial:
+def running_trial(trial_dir: Path, record: TrialRecord) -> RunningTrial:
     """Where a running trial's events leave it (its latest attempt only)."""
     events = read_events(trial_dir)
     starts = [i for i, e in enumerate(events) if e.get("event") == "attempt"]
     current = events[starts[-1]:] if starts else events
-    config = record.get("config") or {}
+    config = record.config or {}
     fold = epoch = 0
     val_iou: float | None = None
     epoch_seconds: list[float] = []
@@ -103,19 +105,19 @@ def running_trial(trial_dir: Any, record: dict[str, Any]) -> RunningTrial:
             val_iou = float(value) if isinstance(value, int | float) and math.isfinite(value) else val_iou
             if isinstance(event.get("seconds"), int | float):
                 epoch_seconds.append(float(event["seconds"]))
-    started = current[0].get("time") if current else record.get("started")
+    started = current[0].get("time") if current else record.started
     return RunningTrial(
         trial_id=trial_dir.name,
-        number=record.get("number"),
-        params=dict(record.get("params") or {}),
+        number=record.number,
+        params=dict(record.params or {}),
         fold=fold,
-        n_folds=int(record.get("n_folds") or config.get("folds") or 0),
+        n_folds=int(record.n_folds or config.get("folds") or 0),
         epoch=epoch,
         epochs=epochs,
         val_iou=val_iou,
         elapsed_s=_seconds_since(started),
         epoch_seconds=epoch_seconds,
-        parked=bool(record.get("parked")),
+        parked=bool(record.parked),
     )
 
 
@@ -128,25 +130,23 @@ def read_progress(folder: SweepFolder) -> SweepProgress:
     epochs_per_trial = 0
     for trial_dir in folder.trial_dirs():
         record = read_trial_record(trial_dir)
-        state = record.get("state")
-        config = record.get("config") or {}
+        state = record.state
+        config = record.config or {}
         if config:
-            epochs_per_trial = max(epochs_per_trial, int(config.get("epochs") or 0) * int(record.get("n_folds") or 0))
+            epochs_per_trial = max(epochs_per_trial, int(config.get("epochs") or 0) * int(record.n_folds or 0))
         if state in (COMPLETE, PRUNED, FAILED):
             finished += 1
-            recorded = record.get("mean_dice")
-            dice = float(recorded) if isinstance(recorded, int | float) else math.nan
-            all_folds = int(record.get("folds_done") or 0) >= int(record.get("n_folds") or 1 << 30)
             # The trial record's running mean, not the fold files: a refresh reads one file per trial.
-            if state == COMPLETE and all_folds and math.isfinite(dice) and (best is None or dice > best[1]):
-                number = record.get("number")
+            dice = record.mean_dice if record.mean_dice is not None else math.nan
+            if may_win(state, record.all_folds_done, dice) and (best is None or dice > best[1]):
+                number = record.number
                 label = f"#{number} ({trial_dir.name})" if number is not None else trial_dir.name
                 best = (label, dice)
-        elif state == RUNNING and record.get("attempts"):
+        elif state == RUNNING and record.attempts:
             running.append(running_trial(trial_dir, record))
     return SweepProgress(
         name=folder.name,
-        trials_total=int(spec.get("trials") or 0),
+        trials_total=spec.trials or 0,
         finished=finished,
         running=sorted(running, key=lambda t: (t.number if t.number is not None else 1 << 30)),
         best=best,
@@ -174,8 +174,7 @@ def summarise_sweep(folder: SweepFolder) -> SweepSummary:
     from sweeps.folder._control import driver_info, driver_running
 
     spec = read_spec_record(folder)
-    runs = spec.get("runs") or []
-    last = runs[-1] if runs else {}
+    last = spec.runs[-1] if spec.runs else {}
     if driver_running(folder):
         info = driver_info(folder)
         state, detail = "running", f"driver pid {info.get('pid')} on {info.get('host')}"
@@ -192,21 +191,20 @@ def summarise_sweep(folder: SweepFolder) -> SweepSummary:
         with_mtime = trial_dir / TRIAL_FILE
         if with_mtime.is_file():
             mtimes.append(with_mtime.stat().st_mtime)
-        if record.get("state") in (COMPLETE, PRUNED, FAILED):
+        if record.state in (COMPLETE, PRUNED, FAILED):
             finished += 1
-        dice = record.get("mean_dice")
-        all_folds = int(record.get("folds_done") or 0) >= int(record.get("n_folds") or 1 << 30)
-        if record.get("state") == COMPLETE and all_folds and isinstance(dice, int | float) and math.isfinite(dice):
-            best = dice if best is None else max(best, float(dice))
+        dice = record.mean_dice if record.mean_dice is not None else math.nan
+        if may_win(record.state, record.all_folds_done, dice):
+            best = dice if best is None else max(best, dice)
     last_update = datetime.fromtimestamp(max(mtimes), UTC).isoformat(timespec="seconds")
     return SweepSummary(
         name=folder.name,
         state=state,
         detail=detail,
         finished=finished,
-        asked=int(spec.get("trials") or 0),
+        asked=spec.trials or 0,
         best_dice=best,
-        started=spec.get("created"),
+        started=spec.created,
         last_update=last_update,
         path=str(folder.path),
     )
