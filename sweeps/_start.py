@@ -217,7 +217,7 @@ def warm_start_folder(spec: SweepSpec) -> SweepFolder:
     """The earlier sweep ``--warm-start`` names: a sweep in --storage, or a sweep folder's path."""
     given = Path(str(spec.warm_start))
     folder = (
-        SweepFolder(given) if (given / "sweep.json").is_file() else SweepFolder.at(spec.storage, str(spec.warm_start))
+        SweepFolder(given) if SweepFolder(given).exists() else SweepFolder.at(spec.storage, str(spec.warm_start))
     )
     if not folder.exists():
         raise ConfigError(
