@@ -83,8 +83,8 @@ class TrialRecord:
             values = {k: v for k, v in values.items() if k in field_types(cls)}
         problems = check_fields(cls, values)
         if problems:
-            raise DamagedRecord(f"{source}: {'; '.join(problems)} (fix or remove the field, or delete the file: "
-                                "it is rebuilt from the trial's other records)")  # fmt: skip
+            raise DamagedRecord(f"{source}: {'; '.join(problems)} (fix or remove the field; segsweep does not "
+                                "rewrite a record it cannot read whole)")  # fmt: skip
         return cls(**values)
 
     def to_dict(self) -> dict[str, Any]:
