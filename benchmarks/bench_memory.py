@@ -111,7 +111,7 @@ def sweep(tmp: Path, data: Path, space: Path, name: str, trials: int, limit: int
     if complete != trials:
         raise SystemExit(f"sweep {name}: {complete} of {trials} trials completed; see {spec.sweep_dir}")
     trial_pids = {int(attempt["pid"]) for folder in (spec.sweep_dir / "trials").iterdir() if folder.is_dir()
-                  for attempt in read_trial_record(folder).get("attempts", [])}
+                  for attempt in read_trial_record(folder).attempts or []}
     peak, each = sampler.peaks(trial_pids)
     others = set(sampler.names) - trial_pids
     _, idle = sampler.peaks(others)

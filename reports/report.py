@@ -85,7 +85,7 @@ def pm(mean: float, std: float) -> str:
 
 def data_path(sweep: SweepResults, trial: TrialResult | None = None) -> str | None:
     """The data set folder a sweep ran on: sweep.json's ``data``, else the trial's cv.json record."""
-    data = sweep.spec.get("data")
+    data = sweep.spec.data
     if isinstance(data, dict):
         data = data.get("root") or data.get("path")
     if data:
@@ -170,19 +170,19 @@ def _overview(sweep: SweepResults, choice: WinnerChoice) -> Section:
         ["folder", str(sweep.path)],
         ["data", str(data_path(sweep, choice.winner))],
         *([["data quality", note]] if (note := data_quality(choice.winner)) else []),
-        ["search space", format_value(spec.get("space"))],
+        ["search space", format_value(spec.space)],
         [
             "trials",
             f"{len(sweep.trials)} (" + ", ".join(f"{n} {s.lower()}" for s, n in sorted(states.items())) + ")",
         ],
         ["eligible for winning", str(choice.eligible)],
     ]
-    if spec.get("mixed_precision") or spec.get("threads") is not None:
-        threads = spec.get("threads")
-        rows.append(["TensorFlow", f"--mixed-precision {spec.get('mixed_precision') or 'auto'}, --threads "
+    if spec.mixed_precision or spec.threads is not None:
+        threads = spec.threads
+        rows.append(["TensorFlow", f"--mixed-precision {spec.mixed_precision or 'auto'}, --threads "
                      + ("the trial's CPUs" if threads is None else str(threads or "one per core"))])
-    overrides = spec.get("overrides")
-    if isinstance(overrides, dict) and any(v is not None for v in overrides.values()):
+    overrides = spec.overrides
+    if any(v is not None for v in overrides.values()):
         rows.append(["overrides", ", ".join(f"{k}={v}" for k, v in overrides.items() if v is not None)])
     return Section("Sweep", [Table(["", ""], rows)])
 

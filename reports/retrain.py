@@ -19,7 +19,7 @@ import numpy as np
 from reports.leaderboard import pick_winner
 from reports.report import data_path
 from sweeps import Sweep
-from sweeps.folder import COMPLETE, SweepResults, TrialResult, load_sweep
+from sweeps.folder import COMPLETE, SweepRecord, SweepResults, TrialResult, load_sweep
 from trainer.bundle import (
     CARD_FILE,
     CONFIG_FILE,
@@ -204,7 +204,7 @@ def _retrain_holding_lock(
     ensure_new_folder(out, "model bundle")
 
     # The pairs the sweep left out with --skip-bad stay out of the final model too.
-    skip_bad = bool(sweep.spec.get("skip_bad"))
+    skip_bad = sweep.spec.skip_bad
     data = prepare_dataset(root, config.image_size, split=config.dev_split, limit=config.limit, skip_bad=skip_bad)
     _check_same_data(trial, Path(root), data.key, len(data))
     fold_drops = [list(f.lr_drops) for f in trial.folds]
@@ -307,7 +307,7 @@ def cv_folder_as_sweep(folder: Path) -> SweepResults:
         trial_id="cv", number=None, params={}, state=COMPLETE, reason=None, config=cv.config,
         n_folds=cv.n_folds, folds=list(cv.folds), path=folder,
     )  # fmt: skip
-    return SweepResults(name=folder.name, path=folder, spec={"data": (cv.data or {}).get("path")},
+    return SweepResults(name=folder.name, path=folder, spec=SweepRecord({"data": (cv.data or {}).get("path")}),
                         trials=[trial])  # fmt: skip
 
 

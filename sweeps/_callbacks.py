@@ -17,6 +17,7 @@ from sweeps.folder import (
     PRUNED,
     RUNNING,
     SweepFolder,
+    TrialRecord,
     append_event,
     load_sweep,
     now,
@@ -41,7 +42,7 @@ class SweepCallback(tune.Callback):
         return SweepFolder(Path(self.sweep_dir)).trial_dir(trial.trial_id)
 
     def _label(self, trial: Any) -> str:
-        number = read_trial_record(self._folder(trial)).get("number")
+        number = read_trial_record(self._folder(trial)).number
         return f"#{number} ({trial.trial_id})" if number is not None else trial.trial_id
 
     def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
@@ -90,11 +91,11 @@ class SweepCallback(tune.Callback):
         if state == COMPLETE:
             best = _Best(float(last.get(OBJECTIVE.metric, float("nan"))), float(last.get("dice", float("nan"))),
                          float(last.get("dice_std", float("nan"))), float(last.get("iou", float("nan"))),
-                         record.get("number"), dict(record.get("params") or {}))
+                         record.number, dict(record.params or {}))
         self._count(trial.trial_id, record, best)
         self._print_best()
 
-    def _count(self, trial_id: str, record: dict[str, Any], best: _Best | None = None) -> None:
+    def _count(self, trial_id: str, record: TrialRecord, best: _Best | None = None) -> None:
         with contextlib.suppress(Exception):  # progress output must never stop a sweep
             if self._progress is None:
                 self._progress = _Progress.read(Path(self.sweep_dir).parent, self.name)
@@ -139,7 +140,7 @@ class _Progress:
     @classmethod
     def read(cls, storage: Path, name: str) -> _Progress:
         sweep = load_sweep(storage, name)
-        progress = cls(sweep.spec.get("trials"),
+        progress = cls(sweep.spec.trials,
                        {t.trial_id for t in sweep.trials if t.state in (COMPLETE, PRUNED, FAILED)})
         done = sweep.completed()
         if done:
@@ -153,11 +154,11 @@ def _short(value: Any) -> str:
     return f"{value:.3g}" if isinstance(value, float) else str(value)
 
 
-def _error_reason(trial: Any, record: dict[str, Any]) -> str:
+def _error_reason(trial: Any, record: TrialRecord) -> str:
     """One line naming the trial's latest error: as the trial wrote it into trial.json before raising,
     else from the error Ray stored for it (a worker that died wrote nothing; Ray may store its copy
     after this callback runs, which made the reason "unknown" now and then)."""
-    written = record.get("fatal_reason") or record.get("error")
+    written = record.fatal_reason or record.error
     if written:
         return str(written)
     with contextlib.suppress(Exception):

@@ -24,6 +24,7 @@ from sweeps.folder import (
     STUDY_START_ATTR,
     STUDY_TRIAL_ID_ATTR,
     SweepFolder,
+    TrialRecord,
     load_sweep,
     now,
     read_stop_request,
@@ -131,7 +132,7 @@ class FoldPruningOptunaSearch(OptunaSearch):
         state, value = completion_state(result, error=error)
         if state == TrialState.FAIL:
             # The trainable records why it failed before raising; the study keeps it for the dashboard.
-            reason = read_trial_record(SweepFolder(Path(self.sweep_dir)).trial_dir(trial_id)).get("reason")
+            reason = read_trial_record(SweepFolder(Path(self.sweep_dir)).trial_dir(trial_id)).reason
             if reason:
                 ot_trial.set_user_attr(STUDY_REASON_ATTR, str(reason))
         if state != TrialState.FAIL and result:
@@ -179,7 +180,7 @@ def make_searcher(
     )
 
 
-def reconcile_study(sweep_dir: Path, study_name: str, records: dict[str, dict[str, Any]]) -> int:
+def reconcile_study(sweep_dir: Path, study_name: str, records: dict[str, TrialRecord]) -> int:
     """Finish Optuna trials left RUNNING by a driver that died; return how many were fixed.
 
     ``records`` maps Ray trial ids to their trial.json. A trial whose record says it completed
@@ -193,7 +194,7 @@ def reconcile_study(sweep_dir: Path, study_name: str, records: dict[str, dict[st
         return 0
     fixed = 0
     for frozen in study.get_trials(deepcopy=False, states=(TrialState.RUNNING, TrialState.WAITING)):
-        record = records.get(str(frozen.user_attrs.get(STUDY_TRIAL_ID_ATTR)), {})
+        record = records.get(str(frozen.user_attrs.get(STUDY_TRIAL_ID_ATTR))) or TrialRecord()
         state, value, reason = _state_from_record(record)
         if reason:
             study._storage.set_trial_user_attr(frozen._trial_id, STUDY_REASON_ATTR, reason)
@@ -202,14 +203,13 @@ def reconcile_study(sweep_dir: Path, study_name: str, records: dict[str, dict[st
     return fixed
 
 
-def _state_from_record(record: dict[str, Any]) -> tuple[TrialState, float | None, str | None]:
-    state = record.get("state")
-    value = record.get(OBJECTIVE.record_field)
-    if state == "COMPLETE" and value is not None:
+def _state_from_record(record: TrialRecord) -> tuple[TrialState, float | None, str | None]:
+    value = getattr(record, OBJECTIVE.record_field)
+    if record.state == "COMPLETE" and value is not None:
         return TrialState.COMPLETE, float(value), None
-    if state == "PRUNED":
-        return TrialState.PRUNED, None, record.get("reason")
-    reason = record.get("reason") or "the sweep driver stopped before this proposal ran; Ray drew another"
+    if record.state == "PRUNED":
+        return TrialState.PRUNED, None, record.reason
+    reason = record.reason or "the sweep driver stopped before this proposal ran; Ray drew another"
     return TrialState.FAIL, None, reason
 
 

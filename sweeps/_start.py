@@ -224,7 +224,7 @@ def warm_start_folder(spec: SweepSpec) -> SweepFolder:
     """The earlier sweep ``--warm-start`` names: a sweep in --storage, or a sweep folder's path."""
     given = Path(str(spec.warm_start))
     folder = (
-        SweepFolder(given) if (given / "sweep.json").is_file() else SweepFolder.at(spec.storage, str(spec.warm_start))
+        SweepFolder(given) if SweepFolder(given).exists() else SweepFolder.at(spec.storage, str(spec.warm_start))
     )
     if not folder.exists():
         raise ConfigError(
@@ -290,7 +290,7 @@ def warm_start_entries(folder: SweepFolder) -> list[StartEntry]:
     Each gives the configuration it trained with, less the fields that sweep's options set (its
     ``--epochs 1`` was not its space's choice)."""
     earlier = load_sweep(folder.storage, folder.name)
-    set_by_options = set(_recorded_spec(earlier.spec, str(folder.spec_file)).cv_overrides())
+    set_by_options = set(_recorded_spec(earlier.spec.specification, str(folder.spec_file)).cv_overrides())
     return [
         StartEntry(
             label=f"{folder.name}/{trial.trial_id}",
@@ -307,7 +307,7 @@ def prepare_warm_start(spec: SweepSpec, space: SearchSpace, data_key: str) -> li
 
     Records the outcome in ``spec.warm_start_mode`` (said by status and report)."""
     folder = warm_start_folder(spec)
-    earlier = read_spec_record(folder)
+    earlier = read_spec_record(folder).specification
     why_not = warm_start_matches(earlier, spec, data_key)
     if why_not is None:
         trials = warm_start_trials(folder, space)

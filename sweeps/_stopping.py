@@ -77,7 +77,7 @@ class StopControl(tune.Callback):
         if request is None:
             return
         running = [t for t in trials if t.status == "RUNNING"]
-        parked = [t for t in running if read_trial_record(self.folder.trial_dir(t.trial_id)).get("parked")]
+        parked = [t for t in running if read_trial_record(self.folder.trial_dir(t.trial_id)).parked]
         if not self._announced:
             self._announced = True
             print(f"[segsweep] stopping ({request.reason}): no new trials; "

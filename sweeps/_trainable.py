@@ -91,8 +91,8 @@ def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) 
     trial_id = tune.get_context().get_trial_id()
     folder = SweepFolder(Path(setup.sweep_dir)).trial_dir(trial_id)
     record = read_trial_record(folder)
-    if record.get("fatal_reason"):
-        raise FatalTrialError(str(record["fatal_reason"]))
+    if record.fatal_reason:
+        raise FatalTrialError(record.fatal_reason)
 
     restored = restore_fold_files(tune.get_checkpoint(), folder)
     attempt = {
@@ -107,8 +107,8 @@ def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) 
         state="RUNNING",
         parked=False,
         error=None,  # this attempt's own failure, written below if it fails
-        started=record.get("started") or attempt["started"],
-        attempts=[*record.get("attempts", []), attempt],
+        started=record.started or attempt["started"],
+        attempts=[*(record.attempts or []), attempt],
     )
     append_event(folder, "attempt", node_id=attempt["node_id"], restored_folds=restored)
 
@@ -190,7 +190,7 @@ def _extra_reporters(spec: Mapping[str, Any], trial_id: str, out_dir: Path) -> l
     sweep_params = {k: v for k, v in spec.items() if k not in ("space_definition",)}
     ctx = sweep_tracking(sweep_dir, names, str(spec.get("name") or sweep_dir.name), sweep_params)
     record = read_trial_record(Path(out_dir))
-    params = {"trial_id": trial_id, **dict(record.get("params") or {}), **dict(record.get("config") or {})}
+    params = {"trial_id": trial_id, **(record.params or {}), **(record.config or {})}
     return [open_trackers(names, root=Path(out_dir), run_name=trial_id, params=params, parent=ctx)]
 
 

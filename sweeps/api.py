@@ -47,10 +47,6 @@ if TYPE_CHECKING:
     from sweeps.runner import SweepOutcome
     from trainer.config import CVConfig
 
-#: The driver's output when a sweep runs in the background (in the sweep folder).
-DRIVER_LOG = "driver.log"
-
-
 def _seconds(value: float | str | None) -> float | None:
     return parse_duration(value) if isinstance(value, str) else value
 
@@ -188,7 +184,7 @@ class Sweep:
 
     def _background(self, argv: list[str]) -> SweepRun:
         self.folder.path.mkdir(parents=True, exist_ok=True)
-        log_path = self.folder.path / DRIVER_LOG
+        log_path = self.folder.driver_log
         with open(log_path, "ab") as log:
             process = subprocess.Popen([sys.executable, "-m", "sweeps.cli", *argv], stdout=log,
                                        stderr=subprocess.STDOUT, start_new_session=True)
@@ -295,4 +291,4 @@ def open_sweep(name: str, storage: str | Path | None = None) -> Sweep:
     return Sweep.open(name, storage)
 
 
-__all__ = ["DRIVER_LOG", "Sweep", "SweepRun", "open_sweep"]
+__all__ = ["Sweep", "SweepRun", "open_sweep"]

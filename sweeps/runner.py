@@ -28,6 +28,7 @@ from sweeps.folder import (
     RUNNING,
     DamagedRecord,
     SweepResults,
+    TrialRecord,
     clear_stop_request,
     hold_driver_lock,
     load_sweep,
@@ -693,12 +694,12 @@ def _reconcile(spec: SweepSpec, statuses: dict[str, str], *, stopped: bool = Fal
     """
     from sweeps._optuna import reconcile_study
 
-    records: dict[str, dict[str, Any]] = {}
+    records: dict[str, TrialRecord] = {}
     for folder in spec.folder.trial_dirs():
         record = read_trial_record(folder)
-        if not record:
+        if record.empty:
             continue
-        if record.get("state") == RUNNING:
+        if record.state == RUNNING:
             status = statuses.get(folder.name)
             if status is None:
                 record = update_trial_record(
@@ -706,7 +707,7 @@ def _reconcile(spec: SweepSpec, statuses: dict[str, str], *, stopped: bool = Fal
                     reason="the sweep driver stopped before this proposal started; Ray drew another",
                 )
             elif status == "TERMINATED":
-                done = int(record.get("folds_done") or 0) >= int(record.get("n_folds") or 1 << 30)
+                done = record.all_folds_done
                 if done or not stopped:
                     record = update_trial_record(folder, state=COMPLETE if done else PRUNED, ended=now())
             elif status == "ERROR":
@@ -715,7 +716,7 @@ def _reconcile(spec: SweepSpec, statuses: dict[str, str], *, stopped: bool = Fal
     finished = bool(statuses) and all(s in ("TERMINATED", "ERROR") for s in statuses.values())
     # Finished when every trial asked for has ended, stop or not: a trial that a stop ended
     # unfinished is still RUNNING in its record (it resumes); one that ended before the stop is not.
-    ended = all(records[trial_id].get("state") != RUNNING for trial_id in statuses if trial_id in records)
+    ended = all(records[trial_id].state != RUNNING for trial_id in statuses if trial_id in records)
     finished = finished and len(statuses) >= spec.trials and ended
     if finished:
         reconcile_study(spec.sweep_dir, spec.name, records)
@@ -724,9 +725,9 @@ def _reconcile(spec: SweepSpec, statuses: dict[str, str], *, stopped: bool = Fal
 
 def _record_run(spec: SweepSpec, wall: float, restore: bool, finished: bool, stopped: str | None) -> None:
     """Append this run's wall time to sweep.json (per-trial overhead = wall - training time)."""
-    values = read_spec_record(spec.folder)
-    values.setdefault("runs", []).append(
+    record = read_spec_record(spec.folder)
+    record.runs.append(
         {"ended": now(), "wall_seconds": round(wall, 2), "resumed": restore, "finished": finished,
          "stopped": stopped}
     )
-    write_spec_record(spec.folder, values)
+    write_spec_record(spec.folder, record)

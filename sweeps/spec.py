@@ -9,7 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from sweeps.folder import SweepFolder, read_spec_record, storage_help, write_spec_record
+from sweeps.folder import SweepFolder, SweepRecord, read_spec_record, storage_help, write_spec_record
 from trainer.config import coerce_value, name_unknown, unknown_keys_error, yaml_error_line
 from trainer.errors import ConfigError
 
@@ -166,15 +166,15 @@ class SweepSpec:
 
     def write(self) -> None:
         """sweep.json, keeping what earlier runs recorded (``runs``) beside the specification."""
-        previous = read_spec_record(self.folder) if self.folder.exists() else {}
-        write_spec_record(self.folder, {**previous, **self.to_dict()})
+        previous = read_spec_record(self.folder) if self.folder.exists() else SweepRecord()
+        write_spec_record(self.folder, SweepRecord({**previous.specification, **self.to_dict()}, previous.runs))
 
     @classmethod
     def read(cls, storage: str | Path | None, name: str) -> SweepSpec:
         """sweep.json of STORAGE/NAME, or a one-line error listing the sweeps there."""
         folder = SweepFolder.at(storage, name)
         # The storage is where the folder is now, whatever sweep.json says (a sweep folder can be moved).
-        record = {**read_spec_record(folder), "storage": str(folder.storage.resolve())}
+        record = {**read_spec_record(folder).specification, "storage": str(folder.storage.resolve())}
         return cls.from_dict(record, source=str(folder.spec_file))
 
 

@@ -301,6 +301,12 @@ def _damaged_trial_json(ws: Workspace) -> list[str]:
     return ["sweep", "status", "s", "--storage", str(ws.root / "sweeps")]
 
 
+def _foreign_trial_json(ws: Workspace) -> list[str]:
+    record = _fake_sweep(ws).trial_dir("trial_00000") / "trial.json"
+    record.write_text(json.dumps({**json.loads(record.read_text()), "colour": "red"}))
+    return ["sweep", "status", "s", "--storage", str(ws.root / "sweeps")]
+
+
 def _damaged_fold_file(ws: Workspace) -> list[str]:
     fold = _fake_sweep(ws).trial_dir("trial_00000") / "folds" / "fold_02.json"
     fold.write_bytes(fold.read_bytes()[:25])
@@ -605,6 +611,8 @@ FAULTS: list[Fault] = [
           _overridden_epochs, 0, r"optuna-dashboard sqlite:///", stream="stdout", check=_shows_ran_with),
     Fault("trial-json-damaged-status", "a cut-short trial.json is rebuilt from cv.json, folds, events, study",
           _damaged_trial_json, 0, r"optuna-dashboard sqlite:///", stream="stdout", check=_rebuilt_row),
+    Fault("trial-json-unknown-field-status", "a trial.json with a field its format does not hold is refused, kept",
+          _foreign_trial_json, 2, r"^segsweep: error: \S+/trial\.json: unknown field\(s\) 'colour' \(fix or remove"),
     Fault("fold-file-damaged-report", "a cut-short fold file is read from cv.json: the report still has 2 folds",
           _damaged_fold_file, 0, r"^winner: trial trial_00000", stream="stdout", check=_both_folds_in_best),
     Fault("sweep-json-damaged-status", "a half-written sweep.json",

@@ -42,7 +42,6 @@ from sweeps.folder._records import (
     STUDY_START_ATTR,
     STUDY_TRIAL_ID_ATTR,
     STUDY_WARM_START_ATTR,
-    DamagedRecord,
     append_event,
     append_submission,
     attempt_spans,
@@ -67,6 +66,7 @@ from sweeps.folder._results import (
     load_trial,
     pair_image_scores,
 )
+from sweeps.folder._schema import DamagedRecord, SweepRecord, TrialRecord, may_win
 from sweeps.folder._scores import TestScore, load_test_scores, record_test_scores
 
 __all__ = [
@@ -92,9 +92,11 @@ __all__ = [
     "StopRequest",
     "SweepFolder",
     "SweepProgress",
+    "SweepRecord",
     "SweepResults",
     "SweepSummary",
     "TestScore",
+    "TrialRecord",
     "TrialResult",
     "append_event",
     "append_submission",
@@ -112,6 +114,7 @@ __all__ = [
     "load_sweep",
     "load_test_scores",
     "load_trial",
+    "may_win",
     "mean_std",
     "now",
     "pair_image_scores",

@@ -11,9 +11,11 @@
     ray/                       Ray Tune's experiment state (for resume)
     report/                    `segsweep report` output (report.html, report.md, figures/, best.json)
     driver.json                the running driver's host, pid and start (locked while it runs)
+    driver.log                 a driver started in the background (sweeps.api's Sweep.start): its output
     stop.json                  a pending request to stop (from `sweep stop`, a budget, Ctrl-C)
     predictions/<key>.json     test-set scores `segsweep predict` recorded for a bundle retrained from a trial
     mlflow.db, mlartifacts/    MLflow sink; .neptune/ Neptune's (each tracker owns its names: trainer.tracking)
+    tracking.json              the sweep-level tracker runs the trials' runs nest under (trainer.tracking's name)
     submitted.json             `segsweep sweep submit`: each Slurm job or Ray Job that ran the driver
     slurm.sbatch               the Slurm batch script `sweep submit --slurm` wrote (editable; resubmittable)
     logs/                      the Slurm jobs' output (slurm-<job id>.out)
@@ -28,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from trainer.errors import SegsweepError
+from trainer.tracking import CONTEXT_FILE as TRACKING_FILE
 from trainer.tracking import tracker_files
 
 #: Bump when a record's meaning changes; readers accept this version and older ones.
@@ -45,6 +48,8 @@ PREDICTIONS_DIR = "predictions"
 STOP_FILE = "stop.json"
 #: Held (flock) by the running driver; names its host and pid, so others can tell a sweep is running.
 DRIVER_FILE = "driver.json"
+#: The output of a driver started in the background (``Sweep.start()`` of sweeps.api).
+DRIVER_LOG = "driver.log"
 SUBMITTED_FILE = "submitted.json"
 SLURM_SCRIPT = "slurm.sbatch"
 LOGS_DIR = "logs"
@@ -143,6 +148,15 @@ class SweepFolder:
         """A file or folder a tracker writes here, by its role (``"mlflow", "store"``): the tracker's
         backend names it (``TrackerBackend.files``)."""
         return self.path / tracker_files(tracker)[role]
+
+    @property
+    def driver_log(self) -> Path:
+        return self.path / DRIVER_LOG
+
+    @property
+    def tracking_file(self) -> Path:
+        """The sweep-level tracking context (trainer.tracking writes and reads it)."""
+        return self.path / TRACKING_FILE
 
     @property
     def mlflow_db(self) -> Path:

@@ -10,12 +10,14 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 from sweeps.folder._layout import TRIAL_FILE, SweepFolder
 from sweeps.folder._objective import OBJECTIVE
 from sweeps.folder._records import read_events, read_spec_record, read_trial_record
 from sweeps.folder._results import COMPLETE, FAILED, PRUNED, RUNNING
+from sweeps.folder._schema import TrialRecord, may_win
 
 
 @dataclass(frozen=True)
@@ -83,12 +85,12 @@ def _seconds_since(stamp: str | None) -> float:
         return 0.0
 
 
-def running_trial(trial_dir: Any, record: dict[str, Any]) -> RunningTrial:
+def running_trial(trial_dir: Path, record: TrialRecord) -> RunningTrial:
     """Where a running trial's events leave it (its latest attempt only)."""
     events = read_events(trial_dir)
     starts = [i for i, e in enumerate(events) if e.get("event") == "attempt"]
     current = events[starts[-1]:] if starts else events
-    config = record.get("config") or {}
+    config = record.config or {}
     fold = epoch = 0
     val_iou: float | None = None
     epoch_seconds: list[float] = []
@@ -104,19 +106,19 @@ def running_trial(trial_dir: Any, record: dict[str, Any]) -> RunningTrial:
             val_iou = float(value) if isinstance(value, int | float) and math.isfinite(value) else val_iou
             if isinstance(event.get("seconds"), int | float):
                 epoch_seconds.append(float(event["seconds"]))
-    started = current[0].get("time") if current else record.get("started")
+    started = current[0].get("time") if current else record.started
     return RunningTrial(
         trial_id=trial_dir.name,
-        number=record.get("number"),
-        params=dict(record.get("params") or {}),
+        number=record.number,
+        params=dict(record.params or {}),
         fold=fold,
-        n_folds=int(record.get("n_folds") or config.get("folds") or 0),
+        n_folds=int(record.n_folds or config.get("folds") or 0),
         epoch=epoch,
         epochs=epochs,
         val_iou=val_iou,
         elapsed_s=_seconds_since(started),
         epoch_seconds=epoch_seconds,
-        parked=bool(record.get("parked")),
+        parked=bool(record.parked),
     )
 
 
@@ -129,26 +131,24 @@ def read_progress(folder: SweepFolder) -> SweepProgress:
     epochs_per_trial = 0
     for trial_dir in folder.trial_dirs():
         record = read_trial_record(trial_dir)
-        state = record.get("state")
-        config = record.get("config") or {}
+        state = record.state
+        config = record.config or {}
         if config:
-            epochs_per_trial = max(epochs_per_trial, int(config.get("epochs") or 0) * int(record.get("n_folds") or 0))
+            epochs_per_trial = max(epochs_per_trial, int(config.get("epochs") or 0) * int(record.n_folds or 0))
         if state in (COMPLETE, PRUNED, FAILED):
             finished += 1
-            recorded = record.get(OBJECTIVE.record_field)
-            value = float(recorded) if isinstance(recorded, int | float) else math.nan
-            all_folds = int(record.get("folds_done") or 0) >= int(record.get("n_folds") or 1 << 30)
             # The trial record's running mean, not the fold files: a refresh reads one file per trial.
-            wins = best is None or OBJECTIVE.better(value, best[1])
-            if state == COMPLETE and all_folds and math.isfinite(value) and wins:
-                number = record.get("number")
+            recorded = getattr(record, OBJECTIVE.record_field)
+            value = float(recorded) if recorded is not None else math.nan
+            if may_win(state, record.all_folds_done, value) and (best is None or OBJECTIVE.better(value, best[1])):
+                number = record.number
                 label = f"#{number} ({trial_dir.name})" if number is not None else trial_dir.name
                 best = (label, value)
-        elif state == RUNNING and record.get("attempts"):
+        elif state == RUNNING and record.attempts:
             running.append(running_trial(trial_dir, record))
     return SweepProgress(
         name=folder.name,
-        trials_total=int(spec.get("trials") or 0),
+        trials_total=spec.trials or 0,
         finished=finished,
         running=sorted(running, key=lambda t: (t.number if t.number is not None else 1 << 30)),
         best=best,
@@ -176,8 +176,7 @@ def summarise_sweep(folder: SweepFolder) -> SweepSummary:
     from sweeps.folder._control import driver_info, driver_running
 
     spec = read_spec_record(folder)
-    runs = spec.get("runs") or []
-    last = runs[-1] if runs else {}
+    last = spec.runs[-1] if spec.runs else {}
     if driver_running(folder):
         info = driver_info(folder)
         state, detail = "running", f"driver pid {info.get('pid')} on {info.get('host')}"
@@ -194,21 +193,21 @@ def summarise_sweep(folder: SweepFolder) -> SweepSummary:
         with_mtime = trial_dir / TRIAL_FILE
         if with_mtime.is_file():
             mtimes.append(with_mtime.stat().st_mtime)
-        if record.get("state") in (COMPLETE, PRUNED, FAILED):
+        if record.state in (COMPLETE, PRUNED, FAILED):
             finished += 1
-        value = record.get(OBJECTIVE.record_field)
-        all_folds = int(record.get("folds_done") or 0) >= int(record.get("n_folds") or 1 << 30)
-        if record.get("state") == COMPLETE and all_folds and isinstance(value, int | float) and math.isfinite(value):
-            best = float(value) if best is None or OBJECTIVE.better(float(value), best) else best
+        recorded = getattr(record, OBJECTIVE.record_field)
+        value = float(recorded) if recorded is not None else math.nan
+        if may_win(record.state, record.all_folds_done, value):
+            best = value if best is None or OBJECTIVE.better(value, best) else best
     last_update = datetime.fromtimestamp(max(mtimes), UTC).isoformat(timespec="seconds")
     return SweepSummary(
         name=folder.name,
         state=state,
         detail=detail,
         finished=finished,
-        asked=int(spec.get("trials") or 0),
+        asked=spec.trials or 0,
         best_dice=best,
-        started=spec.get("created"),
+        started=spec.created,
         last_update=last_update,
         path=str(folder.path),
     )

@@ -8,6 +8,7 @@ from typing import Any
 
 from sweeps.folder._objective import OBJECTIVE
 from sweeps.folder._results import COMPLETE, FAILED, PRUNED, RUNNING, SweepResults, TrialResult
+from sweeps.folder._schema import may_win
 
 RANKING_RULE = (
     "Ranked (1, 2, ...): trials that completed all their folds, by mean cross-validation Dice; the best "
@@ -18,8 +19,8 @@ _UNRANKED_ORDER = {RUNNING: 0, PRUNED: 1, FAILED: 2}
 
 
 def is_eligible(trial: TrialResult) -> bool:
-    """Whether a trial may win: COMPLETE, every fold done, a finite mean of the objective's metric."""
-    return trial.state == COMPLETE and trial.all_folds_done and math.isfinite(trial.mean[OBJECTIVE.metric])
+    """Whether a trial may win (:func:`~sweeps.folder.may_win` on its fold files)."""
+    return may_win(trial.state, trial.all_folds_done, trial.mean[OBJECTIVE.metric])
 
 
 def rank_trials(trials: Sequence[TrialResult]) -> list[TrialResult]:
@@ -92,8 +93,8 @@ def leaderboard_table(sweep: SweepResults) -> tuple[list[str], list[list[str]], 
             "start: a starting point (--start, the space's start: or a --warm-start), run before the sampler's "
             "proposals and counted in --trials."
         )
-    if sweep.spec.get("warm_start_mode"):
-        notes.append(f"Warm start from {sweep.spec.get('warm_start')}: {sweep.spec['warm_start_mode']}.")
+    if sweep.spec.warm_start_mode:
+        notes.append(f"Warm start from {sweep.spec.warm_start}: {sweep.spec.warm_start_mode}.")
     if overridden:
         notes.append(
             "* the value the trial trained with, set by the sweep's options over the search space's proposal ("
@@ -114,11 +115,11 @@ def format_text_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> 
 def format_leaderboard(sweep: SweepResults) -> str:
     """``segsweep sweep status``: a summary line, the leaderboard, its notes and the study's address."""
     counts = {state: sum(t.state == state for t in sweep.trials) for state in (COMPLETE, RUNNING, PRUNED, FAILED)}
-    total = sweep.spec.get("trials", len(sweep.trials))
+    total = sweep.spec.trials if sweep.spec.trials is not None else len(sweep.trials)
     lines = [
         f"sweep {sweep.name}: {len(sweep.trials)}/{total} trials proposed; "
         + ", ".join(f"{n} {state.lower()}" for state, n in counts.items() if n)
-        + f"  (space {sweep.spec.get('space')}, data {sweep.spec.get('data')})"
+        + f"  (space {sweep.spec.space}, data {sweep.spec.data})"
     ]
     columns, rows, notes = leaderboard_table(sweep)
     lines.append(format_text_table(columns, rows))

@@ -23,7 +23,7 @@ from pathlib import Path
 from typing import Any
 
 from sweeps.folder._layout import EVENTS_FILE, FORMAT_VERSION, TRIAL_FILE, SweepFolder
-from trainer.errors import SegsweepError
+from sweeps.folder._schema import DamagedRecord, SweepRecord, TrialRecord
 from trainer.files import dumps_strict, write_json_atomic
 from trainer.results import CV_FILE, read_cv_result, read_fold_files
 
@@ -37,10 +37,6 @@ STUDY_REASON_ATTR = "reason"
 STUDY_START_ATTR = "segsweep_start"
 #: On a trial ``--warm-start`` added from an earlier sweep: ``SWEEP/TRIAL_ID`` it was scored in.
 STUDY_WARM_START_ATTR = "segsweep_warm_start"
-
-
-class DamagedRecord(SegsweepError):
-    """A sweep record that does not parse and cannot be rebuilt from the others."""
 
 
 def now() -> str:
@@ -99,8 +95,8 @@ def append_submission(folder: SweepFolder, **fields: Any) -> dict[str, Any]:
 # --- sweep.json -------------------------------------------------------------------------------
 
 
-def read_spec_record(folder: SweepFolder) -> dict[str, Any]:
-    """sweep.json as a dict: NoSuchSweep when missing, DamagedRecord when it does not parse.
+def read_spec_record(folder: SweepFolder) -> SweepRecord:
+    """sweep.json: NoSuchSweep when missing, DamagedRecord when it does not parse.
 
     sweep.json holds what no other record does (the search space, the data folder, the budget), so
     it is not rebuilt: the message says where a copy lives.
@@ -116,11 +112,14 @@ def read_spec_record(folder: SweepFolder) -> dict[str, Any]:
             f"{folder.trials_dir} are untouched"
         ) from None
     assert record is not None  # require() saw the file
-    return record
+    return SweepRecord.from_dict(record, folder.spec_file)
 
 
-def write_spec_record(folder: SweepFolder, values: dict[str, Any]) -> None:
-    write_json_atomic(folder.spec_file, {**values, "format": FORMAT_VERSION})
+def write_spec_record(folder: SweepFolder, record: SweepRecord | dict[str, Any]) -> None:
+    """Write sweep.json (a flat dict is read as sweep.json's contents first, so it is checked alike)."""
+    if not isinstance(record, SweepRecord):
+        record = SweepRecord.from_dict(record, folder.spec_file)
+    write_json_atomic(folder.spec_file, record.to_dict())
 
 
 # --- trial.json -------------------------------------------------------------------------------
@@ -137,40 +136,41 @@ def _locked(trial_dir: Path) -> Iterator[None]:
             fcntl.flock(handle, fcntl.LOCK_UN)
 
 
-def read_trial_record(trial_dir: Path, warnings: list[str] | None = None) -> dict[str, Any]:
-    """trial.json as a dict ({} when the trial has none yet; rebuilt when it is damaged).
+def read_trial_record(trial_dir: Path, warnings: list[str] | None = None) -> TrialRecord:
+    """trial.json (an empty record when the trial has none yet; rebuilt when it does not parse).
 
-    A rebuilt record adds a line to ``warnings`` naming the damaged file.
+    A rebuilt record adds a line to ``warnings`` naming the damaged file. A record that parses but
+    holds what this version does not write (an unknown field, a newer format) is a DamagedRecord:
+    rebuilding it would drop those fields on the next write.
     """
     path = trial_dir / TRIAL_FILE
     try:
-        record = read_json_record(path)
+        values = read_json_record(path)
     except (OSError, ValueError) as exc:
         copy = keep_damaged(path)
         rebuilt = rebuild_trial_record(trial_dir)
+        sources = rebuilt.pop("_sources")
         if warnings is not None:
             warnings.append(
-                f"{path} is damaged ({exc}); rebuilt from {', '.join(rebuilt.pop('_sources')) or 'its folder name'} "
+                f"{path} is damaged ({exc}); rebuilt from {', '.join(sources) or 'its folder name'} "
                 f"(the damaged file is kept as {copy.name}; the next write replaces it)"
             )
-        else:
-            rebuilt.pop("_sources")
-        return rebuilt
-    return record or {}
+        return TrialRecord(**rebuilt)
+    return TrialRecord.from_dict(values, path) if values is not None else TrialRecord()
 
 
-def update_trial_record(trial_dir: Path, **changes: Any) -> dict[str, Any]:
-    """Merge ``changes`` into trial.json under the folder's lock; return the new record."""
+def update_trial_record(trial_dir: Path, **changes: Any) -> TrialRecord:
+    """Set ``changes`` (TrialRecord's fields; None clears one) in trial.json under the folder's lock;
+    return the new record. A name that is not a field, or a value of the wrong type, is a TypeError
+    before anything is written."""
     with _locked(trial_dir):
-        record = read_trial_record(trial_dir)
-        record.update(changes)
-        record["format"] = FORMAT_VERSION
-        write_json_atomic(trial_dir / TRIAL_FILE, record)
+        record = read_trial_record(trial_dir).updated({**changes, "format": FORMAT_VERSION})
+        write_json_atomic(trial_dir / TRIAL_FILE, record.to_dict())
     return record
 
 
 def rebuild_trial_record(trial_dir: Path) -> dict[str, Any]:
-    """What the other records of a trial say about it, in trial.json's form (``_sources`` names them).
+    """What the other records of a trial say about it, as TrialRecord's fields (``_sources`` names them).
 
     cv.json gives the configuration and fold count, the fold files the folds done, events.jsonl the
     times and the final state, the Optuna study the number and proposed parameters.

@@ -8,6 +8,7 @@ from typing import Any
 
 from sweeps.folder._layout import EVENTS_FILE, TRIAL_FILE, SweepFolder
 from sweeps.folder._records import read_spec_record, read_trial_record
+from sweeps.folder._schema import SweepRecord
 from trainer.reporting import COMPLETE, FAILED, PRUNED, RUNNING
 from trainer.results import CV_FILE, FoldResult, read_cv_result, read_fold_files, summarise
 
@@ -122,7 +123,7 @@ class SweepResults:
 
     name: str
     path: Path
-    spec: dict[str, Any]
+    spec: SweepRecord
     trials: list[TrialResult]
     #: Damaged records the reader repaired or skipped, one line each (shown by status and report).
     warnings: list[str] = field(default_factory=list)
@@ -177,22 +178,22 @@ def load_trial(trial_dir: Path, warnings: list[str] | None = None) -> TrialResul
             f"{', '.join(str(p) for p in damaged)} damaged; "
             + (f"fold(s) {recovered} read from cv.json" if from_cv else "that fold runs again on `sweep resume`")
         )
-    config = info.get("config") or (cv.config if cv else {})
-    n_folds = int(info.get("n_folds") or (cv.n_folds if cv else 0))
+    config = info.config or (cv.config if cv else {})
+    n_folds = int(info.n_folds or (cv.n_folds if cv else 0))
     if warnings is not None:
         warnings.extend(notes)
     return TrialResult(
-        trial_id=str(info.get("trial_id") or trial_dir.name),
-        number=info.get("number"),
-        params=info.get("params") or {},
-        state=info.get("state", RUNNING),
-        reason=info.get("reason"),
+        trial_id=info.trial_id or trial_dir.name,
+        number=info.number,
+        params=info.params or {},
+        state=info.state or RUNNING,
+        reason=info.reason,
         config=config,
         n_folds=n_folds,
         folds=folds,
-        started=info.get("started"),
-        ended=info.get("ended"),
+        started=info.started,
+        ended=info.ended,
         path=trial_dir,
         warnings=notes,
-        start=info.get("start"),
+        start=info.start,
     )

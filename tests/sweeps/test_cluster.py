@@ -139,7 +139,7 @@ def test_sweep_on_two_nodes_survives_losing_one(
         deadline = time.monotonic() + 400
         while time.monotonic() < deadline:
             records = [read_trial_record(d) for d in (storage / "c" / "trials").glob("*") if d.is_dir()]
-            nodes_used = {a["node_id"] for r in records for a in r.get("attempts", [])}
+            nodes_used = {a["node_id"] for r in records for a in r.attempts or []}
             folds = list((storage / "c" / "trials").glob("*/folds/fold_01.json"))
             if len(nodes_used) == 2 and folds:
                 break
@@ -158,7 +158,7 @@ def test_sweep_on_two_nodes_survives_losing_one(
 
     sweep = load_sweep(storage, "c")
     assert [t.state for t in sweep.trials] == ["COMPLETE"] * 4, format_leaderboard(sweep)
-    attempts = {t.trial_id: read_trial_record(t.path)["attempts"] for t in sweep.trials}
+    attempts = {t.trial_id: read_trial_record(t.path).attempts or [] for t in sweep.trials}
     all_nodes = {a["node_id"] for tries in attempts.values() for a in tries}
     assert len(all_nodes) == 2  # trials ran on both nodes
     moved = [tries for tries in attempts.values() if len(tries) > 1]

@@ -24,6 +24,7 @@ from sweeps.folder import (
     STUDY_START_ATTR,
     STUDY_TRIAL_ID_ATTR,
     SweepFolder,
+    TrialRecord,
     read_trial_record,
     update_trial_record,
     write_spec_record,
@@ -65,7 +66,7 @@ def test_pruned_complete_and_failed_trials_enter_the_study_as_such(tmp_path: Pat
     # The searcher writes each proposal's Optuna number and parameters into trial.json.
     for tid, frozen in trials.items():
         record = read_trial_record(SweepFolder(tmp_path).trial_dir(tid))
-        assert record["number"] == frozen.number and record["params"] == frozen.params
+        assert record.number == frozen.number and record.params == frozen.params
 
 
 def test_stock_ray_searcher_would_record_a_stopped_trial_as_complete(tmp_path: Path) -> None:
@@ -166,7 +167,7 @@ def test_reconcile_finishes_trials_a_dead_driver_left_running(tmp_path: Path) ->
     for tid in ("done", "orphan"):
         searcher.suggest(tid)
     records = {
-        "done": {"state": "COMPLETE", "mean_dice": 0.42},
+        "done": TrialRecord(state="COMPLETE", mean_dice=0.42),
         "orphan": read_trial_record(SweepFolder(tmp_path).trial_dir("orphan")),  # RUNNING: never started
     }
     assert reconcile_study(tmp_path, "s", records) == 2

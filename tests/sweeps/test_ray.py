@@ -99,7 +99,7 @@ def test_asha_prunes_and_failed_trials_carry_their_reason(tmp_path: Path, local_
     assert sum(e["event"] == "fold_start" for e in read_events(nan.path)) == 1
 
     crashed = trials[by_role["crash_once"]]
-    attempts = read_trial_record(crashed.path)["attempts"]
+    attempts = read_trial_record(crashed.path).attempts or []
     assert len(attempts) == 2 and attempts[1]["restored_folds"] == 1
     # The crash took the fold files with it; the retry got fold 1 back from the checkpoint.
     assert fold_trainings(crashed.path)[1] == 1
