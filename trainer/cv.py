@@ -161,13 +161,7 @@ def run_cv(
     if verbose:
         reporter = MultiReporter([_ConsoleReporter(len(folds), config.epochs), reporter])
         print(f"runtime: {runtime_settings().describe()}", flush=True)
-    data_info = {
-        "path": data_source,
-        "n_pairs": len(data),
-        "image_size": data.image_size,
-        "cache_key": data.key,
-        "quality": data.quality(),
-    }
+    data_info = _data_record(data, data_source)
     completed = load_finished_folds(out_dir, config, data.key)
     runtime = _runtime_with_earlier_folds(out_dir, completed, runtime)
     done = {f.fold for f in completed}
@@ -234,6 +228,17 @@ def _checked_folds(
             f"{len(data)} pairs in {len(folds)} folds); use --batch-size {smallest_train} or less, or more images"
         )
     return folds
+
+
+def _data_record(data: PreparedData, data_source: str | None) -> dict[str, object]:
+    """What cv.json and kept fold models record of the data: where, how many pairs, its digest, its quality."""
+    return {
+        "path": data_source,
+        "n_pairs": len(data),
+        "image_size": data.image_size,
+        "cache_key": data.key,
+        "quality": data.quality(),
+    }
 
 
 def _runtime_with_earlier_folds(
