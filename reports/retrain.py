@@ -28,7 +28,7 @@ from trainer.bundle import (
     retrain_checkpoint_path,
     write_bundle,
 )
-from trainer.checkpoint import EpochCheckpoint, run_identity
+from trainer.checkpoint import RETRAIN_FOLD
 from trainer.config import CVConfig
 from trainer.errors import ConfigError, DataError, SegsweepError
 from trainer.files import ensure_new_folder, writing_lock
@@ -178,15 +178,13 @@ def retrain(
 def _retrain_holding_lock(
     sweep: SweepResults | Sweep, out: str | Path, *, trial_id: str | None, verbose: bool
 ) -> Path:
-    import tf_keras
-
     if isinstance(sweep, Sweep):
         sweep = sweep.results()
     out = Path(out)
 
     from trainer.data import prepare_dataset
-    from trainer.models import build_model, runtime_settings
-    from trainer.training import fit
+    from trainer.models import runtime_settings
+    from trainer.training import train_one_model
 
     trial = choose_trial(sweep, trial_id)
     try:
@@ -226,16 +224,17 @@ def _retrain_holding_lock(
             )
 
     # Interrupted (Ctrl-C, SIGTERM, a time limit), the same command resumes after the last epoch.
-    checkpoint = EpochCheckpoint(
-        retrain_checkpoint_path(out),
-        run_identity(config.to_dict(), data.key, 0, np.arange(len(data)), drop_epochs=drop_epochs),
+    trained = train_one_model(
+        config,
+        data,
+        np.arange(len(data)),
+        fold=RETRAIN_FOLD,
+        seed=config.seed,
+        checkpoint_path=retrain_checkpoint_path(out),
+        lr_drop_epochs=drop_epochs,
+        on_epoch=on_epoch,
     )
-    tf_keras.backend.clear_session()
-    tf_keras.utils.set_random_seed(config.seed)
-    model = build_model(config)
-    history, lr_drops = fit(model, config, (data.images, data.masks), None, lr_drop_epochs=drop_epochs,
-                            on_epoch=on_epoch, checkpoint=checkpoint)  # fmt: skip
-    seconds = checkpoint.seconds()
+    history, seconds = trained.history, trained.checkpoint.seconds()
 
     choice = (
         "the winner by the report's rule" if trial_id is None else f"trial {trial_id}, named with --trial"
@@ -259,18 +258,18 @@ def _retrain_holding_lock(
     )  # fmt: skip
     schedule = {
         "rule": SCHEDULE_RULE, "fold_drops": fold_drops, "drop_epochs": drop_epochs,
-        "applied_drops": lr_drops, "lr": config.lr, "lr_factor": config.lr_factor, "epochs": config.epochs,
+        "applied_drops": trained.lr_drops, "lr": config.lr, "lr_factor": config.lr_factor, "epochs": config.epochs,
     }  # fmt: skip
 
     bundle = write_bundle(
         out,
-        model,
+        trained.model,
         meta,
         history=history,
         train_stems=data.stems,
         extra_files={SCHEDULE_FILE: schedule, CARD_FILE: _model_card(meta, history, schedule)},
     )
-    checkpoint.discard()
+    trained.checkpoint.discard()
     return bundle
 
 

@@ -46,6 +46,8 @@ MAX_OVERHEAD = 0.02
 #: run, CI's tiny images) would write its whole state once to delete it seconds later: 285 MB for
 #: a VGG16 U-Net with Adam's moments, on every fold.
 MIN_PROTECTED_SECONDS = 60.0
+#: The fold number in a retrain's identity: it trains on every development image, no fold of them.
+RETRAIN_FOLD = 0
 
 
 @dataclass
@@ -65,7 +67,7 @@ class EpochState:
 def run_identity(
     config: Mapping[str, Any], data_key: str, fold: int, train_rows: np.ndarray, **more: Any
 ) -> dict[str, Any]:
-    """What a checkpoint must match to be resumed: configuration, data, fold (0: a retrain), its
+    """What a checkpoint must match to be resumed: configuration, data, fold (RETRAIN_FOLD: a retrain), its
     training rows, and ``more`` (a retrain's learning-rate schedule)."""
     rows = np.ascontiguousarray(np.sort(np.asarray(train_rows, dtype=np.int64)))
     return {

@@ -18,7 +18,6 @@ from typing import TYPE_CHECKING
 import numpy as np
 
 from trainer import version
-from trainer.checkpoint import EpochCheckpoint, run_identity
 from trainer.config import SEED_MAX, CVConfig
 from trainer.data import PreparedData, prepare_dataset, read_split
 from trainer.errors import ConfigError, one_line_error
@@ -37,7 +36,7 @@ from trainer.results import (
 )
 
 if TYPE_CHECKING:
-    import tf_keras
+    from trainer.training import TrainedModel
 
 #: Validation images shown per fold in tracker previews.
 PREVIEW_IMAGES = 4
@@ -149,15 +148,7 @@ def run_cv(
     """
     config.validate()
     out_dir = Path(out_dir)
-    if data.image_size != config.image_size:
-        raise ConfigError(f"data prepared at {data.image_size}px but the configuration asks {config.image_size}px")
-    folds = make_folds(data.stems, config, val_stems)
-    smallest_train = min(len(train) for train, _ in folds)
-    if config.batch_size > smallest_train:
-        raise ConfigError(
-            f"batch size {config.batch_size} is larger than a training fold ({smallest_train} images with "
-            f"{len(data)} pairs in {len(folds)} folds); use --batch-size {smallest_train} or less, or more images"
-        )
+    folds = _checked_folds(config, data, val_stems)
     check_output_dir(out_dir)
     if config.pretrained:
         from trainer.weights import resolve_weights
@@ -170,37 +161,11 @@ def run_cv(
     if verbose:
         reporter = MultiReporter([_ConsoleReporter(len(folds), config.epochs), reporter])
         print(f"runtime: {runtime_settings().describe()}", flush=True)
-    data_info = {
-        "path": data_source,
-        "n_pairs": len(data),
-        "image_size": data.image_size,
-        "cache_key": data.key,
-        "quality": data.quality(),
-    }
+    data_info = _data_record(data, data_source)
     completed = load_finished_folds(out_dir, config, data.key)
-    previous = read_cv_result(out_dir) if completed else None
-    if previous is not None and previous.runtime and (
-        previous.runtime.get("mixed_precision_enabled") != runtime["mixed_precision_enabled"]
-    ):
-        # The finished folds ran otherwise: say so, and keep what they ran with beside this run's.
-        print(
-            f"segsweep: warning: {len(completed)} finished fold(s) in {out_dir} ran with mixed precision "
-            f"{'on' if previous.runtime.get('mixed_precision_enabled') else 'off'}; the remaining folds run "
-            f"with it {'on' if runtime['mixed_precision_enabled'] else 'off'} (cv.json records both)",
-            file=sys.stderr,
-        )
-        runtime = {**runtime, "earlier": previous.runtime}
+    runtime = _runtime_with_earlier_folds(out_dir, completed, runtime)
     done = {f.fold for f in completed}
-    for number in done:  # a run stopped between writing a fold and removing its checkpoint
-        fold_checkpoint_path(out_dir, number).unlink(missing_ok=True)
-    if keep_models:
-        missing = sorted(n for n in done if not (fold_model_dir(out_dir, n) / "weights.h5").is_file())
-        if missing:
-            print(
-                f"segsweep: warning: folds {', '.join(map(str, missing))} in {out_dir} finished without "
-                "--keep-models, so their models are not kept; delete their folds/fold_NN.json to train them again",
-                file=sys.stderr,
-            )
+    _tidy_finished_folds(out_dir, done, keep_models)
     previous_seconds = sum(f.seconds for f in completed)
     started = time.perf_counter()
 
@@ -224,16 +189,12 @@ def run_cv(
         for number, (train_rows, val_rows) in enumerate(folds, start=1):
             if number in done:
                 continue
-            checkpoint = EpochCheckpoint(
-                fold_checkpoint_path(out_dir, number),
-                run_identity(config.to_dict(), data.key, number, train_rows),
-            )
-            result, preview, model = _run_fold(config, data, number, train_rows, val_rows, reporter, checkpoint)
+            result, preview, trained = _run_fold(config, data, number, train_rows, val_rows, reporter, out_dir)
             if keep_models:
                 train_stems = [data.stems[i] for i in np.sort(train_rows)]
-                _save_fold_model(out_dir, model, config, result, data_info, len(folds), train_stems, runtime)
+                _save_fold_model(out_dir, trained.model, config, result, data_info, len(folds), train_stems, runtime)
             write_json_atomic(fold_path(out_dir, number), result.to_dict())
-            checkpoint.discard()
+            trained.checkpoint.discard()
             completed.append(result)
             completed.sort(key=lambda f: f.fold)
             snapshot(complete=len(completed) == len(folds))
@@ -253,6 +214,66 @@ def run_cv(
         reporter.close()  # runs still open here were interrupted (Ctrl-C, SystemExit)
 
 
+def _checked_folds(
+    config: CVConfig, data: PreparedData, val_stems: list[str] | None
+) -> list[tuple[np.ndarray, np.ndarray]]:
+    """The folds of ``data``, refused before any training when the data or a fold cannot serve ``config``."""
+    if data.image_size != config.image_size:
+        raise ConfigError(f"data prepared at {data.image_size}px but the configuration asks {config.image_size}px")
+    folds = make_folds(data.stems, config, val_stems)
+    smallest_train = min(len(train) for train, _ in folds)
+    if config.batch_size > smallest_train:
+        raise ConfigError(
+            f"batch size {config.batch_size} is larger than a training fold ({smallest_train} images with "
+            f"{len(data)} pairs in {len(folds)} folds); use --batch-size {smallest_train} or less, or more images"
+        )
+    return folds
+
+
+def _data_record(data: PreparedData, data_source: str | None) -> dict[str, object]:
+    """What cv.json and kept fold models record of the data: where, how many pairs, its digest, its quality."""
+    return {
+        "path": data_source,
+        "n_pairs": len(data),
+        "image_size": data.image_size,
+        "cache_key": data.key,
+        "quality": data.quality(),
+    }
+
+
+def _runtime_with_earlier_folds(
+    out_dir: Path, completed: list[FoldResult], runtime: dict[str, object]
+) -> dict[str, object]:
+    """This run's runtime record; with what the finished folds ran with beside it when their mixed
+    precision differs (said on standard error)."""
+    previous = read_cv_result(out_dir) if completed else None
+    if previous is None or not previous.runtime:
+        return runtime
+    if previous.runtime.get("mixed_precision_enabled") == runtime["mixed_precision_enabled"]:
+        return runtime
+    print(
+        f"segsweep: warning: {len(completed)} finished fold(s) in {out_dir} ran with mixed precision "
+        f"{'on' if previous.runtime.get('mixed_precision_enabled') else 'off'}; the remaining folds run "
+        f"with it {'on' if runtime['mixed_precision_enabled'] else 'off'} (cv.json records both)",
+        file=sys.stderr,
+    )
+    return {**runtime, "earlier": previous.runtime}
+
+
+def _tidy_finished_folds(out_dir: Path, done: set[int], keep_models: bool) -> None:
+    """Remove the checkpoints of finished folds; warn when --keep-models finds folds finished without it."""
+    for number in done:  # a run stopped between writing a fold and removing its checkpoint
+        fold_checkpoint_path(out_dir, number).unlink(missing_ok=True)
+    if keep_models:
+        missing = sorted(n for n in done if not (fold_model_dir(out_dir, n) / "weights.h5").is_file())
+        if missing:
+            print(
+                f"segsweep: warning: folds {', '.join(map(str, missing))} in {out_dir} finished without "
+                "--keep-models, so their models are not kept; delete their folds/fold_NN.json to train them again",
+                file=sys.stderr,
+            )
+
+
 def _run_fold(
     config: CVConfig,
     data: PreparedData,
@@ -260,38 +281,27 @@ def _run_fold(
     train_rows: np.ndarray,
     val_rows: np.ndarray,
     reporter: Reporter,
-    checkpoint: EpochCheckpoint | None = None,
-) -> tuple[FoldResult, FoldPreview, tf_keras.Model]:
-    import tf_keras
-
+    out_dir: Path,
+) -> tuple[FoldResult, FoldPreview, TrainedModel]:
+    """Train fold ``number`` (resuming its checkpoint in ``out_dir``) and score it on its validation rows."""
     from trainer.metrics import medai_scores
-    from trainer.models import model_for_fold
-    from trainer.training import fit, predict_probabilities
+    from trainer.training import predict_probabilities, train_one_model
 
-    started = time.perf_counter()
     reporter.on_fold_start(number, len(train_rows), len(val_rows))
-    # Every fold starts from the same initial weights; its seed (from the seed and the fold, never from
-    # what the process ran before) drives shuffling, augmentation and dropout, per epoch.
-    model = model_for_fold(config)
-    tf_keras.utils.set_random_seed(fold_seed(config.seed, number))
-    resumed = checkpoint.load(model) if checkpoint is not None else None
-    if resumed is not None:
-        reporter.on_fold_resumed(number, list(resumed.history))
-    history, lr_drops = fit(
-        model,
+    trained = train_one_model(
         config,
-        (data.images, data.masks),
-        (data.images, data.masks),
-        train_indices=train_rows,
-        val_indices=val_rows,
-        on_epoch=lambda epoch, metrics: reporter.on_epoch(number, epoch, metrics),
+        data,
+        train_rows,
+        val_rows,
+        fold=number,
         seed=fold_seed(config.seed, number),
-        compile=False,
-        checkpoint=checkpoint,
+        checkpoint_path=fold_checkpoint_path(out_dir, number),
+        on_epoch=lambda epoch, metrics: reporter.on_epoch(number, epoch, metrics),
+        on_resumed=lambda history: reporter.on_fold_resumed(number, history),
     )
     val_images = np.asarray(data.images[np.sort(val_rows)])
     val_masks = np.asarray(data.masks[np.sort(val_rows)])[..., 0]
-    probabilities = predict_probabilities(model, val_images, config, batch_size=config.batch_size)
+    probabilities = predict_probabilities(trained.model, val_images, config, batch_size=config.batch_size)
     scores = medai_scores(val_masks, probabilities)
     stems = [data.stems[i] for i in np.sort(val_rows)]
     result = FoldResult(
@@ -300,17 +310,17 @@ def _run_fold(
         n_val=len(val_rows),
         dice=float(scores["mean_dice"]),
         iou=float(scores["mean_iou"]),
-        epochs_run=len(history),
-        lr_drops=lr_drops,
-        history=history,
-        seconds=checkpoint.seconds() if checkpoint is not None else time.perf_counter() - started,
+        epochs_run=len(trained.history),
+        lr_drops=trained.lr_drops,
+        history=trained.history,
+        seconds=trained.checkpoint.seconds(),
         val_stems=stems,
         val_dice=[float(v) for v in scores["dice"]],
         val_iou=[float(v) for v in scores["iou"]],
     )
     k = min(PREVIEW_IMAGES, len(stems))
     preview = FoldPreview(tuple(stems[:k]), val_images[:k], val_masks[:k], probabilities[:k])
-    return result, preview, model
+    return result, preview, trained
 
 
 class _ConsoleReporter(Reporter):

@@ -1,4 +1,4 @@
-"""The fit loop shared by cross-validation and retraining, and batched prediction.
+"""Training one model (a fold, a fold kept for an ensemble, a retrain), its fit loop, and batched prediction.
 
 Batches are gathered, augmented (one of the paper's augmentations per image, or none) and
 preprocessed in a generator that tf.data runs ahead of the model (prefetch), so data preparation
@@ -8,25 +8,26 @@ overlaps training instead of stalling it.
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from trainer.checkpoint import EpochCheckpoint, run_identity
 from trainer.config import CVConfig
 from trainer.errors import SegsweepError
-from trainer.models import compile_model, configure_tensorflow, preprocessing
+from trainer.models import compile_model, configure_tensorflow, model_for_fold, preprocessing
 from trainer.results import EpochRecord
 
 if TYPE_CHECKING:
     import tf_keras
 
-    from trainer.checkpoint import EpochCheckpoint
+    from trainer.data import PreparedData
 
+#: Called after each epoch with its number (from 1) and its metrics (loss, val_loss, val_iou, lr, seconds, ...).
 EpochCallback = Callable[[int, Mapping[str, float]], None]
-#: ReduceLROnPlateau's state between epochs, which a resumed fold must carry on from.
-PLATEAU_COUNTERS = ("best", "wait", "cooldown_counter")
 
 
 class TrainingError(SegsweepError):
@@ -154,162 +155,71 @@ def _bn_batches(
     return batches
 
 
-def _make_callbacks(
+@dataclass
+class TrainedModel:
+    """What :func:`train_one_model` trained, and how the training went."""
+
+    model: tf_keras.Model
+    history: list[EpochRecord]
+    #: The epochs (from 1) at whose end the learning rate was cut.
+    lr_drops: list[int]
+    #: Its epoch checkpoint: ``seconds()`` counts the training over every attempt; ``discard()`` it once
+    #: what was trained is kept (a fold's result, a bundle), not before: a stop in between resumes.
+    checkpoint: EpochCheckpoint
+
+
+def train_one_model(
     config: CVConfig,
-    history: list[EpochRecord],
-    lr_drops: list[int],
+    data: PreparedData,
+    train_rows: np.ndarray,
+    val_rows: np.ndarray | None = None,
     *,
-    monitor_val: bool,
-    lr_drop_epochs: Sequence[int] | None,
-    on_epoch: EpochCallback | None,
-    n_train: int,
-    bn_batches: Callable[[], Iterator[np.ndarray]] | None = None,
-    checkpoint: EpochCheckpoint | None = None,
-    seed: int | None = None,
-) -> list[Any]:
+    fold: int,
+    seed: int,
+    checkpoint_path: Path,
+    lr_drop_epochs: Sequence[int] | None = None,
+    on_epoch: EpochCallback | None = None,
+    on_resumed: Callable[[list[EpochRecord]], None] | None = None,
+) -> TrainedModel:
+    """Train one model of ``config`` on ``data``'s ``train_rows``: a cross-validation fold (kept for an
+    ensemble or not) or a retrain on every development image (``fold`` RETRAIN_FOLD); cv and retrain both.
+
+    The model starts from the configuration's initial weights (trainer.models.model_for_fold: built once
+    per process and reused, its optimizer reset); ``seed`` (a fold's, never what the process ran before)
+    then drives shuffling, augmentation and dropout, per epoch. With ``val_rows`` the learning rate
+    follows the paper's plateau rule on validation IoU; without, ``lr_drop_epochs`` (a retrain's imitated
+    schedule) cuts it at the end of those epochs, and is part of the run's identity.
+
+    After epochs the training state is saved at ``checkpoint_path`` (trainer.checkpoint); a checkpoint
+    found there of the same run (configuration, data, ``fold``, ``train_rows``, schedule) is resumed after
+    its last epoch, ``on_resumed`` hearing its history before training goes on.
+    """
     import tf_keras
 
-    class RandomStreamSeeder(tf_keras.callbacks.Callback):
-        """Sets the model's random streams (dropout) from (seed, epoch) as each epoch begins."""
-
-        def __init__(self, seed: int) -> None:
-            super().__init__()
-            self.seed = seed
-
-        def on_epoch_begin(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
-            from trainer.models import reseed_random_layers
-
-            reseed_random_layers(self.model, self.seed, epoch)
-
-    class BatchNormReestimator(tf_keras.callbacks.Callback):
-        """Re-estimates BN statistics before each validation and at the end of training.
-
-        Only when the weights changed since the last re-estimation, so the final validation's
-        statistics are the ones the trained model keeps.
-        """
-
-        def __init__(self, batches: Callable[[], Iterator[np.ndarray]]) -> None:
-            super().__init__()
-            self.batches = batches
-            # Unknown at the start: a run resumed after its last epoch trains nothing, and without
-            # validation (a retrain) its checkpoint holds Keras' moving statistics, not re-estimated ones.
-            self.stale = True
-
-        def on_train_batch_end(self, batch: int, logs: Mapping[str, float] | None = None) -> None:
-            self.stale = True
-
-        def _refresh(self) -> None:
-            if self.stale:
-                from trainer.batchnorm import reestimate_batchnorm
-
-                reestimate_batchnorm(self.model, self.batches())
-                self.stale = False
-
-        def on_test_begin(self, logs: Mapping[str, float] | None = None) -> None:
-            self._refresh()
-
-        def on_train_end(self, logs: Mapping[str, float] | None = None) -> None:
-            self._refresh()
-
-    class EpochRecorder(tf_keras.callbacks.Callback):
-        """Records each epoch and the epochs at whose end the learning rate was cut."""
-
-        def on_epoch_begin(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
-            self.started = time.perf_counter()
-            self.lr = float(tf_keras.backend.get_value(self.model.optimizer.learning_rate))
-
-        def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
-            logs = dict(logs or {})
-            number = epoch + 1
-            if lr_drop_epochs is not None and number in lr_drop_epochs:
-                new_lr = self.lr * config.lr_factor
-                tf_keras.backend.set_value(self.model.optimizer.learning_rate, new_lr)
-            lr_after = float(tf_keras.backend.get_value(self.model.optimizer.learning_rate))
-            if lr_after < self.lr * (1 - 1e-6):
-                lr_drops.append(number)
-            loss = float(logs.get("loss", float("nan")))
-            if not math.isfinite(loss):
-                raise TrainingError(
-                    f"the loss became {loss} in epoch {number}; lower the learning rate (now {self.lr:g})"
-                )
-            record = EpochRecord(
-                epoch=number,
-                loss=loss,
-                val_loss=float(logs.get("val_loss", float("nan"))),
-                val_iou=float(logs.get("val_iou", float("nan"))),
-                lr=self.lr,
-            )
-            history.append(record)
-            if on_epoch is not None:
-                seconds = time.perf_counter() - self.started
-                on_epoch(
-                    number,
-                    {
-                        "loss": record.loss,
-                        "val_loss": record.val_loss,
-                        "val_iou": record.val_iou,
-                        "lr": record.lr,
-                        "seconds": seconds,
-                        "images_per_second": n_train / seconds if seconds > 0 else float("nan"),
-                    },
-                )
-
-    class CheckpointSaver(tf_keras.callbacks.Callback):
-        """Saves the training state after each epoch, and puts the plateau rule's counters back."""
-
-        def __init__(self, checkpoint: EpochCheckpoint, plateau: Any) -> None:
-            super().__init__()
-            self.checkpoint = checkpoint
-            self.plateau = plateau
-
-        def on_train_begin(self, logs: Mapping[str, float] | None = None) -> None:
-            # After ReduceLROnPlateau's own on_train_begin, which resets its counters.
-            resumed = self.checkpoint.resumed
-            if resumed is not None and self.plateau is not None:
-                for name, value in resumed.plateau.items():
-                    if math.isnan(value):
-                        continue  # best was still -inf (strict JSON keeps no infinities): keep the reset value
-                    setattr(self.plateau, name, int(value) if name != "best" else value)
-
-        def on_epoch_end(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
-            from trainer.checkpoint import EpochState
-
-            if not self.checkpoint.due():
-                return
-            plateau = {}
-            if self.plateau is not None:
-                plateau = {name: float(getattr(self.plateau, name)) for name in PLATEAU_COUNTERS}
-            state = EpochState(
-                epoch=epoch + 1,
-                history=list(history),
-                lr_drops=list(lr_drops),
-                lr=float(tf_keras.backend.get_value(self.model.optimizer.learning_rate)),
-                plateau=plateau,
-                seconds=self.checkpoint.seconds(),
-            )
-            self.checkpoint.save(self.model, state)
-
-    callbacks: list[Any] = []
-    if seed is not None:
-        callbacks.append(RandomStreamSeeder(seed))
-    if bn_batches is not None:
-        callbacks.append(BatchNormReestimator(bn_batches))
-    plateau = None
-    if monitor_val:
-        # The paper: cut the learning rate 10x when validation IoU has not improved for 3 epochs.
-        plateau = tf_keras.callbacks.ReduceLROnPlateau(
-            monitor="val_iou",
-            mode="max",
-            factor=config.lr_factor,
-            patience=config.lr_patience,
-            min_lr=0.0,
-            verbose=0,
-        )
-        callbacks.append(plateau)
-    callbacks.append(EpochRecorder())  # after the scheduler, so it sees the cut learning rate
-    if checkpoint is not None:
-        callbacks.append(CheckpointSaver(checkpoint, plateau))  # last: the epoch's state is complete
-    return callbacks
+    schedule = {} if lr_drop_epochs is None else {"drop_epochs": list(lr_drop_epochs)}
+    checkpoint = EpochCheckpoint(
+        checkpoint_path, run_identity(config.to_dict(), data.key, fold, train_rows, **schedule)
+    )
+    model = model_for_fold(config)
+    tf_keras.utils.set_random_seed(seed)
+    resumed = checkpoint.load(model)
+    if resumed is not None and on_resumed is not None:
+        on_resumed(list(resumed.history))
+    arrays = (data.images, data.masks)
+    history, lr_drops = fit(
+        model,
+        config,
+        arrays,
+        arrays if val_rows is not None else None,
+        train_indices=train_rows,
+        val_indices=val_rows,
+        lr_drop_epochs=lr_drop_epochs,
+        on_epoch=on_epoch,
+        seed=seed,
+        compile=False,
+        checkpoint=checkpoint,
+    )
+    return TrainedModel(model, history, lr_drops, checkpoint)
 
 
 def fit(
@@ -371,7 +281,9 @@ def fit(
 
         history, lr_drops, first_epoch = list(resumed.history), list(resumed.lr_drops), resumed.epoch
         tf_keras.backend.set_value(model.optimizer.learning_rate, resumed.lr)
-    callbacks = _make_callbacks(
+    from trainer.callbacks import fit_callbacks
+
+    callbacks = fit_callbacks(
         config,
         history,
         lr_drops,

@@ -189,3 +189,37 @@ def test_retrain_interrupted_before_its_first_epoch_prints_the_command_to_run_ag
         f"segsweep: interrupted; resume with `segsweep retrain s1 --storage {tmp_path / 'sweeps'} --out '{out}' "
         "--trial trial_00002 --threads 2 --mixed-precision off`"
     ]
+
+
+def test_retrain_and_a_cv_fold_train_through_the_same_function(
+    cv_folder: Path, kvasir_seg_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Retrain had its own seeding, model building, fit and checkpoint: two ways to train one model.
+    from reports.retrain import cv_folder_as_sweep, retrain
+    from trainer import training
+    from trainer.checkpoint import RETRAIN_FOLD
+    from trainer.cv import fold_seed, run_cv
+
+    class Trained(Exception):
+        pass
+
+    calls: list[dict[str, object]] = []
+
+    def record(config: CVConfig, data: object, train_rows: np.ndarray, val_rows: object = None, **how: object):
+        calls.append({"n_train": len(train_rows), "validated": val_rows is not None, **how})
+        raise Trained  # what it would train is all this test needs
+
+    monkeypatch.setattr(training, "train_one_model", record)
+    with pytest.raises(Trained):
+        run_cv(CONFIG, prepare_dataset(kvasir_seg_dir, 64), tmp_path / "fold")
+    with pytest.raises(Trained):
+        retrain(cv_folder_as_sweep(cv_folder), tmp_path / "model", verbose=False)
+    fold, whole = calls
+    assert (fold["fold"], fold["seed"], fold["validated"], fold.get("lr_drop_epochs")) == (
+        1, fold_seed(CONFIG.seed, 1), True, None,
+    )  # fmt: skip
+    assert (whole["fold"], whole["seed"], whole["validated"], whole["lr_drop_epochs"]) == (
+        RETRAIN_FOLD, CONFIG.seed, False, [1],
+    )  # fmt: skip
+    assert whole["n_train"] == len(prepare_dataset(kvasir_seg_dir, 64)) and fold["n_train"] < whole["n_train"]
+    assert whole["checkpoint_path"] == retrain_checkpoint_path(tmp_path / "model")

@@ -38,14 +38,14 @@ def test_a_run_resumed_after_its_last_epoch_still_ends_with_reestimated_statisti
     # bundle was saved with them: the batch-norm trap again, silently.
     import tf_keras
 
-    from trainer.training import _make_callbacks
+    from trainer.callbacks import fit_callbacks
 
     inputs = tf_keras.Input((4, 4, 2))
     bn = tf_keras.layers.BatchNormalization(momentum=0.999)
     model = tf_keras.Model(inputs, bn(inputs))
     batch = np.random.default_rng(0).normal(5.0, 2.0, (3, 4, 4, 2)).astype(np.float32)
-    callbacks = _make_callbacks(CVConfig(), [], [], monitor_val=False, lr_drop_epochs=[], on_epoch=None,
-                                n_train=3, bn_batches=lambda: iter([batch]))  # fmt: skip
+    callbacks = fit_callbacks(CVConfig(), [], [], monitor_val=False, lr_drop_epochs=[], on_epoch=None,
+                              n_train=3, bn_batches=lambda: iter([batch]))  # fmt: skip
     for callback in callbacks:
         callback.set_model(model)
         callback.on_train_begin()

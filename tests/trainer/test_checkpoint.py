@@ -135,14 +135,14 @@ def test_the_plateau_rule_goes_on_with_its_counters(tmp_path: Path) -> None:
     # Reset, the rule would take the first resumed epoch as its best and cut a step late.
     import tf_keras
 
+    from trainer.callbacks import fit_callbacks
     from trainer.config import CVConfig
-    from trainer.training import _make_callbacks
 
     checkpoint = EpochCheckpoint(tmp_path / "fold_01.npz", IDENTITY)
     checkpoint.resumed = EpochState(epoch=2, history=[], lr_drops=[], lr=1e-3,
                                     plateau={"best": 0.5, "wait": 1.0, "cooldown_counter": 0.0})  # fmt: skip
-    callbacks = _make_callbacks(CVConfig(), [], [], monitor_val=True, lr_drop_epochs=None, on_epoch=None, n_train=4,
-                                checkpoint=checkpoint)  # fmt: skip
+    callbacks = fit_callbacks(CVConfig(), [], [], monitor_val=True, lr_drop_epochs=None, on_epoch=None, n_train=4,
+                              checkpoint=checkpoint)  # fmt: skip
     for callback in callbacks:  # in Keras' order: the plateau rule resets itself first
         callback.on_train_begin()
     (plateau,) = [c for c in callbacks if isinstance(c, tf_keras.callbacks.ReduceLROnPlateau)]

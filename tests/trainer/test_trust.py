@@ -47,8 +47,12 @@ def test_mostly_empty_masks_warn_on_every_run_and_reach_cv_json(
         assert "WARNING: 7 of the 12 masks used from" in capsys.readouterr().err
     assert data.quality()["mostly_empty"] and data.n_empty_masks == 7
 
-    def fake_fold(config: CVConfig, data: Any, number: int, train: Any, val: Any, reporter: Any, _: Any) -> Any:
-        return FoldResult(number, len(train), len(val), 1.0, 1.0, 1, [], [], 0.1), None, None
+    from trainer.checkpoint import EpochCheckpoint
+    from trainer.training import TrainedModel
+
+    def fake_fold(config: CVConfig, data: Any, number: int, train: Any, val: Any, reporter: Any, out: Path) -> Any:
+        untrained = TrainedModel(None, [], [], EpochCheckpoint(out / f"fold_{number}.npz", {}))
+        return FoldResult(number, len(train), len(val), 1.0, 1.0, 1, [], [], 0.1), None, untrained
 
     monkeypatch.setattr(cv_module, "_run_fold", fake_fold)
     monkeypatch.setattr(cv_module.Reporter, "on_fold_end", lambda *args: None)
