@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from search_spaces import BUILTIN_SPACES
 from sweeps.folder import SweepFolder, SweepRecord, read_spec_record, storage_help, write_spec_record
 from trainer.config import coerce_value, name_unknown, unknown_keys_error, yaml_error_line
 from trainer.errors import ConfigError
@@ -260,7 +261,7 @@ def _tracker_help() -> str:
 #: ``sweep run``'s options, in --help order: the one declaration the parser, --config and the spec derive from.
 RUN_OPTIONS: tuple[RunOption, ...] = (
     RunOption("data", "data set folder with images/ and masks/ (required)", required=True),
-    RunOption("space", "search space: paper, quick, or a YAML file (required)", required=True),
+    RunOption("space", f"search space: {', '.join(BUILTIN_SPACES)}, or a YAML file (required)", required=True),
     RunOption("trials", "number of configurations to try (required)", value_type=int, required=True),
     RunOption("name", "sweep name (folder and Optuna study name; required)", required=True),
     RunOption("storage", storage_help()),

@@ -4,8 +4,9 @@ Runs as plain Python, without Ray; ``sweeps`` adapts it to Ray Tune through a Re
 """
 
 from trainer import _env  # noqa: F401  (must run before anything imports Keras)
-from trainer.config import ARCHITECTURES, ENCODERS, LOSSES, CVConfig, load_config_file
+from trainer.config import ARCHITECTURES, ENCODERS, CVConfig, load_config_file
 from trainer.errors import ConfigError, DataError, SegsweepError, WeightsError
+from trainer.losses import LOSSES
 from trainer.reporting import FoldPreview, MultiReporter, Reporter
 from trainer.results import CVResult, EpochRecord, FoldResult
 

@@ -5,23 +5,25 @@ from __future__ import annotations
 import argparse
 import contextlib
 import signal
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
 from trainer.config import CVConfig, load_config_file
 from trainer.errors import ConfigError
+from trainer.losses import loss_help
 
 # Options of `segsweep cv` that map one to one onto CVConfig fields; help texts end with the default
-# CVConfig itself holds (one home for each default).
-_CV_OPTIONS: dict[str, tuple[type, str]] = {
+# CVConfig itself holds (one home for each default). A callable help is read when the parser is built
+# (the loss registry's words: a loss registered in trainer.losses appears without an edit here).
+_CV_OPTIONS: dict[str, tuple[type, str | Callable[[], str]]] = {
     "encoder": (str, "encoder name (segmentation-models backbone)"),
     "arch": (str, "unet, fpn or linknet"),
     "weights": (str, "imagenet, none, or a weights file for the encoder"),
     "batch_size": (int, "images per batch"),
     "epochs": (int, "epochs per fold"),
     "lr": (float, "Adam learning rate"),
-    "loss": (str, "iou, dice or bce_dice"),
+    "loss": (str, loss_help),
     "folds": (int, "number of cross-validation folds"),
     "image_size": (int, "side of the square model input, a multiple of 32"),
     "seed": (int, "seed for folds, augmentation and weights initialisation"),
@@ -51,7 +53,7 @@ def register(sub: Any) -> None:
     cv.add_argument("--config", help="YAML or JSON file with the same keys; options given here win")
     for name, (kind, text) in _CV_OPTIONS.items():
         cv.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                        help=_with_default(name, text))
+                        help=_with_default(name, text() if callable(text) else text))
     cv.add_argument(
         "--no-augment", dest="augment", action="store_false", default=None, help="train without augmentation"
     )

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from trainer.errors import ConfigError
+from trainer.losses import LOSSES
 
 #: The 32 encoders of segmentation-models 1.0.1 (``sm.get_available_backbone_names()``; a test keeps
 #: this in step), listed here so that options are checked without importing TensorFlow.
@@ -27,7 +28,6 @@ ENCODERS: tuple[str, ...] = (
     "efficientnetb4", "efficientnetb5", "efficientnetb6", "efficientnetb7",
 )  # fmt: skip
 ARCHITECTURES: tuple[str, ...] = ("unet", "fpn", "linknet")
-LOSSES: tuple[str, ...] = ("iou", "dice", "bce_dice")
 
 # Bounds beyond which a value is a slip (an extra digit) or beyond what a library or a machine takes:
 # refused by CVConfig.validate() with the bound in the line, before any data is read; a search space's

@@ -1,4 +1,4 @@
-"""Segmentation models from segmentation-models (Keras), their losses, metric and input preprocessing."""
+"""Segmentation models from segmentation-models (Keras), their metric and preprocessing (losses: trainer.losses)."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ import numpy as np
 
 from trainer.config import CVConfig
 from trainer.errors import ConfigError
+from trainer.losses import make_loss
 
 if TYPE_CHECKING:
     import tf_keras
@@ -273,18 +274,6 @@ def build_model(
         output = tf_keras.layers.Activation("linear", dtype="float32", name="output_float32")(model.output)
         model = tf_keras.Model(model.input, output, name=model.name)
     return model
-
-
-def make_loss(name: str) -> Any:
-    import segmentation_models as sm
-
-    if name == "iou":
-        return sm.losses.JaccardLoss()
-    if name == "dice":
-        return sm.losses.DiceLoss()
-    if name == "bce_dice":
-        return sm.losses.BinaryCELoss() + sm.losses.DiceLoss()
-    raise ValueError(f"unknown loss {name!r}")
 
 
 def compile_model(model: tf_keras.Model, config: CVConfig, lr: float | None = None) -> None:

@@ -163,6 +163,16 @@ def test_every_run_option_is_a_config_key_and_every_config_key_an_option() -> No
     assert set(_OPTION_VALUES) == keys - {"start"}  # --start names files; `start:` holds their entries
 
 
+def test_the_space_help_names_every_built_in_space() -> None:
+    # The help was hand-written ("paper, quick, or a YAML file") and left out the cpu space.
+    from search_spaces import BUILTIN_SPACES
+    from sweeps.spec import RUN_OPTIONS
+
+    (space,) = [option for option in RUN_OPTIONS if option.key == "space"]
+    help_text = space.help() if callable(space.help) else space.help
+    assert all(name in help_text for name in BUILTIN_SPACES)
+
+
 @pytest.mark.parametrize("key", sorted(_OPTION_VALUES))
 def test_an_option_on_the_command_line_and_in_config_make_the_same_spec(tmp_path: Path, key: str) -> None:
     import argparse
