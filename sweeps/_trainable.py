@@ -13,6 +13,7 @@ import math
 import os
 import shutil
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
@@ -113,7 +114,9 @@ def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) 
     append_event(folder, "attempt", node_id=attempt["node_id"], restored_folds=restored)
 
     reporter = TuneFoldReporter(folder)
+    _TRACKERS_RECORDED.set()  # (an actor Ray reuses starts a new trial here)
     reporter.report_finished_folds(restored)  # before any tracker opens: nothing to log if Ray ends it here
+    _TRACKERS_RECORDED.clear()
     try:
         cv_config = setup.space.to_cv_config(config, setup.overrides)
         update_trial_record(folder, config=cv_config.to_dict())
@@ -145,12 +148,62 @@ def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) 
         update_trial_record(folder, reason=reason, error=reason)
         append_event(folder, "failed", reason=reason, fatal=False)
         raise
+    finally:
+        _TRACKERS_RECORDED.set()  # run_cv has closed every tracker run, however it ended
     if reporter.folds_reported < len(result.folds) or reporter.folds_reported == 0:
         # The last fold is reported here, once its trackers have closed their runs and the fold
         # models are pruned: Ray ends a trial at its last report (ASHA's max_t), and nothing after
         # that report is sure to run. Also the case of a trial whose folds were all restored.
         reporter.n_folds = result.n_folds
         reporter.report(result.folds)
+
+
+#: How long an ending trial's actor waits for its trackers to record how the trial ended.
+TRACKERS_CLOSE_SECONDS = 60.0
+#: Set while this worker's trial thread waits inside ``tune.report``, where Ray may end the trial.
+_AT_REPORT = threading.Event()
+#: Set when no tracker run of this worker's trial is left to close (before run_cv opens them, after it
+#: closed them).
+_TRACKERS_RECORDED = threading.Event()
+_TRACKERS_RECORDED.set()
+
+
+def trial_thread_at_report() -> bool:
+    """Whether this worker's trial thread waits inside ``tune.report`` (where Ray may end it)."""
+    return _AT_REPORT.is_set()
+
+
+def wait_for_trackers_to_record() -> bool:
+    """Wait (up to TRACKERS_CLOSE_SECONDS) until no tracker run of this worker's trial is left open."""
+    return _TRACKERS_RECORDED.wait(TRACKERS_CLOSE_SECONDS)
+
+
+def trial_trainable(trainable: Callable[[dict[str, Any]], None]) -> type:
+    """Ray Tune's class for the trial function ``trainable`` (run_trial with its parameters bound).
+
+    Ray ends a trial at a report (ASHA prunes it; the last fold at ``max_t``) by raising SystemExit in
+    its thread inside ``tune.report``, and its FunctionTrainable.cleanup does not wait for that thread
+    (``session.finish(timeout=0)``) before the actor is killed. The trial's trackers record the end
+    after that SystemExit (a pruned trial's PRUNED state, the runs' FINISHED), so under load the kill
+    won the race and a pruned trial's Neptune run stayed RUNNING. This cleanup lets the thread record
+    it, up to TRACKERS_CLOSE_SECONDS, when Ray ended the trial at a report; a trial stopped mid-fold
+    (its thread is training, not reporting) is not waited for, as before. Pinned Ray (<2.61): the
+    class wraps Tune's own (ray.tune.trainable.function_trainable.wrap_function).
+    """
+    from ray.tune.trainable.function_trainable import wrap_function
+
+    class SegsweepTrial(wrap_function(trainable)):  # type: ignore[misc]
+        def cleanup(self) -> None:
+            # (module functions, not the events themselves: Ray pickles this class by value)
+            ended_at_report = trial_thread_at_report()
+            try:
+                super().cleanup()  # releases the thread: it raises SystemExit inside tune.report
+            finally:
+                if ended_at_report:
+                    wait_for_trackers_to_record()
+
+    SegsweepTrial.__name__ = SegsweepTrial._name = "run_trial"
+    return SegsweepTrial
 
 
 def _default_cv_runner() -> CVRunner:
@@ -307,7 +360,11 @@ class TuneFoldReporter(Reporter):
         try:
             with tempfile.TemporaryDirectory(prefix="segsweep-ckpt-") as tmp:
                 _copy_fold_files(self.folder, Path(tmp))
-                tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+                _AT_REPORT.set()
+                try:
+                    tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(tmp))
+                finally:
+                    _AT_REPORT.clear()
         except SystemExit:
             # Ray ended the trial at this report (its thread exits here). With folds left and the
             # sweep not stopping, the scheduler pruned it: say so, for the trackers to record it

@@ -212,7 +212,7 @@ def _drive(
     from sweeps._optuna import make_searcher
     from sweeps._progress import LiveProgress
     from sweeps._stopping import StopControl, StoppableSearch
-    from sweeps._trainable import run_trial
+    from sweeps._trainable import run_trial, trial_trainable
     from trainer.cv import make_folds
     from trainer.data import prepare_dataset, read_split
 
@@ -266,7 +266,9 @@ def _drive(
         )
         resources = {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial}
         # with_parameters puts the data into the object store once; every trial maps that copy.
-        trainable = tune.with_resources(tune.with_parameters(run_trial, data=shared, setup=setup), resources)
+        trainable = tune.with_resources(
+            trial_trainable(tune.with_parameters(run_trial, data=shared, setup=setup)), resources
+        )
         ray_dir = spec.folder.ray_dir
         stop_control = StopControl(
             spec.folder, time_budget_s=spec.time_budget_s, max_failed_trials=spec.max_failed_trials

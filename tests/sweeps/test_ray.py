@@ -31,7 +31,7 @@ from sweeps.folder import (
     read_trial_record,
 )
 from sweeps.runner import resume_sweep, run_sweep
-from tests.support import TINY_ENCODER
+from tests.support import SIGINT_HANDLER_AT_START, TINY_ENCODER
 from tests.support import fake_cv as fake
 from tests.support.ray import TINY_SPACE, fold_trainings, tiny_sweep_spec, wait_for
 from tests.support.synth import make_dataset
@@ -176,7 +176,7 @@ def test_ctrl_c_after_the_last_trial_ended_leaves_the_sweep_finished(
     folder = SweepFolder.at(tmp_path / "out", "c")
     assert json.loads(folder.spec_file.read_text())["runs"][-1]["finished"]
     assert summarise_sweep(folder).state == "finished"
-    assert signal.getsignal(signal.SIGINT) is signal.default_int_handler
+    assert signal.getsignal(signal.SIGINT) is SIGINT_HANDLER_AT_START  # put back as it was
 
 
 @pytest.mark.slow
