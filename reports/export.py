@@ -35,10 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainer import version
+from segsweep.base import version
+from segsweep.base.errors import SegsweepError
 from trainer._env import created_folder_mode
 from trainer.bundle import CARD_FILE, ModelBundle, load_bundle, weights_bytes
-from trainer.errors import SegsweepError
 from trainer.files import (
     disk_full_as_error,
     ensure_new_folder,

@@ -46,11 +46,11 @@ from reports.count import (
     count_objects,
     postprocess_mask,
 )
+from segsweep.base.errors import ConfigError, DataError, SegsweepError
 from sweeps.folder import SweepFolder, now, record_test_scores
 from trainer.bundle import ModelBundle, load_bundles
 from trainer.data import IMAGE_EXTENSIONS, image_files_by_stem
 from trainer.decode import BadFileError, SoftEdges, not_masks_line, orientation_mismatch
-from trainer.errors import ConfigError, DataError, SegsweepError
 from trainer.files import (
     disk_full_as_error,
     staged_folder,

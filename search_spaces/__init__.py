@@ -14,7 +14,7 @@ from pathlib import Path
 
 from search_spaces._space import PARAM_TYPES, DefineByRun, Param, SearchSpace
 from search_spaces._yaml import load_space_file
-from trainer.errors import ConfigError
+from segsweep.base.errors import ConfigError
 
 #: Built-in spaces by name: ``paper`` (Tzavara & Singstad 2021), ``quick`` (minutes on a CPU) and
 #: ``cpu`` (a real search on 2 cores, untrained light encoders at 128 px; 10 trials take hours:

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from segsweep.base.errors import SegsweepError, one_line_error
 from sweeps.folder import (
     OBJECTIVE,
     SweepFolder,
@@ -28,7 +29,6 @@ from sweeps.folder import (
     read_trial_record,
     update_trial_record,
 )
-from trainer.errors import SegsweepError, one_line_error
 from trainer.reporting import FoldPreview, MultiReporter, Reporter, StoppedEarly
 from trainer.results import (
     CV_FILE,

@@ -16,8 +16,8 @@ from importlib.metadata import entry_points
 from typing import Any
 
 import trainer._env  # sets the Keras environment before anything imports it; umask at start
-from trainer import version
-from trainer.errors import ConfigError, SegsweepError
+from segsweep.base import version
+from segsweep.base.errors import ConfigError, SegsweepError
 
 #: Entry-point group through which each package adds its verbs: ``register(subparsers)``.
 VERBS_GROUP = "segsweep.verbs"
@@ -174,9 +174,9 @@ def _add_limit_options(parser: argparse.ArgumentParser) -> None:
 
 def spec_from_args(args: argparse.Namespace) -> Any:
     """The SweepSpec of ``sweep run``: --config's values, then the options given, then the defaults."""
+    from segsweep.base.errors import ConfigError
     from sweeps.folder import default_storage
     from sweeps.spec import OVERRIDE_KEYS, OVERRIDES, RUN_OPTIONS, SweepSpec, read_sweep_config
-    from trainer.errors import ConfigError
     from trainer.models import MIXED_PRECISION_ENV
 
     values: dict[str, Any] = read_sweep_config(args.config) if args.config else {}
@@ -336,9 +336,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
+    from segsweep.base.errors import SegsweepError
     from sweeps.folder import SweepFolder, driver_info, driver_running, read_spec_record, request_stop
     from sweeps.submit import stop
-    from trainer.errors import SegsweepError
 
     folder = SweepFolder.at(args.storage, args.name)
     # A submitted job still running is stopped through its scheduler, wherever its driver runs, so that

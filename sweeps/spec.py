@@ -9,9 +9,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from segsweep.base.errors import ConfigError
 from sweeps.folder import SweepFolder, SweepRecord, read_spec_record, storage_help, write_spec_record
 from trainer.config import coerce_value, name_unknown, unknown_keys_error, yaml_error_line
-from trainer.errors import ConfigError
 
 if TYPE_CHECKING:
     from search_spaces import SearchSpace

@@ -24,9 +24,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer import version
+from segsweep.base import version
+from segsweep.base.errors import ConfigError, SegsweepError
 from trainer.config import CVConfig
-from trainer.errors import ConfigError, SegsweepError
 from trainer.results import CV_FILE, MODELS_DIR, read_cv_result
 
 if TYPE_CHECKING:

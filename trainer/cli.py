@@ -9,8 +9,8 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from segsweep.base.errors import ConfigError
 from trainer.config import CVConfig, load_config_file
-from trainer.errors import ConfigError
 
 # Options of `segsweep cv` that map one to one onto CVConfig fields; help texts end with the default
 # CVConfig itself holds (one home for each default).

@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import ConfigError
+from segsweep.base.errors import ConfigError
 
 #: The 32 encoders of segmentation-models 1.0.1 (``sm.get_available_backbone_names()``; a test keeps
 #: this in step), listed here so that options are checked without importing TensorFlow.

@@ -29,9 +29,9 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from segsweep.base.errors import ConfigError, DataError
 from trainer.data import index_dataset, read_split
 from trainer.data_check import Finding
-from trainer.errors import ConfigError, DataError
 from trainer.files import atomic_path, fetch, file_digest
 
 _CHUNK = 1 << 16

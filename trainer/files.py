@@ -26,8 +26,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from segsweep.base.errors import DataError, DiskFullError
 from trainer._env import created_folder_mode
-from trainer.errors import DataError, DiskFullError
 
 _CHUNK = 1 << 16
 _USER_AGENT = "segsweep (python urllib)"
@@ -48,7 +48,7 @@ def ensure_writable_folder(folder: Path, what: str, fix: str) -> Path:
     Fails before any work (not after an hour of training); ``what`` names the folder for the user
     (``--storage``, ``output folder``, ``the data cache``) and ``fix`` says what to do instead.
     """
-    from trainer.errors import ConfigError
+    from segsweep.base.errors import ConfigError
 
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{what} {folder} is a file, not a folder; {fix}")
@@ -64,7 +64,7 @@ def ensure_writable_folder(folder: Path, what: str, fix: str) -> Path:
 
 def ensure_new_folder(out: Path, what: str) -> Path:
     """``out`` must not exist or be an empty folder (nothing is overwritten), under a parent we can create."""
-    from trainer.errors import ConfigError
+    from segsweep.base.errors import ConfigError
 
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not an empty folder; pass a new --out for the {what}")
@@ -190,7 +190,7 @@ def writing_lock(out: Path) -> Iterator[Path]:
     """
     import fcntl
 
-    from trainer.errors import ConfigError
+    from segsweep.base.errors import ConfigError
 
     out = out.resolve()  # one lock however the folder is spelt (relative, through a symlink)
     try:

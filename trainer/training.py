@@ -14,8 +14,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from segsweep.base.errors import SegsweepError
 from trainer.config import CVConfig
-from trainer.errors import SegsweepError
 from trainer.models import compile_model, configure_tensorflow, preprocessing
 from trainer.results import EpochRecord
 

@@ -18,8 +18,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from segsweep.base.errors import SegsweepError
 from sweeps.folder._layout import FORMAT_VERSION
-from trainer.errors import SegsweepError
 from trainer.reporting import COMPLETE
 
 _T = TypeVar("_T")

@@ -54,7 +54,7 @@ def test_keep_zero_deletes_nothing(tmp_path: Path) -> None:
 def test_negative_keep_models_is_refused() -> None:
     import pytest
 
-    from trainer.errors import ConfigError
+    from segsweep.base.errors import ConfigError
 
     spec = SweepSpec(name="s", data="d", space="quick", trials=1, storage="x", keep_models=-1)
     with pytest.raises(ConfigError, match="--keep-models must be 0 or more"):

@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from segsweep.base.errors import ConfigError
 from tests.support import TINY_ENCODER, checkpoint_every_epoch
 from tests.support.synth import make_dataset
 from trainer.config import SEED_MAX, CVConfig
 from trainer.cv import fold_seed, make_folds, run_cv
 from trainer.data import prepare_dataset
-from trainer.errors import ConfigError
 from trainer.reporting import FoldPreview, Reporter
 from trainer.results import CVResult, FoldResult
 

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from trainer.errors import DiskFullError, SegsweepError
+from segsweep.base.errors import DiskFullError, SegsweepError
 from trainer.files import atomic_path, disk_full_as_error, mount_point, write_text_atomic
 
 

@@ -9,9 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from segsweep.base.errors import ConfigError
 from tests.support.tracking import drive, loopback_token, make_fold, make_preview, neptune_operations
 from trainer.config import CVConfig
-from trainer.errors import ConfigError
 from trainer.reporting import FoldPreview, Reporter
 from trainer.tracking import (
     TrackingContext,

@@ -14,11 +14,11 @@ import cv2
 import numpy as np
 import pytest
 
+from segsweep.base.errors import ConfigError
 from tests.support import TINY_ENCODER
 from trainer import data as data_module
 from trainer.config import CVConfig
 from trainer.data import prepare_dataset
-from trainer.errors import ConfigError
 from trainer.files import write_json_atomic
 from trainer.results import CVResult, FoldResult
 

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import Any
 
 import trainer._env  # noqa: F401
-from trainer.errors import ConfigError
+from segsweep.base.errors import ConfigError
 from trainer.reporting import MultiReporter, Reporter
 from trainer.tracking._backend import (
     TRACKER_BACKENDS,

@@ -21,7 +21,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from trainer.errors import ConfigError
+from segsweep.base.errors import ConfigError
 from trainer.reporting import COMPLETE, FAILED, INTERRUPTED, RUNNING, FoldPreview
 from trainer.tracking._backend import TrackerBackend
 from trainer.tracking._guarded import warn_tracking
