@@ -36,8 +36,8 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from segsweep.base import version
+from segsweep.base.env import created_folder_mode
 from segsweep.base.errors import SegsweepError
-from trainer._env import created_folder_mode
 from trainer.bundle import CARD_FILE, ModelBundle, load_bundle, weights_bytes
 from trainer.files import (
     disk_full_as_error,

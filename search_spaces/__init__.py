@@ -7,7 +7,7 @@ samples it on an Optuna trial and pickles (Ray checkpoints it with its searcher)
 ``SearchSpace.to_cv_config`` turns one trial's values into the configuration the worker runs.
 """
 
-import trainer._env  # noqa: F401, I001  (first: sets the Keras environment before anything imports it)
+import segsweep.base.env  # noqa: F401, I001  (first: sets the Keras environment before anything imports it)
 
 from importlib import resources
 from pathlib import Path

@@ -19,6 +19,7 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
+from segsweep.base import env as _env  # noqa: F401  (first: the Keras environment, as every package sets it)
 from segsweep.base import version
 from segsweep.base.errors import ConfigError, DataError, SegsweepError, WeightsError
 

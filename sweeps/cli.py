@@ -15,7 +15,7 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-import trainer._env  # sets the Keras environment before anything imports it; umask at start
+import segsweep.base.env  # sets the Keras environment before anything imports it; umask at start
 from segsweep.base import version
 from segsweep.base.errors import ConfigError, SegsweepError
 
@@ -66,9 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "verbose", False):
-        trainer._env.show_native_logs()
+        segsweep.base.env.show_native_logs()
     try:
-        trainer._env.apply_umask()
+        segsweep.base.env.apply_umask()
         code: int = args.handler(args)
     except SegsweepError as exc:
         print(f"segsweep: error: {exc}", file=sys.stderr)

@@ -3,7 +3,7 @@
 Runs as plain Python, without Ray; ``sweeps`` adapts it to Ray Tune through a Reporter.
 """
 
-from trainer import _env  # noqa: F401  (must run before anything imports Keras)
+import segsweep.base.env  # noqa: F401  (must run before anything imports Keras)
 from trainer.config import ARCHITECTURES, ENCODERS, LOSSES, CVConfig, load_config_file
 from trainer.reporting import FoldPreview, MultiReporter, Reporter
 from trainer.results import CVResult, EpochRecord, FoldResult

@@ -194,7 +194,7 @@ def write_bundle(
             write_text_atomic(staging / TRAIN_STEMS_FILE, "".join(f"{stem}\n" for stem in train_stems))
         # mkdtemp makes an owner-only folder: give the bundle the modes of every other output (the
         # umask; segsweep's default 077 keeps a model trained on patients' images private).
-        from trainer._env import created_file_mode, created_folder_mode
+        from segsweep.base.env import created_file_mode, created_folder_mode
 
         staging.chmod(created_folder_mode())
         for path in staging.iterdir():

@@ -203,6 +203,6 @@ def _nan_for_null(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _created_file_mode() -> int:
-    from trainer._env import created_file_mode
+    from segsweep.base.env import created_file_mode
 
     return created_file_mode()

@@ -26,8 +26,8 @@ from typing import IO, Any
 
 import numpy as np
 
+from segsweep.base.env import created_folder_mode
 from segsweep.base.errors import DataError, DiskFullError
-from trainer._env import created_folder_mode
 
 _CHUNK = 1 << 16
 _USER_AGENT = "segsweep (python urllib)"
@@ -292,7 +292,7 @@ def dumps_strict(payload: Any, **options: Any) -> str:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` through a temporary file and a rename, so readers never see half a file."""
-    from trainer._env import created_file_mode
+    from segsweep.base.env import created_file_mode
 
     with atomic_path(path, suffix="", needs_bytes=len(data)) as tmp:
         os.chmod(tmp, created_file_mode())  # mkstemp makes 0600 files; follow the umask like other outputs

@@ -25,7 +25,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import trainer._env  # noqa: F401
+import segsweep.base.env  # noqa: F401
 from segsweep.base.errors import ConfigError
 from trainer.reporting import MultiReporter, Reporter
 from trainer.tracking._backend import (
