@@ -171,7 +171,7 @@ def sigterm_interrupts() -> contextlib.AbstractContextManager[None]:
     """SIGTERM ends the run as Ctrl-C does: the tracker's fold run is marked KILLED and the CLI says
     how to resume. SIGTERM is what stops a `segsweep cv` in a Slurm job (scancel, the time limit) or
     under `kill`, and what reaches one started in the background, where SIGINT arrives ignored."""
-    from trainer._signals import signal_handlers
+    from segsweep.base.signals import signal_handlers
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt
