@@ -545,11 +545,11 @@ def _tune_forwards_no_secrets() -> Iterator[None]:
     the cluster's session logs). The trials need none of them (the sweep folder is a path on a file
     system; trackers' tokens reach a local Ray's trials through the environment its processes
     inherit), so Tune forwards only its and Ray Train's own settings (RAY_*, TRAIN_*, ...) for the
-    block, without any secret-like name (trainer.tracking._secrets) and without AWS_*.
+    block, without any secret-like name (segsweep.base.secrets) and without AWS_*.
     """
     from ray.tune.execution import class_cache
 
-    from trainer.tracking._secrets import is_secret_name
+    from segsweep.base.secrets import is_secret_name
 
     forwarded = class_cache.ENV_VARS_TO_PROPAGATE
     class_cache.ENV_VARS_TO_PROPAGATE = {

@@ -122,7 +122,7 @@ class CVConfig:
             raise ConfigError(f"lr_factor must lie in (0, 1), got {self.lr_factor}")
         if self.lr_patience < 1:
             raise ConfigError(f"lr_patience must be at least 1, got {self.lr_patience}")
-        from trainer.tracking._secrets import secret_key_paths
+        from segsweep.base.secrets import secret_key_paths
 
         secret_keys = secret_key_paths(self.extra, "extra.")  # at every depth: {neptune: {api_token: ..}}
         if secret_keys:

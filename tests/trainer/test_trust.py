@@ -154,7 +154,7 @@ def test_events_lines_are_strict_json(tmp_path: Path) -> None:
 
 
 def test_secret_keys_are_found_at_every_depth() -> None:
-    from trainer.tracking._secrets import secret_key_paths
+    from segsweep.base.secrets import secret_key_paths
 
     nested = {"a": {"b": [{"c": 1}, {"api_key": "x"}]}, "neptune": {"api_token": "y"}, "note": "token"}
     assert secret_key_paths(nested) == ["a.b.1.api_key", "neptune.api_token"]

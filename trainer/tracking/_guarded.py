@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from segsweep.base.secrets import redact_text
 from trainer.reporting import FoldPreview, Reporter
-from trainer.tracking._secrets import redact_text
 
 if TYPE_CHECKING:
     from trainer.config import CVConfig

@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
+from segsweep.base.secrets import flatten_params, redact_params
 from trainer.reporting import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING, FoldPreview
 from trainer.tracking._backend import TrackerBackend
-from trainer.tracking._secrets import flatten_params, redact_params
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient

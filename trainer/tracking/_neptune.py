@@ -22,10 +22,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
 from segsweep.base.errors import ConfigError
+from segsweep.base.secrets import flatten_params, redact_params
 from trainer.reporting import COMPLETE, FAILED, INTERRUPTED, RUNNING, FoldPreview
 from trainer.tracking._backend import TrackerBackend
 from trainer.tracking._guarded import warn_tracking
-from trainer.tracking._secrets import flatten_params, redact_params
 
 if TYPE_CHECKING:
     from neptune import Run
