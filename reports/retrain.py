@@ -19,6 +19,7 @@ import numpy as np
 from reports.leaderboard import pick_winner
 from reports.report import data_path
 from segsweep.base.errors import ConfigError, DataError, SegsweepError
+from segsweep.base.files import ensure_new_folder, writing_lock
 from sweeps import Sweep
 from sweeps.folder import COMPLETE, SweepRecord, SweepResults, TrialResult, load_sweep
 from trainer.bundle import (
@@ -31,7 +32,6 @@ from trainer.bundle import (
 )
 from trainer.checkpoint import EpochCheckpoint, run_identity
 from trainer.config import CVConfig
-from trainer.files import ensure_new_folder, writing_lock
 from trainer.results import CV_FILE, EpochRecord, read_cv_result
 
 SCHEDULE_RULE = (

@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segsweep.base.errors import ConfigError
+from segsweep.base.files import ensure_writable_folder
 from segsweep.base.signals import signal_handlers
 from sweeps._trainable import CVRunner, TrialSetup
 from sweeps.folder import (
@@ -43,7 +44,6 @@ from sweeps.folder import (
     write_spec_record,
 )
 from sweeps.spec import OVERRIDE_KEYS, SweepSpec
-from trainer.files import ensure_writable_folder
 
 if TYPE_CHECKING:
     from search_spaces import SearchSpace

@@ -175,7 +175,7 @@ def write_bundle(
     """
     from dataclasses import asdict, is_dataclass
 
-    from trainer.files import disk_full_as_error, write_json_atomic, write_text_atomic
+    from segsweep.base.files import disk_full_as_error, write_json_atomic, write_text_atomic
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))

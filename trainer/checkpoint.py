@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainer.files import atomic_path, dumps_strict
+from segsweep.base.files import atomic_path, dumps_strict
 from trainer.results import EpochRecord
 
 if TYPE_CHECKING:

@@ -19,10 +19,10 @@ import numpy as np
 
 from segsweep.base import version
 from segsweep.base.errors import ConfigError, one_line_error
+from segsweep.base.files import ensure_writable_folder, write_json_atomic
 from trainer.checkpoint import EpochCheckpoint, run_identity
 from trainer.config import SEED_MAX, CVConfig
 from trainer.data import PreparedData, prepare_dataset, read_split
-from trainer.files import ensure_writable_folder, write_json_atomic
 from trainer.reporting import FAILED, PRUNED, FoldPreview, MultiReporter, Reporter, StoppedEarly
 from trainer.results import (
     CHECKPOINTS_DIR,

@@ -33,8 +33,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segsweep.base.errors import WeightsError
+from segsweep.base.files import atomic_path, file_digest
 from trainer.config import ENCODERS, loads_encoder_weights
-from trainer.files import atomic_path, file_digest
 
 if TYPE_CHECKING:
     import h5py

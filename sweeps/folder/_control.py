@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
+from segsweep.base.files import write_json_atomic
 from sweeps.folder import _records
 from sweeps.folder._layout import SweepFolder
-from trainer.files import write_json_atomic
 
 
 @dataclass(frozen=True)

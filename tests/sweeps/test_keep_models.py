@@ -4,10 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from segsweep.base.files import write_json_atomic
 from sweeps._models import prune_fold_models
 from sweeps.folder import SweepFolder, update_trial_record
 from sweeps.spec import SweepSpec
-from trainer.files import write_json_atomic
 from trainer.results import MODELS_DIR, FoldResult, fold_model_dir, fold_path
 
 

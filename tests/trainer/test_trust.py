@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 
 from segsweep.base.errors import ConfigError
+from segsweep.base.files import write_json_atomic
 from tests.support import TINY_ENCODER
 from trainer import data as data_module
 from trainer.config import CVConfig
 from trainer.data import prepare_dataset
-from trainer.files import write_json_atomic
 from trainer.results import CVResult, FoldResult
 
 

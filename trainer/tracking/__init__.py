@@ -183,7 +183,7 @@ def sweep_tracking(
     """
     import fcntl
 
-    from trainer.files import write_json_atomic
+    from segsweep.base.files import write_json_atomic
 
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)
