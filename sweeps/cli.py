@@ -286,7 +286,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     folder = SweepFolder.at(args.storage, args.name)
     if args.watch:
-        from sweeps._progress import REFRESH_S, watch
+        from sweeps._live_view import REFRESH_S, watch
 
         read_spec_record(folder)  # one line for a sweep that is not there, before the view starts
         return watch(folder, interval_s=args.interval or REFRESH_S)

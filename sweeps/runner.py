@@ -209,8 +209,8 @@ def _drive(
     from ray import tune
 
     from sweeps._callbacks import SweepCallback
+    from sweeps._live_view import LiveProgress
     from sweeps._optuna import make_searcher
-    from sweeps._progress import LiveProgress
     from sweeps._stopping import StopControl, StoppableSearch
     from sweeps._trainable import run_trial
     from trainer.cv import make_folds
