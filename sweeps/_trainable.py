@@ -132,7 +132,7 @@ def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) 
             **({"keep_models": True} if keep else {}),
         )
         if keep:
-            from sweeps._models import prune_fold_models
+            from sweeps._kept_models import prune_fold_models
 
             prune_fold_models(setup.sweep_dir, keep)
     except SegsweepError as exc:

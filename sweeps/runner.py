@@ -331,7 +331,7 @@ def _drive(
     if finished:
         stopped = None  # the stop came once every trial had ended (a Ctrl-C after the last): nothing stopped
     if spec.keep_models:
-        from sweeps._models import prune_fold_models
+        from sweeps._kept_models import prune_fold_models
 
         prune_fold_models(spec.sweep_dir, spec.keep_models, sweep_ended=finished)
     wall = time.perf_counter() - started

@@ -1,11 +1,11 @@
-"""`sweep run --keep-models K`: only the best K trials keep their fold models (sweeps._models)."""
+"""`sweep run --keep-models K`: only the best K trials keep their fold models (sweeps._kept_models)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
 from segsweep.base.files import write_json_atomic
-from sweeps._models import prune_fold_models
+from sweeps._kept_models import prune_fold_models
 from sweeps.folder import SweepFolder, update_trial_record
 from sweeps.spec import SweepSpec
 from trainer.results import MODELS_DIR, FoldResult, fold_model_dir, fold_path
