@@ -58,7 +58,7 @@ class InstantCV:
         import math
 
         from segsweep.base.files import write_json_atomic
-        from trainer.reporting import Reporter
+        from trainer.reporter import Reporter
         from trainer.results import CVResult, FoldResult
 
         out_dir = Path(out_dir)

@@ -29,7 +29,7 @@ from sweeps.folder import (
     read_trial_record,
     update_trial_record,
 )
-from trainer.reporting import FoldPreview, MultiReporter, Reporter, StoppedEarly
+from trainer.reporter import FoldPreview, MultiReporter, Reporter, StoppedEarly
 from trainer.results import (
     CV_FILE,
     FOLDS_DIR,

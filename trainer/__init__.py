@@ -5,7 +5,7 @@ Runs as plain Python, without Ray; ``sweeps`` adapts it to Ray Tune through a Re
 
 import segsweep.base.env  # noqa: F401  (must run before anything imports Keras)
 from trainer.config import ARCHITECTURES, ENCODERS, LOSSES, CVConfig, load_config_file
-from trainer.reporting import FoldPreview, MultiReporter, Reporter
+from trainer.reporter import FoldPreview, MultiReporter, Reporter
 from trainer.results import CVResult, EpochRecord, FoldResult
 
 __all__ = [

@@ -23,7 +23,7 @@ from segsweep.base.files import ensure_writable_folder, write_json_atomic
 from trainer.checkpoint import EpochCheckpoint, run_identity
 from trainer.config import SEED_MAX, CVConfig
 from trainer.data import PreparedData, prepare_dataset, read_split
-from trainer.reporting import FAILED, PRUNED, FoldPreview, MultiReporter, Reporter, StoppedEarly
+from trainer.reporter import FAILED, PRUNED, FoldPreview, MultiReporter, Reporter, StoppedEarly
 from trainer.results import (
     CHECKPOINTS_DIR,
     CV_FILE,

@@ -18,7 +18,7 @@ from tests.support.synth import make_dataset
 from trainer.config import SEED_MAX, CVConfig
 from trainer.cv import fold_seed, make_folds, run_cv
 from trainer.data import prepare_dataset
-from trainer.reporting import FoldPreview, Reporter
+from trainer.reporter import FoldPreview, Reporter
 from trainer.results import CVResult, FoldResult
 
 TINY = dict(encoder=TINY_ENCODER, weights="none", image_size=64, folds=2, epochs=1, batch_size=2)

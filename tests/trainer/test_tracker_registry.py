@@ -17,7 +17,7 @@ from tests.support.synth import make_dataset
 from tests.support.tracking import drive
 from trainer.config import CVConfig
 from trainer.data import PreparedData, prepare_dataset
-from trainer.reporting import COMPLETE, FAILED, PRUNED, MultiReporter, Reporter, StoppedEarly
+from trainer.reporter import COMPLETE, FAILED, PRUNED, MultiReporter, Reporter, StoppedEarly
 from trainer.results import FoldResult
 from trainer.tracking import (
     TRACKER_BACKENDS,

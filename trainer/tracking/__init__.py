@@ -28,7 +28,7 @@ from typing import Any
 import segsweep.base.env  # noqa: F401
 from segsweep.base.errors import ConfigError
 from segsweep.base.secrets import redact_params
-from trainer.reporting import MultiReporter, Reporter
+from trainer.reporter import MultiReporter, Reporter
 from trainer.tracking._backend import (
     TRACKER_BACKENDS,
     TrackerBackend,

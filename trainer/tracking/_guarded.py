@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from segsweep.base.secrets import redact_text
-from trainer.reporting import FoldPreview, Reporter
+from trainer.reporter import FoldPreview, Reporter
 
 if TYPE_CHECKING:
     from trainer.config import CVConfig

@@ -23,7 +23,7 @@ from typing import TYPE_CHECKING, Any, ClassVar
 
 from segsweep.base.errors import ConfigError
 from segsweep.base.secrets import flatten_params, redact_params
-from trainer.reporting import COMPLETE, FAILED, INTERRUPTED, RUNNING, FoldPreview
+from trainer.reporter import COMPLETE, FAILED, INTERRUPTED, RUNNING, FoldPreview
 from trainer.tracking._backend import TrackerBackend
 from trainer.tracking._guarded import warn_tracking
 
@@ -135,7 +135,7 @@ FAILED_FIELD = "sys/failed"
 
 
 def state_fields(state: str, reason: str = "") -> dict[str, Any]:
-    """The fields recording how a run ended (trainer.reporting's states), as Neptune holds them."""
+    """The fields recording how a run ended (trainer.reporter's states), as Neptune holds them."""
     return {STATE_FIELD: state, REASON_FIELD: reason, FAILED_FIELD: state == FAILED}
 
 
