@@ -22,8 +22,8 @@ from typing import Any
 
 import numpy as np
 
-from segsweep.base.env import created_folder_mode
-from segsweep.base.errors import DiskFullError
+from segsweep.base.env import created_file_mode, created_folder_mode
+from segsweep.base.errors import ConfigError, DiskFullError
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:
@@ -41,8 +41,6 @@ def ensure_writable_folder(folder: Path, what: str, fix: str) -> Path:
     Fails before any work (not after an hour of training); ``what`` names the folder for the user
     (``--storage``, ``output folder``, ``the data cache``) and ``fix`` says what to do instead.
     """
-    from segsweep.base.errors import ConfigError
-
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{what} {folder} is a file, not a folder; {fix}")
     try:
@@ -57,8 +55,6 @@ def ensure_writable_folder(folder: Path, what: str, fix: str) -> Path:
 
 def ensure_new_folder(out: Path, what: str) -> Path:
     """``out`` must not exist or be an empty folder (nothing is overwritten), under a parent we can create."""
-    from segsweep.base.errors import ConfigError
-
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not an empty folder; pass a new --out for the {what}")
     try:
@@ -183,8 +179,6 @@ def writing_lock(out: Path) -> Iterator[Path]:
     """
     import fcntl
 
-    from segsweep.base.errors import ConfigError
-
     out = out.resolve()  # one lock however the folder is spelt (relative, through a symlink)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -285,8 +279,6 @@ def dumps_strict(payload: Any, **options: Any) -> str:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` through a temporary file and a rename, so readers never see half a file."""
-    from segsweep.base.env import created_file_mode
-
     with atomic_path(path, suffix="", needs_bytes=len(data)) as tmp:
         os.chmod(tmp, created_file_mode())  # mkstemp makes 0600 files; follow the umask like other outputs
         tmp.write_bytes(data)
