@@ -26,7 +26,7 @@ REPO = Path(__file__).resolve().parents[1]
 if str(REPO) not in sys.path:  # scripts run as `python benchmarks/x.py`: make trainer/, tests/ importable
     sys.path.insert(0, str(REPO))
 
-import trainer._env  # noqa: E402, F401  (Keras environment before anything imports TensorFlow)
+import segsweep.base.env  # noqa: E402, F401  (Keras environment before anything imports TensorFlow)
 
 #: The real data set, where it exists beside the repository (never copied into it).
 REAL_KVASIR_SEG = REPO.parent / "shared" / "data" / "kvasir-seg"

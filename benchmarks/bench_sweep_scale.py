@@ -57,8 +57,8 @@ class InstantCV:
     def __call__(self, config: Any, data: Any, out_dir: Any, reporter: Any = None, **options: Any) -> Any:
         import math
 
-        from trainer.files import write_json_atomic
-        from trainer.reporting import Reporter
+        from segsweep.base.files import write_json_atomic
+        from trainer.reporter import Reporter
         from trainer.results import CVResult, FoldResult
 
         out_dir = Path(out_dir)

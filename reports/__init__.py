@@ -5,7 +5,7 @@ bundle, ``reports.predict(model, images, out, masks=...)`` predicts and scores a
 ``segsweep report|retrain|predict|count`` verbs are thin layers over this package.
 """
 
-import trainer._env  # noqa: F401
+import segsweep.base.env  # noqa: F401
 from reports.predict import PredictionReport, predict
 from reports.retrain import retrain
 

@@ -30,9 +30,9 @@ from pathlib import Path
 
 import numpy as np
 
+from segsweep.base.errors import DataError, SegsweepError
 from trainer.data import IMAGE_EXTENSIONS, hidden_files_warning, hidden_image_files, nested_image_files, read_mask
 from trainer.decode import NotAMaskError, SoftEdges, not_masks_line
-from trainer.errors import DataError, SegsweepError
 
 #: Smallest object kept, as a fraction of the image's area. Chosen on Kvasir-SEG's true masks (see the
 #: module docstring): it removes JPEG specks and one-pixel slivers and keeps every polyp a person drew.

@@ -35,11 +35,10 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainer import version
-from trainer._env import created_folder_mode
-from trainer.bundle import CARD_FILE, ModelBundle, load_bundle, weights_bytes
-from trainer.errors import SegsweepError
-from trainer.files import (
+from segsweep.base import version
+from segsweep.base.env import created_folder_mode
+from segsweep.base.errors import SegsweepError
+from segsweep.base.files import (
     disk_full_as_error,
     ensure_new_folder,
     write_bytes_atomic,
@@ -47,6 +46,7 @@ from trainer.files import (
     write_text_atomic,
     writing_lock,
 )
+from trainer.bundle import CARD_FILE, ModelBundle, load_bundle, weights_bytes
 
 if TYPE_CHECKING:
     import tensorflow as tf

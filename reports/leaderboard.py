@@ -4,9 +4,9 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from segsweep.base.errors import SegsweepError
 from sweeps.folder import SweepResults, TrialResult
 from trainer.config import loads_encoder_weights
-from trainer.errors import SegsweepError
 
 WINNER_RULE = (
     "The winner is the trial with the best mean cross-validation Dice among the trials that completed "

@@ -46,12 +46,8 @@ from reports.count import (
     count_objects,
     postprocess_mask,
 )
-from sweeps.folder import SweepFolder, now, record_test_scores
-from trainer.bundle import ModelBundle, load_bundles
-from trainer.data import IMAGE_EXTENSIONS, image_files_by_stem
-from trainer.decode import BadFileError, SoftEdges, not_masks_line, orientation_mismatch
-from trainer.errors import ConfigError, DataError, SegsweepError
-from trainer.files import (
+from segsweep.base.errors import ConfigError, DataError, SegsweepError
+from segsweep.base.files import (
     disk_full_as_error,
     staged_folder,
     write_bytes_atomic,
@@ -59,6 +55,10 @@ from trainer.files import (
     write_text_atomic,
     writing_lock,
 )
+from sweeps.folder import SweepFolder, now, record_test_scores
+from trainer.bundle import ModelBundle, load_bundles
+from trainer.data import IMAGE_EXTENSIONS, image_files_by_stem
+from trainer.decode import BadFileError, SoftEdges, not_masks_line, orientation_mismatch
 
 #: Images per prediction batch (memory, not results, depends on it).
 PREDICT_BATCH_SIZE = 8

@@ -27,6 +27,8 @@ from reports.leaderboard import (
     is_pretrained,
     pick_winner,
 )
+from segsweep.base.errors import ConfigError, SegsweepError
+from segsweep.base.files import disk_full_as_error, write_bytes_atomic, write_json_atomic
 from sweeps.folder import (
     OBJECTIVE,
     SweepResults,
@@ -39,8 +41,6 @@ from sweeps.folder import (
     load_test_scores,
 )
 from trainer.config import CVConfig
-from trainer.errors import ConfigError, SegsweepError
-from trainer.files import disk_full_as_error, write_bytes_atomic, write_json_atomic
 from trainer.results import read_cv_result
 
 FORMATS = ("md", "html", "json")

@@ -18,6 +18,8 @@ import numpy as np
 
 from reports.leaderboard import pick_winner
 from reports.report import data_path
+from segsweep.base.errors import ConfigError, DataError, SegsweepError
+from segsweep.base.files import ensure_new_folder, writing_lock
 from sweeps import Sweep
 from sweeps.folder import COMPLETE, SweepRecord, SweepResults, TrialResult, load_sweep
 from trainer.bundle import (
@@ -30,8 +32,6 @@ from trainer.bundle import (
 )
 from trainer.checkpoint import RETRAIN_FOLD
 from trainer.config import CVConfig
-from trainer.errors import ConfigError, DataError, SegsweepError
-from trainer.files import ensure_new_folder, writing_lock
 from trainer.results import CV_FILE, EpochRecord, read_cv_result
 
 SCHEDULE_RULE = (

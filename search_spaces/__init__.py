@@ -7,14 +7,14 @@ samples it on an Optuna trial and pickles (Ray checkpoints it with its searcher)
 ``SearchSpace.to_cv_config`` turns one trial's values into the configuration the worker runs.
 """
 
-import trainer._env  # noqa: F401, I001  (first: sets the Keras environment before anything imports it)
+import segsweep.base.env  # noqa: F401, I001  (first: sets the Keras environment before anything imports it)
 
 from importlib import resources
 from pathlib import Path
 
 from search_spaces._space import PARAM_TYPES, DefineByRun, Param, SearchSpace
 from search_spaces._yaml import load_space_file
-from trainer.errors import ConfigError
+from segsweep.base.errors import ConfigError
 
 #: Built-in spaces by name: ``paper`` (Tzavara & Singstad 2021), ``quick`` (minutes on a CPU) and
 #: ``cpu`` (a real search on 2 cores, untrained light encoders at 128 px; 10 trials take hours:

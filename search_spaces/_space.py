@@ -11,8 +11,8 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Literal, Protocol
 
+from segsweep.base.errors import ConfigError
 from trainer.config import CVConfig
-from trainer.errors import ConfigError
 
 ParamType = Literal["categorical", "int", "float"]
 PARAM_TYPES: tuple[ParamType, ...] = ("categorical", "int", "float")

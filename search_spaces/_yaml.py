@@ -30,9 +30,9 @@ from typing import Any
 import yaml
 
 from search_spaces._space import PARAM_TYPES, SWEEP_WIDE_FIELDS, Choice, Param, ParamType, SearchSpace
+from segsweep.base.errors import ConfigError
+from segsweep.base.secrets import MASK, redact_params
 from trainer.config import CVConfig, did_you_mean, yaml_error_line
-from trainer.errors import ConfigError
-from trainer.tracking._secrets import MASK, redact_params
 
 TOP_KEYS = ("name", "description", "params", "fixed", "start")
 PARAM_KEYS = ("type", "choices", "low", "high", "log", "step", "when")

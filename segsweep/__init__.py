@@ -17,11 +17,11 @@ top-level packages keep their roles; this module only names what a user may rely
 from __future__ import annotations
 
 import importlib
-from importlib.metadata import PackageNotFoundError
-from importlib.metadata import version as _package_version
 from typing import TYPE_CHECKING, Any
 
-from trainer.errors import ConfigError, DataError, SegsweepError, WeightsError
+from segsweep.base import env as _env  # noqa: F401  (first: the Keras environment, as every package sets it)
+from segsweep.base import version
+from segsweep.base.errors import ConfigError, DataError, SegsweepError, WeightsError
 
 if TYPE_CHECKING:
     from reports.export import export_bundle as export
@@ -32,10 +32,7 @@ if TYPE_CHECKING:
     from trainer.cv import cross_validate as cv
     from trainer.results import CVResult, FoldResult
 
-try:
-    __version__: str = _package_version("segsweep")
-except PackageNotFoundError:  # running from a source tree that was never installed
-    __version__ = "0+unknown"
+__version__: str = version()
 
 #: public name -> (module, attribute): the one table of what ``segsweep`` exports lazily.
 _LAZY: dict[str, tuple[str, str]] = {

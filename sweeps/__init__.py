@@ -4,7 +4,7 @@ The Python face is :class:`Sweep` (create, run in the foreground or background, 
 pandas frames); ``sweeps.folder`` reads and writes a sweep's folder.
 """
 
-import trainer._env  # noqa: F401
+import segsweep.base.env  # noqa: F401
 from sweeps.api import Sweep, SweepRun, open_sweep
 
 __all__ = ["Sweep", "SweepRun", "open_sweep"]

@@ -23,8 +23,8 @@ import uuid
 from collections.abc import Iterator
 from typing import Any
 
+from segsweep.base.errors import ConfigError
 from sweeps.folder import SweepFolder
-from trainer.errors import ConfigError
 
 #: How long a stopped driver may take (running folds end first) before Ray kills it; a killed driver
 #: loses only the running folds (the sweep resumes from Tune's last snapshot).

@@ -14,8 +14,8 @@ import subprocess
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from segsweep.base.errors import ConfigError
 from sweeps.folder import SweepFolder
-from trainer.errors import ConfigError
 
 #: Seconds before the time limit at which Slurm signals the script, so that the driver stops
 #: gracefully (Tune saves the experiment state) and Ray is stopped before the job is killed.

@@ -26,6 +26,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from segsweep.base.errors import ConfigError
 from sweeps.folder import (
     OBJECTIVE,
     STUDY_START_ATTR,
@@ -35,7 +36,6 @@ from sweeps.folder import (
     read_spec_record,
 )
 from trainer.config import CVConfig
-from trainer.errors import ConfigError
 
 if TYPE_CHECKING:
     import optuna

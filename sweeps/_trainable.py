@@ -20,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from segsweep.base.errors import SegsweepError, one_line_error
 from sweeps.folder import (
     OBJECTIVE,
     SweepFolder,
@@ -29,8 +30,7 @@ from sweeps.folder import (
     read_trial_record,
     update_trial_record,
 )
-from trainer.errors import SegsweepError, one_line_error
-from trainer.reporting import FoldPreview, MultiReporter, Reporter, StoppedEarly
+from trainer.reporter import FoldPreview, MultiReporter, Reporter, StoppedEarly
 from trainer.results import (
     CV_FILE,
     FOLDS_DIR,
@@ -135,7 +135,7 @@ def run_trial(config: dict[str, Any], *, data: PreparedData, setup: TrialSetup) 
             **({"keep_models": True} if keep else {}),
         )
         if keep:
-            from sweeps._models import prune_fold_models
+            from sweeps._kept_models import prune_fold_models
 
             prune_fold_models(setup.sweep_dir, keep)
     except SegsweepError as exc:

@@ -25,6 +25,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from segsweep.base.errors import SegsweepError
 from sweeps.folder import (
     SweepFolder,
     SweepProgress,
@@ -39,7 +40,6 @@ from sweeps.folder import (
     request_stop,
 )
 from sweeps.spec import OVERRIDE_KEYS, SweepSpec, parse_duration
-from trainer.errors import SegsweepError
 
 if TYPE_CHECKING:
     import pandas as pd

@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
 from typing import Any
 
-import trainer._env  # sets the Keras environment before anything imports it; umask at start
-from trainer import version
-from trainer.errors import ConfigError, SegsweepError
+import segsweep.base.env  # sets the Keras environment before anything imports it; umask at start
+from segsweep.base import version
+from segsweep.base.errors import ConfigError, SegsweepError
 
 #: Entry-point group through which each package adds its verbs: ``register(subparsers)``.
 VERBS_GROUP = "segsweep.verbs"
@@ -66,9 +66,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "verbose", False):
-        trainer._env.show_native_logs()
+        segsweep.base.env.show_native_logs()
     try:
-        trainer._env.apply_umask()
+        segsweep.base.env.apply_umask()
         code: int = args.handler(args)
     except SegsweepError as exc:
         print(f"segsweep: error: {exc}", file=sys.stderr)
@@ -174,9 +174,9 @@ def _add_limit_options(parser: argparse.ArgumentParser) -> None:
 
 def spec_from_args(args: argparse.Namespace) -> Any:
     """The SweepSpec of ``sweep run``: --config's values, then the options given, then the defaults."""
+    from segsweep.base.errors import ConfigError
     from sweeps.folder import default_storage
     from sweeps.spec import OVERRIDE_KEYS, OVERRIDES, RUN_OPTIONS, SweepSpec, read_sweep_config
-    from trainer.errors import ConfigError
     from trainer.models import MIXED_PRECISION_ENV
 
     values: dict[str, Any] = read_sweep_config(args.config) if args.config else {}
@@ -286,7 +286,7 @@ def _cmd_status(args: argparse.Namespace) -> int:
 
     folder = SweepFolder.at(args.storage, args.name)
     if args.watch:
-        from sweeps._progress import REFRESH_S, watch
+        from sweeps._live_view import REFRESH_S, watch
 
         read_spec_record(folder)  # one line for a sweep that is not there, before the view starts
         return watch(folder, interval_s=args.interval or REFRESH_S)
@@ -336,9 +336,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
 
 
 def _cmd_stop(args: argparse.Namespace) -> int:
+    from segsweep.base.errors import SegsweepError
     from sweeps.folder import SweepFolder, driver_info, driver_running, read_spec_record, request_stop
     from sweeps.submit import stop
-    from trainer.errors import SegsweepError
 
     folder = SweepFolder.at(args.storage, args.name)
     # A submitted job still running is stopped through its scheduler, wherever its driver runs, so that

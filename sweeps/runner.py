@@ -19,6 +19,9 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from segsweep.base.errors import ConfigError
+from segsweep.base.files import ensure_writable_folder
+from segsweep.base.signals import signal_handlers
 from sweeps._trainable import CVRunner, TrialSetup
 from sweeps.folder import (
     COMPLETE,
@@ -41,9 +44,6 @@ from sweeps.folder import (
     write_spec_record,
 )
 from sweeps.spec import OVERRIDE_KEYS, SweepSpec
-from trainer._signals import signal_handlers
-from trainer.errors import ConfigError
-from trainer.files import ensure_writable_folder
 
 if TYPE_CHECKING:
     from search_spaces import SearchSpace
@@ -209,8 +209,8 @@ def _drive(
     from ray import tune
 
     from sweeps._callbacks import SweepCallback
+    from sweeps._live_view import LiveProgress
     from sweeps._optuna import make_searcher
-    from sweeps._progress import LiveProgress
     from sweeps._stopping import StopControl, StoppableSearch
     from sweeps._trainable import run_trial, trial_trainable
     from trainer.cv import make_folds
@@ -333,7 +333,7 @@ def _drive(
     if finished:
         stopped = None  # the stop came once every trial had ended (a Ctrl-C after the last): nothing stopped
     if spec.keep_models:
-        from sweeps._models import prune_fold_models
+        from sweeps._kept_models import prune_fold_models
 
         prune_fold_models(spec.sweep_dir, spec.keep_models, sweep_ended=finished)
     wall = time.perf_counter() - started
@@ -547,11 +547,11 @@ def _tune_forwards_no_secrets() -> Iterator[None]:
     the cluster's session logs). The trials need none of them (the sweep folder is a path on a file
     system; trackers' tokens reach a local Ray's trials through the environment its processes
     inherit), so Tune forwards only its and Ray Train's own settings (RAY_*, TRAIN_*, ...) for the
-    block, without any secret-like name (trainer.tracking._secrets) and without AWS_*.
+    block, without any secret-like name (segsweep.base.secrets) and without AWS_*.
     """
     from ray.tune.execution import class_cache
 
-    from trainer.tracking._secrets import is_secret_name
+    from segsweep.base.secrets import is_secret_name
 
     forwarded = class_cache.ENV_VARS_TO_PROPAGATE
     class_cache.ENV_VARS_TO_PROPAGATE = {

@@ -10,9 +10,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from search_spaces import BUILTIN_SPACES
+from segsweep.base.errors import ConfigError
 from sweeps.folder import SweepFolder, SweepRecord, read_spec_record, storage_help, write_spec_record
 from trainer.config import coerce_value, name_unknown, unknown_keys_error, yaml_error_line
-from trainer.errors import ConfigError
 
 if TYPE_CHECKING:
     from search_spaces import SearchSpace

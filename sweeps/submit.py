@@ -16,10 +16,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from segsweep.base.errors import ConfigError
 from sweeps._slurm import SlurmOptions
 from sweeps.folder import SweepFolder, append_submission, now, read_submissions, request_stop, storage_path
 from sweeps.spec import OVERRIDE_KEYS, SweepSpec
-from trainer.errors import ConfigError
 
 SLURM, RAY_JOB = "slurm", "ray-job"
 #: Lines of a job's log that ``sweep status`` shows.

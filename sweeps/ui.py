@@ -25,8 +25,8 @@ from pathlib import Path
 from types import FrameType
 from typing import IO
 
+from segsweep.base.errors import SegsweepError
 from sweeps.folder import SweepFolder
-from trainer.errors import SegsweepError
 
 HOST = "127.0.0.1"
 DEFAULT_MLFLOW_PORT = 5000

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-import trainer._env  # noqa: F401
+import segsweep.base.env  # noqa: F401
 from tests.support.ray import reload_ray_auth_config, stop_processes_using
 from tests.support.synth import make_dataset
 

@@ -1,4 +1,4 @@
-"""Every import of the four packages is the standard library, segsweep itself, or a declared dependency."""
+"""Every import of segsweep and the four packages is the standard library, one of them, or a declared dependency."""
 
 from __future__ import annotations
 
@@ -10,7 +10,8 @@ from importlib.metadata import packages_distributions
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
-PACKAGES = ("trainer", "sweeps", "reports", "search_spaces")
+#: segsweep (the public face and segsweep.base) and the four packages of the layout: all first-party.
+PACKAGES = ("segsweep", "trainer", "sweeps", "reports", "search_spaces")
 #: Modules of the optional extras, which the code may import only inside functions (lazily).
 EXTRAS_ONLY_INSIDE_FUNCTIONS = ("export",)
 

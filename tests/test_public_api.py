@@ -20,10 +20,10 @@ def test_every_public_name_resolves_to_its_home() -> None:
     from reports.export import export_bundle
     from reports.predict import predict
     from reports.retrain import retrain
+    from segsweep.base.errors import SegsweepError
     from sweeps.api import Sweep, open_sweep
     from trainer.config import CVConfig
     from trainer.cv import cross_validate
-    from trainer.errors import SegsweepError
 
     for name in segsweep.__all__:
         assert getattr(segsweep, name) is not None, name

@@ -24,9 +24,9 @@ from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from trainer import version
+from segsweep.base import version
+from segsweep.base.errors import ConfigError, SegsweepError
 from trainer.config import CVConfig
-from trainer.errors import ConfigError, SegsweepError
 from trainer.results import CV_FILE, MODELS_DIR, read_cv_result
 
 if TYPE_CHECKING:
@@ -175,7 +175,7 @@ def write_bundle(
     """
     from dataclasses import asdict, is_dataclass
 
-    from trainer.files import disk_full_as_error, write_json_atomic, write_text_atomic
+    from segsweep.base.files import disk_full_as_error, write_json_atomic, write_text_atomic
 
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.", dir=out.parent))
@@ -194,7 +194,7 @@ def write_bundle(
             write_text_atomic(staging / TRAIN_STEMS_FILE, "".join(f"{stem}\n" for stem in train_stems))
         # mkdtemp makes an owner-only folder: give the bundle the modes of every other output (the
         # umask; segsweep's default 077 keeps a model trained on patients' images private).
-        from trainer._env import created_file_mode, created_folder_mode
+        from segsweep.base.env import created_file_mode, created_folder_mode
 
         staging.chmod(created_folder_mode())
         for path in staging.iterdir():

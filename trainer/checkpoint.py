@@ -27,7 +27,7 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from trainer.files import atomic_path, dumps_strict
+from segsweep.base.files import atomic_path, dumps_strict
 from trainer.results import EpochRecord
 
 if TYPE_CHECKING:
@@ -205,6 +205,6 @@ def _nan_for_null(values: Mapping[str, Any]) -> dict[str, Any]:
 
 
 def _created_file_mode() -> int:
-    from trainer._env import created_file_mode
+    from segsweep.base.env import created_file_mode
 
     return created_file_mode()

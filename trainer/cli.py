@@ -9,8 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from segsweep.base.errors import ConfigError
 from trainer.config import CVConfig, load_config_file
-from trainer.errors import ConfigError
 from trainer.losses import loss_help
 
 # Options of `segsweep cv` that map one to one onto CVConfig fields; help texts end with the default
@@ -173,7 +173,7 @@ def sigterm_interrupts() -> contextlib.AbstractContextManager[None]:
     """SIGTERM ends the run as Ctrl-C does: the tracker's fold run is marked KILLED and the CLI says
     how to resume. SIGTERM is what stops a `segsweep cv` in a Slurm job (scancel, the time limit) or
     under `kill`, and what reaches one started in the background, where SIGINT arrives ignored."""
-    from trainer._signals import signal_handlers
+    from segsweep.base.signals import signal_handlers
 
     def interrupt(signum: int, frame: object) -> None:
         raise KeyboardInterrupt

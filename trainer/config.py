@@ -11,7 +11,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from trainer.errors import ConfigError
+from segsweep.base.errors import ConfigError
 from trainer.losses import LOSSES
 
 #: The 32 encoders of segmentation-models 1.0.1 (``sm.get_available_backbone_names()``; a test keeps
@@ -122,7 +122,7 @@ class CVConfig:
             raise ConfigError(f"lr_factor must lie in (0, 1), got {self.lr_factor}")
         if self.lr_patience < 1:
             raise ConfigError(f"lr_patience must be at least 1, got {self.lr_patience}")
-        from trainer.tracking._secrets import secret_key_paths
+        from segsweep.base.secrets import secret_key_paths
 
         secret_keys = secret_key_paths(self.extra, "extra.")  # at every depth: {neptune: {api_token: ..}}
         if secret_keys:

@@ -17,12 +17,12 @@ from typing import TYPE_CHECKING
 
 import numpy as np
 
-from trainer import version
+from segsweep.base import version
+from segsweep.base.errors import ConfigError, one_line_error
+from segsweep.base.files import ensure_writable_folder, write_json_atomic
 from trainer.config import SEED_MAX, CVConfig
 from trainer.data import PreparedData, prepare_dataset, read_split
-from trainer.errors import ConfigError, one_line_error
-from trainer.files import ensure_writable_folder, write_json_atomic
-from trainer.reporting import FAILED, PRUNED, FoldPreview, MultiReporter, Reporter, StoppedEarly
+from trainer.reporter import FAILED, PRUNED, FoldPreview, MultiReporter, Reporter, StoppedEarly
 from trainer.results import (
     CHECKPOINTS_DIR,
     CV_FILE,

@@ -22,13 +22,14 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from segsweep.base.errors import DataError
+from segsweep.base.files import ensure_writable_folder, file_digest
+
 # One reader of image and mask files for training, checking, predicting and counting (re-exported).
 from trainer.decode import MASK_THRESHOLD as MASK_THRESHOLD
 from trainer.decode import BadFileError, SoftEdges, orientation_mismatch
 from trainer.decode import read_image as read_image
 from trainer.decode import read_mask as read_mask
-from trainer.errors import DataError
-from trainer.files import ensure_writable_folder, file_digest
 
 #: Extensions OpenCV decodes that data sets in this field use.
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".tif", ".tiff", ".bmp", ".webp")

@@ -20,9 +20,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from segsweep.base.errors import DataError
 from trainer.data import IMAGE_EXTENSIONS, hidden_files_warning, hidden_image_files, read_split
 from trainer.decode import SOFT_EDGE_FIX, BadFileError, SoftEdges, orientation_mismatch, read_image, read_mask
-from trainer.errors import DataError
 
 Severity = Literal["error", "warning"]
 

@@ -30,7 +30,7 @@ from pathlib import Path
 
 import numpy as np
 
-from trainer.errors import DataError
+from segsweep.base.errors import DataError
 
 #: Grey level (of 255) at which 8-bit masks with compression noise are binarised.
 MASK_THRESHOLD = 128

@@ -18,9 +18,15 @@ every listed stem an image/mask pair), and the archive's own CRCs guard the tran
 
 from __future__ import annotations
 
+import http.client
+import os
 import re
 import shutil
+import sys
 import tarfile
+import time
+import urllib.error
+import urllib.request
 import zipfile
 from collections.abc import Iterable, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -29,10 +35,10 @@ from importlib import resources
 from pathlib import Path, PurePosixPath
 from typing import IO
 
+from segsweep.base.errors import ConfigError, DataError
+from segsweep.base.files import atomic_path, file_digest
 from trainer.data import index_dataset, read_split
 from trainer.data_check import Finding
-from trainer.errors import ConfigError, DataError
-from trainer.files import atomic_path, fetch, file_digest
 
 _CHUNK = 1 << 16
 _USER_AGENT = "segsweep (python urllib)"
@@ -343,3 +349,119 @@ def verify_layout(root: Path, split_files: Sequence[str]) -> list[Finding]:
             )
     return findings
 
+
+# --- fetching (resumable) ------------------------------------------------------------------------
+
+
+def fetch(
+    url: str,
+    dest: Path,
+    *,
+    progress: bool | None = None,
+    attempts: int = 3,
+    retry_delay: float = 2.0,
+    timeout: float = 60.0,
+) -> None:
+    """Download ``url`` to ``dest`` through ``dest.part``, resuming after interruptions."""
+    part = dest.with_name(dest.name + ".part")
+    for attempt in range(1, attempts + 1):
+        try:
+            _fetch_once(url, part, progress=progress, timeout=timeout)
+            break
+        except urllib.error.HTTPError as exc:
+            if exc.code < 500 and exc.code not in (408, 429):
+                raise DataError(
+                    f"{url} answered HTTP {exc.code} {exc.reason}; check the address (--url)"
+                ) from exc
+            failure: Exception = exc
+        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
+            failure = exc
+        have = part.stat().st_size if part.exists() else 0
+        if attempt == attempts:
+            raise DataError(
+                f"downloading {url} failed ({_describe(failure)}); {part} keeps the {have} bytes "
+                "received: run the same command again to resume"
+            ) from failure
+        print(
+            f"download interrupted ({_describe(failure)}); resuming at byte {have} "
+            f"(attempt {attempt + 1} of {attempts})",
+            file=sys.stderr,
+        )
+        time.sleep(retry_delay * attempt)
+    os.replace(part, dest)
+
+
+def _describe(exc: BaseException) -> str:
+    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
+        return str(exc.reason)
+    return str(exc) or type(exc).__name__
+
+
+def _fetch_once(url: str, part: Path, *, progress: bool | None, timeout: float) -> None:
+    offset = part.stat().st_size if part.exists() else 0
+    headers = {"User-Agent": _USER_AGENT}
+    if offset:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset:
+            # Nothing left to send: the part is complete if the server's size agrees, else start over.
+            total = _content_range_total(exc.headers.get("Content-Range"))
+            exc.close()
+            if total == offset:
+                return
+            part.unlink()
+            _fetch_once(url, part, progress=progress, timeout=timeout)
+            return
+        raise
+    with response:
+        mode = "wb"
+        if offset and response.status == 206:
+            start = _content_range_start(response.headers.get("Content-Range"))
+            if start == offset:
+                mode = "ab"
+        if mode == "wb":
+            if offset:
+                print("the server does not resume downloads: starting again from zero", file=sys.stderr)
+            offset = 0
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length and length.isdigit() else None
+        _stream(response, part, mode, offset, total, progress)
+    size = part.stat().st_size
+    if total is not None and size < total:
+        raise ConnectionError(f"connection closed after {size} of {total} bytes")
+
+
+def _stream(
+    response: IO[bytes], part: Path, mode: str, offset: int, total: int | None, progress: bool | None
+) -> None:
+    from tqdm import tqdm
+
+    show = sys.stderr.isatty() if progress is None else progress
+    with (
+        open(part, mode) as out,
+        tqdm(
+            total=total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            unit_divisor=1024,
+            desc=part.name.removesuffix(".part"),
+            file=sys.stderr,
+            disable=not show,
+        ) as bar,
+    ):
+        while chunk := response.read(_CHUNK):
+            out.write(chunk)
+            bar.update(len(chunk))
+
+
+def _content_range_start(value: str | None) -> int | None:
+    match = re.match(r"bytes (\d+)-\d+/(\d+|\*)", value or "")
+    return int(match.group(1)) if match else None
+
+
+def _content_range_total(value: str | None) -> int | None:
+    match = re.match(r"bytes (?:\*|\d+-\d+)/(\d+)", value or "")
+    return int(match.group(1)) if match else None

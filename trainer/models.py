@@ -9,8 +9,8 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from segsweep.base.errors import ConfigError
 from trainer.config import CVConfig
-from trainer.errors import ConfigError
 from trainer.losses import make_loss
 
 if TYPE_CHECKING:
@@ -151,7 +151,7 @@ def library_versions() -> dict[str, str]:
     from importlib.metadata import PackageNotFoundError
     from importlib.metadata import version as package_version
 
-    from trainer import version
+    from segsweep.base import version
 
     found = {"segsweep": version()}
     for name in ("tensorflow", "tf-keras", "segmentation-models"):

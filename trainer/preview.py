@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from trainer.metrics import DEFAULT_THRESHOLD, binarize, dice_score
-from trainer.reporting import FoldPreview
+from trainer.reporter import FoldPreview
 
 #: Outline colours, RGB.
 TRUE_COLOUR: tuple[int, int, int] = (0, 220, 0)

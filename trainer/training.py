@@ -15,9 +15,9 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from segsweep.base.errors import SegsweepError
 from trainer.checkpoint import EpochCheckpoint, run_identity
 from trainer.config import CVConfig
-from trainer.errors import SegsweepError
 from trainer.models import compile_model, configure_tensorflow, model_for_fold, preprocessing
 from trainer.results import EpochRecord
 

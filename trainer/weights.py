@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from segsweep.base.errors import WeightsError
+from segsweep.base.files import atomic_path, file_digest
 from trainer.config import ENCODERS, loads_encoder_weights
-from trainer.errors import WeightsError
-from trainer.files import atomic_path, file_digest
 
 if TYPE_CHECKING:
     import h5py

@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-import trainer._env  # noqa: F401  (sets the Keras environment first)
+import segsweep.base.env  # noqa: F401  (sets the Keras environment first)
 
 
 def main() -> int:

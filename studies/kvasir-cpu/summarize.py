@@ -14,7 +14,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-import trainer._env  # noqa: F401  (sets the Keras environment first)
+import segsweep.base.env  # noqa: F401  (sets the Keras environment first)
 
 SWEEP = "kvasir-cpu"
 AUGMENTED = "cpu winner, augmentation on"

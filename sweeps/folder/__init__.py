@@ -53,7 +53,9 @@ from sweeps.folder._records import (
     update_trial_record,
     write_spec_record,
 )
-from sweeps.folder._results import (
+from sweeps.folder._schema import DamagedRecord, SweepRecord, TrialRecord, may_win
+from sweeps.folder._scores import TestScore, load_test_scores, record_test_scores
+from sweeps.folder._sweep_results import (
     COMPLETE,
     FAILED,
     PRUNED,
@@ -66,8 +68,6 @@ from sweeps.folder._results import (
     load_trial,
     pair_image_scores,
 )
-from sweeps.folder._schema import DamagedRecord, SweepRecord, TrialRecord, may_win
-from sweeps.folder._scores import TestScore, load_test_scores, record_test_scores
 
 __all__ = [
     "COMPLETE",

@@ -18,9 +18,9 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import IO
 
+from segsweep.base.files import write_json_atomic
 from sweeps.folder import _records
 from sweeps.folder._layout import SweepFolder
-from trainer.files import write_json_atomic
 
 
 @dataclass(frozen=True)
@@ -64,7 +64,7 @@ def clear_stop_request(folder: SweepFolder) -> None:
 @contextlib.contextmanager
 def hold_driver_lock(folder: SweepFolder) -> Iterator[None]:
     """Mark this process as the sweep's driver while the block runs; refuse a second driver."""
-    from trainer.errors import ConfigError
+    from segsweep.base.errors import ConfigError
 
     folder.path.mkdir(parents=True, exist_ok=True)
     handle: IO[str] = open(folder.driver_file, "a+")  # noqa: SIM115 (held for the block's lifetime)

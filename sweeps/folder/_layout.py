@@ -29,7 +29,7 @@ import os
 from dataclasses import dataclass
 from pathlib import Path
 
-from trainer.errors import SegsweepError
+from segsweep.base.errors import SegsweepError
 from trainer.tracking import CONTEXT_FILE as TRACKING_FILE
 from trainer.tracking import tracker_files
 

@@ -16,8 +16,8 @@ from typing import Any
 from sweeps.folder._layout import TRIAL_FILE, SweepFolder
 from sweeps.folder._objective import OBJECTIVE
 from sweeps.folder._records import read_events, read_spec_record, read_trial_record
-from sweeps.folder._results import COMPLETE, FAILED, PRUNED, RUNNING
 from sweeps.folder._schema import TrialRecord, may_win
+from sweeps.folder._sweep_results import COMPLETE, FAILED, PRUNED, RUNNING
 
 
 @dataclass(frozen=True)

@@ -7,8 +7,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from sweeps.folder._objective import OBJECTIVE
-from sweeps.folder._results import COMPLETE, FAILED, PRUNED, RUNNING, SweepResults, TrialResult
 from sweeps.folder._schema import may_win
+from sweeps.folder._sweep_results import COMPLETE, FAILED, PRUNED, RUNNING, SweepResults, TrialResult
 
 RANKING_RULE = (
     "Ranked (1, 2, ...): trials that completed all their folds, by mean cross-validation Dice; the best "

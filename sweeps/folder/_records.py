@@ -22,9 +22,9 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+from segsweep.base.files import dumps_strict, write_json_atomic
 from sweeps.folder._layout import EVENTS_FILE, FORMAT_VERSION, TRIAL_FILE, SweepFolder
 from sweeps.folder._schema import DamagedRecord, SweepRecord, TrialRecord
-from trainer.files import dumps_strict, write_json_atomic
 from trainer.results import CV_FILE, read_cv_result, read_fold_files
 
 _LOCK_FILE = ".trial.lock"

@@ -18,9 +18,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, TypeVar
 
+from segsweep.base.errors import SegsweepError
 from sweeps.folder._layout import FORMAT_VERSION
-from trainer.errors import SegsweepError
-from trainer.reporting import COMPLETE
+from trainer.reporter import COMPLETE
 
 _T = TypeVar("_T")
 
@@ -66,7 +66,7 @@ class TrialRecord:
     #: An error no retry can fix (a SegsweepError): Ray's retries end at once on it.
     fatal_reason: str | None = None
     # --- written by the driver ---
-    #: RUNNING, COMPLETE, PRUNED or FAILED (trainer.reporting's run states).
+    #: RUNNING, COMPLETE, PRUNED or FAILED (trainer.reporter's run states).
     state: str | None = None
     #: Why the trial was pruned, failed or is being retried.
     reason: str | None = None

@@ -13,9 +13,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from segsweep.base.files import write_json_atomic
 from sweeps.folder._layout import SweepFolder
 from sweeps.folder._records import now
-from trainer.files import write_json_atomic
 
 
 @dataclass(frozen=True)

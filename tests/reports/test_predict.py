@@ -368,10 +368,10 @@ def test_real_kvasir_seg_retrain_and_predict_medico_val(real_kvasir_seg: Path, t
     """
     import optuna
 
+    from segsweep.base.files import write_json_atomic
     from trainer.config import CVConfig
     from trainer.cv import run_cv
     from trainer.data import prepare_dataset, read_split
-    from trainer.files import write_json_atomic
 
     storage = tmp_path / "sweeps"
     sweep = storage / "real"

@@ -16,11 +16,11 @@ import pytest
 from reports.leaderboard import compare_pretraining, pick_winner
 from reports.report import build_report, render_html, render_markdown
 from reports.retrain import imitated_schedule
+from segsweep.base.errors import SegsweepError
 from sweeps.cli import main
 from sweeps.folder import load_sweep, rank_trials, record_test_scores
 from tests.support.fake_sweep import FakeTrial, make_sweep, read_json
 from trainer.config import CVConfig, load_config_file
-from trainer.errors import SegsweepError
 
 
 @pytest.fixture

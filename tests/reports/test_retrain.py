@@ -12,12 +12,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from segsweep.base.files import write_json_atomic
 from sweeps.cli import main
 from tests.support import TINY_ENCODER, checkpoint_every_epoch
 from trainer.bundle import load_bundle, retrain_checkpoint_path
 from trainer.config import CVConfig
 from trainer.data import prepare_dataset
-from trainer.files import write_json_atomic
 from trainer.results import CV_FILE, CVResult, EpochRecord, FoldResult
 
 

@@ -13,8 +13,8 @@ import optuna
 import pytest
 
 from search_spaces import BUILTIN_SPACES, DefineByRun, SearchSpace, builtin_space_path, load_space
+from segsweep.base.errors import ConfigError
 from trainer.config import ENCODERS, CVConfig
-from trainer.errors import ConfigError
 
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 

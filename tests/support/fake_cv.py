@@ -21,11 +21,11 @@ import time
 from pathlib import Path
 from typing import Any
 
+from segsweep.base.errors import one_line_error
+from segsweep.base.files import write_json_atomic
 from trainer.config import CVConfig
 from trainer.data import PreparedData
-from trainer.errors import one_line_error
-from trainer.files import write_json_atomic
-from trainer.reporting import FAILED, PRUNED, Reporter, StoppedEarly
+from trainer.reporter import FAILED, PRUNED, Reporter, StoppedEarly
 from trainer.results import CVResult, FoldResult
 from trainer.training import TrainingError
 

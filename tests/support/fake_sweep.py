@@ -14,11 +14,11 @@ from typing import Any
 
 import optuna
 
+from segsweep.base.files import write_json_atomic
 from sweeps.folder import STUDY_TRIAL_ID_ATTR, SweepFolder, update_trial_record, write_spec_record
 from tests.support import TINY_ENCODER
 from tests.support.fake_cv import fake_image_scores
 from trainer.config import CVConfig
-from trainer.files import write_json_atomic
 from trainer.results import CV_FILE, CVResult, EpochRecord, FoldResult, fold_path
 
 #: The parameters a quick space proposes, as Optuna distributions (and the tests' tiny encoder).

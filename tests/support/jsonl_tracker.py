@@ -11,7 +11,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from trainer.reporting import COMPLETE, INTERRUPTED, RUNNING, FoldPreview
+from trainer.reporter import COMPLETE, INTERRUPTED, RUNNING, FoldPreview
 from trainer.tracking import TrackerBackend
 
 if TYPE_CHECKING:

@@ -9,7 +9,7 @@ from pathlib import Path
 import numpy as np
 
 from trainer.config import CVConfig
-from trainer.reporting import FoldPreview, Reporter
+from trainer.reporter import FoldPreview, Reporter
 from trainer.results import CVResult, EpochRecord, FoldResult
 
 EPOCHS = 3

@@ -7,12 +7,12 @@ from pathlib import Path
 
 import pytest
 
+from segsweep.base.errors import ConfigError
+from segsweep.base.files import write_json_atomic
 from sweeps.cli import main
 from sweeps.folder import format_leaderboard, load_sweep, update_trial_record
 from sweeps.runner import probe_config
 from sweeps.spec import SweepSpec
-from trainer.errors import ConfigError
-from trainer.files import write_json_atomic
 from trainer.results import FoldResult, fold_path
 
 

@@ -11,7 +11,7 @@ from tests.support.fake_cv import fake_run_cv
 from trainer.config import CVConfig
 from trainer.cv import run_cv
 from trainer.data import PreparedData
-from trainer.reporting import Reporter
+from trainer.reporter import Reporter
 from trainer.results import FoldResult
 
 

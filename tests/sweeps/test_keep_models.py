@@ -1,13 +1,13 @@
-"""`sweep run --keep-models K`: only the best K trials keep their fold models (sweeps._models)."""
+"""`sweep run --keep-models K`: only the best K trials keep their fold models (sweeps._kept_models)."""
 
 from __future__ import annotations
 
 from pathlib import Path
 
-from sweeps._models import prune_fold_models
+from segsweep.base.files import write_json_atomic
+from sweeps._kept_models import prune_fold_models
 from sweeps.folder import SweepFolder, update_trial_record
 from sweeps.spec import SweepSpec
-from trainer.files import write_json_atomic
 from trainer.results import MODELS_DIR, FoldResult, fold_model_dir, fold_path
 
 
@@ -54,7 +54,7 @@ def test_keep_zero_deletes_nothing(tmp_path: Path) -> None:
 def test_negative_keep_models_is_refused() -> None:
     import pytest
 
-    from trainer.errors import ConfigError
+    from segsweep.base.errors import ConfigError
 
     spec = SweepSpec(name="s", data="d", space="quick", trials=1, storage="x", keep_models=-1)
     with pytest.raises(ConfigError, match="--keep-models must be 0 or more"):

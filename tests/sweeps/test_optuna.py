@@ -11,6 +11,7 @@ from optuna.trial import TrialState
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import load_space
+from segsweep.base.files import write_json_atomic
 from sweeps._optuna import (
     completion_state,
     make_searcher,
@@ -29,7 +30,6 @@ from sweeps.folder import (
     update_trial_record,
     write_spec_record,
 )
-from trainer.files import write_json_atomic
 from trainer.results import FoldResult, fold_path
 
 

@@ -10,6 +10,7 @@ import pytest
 import yaml
 
 from search_spaces import SearchSpace, load_space
+from segsweep.base.errors import ConfigError
 from sweeps._start import (
     StartEntry,
     add_warm_start_trials,
@@ -25,7 +26,6 @@ from sweeps.spec import SweepSpec
 from tests.support import fake_cv as fake
 from tests.support.fake_sweep import make_sweep
 from tests.support.ray import tiny_sweep_spec
-from trainer.errors import ConfigError
 
 HAND_PICK = {"encoder": "resnet18", "arch": "unet", "weights": "none", "batch_size": 8, "epochs": 12, "lr": 1e-3,
              "loss": "bce_dice", "folds": 3, "image_size": 128, "seed": 0, "augment": True}  # fmt: skip

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from segsweep.base.errors import ConfigError
 from sweeps.cli import main
 from trainer.config import (
     BATCH_SIZE_MAX,
@@ -16,7 +17,6 @@ from trainer.config import (
     CVConfig,
     load_config_file,
 )
-from trainer.errors import ConfigError
 
 
 @pytest.mark.parametrize(

@@ -12,13 +12,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from segsweep.base.errors import ConfigError
 from tests.support import TINY_ENCODER, checkpoint_every_epoch
 from tests.support.synth import make_dataset
 from trainer.config import SEED_MAX, CVConfig
 from trainer.cv import fold_seed, make_folds, run_cv
 from trainer.data import prepare_dataset
-from trainer.errors import ConfigError
-from trainer.reporting import FoldPreview, Reporter
+from trainer.reporter import FoldPreview, Reporter
 from trainer.results import CVResult, FoldResult
 
 TINY = dict(encoder=TINY_ENCODER, weights="none", image_size=64, folds=2, epochs=1, batch_size=2)

@@ -234,9 +234,9 @@ def test_half_cut_jpeg_image_is_refused_not_decoded_with_grey_rows(kvasir_seg_di
 def test_training_refuses_an_image_turned_by_exif_against_an_untagged_mask(tmp_path: Path) -> None:
     # The training reader decoded the tagged image turned and the mask as stored: a square pair went
     # into the cache with its polyp outside its mask (0 of 295 polyp pixels inside), no message.
+    from segsweep.base.errors import DataError
     from tests.support.synth import make_exif_turned_pair
     from trainer.data import prepare_dataset
-    from trainer.errors import DataError
 
     make_exif_turned_pair(tmp_path / "data")
     make_exif_turned_pair(tmp_path / "data", "b")

@@ -18,8 +18,8 @@ from pathlib import Path
 
 import pytest
 
+from segsweep.base.errors import ConfigError, DataError
 from trainer.download import SOURCES, packaged_manifest, run_download_command, verify_manifest
-from trainer.errors import ConfigError, DataError
 
 
 @dataclass

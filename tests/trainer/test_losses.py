@@ -8,9 +8,9 @@ from typing import Any
 import numpy as np
 import pytest
 
+from segsweep.base.errors import ConfigError
 from sweeps.cli import main
 from trainer.config import CVConfig
-from trainer.errors import ConfigError
 from trainer.losses import LOSSES, make_loss, register_loss
 
 

@@ -12,11 +12,11 @@ from typing import Any
 
 import pytest
 
+from segsweep.base.errors import ConfigError
 from sweeps.runner import run_sweep
 from tests.support import TINY_ENCODER
 from tests.support.ray import tiny_sweep_spec
 from trainer import models
-from trainer.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]
 #: Lines of TensorFlow's native start-up that users must not see unless they ask (--verbose).

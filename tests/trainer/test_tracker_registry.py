@@ -10,14 +10,14 @@ from typing import Any
 
 import pytest
 
+from segsweep.base.errors import ConfigError
 from tests.support import TINY_ENCODER
 from tests.support.jsonl_tracker import LOG_FILE, JsonLinesTracker, read_events
 from tests.support.synth import make_dataset
 from tests.support.tracking import drive
 from trainer.config import CVConfig
 from trainer.data import PreparedData, prepare_dataset
-from trainer.errors import ConfigError
-from trainer.reporting import COMPLETE, FAILED, PRUNED, MultiReporter, Reporter, StoppedEarly
+from trainer.reporter import COMPLETE, FAILED, PRUNED, MultiReporter, Reporter, StoppedEarly
 from trainer.results import FoldResult
 from trainer.tracking import (
     TRACKER_BACKENDS,

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from segsweep.base.errors import ConfigError
 from tests.support.tracking import drive, loopback_token, make_fold, make_preview, neptune_operations
 from trainer.config import CVConfig
-from trainer.errors import ConfigError
-from trainer.reporting import FoldPreview, Reporter
+from trainer.reporter import FoldPreview, Reporter
 from trainer.tracking import (
     TrackingContext,
     TrackingWarning,
@@ -272,7 +272,7 @@ def test_preview_png_draws_true_and_predicted_contours_losslessly() -> None:
 
 def test_run_states_map_to_mlflow_statuses_and_neptune_fields() -> None:
     from sweeps.folder import TRIAL_STATES
-    from trainer.reporting import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING
+    from trainer.reporter import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING
     from trainer.tracking._mlflow import RUN_STATUS
     from trainer.tracking._neptune import FAILED_FIELD, REASON_FIELD, STATE_FIELD, state_fields
 

@@ -14,12 +14,12 @@ import cv2
 import numpy as np
 import pytest
 
+from segsweep.base.errors import ConfigError
+from segsweep.base.files import write_json_atomic
 from tests.support import TINY_ENCODER
 from trainer import data as data_module
 from trainer.config import CVConfig
 from trainer.data import prepare_dataset
-from trainer.errors import ConfigError
-from trainer.files import write_json_atomic
 from trainer.results import CVResult, FoldResult
 
 
@@ -158,7 +158,7 @@ def test_events_lines_are_strict_json(tmp_path: Path) -> None:
 
 
 def test_secret_keys_are_found_at_every_depth() -> None:
-    from trainer.tracking._secrets import secret_key_paths
+    from segsweep.base.secrets import secret_key_paths
 
     nested = {"a": {"b": [{"c": 1}, {"api_key": "x"}]}, "neptune": {"api_token": "y"}, "note": "token"}
     assert secret_key_paths(nested) == ["a.b.1.api_key", "neptune.api_token"]

@@ -22,10 +22,10 @@ import h5py
 import numpy as np
 import pytest
 
-import trainer._env  # noqa: F401
+import segsweep.base.env  # noqa: F401
+from segsweep.base.errors import WeightsError
 from trainer import weights
 from trainer.config import ENCODERS
-from trainer.errors import WeightsError
 
 ENCODER = "mobilenetv2"
 SIZE = 64

@@ -12,7 +12,7 @@ Public face::
 A sweep is a parent run, each trial a child run, each fold a child of its trial (MLflow nests runs;
 Neptune records the sweep in each trial run and folds as namespaces). Trackers are sinks: a failing
 tracker warns once and the run goes on; nothing reads them back. Tokens and passwords are never
-logged (see ``trainer.tracking._secrets``).
+logged (see ``segsweep.base.secrets``).
 
 Each tracker is a backend class (``trainer.tracking._backend.TrackerBackend``: the run's and the
 sweep's life cycle, the files it owns, its default) registered below with one line; everything here
@@ -25,9 +25,10 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-import trainer._env  # noqa: F401
-from trainer.errors import ConfigError
-from trainer.reporting import MultiReporter, Reporter
+import segsweep.base.env  # noqa: F401
+from segsweep.base.errors import ConfigError
+from segsweep.base.secrets import redact_params
+from trainer.reporter import MultiReporter, Reporter
 from trainer.tracking._backend import (
     TRACKER_BACKENDS,
     TrackerBackend,
@@ -39,7 +40,6 @@ from trainer.tracking._context import TrackingContext
 from trainer.tracking._guarded import GuardedTracker, TrackingWarning, warn_tracking
 from trainer.tracking._mlflow import MlflowTracker
 from trainer.tracking._neptune import NeptuneTracker
-from trainer.tracking._secrets import redact_params, redact_text
 
 __all__ = [
     "TRACKER_BACKENDS",
@@ -51,8 +51,6 @@ __all__ = [
     "finish_sweep_tracking",
     "open_trackers",
     "parse_tracker_names",
-    "redact_params",
-    "redact_text",
     "register_tracker",
     "start_sweep_tracking",
     "sweep_tracking",
@@ -185,7 +183,7 @@ def sweep_tracking(
     """
     import fcntl
 
-    from trainer.files import write_json_atomic
+    from segsweep.base.files import write_json_atomic
 
     sweep_dir = Path(sweep_dir)
     sweep_dir.mkdir(parents=True, exist_ok=True)

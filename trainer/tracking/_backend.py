@@ -5,7 +5,7 @@ stops a run) that provides:
 
 - the **run life cycle**: built by :meth:`TrackerBackend.for_run` for one cross-validation, it gets
   the reporter hooks (start with the parameters, each epoch, each fold with its preview) and ends
-  with one of ``trainer.reporting``'s states (COMPLETE, PRUNED, FAILED; INTERRUPTED when closed
+  with one of ``trainer.reporter``'s states (COMPLETE, PRUNED, FAILED; INTERRUPTED when closed
   while running), which it maps to its own notion of a run's status;
 - the **sweep-level life cycle**: :meth:`TrackerBackend.start_sweep` opens the sweep's own run and
   returns the backend's part of the sweep's :class:`~trainer.tracking.TrackingContext` (names and
@@ -29,7 +29,7 @@ from trainer.tracking._guarded import GuardedTracker
 
 if TYPE_CHECKING:
     from trainer.config import CVConfig
-    from trainer.reporting import FoldPreview
+    from trainer.reporter import FoldPreview
     from trainer.results import CVResult, FoldResult
 
 

@@ -12,8 +12,8 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from trainer.reporting import FoldPreview, Reporter
-from trainer.tracking._secrets import redact_text
+from segsweep.base.secrets import redact_text
+from trainer.reporter import FoldPreview, Reporter
 
 if TYPE_CHECKING:
     from trainer.config import CVConfig

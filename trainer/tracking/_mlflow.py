@@ -15,9 +15,9 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from trainer.reporting import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING, FoldPreview
+from segsweep.base.secrets import flatten_params, redact_params
+from trainer.reporter import COMPLETE, FAILED, INTERRUPTED, PRUNED, RUNNING, FoldPreview
 from trainer.tracking._backend import TrackerBackend
-from trainer.tracking._secrets import flatten_params, redact_params
 
 if TYPE_CHECKING:
     from mlflow import MlflowClient
@@ -36,7 +36,7 @@ DB_FILE = "mlflow.db"
 ARTIFACTS_DIR = "mlartifacts"
 #: On a fold run that ended before its fold did: its metrics are partial, not a result.
 INTERRUPTED_TAG = "segsweep.interrupted"
-#: How the run ended (trainer.reporting's states: a sweep trial's agrees with its trial.json), and why.
+#: How the run ended (trainer.reporter's states: a sweep trial's agrees with its trial.json), and why.
 STATE_TAG = "segsweep.state"
 REASON_TAG = "segsweep.reason"
 #: MLflow's run status for each state: a pruned run finished its folds; only an interruption is KILLED.

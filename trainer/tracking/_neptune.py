@@ -21,11 +21,11 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from trainer.errors import ConfigError
-from trainer.reporting import COMPLETE, FAILED, INTERRUPTED, RUNNING, FoldPreview
+from segsweep.base.errors import ConfigError
+from segsweep.base.secrets import flatten_params, redact_params
+from trainer.reporter import COMPLETE, FAILED, INTERRUPTED, RUNNING, FoldPreview
 from trainer.tracking._backend import TrackerBackend
 from trainer.tracking._guarded import warn_tracking
-from trainer.tracking._secrets import flatten_params, redact_params
 
 if TYPE_CHECKING:
     from neptune import Run
@@ -135,7 +135,7 @@ FAILED_FIELD = "sys/failed"
 
 
 def state_fields(state: str, reason: str = "") -> dict[str, Any]:
-    """The fields recording how a run ended (trainer.reporting's states), as Neptune holds them."""
+    """The fields recording how a run ended (trainer.reporter's states), as Neptune holds them."""
     return {STATE_FIELD: state, REASON_FIELD: reason, FAILED_FIELD: state == FAILED}
 
 

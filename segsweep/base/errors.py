@@ -29,7 +29,7 @@ def one_line_error(exc: BaseException, limit: int = 300) -> str:
 
 
 class DiskFullError(SegsweepError, OSError):
-    """A write the file system (or the user's quota on it) had no room for (trainer.files says it).
+    """A write the file system (or the user's quota on it) had no room for (segsweep.base.files says it).
 
     Also an OSError with the original errno (ENOSPC, EDQUOT), so code that handles a failed write as
     an OSError still does; the CLI prints the message as any SegsweepError.

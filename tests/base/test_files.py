@@ -1,4 +1,4 @@
-"""trainer.files' one translation of a full disk (issue 21, case 13): every writer says it in one line."""
+"""segsweep.base.files' one translation of a full disk (issue 21, case 13): every writer says it in one line."""
 
 from __future__ import annotations
 
@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from trainer.errors import DiskFullError, SegsweepError
-from trainer.files import atomic_path, disk_full_as_error, mount_point, write_text_atomic
+from segsweep.base.errors import DiskFullError, SegsweepError
+from segsweep.base.files import atomic_path, disk_full_as_error, mount_point, write_text_atomic
 
 
 def test_a_write_with_no_room_is_one_line_naming_the_file_system_and_the_size(tmp_path: Path) -> None:

@@ -1,14 +1,13 @@
-"""Files, written and fetched safely: atomic writes, content digests and a resumable HTTP download.
+"""Files, written safely: atomic writes, strict JSON, content digests, staged folders, a full disk.
 
-The one home of each: every module that writes a result, hashes a file or downloads one uses these,
-so a crash never leaves half a file where a reader expects a whole one.
+The one home of each: every module that writes a result or hashes a file uses these, so a crash
+never leaves half a file where a reader expects a whole one, and a full disk reads as one line.
 """
 
 from __future__ import annotations
 
 import errno
 import hashlib
-import http.client
 import json
 import math
 import os
@@ -16,21 +15,15 @@ import re
 import shutil
 import sys
 import tempfile
-import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager, suppress
 from pathlib import Path
-from typing import IO, Any
+from typing import Any
 
 import numpy as np
 
-from trainer._env import created_folder_mode
-from trainer.errors import DataError, DiskFullError
-
-_CHUNK = 1 << 16
-_USER_AGENT = "segsweep (python urllib)"
+from segsweep.base.env import created_file_mode, created_folder_mode
+from segsweep.base.errors import ConfigError, DiskFullError
 
 
 def file_digest(path: Path, algorithm: str = "sha256") -> str:
@@ -48,8 +41,6 @@ def ensure_writable_folder(folder: Path, what: str, fix: str) -> Path:
     Fails before any work (not after an hour of training); ``what`` names the folder for the user
     (``--storage``, ``output folder``, ``the data cache``) and ``fix`` says what to do instead.
     """
-    from trainer.errors import ConfigError
-
     if folder.exists() and not folder.is_dir():
         raise ConfigError(f"{what} {folder} is a file, not a folder; {fix}")
     try:
@@ -64,8 +55,6 @@ def ensure_writable_folder(folder: Path, what: str, fix: str) -> Path:
 
 def ensure_new_folder(out: Path, what: str) -> Path:
     """``out`` must not exist or be an empty folder (nothing is overwritten), under a parent we can create."""
-    from trainer.errors import ConfigError
-
     if out.exists() and (not out.is_dir() or any(out.iterdir())):
         raise ConfigError(f"{out} exists and is not an empty folder; pass a new --out for the {what}")
     try:
@@ -190,8 +179,6 @@ def writing_lock(out: Path) -> Iterator[Path]:
     """
     import fcntl
 
-    from trainer.errors import ConfigError
-
     out = out.resolve()  # one lock however the folder is spelt (relative, through a symlink)
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
@@ -292,8 +279,6 @@ def dumps_strict(payload: Any, **options: Any) -> str:
 
 def write_bytes_atomic(path: Path, data: bytes) -> None:
     """Write ``data`` through a temporary file and a rename, so readers never see half a file."""
-    from trainer._env import created_file_mode
-
     with atomic_path(path, suffix="", needs_bytes=len(data)) as tmp:
         os.chmod(tmp, created_file_mode())  # mkstemp makes 0600 files; follow the umask like other outputs
         tmp.write_bytes(data)
@@ -307,122 +292,3 @@ def write_text_atomic(path: Path, text: str) -> None:
 def write_json_atomic(path: Path, payload: Any) -> None:
     """Write strict JSON through a temporary file and a rename, so readers never see half a file."""
     write_text_atomic(path, dumps_strict(payload, indent=2) + "\n")
-
-
-# --- fetching (resumable) ------------------------------------------------------------------------
-
-
-
-
-def fetch(
-    url: str,
-    dest: Path,
-    *,
-    progress: bool | None = None,
-    attempts: int = 3,
-    retry_delay: float = 2.0,
-    timeout: float = 60.0,
-) -> None:
-    """Download ``url`` to ``dest`` through ``dest.part``, resuming after interruptions."""
-    part = dest.with_name(dest.name + ".part")
-    for attempt in range(1, attempts + 1):
-        try:
-            _fetch_once(url, part, progress=progress, timeout=timeout)
-            break
-        except urllib.error.HTTPError as exc:
-            if exc.code < 500 and exc.code not in (408, 429):
-                raise DataError(
-                    f"{url} answered HTTP {exc.code} {exc.reason}; check the address (--url)"
-                ) from exc
-            failure: Exception = exc
-        except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
-            failure = exc
-        have = part.stat().st_size if part.exists() else 0
-        if attempt == attempts:
-            raise DataError(
-                f"downloading {url} failed ({_describe(failure)}); {part} keeps the {have} bytes "
-                "received: run the same command again to resume"
-            ) from failure
-        print(
-            f"download interrupted ({_describe(failure)}); resuming at byte {have} "
-            f"(attempt {attempt + 1} of {attempts})",
-            file=sys.stderr,
-        )
-        time.sleep(retry_delay * attempt)
-    os.replace(part, dest)
-
-
-def _describe(exc: BaseException) -> str:
-    if isinstance(exc, urllib.error.URLError) and not isinstance(exc, urllib.error.HTTPError):
-        return str(exc.reason)
-    return str(exc) or type(exc).__name__
-
-
-def _fetch_once(url: str, part: Path, *, progress: bool | None, timeout: float) -> None:
-    offset = part.stat().st_size if part.exists() else 0
-    headers = {"User-Agent": _USER_AGENT}
-    if offset:
-        headers["Range"] = f"bytes={offset}-"
-    try:
-        response = urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout)
-    except urllib.error.HTTPError as exc:
-        if exc.code == 416 and offset:
-            # Nothing left to send: the part is complete if the server's size agrees, else start over.
-            total = _content_range_total(exc.headers.get("Content-Range"))
-            exc.close()
-            if total == offset:
-                return
-            part.unlink()
-            _fetch_once(url, part, progress=progress, timeout=timeout)
-            return
-        raise
-    with response:
-        mode = "wb"
-        if offset and response.status == 206:
-            start = _content_range_start(response.headers.get("Content-Range"))
-            if start == offset:
-                mode = "ab"
-        if mode == "wb":
-            if offset:
-                print("the server does not resume downloads: starting again from zero", file=sys.stderr)
-            offset = 0
-        length = response.headers.get("Content-Length")
-        total = offset + int(length) if length and length.isdigit() else None
-        _stream(response, part, mode, offset, total, progress)
-    size = part.stat().st_size
-    if total is not None and size < total:
-        raise ConnectionError(f"connection closed after {size} of {total} bytes")
-
-
-def _stream(
-    response: IO[bytes], part: Path, mode: str, offset: int, total: int | None, progress: bool | None
-) -> None:
-    from tqdm import tqdm
-
-    show = sys.stderr.isatty() if progress is None else progress
-    with (
-        open(part, mode) as out,
-        tqdm(
-            total=total,
-            initial=offset,
-            unit="B",
-            unit_scale=True,
-            unit_divisor=1024,
-            desc=part.name.removesuffix(".part"),
-            file=sys.stderr,
-            disable=not show,
-        ) as bar,
-    ):
-        while chunk := response.read(_CHUNK):
-            out.write(chunk)
-            bar.update(len(chunk))
-
-
-def _content_range_start(value: str | None) -> int | None:
-    match = re.match(r"bytes (\d+)-\d+/(\d+|\*)", value or "")
-    return int(match.group(1)) if match else None
-
-
-def _content_range_total(value: str | None) -> int | None:
-    match = re.match(r"bytes (?:\*|\d+-\d+)/(\d+)", value or "")
-    return int(match.group(1)) if match else None

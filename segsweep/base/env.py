@@ -48,7 +48,7 @@ def apply_umask() -> int:
     Set once at start-up, so every file segsweep, its libraries (SQLite, MLflow, Optuna) and the
     processes it starts (a local Ray's workers) create follows it.
     """
-    from trainer.errors import ConfigError
+    from segsweep.base.errors import ConfigError
 
     raw = os.environ.get("SEGSWEEP_UMASK", "").strip()
     try:

@@ -9,10 +9,10 @@ from typing import Any
 from sweeps.folder._layout import EVENTS_FILE, TRIAL_FILE, SweepFolder
 from sweeps.folder._records import read_spec_record, read_trial_record
 from sweeps.folder._schema import SweepRecord
-from trainer.reporting import COMPLETE, FAILED, PRUNED, RUNNING
+from trainer.reporter import COMPLETE, FAILED, PRUNED, RUNNING
 from trainer.results import CV_FILE, FoldResult, read_cv_result, read_fold_files, summarise
 
-#: Trial states as written to trial.json: the trackers' run states (trainer.reporting), so both agree.
+#: Trial states as written to trial.json: the trackers' run states (trainer.reporter), so both agree.
 TRIAL_STATES = (RUNNING, COMPLETE, PRUNED, FAILED)
 
 
