@@ -38,10 +38,18 @@ NETNS_FLAG = "SEGSWEEP_BENCH_IN_NETNS"
 def parser(name: str, description: str) -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog=f"benchmarks/{name}.py", description=description)
     p.add_argument("--quick", action="store_true", help="seconds-long smoke run (CI); full mode otherwise")
-    p.add_argument("--json", type=Path, default=RESULTS_DIR / f"{name}.json",
-                   help=f"where to write the results (default benchmarks/results/{name}.json)")
-    p.add_argument("--data", type=Path, default=None,
-                   help="Kvasir-SEG folder (default ../shared/data/kvasir-seg where present; synthetic in --quick)")
+    p.add_argument(
+        "--json",
+        type=Path,
+        default=RESULTS_DIR / f"{name}.json",
+        help=f"where to write the results (default benchmarks/results/{name}.json)",
+    )
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=None,
+        help="Kvasir-SEG folder (default ../shared/data/kvasir-seg where present; synthetic in --quick)",
+    )
     return p
 
 
@@ -166,8 +174,9 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
     widths = [max(len(h), *(len(r[i]) for r in cells)) for i, h in enumerate(headers)]
 
     def line(values: Sequence[str]) -> str:
-        return "  ".join(v.ljust(w) if i == 0 else v.rjust(w)
-                         for i, (v, w) in enumerate(zip(values, widths, strict=True)))
+        return "  ".join(
+            v.ljust(w) if i == 0 else v.rjust(w) for i, (v, w) in enumerate(zip(values, widths, strict=True))
+        )
 
     lines = [line(headers), "  ".join("-" * w for w in widths)]
     lines.extend(line(row) for row in cells)
@@ -176,8 +185,13 @@ def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
 
 def finish(name: str, args: argparse.Namespace, ratio: float, record: dict[str, Any]) -> None:
     """Write the JSON record (machine, mode, results, ratio) and print the final ``ratio`` line."""
-    record = {"benchmark": name, "mode": "quick" if args.quick else "full", "machine": machine(),
-              **record, "ratio": ratio}
+    record = {
+        "benchmark": name,
+        "mode": "quick" if args.quick else "full",
+        "machine": machine(),
+        **record,
+        "ratio": ratio,
+    }
     args.json.parent.mkdir(parents=True, exist_ok=True)
     args.json.write_text(json.dumps(record, indent=2, default=float) + "\n")
     print(f"wrote {args.json}", file=sys.stderr)
@@ -195,8 +209,7 @@ def reexec_in_loopback_netns() -> None:
     if shutil.which("unshare") is None or shutil.which("ip") is None:
         sys.exit("this benchmark starts Ray and runs it in a loopback-only namespace; it needs `unshare` and `ip`")
     env = {**os.environ, NETNS_FLAG: "1"}
-    command = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"',
-               sys.executable, *sys.argv]
+    command = ["unshare", "-n", "sh", "-c", 'ip link set lo up && exec "$0" "$@"', sys.executable, *sys.argv]
     sys.exit(subprocess.call(command, env=env))
 
 
@@ -221,9 +234,15 @@ def local_ray(num_cpus: int | None = None, object_store_bytes: int = 256 << 20) 
     try:
         for attempt in (1, 2):
             try:
-                ray.init(num_cpus=num_cpus, include_dashboard=False, _node_ip_address="127.0.0.1",
-                         object_store_memory=object_store_bytes, log_to_driver=False,
-                         logging_level=logging.WARNING, _temp_dir=f"{temp}/ray")
+                ray.init(
+                    num_cpus=num_cpus,
+                    include_dashboard=False,
+                    _node_ip_address="127.0.0.1",
+                    object_store_memory=object_store_bytes,
+                    log_to_driver=False,
+                    logging_level=logging.WARNING,
+                    _temp_dir=f"{temp}/ray",
+                )
                 break
             except Exception as exc:  # Ray raises bare Exception when its node times out
                 ray.shutdown()
@@ -236,4 +255,3 @@ def local_ray(num_cpus: int | None = None, object_store_bytes: int = 256 << 20) 
         ray.shutdown()
         stop_processes_using(temp)
         shutil.rmtree(temp, ignore_errors=True)
-

@@ -29,6 +29,7 @@ NAME = "input_pipeline"
 
 # --- the paper's approach -----------------------------------------------------------------------
 
+
 def paper_generator(
     image_paths: list[Path], mask_paths: list[Path], size: int, batch_size: int, seed: int
 ) -> Iterator[tuple[np.ndarray, np.ndarray]]:
@@ -87,6 +88,7 @@ def paper_generator(
 
 
 # --- measurements -------------------------------------------------------------------------------
+
 
 def rate(batches: Iterator[Any], n_batches: int, batch_size: int, warmup: int = 2) -> float:
     """Images/s over ``n_batches`` batches after ``warmup`` batches (start-up excluded)."""
@@ -154,17 +156,13 @@ def run(args: argparse.Namespace) -> None:
         stems = select_stems(index, limit=None if quick else 200)
         indices = np.arange(len(data))
 
-        source = BatchSource(data.images, data.masks, indices, batch_size=batch, encoder=encoder,
-                             augment=True, seed=0)
+        source = BatchSource(data.images, data.masks, indices, batch_size=batch, encoder=encoder, augment=True, seed=0)
         generator_rate = rate(source.batches(), n_batches, batch)
-        source = BatchSource(data.images, data.masks, indices, batch_size=batch, encoder=encoder,
-                             augment=True, seed=0)
+        source = BatchSource(data.images, data.masks, indices, batch_size=batch, encoder=encoder, augment=True, seed=0)
         tfdata_rate = rate(iter(source.dataset(size)), n_batches, batch)
-        plain = BatchSource(data.images, data.masks, indices, batch_size=batch, encoder=encoder,
-                            augment=False, seed=0)
+        plain = BatchSource(data.images, data.masks, indices, batch_size=batch, encoder=encoder, augment=False, seed=0)
         plain_rate = rate(iter(plain.dataset(size)), n_batches, batch)
-        paper = paper_generator([index.images[s] for s in stems], [index.masks[s] for s in stems],
-                                size, batch, seed=0)
+        paper = paper_generator([index.images[s] for s in stems], [index.masks[s] for s in stems], size, batch, seed=0)
         paper_rate = rate(paper, n_batches, batch)
 
         config = CVConfig(encoder=encoder, weights="none", image_size=size, batch_size=batch)
@@ -182,15 +180,29 @@ def run(args: argparse.Namespace) -> None:
     print(f"segsweep vs paper pipeline: {tfdata_rate / paper_rate:.2f}x")
     ratio = tfdata_rate / model_rate
     print(f"goal: segsweep pipeline >= 4x training rate: {'holds' if ratio >= 4 else 'does NOT hold'} ({ratio:.2f}x)")
-    _common.finish(NAME, args, ratio, {
-        "encoder": encoder, "image_size": size, "batch_size": batch, "n_batches": n_batches,
-        "data": str(root), "n_pairs": len(data),
-        "images_per_second": {"segsweep_tfdata_augment": tfdata_rate, "segsweep_generator_augment": generator_rate,
-                              "segsweep_tfdata_no_augment": plain_rate, "paper_generator": paper_rate,
-                              "model_training": model_rate},
-        "segsweep_vs_paper": tfdata_rate / paper_rate,
-        "goal": ">= 4", "goal_holds": ratio >= 4,
-    })
+    _common.finish(
+        NAME,
+        args,
+        ratio,
+        {
+            "encoder": encoder,
+            "image_size": size,
+            "batch_size": batch,
+            "n_batches": n_batches,
+            "data": str(root),
+            "n_pairs": len(data),
+            "images_per_second": {
+                "segsweep_tfdata_augment": tfdata_rate,
+                "segsweep_generator_augment": generator_rate,
+                "segsweep_tfdata_no_augment": plain_rate,
+                "paper_generator": paper_rate,
+                "model_training": model_rate,
+            },
+            "segsweep_vs_paper": tfdata_rate / paper_rate,
+            "goal": ">= 4",
+            "goal_holds": ratio >= 4,
+        },
+    )
 
 
 if __name__ == "__main__":

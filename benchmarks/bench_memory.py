@@ -72,8 +72,9 @@ class ProcessMemorySampler:
                 continue
             try:
                 full = proc.memory_full_info()
-                store = sum(m.rss for m in proc.memory_maps(grouped=True)
-                            if "plasma" in m.path or m.path.startswith("/dev/shm"))
+                store = sum(
+                    m.rss for m in proc.memory_maps(grouped=True) if "plasma" in m.path or m.path.startswith("/dev/shm")
+                )
             except (psutil.NoSuchProcess, psutil.AccessDenied):
                 continue
             self.names[proc.pid] = cmdline[0]
@@ -101,23 +102,41 @@ def sweep(tmp: Path, data: Path, space: Path, name: str, trials: int, limit: int
     from sweeps.runner import run_sweep
     from sweeps.spec import SweepSpec
 
-    spec = SweepSpec(name=name, data=str(data), space=str(space), trials=trials, storage=str(tmp / "sweeps"),
-                     concurrency=trials, cpus_per_trial=1.0, scheduler="none", seed=0, trial_retries=0,
-                     overrides={"limit": limit})
+    spec = SweepSpec(
+        name=name,
+        data=str(data),
+        space=str(space),
+        trials=trials,
+        storage=str(tmp / "sweeps"),
+        concurrency=trials,
+        cpus_per_trial=1.0,
+        scheduler="none",
+        seed=0,
+        trial_retries=0,
+        overrides={"limit": limit},
+    )
     started = time.perf_counter()
     with ProcessMemorySampler() as sampler:
         outcome = run_sweep(spec)
     complete = sum(t.state == "COMPLETE" for t in outcome.results.trials)
     if complete != trials:
         raise SystemExit(f"sweep {name}: {complete} of {trials} trials completed; see {spec.sweep_dir}")
-    trial_pids = {int(attempt["pid"]) for folder in (spec.sweep_dir / "trials").iterdir() if folder.is_dir()
-                  for attempt in read_trial_record(folder).attempts or []}
+    trial_pids = {
+        int(attempt["pid"])
+        for folder in (spec.sweep_dir / "trials").iterdir()
+        if folder.is_dir()
+        for attempt in read_trial_record(folder).attempts or []
+    }
     peak, each = sampler.peaks(trial_pids)
     others = set(sampler.names) - trial_pids
     _, idle = sampler.peaks(others)
-    return {"seconds": time.perf_counter() - started, "peak": peak, "trial_pids": sorted(trial_pids),
-            "per_process_peak": [{"pid": pid, "name": sampler.names[pid], **v} for pid, v in each.items()],
-            "other_actor_processes": [{"pid": pid, "name": sampler.names[pid], **v} for pid, v in idle.items()]}
+    return {
+        "seconds": time.perf_counter() - started,
+        "peak": peak,
+        "trial_pids": sorted(trial_pids),
+        "per_process_peak": [{"pid": pid, "name": sampler.names[pid], **v} for pid, v in each.items()],
+        "other_actor_processes": [{"pid": pid, "name": sampler.names[pid], **v} for pid, v in idle.items()],
+    }
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -151,18 +170,24 @@ def run(args: argparse.Namespace) -> None:
     rows = []
     for kind in ("rss", "pss", "uss", "shared_store_rss"):
         rows.append([kind, mib["one"][kind], mib["two"][kind], mib["two"][kind] - mib["one"][kind]])
-    print(f"data: {root} ({n_pairs} pairs at {size} px) = {data_bytes / _MIB:.1f} MiB prepared; "
-          f"{encoder} unet, batch {batch}, 2 folds, 1 epoch; peaks over trial processes (MiB)")
+    print(
+        f"data: {root} ({n_pairs} pairs at {size} px) = {data_bytes / _MIB:.1f} MiB prepared; "
+        f"{encoder} unet, batch {batch}, 2 folds, 1 epoch; peaks over trial processes (MiB)"
+    )
     print(_common.table(["memory (sum over trial processes)", "1 trial", "2 trials", "delta"], rows))
     for label, side in (("1 trial", one), ("2 trials", two)):
         if side["other_actor_processes"]:
             rss = sum(p["rss"] for p in side["other_actor_processes"]) / _MIB
-            print(f"  {label}: {len(side['other_actor_processes'])} other trainable actor process(es) that ran "
-                  f"no trial of this sweep, peak RSS {rss:.0f} MiB together (not counted above)")
+            print(
+                f"  {label}: {len(side['other_actor_processes'])} other trainable actor process(es) that ran "
+                f"no trial of this sweep, peak RSS {rss:.0f} MiB together (not counted above)"
+            )
         for peak in side["per_process_peak"]:
-            print(f"  {label}: {peak['name']} (pid {peak['pid']}) peak rss {peak['rss'] / _MIB:.0f}  "
-                  f"uss {peak['uss'] / _MIB:.0f}  "
-                  f"pss {peak['pss'] / _MIB:.0f}  object-store rss {peak['shared_store_rss'] / _MIB:.1f} MiB")
+            print(
+                f"  {label}: {peak['name']} (pid {peak['pid']}) peak rss {peak['rss'] / _MIB:.0f}  "
+                f"uss {peak['uss'] / _MIB:.0f}  "
+                f"pss {peak['pss'] / _MIB:.0f}  object-store rss {peak['shared_store_rss'] / _MIB:.1f} MiB"
+            )
     delta_pss = mib["two"]["pss"] - mib["one"]["pss"]
     one_private = mib["one"]["uss"]
     data_mib = data_bytes / _MIB
@@ -174,18 +199,37 @@ def run(args: argparse.Namespace) -> None:
     # trial alone, give or take half the data size. (The sums' delta is reported too; its sampling
     # noise, peaks at different moments, is tens of MiB.)
     holds = shared_in_every_trial and private_two <= one_private + 0.5 * data_mib
-    print(f"second trial adds {delta_pss:.0f} MiB PSS; one trial alone has {one_private:.0f} MiB private (USS), "
-          f"a trial beside another at most {private_two:.0f} MiB; the data is {data_mib:.1f} MiB, mapped shared "
-          f"from the object store in {'every' if shared_in_every_trial else 'NOT every'} trial process")
-    print(f"goal: the second trial adds its model and activations only, no copy of the data: "
-          f"{'holds' if holds else 'does NOT hold'}")
+    print(
+        f"second trial adds {delta_pss:.0f} MiB PSS; one trial alone has {one_private:.0f} MiB private (USS), "
+        f"a trial beside another at most {private_two:.0f} MiB; the data is {data_mib:.1f} MiB, mapped shared "
+        f"from the object store in {'every' if shared_in_every_trial else 'NOT every'} trial process"
+    )
+    print(
+        f"goal: the second trial adds its model and activations only, no copy of the data: "
+        f"{'holds' if holds else 'does NOT hold'}"
+    )
     ratio = mib["two"]["pss"] / mib["one"]["pss"]
-    _common.finish(NAME, args, ratio, {
-        "data": str(root), "n_pairs": n_pairs, "encoder": encoder, "image_size": size, "batch_size": batch,
-        "data_mib": data_mib, "peak_mib": mib, "delta_pss_mib": delta_pss, "one_trial_uss_mib": one_private,
-        "max_uss_of_a_trial_beside_another_mib": private_two, "data_shared_in_every_trial": shared_in_every_trial,
-        "one": one, "two": two, "goal_holds": holds,
-    })
+    _common.finish(
+        NAME,
+        args,
+        ratio,
+        {
+            "data": str(root),
+            "n_pairs": n_pairs,
+            "encoder": encoder,
+            "image_size": size,
+            "batch_size": batch,
+            "data_mib": data_mib,
+            "peak_mib": mib,
+            "delta_pss_mib": delta_pss,
+            "one_trial_uss_mib": one_private,
+            "max_uss_of_a_trial_beside_another_mib": private_two,
+            "data_shared_in_every_trial": shared_in_every_trial,
+            "one": one,
+            "two": two,
+            "goal_holds": holds,
+        },
+    )
 
 
 if __name__ == "__main__":

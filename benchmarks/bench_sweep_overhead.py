@@ -37,7 +37,6 @@ import _common
 NAME = "sweep_overhead"
 
 
-
 class TimedRunCV:
     """``trainer.cv.run_cv`` as a trial's cross-validation, recording when it ran (wall clock).
 
@@ -54,8 +53,13 @@ class TimedRunCV:
         start = time.time()
         result = run_cv(config, data, out_dir, timed, **options)
         end = time.time()
-        timing = {"start": start, "end": end, "reporter_seconds": timed.seconds, "by_hook": timed.by_hook,
-                  "pid": os.getpid()}
+        timing = {
+            "start": start,
+            "end": end,
+            "reporter_seconds": timed.seconds,
+            "by_hook": timed.by_hook,
+            "pid": os.getpid(),
+        }
         Path(out_dir, "bench_timing.json").write_text(json.dumps(timing))
         return result
 
@@ -90,9 +94,18 @@ def sweep(tmp: Path, data: Path, space: Path, name: str, trials: int) -> dict[st
     from sweeps.runner import run_sweep
     from sweeps.spec import SweepSpec
 
-    spec = SweepSpec(name=name, data=str(data), space=str(space), trials=trials, storage=str(tmp / "sweeps"),
-                     concurrency=1, cpus_per_trial=float(os.cpu_count() or 1), scheduler="none", seed=0,
-                     trial_retries=0)
+    spec = SweepSpec(
+        name=name,
+        data=str(data),
+        space=str(space),
+        trials=trials,
+        storage=str(tmp / "sweeps"),
+        concurrency=1,
+        cpus_per_trial=float(os.cpu_count() or 1),
+        scheduler="none",
+        seed=0,
+        trial_retries=0,
+    )
     started_wall = time.time()
     started = time.perf_counter()
     outcome = run_sweep(spec, cv_runner=TimedRunCV())
@@ -115,10 +128,13 @@ def sweep(tmp: Path, data: Path, space: Path, name: str, trials: int) -> dict[st
     reporter_seconds = [t["reporter_seconds"] for t in timings]
     per_trial = [g + r for g, r in zip(gaps, reporter_seconds[1:], strict=True)]
     return {
-        "wall": wall, "runner_wall": outcome.wall_seconds, "cv_seconds": cv_seconds,
+        "wall": wall,
+        "runner_wall": outcome.wall_seconds,
+        "cv_seconds": cv_seconds,
         "before_first_trial": timings[0]["start"] - started_wall,
         "after_last_trial": ended_wall - timings[-1]["end"],
-        "gaps_between_trials": gaps, "reporter_seconds": reporter_seconds,
+        "gaps_between_trials": gaps,
+        "reporter_seconds": reporter_seconds,
         "reporter_seconds_by_hook": [t["by_hook"] for t in timings],
         "worker_pids": sorted({t["pid"] for t in timings}),
         "overhead_per_reused_trial": (sum(per_trial) / len(per_trial)) if per_trial else None,
@@ -149,8 +165,18 @@ def run(args: argparse.Namespace) -> None:
         with _common.local_ray():
             ray_start = time.perf_counter() - started
             prepared = prepare_dataset(data, size, progress=False)
-            config = CVConfig(encoder=encoder, arch="unet", weights="none", loss="iou", batch_size=4, epochs=1,
-                              folds=2, image_size=size, lr=3e-4, seed=0)
+            config = CVConfig(
+                encoder=encoder,
+                arch="unet",
+                weights="none",
+                loss="iou",
+                batch_size=4,
+                epochs=1,
+                folds=2,
+                image_size=size,
+                lr=3e-4,
+                seed=0,
+            )
             import tensorflow  # noqa: F401  (imported before timing, as in a reused worker)
 
             started = time.perf_counter()
@@ -169,34 +195,59 @@ def run(args: argparse.Namespace) -> None:
         ["  before the trial's run_cv started", one["before_first_trial"], ""],
         ["  after it ended", one["after_last_trial"], ""],
         [f"{n_trials}-trial sweep, wall", many["wall"], many["wall"] / direct],
-        ["  trials' cross-validation (mean)", sum(many["cv_seconds"]) / n_trials,
-         sum(many["cv_seconds"]) / n_trials / direct],
+        [
+            "  trials' cross-validation (mean)",
+            sum(many["cv_seconds"]) / n_trials,
+            sum(many["cv_seconds"]) / n_trials / direct,
+        ],
         ["  before the first trial's run_cv started", many["before_first_trial"], ""],
         ["  between trials (mean gap)", sum(many["gaps_between_trials"]) / (n_trials - 1), ""],
         ["  in reporter hooks per trial (mean)", sum(many["reporter_seconds"]) / n_trials, ""],
         ["  overhead per trial, reused worker (gap + hooks)", reused, ""],
         ["  overhead per trial, all in ((wall - cv) / trials)", many["overhead_per_trial_all_in"], ""],
     ]
-    print(f"config: {encoder} unet, 8 pairs at {size} px, 2 folds, 1 epoch, batch 4; one trial at a time "
-          f"on {os.cpu_count()} CPUs; worker processes: {len(many['worker_pids'])} for {n_trials} trials")
+    print(
+        f"config: {encoder} unet, 8 pairs at {size} px, 2 folds, 1 epoch, batch 4; one trial at a time "
+        f"on {os.cpu_count()} CPUs; worker processes: {len(many['worker_pids'])} for {n_trials} trials"
+    )
     print(_common.table(["", "seconds", "x direct"], rows))
     hooks: dict[str, float] = {}
     for by_hook in many["reporter_seconds_by_hook"]:
         for hook, seconds in by_hook.items():
             hooks[hook] = hooks.get(hook, 0.0) + seconds / n_trials
     print("reporter hooks per trial: " + ", ".join(f"{k} {v:.3f} s" for k, v in sorted(hooks.items())))
-    print(f"one-trial sweep adds {one_overhead:.1f} s over the direct call "
-          f"(worker start with TensorFlow import, Tune and Optuna set-up, records)")
+    print(
+        f"one-trial sweep adds {one_overhead:.1f} s over the direct call "
+        f"(worker start with TensorFlow import, Tune and Optuna set-up, records)"
+    )
     holds = reused < 1.0
-    print(f"goal: per-trial overhead < 1 s with workers reused: {'holds' if holds else 'does NOT hold'} "
-          f"({reused:.2f} s)")
+    print(
+        f"goal: per-trial overhead < 1 s with workers reused: {'holds' if holds else 'does NOT hold'} ({reused:.2f} s)"
+    )
     ratio = many["wall"] / n_trials / direct
-    _common.finish(NAME, args, ratio, {
-        "encoder": encoder, "image_size": size, "n_pairs": 8, "folds": 2, "epochs": 1, "trials": n_trials,
-        "seconds": {"ray_start": ray_start, "direct_cv": direct, "one_trial_sweep": one,
-                    "many_trial_sweep": many, "one_trial_overhead": one_overhead},
-        "overhead_per_reused_trial": reused, "goal": "< 1 s per trial", "goal_holds": holds,
-    })
+    _common.finish(
+        NAME,
+        args,
+        ratio,
+        {
+            "encoder": encoder,
+            "image_size": size,
+            "n_pairs": 8,
+            "folds": 2,
+            "epochs": 1,
+            "trials": n_trials,
+            "seconds": {
+                "ray_start": ray_start,
+                "direct_cv": direct,
+                "one_trial_sweep": one,
+                "many_trial_sweep": many,
+                "one_trial_overhead": one_overhead,
+            },
+            "overhead_per_reused_trial": reused,
+            "goal": "< 1 s per trial",
+            "goal_holds": holds,
+        },
+    )
 
 
 if __name__ == "__main__":

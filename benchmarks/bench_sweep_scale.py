@@ -64,13 +64,24 @@ class InstantCV:
         out_dir = Path(out_dir)
         reporter = reporter or Reporter()
         n_val = max(1, len(data) // config.folds)
-        data_info = {"path": options.get("data_source"), "n_pairs": len(data), "image_size": data.image_size,
-                     "cache_key": data.key}
+        data_info = {
+            "path": options.get("data_source"),
+            "n_pairs": len(data),
+            "image_size": data.image_size,
+            "cache_key": data.key,
+        }
         folds: list[FoldResult] = []
 
         def snapshot(complete: bool) -> Any:
-            result = CVResult(config=config.to_dict(), data=data_info, n_folds=config.folds, folds=list(folds),
-                              seconds=0.0, complete=complete, version="instant")
+            result = CVResult(
+                config=config.to_dict(),
+                data=data_info,
+                n_folds=config.folds,
+                folds=list(folds),
+                seconds=0.0,
+                complete=complete,
+                version="instant",
+            )
             write_json_atomic(out_dir / "cv.json", result.to_dict())
             return result
 
@@ -82,8 +93,17 @@ class InstantCV:
                     continue
                 reporter.on_fold_start(fold, len(data) - n_val, n_val)
                 dice = 0.5 + 0.1 * math.log10(config.lr / 1e-4) + 0.01 * fold
-                result = FoldResult(fold=fold, n_train=len(data) - n_val, n_val=n_val, dice=dice, iou=0.8 * dice,
-                                    epochs_run=1, lr_drops=[], history=[], seconds=0.0)
+                result = FoldResult(
+                    fold=fold,
+                    n_train=len(data) - n_val,
+                    n_val=n_val,
+                    dice=dice,
+                    iou=0.8 * dice,
+                    epochs_run=1,
+                    lr_drops=[],
+                    history=[],
+                    seconds=0.0,
+                )
                 write_json_atomic(out_dir / "folds" / f"fold_{fold:02d}.json", result.to_dict())
                 folds.append(result)
                 snapshot(complete=len(folds) == config.folds)
@@ -141,12 +161,26 @@ def ray_head(num_cpus: int) -> Iterator[None]:
     port, listen_port = free_port(), free_port()
     ray_bin = str(Path(sys.executable).parent / "ray")
     head = subprocess.Popen(
-        [ray_bin, "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={port}",
-         "--include-dashboard=false", "--no-monitor", f"--num-cpus={num_cpus}", f"--object-store-memory={256 << 20}",
-         f"--temp-dir={temp}", "--disable-usage-stats", f"--dashboard-agent-listen-port={listen_port}",
-         f"--dashboard-agent-grpc-port={free_port()}", f"--metrics-export-port={free_port()}",
-         f"--runtime-env-agent-port={free_port()}"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        [
+            ray_bin,
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={port}",
+            "--include-dashboard=false",
+            "--no-monitor",
+            f"--num-cpus={num_cpus}",
+            f"--object-store-memory={256 << 20}",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+            f"--dashboard-agent-listen-port={listen_port}",
+            f"--dashboard-agent-grpc-port={free_port()}",
+            f"--metrics-export-port={free_port()}",
+            f"--runtime-env-agent-port={free_port()}",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
     pids: set[int] = set()
     try:
@@ -155,8 +189,12 @@ def ray_head(num_cpus: int) -> Iterator[None]:
         while time.monotonic() < deadline and head.poll() is None:
             found = re.search(r"node_id=([0-9a-f]{56})", log.read_text(errors="replace")) if log.is_file() else None
             if found:
-                persist_port(str((temp / "session_latest").resolve()), found.group(1),
-                             DASHBOARD_AGENT_LISTEN_PORT_NAME, listen_port)
+                persist_port(
+                    str((temp / "session_latest").resolve()),
+                    found.group(1),
+                    DASHBOARD_AGENT_LISTEN_PORT_NAME,
+                    listen_port,
+                )
                 break
             time.sleep(0.5)
         while True:
@@ -206,9 +244,19 @@ def one_sweep(tmp: Path, data: Path, space: Path, trials: int, tracker: str) -> 
 
     name = f"s{trials}-{tracker}"
     storage = tmp / "sweeps"
-    spec = SweepSpec(name=name, data=str(data), space=str(space), trials=trials, storage=str(storage),
-                     concurrency=2, cpus_per_trial=1.0, scheduler="none", seed=0, tracker=tracker,
-                     trial_retries=0)
+    spec = SweepSpec(
+        name=name,
+        data=str(data),
+        space=str(space),
+        trials=trials,
+        storage=str(storage),
+        concurrency=2,
+        cpus_per_trial=1.0,
+        scheduler="none",
+        seed=0,
+        tracker=tracker,
+        trial_retries=0,
+    )
     with PeakRSS() as memory:
         started = time.perf_counter()
         outcome = run_sweep(spec, cv_runner=InstantCV())
@@ -225,9 +273,17 @@ def one_sweep(tmp: Path, data: Path, space: Path, trials: int, tracker: str) -> 
     leaderboard_table(results)
     load_s = time.perf_counter() - started
     size = folder_bytes(spec.sweep_dir)
-    row = {"trials": trials, "tracker": tracker, "wall_s": wall, "per_trial_s": wall / trials,
-           "peak_rss_mib": memory.peak / 2**20, "folder_mib": size / 2**20, "status_s": status_s,
-           "report_s": report_s, "load_s": load_s}
+    row = {
+        "trials": trials,
+        "tracker": tracker,
+        "wall_s": wall,
+        "per_trial_s": wall / trials,
+        "peak_rss_mib": memory.peak / 2**20,
+        "folder_mib": size / 2**20,
+        "status_s": status_s,
+        "report_s": report_s,
+        "load_s": load_s,
+    }
     print(json.dumps({k: (round(v, 3) if isinstance(v, float) else v) for k, v in row.items()}), flush=True)
     return row
 
@@ -264,36 +320,77 @@ def run(args: argparse.Namespace) -> None:
     def row_of(trials: int, tracker: str) -> dict[str, Any]:
         return next(r for r in rows if r["trials"] == trials and r["tracker"] == tracker)
 
-    print(f"instant folds (2 per trial), 2 trials at a time on {os.cpu_count()} CPUs, scheduler none; "
-          "status and report as fresh `segsweep` processes")
-    print(_common.table(
-        ["trials", "tracker", "wall s", "s/trial", "x smaller", "peak RSS MiB", "folder MiB", "status s",
-         "report s", "load s"],
-        [[r["trials"], r["tracker"], r["wall_s"], r["per_trial_s"],
-          (r["per_trial_s"] / row_of(sizes[sizes.index(r["trials"]) - 1], r["tracker"])["per_trial_s"]
-           if sizes.index(r["trials"]) else ""),
-          r["peak_rss_mib"], r["folder_mib"], r["status_s"], r["report_s"], r["load_s"]] for r in rows],
-    ))
+    print(
+        f"instant folds (2 per trial), 2 trials at a time on {os.cpu_count()} CPUs, scheduler none; "
+        "status and report as fresh `segsweep` processes"
+    )
+    print(
+        _common.table(
+            [
+                "trials",
+                "tracker",
+                "wall s",
+                "s/trial",
+                "x smaller",
+                "peak RSS MiB",
+                "folder MiB",
+                "status s",
+                "report s",
+                "load s",
+            ],
+            [
+                [
+                    r["trials"],
+                    r["tracker"],
+                    r["wall_s"],
+                    r["per_trial_s"],
+                    (
+                        r["per_trial_s"] / row_of(sizes[sizes.index(r["trials"]) - 1], r["tracker"])["per_trial_s"]
+                        if sizes.index(r["trials"])
+                        else ""
+                    ),
+                    r["peak_rss_mib"],
+                    r["folder_mib"],
+                    r["status_s"],
+                    r["report_s"],
+                    r["load_s"],
+                ]
+                for r in rows
+            ],
+        )
+    )
     largest, previous = sizes[-1], sizes[-2] if len(sizes) > 1 else sizes[-1]
     verdicts = {}
     for tracker in trackers:
         big, small = row_of(largest, tracker), row_of(previous, tracker)
         growth = big["per_trial_s"] / small["per_trial_s"]
         verdicts[tracker] = {
-            "growth": growth, "growth_holds": growth <= GROWTH_GOAL,
-            "status_holds": big["status_s"] <= STATUS_GOAL_S, "report_holds": big["report_s"] <= REPORT_GOAL_S,
+            "growth": growth,
+            "growth_holds": growth <= GROWTH_GOAL,
+            "status_holds": big["status_s"] <= STATUS_GOAL_S,
+            "report_holds": big["report_s"] <= REPORT_GOAL_S,
         }
-        print(f"goals at {largest} trials, tracker {tracker}: per-trial cost {growth:.2f}x the cost at {previous} "
-              f"({'holds' if growth <= GROWTH_GOAL else 'does NOT hold'}, goal <= {GROWTH_GOAL}); "
-              f"status {big['status_s']:.2f} s ({'holds' if big['status_s'] <= STATUS_GOAL_S else 'does NOT hold'}, "
-              f"goal <= {STATUS_GOAL_S:g}); report {big['report_s']:.1f} s "
-              f"({'holds' if big['report_s'] <= REPORT_GOAL_S else 'does NOT hold'}, goal <= {REPORT_GOAL_S:g})")
+        print(
+            f"goals at {largest} trials, tracker {tracker}: per-trial cost {growth:.2f}x the cost at {previous} "
+            f"({'holds' if growth <= GROWTH_GOAL else 'does NOT hold'}, goal <= {GROWTH_GOAL}); "
+            f"status {big['status_s']:.2f} s ({'holds' if big['status_s'] <= STATUS_GOAL_S else 'does NOT hold'}, "
+            f"goal <= {STATUS_GOAL_S:g}); report {big['report_s']:.1f} s "
+            f"({'holds' if big['report_s'] <= REPORT_GOAL_S else 'does NOT hold'}, goal <= {REPORT_GOAL_S:g})"
+        )
     ratio_tracker = "none" if "none" in trackers else trackers[0]
     ratio = verdicts[ratio_tracker]["growth"]
-    _common.finish(NAME, args, ratio, {
-        "sizes": list(sizes), "trackers": list(trackers), "rows": rows, "verdicts": verdicts,
-        "goals": {"growth": GROWTH_GOAL, "status_s": STATUS_GOAL_S, "report_s": REPORT_GOAL_S},
-    })
+    _common.finish(
+        NAME,
+        args,
+        ratio,
+        {
+            "sizes": list(sizes),
+            "trackers": list(trackers),
+            "rows": rows,
+            "verdicts": verdicts,
+            "goals": {"growth": GROWTH_GOAL, "status_s": STATUS_GOAL_S, "report_s": REPORT_GOAL_S},
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -71,8 +71,9 @@ def bare_fit(config: Any, images: np.ndarray, masks: np.ndarray) -> tuple[list[f
             now = _threads()
             threads.update({k: max(v, threads.get(k, 0)) for k, v in now.items()})
 
-    model.fit(x, y, batch_size=config.batch_size, epochs=config.epochs, shuffle=True,
-              callbacks=[EpochTimer()], verbose=0)
+    model.fit(
+        x, y, batch_size=config.batch_size, epochs=config.epochs, shuffle=True, callbacks=[EpochTimer()], verbose=0
+    )
     return seconds, threads
 
 
@@ -141,12 +142,18 @@ def run(args: argparse.Namespace) -> None:
 
     quick = args.quick
     encoder, size, batch, n, epochs = ("mobilenetv2", 64, 4, 16, 2) if quick else ("efficientnetb0", 128, 8, 64, 3)
-    bare_name, plain_name, aug_name = ("bare model.fit (numpy in memory)", "segsweep fit (no augmentation)",
-                                       "segsweep fit (paper augmentation)")
+    bare_name, plain_name, aug_name = (
+        "bare model.fit (numpy in memory)",
+        "segsweep fit (no augmentation)",
+        "segsweep fit (paper augmentation)",
+    )
     ckpt_name = "segsweep fit + epoch checkpoints (no augmentation)"
     # Full mode alternates the sides (A B C D A B D) so that load drifting on a shared machine hits all.
-    order = ([bare_name, plain_name, ckpt_name] if quick
-             else [bare_name, plain_name, aug_name, ckpt_name, bare_name, plain_name, ckpt_name])
+    order = (
+        [bare_name, plain_name, ckpt_name]
+        if quick
+        else [bare_name, plain_name, aug_name, ckpt_name, bare_name, plain_name, ckpt_name]
+    )
     with _common.temporary_dir("training") as tmp:
         root = _common.real_data(args)
         if root is None:
@@ -154,13 +161,21 @@ def run(args: argparse.Namespace) -> None:
         data = prepare_dataset(root, size, limit=n, cache_dir=tmp / "cache", progress=False)
         runs: list[tuple[str, list[float], dict[str, int]]] = []
         for name in order:
-            config = CVConfig(encoder=encoder, weights="none", image_size=size, batch_size=batch, epochs=epochs,
-                              augment=name == aug_name, seed=0)
+            config = CVConfig(
+                encoder=encoder,
+                weights="none",
+                image_size=size,
+                batch_size=batch,
+                epochs=epochs,
+                augment=name == aug_name,
+                seed=0,
+            )
             if name == bare_name:
                 seconds, threads = bare_fit(config, data.images, data.masks)
             else:
-                seconds, threads = segsweep_fit(config, data.images, data.masks,
-                                                tmp / "checkpoints" if name == ckpt_name else None)
+                seconds, threads = segsweep_fit(
+                    config, data.images, data.masks, tmp / "checkpoints" if name == ckpt_name else None
+                )
             runs.append((name, seconds, threads))
             print(f"  {name}: epoch seconds {', '.join(f'{s:.1f}' for s in seconds)}", flush=True)
 
@@ -169,34 +184,60 @@ def run(args: argparse.Namespace) -> None:
     for name, seconds, threads in runs:
         rate = len(data) / statistics.median(seconds[1:])
         rates.setdefault(name, []).append(rate)
-        rows.append([name, rate, statistics.median(seconds[1:]), seconds[0], threads["tf_intra_op"],
-                     threads["tf_inter_op"], threads["process_threads"]])
+        rows.append(
+            [
+                name,
+                rate,
+                statistics.median(seconds[1:]),
+                seconds[0],
+                threads["tf_intra_op"],
+                threads["tf_inter_op"],
+                threads["process_threads"],
+            ]
+        )
     median_rate = {name: statistics.median(values) for name, values in rates.items()}
     bare = median_rate[bare_name]
-    print(f"data: {root} ({len(data)} pairs at {size} px), {encoder} unet, batch {batch}, {epochs} epochs "
-          "(epoch 1 untimed); tf threads 0 = TensorFlow's default (one per core)")
-    print(_common.table(["training path (in run order)", "images/s", "s/epoch", "epoch 1 s", "tf intra",
-                         "tf inter", "threads"], rows))
+    print(
+        f"data: {root} ({len(data)} pairs at {size} px), {encoder} unet, batch {batch}, {epochs} epochs "
+        "(epoch 1 untimed); tf threads 0 = TensorFlow's default (one per core)"
+    )
+    print(
+        _common.table(
+            ["training path (in run order)", "images/s", "s/epoch", "epoch 1 s", "tf intra", "tf inter", "threads"],
+            rows,
+        )
+    )
     for name, rate in median_rate.items():
         print(f"  {name}: median {rate:.2f} images/s = {rate / bare:.3f}x bare")
     ratio = median_rate[plain_name] / bare
-    print(f"goal: segsweep fit >= 0.95x bare model.fit: {'holds' if ratio >= 0.95 else 'does NOT hold'} "
-          f"({ratio:.3f}x)")
+    print(f"goal: segsweep fit >= 0.95x bare model.fit: {'holds' if ratio >= 0.95 else 'does NOT hold'} ({ratio:.3f}x)")
     with_checkpoints = median_rate[ckpt_name] / median_rate[plain_name]
     epoch_seconds = statistics.median(s for n, secs, _ in runs if n == plain_name for s in secs[1:])
-    print(f"epoch checkpoint: {CHECKPOINT_COST['bytes'] / 2**20:.0f} MiB, saved in "
-          f"{CHECKPOINT_COST['save_seconds']:.2f} s (median of 3); fit saving one after every epoch = "
-          f"{with_checkpoints:.3f}x without, at {epoch_seconds:.1f} s per epoch (segsweep skips saves beyond "
-          "2% of training time)")
-    _common.finish(NAME, args, ratio, {
-        "data": str(root), "n_pairs": len(data), "encoder": encoder, "image_size": size, "batch_size": batch,
-        "epochs": epochs,
-        "runs": [{"side": name, "epoch_seconds": secs, "threads": threads} for name, secs, threads in runs],
-        "median_images_per_second": median_rate,
-        "checkpoint": {**CHECKPOINT_COST, "rate_with_over_without": with_checkpoints},
-        "segsweep_threads_env": os.environ.get("SEGSWEEP_THREADS"),
-        "goal": ">= 0.95", "goal_holds": ratio >= 0.95,
-    })
+    print(
+        f"epoch checkpoint: {CHECKPOINT_COST['bytes'] / 2**20:.0f} MiB, saved in "
+        f"{CHECKPOINT_COST['save_seconds']:.2f} s (median of 3); fit saving one after every epoch = "
+        f"{with_checkpoints:.3f}x without, at {epoch_seconds:.1f} s per epoch (segsweep skips saves beyond "
+        "2% of training time)"
+    )
+    _common.finish(
+        NAME,
+        args,
+        ratio,
+        {
+            "data": str(root),
+            "n_pairs": len(data),
+            "encoder": encoder,
+            "image_size": size,
+            "batch_size": batch,
+            "epochs": epochs,
+            "runs": [{"side": name, "epoch_seconds": secs, "threads": threads} for name, secs, threads in runs],
+            "median_images_per_second": median_rate,
+            "checkpoint": {**CHECKPOINT_COST, "rate_with_over_without": with_checkpoints},
+            "segsweep_threads_env": os.environ.get("SEGSWEEP_THREADS"),
+            "goal": ">= 0.95",
+            "goal_holds": ratio >= 0.95,
+        },
+    )
 
 
 if __name__ == "__main__":

@@ -24,9 +24,7 @@ def register(sub: Any) -> None:
     report.add_argument("name", help="sweep name (as given to `sweep run --name`)")
     report.add_argument("--storage", default=None, help=storage_help())
     report.add_argument("--out", default=None, help="report folder (default STORAGE/NAME/report)")
-    report.add_argument(
-        "--format", default="md,html,json", help="comma-separated: md, html, json (default all)"
-    )
+    report.add_argument("--format", default="md,html,json", help="comma-separated: md, html, json (default all)")
     report.set_defaults(handler=_cmd_report)
 
     retrain = sub.add_parser(
@@ -35,9 +33,7 @@ def register(sub: Any) -> None:
         description="Train the winner on every development image with the learning-rate schedule its "
         "cross-validation folds followed, and save a model bundle (config, weights, card).",
     )
-    retrain.add_argument(
-        "name", help="sweep name, or a `segsweep cv` output folder (retrains that configuration)"
-    )
+    retrain.add_argument("name", help="sweep name, or a `segsweep cv` output folder (retrains that configuration)")
     retrain.add_argument("--storage", default=None, help=storage_help())
     retrain.add_argument("--out", required=True, help="model bundle folder to create")
     retrain.add_argument("--trial", default=None, help="retrain this trial id instead of the winner")
@@ -60,8 +56,12 @@ def register(sub: Any) -> None:
     predict.add_argument("--masks", default=None, help="folder of true masks paired with the images by name")
     predict.add_argument("--out", required=True, help="output folder")
     predict.add_argument("--tta", action="store_true", help="also predict with flip test-time augmentation")
-    predict.add_argument("--batch-size", type=int, default=PREDICT_BATCH_SIZE,
-                         help=f"images per prediction batch (default {PREDICT_BATCH_SIZE})")
+    predict.add_argument(
+        "--batch-size",
+        type=int,
+        default=PREDICT_BATCH_SIZE,
+        help=f"images per prediction batch (default {PREDICT_BATCH_SIZE})",
+    )
     predict.add_argument(
         "--min-area",
         type=float,
@@ -84,8 +84,13 @@ def register(sub: Any) -> None:
         "(README.md) and export.json travel with it. Each export is checked against the bundle's masks.",
     )
     export.add_argument("model", help="model bundle folder written by `segsweep retrain`")
-    export.add_argument("--format", required=True, choices=EXPORT_FORMATS, dest="export_format",
-                        help="savedmodel (TensorFlow) or onnx (needs the `export` extra)")
+    export.add_argument(
+        "--format",
+        required=True,
+        choices=EXPORT_FORMATS,
+        dest="export_format",
+        help="savedmodel (TensorFlow) or onnx (needs the `export` extra)",
+    )
     export.add_argument("--out", required=True, help="export folder to create")
     export.set_defaults(handler=_cmd_export)
 
@@ -110,9 +115,7 @@ def register(sub: Any) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from reports.report import run_report_command
 
-    return run_report_command(
-        args.name, args.storage, Path(args.out) if args.out else None, args.format
-    )
+    return run_report_command(args.name, args.storage, Path(args.out) if args.out else None, args.format)
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:

@@ -141,9 +141,7 @@ class ImageCount:
 
 def list_mask_files(folder: Path) -> list[Path]:
     if not folder.is_dir():
-        raise DataError(
-            f"masks folder {folder} does not exist or is not a folder; pass a folder of mask images"
-        )
+        raise DataError(f"masks folder {folder} does not exist or is not a folder; pass a folder of mask images")
     files = sorted(
         p
         for p in folder.iterdir()
@@ -189,9 +187,7 @@ def count_folder(
         except DataError as exc:
             unreadable.append((path, str(exc)))
             continue
-        counts.append(
-            ImageCount(path.stem, path, mask.shape[0], mask.shape[1], count_objects(mask, min_area))
-        )
+        counts.append(ImageCount(path.stem, path, mask.shape[0], mask.shape[1], count_objects(mask, min_area)))
     if not_masks:
         raise DataError(
             f"{not_masks_line(not_masks, len(files), Path(folder))} (segsweep count reads binary masks only)"
@@ -257,21 +253,15 @@ def run_count_command(masks: Path, min_area: float, out: Path | None) -> int:
     return 0
 
 
-def agreement(
-    masks: Sequence[np.ndarray], references: Sequence[int], min_area: float
-) -> tuple[int, list[int]]:
+def agreement(masks: Sequence[np.ndarray], references: Sequence[int], min_area: float) -> tuple[int, list[int]]:
     """How many masks the counter counts as the reference does, and the indices of the others."""
     mismatched = [
-        i
-        for i, (m, r) in enumerate(zip(masks, references, strict=True))
-        if len(count_objects(m, min_area)) != r
+        i for i, (m, r) in enumerate(zip(masks, references, strict=True)) if len(count_objects(m, min_area)) != r
     ]
     return len(masks) - len(mismatched), mismatched
 
 
-def measure(
-    data: Path, thresholds: Sequence[float] = (0.0, 0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01)
-) -> dict:
+def measure(data: Path, thresholds: Sequence[float] = (0.0, 0.0001, 0.0005, 0.001, 0.002, 0.005, 0.01)) -> dict:
     """Counter against connected regions and against ``kavsir_bboxes.json`` on a data set's true masks."""
     files = list_mask_files(data / "masks")
     soft_edges = SoftEdges()

@@ -128,7 +128,6 @@ def _serving_module(bundle: ModelBundle) -> tuple[tf.Module, tf_keras.Model]:
     import tensorflow as tf
     import tf_keras
 
-
     tf_keras.backend.clear_session()
     model = bundle.load_model()  # float32 whatever the training ran in
     size = bundle.image_size
@@ -263,7 +262,9 @@ def _write_onnx(module: tf.Module, model: tf_keras.Model, bundle: ModelBundle, t
     names = [o.name for o in session.get_outputs()]
     got = dict(zip(names, session.run(None, {session.get_inputs()[0].name: images}), strict=True))
     check = onnx_check(
-        exact_probabilities(model, bundle, images), probabilities, got[_onnx_output(names, "probabilities")],
+        exact_probabilities(model, bundle, images),
+        probabilities,
+        got[_onnx_output(names, "probabilities")],
         mask_iou(got[_onnx_output(names, "mask")], expected),
     )
     check["summary"] += f" (onnxruntime {onnxruntime.__version__})"
@@ -398,4 +399,3 @@ def _card(bundle: ModelBundle, fmt: str) -> str:
     card_path = bundle.path / CARD_FILE
     card = card_path.read_text() if card_path.is_file() else f"# Model card\n\nExported from {bundle.path}.\n"
     return card.rstrip("\n") + "\n\n" + "\n".join(serving_instructions(fmt, bundle.image_size))
-

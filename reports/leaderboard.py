@@ -103,9 +103,7 @@ def compare_pretraining(sweep: SweepResults) -> PretrainingComparison:
     pretrained = next((t for t in eligible if is_pretrained(t)), None)
     untrained = next((t for t in eligible if not is_pretrained(t)), None)
     encoders = sorted({e for e, _ in best})
-    per_encoder = {
-        e: (best[(e, True)], best[(e, False)]) for e in encoders if (e, True) in best and (e, False) in best
-    }
+    per_encoder = {e: (best[(e, True)], best[(e, False)]) for e in encoders if (e, True) in best and (e, False) in best}
     return PretrainingComparison(pretrained, untrained, per_encoder)
 
 

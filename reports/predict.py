@@ -133,9 +133,7 @@ def _check_masks(images: dict[str, Path], masks: dict[str, Path], masks_dir: Pat
     no_mask = sorted(set(images) - set(masks))
     no_image = sorted(set(masks) - set(images))
     if no_mask:
-        problems.append(
-            f"{len(no_mask)} image(s) have no mask in {masks_dir} (e.g. {', '.join(no_mask[:5])})"
-        )
+        problems.append(f"{len(no_mask)} image(s) have no mask in {masks_dir} (e.g. {', '.join(no_mask[:5])})")
     if no_image:
         problems.append(f"{len(no_image)} mask(s) have no image (e.g. {', '.join(no_image[:5])})")
     if not problems:
@@ -161,9 +159,7 @@ def _check_masks(images: dict[str, Path], masks: dict[str, Path], masks_dir: Pat
                     f"{mask_size[1]}x{mask_size[0]}"
                 )
         if not_masks:  # what is wrong with the masks themselves comes before how they pair
-            raise DataError(
-                f"{not_masks_line(not_masks, len(images), masks_dir)}; or predict without --masks"
-            )
+            raise DataError(f"{not_masks_line(not_masks, len(images), masks_dir)}; or predict without --masks")
         soft_edges.warn()
     if problems:
         raise DataError(
@@ -209,14 +205,10 @@ def _overlay(image_rgb: np.ndarray, predicted: np.ndarray, truth: np.ndarray | N
     tinted[predicted > 0] = _FILL
     canvas = cv2.addWeighted(canvas, 0.65, tinted, 0.35, 0)
     thickness = max(1, round(max(canvas.shape[:2]) / 300))
-    contours, _ = cv2.findContours(
-        (predicted > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-    )
+    contours, _ = cv2.findContours((predicted > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
     cv2.drawContours(canvas, contours, -1, _PREDICTED, thickness)
     if truth is not None:
-        contours, _ = cv2.findContours(
-            (truth > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE
-        )
+        contours, _ = cv2.findContours((truth > 0).astype(np.uint8), cv2.RETR_EXTERNAL, cv2.CHAIN_APPROX_SIMPLE)
         cv2.drawContours(canvas, contours, -1, _TRUE, thickness)
     return canvas
 
@@ -286,9 +278,7 @@ def predict_folder(
                 prediction.skipped.append((str(images[stem]), exc.problem))
         if not originals:
             continue
-        batch = np.stack(
-            [cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA) for _, img in originals]
-        )
+        batch = np.stack([cv2.resize(img, (size, size), interpolation=cv2.INTER_AREA) for _, img in originals])
         plain = _ensemble_average(models, batch, bundle, batch_size, tta=False)
         flipped = _ensemble_average(models, batch, bundle, batch_size, tta=True) if tta else None
         for i, (stem, image) in enumerate(originals):
@@ -381,9 +371,7 @@ def summarise_prediction(prediction: Prediction) -> dict[str, Any]:
         with_tta = [r for r in scored if r.dice_tta is not None]
         if with_tta:
             rows.append(
-                _summary_row(
-                    "tta", [r.dice_tta or 0.0 for r in with_tta], [r.iou_tta or 0.0 for r in with_tta]
-                )
+                _summary_row("tta", [r.dice_tta or 0.0 for r in with_tta], [r.iou_tta or 0.0 for r in with_tta])
             )
         names = list(scored[0].postprocessed)
         for name in names:
@@ -644,8 +632,16 @@ def run_predict_command(
     postprocess: str | None = None,
 ) -> int:
     """`segsweep predict`: :func:`predict`, then what it measured in a few lines."""
-    report = predict(model_dir, images_dir, out, masks=masks_dir, tta=tta, batch_size=batch_size,
-                     min_area=min_area, postprocess=postprocess)
+    report = predict(
+        model_dir,
+        images_dir,
+        out,
+        masks=masks_dir,
+        tta=tta,
+        batch_size=batch_size,
+        min_area=min_area,
+        postprocess=postprocess,
+    )
     if report.overlap_with_training:
         overlap = report.overlap_with_training
         print(

@@ -117,9 +117,7 @@ def best_configuration(sweep: SweepResults, choice: WinnerChoice) -> dict[str, A
             "n_folds": winner.n_folds,
             "mean": winner.mean,
             "std": winner.std,
-            "folds": [
-                {"fold": f.fold, "dice": f.dice, "iou": f.iou, "lr_drops": f.lr_drops} for f in winner.folds
-            ],
+            "folds": [{"fold": f.fold, "dice": f.dice, "iou": f.iou, "lr_drops": f.lr_drops} for f in winner.folds],
         },
         "runner_up": None,
         "gap_in_winner_std": choice.gap_in_std,
@@ -179,8 +177,13 @@ def _overview(sweep: SweepResults, choice: WinnerChoice) -> Section:
     ]
     if spec.mixed_precision or spec.threads is not None:
         threads = spec.threads
-        rows.append(["TensorFlow", f"--mixed-precision {spec.mixed_precision or 'auto'}, --threads "
-                     + ("the trial's CPUs" if threads is None else str(threads or "one per core"))])
+        rows.append(
+            [
+                "TensorFlow",
+                f"--mixed-precision {spec.mixed_precision or 'auto'}, --threads "
+                + ("the trial's CPUs" if threads is None else str(threads or "one per core")),
+            ]
+        )
     overrides = spec.overrides
     if any(v is not None for v in overrides.values()):
         rows.append(["overrides", ", ".join(f"{k}={v}" for k, v in overrides.items() if v is not None)])
@@ -192,9 +195,11 @@ def _winner(choice: WinnerChoice) -> Section:
     params = ", ".join(f"{k}={format_value(v)}" for k, v in winner.ran_with.items())
     overridden = winner.overridden
     if overridden:
-        params += " (set by the sweep's options over the proposal: " + ", ".join(
-            f"{k} proposed {format_value(proposed)}" for k, (proposed, _ran) in overridden.items()
-        ) + ")"
+        params += (
+            " (set by the sweep's options over the proposal: "
+            + ", ".join(f"{k} proposed {format_value(proposed)}" for k, (proposed, _ran) in overridden.items())
+            + ")"
+        )
     text = (
         f"Winner: trial {winner.label}, {params}: mean Dice {pm(winner.mean['dice'], winner.std['dice'])}, "
         f"mean IoU {pm(winner.mean['iou'], winner.std['iou'])} over {winner.folds_done} folds (mean ± sample "
@@ -502,9 +507,7 @@ def _importance(study: Any | None, why_not: str | None) -> Section:
         f"fANOVA importance (Optuna's default evaluator, seed 0, {forest}) over the {completed} completed "
         "trials of the Optuna study, normalised to sum to 1. With few trials it is a rough guide, not a finding."
     )
-    section.blocks.append(
-        Table(["parameter", "importance"], [[p, f"{v:.3f}"] for p, v in importances.items()])
-    )
+    section.blocks.append(Table(["parameter", "importance"], [[p, f"{v:.3f}"] for p, v in importances.items()]))
     return section
 
 
@@ -624,8 +627,7 @@ def render_html(report: Report) -> str:
             if isinstance(block, Table):
                 header = "".join(f"<th>{html.escape(c)}</th>" for c in block.columns)
                 body = "".join(
-                    "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>"
-                    for row in block.rows
+                    "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block.rows
                 )
                 out.append(f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>")
             elif isinstance(block, Figure):
@@ -658,9 +660,7 @@ def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS) ->
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
-        raise SegsweepError(
-            f"cannot create the report folder {out}: {exc.strerror}; pass a writable --out"
-        ) from None
+        raise SegsweepError(f"cannot create the report folder {out}: {exc.strerror}; pass a writable --out") from None
     files: dict[Path, bytes] = {}
     if "html" in formats:
         files[out / "report.html"] = render_html(report).encode("utf-8")

@@ -69,9 +69,7 @@ def choose_trial(sweep: SweepResults, trial_id: str | None) -> TrialResult:
     for trial in sweep.trials:
         if trial.trial_id == trial_id or (trial.number is not None and str(trial.number) == trial_id):
             if not trial.folds:
-                raise SegsweepError(
-                    f"trial {trial_id} of sweep {sweep.name!r} finished no fold; choose another"
-                )
+                raise SegsweepError(f"trial {trial_id} of sweep {sweep.name!r} finished no fold; choose another")
             return trial
     ids = ", ".join(t.trial_id for t in sweep.trials)
     raise SegsweepError(f"sweep {sweep.name!r} has no trial {trial_id!r}; its trials: {ids}")
@@ -154,17 +152,14 @@ def _model_card(meta: Mapping[str, Any], history: Sequence[EpochRecord], schedul
         "",
         "## Limits",
         "",
-        "- Trained and cross-validated on one data set; scores elsewhere (other centres, devices) are "
-        "unknown.",
+        "- Trained and cross-validated on one data set; scores elsewhere (other centres, devices) are unknown.",
         "- No validation set during retraining: the schedule imitates the folds' instead of reacting.",
         "",
     ]
     return "\n".join(lines)
 
 
-def retrain(
-    sweep: SweepResults | Sweep, out: str | Path, *, trial_id: str | None = None, verbose: bool = True
-) -> Path:
+def retrain(sweep: SweepResults | Sweep, out: str | Path, *, trial_id: str | None = None, verbose: bool = True) -> Path:
     """Train the winner (or ``trial_id``) on every development image; write the model bundle at ``out``.
 
     ``out`` is locked from before training to the bundle's rename: a second retrain into it stops at
@@ -175,9 +170,7 @@ def retrain(
         return _retrain_holding_lock(sweep, out, trial_id=trial_id, verbose=verbose)
 
 
-def _retrain_holding_lock(
-    sweep: SweepResults | Sweep, out: str | Path, *, trial_id: str | None, verbose: bool
-) -> Path:
+def _retrain_holding_lock(sweep: SweepResults | Sweep, out: str | Path, *, trial_id: str | None, verbose: bool) -> Path:
     if isinstance(sweep, Sweep):
         sweep = sweep.results()
     out = Path(out)
@@ -194,9 +187,7 @@ def _retrain_holding_lock(
         raise SegsweepError(f"cannot retrain trial {trial.trial_id}: {exc}") from None
     root = data_path(sweep, trial)
     if root is None:
-        raise DataError(
-            f"{sweep.folder.spec_file} does not say which data set the sweep ran on (no 'data')"
-        )
+        raise DataError(f"{sweep.folder.spec_file} does not say which data set the sweep ran on (no 'data')")
     if not Path(root).is_dir():
         raise DataError(f"the sweep's data set {root} is not there; retrain where the sweep's data is")
     ensure_new_folder(out, "model bundle")
@@ -236,9 +227,7 @@ def _retrain_holding_lock(
     )
     history, seconds = trained.history, trained.checkpoint.seconds()
 
-    choice = (
-        "the winner by the report's rule" if trial_id is None else f"trial {trial_id}, named with --trial"
-    )
+    choice = "the winner by the report's rule" if trial_id is None else f"trial {trial_id}, named with --trial"
     meta = bundle_meta(
         config,
         data={"path": str(Path(root).resolve()), "n_images": len(data), "image_size": data.image_size,

@@ -25,9 +25,7 @@ BUILTIN_SPACES: tuple[str, ...] = ("paper", "quick", "cpu")
 def builtin_space_path(name: str) -> Path:
     """The YAML file of a built-in space."""
     if name not in BUILTIN_SPACES:
-        raise ConfigError(
-            f"unknown built-in search space {name!r}; choose one of: {', '.join(BUILTIN_SPACES)}"
-        )
+        raise ConfigError(f"unknown built-in search space {name!r}; choose one of: {', '.join(BUILTIN_SPACES)}")
     return Path(str(resources.files("search_spaces") / "builtin" / f"{name}.yaml"))
 
 
@@ -39,8 +37,7 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     path = Path(name_or_path)
     if not path.exists() and path.suffix not in (".yaml", ".yml") and len(path.parts) == 1:
         raise ConfigError(
-            f"unknown search space {text!r}; use a built-in ({', '.join(BUILTIN_SPACES)}) "
-            "or the path of a YAML file"
+            f"unknown search space {text!r}; use a built-in ({', '.join(BUILTIN_SPACES)}) or the path of a YAML file"
         )
     return load_space_file(path)
 

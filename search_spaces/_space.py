@@ -69,9 +69,7 @@ class Param:
             return trial.suggest_categorical(self.name, list(self.choices))
         assert self.low is not None and self.high is not None
         if self.type == "int":
-            return trial.suggest_int(
-                self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log
-            )
+            return trial.suggest_int(self.name, int(self.low), int(self.high), step=int(self.step or 1), log=self.log)
         return trial.suggest_float(self.name, float(self.low), float(self.high), step=self.step, log=self.log)
 
     def contains(self, value: Any) -> bool:
@@ -83,9 +81,7 @@ class Param:
         assert self.low is not None and self.high is not None
         if self.type == "int":
             step = int(self.step or 1)
-            return (
-                isinstance(value, int) and self.low <= value <= self.high and (value - self.low) % step == 0
-            )
+            return isinstance(value, int) and self.low <= value <= self.high and (value - self.low) % step == 0
         # Optuna maps samples back into [low, high]; allow float rounding at the ends.
         tolerance = 1e-12 * max(abs(self.low), abs(self.high), 1.0)
         if not self.low - tolerance <= value <= self.high + tolerance:
@@ -109,8 +105,7 @@ class Param:
                 spec["step"] = self.step
         if self.when:
             spec["when"] = {
-                name: allowed[0] if len(allowed) == 1 else list(allowed)
-                for name, allowed in self.when.items()
+                name: allowed[0] if len(allowed) == 1 else list(allowed) for name, allowed in self.when.items()
             }
         return spec
 

@@ -128,8 +128,7 @@ class _Reader:
             if key not in TOP_KEYS:
                 raise self.fail(
                     key_node,
-                    f"unknown key {key!r}; {did_you_mean(key, TOP_KEYS)}a search space file has "
-                    f"{', '.join(TOP_KEYS)}",
+                    f"unknown key {key!r}; {did_you_mean(key, TOP_KEYS)}a search space file has {', '.join(TOP_KEYS)}",
                 )
         name = default_name
         if "name" in top:
@@ -246,9 +245,7 @@ class _Reader:
             raise self.fail(key_node, f"parameter {name!r}: add `choices: [...]` (the values to try)")
         choices_node = spec["choices"][1]
         if not isinstance(choices_node, yaml.SequenceNode):
-            raise self.fail(
-                choices_node, f"parameter {name!r}: choices must be a list, e.g. `choices: [a, b]`"
-            )
+            raise self.fail(choices_node, f"parameter {name!r}: choices must be a list, e.g. `choices: [a, b]`")
         if not choices_node.value:
             raise self.fail(choices_node, f"parameter {name!r}: choices is empty; list at least one value")
         choices: list[Choice] = []
@@ -256,9 +253,7 @@ class _Reader:
             value = self.coerce(item, name, self.scalar(item, f"a choice of {name!r}"))
             if value in choices:
                 raise self.fail(item, f"parameter {name!r}: choice {value!r} is listed twice; keep one")
-            self.check_config(
-                item, {**fixed, name: value}, f"parameter {name!r}: choice {value!r} cannot be used"
-            )
+            self.check_config(item, {**fixed, name: value}, f"parameter {name!r}: choice {value!r} cannot be used")
             choices.append(value)
         return Param(name=name, type="categorical", choices=tuple(choices), line=key_node.start_mark.line + 1)
 
@@ -274,15 +269,10 @@ class _Reader:
         if "choices" in spec:
             raise self.fail(
                 spec["choices"][0],
-                f"parameter {name!r}: choices belong to `type: categorical`; "
-                f"type {param_type} takes low and high",
+                f"parameter {name!r}: choices belong to `type: categorical`; type {param_type} takes low and high",
             )
         if kind.base != param_type:
-            fix = (
-                "type: categorical with `choices: [...]`"
-                if kind.base in ("str", "bool")
-                else f"type: {kind.base}"
-            )
+            fix = "type: categorical with `choices: [...]`" if kind.base in ("str", "bool") else f"type: {kind.base}"
             raise self.fail(spec["type"][1], f"parameter {name!r} takes {kind.describe()}; use {fix}")
         for key in ("low", "high"):
             if key not in spec:
@@ -290,9 +280,7 @@ class _Reader:
         low = self.number(spec["low"][1], name, "low", param_type)
         high = self.number(spec["high"][1], name, "high", param_type)
         if low > high:
-            raise self.fail(
-                spec["low"][1], f"parameter {name!r}: low {low} is greater than high {high}; swap them"
-            )
+            raise self.fail(spec["low"][1], f"parameter {name!r}: low {low} is greater than high {high}; swap them")
         log = False
         if "log" in spec:
             log = self.scalar(spec["log"][1], "log")
@@ -359,9 +347,7 @@ class _Reader:
             )
         return step
 
-    def check_range(
-        self, spec: dict[str, tuple[yaml.Node, yaml.Node]], param: Param, fixed: dict[str, Any]
-    ) -> None:
+    def check_range(self, spec: dict[str, tuple[yaml.Node, yaml.Node]], param: Param, fixed: dict[str, Any]) -> None:
         """Both ends, then every value of an int range (unless there are very many), must be valid.
 
         The ends first: a bound (trainer.config's EPOCHS_MAX, IMAGE_SIZE_MAX, ...) is then reported at
@@ -378,11 +364,7 @@ class _Reader:
             node = spec["high"][1] if value == param.high else spec["low"][1]
             fix = ""
             if param.type == "int" and value not in (param.low, param.high):
-                grid = (
-                    " (for image_size: low a multiple of 32 and `step: 32`)"
-                    if param.name == "image_size"
-                    else ""
-                )
+                grid = " (for image_size: low a multiple of 32 and `step: 32`)" if param.name == "image_size" else ""
                 fix = f"; set low and step so that every value in the range is usable{grid}"
             self.check_config(
                 node,
@@ -402,9 +384,7 @@ class _Reader:
         when: dict[str, tuple[Choice, ...]] = {}
         entries = self.mapping(node, f"parameter {name!r}: when")
         if not entries:
-            raise self.fail(
-                node, f"parameter {name!r}: `when:` is empty; name an earlier parameter and its values"
-            )
+            raise self.fail(node, f"parameter {name!r}: `when:` is empty; name an earlier parameter and its values")
         for other, (key_node, values_node) in entries.items():
             if other == name:
                 raise self.fail(key_node, f"parameter {name!r} cannot depend on itself")
@@ -414,9 +394,7 @@ class _Reader:
                     problem = f"depends on {other!r}, which is defined after it"
                 elif other in fixed:
                     fix = "drop the condition or make it a parameter"
-                    problem = (
-                        f"depends on {other!r}, which is fixed (the condition is always true or always false)"
-                    )
+                    problem = f"depends on {other!r}, which is fixed (the condition is always true or always false)"
                 else:
                     fix = f"{did_you_mean(other, list(earlier))}conditions name earlier parameters"
                     if earlier:
@@ -441,8 +419,7 @@ class _Reader:
                     )
                     raise self.fail(
                         item,
-                        f"parameter {name!r}: condition {other}: {value!r} never holds; "
-                        f"{other!r} takes {offered}",
+                        f"parameter {name!r}: condition {other}: {value!r} never holds; {other!r} takes {offered}",
                     )
                 allowed.append(value)
             when[other] = tuple(allowed)
@@ -462,9 +439,7 @@ class _Reader:
         fields = tuple(FIELD_KINDS) if allow_extra else SEARCHABLE
         if name not in fields:
             if name == "extra":
-                raise self.fail(
-                    node, "'extra' is a free-form mapping and cannot be searched; put it under `fixed:`"
-                )
+                raise self.fail(node, "'extra' is a free-form mapping and cannot be searched; put it under `fixed:`")
             raise self.fail(
                 node,
                 f"{section}: {name!r} is not a CVConfig field; {did_you_mean(name, fields)}"
@@ -541,9 +516,7 @@ def parse_space_mapping(data: Mapping[str, Any], source: str) -> SearchSpace:
     loader, root = _compose(text, source)
     try:
         # Lines would point into a YAML rendering the user never saw, so messages name the source only.
-        space = _Reader(loader, source, show_lines=False).space(
-            root, default_name=str(values.get("name", "space"))
-        )
+        space = _Reader(loader, source, show_lines=False).space(root, default_name=str(values.get("name", "space")))
     finally:
         loader.dispose()
     return dataclasses.replace(space, source=original) if isinstance(original, str) else space

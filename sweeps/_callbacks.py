@@ -45,8 +45,9 @@ class SweepCallback(tune.Callback):
         number = read_trial_record(self._folder(trial)).number
         return f"#{number} ({trial.trial_id})" if number is not None else trial.trial_id
 
-    def on_trial_result(self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any],
-                        **info: Any) -> None:
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
         if "folds_done" not in result:
             return
         print(
@@ -89,9 +90,14 @@ class SweepCallback(tune.Callback):
         print(f"[segsweep] trial {self._label(trial)} {state}{suffix}", flush=True)
         best = None
         if state == COMPLETE:
-            best = _Best(float(last.get(OBJECTIVE.metric, float("nan"))), float(last.get("dice", float("nan"))),
-                         float(last.get("dice_std", float("nan"))), float(last.get("iou", float("nan"))),
-                         record.number, dict(record.params or {}))
+            best = _Best(
+                float(last.get(OBJECTIVE.metric, float("nan"))),
+                float(last.get("dice", float("nan"))),
+                float(last.get("dice_std", float("nan"))),
+                float(last.get("iou", float("nan"))),
+                record.number,
+                dict(record.params or {}),
+            )
         self._count(trial.trial_id, record, best)
         self._print_best()
 
@@ -115,8 +121,11 @@ class SweepCallback(tune.Callback):
             print(f"{finished}; none complete yet", flush=True)
             return
         params = ", ".join(f"{k}={_short(v)}" for k, v in best.params.items())
-        print(f"{finished}; best so far: #{best.number} Dice {best.dice:.4f} ± {best.dice_std:.4f}, "
-              f"IoU {best.iou:.4f} ({params})", flush=True)
+        print(
+            f"{finished}; best so far: #{best.number} Dice {best.dice:.4f} ± {best.dice_std:.4f}, "
+            f"IoU {best.iou:.4f} ({params})",
+            flush=True,
+        )
 
 
 @dataclass
@@ -140,13 +149,18 @@ class _Progress:
     @classmethod
     def read(cls, storage: Path, name: str) -> _Progress:
         sweep = load_sweep(storage, name)
-        progress = cls(sweep.spec.trials,
-                       {t.trial_id for t in sweep.trials if t.state in (COMPLETE, PRUNED, FAILED)})
+        progress = cls(sweep.spec.trials, {t.trial_id for t in sweep.trials if t.state in (COMPLETE, PRUNED, FAILED)})
         done = sweep.completed()
         if done:
             top = done[0]
-            progress.best = _Best(top.mean[OBJECTIVE.metric], top.mean["dice"], top.std["dice"], top.mean["iou"],
-                                  top.number, dict(top.params))
+            progress.best = _Best(
+                top.mean[OBJECTIVE.metric],
+                top.mean["dice"],
+                top.std["dice"],
+                top.mean["iou"],
+                top.number,
+                dict(top.params),
+            )
         return progress
 
 

@@ -140,8 +140,14 @@ class LiveProgress(tune.Callback):
         return state
 
 
-def watch(folder: SweepFolder, *, out: IO[str] | None = None, interval_s: float = REFRESH_S,
-          live: bool | None = None, until_done: bool = True) -> int:
+def watch(
+    folder: SweepFolder,
+    *,
+    out: IO[str] | None = None,
+    interval_s: float = REFRESH_S,
+    live: bool | None = None,
+    until_done: bool = True,
+) -> int:
     """``sweep status --watch``: the live view from another shell, until the driver ends (or Ctrl-C)."""
     from sweeps.folder import driver_running
 

@@ -37,7 +37,6 @@ if TYPE_CHECKING:
     from search_spaces import SearchSpace
 
 
-
 def open_storage(sweep_dir: Path) -> optuna.storages.RDBStorage:
     """The sweep's SQLite study storage; ``optuna-dashboard sqlite:///...`` can read it meanwhile."""
     # A dashboard reading the file holds short locks: wait for them instead of failing a write.
@@ -121,9 +120,7 @@ class FoldPruningOptunaSearch(OptunaSearch):
             return  # the same fold reported again after a restore
         ot_trial.report(float(value), int(step))
 
-    def on_trial_complete(
-        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
-    ) -> None:
+    def on_trial_complete(self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
             return
         if not error and interrupted_by_stop(SweepFolder(Path(self.sweep_dir)), result):
@@ -246,10 +243,19 @@ def rebuild_study(sweep_dir: Path, study_name: str, space: SearchSpace) -> int:
         attrs = {STUDY_TRIAL_ID_ATTR: trial.trial_id, **({STUDY_REASON_ATTR: trial.reason} if trial.reason else {})}
         if trial.start:  # a starting point stays marked, and is not enqueued again on this resume
             attrs[STUDY_START_ATTR] = trial.start
-        rebuilt.append(create_trial(state=state, value=value, params=fixed.params, distributions=fixed.distributions,
-                                    user_attrs=attrs, intermediate_values=running_means))
-    study = optuna.create_study(study_name=study_name, storage=open_storage(sweep_dir),
-                                direction=OBJECTIVE.optuna_direction)
+        rebuilt.append(
+            create_trial(
+                state=state,
+                value=value,
+                params=fixed.params,
+                distributions=fixed.distributions,
+                user_attrs=attrs,
+                intermediate_values=running_means,
+            )
+        )
+    study = optuna.create_study(
+        study_name=study_name, storage=open_storage(sweep_dir), direction=OBJECTIVE.optuna_direction
+    )
     study.add_trials(rebuilt)
     name_objective(study)
     return len(rebuilt)

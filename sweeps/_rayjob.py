@@ -69,8 +69,14 @@ def submit(address: str, folder: SweepFolder, argv: list[str], *, dry_run: bool 
     job_id = f"segsweep-{folder.name}-{uuid.uuid4().hex[:8]}"
     runtime_env = {"env_vars": {"RAY_JOB_STOP_SIGNAL": "SIGINT", "RAY_JOB_STOP_WAIT_TIME_S": str(STOP_WAIT_SECONDS)}}
     try:
-        return str(client.submit_job(entrypoint=entrypoint, submission_id=job_id, runtime_env=runtime_env,
-                                     metadata={"segsweep_sweep": folder.name, "storage": str(folder.storage)}))
+        return str(
+            client.submit_job(
+                entrypoint=entrypoint,
+                submission_id=job_id,
+                runtime_env=runtime_env,
+                metadata={"segsweep_sweep": folder.name, "storage": str(folder.storage)},
+            )
+        )
     except Exception as exc:
         first = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
         raise ConfigError(f"the Ray cluster at {address} refused the job: {first}") from None

@@ -81,10 +81,19 @@ def batch_script(
     storage, name = shlex.quote(str(folder.storage)), shlex.quote(folder.name)
     run_command = _wrapped(run_argv)
     return _TEMPLATE.format(
-        name=folder.name, written=written, sbatch_lines=sbatch_lines, setup=setup,
-        sweep_dir=shlex.quote(str(folder.path)), storage=storage, quoted_name=name,
-        run_command=run_command, object_store_bytes=object_store_bytes, gpus=gpus, step_gpus=step_gpus,
-        join_timeout=JOIN_TIMEOUT_SECONDS, grace=STOP_GRACE_SECONDS,
+        name=folder.name,
+        written=written,
+        sbatch_lines=sbatch_lines,
+        setup=setup,
+        sweep_dir=shlex.quote(str(folder.path)),
+        storage=storage,
+        quoted_name=name,
+        run_command=run_command,
+        object_store_bytes=object_store_bytes,
+        gpus=gpus,
+        step_gpus=step_gpus,
+        join_timeout=JOIN_TIMEOUT_SECONDS,
+        grace=STOP_GRACE_SECONDS,
         script=shlex.quote(str(folder.slurm_script)),
     )
 
@@ -119,8 +128,10 @@ def sbatch(script: Path) -> str:
 
 def job_state(job_id: str) -> str | None:
     """The job's state from ``squeue`` (any job slurmctld still holds), else ``sacct``; None if unknown."""
-    for argv in (["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"],
-                 ["sacct", "-n", "-X", "-j", job_id, "-o", "State"]):
+    for argv in (
+        ["squeue", "-h", "-t", "all", "-j", job_id, "-o", "%T"],
+        ["sacct", "-n", "-X", "-j", job_id, "-o", "State"],
+    ):
         try:
             proc = subprocess.run(argv, capture_output=True, text=True, timeout=30)
         except (FileNotFoundError, subprocess.TimeoutExpired):
@@ -134,8 +145,9 @@ def job_state(job_id: str) -> str | None:
 def cancel(job_id: str) -> None:
     """Ask the job to stop: SIGTERM to the batch script, whose trap stops the driver and then Ray."""
     try:
-        proc = subprocess.run(["scancel", "--batch", "--signal=TERM", job_id], capture_output=True, text=True,
-                              timeout=60)
+        proc = subprocess.run(
+            ["scancel", "--batch", "--signal=TERM", job_id], capture_output=True, text=True, timeout=60
+        )
     except FileNotFoundError:
         raise ConfigError(f"scancel not found: run `scancel {job_id}` on a Slurm login node") from None
     if proc.returncode != 0:

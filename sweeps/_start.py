@@ -223,9 +223,7 @@ def _covers(existing: Mapping[str, Any], wanted: Mapping[str, Any]) -> bool:
 def warm_start_folder(spec: SweepSpec) -> SweepFolder:
     """The earlier sweep ``--warm-start`` names: a sweep in --storage, or a sweep folder's path."""
     given = Path(str(spec.warm_start))
-    folder = (
-        SweepFolder(given) if SweepFolder(given).exists() else SweepFolder.at(spec.storage, str(spec.warm_start))
-    )
+    folder = SweepFolder(given) if SweepFolder(given).exists() else SweepFolder.at(spec.storage, str(spec.warm_start))
     if not folder.exists():
         raise ConfigError(
             f"--warm-start {spec.warm_start}: no sweep there (neither a sweep folder nor a sweep in {spec.storage}); "

@@ -45,8 +45,9 @@ class StopControl(tune.Callback):
         self._announced = False
         self._triggered = False
 
-    def setup(self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None,
-              **info: Any) -> None:
+    def setup(
+        self, stop: Any = None, num_samples: int | None = None, total_num_samples: int | None = None, **info: Any
+    ) -> None:
         """Put a graceful first Ctrl-C in front of Tune's handler (main thread only)."""
         if threading.current_thread() is not threading.main_thread():
             return
@@ -80,9 +81,15 @@ class StopControl(tune.Callback):
         parked = [t for t in running if read_trial_record(self.folder.trial_dir(t.trial_id)).parked]
         if not self._announced:
             self._announced = True
-            print(f"[segsweep] stopping ({request.reason}): no new trials; "
-                  + ("ending now" if request.now else f"waiting for {len(running)} running trial(s) to finish "
-                     "their current fold"), flush=True)
+            print(
+                f"[segsweep] stopping ({request.reason}): no new trials; "
+                + (
+                    "ending now"
+                    if request.now
+                    else f"waiting for {len(running)} running trial(s) to finish their current fold"
+                ),
+                flush=True,
+            )
         if request.now or len(parked) == len(running):
             self._trigger(request.reason)
 

@@ -312,12 +312,17 @@ class TuneFoldReporter(Reporter):
         seconds = time.monotonic() - self._epoch_started
         self._epoch_started = time.monotonic()
         val_iou = float(metrics.get("val_iou", math.nan))
-        append_event(self.folder, "epoch", fold=fold, epoch=epoch, epochs=self.epochs,
-                     val_iou=val_iou if math.isfinite(val_iou) else None, seconds=round(seconds, 2))
+        append_event(
+            self.folder,
+            "epoch",
+            fold=fold,
+            epoch=epoch,
+            epochs=self.epochs,
+            val_iou=val_iou if math.isfinite(val_iou) else None,
+            seconds=round(seconds, 2),
+        )
 
-    def on_fold_end(
-        self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None
-    ) -> None:
+    def on_fold_end(self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None) -> None:
         append_event(self.folder, "fold_end", fold=result.fold, dice=result.dice, seconds=result.seconds)
         if len(completed) < self.n_folds:  # the last fold is reported by run_trial, after the trackers close
             self.report(completed, latest=result)

@@ -47,6 +47,7 @@ if TYPE_CHECKING:
     from sweeps.runner import SweepOutcome
     from trainer.config import CVConfig
 
+
 def _seconds(value: float | str | None) -> float | None:
     return parse_duration(value) if isinstance(value, str) else value
 
@@ -162,7 +163,11 @@ class Sweep:
         return outcome
 
     def resume(
-        self, *, background: bool = False, time_budget: float | str | None = None, max_failures: int | None = None,
+        self,
+        *,
+        background: bool = False,
+        time_budget: float | str | None = None,
+        max_failures: int | None = None,
         **kwargs: Any,
     ) -> SweepOutcome | SweepRun:
         """Continue the sweep where it stopped (finished folds are kept); a budget counts from now."""
@@ -175,8 +180,13 @@ class Sweep:
             return self._background(argv)
         from sweeps.runner import resume_sweep
 
-        return resume_sweep(self.folder.storage, self.name, time_budget_s=_seconds(time_budget),
-                            max_failed_trials=max_failures, **kwargs)
+        return resume_sweep(
+            self.folder.storage,
+            self.name,
+            time_budget_s=_seconds(time_budget),
+            max_failed_trials=max_failures,
+            **kwargs,
+        )
 
     def stop(self, *, now: bool = False) -> None:
         """Ask the running driver (this process's or another's) to stop cleanly."""
@@ -186,8 +196,12 @@ class Sweep:
         self.folder.path.mkdir(parents=True, exist_ok=True)
         log_path = self.folder.driver_log
         with open(log_path, "ab") as log:
-            process = subprocess.Popen([sys.executable, "-m", "sweeps.cli", *argv], stdout=log,
-                                       stderr=subprocess.STDOUT, start_new_session=True)
+            process = subprocess.Popen(
+                [sys.executable, "-m", "sweeps.cli", *argv],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
         self.spec = None
         return SweepRun(self, process, log_path)
 

@@ -27,9 +27,7 @@ def verb_registrations() -> list[Callable[[Any], None]]:
     """Every package's ``register`` function, in pipeline order (trainer, sweeps, reports)."""
     found = sorted(entry_points(group=VERBS_GROUP), key=lambda e: e.name)
     if not found:
-        raise SystemExit(
-            "segsweep: no verbs registered; install the project (`pip install -c constraints.txt -e .`)"
-        )
+        raise SystemExit("segsweep: no verbs registered; install the project (`pip install -c constraints.txt -e .`)")
     return [e.load() for e in found]
 
 
@@ -57,8 +55,7 @@ def _add_verbose_to_verbs(parser: argparse.ArgumentParser) -> None:
             for verb in action.choices.values():
                 if "--verbose" not in verb._option_string_actions:
                     # SUPPRESS: an absent verb-level flag must not reset `segsweep --verbose VERB`.
-                    verb.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS,
-                                      help=_VERBOSE_HELP)
+                    verb.add_argument("--verbose", action="store_true", default=argparse.SUPPRESS, help=_VERBOSE_HELP)
                 _add_verbose_to_verbs(verb)
 
 
@@ -112,16 +109,22 @@ def register(sub: Any) -> None:
     resume.add_argument("name", help="sweep name")
     resume.add_argument("--storage", default=None, help=storage_help())
     _add_limit_options(resume)
-    resume.add_argument("--address", default=None,
-                        help="HOST:PORT of the Ray cluster to continue on (default: the sweep's own --address)")
+    resume.add_argument(
+        "--address",
+        default=None,
+        help="HOST:PORT of the Ray cluster to continue on (default: the sweep's own --address)",
+    )
     resume.set_defaults(handler=_cmd_resume)
 
     status = verbs.add_parser("status", help="print a sweep's leaderboard, or follow it live (--watch)")
     status.add_argument("name", help="sweep name")
     status.add_argument("--storage", default=None, help=storage_help())
-    status.add_argument("--watch", action="store_true",
-                        help="follow the running sweep: a line per running trial (fold, epoch, val IoU), "
-                        "the best so far and an ETA, until it ends (Ctrl-C leaves it running)")
+    status.add_argument(
+        "--watch",
+        action="store_true",
+        help="follow the running sweep: a line per running trial (fold, epoch, val IoU), "
+        "the best so far and an ETA, until it ends (Ctrl-C leaves it running)",
+    )
     status.add_argument("--interval", type=float, default=None, help="seconds between refreshes with --watch")
     status.add_argument("--follow", action="store_true", help="stream a submitted Ray Job's log until it ends")
     status.set_defaults(handler=_cmd_status)
@@ -155,9 +158,12 @@ def add_run_options(parser: argparse.ArgumentParser) -> None:
     from sweeps.spec import RUN_OPTIONS
     from trainer.cli import add_runtime_options
 
-    parser.add_argument("--config", default=None,
-                        help="YAML/JSON file with any of these options (names with _ for -); a sweep's "
-                        "sweep.json re-runs that sweep; options given here win")
+    parser.add_argument(
+        "--config",
+        default=None,
+        help="YAML/JSON file with any of these options (names with _ for -); a sweep's "
+        "sweep.json re-runs that sweep; options given here win",
+    )
     for option in RUN_OPTIONS:
         if not option.runtime:
             option.add_to(parser)
@@ -222,26 +228,45 @@ def _register_submit(verbs: Any) -> None:
     submit.add_argument("resume_name", nargs="?", metavar="NAME", help="with --resume: the sweep to continue")
     where = submit.add_mutually_exclusive_group()
     where.add_argument("--slurm", action="store_true", help="submit a Slurm batch job (sbatch)")
-    where.add_argument("--ray", metavar="URL", default=None,
-                       help="submit a Ray Job to the cluster whose dashboard is at URL (http://HEAD_IP:8265)")
-    submit.add_argument("--resume", action="store_true",
-                        help="continue sweep NAME: resubmit its batch script as it is, or a new Ray Job")
-    submit.add_argument("--dry-run", action="store_true",
-                        help="write the batch script (or show the job); submit nothing")
+    where.add_argument(
+        "--ray",
+        metavar="URL",
+        default=None,
+        help="submit a Ray Job to the cluster whose dashboard is at URL (http://HEAD_IP:8265)",
+    )
+    submit.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue sweep NAME: resubmit its batch script as it is, or a new Ray Job",
+    )
+    submit.add_argument(
+        "--dry-run", action="store_true", help="write the batch script (or show the job); submit nothing"
+    )
     submit.add_argument("--follow", action="store_true", help="Ray Jobs: stream the job's log until it ends")
     slurm = submit.add_argument_group("Slurm")
     slurm.add_argument("--nodes", type=int, default=1, help="nodes (default 1); Ray's head runs on the first")
     slurm.add_argument("--gpus-per-node", type=int, default=0, help="GPUs per node (default 0)")
-    slurm.add_argument("--cpus-per-node", type=int, default=None,
-                       help="CPUs per node (default: whole nodes, --exclusive)")
+    slurm.add_argument(
+        "--cpus-per-node", type=int, default=None, help="CPUs per node (default: whole nodes, --exclusive)"
+    )
     slurm.add_argument("--time", default=None, help="time limit, HH:MM:SS or D-HH:MM:SS (default: the partition's)")
     slurm.add_argument("--partition", default=None, help="Slurm partition")
     slurm.add_argument("--account", default=None, help="Slurm account")
-    slurm.add_argument("--sbatch-arg", action="append", default=[], metavar="ARG",
-                       help="one more sbatch option for the script, e.g. --sbatch-arg=--qos=long (repeatable)")
-    slurm.add_argument("--setup", action="append", default=None, metavar="LINE",
-                       help="shell line run on the nodes before segsweep, e.g. 'module load cuda/12' (repeatable; "
-                       "default: activate the virtual environment segsweep runs from)")
+    slurm.add_argument(
+        "--sbatch-arg",
+        action="append",
+        default=[],
+        metavar="ARG",
+        help="one more sbatch option for the script, e.g. --sbatch-arg=--qos=long (repeatable)",
+    )
+    slurm.add_argument(
+        "--setup",
+        action="append",
+        default=None,
+        metavar="LINE",
+        help="shell line run on the nodes before segsweep, e.g. 'module load cuda/12' (repeatable; "
+        "default: activate the virtual environment segsweep runs from)",
+    )
     add_run_options(submit)
     submit.set_defaults(handler=_cmd_submit)
 
@@ -258,10 +283,18 @@ def _register_ui(sub: Any) -> None:
     )
     ui.add_argument("name", help="the sweep's name (its folder under --storage)")
     ui.add_argument("--storage", default=None, help=storage_help())
-    ui.add_argument("--port-mlflow", type=int, default=DEFAULT_MLFLOW_PORT,
-                    help=f"MLflow UI port (default {DEFAULT_MLFLOW_PORT}; 0 picks a free one)")
-    ui.add_argument("--port-optuna", type=int, default=DEFAULT_OPTUNA_PORT,
-                    help=f"optuna-dashboard port (default {DEFAULT_OPTUNA_PORT}; 0 picks a free one)")
+    ui.add_argument(
+        "--port-mlflow",
+        type=int,
+        default=DEFAULT_MLFLOW_PORT,
+        help=f"MLflow UI port (default {DEFAULT_MLFLOW_PORT}; 0 picks a free one)",
+    )
+    ui.add_argument(
+        "--port-optuna",
+        type=int,
+        default=DEFAULT_OPTUNA_PORT,
+        help=f"optuna-dashboard port (default {DEFAULT_OPTUNA_PORT}; 0 picks a free one)",
+    )
     ui.set_defaults(handler=_cmd_ui)
 
 
@@ -276,8 +309,11 @@ def _cmd_resume(args: argparse.Namespace) -> int:
     from sweeps.spec import parse_duration
 
     budget = parse_duration(args.time_budget) if args.time_budget is not None else None
-    return _finish(resume_sweep(args.storage, args.name, time_budget_s=budget, max_failed_trials=args.max_failures,
-                                address=args.address))
+    return _finish(
+        resume_sweep(
+            args.storage, args.name, time_budget_s=budget, max_failed_trials=args.max_failures, address=args.address
+        )
+    )
 
 
 def _cmd_status(args: argparse.Namespace) -> int:
@@ -329,8 +365,9 @@ def _cmd_list(args: argparse.Namespace) -> int:
             _warn([str(exc)])
             continue
         best = f"{s.best_dice:.4f}" if s.best_dice is not None else "-"
-        rows.append([s.name, s.state, f"{s.finished}/{s.asked}", best, s.started or "-", s.last_update or "-",
-                     s.path, s.detail])
+        rows.append(
+            [s.name, s.state, f"{s.finished}/{s.asked}", best, s.started or "-", s.last_update or "-", s.path, s.detail]
+        )
     print(format_text_table(["sweep", "state", "trials", "best Dice", "started", "last update", "folder", ""], rows))
     return 0
 
@@ -367,24 +404,33 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     from sweeps import submit
 
     options = submit.SlurmOptions(
-        nodes=args.nodes, gpus_per_node=args.gpus_per_node, cpus_per_node=args.cpus_per_node, time=args.time,
-        partition=args.partition, account=args.account, sbatch_args=list(args.sbatch_arg),
+        nodes=args.nodes,
+        gpus_per_node=args.gpus_per_node,
+        cpus_per_node=args.cpus_per_node,
+        time=args.time,
+        partition=args.partition,
+        account=args.account,
+        sbatch_args=list(args.sbatch_arg),
         setup=list(args.setup) if args.setup is not None else submit.default_setup(),
     )
     if args.resume:
         name = args.resume_name or args.name
         if not name:
             raise ConfigError("--resume needs the sweep's name: `segsweep sweep submit NAME --resume`")
-        done = submit.resubmit(args.storage, name, slurm=options if args.slurm else None, ray=args.ray,
-                               dry_run=args.dry_run)
+        done = submit.resubmit(
+            args.storage, name, slurm=options if args.slurm else None, ray=args.ray, dry_run=args.dry_run
+        )
     else:
         if args.resume_name:
             raise ConfigError(f"{args.resume_name!r}: a new sweep takes --name; to continue one, add --resume")
         if not args.slurm and not args.ray:
             raise ConfigError("say where the sweep runs: --slurm, or --ray http://HEAD_IP:8265")
         spec = spec_from_args(args)
-        done = (submit.submit_slurm(spec, options, dry_run=args.dry_run) if args.slurm
-                else submit.submit_ray_job(spec, args.ray, dry_run=args.dry_run))
+        done = (
+            submit.submit_slurm(spec, options, dry_run=args.dry_run)
+            if args.slurm
+            else submit.submit_ray_job(spec, args.ray, dry_run=args.dry_run)
+        )
     where = f" --storage {done.folder.storage}"
     if done.job_id is None:
         print(f"[segsweep] dry run: wrote {done.script}" if done.script else "[segsweep] dry run: nothing submitted")
@@ -392,8 +438,10 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     print(f"[segsweep] submitted {done.kind} job {done.job_id}" + (f" to {done.address}" if done.address else ""))
     if done.script:
         print(f"[segsweep] script {done.script}; log {done.folder.slurm_log(done.job_id)}")
-    print(f"[segsweep] follow it with `segsweep sweep status {done.folder.name}{where}`; stop it with "
-          f"`segsweep sweep stop {done.folder.name}{where}`")
+    print(
+        f"[segsweep] follow it with `segsweep sweep status {done.folder.name}{where}`; stop it with "
+        f"`segsweep sweep stop {done.folder.name}{where}`"
+    )
     if args.follow and done.kind == submit.RAY_JOB:
         state = submit.follow(done.folder)
         print(f"[segsweep] Ray Job {done.job_id}: {state}")

@@ -172,8 +172,11 @@ def _repair_lost_state(spec: SweepSpec, space: SearchSpace, *, restore: bool) ->
             )
     if not spec.folder.optuna_db.is_file():
         count = rebuild_study(spec.sweep_dir, spec.name, space)
-        print(f"[segsweep] {spec.folder.optuna_db} was missing: rebuilt study {spec.name!r} from {count} trial "
-              "record(s) (trial.json and fold files)", flush=True)
+        print(
+            f"[segsweep] {spec.folder.optuna_db} was missing: rebuilt study {spec.name!r} from {count} trial "
+            "record(s) (trial.json and fold files)",
+            flush=True,
+        )
 
 
 @contextlib.contextmanager
@@ -277,7 +280,10 @@ def _drive(
         if restore:
             print(f"[segsweep] resuming sweep {spec.name!r} from {ray_dir}", flush=True)
             tuner = tune.Tuner.restore(
-                str(ray_dir), trainable=trainable, resume_unfinished=True, resume_errored=False,
+                str(ray_dir),
+                trainable=trainable,
+                resume_unfinished=True,
+                resume_errored=False,
                 restart_errored=False,
             )
             # The restored run config carries the last run's callbacks (budget clock included).
@@ -293,8 +299,9 @@ def _drive(
             tuner = tune.Tuner(
                 trainable,
                 tune_config=tune.TuneConfig(
-                    search_alg=StoppableSearch(ConcurrencyLimiter(searcher, max_concurrent=spec.concurrency),
-                                               spec.folder),
+                    search_alg=StoppableSearch(
+                        ConcurrencyLimiter(searcher, max_concurrent=spec.concurrency), spec.folder
+                    ),
                     scheduler=make_scheduler(spec.scheduler, n_folds),
                     num_samples=spec.trials,
                     reuse_actors=True,
@@ -404,7 +411,11 @@ def make_scheduler(name: str, n_folds: int) -> Any:
     if name == "none" or n_folds < 2:
         return FIFOScheduler()
     return AsyncHyperBandScheduler(
-        time_attr="folds_done", metric=OBJECTIVE.metric, mode=OBJECTIVE.direction, max_t=n_folds, grace_period=1,
+        time_attr="folds_done",
+        metric=OBJECTIVE.metric,
+        mode=OBJECTIVE.direction,
+        max_t=n_folds,
+        grace_period=1,
         reduction_factor=ASHA_REDUCTION_FACTOR,
     )
 
@@ -427,8 +438,9 @@ def _shareable(data: PreparedData) -> PreparedData:
 def check_storage(storage: Path) -> None:
     """--storage must be a folder this process can write (created if missing)."""
     ensure_writable_folder(
-        storage, "--storage", "pass a writable folder to hold the sweeps (on a cluster, one that every node mounts "
-        "at the same path)"
+        storage,
+        "--storage",
+        "pass a writable folder to hold the sweeps (on a cluster, one that every node mounts at the same path)",
     )
 
 
@@ -601,7 +613,8 @@ def ray_session(address: str | None, *, object_store_bytes: int) -> Iterator[Non
                 "; start the head with `ray start --head --port PORT` and pass --address HEAD_IP:PORT "
                 "(with RAY_AUTH_MODE=token the driver needs the cluster's token in RAY_AUTH_TOKEN "
                 "or ~/.ray/auth_token)"
-                if address else ""
+                if address
+                else ""
             )
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
             raise ConfigError(f"cannot start {where}: {first}{hint}") from None
@@ -635,8 +648,12 @@ def start_local_ray(object_store_bytes: int, **more: Any) -> None:
     to ``ray.init`` (the sweep's quiet logging, a temp folder; the tests' CPU count)."""
     import ray
 
-    options = {"include_dashboard": False, "_node_ip_address": "127.0.0.1",
-               "object_store_memory": object_store_bytes, **more}
+    options = {
+        "include_dashboard": False,
+        "_node_ip_address": "127.0.0.1",
+        "object_store_memory": object_store_bytes,
+        **more,
+    }
     for attempt in range(1, LOCAL_RAY_STARTS + 1):
         try:
             ray.init(**options)
@@ -647,8 +664,9 @@ def start_local_ray(object_store_bytes: int, **more: Any) -> None:
             ray.shutdown()
             if attempt == LOCAL_RAY_STARTS:
                 raise RuntimeError(f"{exc} ({LOCAL_RAY_STARTS} tries; is the machine very busy?)") from None
-            print(f"[segsweep] Ray was slow to start (busy machine?); try {attempt + 1} of {LOCAL_RAY_STARTS}",
-                  flush=True)
+            print(
+                f"[segsweep] Ray was slow to start (busy machine?); try {attempt + 1} of {LOCAL_RAY_STARTS}", flush=True
+            )
 
 
 def resolve_concurrency(spec: SweepSpec) -> int:
@@ -705,7 +723,9 @@ def _reconcile(spec: SweepSpec, statuses: dict[str, str], *, stopped: bool = Fal
             status = statuses.get(folder.name)
             if status is None:
                 record = update_trial_record(
-                    folder, state=FAILED, ended=now(),
+                    folder,
+                    state=FAILED,
+                    ended=now(),
                     reason="the sweep driver stopped before this proposal started; Ray drew another",
                 )
             elif status == "TERMINATED":
@@ -729,7 +749,6 @@ def _record_run(spec: SweepSpec, wall: float, restore: bool, finished: bool, sto
     """Append this run's wall time to sweep.json (per-trial overhead = wall - training time)."""
     record = read_spec_record(spec.folder)
     record.runs.append(
-        {"ended": now(), "wall_seconds": round(wall, 2), "resumed": restore, "finished": finished,
-         "stopped": stopped}
+        {"ended": now(), "wall_seconds": round(wall, 2), "resumed": restore, "finished": finished, "stopped": stopped}
     )
     write_spec_record(spec.folder, record)

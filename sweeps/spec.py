@@ -153,8 +153,9 @@ class SweepSpec:
                     and f.default_factory is dataclasses.MISSING]  # fmt: skip
         missing = [name for name in required if name not in values]
         if missing:
-            raise ConfigError(f"{source}: missing key(s) {', '.join(missing)}; a sweep specification needs "
-                              f"{', '.join(required)}")
+            raise ConfigError(
+                f"{source}: missing key(s) {', '.join(missing)}; a sweep specification needs {', '.join(required)}"
+            )
         return cls(**values)
 
     def load_space(self) -> SearchSpace:
@@ -251,6 +252,8 @@ def _budget_seconds(value: Any) -> float | None:
 
 
 _DEFAULTS = SweepSpec(name="", data="", space="", trials=0, storage="")
+
+
 def _tracker_help() -> str:
     """The registered trackers say their own names and default (read when the parser is built)."""
     from trainer.tracking import tracker_help

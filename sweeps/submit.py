@@ -42,9 +42,29 @@ def run_argv(spec: SweepSpec) -> list[str]:
 
     The inverse of ``sweeps.cli.spec_from_args``; a test parses it back to the same spec.
     """
-    argv = ["segsweep", "sweep", "run", "--data", spec.data, "--space", spec.space, "--trials", str(spec.trials),
-            "--name", spec.name, "--storage", spec.storage, "--cpus-per-trial", f"{spec.cpus_per_trial:g}",
-            "--gpus-per-trial", f"{spec.gpus_per_trial:g}", "--scheduler", spec.scheduler, "--seed", str(spec.seed)]
+    argv = [
+        "segsweep",
+        "sweep",
+        "run",
+        "--data",
+        spec.data,
+        "--space",
+        spec.space,
+        "--trials",
+        str(spec.trials),
+        "--name",
+        spec.name,
+        "--storage",
+        spec.storage,
+        "--cpus-per-trial",
+        f"{spec.cpus_per_trial:g}",
+        "--gpus-per-trial",
+        f"{spec.gpus_per_trial:g}",
+        "--scheduler",
+        spec.scheduler,
+        "--seed",
+        str(spec.seed),
+    ]
     if spec.concurrency is not None:
         argv += ["--concurrency", str(spec.concurrency)]
     for key in OVERRIDE_KEYS:
@@ -63,16 +83,20 @@ def checked_spec(spec: SweepSpec) -> tuple[SweepSpec, int]:
 
     spec.validate()
     if spec.address is not None:
-        raise ConfigError("--address is for `sweep run`; a submitted sweep starts Ray in its job (Slurm) or "
-                          "runs on the cluster given by --ray")
+        raise ConfigError(
+            "--address is for `sweep run`; a submitted sweep starts Ray in its job (Slurm) or "
+            "runs on the cluster given by --ray"
+        )
     spec.storage = str(storage_path(spec.storage).resolve())
     if Path(spec.space).is_file():
         spec.space = str(Path(spec.space).resolve())
     data = Path(spec.data).resolve()
     spec.data = str(data)
     if not (data / "images").is_dir():
-        raise ConfigError(f"--data {data}: no images/ folder there; the job must see the data set at this path "
-                          "(a file system every node mounts)")
+        raise ConfigError(
+            f"--data {data}: no images/ folder there; the job must see the data set at this path "
+            "(a file system every node mounts)"
+        )
     if spec.folder.exists():
         raise ConfigError(
             f"a sweep named {spec.name!r} exists in {spec.storage}; continue it with "
@@ -136,7 +160,11 @@ def _sbatch(folder: SweepFolder, *, resume: bool) -> Submitted:
 
 
 def resubmit(
-    storage: str | Path | None, name: str, *, slurm: SlurmOptions | None = None, ray: str | None = None,
+    storage: str | Path | None,
+    name: str,
+    *,
+    slurm: SlurmOptions | None = None,
+    ray: str | None = None,
     dry_run: bool = False,
 ) -> Submitted:
     """Submit an interrupted sweep again, the way it was submitted before (or as ``slurm``/``ray`` say).

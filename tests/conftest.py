@@ -67,8 +67,12 @@ def ray_env() -> Iterator[dict[str, str]]:
     """Token auth with a test token (nothing written to ~/.ray) and Ray's files in a short temp
     folder whose processes teardown stops by pid (a SIGKILLed driver's agents outlive it)."""
     temp = tempfile.mkdtemp(prefix="rt", dir="/tmp")
-    env = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32), "RAY_TMPDIR": temp,
-           "RAY_USAGE_STATS_ENABLED": "0"}
+    env = {
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_TMPDIR": temp,
+        "RAY_USAGE_STATS_ENABLED": "0",
+    }
     saved = {k: os.environ.get(k) for k in env}
     os.environ.update(env)
     reload_ray_auth_config()
@@ -126,4 +130,3 @@ def silent_server() -> Iterator[int]:
     for conn in held:
         conn.close()
     server.close()
-

@@ -19,9 +19,14 @@ REPO = Path(__file__).resolve().parents[1]
 #: The benchmarks that build models or train in Ray take a minute or more each: `-m long` runs their smoke
 #: runs. sweep_scale's (instant folds, about 40 s) runs in CI: issue 13 asks for it there.
 _LONG = pytest.mark.long
-SCRIPTS = ["data_prep", "sweep_scale", pytest.param("input_pipeline", marks=_LONG),
-           pytest.param("training_path", marks=_LONG), pytest.param("sweep_overhead", marks=_LONG),
-           pytest.param("memory", marks=_LONG)]
+SCRIPTS = [
+    "data_prep",
+    "sweep_scale",
+    pytest.param("input_pipeline", marks=_LONG),
+    pytest.param("training_path", marks=_LONG),
+    pytest.param("sweep_overhead", marks=_LONG),
+    pytest.param("memory", marks=_LONG),
+]
 
 
 @pytest.mark.slow
@@ -30,7 +35,10 @@ def test_quick_mode_prints_ratio_and_writes_json(name: str, tmp_path: Path) -> N
     out = tmp_path / f"{name}.json"
     proc = subprocess.run(
         [sys.executable, str(REPO / "benchmarks" / f"bench_{name}.py"), "--quick", "--json", str(out)],
-        cwd=REPO, capture_output=True, text=True, timeout=600,
+        cwd=REPO,
+        capture_output=True,
+        text=True,
+        timeout=600,
     )
     assert proc.returncode == 0, proc.stderr[-3000:]
     last = proc.stdout.strip().splitlines()[-1]

@@ -100,7 +100,6 @@ class ModelBundle:
         return model
 
 
-
 def load_bundle(path: str | Path) -> ModelBundle:
     """Read a bundle's description, or say what is missing or which segsweep made it."""
     path = Path(path)
@@ -120,9 +119,7 @@ def load_bundle(path: str | Path) -> ModelBundle:
     except (OSError, json.JSONDecodeError) as exc:
         raise BundleError(f"{path / CONFIG_FILE} is not readable JSON ({exc}); retrain the bundle") from None
     if not isinstance(meta, dict) or "bundle_format" not in meta:
-        raise BundleError(
-            f"{path / CONFIG_FILE} is not a segsweep model bundle description (no bundle_format)"
-        )
+        raise BundleError(f"{path / CONFIG_FILE} is not a segsweep model bundle description (no bundle_format)")
     if meta["bundle_format"] != BUNDLE_FORMAT:
         raise BundleError(
             f"{path} is a bundle of format {meta['bundle_format']} made by segsweep "
@@ -257,7 +254,6 @@ def describe(config: CVConfig) -> dict[str, str]:
     return {
         "encoder": config.encoder,
         "function": f"segmentation_models.get_preprocessing({config.encoder!r})",
-        "input": f"RGB uint8 resized to {config.image_size}x{config.image_size} (area interpolation), "
-        "as float32",
+        "input": f"RGB uint8 resized to {config.image_size}x{config.image_size} (area interpolation), as float32",
         "output": "sigmoid foreground probability per pixel; foreground where > 0.5",
     }

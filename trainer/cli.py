@@ -35,8 +35,13 @@ _CV_OPTIONS: dict[str, tuple[type, str | Callable[[], str]]] = {
 
 def _with_default(name: str, text: str) -> str:
     default = getattr(CVConfig(), name)
-    return text if default is None else f"{text} (default {default:g})" if isinstance(default, float) \
+    return (
+        text
+        if default is None
+        else f"{text} (default {default:g})"
+        if isinstance(default, float)
         else f"{text} (default {default})"
+    )
 
 
 def register(sub: Any) -> None:
@@ -52,8 +57,13 @@ def register(sub: Any) -> None:
     cv.add_argument("--out", help="output folder (cv.json, folds/)")
     cv.add_argument("--config", help="YAML or JSON file with the same keys; options given here win")
     for name, (kind, text) in _CV_OPTIONS.items():
-        cv.add_argument("--" + name.replace("_", "-"), dest=name, type=kind, default=None,
-                        help=_with_default(name, text() if callable(text) else text))
+        cv.add_argument(
+            "--" + name.replace("_", "-"),
+            dest=name,
+            type=kind,
+            default=None,
+            help=_with_default(name, text() if callable(text) else text),
+        )
     cv.add_argument(
         "--no-augment", dest="augment", action="store_false", default=None, help="train without augmentation"
     )
@@ -159,10 +169,19 @@ def _cmd_cv(args: argparse.Namespace) -> int:
         mixed_precision = recorded_precision if mixed_precision is None else mixed_precision
     try:
         with sigterm_interrupts():
-            return run_cv_command(config, data, out, tracker=args.tracker, verbose=not args.quiet,
-                                  skip_bad=args.skip_bad, keep_models=args.keep_models, threads=threads,
-                                  mixed_precision=mixed_precision, recorded_runtime=recorded,
-                                  recorded_source=args.config)
+            return run_cv_command(
+                config,
+                data,
+                out,
+                tracker=args.tracker,
+                verbose=not args.quiet,
+                skip_bad=args.skip_bad,
+                keep_models=args.keep_models,
+                threads=threads,
+                mixed_precision=mixed_precision,
+                recorded_runtime=recorded,
+                recorded_source=args.config,
+            )
     except KeyboardInterrupt:
         raise Interrupted(
             f"finished folds and epochs are kept in {out}; resume with `{resume_command(args)}`"
@@ -199,8 +218,11 @@ def resume_command(args: argparse.Namespace) -> str:
     """The `segsweep cv` command that resumes this run: the same options into the same --out."""
     import shlex
 
-    words = ["segsweep", "cv",
-             *option_words(args, ["data", "out", "config", *_CV_OPTIONS, "tracker", "threads", "mixed_precision"])]
+    words = [
+        "segsweep",
+        "cv",
+        *option_words(args, ["data", "out", "config", *_CV_OPTIONS, "tracker", "threads", "mixed_precision"]),
+    ]
     if args.augment is False:
         words.append("--no-augment")
     if getattr(args, "bn_reestimate", None) is False:

@@ -77,8 +77,14 @@ def check_output_dir(out_dir: Path) -> None:
 
 
 def _save_fold_model(
-    out_dir: Path, model: object, config: CVConfig, result: FoldResult, data_info: Mapping[str, object],
-    n_folds: int, train_stems: list[str], runtime: Mapping[str, object],
+    out_dir: Path,
+    model: object,
+    config: CVConfig,
+    result: FoldResult,
+    data_info: Mapping[str, object],
+    n_folds: int,
+    train_stems: list[str],
+    runtime: Mapping[str, object],
 ) -> None:
     """The fold's model as a bundle (trainer.bundle.s format), loadable like a retrained one."""
     from trainer.bundle import bundle_meta, write_bundle

@@ -360,7 +360,8 @@ def _check_empty_masks(root: Path, data: PreparedData) -> None:
 
 def _usable_cache_root(cache_root: Path) -> Path:
     return ensure_writable_folder(
-        cache_root, "the data cache",
+        cache_root,
+        "the data cache",
         "point SEGSWEEP_CACHE at a writable folder (or unset it to use ~/.cache/segsweep/data)",
     )
 

@@ -26,6 +26,7 @@ from trainer.decode import SOFT_EDGE_FIX, BadFileError, SoftEdges, orientation_m
 
 Severity = Literal["error", "warning"]
 
+
 @dataclass(frozen=True)
 class Finding:
     """One problem: how bad it is, which file, what is wrong and how to fix it."""
@@ -69,9 +70,7 @@ class CheckReport:
             lines.append(f"  split files: {splits}")
         order = {"error": 0, "warning": 1}
         for finding in sorted(self.findings, key=lambda f: (order[f.severity], str(f.path))):
-            lines.append(
-                f"  {finding.severity:<7} {self._show(finding.path)}: {finding.problem} (fix: {finding.fix})"
-            )
+            lines.append(f"  {finding.severity:<7} {self._show(finding.path)}: {finding.problem} (fix: {finding.fix})")
         n_err, n_warn = len(self.errors), len(self.warnings)
         verdict = f"{n_err} error{'s' * (n_err != 1)}, {n_warn} warning{'s' * (n_warn != 1)}"
         if n_err:
@@ -205,8 +204,7 @@ def _scan_folder(folder: Path, report: CheckReport) -> dict[str, Path]:
                 Finding(
                     "warning",
                     path,
-                    "is a subfolder; segsweep reads only the files directly in "
-                    f"{folder.name}/ and ignores it",
+                    f"is a subfolder; segsweep reads only the files directly in {folder.name}/ and ignores it",
                     f"move its files up into {folder.name}/ if they belong to the data set",
                 )
             )
@@ -263,9 +261,7 @@ def _check_split_files(root: Path, pairs: set[str], report: CheckReport) -> None
         try:
             stems = read_split(root, str(split_path))
         except DataError:
-            report.findings.append(
-                Finding("warning", split_path, "lists no stems", "fill it or remove it")
-            )
+            report.findings.append(Finding("warning", split_path, "lists no stems", "fill it or remove it"))
             continue
         report.split_files[split_path] = len(stems)
         missing = [s for s in stems if s not in pairs]
@@ -294,4 +290,3 @@ def _check_split_files(root: Path, pairs: set[str], report: CheckReport) -> None
 def _split_files(root: Path) -> Iterable[Path]:
     yield from sorted(root.glob("*.txt"))
     yield from sorted((root / "splits").glob("*.txt"))
-

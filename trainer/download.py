@@ -186,9 +186,7 @@ def unpack_archive(archive: Path, to: Path) -> list[Finding]:
     return findings
 
 
-_REDOWNLOAD = (
-    "check that the archive is the official one (--url), remove the unpacked files and run the command again"
-)
+_REDOWNLOAD = "check that the archive is the official one (--url), remove the unpacked files and run the command again"
 
 
 def _unpack_tarball(tarball: Path, to: Path) -> list[Finding]:
@@ -291,9 +289,7 @@ def verify_manifest(root: Path, entries: dict[str, str], *, workers: int = 4) ->
         path = root / rel
         actual = digests.get(path)
         if actual is None:
-            findings.append(
-                Finding("error", path, "is missing (listed in the manifest)", "run the command again")
-            )
+            findings.append(Finding("error", path, "is missing (listed in the manifest)", "run the command again"))
         elif actual != expected:
             findings.append(
                 Finding(
@@ -308,9 +304,7 @@ def verify_manifest(root: Path, entries: dict[str, str], *, workers: int = 4) ->
     for folder in sorted(listed_folders):
         for path in sorted(folder.iterdir()) if folder.is_dir() else []:
             if path.is_file() and path not in listed and not path.name.startswith("."):
-                findings.append(
-                    Finding("warning", path, "is not in the manifest", "remove it if it does not belong")
-                )
+                findings.append(Finding("warning", path, "is not in the manifest", "remove it if it does not belong"))
     return findings
 
 
@@ -320,12 +314,8 @@ def verify_layout(root: Path, split_files: Sequence[str]) -> list[Finding]:
         index = index_dataset(root)
     except DataError as exc:
         return [Finding("error", root, str(exc), _REDOWNLOAD)]
-    findings = [
-        Finding("error", index.images[s], "has no mask", _REDOWNLOAD) for s in index.images_without_mask
-    ]
-    findings += [
-        Finding("error", index.masks[s], "has no image", _REDOWNLOAD) for s in index.masks_without_image
-    ]
+    findings = [Finding("error", index.images[s], "has no mask", _REDOWNLOAD) for s in index.images_without_mask]
+    findings += [Finding("error", index.masks[s], "has no image", _REDOWNLOAD) for s in index.masks_without_image]
     pairs = set(index.stems)
     for name in split_files:
         path = root / name
@@ -370,9 +360,7 @@ def fetch(
             break
         except urllib.error.HTTPError as exc:
             if exc.code < 500 and exc.code not in (408, 429):
-                raise DataError(
-                    f"{url} answered HTTP {exc.code} {exc.reason}; check the address (--url)"
-                ) from exc
+                raise DataError(f"{url} answered HTTP {exc.code} {exc.reason}; check the address (--url)") from exc
             failure: Exception = exc
         except (urllib.error.URLError, http.client.HTTPException, OSError) as exc:
             failure = exc
@@ -433,9 +421,7 @@ def _fetch_once(url: str, part: Path, *, progress: bool | None, timeout: float) 
         raise ConnectionError(f"connection closed after {size} of {total} bytes")
 
 
-def _stream(
-    response: IO[bytes], part: Path, mode: str, offset: int, total: int | None, progress: bool | None
-) -> None:
+def _stream(response: IO[bytes], part: Path, mode: str, offset: int, total: int | None, progress: bool | None) -> None:
     from tqdm import tqdm
 
     show = sys.stderr.isatty() if progress is None else progress

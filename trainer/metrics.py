@@ -73,14 +73,10 @@ def binarize(probabilities: ArrayLike, threshold: float = DEFAULT_THRESHOLD) -> 
 @overload
 def dice_score(y_true: ArrayLike, y_pred: ArrayLike, reduction: Literal["none"]) -> NDArray[np.float64]: ...
 @overload
-def dice_score(
-    y_true: ArrayLike, y_pred: ArrayLike, reduction: Literal["mean", "dataset"] = ...
-) -> float: ...
+def dice_score(y_true: ArrayLike, y_pred: ArrayLike, reduction: Literal["mean", "dataset"] = ...) -> float: ...
 @overload
 def dice_score(y_true: ArrayLike, y_pred: ArrayLike, reduction: Reduction) -> float | NDArray[np.float64]: ...
-def dice_score(
-    y_true: ArrayLike, y_pred: ArrayLike, reduction: Reduction = "mean"
-) -> float | NDArray[np.float64]:
+def dice_score(y_true: ArrayLike, y_pred: ArrayLike, reduction: Reduction = "mean") -> float | NDArray[np.float64]:
     """Dice ``2|T∩P| / (|T|+|P|)`` of binary masks ``(N,H,W)`` or ``(N,H,W,1)``.
 
     ``"none"`` -> ``(N,)`` per-image scores (empty truth: both masks inverted); ``"mean"`` -> their
@@ -97,17 +93,13 @@ def iou_score(y_true: ArrayLike, y_pred: ArrayLike, reduction: Literal["none"]) 
 def iou_score(y_true: ArrayLike, y_pred: ArrayLike, reduction: Literal["mean", "dataset"] = ...) -> float: ...
 @overload
 def iou_score(y_true: ArrayLike, y_pred: ArrayLike, reduction: Reduction) -> float | NDArray[np.float64]: ...
-def iou_score(
-    y_true: ArrayLike, y_pred: ArrayLike, reduction: Reduction = "mean"
-) -> float | NDArray[np.float64]:
+def iou_score(y_true: ArrayLike, y_pred: ArrayLike, reduction: Reduction = "mean") -> float | NDArray[np.float64]:
     """IoU (Jaccard) ``|T∩P| / |T∪P|`` of binary masks; reductions as in :func:`dice_score`."""
     truth, pred = _as_mask_pair(y_true, y_pred)
     return _reduce(truth, pred, reduction, _iou)
 
 
-def medai_scores(
-    y_true: ArrayLike, probabilities: ArrayLike, threshold: float = DEFAULT_THRESHOLD
-) -> MedAIScores:
+def medai_scores(y_true: ArrayLike, probabilities: ArrayLike, threshold: float = DEFAULT_THRESHOLD) -> MedAIScores:
     """MedAI 2021 scores of predicted probabilities against binary truth masks, per image and mean."""
     pred = binarize(probabilities, threshold)
     truth, pred = _as_mask_pair(y_true, pred)
@@ -119,15 +111,11 @@ def medai_scores(
 # --- private helpers -------------------------------------------------------------------------------
 
 
-def _dice(
-    intersection: NDArray[np.int64], truth: NDArray[np.int64], pred: NDArray[np.int64]
-) -> NDArray[np.float64]:
+def _dice(intersection: NDArray[np.int64], truth: NDArray[np.int64], pred: NDArray[np.int64]) -> NDArray[np.float64]:
     return np.asarray(2.0 * intersection / (truth + pred), dtype=np.float64)
 
 
-def _iou(
-    intersection: NDArray[np.int64], truth: NDArray[np.int64], pred: NDArray[np.int64]
-) -> NDArray[np.float64]:
+def _iou(intersection: NDArray[np.int64], truth: NDArray[np.int64], pred: NDArray[np.int64]) -> NDArray[np.float64]:
     return np.asarray(intersection / (truth + pred - intersection), dtype=np.float64)
 
 
@@ -187,7 +175,5 @@ def _as_mask_pair(y_true: ArrayLike, y_pred: ArrayLike) -> tuple[NDArray[np.bool
     truth = _as_masks(y_true, "y_true")
     pred = _as_masks(y_pred, "y_pred")
     if truth.shape != pred.shape:
-        raise ValueError(
-            f"y_true and y_pred differ in shape: {truth.shape} vs {pred.shape} (channel axis dropped)"
-        )
+        raise ValueError(f"y_true and y_pred differ in shape: {truth.shape} vs {pred.shape} (channel axis dropped)")
     return truth, pred

@@ -228,9 +228,7 @@ def prepare_inputs(images: np.ndarray, encoder: str) -> np.ndarray:
     return np.asarray(preprocessing(encoder)(images.astype(np.float32)), dtype=np.float32)
 
 
-def build_model(
-    config: CVConfig, *, mixed_precision: bool | None = None, dtype: str | None = None
-) -> tf_keras.Model:
+def build_model(config: CVConfig, *, mixed_precision: bool | None = None, dtype: str | None = None) -> tf_keras.Model:
     """Build the configured architecture with encoder weights per ``config.weights`` (not compiled).
 
     The model is built with ``encoder_weights=None`` and the weights file is loaded afterwards by
@@ -319,8 +317,15 @@ def model_for_fold(config: CVConfig) -> tf_keras.Model:
     global _reusable
     import tf_keras
 
-    key = (config.arch, config.encoder, config.weights, config.image_size, config.loss, config.seed,
-           mixed_precision_enabled())
+    key = (
+        config.arch,
+        config.encoder,
+        config.weights,
+        config.image_size,
+        config.loss,
+        config.seed,
+        mixed_precision_enabled(),
+    )
     if _reusable is None or _reusable[0] != key:
         _reusable = None
         tf_keras.backend.clear_session()  # drop the previous configuration's model and graphs

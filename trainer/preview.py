@@ -23,9 +23,7 @@ _CAPTION_HEIGHT = 22
 _GAP = 4
 
 
-def render_preview(
-    preview: FoldPreview, *, threshold: float = DEFAULT_THRESHOLD, tile: int = 256
-) -> np.ndarray:
+def render_preview(preview: FoldPreview, *, threshold: float = DEFAULT_THRESHOLD, tile: int = 256) -> np.ndarray:
     """The preview as one RGB uint8 image: the tiles side by side, each with a caption strip.
 
     ``tile`` is the smallest side a tile is drawn at; larger images keep their size.
@@ -46,18 +44,14 @@ def render_preview(
     ):
         truth = np.asarray(truth).reshape(truth.shape[0], truth.shape[1]) > 0
         predicted = binarize(np.asarray(probability).reshape(truth.shape), threshold)
-        canvas = cv2.resize(
-            np.ascontiguousarray(image, dtype=np.uint8), (side, side), interpolation=cv2.INTER_LINEAR
-        )
+        canvas = cv2.resize(np.ascontiguousarray(image, dtype=np.uint8), (side, side), interpolation=cv2.INTER_LINEAR)
         for mask, colour in ((truth, TRUE_COLOUR), (predicted, PREDICTED_COLOUR)):
             big = cv2.resize(mask.astype(np.uint8), (side, side), interpolation=cv2.INTER_NEAREST)
             contours, _ = cv2.findContours(big, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(canvas, contours, -1, colour, thickness)
         caption = np.full((_CAPTION_HEIGHT, side, 3), 255, dtype=np.uint8)
         text = f"{stem[:24]}  Dice {float(dice_score(truth[None], predicted[None])):.2f}"
-        cv2.putText(
-            caption, text, (4, _CAPTION_HEIGHT - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA
-        )
+        cv2.putText(caption, text, (4, _CAPTION_HEIGHT - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
         tiles.append(np.vstack([caption, canvas]))
     gap = np.full((tiles[0].shape[0], _GAP, 3), 255, dtype=np.uint8)
     row: list[np.ndarray] = []

@@ -103,14 +103,10 @@ class BatchSource:
             tf.TensorSpec((None, image_size, image_size, 3), tf.float32),
             tf.TensorSpec((None, image_size, image_size, 1), tf.float32),
         )
-        return tf.data.Dataset.from_generator(
-            lambda: self.batches(first_epoch), output_signature=spec
-        ).prefetch(2)
+        return tf.data.Dataset.from_generator(lambda: self.batches(first_epoch), output_signature=spec).prefetch(2)
 
 
-def _validation_dataset(
-    val: tuple[np.ndarray, np.ndarray], rows: np.ndarray, config: CVConfig
-) -> Any:
+def _validation_dataset(val: tuple[np.ndarray, np.ndarray], rows: np.ndarray, config: CVConfig) -> Any:
     """The validation rows in the given order, batched and preprocessed per batch, as a tf.data set."""
     import tensorflow as tf
 

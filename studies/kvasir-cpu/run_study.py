@@ -123,8 +123,11 @@ def build_steps(segsweep: str, python: str, data: Path, out: Path) -> list[Step]
         return Step(name, lambda: (target / "metrics.json").is_file(), commands, needs)
 
     return [
-        Step("val-set", lambda: _val_ready(val), lambda: [[python, str(here / "run_study.py"), "--link-val",
-                                                            str(data), str(val)]]),
+        Step(
+            "val-set",
+            lambda: _val_ready(val),
+            lambda: [[python, str(here / "run_study.py"), "--link-val", str(data), str(val)]],
+        ),
         cv_step("cv-default", DEFAULT, out / "cv" / "default"),
         cv_step("cv-handpicked", HANDPICKED, out / "cv" / "handpicked"),
         Step(
@@ -134,30 +137,55 @@ def build_steps(segsweep: str, python: str, data: Path, out: Path) -> list[Step]
         ),
         retrain_step("retrain-winner", [SWEEP, "--storage", str(sweeps)], models / "winner", ["sweep"]),
         retrain_step("retrain-default", [str(out / "cv" / "default")], models / "default", ["cv-default"]),
-        predict_step("predict-winner", lambda: models / "winner", predictions / "winner",
-                     ["retrain-winner", "val-set"]),
-        predict_step("predict-winner-folds", lambda: _winner(sweeps), predictions / "winner-folds",
-                     ["sweep", "val-set"]),
-        predict_step("predict-default", lambda: models / "default", predictions / "default",
-                     ["retrain-default", "val-set"]),
-        predict_step("predict-default-folds", lambda: out / "cv" / "default", predictions / "default-folds",
-                     ["cv-default", "val-set"]),
-        Step("report-final", lambda: "CV-to-test gap" in _text(sweeps / SWEEP / "report" / "report.md"),
-             lambda: [[segsweep, "report", SWEEP, "--storage", str(sweeps)]], ["predict-winner"]),
-        retrain_step("retrain-handpicked", [str(out / "cv" / "handpicked")], models / "handpicked",
-                     ["cv-handpicked"]),
-        predict_step("predict-handpicked", lambda: models / "handpicked", predictions / "handpicked",
-                     ["retrain-handpicked", "val-set"]),
-        predict_step("predict-handpicked-folds", lambda: out / "cv" / "handpicked",
-                     predictions / "handpicked-folds", ["cv-handpicked", "val-set"]),
-        Step("cv-winner-augmented", lambda: _complete_cv(out / "cv" / "winner-augmented"),
-             winner_augmented_commands, ["sweep"]),
-        predict_step("predict-winner-augmented-folds", lambda: out / "cv" / "winner-augmented",
-                     predictions / "winner-augmented-folds", ["cv-winner-augmented", "val-set"]),
+        predict_step(
+            "predict-winner", lambda: models / "winner", predictions / "winner", ["retrain-winner", "val-set"]
+        ),
+        predict_step(
+            "predict-winner-folds", lambda: _winner(sweeps), predictions / "winner-folds", ["sweep", "val-set"]
+        ),
+        predict_step(
+            "predict-default", lambda: models / "default", predictions / "default", ["retrain-default", "val-set"]
+        ),
+        predict_step(
+            "predict-default-folds",
+            lambda: out / "cv" / "default",
+            predictions / "default-folds",
+            ["cv-default", "val-set"],
+        ),
+        Step(
+            "report-final",
+            lambda: "CV-to-test gap" in _text(sweeps / SWEEP / "report" / "report.md"),
+            lambda: [[segsweep, "report", SWEEP, "--storage", str(sweeps)]],
+            ["predict-winner"],
+        ),
+        retrain_step("retrain-handpicked", [str(out / "cv" / "handpicked")], models / "handpicked", ["cv-handpicked"]),
+        predict_step(
+            "predict-handpicked",
+            lambda: models / "handpicked",
+            predictions / "handpicked",
+            ["retrain-handpicked", "val-set"],
+        ),
+        predict_step(
+            "predict-handpicked-folds",
+            lambda: out / "cv" / "handpicked",
+            predictions / "handpicked-folds",
+            ["cv-handpicked", "val-set"],
+        ),
+        Step(
+            "cv-winner-augmented",
+            lambda: _complete_cv(out / "cv" / "winner-augmented"),
+            winner_augmented_commands,
+            ["sweep"],
+        ),
+        predict_step(
+            "predict-winner-augmented-folds",
+            lambda: out / "cv" / "winner-augmented",
+            predictions / "winner-augmented-folds",
+            ["cv-winner-augmented", "val-set"],
+        ),
         cv_step("bn-before", [*BN_RUN, "--no-bn-reestimate"], out / "cv" / "bn-before", keep=False),
         cv_step("bn-after", BN_RUN, out / "cv" / "bn-after", keep=False),
-        Step("summary", lambda: False,
-             lambda: [[python, str(here / "summarize.py"), "--out", str(out)]]),
+        Step("summary", lambda: False, lambda: [[python, str(here / "summarize.py"), "--out", str(out)]]),
     ]
 
 
@@ -218,8 +246,11 @@ def link_val(data: Path, val: Path) -> None:
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="Kvasir-SEG folder (default ../shared/data/kvasir-seg)")
-    parser.add_argument("--out", default=os.environ.get("SEGSWEEP_STUDY_OUT"),
-                        help="output root, outside the repository (or SEGSWEEP_STUDY_OUT)")
+    parser.add_argument(
+        "--out",
+        default=os.environ.get("SEGSWEEP_STUDY_OUT"),
+        help="output root, outside the repository (or SEGSWEEP_STUDY_OUT)",
+    )
     parser.add_argument("--only", default=None, help="comma-separated step names to run (default all)")
     parser.add_argument("--list", action="store_true", help="list the steps and whether each is done")
     parser.add_argument("--link-val", nargs=2, metavar=("DATA", "VAL"), help=argparse.SUPPRESS)

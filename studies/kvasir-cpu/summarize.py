@@ -76,8 +76,11 @@ def collect(out: Path) -> dict[str, Any]:
         rows[name]["test_folds"] = _test_rows(_read(out / "predict" / f"{key}-folds" / "metrics.json"))
     # The follow-up of the missed goal: the winner's configuration with augmentation on (no retrain).
     rows[AUGMENTED] = _cv_row(_read(out / "cv" / "winner-augmented" / "cv.json"))
-    rows[AUGMENTED].update(retrain_seconds=None, test={},
-                           test_folds=_test_rows(_read(out / "predict" / "winner-augmented-folds" / "metrics.json")))
+    rows[AUGMENTED].update(
+        retrain_seconds=None,
+        test={},
+        test_folds=_test_rows(_read(out / "predict" / "winner-augmented-folds" / "metrics.json")),
+    )
     bn = {name: _cv_row(_read(out / "cv" / name / "cv.json")) for name in ("bn-before", "bn-after")}
     curve: list[tuple[float, float, str]] = []
     sweep_state = "pending"

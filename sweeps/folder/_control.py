@@ -52,8 +52,9 @@ def read_stop_request(folder: SweepFolder) -> StopRequest | None:
         return StopRequest(reason=f"{folder.stop_file} (unreadable)", now=False, requested=_records.now())
     if record is None:
         return None
-    return StopRequest(str(record.get("reason") or "stop requested"), bool(record.get("now")),
-                       str(record.get("requested") or ""))
+    return StopRequest(
+        str(record.get("reason") or "stop requested"), bool(record.get("now")), str(record.get("requested") or "")
+    )
 
 
 def clear_stop_request(folder: SweepFolder) -> None:

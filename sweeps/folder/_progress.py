@@ -89,7 +89,7 @@ def running_trial(trial_dir: Path, record: TrialRecord) -> RunningTrial:
     """Where a running trial's events leave it (its latest attempt only)."""
     events = read_events(trial_dir)
     starts = [i for i, e in enumerate(events) if e.get("event") == "attempt"]
-    current = events[starts[-1]:] if starts else events
+    current = events[starts[-1] :] if starts else events
     config = record.config or {}
     fold = epoch = 0
     val_iou: float | None = None
@@ -150,7 +150,7 @@ def read_progress(folder: SweepFolder) -> SweepProgress:
         name=folder.name,
         trials_total=spec.trials or 0,
         finished=finished,
-        running=sorted(running, key=lambda t: (t.number if t.number is not None else 1 << 30)),
+        running=sorted(running, key=lambda t: t.number if t.number is not None else 1 << 30),
         best=best,
         epochs_per_trial=epochs_per_trial,
     )

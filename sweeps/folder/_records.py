@@ -193,8 +193,9 @@ def rebuild_trial_record(trial_dir: Path) -> dict[str, Any]:
             record["started"] = attempts[0].get("time")
         ends = [e for e in events if e.get("event") == "trial_end"]
         if ends:
-            record.update(state=ends[-1].get("state", "RUNNING"), reason=ends[-1].get("reason"),
-                          ended=ends[-1].get("time"))
+            record.update(
+                state=ends[-1].get("state", "RUNNING"), reason=ends[-1].get("reason"), ended=ends[-1].get("time")
+            )
         elif any(e.get("event") == "failed" for e in events):
             failed = [e for e in events if e.get("event") == "failed"][-1]
             record["reason"] = failed.get("reason")

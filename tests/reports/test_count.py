@@ -62,9 +62,7 @@ def test_one_and_zero_one_masks_and_channels() -> None:
     assert count_objects(np.zeros((10, 10), np.uint8)) == []
 
 
-def test_count_command_writes_csv_and_lists_unreadable(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_count_command_writes_csv_and_lists_unreadable(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     masks = tmp_path / "masks"
     masks.mkdir()
     cv2.imwrite(str(masks / "a.png"), _mask())
@@ -126,9 +124,7 @@ def test_anti_aliased_masks_are_counted_with_one_warning(tmp_path: Path, capsys:
     assert len(err) == 1 and err[0].startswith("segsweep: warning: 2 mask(s) have anti-aliased edges"), err
 
 
-def test_non_masks_are_one_line_with_a_count_and_an_example(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_non_masks_are_one_line_with_a_count_and_an_example(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     masks = tmp_path / "masks"
     masks.mkdir()
     cv2.imwrite(str(masks / "a.png"), _mask())

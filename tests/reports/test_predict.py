@@ -437,9 +437,9 @@ def test_images_in_subfolders_are_listed_as_skipped_not_dropped_silently(tmp_pat
     found, skipped = _files_by_stem(images, "images")
     assert list(found) == ["a"]
     assert [(Path(f).name, why.split(":")[0]) for f, why in skipped] == [
-        ("b.jpg", f"in a subfolder of {images}"), ("c.png", f"in a subfolder of {images}")
+        ("b.jpg", f"in a subfolder of {images}"),
+        ("c.png", f"in a subfolder of {images}"),
     ]
-
 
 
 def test_hidden_images_are_listed_as_skipped_not_dropped_silently(tmp_path: Path) -> None:

@@ -43,9 +43,7 @@ def test_winner_is_best_mean_dice_among_trials_with_all_folds(storage: Path) -> 
 
 def test_pruned_trial_with_high_partial_mean_does_not_win(tmp_path: Path) -> None:
     trials = [
-        FakeTrial(
-            {"encoder": "mobilenet", "weights": "none", "batch_size": 4, "lr": 1e-3}, [0.99], state="PRUNED"
-        ),
+        FakeTrial({"encoder": "mobilenet", "weights": "none", "batch_size": 4, "lr": 1e-3}, [0.99], state="PRUNED"),
         FakeTrial({"encoder": "mobilenet", "weights": "none", "batch_size": 4, "lr": 2e-3}, [0.4, 0.5]),
     ]
     make_sweep(tmp_path, "s", trials)
@@ -140,9 +138,7 @@ def test_report_default_folder_and_formats(storage: Path, capsys: pytest.Capture
     assert "--format" in capsys.readouterr().err
 
 
-def test_unknown_sweep_and_no_completed_trial_exit_2(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_unknown_sweep_and_no_completed_trial_exit_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     make_sweep(tmp_path, "pruned", [FakeTrial({"encoder": "mobilenet", "weights": "none", "batch_size": 4,
                                                "lr": 1e-3}, [0.5], state="PRUNED")])  # fmt: skip
     assert main(["report", "nope", "--storage", str(tmp_path)]) == 2
@@ -175,12 +171,8 @@ def test_table2_shows_recorded_test_scores(storage: Path, tmp_path: Path) -> Non
              "iou_std": 0.21},
             {"variant": "tta", "n_images": 120, "dice_mean": 0.82, "dice_std": 0.19, "iou_mean": 0.73,
              "iou_std": 0.2}]  # fmt: skip
-    record_test_scores(
-        sweep.path, "trial_00000", {"images": "/test/images", "out": str(tmp_path / "p"), "rows": rows}
-    )
-    record_test_scores(
-        sweep.path, "trial_00002", {"images": "/test/images", "out": str(tmp_path / "q"), "rows": rows}
-    )
+    record_test_scores(sweep.path, "trial_00000", {"images": "/test/images", "out": str(tmp_path / "p"), "rows": rows})
+    record_test_scores(sweep.path, "trial_00002", {"images": "/test/images", "out": str(tmp_path / "q"), "rows": rows})
     text = render_markdown(build_report(sweep))
     table2 = text.split("## Table 2")[1].split("## Leaderboard")[0]
     assert "|  | Dice | IoU | Dice (flip test-time augmentation) | IoU (flip test-time augmentation) |" in table2
@@ -216,8 +208,13 @@ def test_table2_has_one_row_per_test_set_with_the_variants_as_columns(storage: P
     rows = {line.split(" | ")[0]: line.split(" | ")[1:] for line in lines[1:]}
     assert len(rows) == 3 and "Development set" in lines[1]
     assert rows["| Test set /a (6 images; mean ± std over images)"][:6] == [
-        "0.5000 ± 0.1000", "0.4000 ± 0.1000", "0.6000 ± 0.1000", "0.5000 ± 0.1000", "0.5500 ± 0.1000",
-        "0.4500 ± 0.1000 |"]  # fmt: skip  (its newest prediction only: the older plain 0.1 is not mixed in)
+        "0.5000 ± 0.1000",
+        "0.4000 ± 0.1000",
+        "0.6000 ± 0.1000",
+        "0.5000 ± 0.1000",
+        "0.5500 ± 0.1000",
+        "0.4500 ± 0.1000 |",
+    ]  # fmt: skip  (its newest prediction only: the older plain 0.1 is not mixed in)
     assert rows["| Test set /b (6 images; mean ± std over images)"] == ["0.7000 ± 0.1000", "0.6000 ± 0.1000",
                                                                         "–", "–", "–", "– |"]  # fmt: skip
 
@@ -292,9 +289,7 @@ def test_report_html_opens_in_headless_chromium_offline(storage: Path, tmp_path:
     if shutil.which("unshare") and os.geteuid() == 0:
         base = ["unshare", "-n", *base]
     env = {**os.environ, "HOME": str(tmp_path)}
-    subprocess.run(
-        [*base, f"--screenshot={screenshot}", url], check=True, timeout=120, capture_output=True, env=env
-    )
+    subprocess.run([*base, f"--screenshot={screenshot}", url], check=True, timeout=120, capture_output=True, env=env)
     dom = subprocess.run(
         [*base, "--dump-dom", url], check=True, timeout=120, capture_output=True, text=True, env=env
     ).stdout

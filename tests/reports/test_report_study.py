@@ -13,8 +13,9 @@ PARAMS = {"encoder": TINY_ENCODER, "weights": "none", "batch_size": 4, "lr": 1e-
 
 
 def _set_times(sweep_dir: Path, trial_id: str, started: str, ended: str) -> None:
-    update_trial_record(SweepFolder(sweep_dir).trial_dir(trial_id), started=f"2025-01-01T{started}",
-                        ended=f"2025-01-01T{ended}")
+    update_trial_record(
+        SweepFolder(sweep_dir).trial_dir(trial_id), started=f"2025-01-01T{started}", ended=f"2025-01-01T{ended}"
+    )
 
 
 def test_best_so_far_follows_trial_end_times(tmp_path: Path) -> None:

@@ -503,9 +503,7 @@ def test_unknown_name_and_missing_file(tmp_path: Path) -> None:
 
 
 def test_name_defaults_to_the_file_stem(tmp_path: Path) -> None:
-    space = load_space(
-        write_space(tmp_path, "params:\n  lr: {type: float, low: 0.001, high: 0.01}\n", "mine.yml")
-    )
+    space = load_space(write_space(tmp_path, "params:\n  lr: {type: float, low: 0.001, high: 0.01}\n", "mine.yml"))
     assert space.name == "mine"
     assert space.fixed == {}
 

@@ -80,8 +80,12 @@ def fake_run_cv(
     seconds = float(settings.get("fold_seconds", 0.2)) * (3 if role == "slow" else 1)
     reporter = reporter or Reporter()
     with open(out_dir / "data_seen.jsonl", "a") as handle:  # how the trial received the data
-        handle.write(json.dumps({"pid": os.getpid(), "writeable": bool(data.images.flags.writeable),
-                                 "n": len(data), "key": data.key}) + "\n")
+        handle.write(
+            json.dumps(
+                {"pid": os.getpid(), "writeable": bool(data.images.flags.writeable), "n": len(data), "key": data.key}
+            )
+            + "\n"
+        )
     n_folds = config.folds
     completed: list[FoldResult] = []
     if (out_dir / "cv.json").is_file():
@@ -91,8 +95,15 @@ def fake_run_cv(
     data_info = {"path": data_source, "n_pairs": len(data), "image_size": data.image_size, "cache_key": data.key}
 
     def snapshot(complete: bool) -> CVResult:
-        result = CVResult(config=config.to_dict(), data=data_info, n_folds=n_folds, folds=list(completed),
-                          seconds=sum(f.seconds for f in completed), complete=complete, version="fake")
+        result = CVResult(
+            config=config.to_dict(),
+            data=data_info,
+            n_folds=n_folds,
+            folds=list(completed),
+            seconds=sum(f.seconds for f in completed),
+            complete=complete,
+            version="fake",
+        )
         write_json_atomic(out_dir / "cv.json", result.to_dict())
         return result
 
@@ -105,9 +116,16 @@ def fake_run_cv(
             reporter.on_fold_start(fold, len(data) - len(data) // n_folds, len(data) // n_folds)
             for epoch in range(1, config.epochs + 1):  # per-epoch calls, as the live view reads them
                 time.sleep(seconds / config.epochs)
-                reporter.on_epoch(fold, epoch, {"loss": 1.0 / epoch, "val_loss": 1.0 / epoch,
-                                                "val_iou": fake_quality(config.lr) * epoch / config.epochs,
-                                                "lr": config.lr})
+                reporter.on_epoch(
+                    fold,
+                    epoch,
+                    {
+                        "loss": 1.0 / epoch,
+                        "val_loss": 1.0 / epoch,
+                        "val_iou": fake_quality(config.lr) * epoch / config.epochs,
+                        "lr": config.lr,
+                    },
+                )
             if role == "nan":
                 raise TrainingError(f"loss became NaN in fold {fold}, epoch 1; lower the learning rate")
             if role == "crash_once" and fold == 2 and not (out_dir / "crashed").exists():
@@ -120,10 +138,20 @@ def fake_run_cv(
             n_val = len(data) // n_folds
             stems = list(data.stems[(fold - 1) * n_val : fold * n_val])
             per_image = fake_image_scores(dice, len(stems))
-            result = FoldResult(fold=fold, n_train=len(data) - n_val, n_val=n_val,
-                                dice=dice, iou=0.8 * dice, epochs_run=config.epochs, lr_drops=[], history=[],
-                                seconds=seconds, val_stems=stems, val_dice=per_image,
-                                val_iou=[0.8 * d for d in per_image])
+            result = FoldResult(
+                fold=fold,
+                n_train=len(data) - n_val,
+                n_val=n_val,
+                dice=dice,
+                iou=0.8 * dice,
+                epochs_run=config.epochs,
+                lr_drops=[],
+                history=[],
+                seconds=seconds,
+                val_stems=stems,
+                val_dice=per_image,
+                val_iou=[0.8 * d for d in per_image],
+            )
             write_json_atomic(out_dir / "folds" / f"fold_{fold:02d}.json", result.to_dict())
             completed.append(result)
             snapshot(complete=len(completed) == n_folds)
@@ -143,5 +171,3 @@ def fake_run_cv(
         raise
     finally:
         reporter.close()
-
-

@@ -42,7 +42,7 @@ def install(bin_dir: Path) -> Path:
     """Write ``bin_dir/segsweep`` running this module with this interpreter; ``bin_dir``."""
     bin_dir.mkdir(parents=True, exist_ok=True)
     wrapper = bin_dir / "segsweep"
-    wrapper.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} -m tests.support.fake_driver \"$@\"\n")
+    wrapper.write_text(f'#!/bin/sh\nexec {shlex.quote(sys.executable)} -m tests.support.fake_driver "$@"\n')
     wrapper.chmod(0o755)
     return bin_dir
 

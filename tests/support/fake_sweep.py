@@ -120,9 +120,7 @@ def make_sweep(
     study = None
     if with_study:
         optuna.logging.set_verbosity(optuna.logging.WARNING)
-        study = optuna.create_study(
-            study_name=name, storage=folder.optuna_url, direction="maximize"
-        )
+        study = optuna.create_study(study_name=name, storage=folder.optuna_url, direction="maximize")
     for number, trial in enumerate(trials):
         trial_id = f"trial_{number:05d}"
         config = CVConfig(

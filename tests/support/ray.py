@@ -67,15 +67,19 @@ def fold_trainings(trial_dir: Path) -> Counter[int]:
     return Counter(e["fold"] for e in read_events(trial_dir) if e["event"] == "fold_end")
 
 
-
 def tiny_sweep_spec(tmp_path: Path, name: str, fake_settings: dict[str, Any], **options: Any) -> SweepSpec:
     """A sweep of the tiny space on 12 synthetic pairs, with the stand-in CV's settings beside it."""
     data = make_dataset(tmp_path / "data", 12)
     (tmp_path / "tiny.yaml").write_text(TINY_SPACE)
     (tmp_path / "out" / name).mkdir(parents=True)
     (tmp_path / "out" / name / "fake.json").write_text(json.dumps(fake_settings))
-    return SweepSpec(name=name, data=str(data), space=str(tmp_path / "tiny.yaml"),
-                     storage=str(tmp_path / "out"), **{"trials": 4, "tracker": "none", **options})
+    return SweepSpec(
+        name=name,
+        data=str(data),
+        space=str(tmp_path / "tiny.yaml"),
+        storage=str(tmp_path / "out"),
+        **{"trials": 4, "tracker": "none", **options},
+    )
 
 
 def descendants(pid: int) -> list[int]:

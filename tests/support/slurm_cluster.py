@@ -63,8 +63,9 @@ def missing() -> str | None:
     """Why a Slurm cluster cannot start here (a missing program), or None."""
     absent = [name for name in DAEMONS if shutil.which(name) is None]
     if absent:
-        return (f"Slurm is not installed ({', '.join(absent)} missing): "
-                "`apt-get install slurm-wlm munge` (as .ci/run does)")
+        return (
+            f"Slurm is not installed ({', '.join(absent)} missing): `apt-get install slurm-wlm munge` (as .ci/run does)"
+        )
     if os.geteuid() != 0:
         return "the test Slurm cluster runs its daemons as root (SlurmUser=root)"
     return None
@@ -111,8 +112,9 @@ class SlurmCluster:
         raise AssertionError(f"Slurm job {job_id} still {self.job_state(job_id)} after {timeout:.0f} s")
 
     def logs(self) -> str:
-        return "\n".join(f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}"
-                         for p in sorted(self.root.glob("*.log")))
+        return "\n".join(
+            f"--- {p.name}\n{p.read_text(errors='replace')[-3000:]}" for p in sorted(self.root.glob("*.log"))
+        )
 
 
 @contextlib.contextmanager
@@ -130,10 +132,16 @@ def slurm_cluster(root: Path) -> Iterator[SlurmCluster]:
     munge_socket = root / "munge" / "munge.socket"
     (root / "plugstack.conf").write_text("")
     conf = root / "slurm.conf"
-    conf.write_text(SLURM_CONF.format(
-        root=root, ctld_port=_free_port(), slurmd_port=_free_port(), munge_socket=munge_socket,
-        cpus=os.cpu_count() or 1, memory_mib=_memory_mib(),
-    ))
+    conf.write_text(
+        SLURM_CONF.format(
+            root=root,
+            ctld_port=_free_port(),
+            slurmd_port=_free_port(),
+            munge_socket=munge_socket,
+            cpus=os.cpu_count() or 1,
+            memory_mib=_memory_mib(),
+        )
+    )
     env = {**os.environ, "SLURM_CONF": str(conf)}
     cluster = SlurmCluster(root, env)
 
@@ -142,9 +150,19 @@ def slurm_cluster(root: Path) -> Iterator[SlurmCluster]:
         cluster.daemons.append(subprocess.Popen(argv, env=env, stdout=handle, stderr=subprocess.STDOUT))
 
     try:
-        start(["munged", "--foreground", "--force", f"--socket={munge_socket}", f"--key-file={key}",
-               f"--pid-file={root / 'munge' / 'munged.pid'}", f"--seed-file={root / 'munge' / 'seed'}",
-               f"--log-file={root / 'munged.log'}"], "munged.out.log")
+        start(
+            [
+                "munged",
+                "--foreground",
+                "--force",
+                f"--socket={munge_socket}",
+                f"--key-file={key}",
+                f"--pid-file={root / 'munge' / 'munged.pid'}",
+                f"--seed-file={root / 'munge' / 'seed'}",
+                f"--log-file={root / 'munged.log'}",
+            ],
+            "munged.out.log",
+        )
         _wait_for(lambda: munge_socket.exists(), 30, "munged did not create its socket", cluster)
         start(["slurmctld", "-D", "-i", "-f", str(conf)], "slurmctld.out.log")
         start(["slurmd", "-D", "-N", "localhost", "-f", str(conf)], "slurmd.out.log")

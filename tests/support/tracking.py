@@ -15,7 +15,6 @@ from trainer.results import CVResult, EpochRecord, FoldResult
 EPOCHS = 3
 
 
-
 def make_preview(size: int = 64, k: int = 2) -> FoldPreview:
     yy, xx = np.mgrid[:size, :size]
     truth = ((yy - size / 2) ** 2 + (xx - size / 2) ** 2 < (size / 4) ** 2).astype(np.uint8)
@@ -94,4 +93,3 @@ def find_secrets(folder: Path, secrets: list[str]) -> list[tuple[str, str]]:
             data = path.read_bytes()
             hits += [(str(path), s) for s in secrets if s.encode() in data]
     return hits
-

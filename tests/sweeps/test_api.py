@@ -17,7 +17,7 @@ REPO = Path(__file__).resolve().parents[2]
 
 def readme_notebook_example() -> str:
     readme = (REPO / "README.md").read_text()
-    section = readme[readme.index("### From Python (notebooks)"):]
+    section = readme[readme.index("### From Python (notebooks)") :]
     match = re.search(r"```python\n(.*?)```", section, re.S)
     assert match, "the README lost its notebook example"
     return match.group(1)
@@ -42,8 +42,9 @@ def test_readme_notebook_example_runs(tmp_path: Path, ray_env: dict[str, str]) -
     )
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     env.pop("SEGSWEEP_HOME", None)
-    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True,
-                          timeout=900)
+    done = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=900
+    )
     assert done.returncode == 0 and "EXAMPLE OK" in done.stdout, done.stdout[-3000:] + done.stderr[-3000:]
     assert (tmp_path / "runs" / "notebook" / "sweep.json").is_file()  # the default storage: ./runs
     assert "sweep notebook" in (tmp_path / "runs" / "notebook" / "driver.log").read_text()

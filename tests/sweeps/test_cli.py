@@ -36,8 +36,13 @@ def _run(capsys: pytest.CaptureFixture[str], *argv: str) -> tuple[int, str]:
 def test_bad_options_are_one_line_errors(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, options: list[str], message: str
 ) -> None:
-    base = {"--data": str(tmp_path), "--space": "quick", "--trials": "2", "--name": "s",
-            "--storage": str(tmp_path / "out")}
+    base = {
+        "--data": str(tmp_path),
+        "--space": "quick",
+        "--trials": "2",
+        "--name": "s",
+        "--storage": str(tmp_path / "out"),
+    }
     for flag, value in zip(options[::2], options[1::2], strict=True):
         base[flag] = value
     code, text = _run(capsys, "sweep", "run", *[x for kv in base.items() for x in kv])
@@ -48,18 +53,57 @@ def test_bad_options_are_one_line_errors(
 def test_unknown_space_and_missing_data_fail_before_ray(
     capsys: pytest.CaptureFixture[str], tmp_path: Path, kvasir_seg_dir: Path
 ) -> None:
-    code, text = _run(capsys, "sweep", "run", "--data", str(kvasir_seg_dir), "--space", "nope", "--trials", "1",
-                      "--name", "s", "--storage", str(tmp_path))
+    code, text = _run(
+        capsys,
+        "sweep",
+        "run",
+        "--data",
+        str(kvasir_seg_dir),
+        "--space",
+        "nope",
+        "--trials",
+        "1",
+        "--name",
+        "s",
+        "--storage",
+        str(tmp_path),
+    )
     assert code == 2 and "unknown search space 'nope'" in text
-    code, text = _run(capsys, "sweep", "run", "--data", str(tmp_path / "missing"), "--space", "quick",
-                      "--trials", "1", "--name", "s", "--storage", str(tmp_path))
+    code, text = _run(
+        capsys,
+        "sweep",
+        "run",
+        "--data",
+        str(tmp_path / "missing"),
+        "--space",
+        "quick",
+        "--trials",
+        "1",
+        "--name",
+        "s",
+        "--storage",
+        str(tmp_path),
+    )
     assert code == 2 and "missing" in text
 
 
 def test_existing_sweep_is_not_overwritten(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
     SweepSpec(name="s", data=str(tmp_path), space="quick", trials=1, storage=str(tmp_path)).write()
-    code, text = _run(capsys, "sweep", "run", "--data", str(tmp_path), "--space", "quick", "--trials", "1",
-                      "--name", "s", "--storage", str(tmp_path))
+    code, text = _run(
+        capsys,
+        "sweep",
+        "run",
+        "--data",
+        str(tmp_path),
+        "--space",
+        "quick",
+        "--trials",
+        "1",
+        "--name",
+        "s",
+        "--storage",
+        str(tmp_path),
+    )
     assert code == 2 and "segsweep sweep resume s" in text
 
 
@@ -76,8 +120,9 @@ def test_probe_rejects_a_searched_image_size(tmp_path: Path) -> None:
     from search_spaces import load_space
 
     space_file = tmp_path / "s.yaml"
-    space_file.write_text("params:\n  image_size: {type: categorical, choices: [64, 128]}\n"
-                          "fixed: {weights: none, folds: 2}\n")
+    space_file.write_text(
+        "params:\n  image_size: {type: categorical, choices: [64, 128]}\nfixed: {weights: none, folds: 2}\n"
+    )
     with pytest.raises(ConfigError, match="move image_size to `fixed`"):
         probe_config(load_space(space_file), {"seed": 0}, 0)
     assert probe_config(load_space(space_file), {"image_size": 64, "seed": 0}, 0).image_size == 64
@@ -86,8 +131,9 @@ def test_probe_rejects_a_searched_image_size(tmp_path: Path) -> None:
 
 
 def _fold(number: int, dice: float) -> dict[str, object]:
-    return FoldResult(fold=number, n_train=8, n_val=8, dice=dice, iou=dice - 0.1, epochs_run=1, lr_drops=[],
-                      history=[], seconds=1.0).to_dict()
+    return FoldResult(
+        fold=number, n_train=8, n_val=8, dice=dice, iou=dice - 0.1, epochs_run=1, lr_drops=[], history=[], seconds=1.0
+    ).to_dict()
 
 
 def test_status_prints_the_leaderboard(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
@@ -95,10 +141,24 @@ def test_status_prints_the_leaderboard(capsys: pytest.CaptureFixture[str], tmp_p
     spec.write()
     trials = {
         "aaa": ({"number": 0, "state": "COMPLETE", "params": {"lr": 0.001, "encoder": "resnet18"}}, [0.6, 0.7]),
-        "bbb": ({"number": 1, "state": "PRUNED", "params": {"lr": 0.0001, "encoder": "mobilenetv2"},
-                 "reason": "stopped by the scheduler after 1 of 2 folds"}, [0.2]),
-        "ccc": ({"number": 2, "state": "FAILED", "params": {"lr": 0.01, "encoder": "resnet18"},
-                 "reason": "TrainingError: loss became NaN"}, []),
+        "bbb": (
+            {
+                "number": 1,
+                "state": "PRUNED",
+                "params": {"lr": 0.0001, "encoder": "mobilenetv2"},
+                "reason": "stopped by the scheduler after 1 of 2 folds",
+            },
+            [0.2],
+        ),
+        "ccc": (
+            {
+                "number": 2,
+                "state": "FAILED",
+                "params": {"lr": 0.01, "encoder": "resnet18"},
+                "reason": "TrainingError: loss became NaN",
+            },
+            [],
+        ),
         "ddd": ({"number": 3, "state": "COMPLETE", "params": {"lr": 0.002, "encoder": "resnet18"}}, [0.8, 0.8]),
     }
     for trial_id, (record, dices) in trials.items():
@@ -121,8 +181,16 @@ def test_status_prints_the_leaderboard(capsys: pytest.CaptureFixture[str], tmp_p
 
 
 def test_spec_round_trips_through_sweep_json(tmp_path: Path) -> None:
-    spec = SweepSpec(name="s", data="/d", space="paper", trials=3, storage=str(tmp_path), gpus_per_trial=0.5,
-                     overrides={"limit": 10, "image_size": None, "folds": None, "epochs": 2}, tracker="mlflow")
+    spec = SweepSpec(
+        name="s",
+        data="/d",
+        space="paper",
+        trials=3,
+        storage=str(tmp_path),
+        gpus_per_trial=0.5,
+        overrides={"limit": 10, "image_size": None, "folds": None, "epochs": 2},
+        tracker="mlflow",
+    )
     spec.write()
     back = SweepSpec.read(tmp_path, "s")
     assert back.to_dict() == {**spec.to_dict(), "storage": str(tmp_path.resolve())}

@@ -62,8 +62,13 @@ class Node:
 
 @pytest.fixture
 def cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], list[Node]]]:
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-           "RAY_USAGE_STATS_ENABLED": "0", "PYTHONPATH": str(REPO)}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PYTHONPATH": str(REPO),
+    }
     port = _free_port()
     address = f"127.0.0.1:{port}"
     nodes: list[Node] = []
@@ -71,10 +76,19 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], list[Node]]]:
     def start(name: str, extra: list[str]) -> Node:
         temp = tempfile.mkdtemp(prefix=f"rc{name[0]}", dir="/tmp")
         log = open(tmp_path / f"{name}.log", "wb")  # noqa: SIM115
-        cmd = [RAY, "start", "--block", "--node-ip-address=127.0.0.1", "--num-cpus=1",
-               f"--object-store-memory={100 * 2**20}", f"--resources={json.dumps({f'{name}_node': 1})}",
-               f"--dashboard-agent-listen-port={_free_port()}", f"--temp-dir={temp}",
-               "--disable-usage-stats", *extra]
+        cmd = [
+            RAY,
+            "start",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            "--num-cpus=1",
+            f"--object-store-memory={100 * 2**20}",
+            f"--resources={json.dumps({f'{name}_node': 1})}",
+            f"--dashboard-agent-listen-port={_free_port()}",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+            *extra,
+        ]
         node = Node(name, subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT), temp)
         nodes.append(node)
         return node
@@ -85,8 +99,9 @@ def cluster(tmp_path: Path) -> Iterator[tuple[str, dict[str, str], list[Node]]]:
         start("worker", [f"--address={address}"])
         status = ""
         for _ in range(90):
-            status = subprocess.run([RAY, "status", f"--address={address}"], env=env, capture_output=True,
-                                    text=True).stdout
+            status = subprocess.run(
+                [RAY, "status", f"--address={address}"], env=env, capture_output=True, text=True
+            ).stdout
             if "2 node" in status or status.count("node_") >= 2 or "2.0/2.0 CPU" in status or "0.0/2.0 CPU" in status:
                 break
             time.sleep(2)
@@ -132,7 +147,10 @@ def test_sweep_on_two_nodes_survives_losing_one(
     log = open(tmp_path / "driver.log", "wb")  # noqa: SIM115
     driver = subprocess.Popen(
         [sys.executable, "-c", _DRIVER, str(data), str(tmp_path / "tiny.yaml"), str(storage), address],
-        cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT,
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
     )
     try:
         # Wait until two trials run at once (one per node: each node has one CPU) and have a fold.

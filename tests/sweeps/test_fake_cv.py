@@ -23,8 +23,13 @@ def test_fake_has_run_cvs_signature() -> None:
 def test_fake_resumes_like_run_cv(tmp_path: Path) -> None:
     import numpy as np
 
-    data = PreparedData(np.zeros((6, 32, 32, 3), np.uint8), np.zeros((6, 32, 32, 1), np.uint8),
-                        tuple(f"s{i}" for i in range(6)), 32, "k")
+    data = PreparedData(
+        np.zeros((6, 32, 32, 3), np.uint8),
+        np.zeros((6, 32, 32, 1), np.uint8),
+        tuple(f"s{i}" for i in range(6)),
+        32,
+        "k",
+    )
     config = CVConfig(encoder="mobilenetv2", weights="none", folds=3, image_size=32, lr=1e-3, batch_size=2)
     out = tmp_path / "trials" / "t"
     (tmp_path / "fake.json").write_text(json.dumps({"fold_seconds": 0}))

@@ -20,9 +20,7 @@ def _order_in(text: str, trial_ids: list[str]) -> list[str]:
     return sorted(trial_ids, key=positions.__getitem__)
 
 
-def test_status_report_and_api_list_trials_in_one_order(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_status_report_and_api_list_trials_in_one_order(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     running = FakeTrial({"encoder": "resnet18", "weights": "none", "batch_size": 4, "lr": 1e-3}, [0.9],
                         state="RUNNING")  # fmt: skip
     make_sweep(tmp_path, "s", [*default_trials(), running], data=tmp_path / "data")
@@ -36,7 +34,7 @@ def test_status_report_and_api_list_trials_in_one_order(
     assert main(["report", "s", "--storage", str(tmp_path), "--format", "md"]) == 0
     capsys.readouterr()
     report = (tmp_path / "s" / "report" / "report.md").read_text()
-    board = report[report.index("## Leaderboard"):]
+    board = report[report.index("## Leaderboard") :]
     board = board[: board.index("\n## ", 5)]
     assert _order_in(board, ids) == ids
     rows = [line for line in board.splitlines() if line.startswith("|") and "(trial_0000" in line]

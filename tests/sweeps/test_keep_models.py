@@ -18,8 +18,9 @@ def _trial(sweep: Path, trial_id: str, state: str, dice: list[float], n_folds: i
         (fold_model_dir(folder, fold) / "weights.h5").write_text("w")
     update_trial_record(folder, trial_id=trial_id, state=state, n_folds=n_folds)
     for fold, value in enumerate(dice, start=1):
-        result = FoldResult(fold=fold, n_train=4, n_val=2, dice=value, iou=value, epochs_run=1, lr_drops=[],
-                            history=[], seconds=1.0)
+        result = FoldResult(
+            fold=fold, n_train=4, n_val=2, dice=value, iou=value, epochs_run=1, lr_drops=[], history=[], seconds=1.0
+        )
         write_json_atomic(fold_path(folder, fold), result.to_dict())
     return folder
 

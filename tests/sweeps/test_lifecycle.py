@@ -54,8 +54,12 @@ def sweep_setup(tmp_path: Path, ray_env: dict[str, str]) -> Iterator[dict[str, A
     data = make_dataset(tmp_path / "data", 12)
     (tmp_path / "tiny.yaml").write_text(TINY_SPACE.replace("epochs: 1", "epochs: 3"))
     storage = tmp_path / "out"
-    yield {"data": str(data), "space": str(tmp_path / "tiny.yaml"), "storage": storage,
-           "env": {**os.environ, "PYTHONPATH": str(REPO)}}
+    yield {
+        "data": str(data),
+        "space": str(tmp_path / "tiny.yaml"),
+        "storage": storage,
+        "env": {**os.environ, "PYTHONPATH": str(REPO)},
+    }
 
 
 def _driver(setup: dict[str, Any], mode: str, log: Path, **options: Any) -> subprocess.Popen[bytes]:
@@ -63,13 +67,25 @@ def _driver(setup: dict[str, Any], mode: str, log: Path, **options: Any) -> subp
     if mode == "run":
         (setup["storage"] / name).mkdir(parents=True, exist_ok=True)
         (setup["storage"] / name / "fake.json").write_text(json.dumps({"fold_seconds": options.pop("fold_s", 2.0)}))
-        options = {"data": setup["data"], "space": setup["space"], "trials": 3, "concurrency": 2,
-                   "scheduler": "none", "tracker": "none", **options}
+        options = {
+            "data": setup["data"],
+            "space": setup["space"],
+            "trials": 3,
+            "concurrency": 2,
+            "scheduler": "none",
+            "tracker": "none",
+            **options,
+        }
     elif "fold_s" in options:  # a resumed run's trials read fake.json afresh: its folds can be quicker
         (setup["storage"] / name / "fake.json").write_text(json.dumps({"fold_seconds": options.pop("fold_s")}))
     with open(log, "ab") as out:
-        return subprocess.Popen([sys.executable, "-c", _DRIVER, mode, str(setup["storage"]), json.dumps(options)],
-                                cwd=REPO, env=setup["env"], stdout=out, stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-c", _DRIVER, mode, str(setup["storage"]), json.dumps(options)],
+            cwd=REPO,
+            env=setup["env"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
 
 
 def _wait_for_logged(predicate: Any, what: str, driver: subprocess.Popen[bytes], log: Path) -> None:
@@ -80,8 +96,9 @@ def _wait_for_logged(predicate: Any, what: str, driver: subprocess.Popen[bytes],
 
 
 def _segsweep(*argv: str, env: dict[str, str], timeout: float = 120) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([sys.executable, "-m", "sweeps.cli", *argv], capture_output=True, text=True,
-                          env=env, cwd=REPO, timeout=timeout)
+    return subprocess.run(
+        [sys.executable, "-m", "sweeps.cli", *argv], capture_output=True, text=True, env=env, cwd=REPO, timeout=timeout
+    )
 
 
 @pytest.mark.slow
@@ -93,15 +110,34 @@ def test_stop_from_another_process_then_resume_trains_no_fold_twice(
     driver = _driver(sweep_setup, "run", tmp_path / "run.log", fold_s=6.0)
     watch_log = tmp_path / "watch.log"
     try:
-        _wait_for_logged(lambda: any(folder.trials_dir.glob("*/events.jsonl")), "a first trial", driver,
-                         tmp_path / "run.log")
+        _wait_for_logged(
+            lambda: any(folder.trials_dir.glob("*/events.jsonl")), "a first trial", driver, tmp_path / "run.log"
+        )
         # --watch from a second shell shows the running trials epoch by epoch.
         with open(watch_log, "w") as out:
-            watched = subprocess.Popen([sys.executable, "-m", "sweeps.cli", "sweep", "status", "k", "--storage",
-                                        str(storage), "--watch", "--interval", "0.5"], cwd=REPO, env=env,
-                                       stdout=out, stderr=subprocess.STDOUT, text=True)
-        _wait_for_logged(lambda: "epoch 1/3" in watch_log.read_text(), "an epoch line from --watch", driver,
-                         tmp_path / "run.log")
+            watched = subprocess.Popen(
+                [
+                    sys.executable,
+                    "-m",
+                    "sweeps.cli",
+                    "sweep",
+                    "status",
+                    "k",
+                    "--storage",
+                    str(storage),
+                    "--watch",
+                    "--interval",
+                    "0.5",
+                ],
+                cwd=REPO,
+                env=env,
+                stdout=out,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
+        _wait_for_logged(
+            lambda: "epoch 1/3" in watch_log.read_text(), "an epoch line from --watch", driver, tmp_path / "run.log"
+        )
         asked = time.monotonic()
         stop = _segsweep("sweep", "stop", "k", "--storage", str(storage), env=env)
         assert stop.returncode == 0, stop.stderr
@@ -156,8 +192,9 @@ def test_resume_after_optuna_db_was_deleted_rebuilds_the_study_from_the_trial_re
     folder = SweepFolder.at(storage, "k")
     driver = _driver(sweep_setup, "run", tmp_path / "run.log", fold_s=4.0)
     try:
-        _wait_for_logged(lambda: any(folder.trials_dir.glob("*/folds/fold_01.json")), "a finished fold", driver,
-                         tmp_path / "run.log")
+        _wait_for_logged(
+            lambda: any(folder.trials_dir.glob("*/folds/fold_01.json")), "a finished fold", driver, tmp_path / "run.log"
+        )
         assert _segsweep("sweep", "stop", "k", "--storage", str(storage), env=env).returncode == 0
         assert driver.wait(timeout=300) == 1, (tmp_path / "run.log").read_text()[-3000:]
     finally:
@@ -168,7 +205,7 @@ def test_resume_after_optuna_db_was_deleted_rebuilds_the_study_from_the_trial_re
     folder.optuna_db.unlink()
 
     resumed = _driver(sweep_setup, "resume", tmp_path / "resume.log", name="k", fold_s=0.3)
-    log = (tmp_path / "resume.log")
+    log = tmp_path / "resume.log"
     assert resumed.wait(timeout=600) == 0, log.read_text()[-3000:]
     assert f"{folder.optuna_db} was missing: rebuilt study 'k' from {len(before)} trial record(s)" in log.read_text()
     sweep = load_sweep(storage, "k")
@@ -217,10 +254,18 @@ def test_config_file_merges_with_flags_and_sweep_json_reruns(tmp_path: Path) -> 
         "tracker: none\n"
     )
     parser = _run_parser()
-    spec = spec_from_args(parser.parse_args(["--config", str(config), "--trials", "8", "--epochs", "1",
-                                             "--storage", str(tmp_path / "runs")]))
-    assert (spec.name, spec.data, spec.space, spec.trials, spec.concurrency) == ("fromfile", "/data/kvasir-seg",
-                                                                                 "quick", 8, 2)
+    spec = spec_from_args(
+        parser.parse_args(
+            ["--config", str(config), "--trials", "8", "--epochs", "1", "--storage", str(tmp_path / "runs")]
+        )
+    )
+    assert (spec.name, spec.data, spec.space, spec.trials, spec.concurrency) == (
+        "fromfile",
+        "/data/kvasir-seg",
+        "quick",
+        8,
+        2,
+    )
     assert spec.cpus_per_trial == 1.5 and spec.scheduler == "none" and spec.tracker == "none"
     assert spec.overrides["epochs"] == 1 and spec.overrides["limit"] == 40
     assert spec.time_budget_s == 5400 and spec.max_failed_trials == 3
@@ -245,8 +290,25 @@ def test_config_errors_are_one_line(tmp_path: Path, capsys: pytest.CaptureFixtur
     bad.write_text("data: /d\nspace: quick\n")
     assert main(["sweep", "run", "--config", str(bad)]) == 2
     assert "needs --trials, --name" in capsys.readouterr().err
-    assert main(["sweep", "run", "--data", "/d", "--space", "quick", "--trials", "2", "--name", "x",
-                 "--time-budget", "soon"]) == 2
+    assert (
+        main(
+            [
+                "sweep",
+                "run",
+                "--data",
+                "/d",
+                "--space",
+                "quick",
+                "--trials",
+                "2",
+                "--name",
+                "x",
+                "--time-budget",
+                "soon",
+            ]
+        )
+        == 2
+    )
     assert "--time-budget 'soon' is not a duration" in capsys.readouterr().err
 
 
@@ -327,8 +389,12 @@ def test_list_shows_state_counts_and_best(tmp_path: Path, capsys: pytest.Capture
     spec = json.loads(done.spec_file.read_text())
     spec["runs"] = [{"finished": True, "stopped": None}]
     done.spec_file.write_text(json.dumps(spec))
-    make_sweep(tmp_path, "live", [FakeTrial({"encoder": "resnet18", "weights": "none", "batch_size": 4,
-                                             "lr": 1e-3}, [0.5], state="RUNNING")], data=tmp_path / "data")
+    make_sweep(
+        tmp_path,
+        "live",
+        [FakeTrial({"encoder": "resnet18", "weights": "none", "batch_size": 4, "lr": 1e-3}, [0.5], state="RUNNING")],
+        data=tmp_path / "data",
+    )
     with hold_driver_lock(SweepFolder.at(tmp_path, "live")):
         assert main(["sweep", "list", "--storage", str(tmp_path)]) == 0
         out = capsys.readouterr().out
@@ -373,8 +439,17 @@ def test_a_second_driver_is_refused(tmp_path: Path) -> None:
 
 
 def test_sweep_spec_reads_the_retries_of_an_old_sweep_json() -> None:
-    old = SweepSpec.from_dict({"name": "o", "data": "/d", "space": "quick", "trials": 2, "storage": "/s",
-                               "max_failures": 5, "space_definition": {"name": "quick"}})
+    old = SweepSpec.from_dict(
+        {
+            "name": "o",
+            "data": "/d",
+            "space": "quick",
+            "trials": 2,
+            "storage": "/s",
+            "max_failures": 5,
+            "space_definition": {"name": "quick"},
+        }
+    )
     assert old.trial_retries == 5 and old.max_failed_trials is None
 
 

@@ -34,8 +34,13 @@ from trainer.results import FoldResult, fold_path
 
 
 def _result(folds_done: int, n_folds: int, dice: float) -> dict[str, float]:
-    return {"dice": dice, "iou": dice * 0.8, "folds_done": folds_done, "n_folds": n_folds,
-            "training_iteration": folds_done}
+    return {
+        "dice": dice,
+        "iou": dice * 0.8,
+        "folds_done": folds_done,
+        "n_folds": n_folds,
+        "training_iteration": folds_done,
+    }
 
 
 def _load(sweep: Path, name: str = "s") -> optuna.Study:
@@ -115,8 +120,17 @@ def test_a_lost_study_is_rebuilt_from_the_trial_records_and_the_saved_searcher_g
 
     def fold_ends(trial_id: str, dices: list[float]) -> None:
         for k, dice in enumerate(dices, start=1):
-            fold = FoldResult(fold=k, n_train=4, n_val=2, dice=dice, iou=0.8 * dice, epochs_run=1, lr_drops=[],
-                              history=[], seconds=1.0)
+            fold = FoldResult(
+                fold=k,
+                n_train=4,
+                n_val=2,
+                dice=dice,
+                iou=0.8 * dice,
+                epochs_run=1,
+                lr_drops=[],
+                history=[],
+                seconds=1.0,
+            )
             write_json_atomic(fold_path(folder.trial_dir(trial_id), k), fold.to_dict())
             searcher.on_trial_result(trial_id, _result(k, 2, sum(dices[:k]) / k))
 
@@ -138,10 +152,15 @@ def test_a_lost_study_is_rebuilt_from_the_trial_records_and_the_saved_searcher_g
     assert rebuild_study(sweep, "s", space) == 4
     after = _load(sweep).get_trials()
     for old, new in zip(before, after, strict=True):
-        assert (new.number, new.state, new.params, new.distributions) == (old.number, old.state, old.params,
-                                                                          old.distributions)
+        assert (new.number, new.state, new.params, new.distributions) == (
+            old.number,
+            old.state,
+            old.params,
+            old.distributions,
+        )
         assert new.value == pytest.approx(old.value) and new.intermediate_values == pytest.approx(
-            old.intermediate_values)
+            old.intermediate_values
+        )
         assert new.user_attrs[STUDY_TRIAL_ID_ATTR] == old.user_attrs[STUDY_TRIAL_ID_ATTR]
     assert after[2].user_attrs[STUDY_REASON_ATTR] == "NaN loss in fold 1"
     assert after[0].user_attrs[STUDY_START_ATTR] == "hand-pick"
@@ -177,9 +196,7 @@ def test_reconcile_finishes_trials_a_dead_driver_left_running(tmp_path: Path) ->
     assert "driver stopped" in trials["orphan"].user_attrs[STUDY_REASON_ATTR]
 
 
-@pytest.mark.parametrize(
-    ("trials", "concurrency", "expected"), [(4, 2, 2), (4, 1, 2), (100, 4, 10), (30, 8, 8)]
-)
+@pytest.mark.parametrize(("trials", "concurrency", "expected"), [(4, 2, 2), (4, 1, 2), (100, 4, 10), (30, 8, 8)])
 def test_startup_trials_scale_with_the_budget(trials: int, concurrency: int, expected: int) -> None:
     assert n_startup_trials(trials, concurrency) == expected
 

@@ -80,8 +80,15 @@ def test_sweep_records_every_trial_in_folder_study_and_leaderboard(tmp_path: Pat
 
 @pytest.mark.slow
 def test_asha_prunes_and_failed_trials_carry_their_reason(tmp_path: Path, local_ray: None) -> None:
-    spec = tiny_sweep_spec(tmp_path, "a", {"fold_seconds": 0.2, "roles": ["plain", "nan", "crash_once"]},
-                  trials=7, concurrency=1, scheduler="asha", seed=1)
+    spec = tiny_sweep_spec(
+        tmp_path,
+        "a",
+        {"fold_seconds": 0.2, "roles": ["plain", "nan", "crash_once"]},
+        trials=7,
+        concurrency=1,
+        scheduler="asha",
+        seed=1,
+    )
     outcome = run_sweep(spec, cv_runner=fake.fake_run_cv)
 
     assert outcome.finished
@@ -137,9 +144,7 @@ else:
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)  # Tune waited ten minutes here for a proposal that never came
-def test_stop_with_no_trial_running_ends_at_once_and_resume_proposes_the_rest(
-    tmp_path: Path, local_ray: None
-) -> None:
+def test_stop_with_no_trial_running_ends_at_once_and_resume_proposes_the_rest(tmp_path: Path, local_ray: None) -> None:
     spec = tiny_sweep_spec(tmp_path, "b", {"fold_seconds": 0.1, "roles": ["stop_sweep"]}, trials=3, concurrency=1,
                            scheduler="none")  # fmt: skip
     outcome = run_sweep(spec, cv_runner=fake.fake_run_cv)
@@ -180,8 +185,9 @@ def test_ctrl_c_after_the_last_trial_ended_leaves_the_sweep_finished(
 
 
 @pytest.mark.slow
-def test_time_budget_ends_the_run_cleanly_and_resume_finishes(tmp_path: Path, local_ray: None,
-                                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_time_budget_ends_the_run_cleanly_and_resume_finishes(
+    tmp_path: Path, local_ray: None, capsys: pytest.CaptureFixture[str]
+) -> None:
     from sweeps.cli import _finish
 
     spec = tiny_sweep_spec(tmp_path, "b", {"fold_seconds": 3.0}, trials=3, concurrency=1, scheduler="none",
@@ -210,11 +216,17 @@ def test_resume_after_sigkill_of_the_driver_trains_no_fold_twice(tmp_path: Path,
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     args = [sys.executable, "-c", _DRIVER]
     log = open(tmp_path / "run.log", "wb")  # noqa: SIM115
-    driver = subprocess.Popen([*args, "run", str(storage), str(data), str(tmp_path / "tiny.yaml")],
-                              cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT)
+    driver = subprocess.Popen(
+        [*args, "run", str(storage), str(data), str(tmp_path / "tiny.yaml")],
+        cwd=REPO,
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+    )
     try:
-        wait_for(lambda: any((storage / "k" / "trials").glob("*/folds/fold_01.json")), 300,
-                  "the first fold file", driver)
+        wait_for(
+            lambda: any((storage / "k" / "trials").glob("*/folds/fold_01.json")), 300, "the first fold file", driver
+        )
     finally:
         driver.send_signal(signal.SIGKILL)
         driver.wait()
@@ -224,8 +236,7 @@ def test_resume_after_sigkill_of_the_driver_trains_no_fold_twice(tmp_path: Path,
     finished_before = {p.parent.parent.name + "/" + p.name for p in (storage / "k" / "trials").glob("*/folds/*.json")}
 
     (storage / "k" / "fake.json").write_text(json.dumps({"fold_seconds": 0.3}))  # the resumed folds: quicker
-    resumed = subprocess.run([*args, "resume", str(storage)], cwd=REPO, env=env, capture_output=True,
-                             timeout=600)
+    resumed = subprocess.run([*args, "resume", str(storage)], cwd=REPO, env=env, capture_output=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout.decode()[-3000:] + resumed.stderr.decode()[-3000:]
 
     sweep = load_sweep(storage, "k")

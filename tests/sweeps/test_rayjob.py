@@ -41,8 +41,12 @@ def _dashboard_missing() -> str | None:
     return None
 
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(900),
-              pytest.mark.skipif(_dashboard_missing() is not None, reason=str(_dashboard_missing()))]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.cluster,
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(_dashboard_missing() is not None, reason=str(_dashboard_missing())),
+]
 
 BIN = Path(sys.executable).parent
 REPO = Path(__file__).resolve().parents[2]
@@ -61,18 +65,39 @@ def ray_head() -> Iterator[tuple[str, dict[str, str]]]:
     dashboard_port, listen_port = _free_port(), _free_port()
     # The job's `segsweep` is the stand-in driver (first on PATH); folds of 4 s leave time to stop one.
     wrapper = fake_driver.install(Path(temp) / "bin")
-    env = {**os.environ, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(32),
-           "RAY_USAGE_STATS_ENABLED": "0", "PATH": f"{wrapper}:{BIN}:{os.environ.get('PATH', '')}",
-           **fake_driver.environment({"fold_seconds": 4})}
+    env = {
+        **os.environ,
+        "RAY_AUTH_MODE": "token",
+        "RAY_AUTH_TOKEN": secrets.token_hex(32),
+        "RAY_USAGE_STATS_ENABLED": "0",
+        "PATH": f"{wrapper}:{BIN}:{os.environ.get('PATH', '')}",
+        **fake_driver.environment({"fold_seconds": 4}),
+    }
     log = open(Path(temp) / "head.log", "wb")  # noqa: SIM115
     head = subprocess.Popen(
-        [str(BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1", f"--port={_free_port()}",
-         "--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}",
-         f"--dashboard-agent-listen-port={listen_port}", f"--dashboard-agent-grpc-port={_free_port()}",
-         f"--metrics-export-port={_free_port()}", f"--runtime-env-agent-port={_free_port()}",
-         "--num-cpus=2", f"--object-store-memory={200 * 2**20}",
-         f"--temp-dir={temp}", "--disable-usage-stats"],
-        env=env, stdout=log, stderr=subprocess.STDOUT, cwd=temp,
+        [
+            str(BIN / "ray"),
+            "start",
+            "--head",
+            "--block",
+            "--node-ip-address=127.0.0.1",
+            f"--port={_free_port()}",
+            "--include-dashboard=true",
+            "--dashboard-host=127.0.0.1",
+            f"--dashboard-port={dashboard_port}",
+            f"--dashboard-agent-listen-port={listen_port}",
+            f"--dashboard-agent-grpc-port={_free_port()}",
+            f"--metrics-export-port={_free_port()}",
+            f"--runtime-env-agent-port={_free_port()}",
+            "--num-cpus=2",
+            f"--object-store-memory={200 * 2**20}",
+            f"--temp-dir={temp}",
+            "--disable-usage-stats",
+        ],
+        env=env,
+        stdout=log,
+        stderr=subprocess.STDOUT,
+        cwd=temp,
     )
     _persist_listen_port(Path(temp), listen_port)
     url = f"http://127.0.0.1:{dashboard_port}"
@@ -114,8 +139,9 @@ def _persist_listen_port(temp: Path, port: int) -> None:
     while time.monotonic() < deadline:
         found = re.search(r"node_id=([0-9a-f]{56})", log.read_text(errors="replace")) if log.is_file() else None
         if found:
-            persist_port(str((temp / "session_latest").resolve()), found.group(1), DASHBOARD_AGENT_LISTEN_PORT_NAME,
-                         port)
+            persist_port(
+                str((temp / "session_latest").resolve()), found.group(1), DASHBOARD_AGENT_LISTEN_PORT_NAME, port
+            )
             return
         time.sleep(0.5)
 
@@ -128,8 +154,9 @@ def _client(env: dict[str, str], call: str) -> subprocess.CompletedProcess[str]:
 
 
 def _segsweep(env: dict[str, str], *args: str, timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    return subprocess.run([str(BIN / "segsweep"), *args], env=env, capture_output=True, text=True, timeout=timeout,
-                          cwd=REPO)
+    return subprocess.run(
+        [str(BIN / "segsweep"), *args], env=env, capture_output=True, text=True, timeout=timeout, cwd=REPO
+    )
 
 
 def _job_state(env: dict[str, str], folder: SweepFolder) -> str:
@@ -153,17 +180,42 @@ def _wait(env: dict[str, str], folder: SweepFolder, timeout: float = 600) -> str
 def _submit_new(url: str, env: dict[str, str], tmp_path: Path, name: str, trials: int) -> SweepFolder:
     data = make_dataset(tmp_path / "data", 8)
     storage = tmp_path / "sweeps"
-    proc = _segsweep(env, "sweep", "submit", "--ray", url, "--data", str(data), "--space", "quick", "--trials",
-                     str(trials), "--folds", "2", "--epochs", "1", "--scheduler", "none", "--cpus-per-trial", "1",
-                     "--tracker", "none", "--name", name, "--storage", str(storage))
+    proc = _segsweep(
+        env,
+        "sweep",
+        "submit",
+        "--ray",
+        url,
+        "--data",
+        str(data),
+        "--space",
+        "quick",
+        "--trials",
+        str(trials),
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--scheduler",
+        "none",
+        "--cpus-per-trial",
+        "1",
+        "--tracker",
+        "none",
+        "--name",
+        name,
+        "--storage",
+        str(storage),
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     [submission] = read_submissions(SweepFolder(storage / name))
     assert submission["job_id"] in proc.stdout  # printed, and the command returned (detached)
     return SweepFolder(storage / name)
 
 
-def test_ray_job_runs_detached_stops_mid_sweep_and_resumes(ray_head: tuple[str, dict[str, str]],
-                                                           tmp_path: Path) -> None:
+def test_ray_job_runs_detached_stops_mid_sweep_and_resumes(
+    ray_head: tuple[str, dict[str, str]], tmp_path: Path
+) -> None:
     """Submitted detached, stopped with `sweep stop` after a fold, resubmitted with --resume and followed.
 
     (One test, not two: the resumed job runs the sweep to its end, which a separate test would repeat.)
@@ -172,8 +224,9 @@ def test_ray_job_runs_detached_stops_mid_sweep_and_resumes(ray_head: tuple[str, 
     folder = _submit_new(url, env, tmp_path, "rj2", trials=3)
     deadline = time.monotonic() + 600
     while not any(e.get("event") == "fold_end" for t in folder.trial_dirs() for e in read_events(t)):
-        assert _job_state(env, folder) in ("PENDING", "RUNNING"), _segsweep(env, "sweep", "status", "rj2",
-                                                                            "--storage", str(folder.storage)).stdout
+        assert _job_state(env, folder) in ("PENDING", "RUNNING"), _segsweep(
+            env, "sweep", "status", "rj2", "--storage", str(folder.storage)
+        ).stdout
         assert time.monotonic() < deadline, "no fold finished in time"
         time.sleep(1)
     stopped = _segsweep(env, "sweep", "stop", folder.name, "--storage", str(folder.storage))
@@ -185,8 +238,9 @@ def test_ray_job_runs_detached_stops_mid_sweep_and_resumes(ray_head: tuple[str, 
     resumed = _segsweep(env, "sweep", "submit", folder.name, "--storage", str(folder.storage), "--resume")
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert len(read_submissions(folder)) == 2
-    followed = _segsweep(env, "sweep", "status", folder.name, "--storage", str(folder.storage), "--follow",
-                         timeout=600)  # streams the job's log until it ends
+    followed = _segsweep(
+        env, "sweep", "status", folder.name, "--storage", str(folder.storage), "--follow", timeout=600
+    )  # streams the job's log until it ends
     assert followed.returncode == 0, followed.stderr[-3000:]
     assert "[segsweep] resuming sweep" in followed.stdout
     assert _job_state(env, folder) == "SUCCEEDED", followed.stdout[-3000:]

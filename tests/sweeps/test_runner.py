@@ -62,20 +62,41 @@ def short_root() -> Iterator[Path]:
 def test_planted_cloud_secrets_reach_no_file_and_no_ray_folder_is_left(short_root: Path) -> None:
     # Tune forwarded AWS_* into each trial's runtime_env, which Ray's runtime_env_agent.log records;
     # the Ray folder holding that log stayed behind after a Ctrl-C in the shutdown or a SIGTERM in the start.
-    planted = {"AWS_SECRET_ACCESS_KEY": secrets.token_hex(16), "AWS_SESSION_TOKEN": secrets.token_hex(16),
-               "GOOGLE_APPLICATION_CREDENTIALS": f"/nowhere/{secrets.token_hex(16)}.json"}
+    planted = {
+        "AWS_SECRET_ACCESS_KEY": secrets.token_hex(16),
+        "AWS_SESSION_TOKEN": secrets.token_hex(16),
+        "GOOGLE_APPLICATION_CREDENTIALS": f"/nowhere/{secrets.token_hex(16)}.json",
+    }
     data = make_dataset(short_root / "data", 6)
     (short_root / "tiny.yaml").write_text(TINY_SPACE.replace("folds: 3", "folds: 2"))
     env = {k: v for k, v in os.environ.items() if k != "RAY_TMPDIR"}
     env.update(environment({"fold_seconds": 0.1}), TMPDIR=str(short_root), RAY_USAGE_STATS_ENABLED="0", **planted)
 
     def driver(mode: str, name: str) -> subprocess.Popen[bytes]:
-        argv = ["sweep", "run", "--data", str(data), "--space", str(short_root / "tiny.yaml"), "--trials", "1",
-                "--name", name, "--storage", str(short_root / "runs"), "--scheduler", "none", "--tracker", "none",
-                "--cpus-per-trial", "1"]
+        argv = [
+            "sweep",
+            "run",
+            "--data",
+            str(data),
+            "--space",
+            str(short_root / "tiny.yaml"),
+            "--trials",
+            "1",
+            "--name",
+            name,
+            "--storage",
+            str(short_root / "runs"),
+            "--scheduler",
+            "none",
+            "--tracker",
+            "none",
+            "--cpus-per-trial",
+            "1",
+        ]
         log = open(short_root / f"{name}.log", "wb")  # noqa: SIM115 (closed with the test's root)
-        return subprocess.Popen([sys.executable, "-c", _DRIVER, mode, *argv], cwd=REPO, env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
+        return subprocess.Popen(
+            [sys.executable, "-c", _DRIVER, mode, *argv], cwd=REPO, env=env, stdout=log, stderr=subprocess.STDOUT
+        )
 
     def ray_folders() -> list[Path]:
         return list(short_root.glob(f"{RAY_FOLDER_PREFIX}*"))
@@ -92,16 +113,17 @@ def test_planted_cloud_secrets_reach_no_file_and_no_ray_folder_is_left(short_roo
     assert ray_folders() == [], log("interrupted")
 
     starting = driver("normal", "starting")
-    wait_for(lambda: any(short_root.glob(f"{RAY_FOLDER_PREFIX}*/r/session_*/logs")), 300, "Ray's start-up",
-             starting)
+    wait_for(lambda: any(short_root.glob(f"{RAY_FOLDER_PREFIX}*/r/session_*/logs")), 300, "Ray's start-up", starting)
     starting.send_signal(signal.SIGTERM)
     starting.wait(timeout=120)
     assert ray_folders() == [], log("starting")
 
     leaks = [
         f"{path}: {name}"
-        for path in short_root.rglob("*") if path.is_file() and not path.is_symlink()
-        for name, value in planted.items() if value.encode() in path.read_bytes()
+        for path in short_root.rglob("*")
+        if path.is_file() and not path.is_symlink()
+        for name, value in planted.items()
+        if value.encode() in path.read_bytes()
     ]
     assert leaks == []
 

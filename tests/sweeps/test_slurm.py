@@ -32,8 +32,12 @@ from tests.support.synth import make_dataset
 REPO = Path(__file__).resolve().parents[2]
 SEGSWEEP = str(Path(sys.executable).parent / "segsweep")
 
-pytestmark = [pytest.mark.slow, pytest.mark.cluster, pytest.mark.timeout(900),
-              pytest.mark.skipif(slurm.missing() is not None, reason=str(slurm.missing()))]
+pytestmark = [
+    pytest.mark.slow,
+    pytest.mark.cluster,
+    pytest.mark.timeout(900),
+    pytest.mark.skipif(slurm.missing() is not None, reason=str(slurm.missing())),
+]
 
 
 @pytest.fixture(scope="module")
@@ -46,8 +50,9 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[slurm.SlurmClu
 
 
 def _submit(cluster: slurm.SlurmCluster, *args: str) -> str:
-    proc = subprocess.run([SEGSWEEP, "sweep", "submit", *args], env=cluster.env, capture_output=True, text=True,
-                          cwd=REPO, timeout=300)
+    proc = subprocess.run(
+        [SEGSWEEP, "sweep", "submit", *args], env=cluster.env, capture_output=True, text=True, cwd=REPO, timeout=300
+    )
     assert proc.returncode == 0, proc.stderr[-3000:]
     return proc.stdout
 
@@ -60,14 +65,40 @@ def _job_setup(tmp_path: Path, fold_seconds: float) -> list[str]:
     return [arg for setup in [*default_setup(), line] for arg in ("--setup", setup)]
 
 
-def _new_sweep(cluster: slurm.SlurmCluster, tmp_path: Path, name: str, trials: int = 2,
-               fold_seconds: float = 0.5) -> SweepFolder:
+def _new_sweep(
+    cluster: slurm.SlurmCluster, tmp_path: Path, name: str, trials: int = 2, fold_seconds: float = 0.5
+) -> SweepFolder:
     data = make_dataset(tmp_path / "data", 8)
     storage = tmp_path / "sweeps"
-    _submit(cluster, "--slurm", "--cpus-per-node", str(os.cpu_count() or 1), *_job_setup(tmp_path, fold_seconds),
-            "--data", str(data), "--space", "quick", "--trials", str(trials), "--folds", "2", "--epochs", "1",
-            "--image-size", "64", "--scheduler", "none", "--cpus-per-trial", "1", "--tracker", "none",
-            "--name", name, "--storage", str(storage))
+    _submit(
+        cluster,
+        "--slurm",
+        "--cpus-per-node",
+        str(os.cpu_count() or 1),
+        *_job_setup(tmp_path, fold_seconds),
+        "--data",
+        str(data),
+        "--space",
+        "quick",
+        "--trials",
+        str(trials),
+        "--folds",
+        "2",
+        "--epochs",
+        "1",
+        "--image-size",
+        "64",
+        "--scheduler",
+        "none",
+        "--cpus-per-trial",
+        "1",
+        "--tracker",
+        "none",
+        "--name",
+        name,
+        "--storage",
+        str(storage),
+    )
     return SweepFolder(storage / name)
 
 
@@ -99,8 +130,12 @@ def _timeline(log: str, folder: SweepFolder) -> dict[str, float]:
             if text in line and line.startswith("[segsweep] 20") and key not in stamps:
                 stamps[key] = datetime.fromisoformat(line.split()[1].replace("Z", "+00:00"))
     start = stamps.get("start")
-    attempts = [datetime.fromisoformat(e["time"]) for t in folder.trial_dirs() for e in read_events(t)
-                if e.get("event") == "attempt"]
+    attempts = [
+        datetime.fromisoformat(e["time"])
+        for t in folder.trial_dirs()
+        for e in read_events(t)
+        if e.get("event") == "attempt"
+    ]
     firsts = [a for a in attempts if start is None or a >= start]  # this job's trials, not an earlier job's
     if firsts:
         stamps["first_trial"] = min(firsts)
@@ -151,7 +186,12 @@ def test_job_runs_the_sweep_and_a_cancelled_job_resubmitted_with_resume_trains_n
     assert _ray_processes(second) == []
     print("timeline of the resumed job (s from its start):", json.dumps(_timeline(log, folder)))
 
-    status = subprocess.run([SEGSWEEP, "sweep", "status", folder.name, "--storage", str(folder.storage)],
-                            env=cluster.env, capture_output=True, text=True, timeout=120)
+    status = subprocess.run(
+        [SEGSWEEP, "sweep", "status", folder.name, "--storage", str(folder.storage)],
+        env=cluster.env,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert status.returncode == 0, status.stderr
     assert f"Slurm job {second}" in status.stdout and "COMPLETED" in status.stdout

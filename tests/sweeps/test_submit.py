@@ -17,31 +17,89 @@ from sweeps.submit import run_argv
 
 
 def test_run_argv_parses_back_to_the_same_spec(tmp_path: Path) -> None:
-    spec = SweepSpec(name="s", data=str(tmp_path / "d"), space="quick", trials=7, storage=str(tmp_path),
-                     concurrency=3, cpus_per_trial=2.0, gpus_per_trial=0.5, scheduler="none", seed=4,
-                     overrides={"limit": 16, "image_size": 64, "folds": 2, "epochs": 1, "dev_split": "train"},
-                     tracker="none")
+    spec = SweepSpec(
+        name="s",
+        data=str(tmp_path / "d"),
+        space="quick",
+        trials=7,
+        storage=str(tmp_path),
+        concurrency=3,
+        cpus_per_trial=2.0,
+        gpus_per_trial=0.5,
+        scheduler="none",
+        seed=4,
+        overrides={"limit": 16, "image_size": 64, "folds": 2, "epochs": 1, "dev_split": "train"},
+        tracker="none",
+    )
     args = build_parser().parse_args(run_argv(spec)[1:])
     assert spec_from_args(args) == spec
 
 
 def _dry_run(tmp_path: Path, kvasir_seg_dir: Path, *extra: str) -> SweepFolder:
-    code = main(["sweep", "submit", "--slurm", "--dry-run", "--data", str(kvasir_seg_dir), "--space", "quick",
-                 "--trials", "3", "--folds", "2", "--epochs", "1", "--name", "s1", "--storage", str(tmp_path), *extra])
+    code = main(
+        [
+            "sweep",
+            "submit",
+            "--slurm",
+            "--dry-run",
+            "--data",
+            str(kvasir_seg_dir),
+            "--space",
+            "quick",
+            "--trials",
+            "3",
+            "--folds",
+            "2",
+            "--epochs",
+            "1",
+            "--name",
+            "s1",
+            "--storage",
+            str(tmp_path),
+            *extra,
+        ]
+    )
     assert code == 0
     return SweepFolder(tmp_path / "s1")
 
 
 def test_dry_run_writes_a_readable_batch_script_and_submits_nothing(tmp_path: Path, kvasir_seg_dir: Path) -> None:
-    folder = _dry_run(tmp_path, kvasir_seg_dir, "--nodes", "3", "--gpus-per-node", "4", "--time", "12:00:00",
-                      "--partition", "gpu", "--account", "lab", "--sbatch-arg=--qos=long",
-                      "--setup", "module load cuda/12", "--setup", "source /opt/venv/bin/activate")
+    folder = _dry_run(
+        tmp_path,
+        kvasir_seg_dir,
+        "--nodes",
+        "3",
+        "--gpus-per-node",
+        "4",
+        "--time",
+        "12:00:00",
+        "--partition",
+        "gpu",
+        "--account",
+        "lab",
+        "--sbatch-arg=--qos=long",
+        "--setup",
+        "module load cuda/12",
+        "--setup",
+        "source /opt/venv/bin/activate",
+    )
     script = folder.slurm_script.read_text()
-    for line in ("#SBATCH --nodes=3", "#SBATCH --gpus-per-node=4", "#SBATCH --time=12:00:00",
-                 "#SBATCH --partition=gpu", "#SBATCH --account=lab", "#SBATCH --qos=long",
-                 f"#SBATCH --output={folder.slurm_log_pattern}", "#SBATCH --signal=B:TERM@",
-                 "module load cuda/12\nsource /opt/venv/bin/activate", "export RAY_AUTH_MODE=token",
-                 "--num-gpus=4", f"segsweep sweep resume s1 --storage {tmp_path}", "--trials 3", "trap stop_ray EXIT"):
+    for line in (
+        "#SBATCH --nodes=3",
+        "#SBATCH --gpus-per-node=4",
+        "#SBATCH --time=12:00:00",
+        "#SBATCH --partition=gpu",
+        "#SBATCH --account=lab",
+        "#SBATCH --qos=long",
+        f"#SBATCH --output={folder.slurm_log_pattern}",
+        "#SBATCH --signal=B:TERM@",
+        "module load cuda/12\nsource /opt/venv/bin/activate",
+        "export RAY_AUTH_MODE=token",
+        "--num-gpus=4",
+        f"segsweep sweep resume s1 --storage {tmp_path}",
+        "--trials 3",
+        "trap stop_ray EXIT",
+    ):
         assert line in script, line
     assert "RAY_AUTH_TOKEN=$(" in script  # made in the job, never written into the file
     assert subprocess.run(["bash", "-n", str(folder.slurm_script)]).returncode == 0
@@ -71,8 +129,18 @@ def test_default_setup_activates_this_venv(tmp_path: Path, kvasir_seg_dir: Path)
 def test_bad_options_are_one_line_and_exit_2(
     tmp_path: Path, kvasir_seg_dir: Path, capsys: pytest.CaptureFixture[str], argv: list[str], message: str
 ) -> None:
-    base = ["--data", str(kvasir_seg_dir), "--space", "quick", "--trials", "2", "--name", "x",
-            "--storage", str(tmp_path)]
+    base = [
+        "--data",
+        str(kvasir_seg_dir),
+        "--space",
+        "quick",
+        "--trials",
+        "2",
+        "--name",
+        "x",
+        "--storage",
+        str(tmp_path),
+    ]
     if "--space" in argv:
         base = ["--storage", str(tmp_path)]
     code = main(["sweep", "submit", *base, *argv])
@@ -80,9 +148,7 @@ def test_bad_options_are_one_line_and_exit_2(
     assert code == 2 and message in err and len(err.strip().splitlines()) == 1, err
 
 
-def test_resume_and_stop_of_an_unknown_or_unsubmitted_sweep(
-    tmp_path: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_resume_and_stop_of_an_unknown_or_unsubmitted_sweep(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     assert main(["sweep", "submit", "nope", "--storage", str(tmp_path), "--resume"]) == 2
     assert "no sweep named 'nope'" in capsys.readouterr().err
     assert main(["sweep", "stop", "nope", "--storage", str(tmp_path)]) == 2
@@ -95,8 +161,14 @@ def test_resubmission_without_slurm_refuses_with_the_fix(
     from search_spaces import load_space
 
     folder = SweepFolder(tmp_path / "s1")
-    SweepSpec(name="s1", data=str(kvasir_seg_dir), space="quick", trials=2, storage=str(tmp_path),
-              space_definition=load_space("quick").to_dict()).write()
+    SweepSpec(
+        name="s1",
+        data=str(kvasir_seg_dir),
+        space="quick",
+        trials=2,
+        storage=str(tmp_path),
+        space_definition=load_space("quick").to_dict(),
+    ).write()
     assert main(["sweep", "submit", "s1", "--storage", str(tmp_path), "--resume"]) == 2
     assert "--slurm or --ray URL" in capsys.readouterr().err
     # --slurm --dry-run writes the script from sweep.json (the driver will resume the sweep)

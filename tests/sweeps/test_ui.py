@@ -30,9 +30,7 @@ def make_sweep_folder(storage: Path, name: str) -> Path:
     sweep = folder.path
     write_spec_record(folder, {"name": name, "space": "quick", "trials": 2})
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(
-        study_name=name, storage=folder.optuna_url, direction="maximize"
-    )
+    study = optuna.create_study(study_name=name, storage=folder.optuna_url, direction="maximize")
     study.optimize(lambda t: -((t.suggest_float("lr", 1e-4, 1e-2, log=True) - 1e-3) ** 2), n_trials=2)
     ctx = start_sweep_tracking("mlflow", sweep, name, {"space": "quick"})
     for trial in ("t0", "t1"):
@@ -71,12 +69,10 @@ def test_ui_serves_both_dashboards_and_stops_every_process(tmp_path: Path) -> No
             if line.startswith("Press Ctrl-C"):
                 break
         text = "".join(printed)
-        assert f"http://127.0.0.1:{port_mlflow}" in text and f"http://127.0.0.1:{port_optuna}" in text, (
-            text + (ui.stderr.read() if ui.poll() is not None and ui.stderr else "")
+        assert f"http://127.0.0.1:{port_mlflow}" in text and f"http://127.0.0.1:{port_optuna}" in text, text + (
+            ui.stderr.read() if ui.poll() is not None and ui.stderr else ""
         )
-        experiments = get_json(
-            f"http://127.0.0.1:{port_mlflow}/api/2.0/mlflow/experiments/search?max_results=10"
-        )
+        experiments = get_json(f"http://127.0.0.1:{port_mlflow}/api/2.0/mlflow/experiments/search?max_results=10")
         assert "s1" in {e["name"] for e in experiments["experiments"]}  # type: ignore[index]
         studies = get_json(f"http://127.0.0.1:{port_optuna}/api/studies")
         assert [s["study_name"] for s in studies["study_summaries"]] == ["s1"]  # type: ignore[index]

@@ -321,8 +321,9 @@ def test_cli_bad_options_exit_2_with_one_line(kvasir_seg_dir: Path, tmp_path: Pa
     assert "Traceback" not in proc.stderr
 
 
-def test_sigterm_interrupts_cv_as_ctrl_c_does(kvasir_seg_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch,
-                                              capsys: pytest.CaptureFixture[str]) -> None:
+def test_sigterm_interrupts_cv_as_ctrl_c_does(
+    kvasir_seg_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
     """scancel, a Slurm time limit or `kill` (SIGTERM) end `segsweep cv` with the same resume line as Ctrl-C
     (test_faults' Ctrl-C test covers what the interruption does to cv.json and the tracker), and SIGTERM's
     handler is put back after."""

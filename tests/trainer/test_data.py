@@ -22,9 +22,7 @@ from trainer.data import (
 )
 
 
-def _write_pair(
-    root: Path, stem: str, image_ext: str = ".jpg", mask_ext: str = ".png", size: int = 64
-) -> None:
+def _write_pair(root: Path, stem: str, image_ext: str = ".jpg", mask_ext: str = ".png", size: int = 64) -> None:
     (root / "images").mkdir(parents=True, exist_ok=True)
     (root / "masks").mkdir(parents=True, exist_ok=True)
     image = np.full((size, size, 3), 120, np.uint8)
@@ -168,9 +166,7 @@ def test_prepare_builds_once_then_loads_the_cache(
     assert [p.name for p in cache.iterdir()] == [first.key]
 
 
-def test_default_cache_is_segsweep_cache(
-    kvasir_seg_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_default_cache_is_segsweep_cache(kvasir_seg_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("SEGSWEEP_CACHE", str(tmp_path / "env-cache"))
     prepared = prepare_dataset(kvasir_seg_dir, 32, limit=3)
     assert (tmp_path / "env-cache" / prepared.key / "meta.json").is_file()
@@ -259,7 +255,6 @@ def test_images_in_subfolders_are_not_used_and_a_warning_says_so(
         f"directly in images/ are; e.g. {root / 'images' / 'later' / 'case000.jpg'}); move them up into images/ "
         "to use them"
     ]
-
 
 
 def test_hidden_pair_is_left_out_with_a_warning(

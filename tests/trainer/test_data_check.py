@@ -48,9 +48,7 @@ def test_synthetic_sets_check_clean(
     assert "12 image/mask pairs" in capsys.readouterr().out
 
 
-def test_every_planted_fault_is_reported_in_one_pass(
-    seg_copy: Path, capsys: pytest.CaptureFixture[str]
-) -> None:
+def test_every_planted_fault_is_reported_in_one_pass(seg_copy: Path, capsys: pytest.CaptureFixture[str]) -> None:
     images, masks = seg_copy / "images", seg_copy / "masks"
     # 1. image without mask, 2. mask without image
     (masks / "case000.jpg").unlink()

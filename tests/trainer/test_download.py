@@ -143,9 +143,7 @@ def test_download_unpacks_to_the_root_and_verifies(
     files, manifest = seg_archive
     server.files["/kvasir-seg.zip"] = _official_seg_zip(files)
     dest = tmp_path / "data"
-    code = run_download_command(
-        "kvasir-seg", dest, server.url("/kvasir-seg.zip"), manifest=manifest, progress=True
-    )
+    code = run_download_command("kvasir-seg", dest, server.url("/kvasir-seg.zip"), manifest=manifest, progress=True)
     out, err = capsys.readouterr()
     assert code == 0, out
     assert "100%" in err  # the progress bar goes to stderr

@@ -90,8 +90,15 @@ def test_cpu_auto_resolves_off_and_on_builds_a_float32_output_model(fresh_runtim
 def _user_env() -> dict[str, str]:
     """The environment of a user's shell: none of the variables segsweep sets for itself."""
     env = dict(os.environ)
-    for name in ("TF_CPP_MIN_LOG_LEVEL", "_SEGSWEEP_TF_LOG_LEVEL_SET", "SEGSWEEP_VERBOSE", "TF_USE_LEGACY_KERAS",
-                 "SM_FRAMEWORK", models.MIXED_PRECISION_ENV, models.THREADS_ENV):
+    for name in (
+        "TF_CPP_MIN_LOG_LEVEL",
+        "_SEGSWEEP_TF_LOG_LEVEL_SET",
+        "SEGSWEEP_VERBOSE",
+        "TF_USE_LEGACY_KERAS",
+        "SM_FRAMEWORK",
+        models.MIXED_PRECISION_ENV,
+        models.THREADS_ENV,
+    ):
         env.pop(name, None)
     return env
 
@@ -104,9 +111,7 @@ def _segsweep_cv(data: Path, out: Path, *extra: str) -> subprocess.CompletedProc
 
 
 @pytest.mark.slow
-def test_cv_records_the_options_and_hides_tensorflow_startup_lines(
-    kvasir_seg_dir: Path, tmp_path: Path
-) -> None:
+def test_cv_records_the_options_and_hides_tensorflow_startup_lines(kvasir_seg_dir: Path, tmp_path: Path) -> None:
     # "off", not "on": float16 on a CPU takes minutes even here (its loss-scaled train step traces
     # a finiteness check per variable); "on" reaching the model and the trials is tested above and below.
     quiet = _segsweep_cv(kvasir_seg_dir, tmp_path / "a", "--mixed-precision", "off", "--threads", "1")

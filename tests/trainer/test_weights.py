@@ -80,7 +80,8 @@ def _point_table_at(
     monkeypatch: pytest.MonkeyPatch, url: str = UNREACHABLE, file_hash: str | None = None
 ) -> weights.WeightsFile:
     entry = dataclasses.replace(
-        weights.IMAGENET_WEIGHTS[ENCODER], url=url + weights.IMAGENET_WEIGHTS[ENCODER].file_name,
+        weights.IMAGENET_WEIGHTS[ENCODER],
+        url=url + weights.IMAGENET_WEIGHTS[ENCODER].file_name,
         file_hash=file_hash,
     )
     monkeypatch.setitem(weights.IMAGENET_WEIGHTS, ENCODER, entry)
@@ -160,8 +161,14 @@ def test_missing_imagenet_file_offline_fails_fast_with_one_clear_error(
     elapsed = time.monotonic() - start
     message = str(raised.value)
     assert elapsed < 30
-    for needed in (entry.file_name, str(entry.file_hash), entry.url, "segsweep weights import FILE --encoder "
-                   "mobilenetv2", "--weights none", "--weights PATH"):
+    for needed in (
+        entry.file_name,
+        str(entry.file_hash),
+        entry.url,
+        "segsweep weights import FILE --encoder mobilenetv2",
+        "--weights none",
+        "--weights PATH",
+    ):
         assert needed in message
     assert "\n" not in message
     assert not any((keras_home / "models").glob("*")), "no partial file is left behind"
@@ -305,7 +312,7 @@ def test_a_corrupt_cached_file_is_reported_and_left_in_place(
     entry = _point_table_at(monkeypatch, file_hash=_md5(encoder_file) if published_hash else None)
     cached = keras_home / "models" / entry.file_name
     cached.parent.mkdir(parents=True)
-    damaged = encoder_file.read_bytes()[: 4096]
+    damaged = encoder_file.read_bytes()[:4096]
     cached.write_bytes(damaged)
     with pytest.raises(WeightsError) as raised:
         weights.resolve_weights(ENCODER, "imagenet")
@@ -342,9 +349,7 @@ def test_table_matches_the_installed_packages() -> None:
         builder = sm.Backbones.models[encoder][0]
         assert builder.__module__.split(".")[0] == entry.source, encoder
 
-    notop = {
-        w["model"]: w for w in cm.WEIGHTS_COLLECTION if w["dataset"] == "imagenet" and not w["include_top"]
-    }
+    notop = {w["model"]: w for w in cm.WEIGHTS_COLLECTION if w["dataset"] == "imagenet" and not w["include_top"]}
     for encoder, entry in table.items():
         if entry.source == "classification_models":
             w = notop[encoder]
@@ -368,7 +373,7 @@ def test_table_matches_the_installed_packages() -> None:
     }
     # The names these three build in code, for segmentation-models' any-size input (224 x 224 files).
     assert table["inceptionresnetv2"].file_name == (
-        "inception_resnet_v2_weights_" "tf_dim_ordering_tf_kernels_notop.h5"
+        "inception_resnet_v2_weights_tf_dim_ordering_tf_kernels_notop.h5"
     ) and "'tf_dim_ordering_tf_kernels_notop.h5')" in inspect.getsource(sm_irv2)
     assert table["mobilenet"].file_name == "mobilenet_{}_{}_tf_no_top.h5".format("1_0", 224)
     assert table["mobilenetv2"].file_name == (

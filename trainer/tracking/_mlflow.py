@@ -104,7 +104,11 @@ def find_run(client: MlflowClient, experiment_id: str, tags: Mapping[str, str]) 
 
 
 def log_params(
-    client: MlflowClient, run_id: str, params: Mapping[str, Any], *, new_run: bool = False,
+    client: MlflowClient,
+    run_id: str,
+    params: Mapping[str, Any],
+    *,
+    new_run: bool = False,
     tags: Mapping[str, str] | None = None,
 ) -> None:
     """Log redacted, flattened parameters (and ``tags``), skipping keys the run already has (a resumed
@@ -223,8 +227,13 @@ class MlflowTracker(TrackerBackend):
             self.run_id = client.create_run(self.experiment_id, run_name=self.run_name, tags=tags).info.run_id
         else:
             client.update_run(self.run_id, status="RUNNING")
-        log_params(client, self.run_id, self.params, new_run=new_run,
-                   tags={"n_folds": str(n_folds), STATE_TAG: RUNNING, REASON_TAG: ""})
+        log_params(
+            client,
+            self.run_id,
+            self.params,
+            new_run=new_run,
+            tags={"n_folds": str(n_folds), STATE_TAG: RUNNING, REASON_TAG: ""},
+        )
 
     def _fold_start(self, fold: int, n_train: int, n_val: int) -> None:
         assert self.run_id is not None and self.experiment_id is not None
@@ -278,12 +287,19 @@ class MlflowTracker(TrackerBackend):
         assert self.run_id is not None
         latest = next(f for f in completed if f.fold == fold)
         mean, std = summarise(completed)
-        summary = {"mean_dice": mean["dice"], "mean_iou": mean["iou"], "std_dice": std["dice"], "std_iou": std["iou"],
-                   "folds_done": len(completed)}
+        summary = {
+            "mean_dice": mean["dice"],
+            "mean_iou": mean["iou"],
+            "std_dice": std["dice"],
+            "std_iou": std["iou"],
+            "folds_done": len(completed),
+        }
         self.client.log_batch(
             self.run_id,
-            metrics=[*_metrics({"fold_dice": latest.dice, "fold_iou": latest.iou}, step=fold),
-                     *_metrics(summary, step=len(completed))],
+            metrics=[
+                *_metrics({"fold_dice": latest.dice, "fold_iou": latest.iou}, step=fold),
+                *_metrics(summary, step=len(completed)),
+            ],
             synchronous=True,
         )
 
