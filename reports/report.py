@@ -247,9 +247,8 @@ def _evidence(evidence: WinnerEvidence) -> Section:
             )
         )
     blocks += evidence.notes
-    if any(d.n_pairs for d in evidence.differences):
-        tied = ", ".join(t.label for t in evidence.tied) or "none"
-        blocks.append(f"Statistically tied with the winner (interval contains 0): {tied}.")
+    if (tied := evidence.tied_sentence()) is not None:
+        blocks.append(tied)
     return Section("The winner's evidence", blocks)
 
 

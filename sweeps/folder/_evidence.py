@@ -30,6 +30,9 @@ _CHUNK = 1_000
 TIE_CHECK_TOP = 10
 
 BEAT, TIE, WORSE = "beat", "tie", "did not beat"
+_UNPAIRED = (
+    "no image scored by both in the same fold: no finished fold yet, or folds written before per-image scores were kept"
+)
 
 
 @dataclass(frozen=True)
@@ -103,10 +106,15 @@ class WinnerEvidence:
                 )
                 lines.append(f"winner - {d.role} {d.other.label}: {d.figures()} ({d.verdict}{partial})")
         lines += self.notes
-        if any(d.n_pairs for d in self.differences):
-            tied = ", ".join(t.label for t in self.tied) or "none"
-            lines.append(f"Statistically tied with the winner (interval contains 0): {tied}.")
-        return lines
+        tied = self.tied_sentence()
+        return [*lines, tied] if tied else lines
+
+    def tied_sentence(self) -> str | None:
+        """``Statistically tied with the winner ...: #3 (...)``; None when nothing was paired."""
+        if not any(d.n_pairs for d in self.differences):
+            return None
+        tied = ", ".join(t.label for t in self.tied) or "none"
+        return f"Statistically tied with the winner (interval contains 0): {tied}."
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -150,7 +158,10 @@ def paired_difference(winner: TrialResult, other: TrialResult, role: str) -> Pai
 def _headline(winner: TrialResult, best_start: PairedDifference | None) -> str | None:
     """One sentence: did the sweep beat its best starting point (the first in the ranking)?"""
     if winner.start is not None:
-        return f"Winner trial {winner.label} is your starting point {winner.start}: no other trial beat it."
+        return (
+            f"Winner trial {winner.label} is your starting point {winner.start}: no other trial reached a higher "
+            "mean CV Dice."
+        )
     if best_start is None:
         return None  # no starting points: nothing to say about them
     label = best_start.other.start
@@ -161,7 +172,7 @@ def _headline(winner: TrialResult, best_start: PairedDifference | None) -> str |
     elif best_start.verdict == WORSE:
         said = f"did not beat your starting point {label}: {best_start.figures()}"
     else:
-        said = f"not compared with your starting point {label}: no image scored by both in the same fold"
+        said = f"not compared with your starting point {label}: {_UNPAIRED}"
     return f"Winner trial {winner.label}: {said}."
 
 
@@ -175,9 +186,8 @@ def winner_evidence(sweep: SweepResults) -> WinnerEvidence | None:
     notes: list[str] = []
     if not winner.image_scores():
         notes.append(
-            f"No paired evidence: the winner's folds record no per-image scores (folds written before "
-            f"segsweep kept them); rerun the trial (`segsweep cv --config {sweep.folder.report_dir}/best.json`) "
-            "to compare image by image."
+            "No paired evidence: the winner's folds record no per-image scores (folds written before segsweep "
+            "kept them), so its trials compare by fold means only."
         )
         return WinnerEvidence(winner, [], None, notes)
     # Starting points in ranking order, so the first is the best starting point the headline names.
@@ -193,10 +203,7 @@ def winner_evidence(sweep: SweepResults) -> WinnerEvidence | None:
     differences = [paired_difference(winner, t, role) for t, role in compared]
     unpaired = [d.other.label for d in differences if d.n_pairs == 0]
     if unpaired:
-        notes.append(
-            f"Not compared image by image (no image scored by both in the same fold, e.g. folds written before "
-            f"per-image scores were kept): {', '.join(unpaired)}."
-        )
+        notes.append(f"Not compared image by image ({_UNPAIRED}): {', '.join(unpaired)}.")
     if len(eligible) > 2 + TIE_CHECK_TOP:
         notes.append(
             f"Ties checked against the starting points, the runner-up and the next {TIE_CHECK_TOP} ranked trials."

@@ -87,8 +87,8 @@ def test_a_winner_that_is_a_starting_point_says_so(tmp_path: Path) -> None:
     make_sweep(tmp_path, "s", [_trial(1e-3, [0.0] * 40, start="hand-pick"), _trial(2e-3, [-0.05] * 40)])
     evidence = winner_evidence(load_sweep(tmp_path, "s"))
     assert evidence is not None
-    assert (
-        evidence.headline == "Winner trial #0 (trial_00000) is your starting point hand-pick: no other trial beat it."
+    assert evidence.headline == (
+        "Winner trial #0 (trial_00000) is your starting point hand-pick: no other trial reached a higher mean CV Dice."
     )
     assert [d.role for d in evidence.differences] == ["runner-up"]
 
@@ -135,7 +135,7 @@ def test_a_starting_point_without_per_image_scores_is_named_not_compared(tmp_pat
     assert evidence is not None
     assert evidence.headline == (
         "Winner trial #1 (trial_00001): not compared with your starting point hand-pick: no image scored by both "
-        "in the same fold."
+        "in the same fold: no finished fold yet, or folds written before per-image scores were kept."
     )
     assert evidence.differences[0].verdict is None and "#0 (trial_00000)" in evidence.notes[0]
 
