@@ -30,15 +30,19 @@ from reports.leaderboard import (
 from segsweep.base.errors import ConfigError, SegsweepError
 from segsweep.base.files import disk_full_as_error, write_bytes_atomic, write_json_atomic
 from sweeps.folder import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
     OBJECTIVE,
     SweepResults,
     TestScore,
     TrialResult,
+    WinnerEvidence,
     attempt_spans,
     format_value,
     leaderboard_table,
     load_sweep,
     load_test_scores,
+    winner_evidence,
 )
 from trainer.config import CVConfig
 from trainer.results import read_cv_result
@@ -98,7 +102,9 @@ def data_path(sweep: SweepResults, trial: TrialResult | None = None) -> str | No
     return None
 
 
-def best_configuration(sweep: SweepResults, choice: WinnerChoice) -> dict[str, Any]:
+def best_configuration(
+    sweep: SweepResults, choice: WinnerChoice, evidence: WinnerEvidence | None = None
+) -> dict[str, Any]:
     """best.json: the winner's CVConfig under ``config`` plus ``data``, and where it came from."""
     winner = choice.winner
     try:
@@ -121,6 +127,7 @@ def best_configuration(sweep: SweepResults, choice: WinnerChoice) -> dict[str, A
         },
         "runner_up": None,
         "gap_in_winner_std": choice.gap_in_std,
+        "evidence": evidence.to_dict() if evidence is not None else None,
     }
     cv = read_cv_result(winner.path) if winner.path is not None else None
     if cv is not None and cv.runtime:
@@ -210,6 +217,39 @@ def _winner(choice: WinnerChoice) -> Section:
     if runtime:
         blocks.append(runtime)
     return Section("Winner", blocks)
+
+
+def _evidence(evidence: WinnerEvidence) -> Section:
+    """The winner against each starting point and the runner-up, image by image (cross-validation only)."""
+    blocks: list[Block] = [evidence.headline] if evidence.headline else []
+    blocks.append(
+        "Paired comparison on the out-of-fold images: the winner's Dice minus the other trial's on each image "
+        "both validated in the same fold, its mean, and a 95 % percentile bootstrap interval over images "
+        f"({BOOTSTRAP_RESAMPLES} resamples, seed {BOOTSTRAP_SEED}, so a rerun gives the same numbers). An "
+        "interval above 0: the winner is better; containing 0: tied; below 0: the winner is worse."
+    )
+    rows = [
+        [
+            d.role,
+            d.other.label,
+            d.other.state,
+            str(d.n_pairs),
+            f"{d.mean:+.4f}" if d.n_pairs else "–",
+            f"{d.low:+.4f} to {d.high:+.4f}" if d.n_pairs else "–",
+            d.verdict or "not paired",
+        ]
+        for d in evidence.differences
+    ]
+    if rows:
+        blocks.append(
+            Table(
+                ["compared with", "trial", "state", "paired images", "mean difference", "95 % interval", "winner"], rows
+            )
+        )
+    blocks += evidence.notes
+    if (tied := evidence.tied_sentence()) is not None:
+        blocks.append(tied)
+    return Section("The winner's evidence", blocks)
 
 
 def _runtime_sentence(trial: TrialResult) -> str | None:
@@ -556,10 +596,12 @@ def _figures(sweep: SweepResults, choice: WinnerChoice, study: Any | None, why_n
 def build_report(sweep: SweepResults) -> Report:
     """Everything the report says, independent of its format."""
     choice = pick_winner(sweep)
+    evidence = winner_evidence(sweep)
     study, why_not = _load_study(sweep)
     sections = [
         _overview(sweep, choice),
         _winner(choice),
+        *([_evidence(evidence)] if evidence is not None else []),
         _table2(sweep, choice.winner),
         _leaderboard(sweep),
         _pretraining(sweep),
@@ -567,7 +609,7 @@ def build_report(sweep: SweepResults) -> Report:
         _best_so_far_section(sweep),
         _figures(sweep, choice, study, why_not),
     ]
-    return Report(f"segsweep report: {sweep.name}", sections, best_configuration(sweep, choice))
+    return Report(f"segsweep report: {sweep.name}", sections, best_configuration(sweep, choice, evidence))
 
 
 # --- rendering -------------------------------------------------------------------------------------

@@ -14,6 +14,14 @@ from sweeps.folder._control import (
     read_stop_request,
     request_stop,
 )
+from sweeps.folder._evidence import (
+    BOOTSTRAP_RESAMPLES,
+    BOOTSTRAP_SEED,
+    PairedDifference,
+    WinnerEvidence,
+    paired_bootstrap,
+    winner_evidence,
+)
 from sweeps.folder._layout import (
     DEFAULT_STORAGE,
     FORMAT_VERSION,
@@ -70,6 +78,8 @@ from sweeps.folder._sweep_results import (
 )
 
 __all__ = [
+    "BOOTSTRAP_RESAMPLES",
+    "BOOTSTRAP_SEED",
     "COMPLETE",
     "DEFAULT_STORAGE",
     "FAILED",
@@ -88,6 +98,7 @@ __all__ = [
     "ImageScore",
     "NoSuchSweep",
     "Objective",
+    "PairedDifference",
     "RunningTrial",
     "StopRequest",
     "SweepFolder",
@@ -98,6 +109,7 @@ __all__ = [
     "TestScore",
     "TrialRecord",
     "TrialResult",
+    "WinnerEvidence",
     "append_event",
     "append_submission",
     "attempt_spans",
@@ -118,6 +130,7 @@ __all__ = [
     "mean_std",
     "now",
     "pair_image_scores",
+    "paired_bootstrap",
     "rank_trials",
     "read_events",
     "read_progress",
@@ -132,5 +145,6 @@ __all__ = [
     "summarise_sweep",
     "sweep_names",
     "update_trial_record",
+    "winner_evidence",
     "write_spec_record",
 ]

@@ -317,3 +317,55 @@ def test_importance_of_a_large_study_uses_a_bounded_forest() -> None:
     small, large = _fanova_evaluator(FANOVA_FULL_FOREST_UP_TO), _fanova_evaluator(FANOVA_FULL_FOREST_UP_TO + 1)
     assert small._evaluator._forest.max_depth == 64  # Optuna's default forest
     assert large._evaluator._forest.max_depth == FANOVA_LARGE_STUDY_DEPTH
+
+
+def _start_sweep(storage: Path, winner_shift: float) -> None:
+    """A starting point and one proposal on two folds of 10 images; the proposal scores ``winner_shift``
+    above it on every image but alternately 0.05 above and below that."""
+    base = [0.5 + 0.3 * (i % 7) / 7 for i in range(20)]
+
+    def trial(lr: float, shift: list[float], start: str | None = None) -> FakeTrial:
+        images = [b + s for b, s in zip(base, shift, strict=True)]
+        folds = [images[:10], images[10:]]
+        params = {"encoder": "resnet18", "weights": "imagenet", "batch_size": 8, "lr": lr}
+        return FakeTrial(params, [sum(f) / 10 for f in folds], image_dice=folds, start=start)
+
+    noisy = [winner_shift + (0.05 if i % 2 else -0.05) for i in range(20)]
+    make_sweep(storage, "s", [trial(1e-3, [0.0] * 20, start="hand-pick"), trial(2e-3, noisy)])
+
+
+@pytest.mark.parametrize(
+    ("shift", "said"),
+    [
+        (0.1, "+0.100 Dice over your starting point hand-pick, 95 % interval"),
+        (0.004, "tied with your starting point hand-pick: +0.004 Dice"),
+    ],
+)
+def test_report_md_html_and_json_state_the_winners_evidence(tmp_path: Path, shift: float, said: str) -> None:
+    _start_sweep(tmp_path, shift)
+    out = tmp_path / "r"
+    assert main(["report", "s", "--storage", str(tmp_path), "--out", str(out)]) == 0
+    md, page = (out / "report.md").read_text(), (out / "report.html").read_text()
+    headline = f"Winner trial #1 (trial_00001): {said}"
+    assert "## The winner's evidence" in md and headline in md
+    assert "| starting point hand-pick (runner-up) | #0 (trial_00000) | COMPLETE | 20 |" in md
+    assert headline in page and "The winner&#x27;s evidence" in page
+    evidence = read_json(out / "best.json")["evidence"]
+    assert evidence["headline"].startswith(headline)
+    [compared] = evidence["comparisons"]
+    assert compared["start"] == "hand-pick" and compared["n_pairs"] == 20
+    assert compared["verdict"] == ("beat" if shift > 0.05 else "tie")
+    assert evidence["tied_with_winner"] == ([] if shift > 0.05 else ["trial_00000"])
+
+
+def test_report_of_a_sweep_without_per_image_scores_says_why(tmp_path: Path) -> None:
+    params = {"encoder": "mobilenet", "weights": "none", "batch_size": 4}
+    trials = [
+        FakeTrial({**params, "lr": 1e-3}, [0.4, 0.5], image_scores=False),
+        FakeTrial({**params, "lr": 2e-3}, [0.3, 0.5], image_scores=False),
+    ]
+    make_sweep(tmp_path, "s", trials)
+    report = build_report(load_sweep(tmp_path, "s"))
+    [section] = [s for s in report.sections if s.title == "The winner's evidence"]
+    assert len(section.blocks) == 2 and str(section.blocks[1]).startswith("No paired evidence: the winner's folds")
+    assert report.best["evidence"]["comparisons"] == []

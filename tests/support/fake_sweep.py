@@ -8,7 +8,7 @@ trials (same parameters, states and values) under the sweep's name.
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -49,6 +49,12 @@ class FakeTrial:
     reason: str | None = None
     epochs: int = 4
     lr_drops: list[list[int]] = field(default_factory=list)  # per fold
+    #: The starting point's label (trial.json's ``start``), for a trial that ran one.
+    start: str | None = None
+    #: Each fold's per-image Dice (IoU 0.1 below), in place of scores spread around the fold's Dice.
+    image_dice: list[list[float]] | None = None
+    #: False for a trial recorded before folds kept per-image scores.
+    image_scores: bool = True
 
 
 def default_trials() -> list[FakeTrial]:
@@ -66,7 +72,9 @@ def default_trials() -> list[FakeTrial]:
     ]  # fmt: skip
 
 
-def _fold(number: int, dice: float, epochs: int, drops: list[int], stems: list[str]) -> FoldResult:
+def _fold(
+    number: int, dice: float, epochs: int, drops: list[int], stems: list[str], image_dice: list[float] | None
+) -> FoldResult:
     lr = 1e-3
     history = []
     for epoch in range(1, epochs + 1):
@@ -92,8 +100,8 @@ def _fold(number: int, dice: float, epochs: int, drops: list[int], stems: list[s
         history=history,
         seconds=1.5,
         val_stems=stems,
-        val_dice=fake_image_scores(dice, len(stems)),
-        val_iou=fake_image_scores(dice - 0.1, len(stems)),
+        val_dice=image_dice if image_dice is not None else fake_image_scores(dice, len(stems)),
+        val_iou=[d - 0.1 for d in image_dice] if image_dice is not None else fake_image_scores(dice - 0.1, len(stems)),
     )
 
 
@@ -129,11 +137,15 @@ def make_sweep(
             folds=trial.n_folds, image_size=image_size, limit=limit,
         ).to_dict()  # fmt: skip
         trial_dir = folder.trial_dir(trial_id)
+        per_fold = len(trial.image_dice[0]) if trial.image_dice else 6
         folds = [
             _fold(i + 1, d, trial.epochs, trial.lr_drops[i] if i < len(trial.lr_drops) else [],
-                  [f"case{j:03d}" for j in range(i * 6, i * 6 + 6)])
+                  [f"case{j:03d}" for j in range(i * per_fold, (i + 1) * per_fold)],
+                  trial.image_dice[i] if trial.image_dice else None)
             for i, d in enumerate(trial.dice)
         ]  # fmt: skip
+        if not trial.image_scores:  # as folds were written before per-image scores were kept
+            folds = [replace(f, val_stems=[], val_dice=[], val_iou=[]) for f in folds]
         for fold in folds:
             write_json_atomic(fold_path(trial_dir, fold.fold), fold.to_dict())
         cv = CVResult(
@@ -149,7 +161,7 @@ def make_sweep(
             trial_dir, trial_id=trial_id, number=number, params=trial.params, state=trial.state,
             reason=trial.reason, config=config, n_folds=trial.n_folds, folds_done=len(folds),
             mean_dice=cv.mean["dice"] if folds else None,
-            started="2025-01-01T00:00:00", ended="2025-01-01T00:01:00",
+            started="2025-01-01T00:00:00", ended="2025-01-01T00:01:00", start=trial.start,
         )  # fmt: skip
         if study is not None:
             state = _OPTUNA_STATES[trial.state]
