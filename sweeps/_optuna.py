@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import warnings
+from collections.abc import Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -210,6 +211,16 @@ def _state_from_record(record: TrialRecord) -> tuple[TrialState, float | None, s
     return TrialState.FAIL, None, reason
 
 
+def replayed_in_space(space: SearchSpace, params: Mapping[str, Any]) -> optuna.trial.FixedTrial:
+    """``params`` (a trial's recorded proposal) run through the space's define-by-run: its ``params``
+    and ``distributions`` are what a study adding that trial (``create_trial``) needs."""
+    from optuna.trial import FixedTrial
+
+    fixed = FixedTrial(dict(params))
+    space.define_by_run(fixed)
+    return fixed
+
+
 def rebuild_study(sweep_dir: Path, study_name: str, space: SearchSpace) -> int:
     """Make the study in SWEEP/optuna.db again from the trial records (the file was lost); return its trials.
 
@@ -221,7 +232,7 @@ def rebuild_study(sweep_dir: Path, study_name: str, space: SearchSpace) -> int:
     no trial folder becoming a FAIL trial, because Ray's saved searcher refers to the study's trials
     by their storage ids, which a fresh storage hands out in order of addition.
     """
-    from optuna.trial import FixedTrial, create_trial
+    from optuna.trial import create_trial
 
     sweep = load_sweep(sweep_dir.parent, sweep_dir.name)
     by_number = {t.number: t for t in sweep.trials if t.number is not None}
@@ -231,8 +242,7 @@ def rebuild_study(sweep_dir: Path, study_name: str, space: SearchSpace) -> int:
         if trial is None:
             rebuilt.append(create_trial(state=TrialState.FAIL, user_attrs={STUDY_REASON_ATTR: _NO_RECORD}))
             continue
-        fixed = FixedTrial(dict(trial.params))
-        space.define_by_run(fixed)
+        fixed = replayed_in_space(space, trial.params)
         running_means = {k: summarise(trial.folds[:k])[0][OBJECTIVE.metric] for k in range(1, trial.folds_done + 1)}
         state = _RECORD_STATES.get(trial.state, TrialState.FAIL)
         value = None

@@ -260,16 +260,14 @@ def warm_start_trials(folder: SweepFolder, space: SearchSpace) -> list[optuna.tr
     of ``space``: their parameters, mean Dice, and the distributions the space samples them from."""
     import optuna
 
+    from sweeps._optuna import replayed_in_space
     from sweeps.folder import is_eligible
 
     trials = []
     for trial in load_sweep(folder.storage, folder.name).trials:
         if not is_eligible(trial):
             continue
-        replay = optuna.create_study()  # in memory: the space's distributions for these values
-        replay.enqueue_trial(dict(trial.params))
-        asked = replay.ask()
-        space.define_by_run(asked)
+        asked = replayed_in_space(space, trial.params)  # the space's distributions for these values
         trials.append(
             optuna.trial.create_trial(
                 state=optuna.trial.TrialState.COMPLETE,
