@@ -83,7 +83,7 @@ class SweepCallback(tune.Callback):
         if n_folds and folds_done >= n_folds:
             state, reason = COMPLETE, None
         else:
-            state, reason = PRUNED, pruned_reason(last)
+            state, reason = PRUNED, pruned_reason(last, read_trial_record(folder))
         record = update_trial_record(folder, state=state, reason=reason, ended=now())
         append_event(folder, "trial_end", state=state, reason=reason)
         suffix = f": {reason}" if reason else ""

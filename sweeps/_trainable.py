@@ -24,6 +24,7 @@ from segsweep.base.errors import SegsweepError, one_line_error
 from sweeps.folder import (
     OBJECTIVE,
     SweepFolder,
+    TrialRecord,
     append_event,
     now,
     read_stop_request,
@@ -277,8 +278,11 @@ def interrupted_by_stop(sweep: SweepFolder, last_result: Mapping[str, Any] | Non
     return unfinished and read_stop_request(sweep) is not None
 
 
-def pruned_reason(last_result: Mapping[str, Any]) -> str:
-    """Why a trial was PRUNED, from its last report to Ray (trial.json and the trackers say this)."""
+def pruned_reason(last_result: Mapping[str, Any], record: TrialRecord | None = None) -> str:
+    """Why a trial was PRUNED (trial.json and the trackers say this): the scheduler's own reason when it
+    recorded one (``record.pruned_by``), else the fold count and running mean of its last report."""
+    if record is not None and record.pruned_by:
+        return record.pruned_by
     return (
         f"stopped by the scheduler after {int(last_result.get('folds_done') or 0)} of "
         f"{int(last_result.get('n_folds') or 0)} folds "
@@ -376,7 +380,7 @@ class TuneFoldReporter(Reporter):
             # PRUNED as the driver records trial.json; a stopping sweep's trial is interrupted.
             self.folds_reported = len(completed)
             if 0 < len(completed) < self.n_folds and not interrupted_by_stop(self.sweep, metrics):
-                raise StoppedEarly(pruned_reason(metrics)) from None
+                raise StoppedEarly(pruned_reason(metrics, read_trial_record(self.folder))) from None
             raise
         self.folds_reported = len(completed)
 

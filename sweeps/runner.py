@@ -302,7 +302,7 @@ def _drive(
                     search_alg=StoppableSearch(
                         ConcurrencyLimiter(searcher, max_concurrent=spec.concurrency), spec.folder
                     ),
-                    scheduler=make_scheduler(spec.scheduler, n_folds),
+                    scheduler=make_scheduler(spec.scheduler, n_folds, spec.sweep_dir),
                     num_samples=spec.trials,
                     reuse_actors=True,
                     trial_dirname_creator=trial_dirname,
@@ -404,12 +404,17 @@ def _finish_sweep_tracking(spec: SweepSpec, outcome: SweepOutcome) -> None:
     finish_sweep_folder_tracking(spec.sweep_dir, summary)
 
 
-def make_scheduler(name: str, n_folds: int) -> Any:
-    """ASHA on the objective's running mean, time measured in folds done (or FIFO for ``none``)."""
+def make_scheduler(name: str, n_folds: int, sweep_dir: str | Path) -> Any:
+    """The scheduler that decides after each fold: paired (sweeps._paired), ASHA on the objective's
+    running mean with time measured in folds done, or FIFO for ``none`` (and for one fold)."""
     from ray.tune.schedulers import AsyncHyperBandScheduler, FIFOScheduler
 
     if name == "none" or n_folds < 2:
         return FIFOScheduler()
+    if name == "paired":
+        from sweeps._paired import PairedScheduler
+
+        return PairedScheduler(sweep_dir)
     return AsyncHyperBandScheduler(
         time_attr="folds_done",
         metric=OBJECTIVE.metric,

@@ -17,7 +17,7 @@ from trainer.config import coerce_value, name_unknown, unknown_keys_error, yaml_
 if TYPE_CHECKING:
     from search_spaces import SearchSpace
 
-SCHEDULERS = ("asha", "none")
+SCHEDULERS = ("paired", "asha", "none")
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$")
 
 
@@ -38,7 +38,7 @@ class SweepSpec:
     concurrency: int | None = None
     cpus_per_trial: float = 1.0
     gpus_per_trial: float = 0.0
-    scheduler: str = "asha"
+    scheduler: str = "paired"
     seed: int = 0
     address: str | None = None
     overrides: dict[str, Any] = field(default_factory=dict)
@@ -272,8 +272,9 @@ RUN_OPTIONS: tuple[RunOption, ...] = (
     RunOption("cpus_per_trial", f"CPUs per trial (default {_DEFAULTS.cpus_per_trial:g})", value_type=float),
     RunOption("gpus_per_trial", "GPUs per trial, fractions allowed (0.5: two trials share a card; "
               f"default {_DEFAULTS.gpus_per_trial:g})", value_type=float),
-    RunOption("scheduler", "asha stops weak trials after their first folds, none runs all folds "
-              f"(default {_DEFAULTS.scheduler})", choices=SCHEDULERS),
+    RunOption("scheduler", "paired stops a trial once the best complete trial beats it on the same images "
+              "(paired 95 %% interval below 0); asha stops trials outside the top third of the running means "
+              f"at each fold rung; none runs all folds (default {_DEFAULTS.scheduler})", choices=SCHEDULERS),
     RunOption("seed", f"seed of the sampler and of every trial's folds (default {_DEFAULTS.seed})", value_type=int),
     RunOption("address", "HOST:PORT of a running Ray cluster's head (default: start Ray on this machine)"),
     RunOption("limit", "use only the first N pairs (quick runs)", OVERRIDES, value_type=int),

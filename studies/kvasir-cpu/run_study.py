@@ -39,6 +39,11 @@ BN_RUN = ["--encoder", "mobilenetv2", "--arch", "unet", "--weights", "none", "--
           "--lr", "1e-3", "--loss", "bce_dice", "--epochs", "12", "--limit", "300"]  # fmt: skip
 SWEEP = "kvasir-cpu"
 SWEEP_TRIALS = 10
+#: The second run (issue 20): the reshaped `cpu` space with its starting points and paired pruning,
+#: within the first sweep's 850 trial-minutes of training (at most SWEEP2_TRIALS trials).
+SWEEP2 = "kvasir-cpu-2"
+SWEEP2_TRIALS = 14
+BUDGET_TRIAL_MINUTES = 850.0
 KEEP_TOP = 3
 POSTPROCESS = "min-area,fill-holes"
 
@@ -189,6 +194,133 @@ def build_steps(segsweep: str, python: str, data: Path, out: Path) -> list[Step]
     ]
 
 
+def build_second_steps(segsweep: str, python: str, data: Path, out: Path) -> list[Step]:
+    """The second run: sweep, report, retrain and predict the winner and the hand pick (its start)."""
+    sweeps = out / "sweeps"
+    val = out / "data" / "medico2020_val"
+    here = Path(__file__).resolve().parent
+    folder = sweeps / SWEEP2
+
+    def sweep_commands() -> list[list[str]]:
+        if (folder / "sweep.json").is_file():
+            return [[segsweep, "sweep", "resume", SWEEP2, "--storage", str(sweeps)]]
+        return [[segsweep, "sweep", "run", "--data", str(data), "--dev-split", "medico2020_train", "--space",
+                 "cpu", "--trials", str(SWEEP2_TRIALS), "--concurrency", "2", "--seed", "0", "--keep-models",
+                 str(KEEP_TOP), "--tracker", "none", "--name", SWEEP2, "--storage", str(sweeps)]]  # fmt: skip
+
+    def start_trial(label: str) -> str | None:
+        for record in folder.glob("trials/*/trial.json"):
+            info = json.loads(record.read_text())
+            if info.get("start") == label:
+                return str(info["trial_id"])
+        return None
+
+    def retrain(name: str, target: Path, trial: Callable[[], str | None]) -> Step:
+        def commands() -> list[list[str]]:
+            if target.exists() and not (target / "weights.h5").is_file():
+                shutil.rmtree(target)  # an interrupted retrain's leftovers
+            chosen = trial()
+            return [[segsweep, "retrain", SWEEP2, "--storage", str(sweeps), "--out", str(target), "--quiet",
+                     *(["--trial", chosen] if chosen else [])]]  # fmt: skip
+
+        return Step(name, lambda: (target / "weights.h5").is_file(), commands, ["sweep2"])
+
+    def predict(name: str, model: Path, needs: str) -> Step:
+        target = out / "predict" / name.removeprefix("predict-")
+        command = [segsweep, "predict", str(model), "--images", str(val / "images"), "--masks", str(val / "masks"),
+                   "--out", str(target), "--tta", "--postprocess", POSTPROCESS]  # fmt: skip
+        return Step(name, lambda: (target / "metrics.json").is_file(), lambda: [command], [needs, "val-set"])
+
+    models = out / "models"
+    return [
+        Step(
+            "val-set",
+            lambda: _val_ready(val),
+            lambda: [[python, str(here / "run_study.py"), "--link-val", str(data), str(val)]],
+        ),
+        Step("sweep2", lambda: _sweep_done_or_spent(folder), sweep_commands),
+        Step("report2", lambda: False, lambda: [[segsweep, "report", SWEEP2, "--storage", str(sweeps)]], ["sweep2"]),
+        retrain("retrain-winner2", models / "winner2", lambda: None),
+        predict("predict-winner2", models / "winner2", "retrain-winner2"),
+        retrain("retrain-handpick2", models / "handpick2", lambda: start_trial("hand-pick")),
+        predict("predict-handpick2", models / "handpick2", "retrain-handpick2"),
+    ]
+
+
+def trial_minutes(sweep_dir: Path) -> tuple[float, float]:
+    """(training minutes spent, minutes still to come in the folds running now) over every trial.
+
+    Spent: the seconds of every epoch the trials' events record (validation and batch-norm
+    re-estimation included: an epoch event's seconds run from the previous one), so epochs a stop
+    threw away and trained again count twice, as the compute they took. To come: each running
+    fold's remaining epochs at its mean epoch time so far.
+    """
+    spent = coming = 0.0
+    for events_file in sweep_dir.glob("trials/*/events.jsonl"):
+        fold_epochs: list[float] = []
+        epochs_total, running = 0, False
+        for line in events_file.read_text().splitlines():
+            try:
+                event = json.loads(line)
+            except json.JSONDecodeError:
+                continue
+            kind = event.get("event")
+            if kind == "fold_start":
+                fold_epochs, running = [], True
+            elif kind == "epoch":
+                seconds = float(event.get("seconds") or 0.0)
+                spent += seconds
+                fold_epochs.append(seconds)
+                epochs_total = int(event.get("epochs") or 0)
+            elif kind in ("fold_end", "trial_end", "parked", "interrupted"):
+                running = False
+        if running and fold_epochs:
+            coming += max(0, epochs_total - len(fold_epochs)) * (sum(fold_epochs) / len(fold_epochs))
+    return spent / 60, coming / 60
+
+
+def _budget_file(sweep_dir: Path) -> Path:
+    return sweep_dir.parent / f"{sweep_dir.name}.budget.json"
+
+
+def _sweep_done_or_spent(sweep_dir: Path) -> bool:
+    """The sweep ended all its trials, or it was stopped at its trial-minute budget and has ended."""
+    if _sweep_finished(sweep_dir):
+        return True
+    try:
+        budget = json.loads(_budget_file(sweep_dir).read_text())
+    except (OSError, json.JSONDecodeError):
+        return False
+    return bool(budget.get("stopped")) and not _any_running(sweep_dir)
+
+
+def _any_running(sweep_dir: Path) -> bool:
+    for record in sweep_dir.glob("trials/*/trial.json"):
+        try:
+            info = json.loads(record.read_text())
+        except (OSError, json.JSONDecodeError):
+            return True
+        if info.get("state") == "RUNNING" and not info.get("parked"):
+            return True
+    return False
+
+
+def watch_budget(process: subprocess.Popen[bytes], segsweep: str, sweep_dir: Path, log: IO[str]) -> None:
+    """Ask the sweep to stop (running folds finish) once spent + coming reaches the budget."""
+    while process.poll() is None:
+        time.sleep(60)
+        spent, coming = trial_minutes(sweep_dir)
+        if spent + coming < BUDGET_TRIAL_MINUTES or _budget_file(sweep_dir).is_file():
+            continue
+        record = {"budget_trial_minutes": BUDGET_TRIAL_MINUTES, "spent_at_stop": round(spent, 1),
+                  "coming_at_stop": round(coming, 1), "stopped": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
+        _budget_file(sweep_dir).write_text(json.dumps(record, indent=2) + "\n")
+        log.write(f"\n[study] budget reached ({spent:.0f} spent + {coming:.0f} coming): sweep stop\n")
+        log.flush()
+        subprocess.call([segsweep, "sweep", "stop", sweep_dir.name, "--storage", str(sweep_dir.parent)],
+                        stdout=log, stderr=subprocess.STDOUT)  # fmt: skip
+
+
 def _sweep_finished(folder: Path) -> bool:
     try:
         spec = json.loads((folder / "sweep.json").read_text())
@@ -253,6 +385,8 @@ def main() -> int:
     )
     parser.add_argument("--only", default=None, help="comma-separated step names to run (default all)")
     parser.add_argument("--list", action="store_true", help="list the steps and whether each is done")
+    parser.add_argument("--run", choices=("first", "second"), default="first",
+                        help="first: the first study; second: the reshaped cpu sweep with starting points")  # fmt: skip
     parser.add_argument("--link-val", nargs=2, metavar=("DATA", "VAL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.link_val:
@@ -269,7 +403,8 @@ def main() -> int:
         print(f"run_study.py: {out} is inside the repository; put study outputs elsewhere", file=sys.stderr)
         return 2
     bin_dir = Path(sys.executable).parent
-    steps = build_steps(str(bin_dir / "segsweep"), sys.executable, data, out)
+    build = build_second_steps if args.run == "second" else build_steps
+    steps = build(str(bin_dir / "segsweep"), sys.executable, data, out)
     if args.list:
         for step in steps:
             print(f"{step.name:<26} {'done' if step.done() else '-'}")
@@ -306,7 +441,10 @@ def main() -> int:
             for command in commands:
                 log.write(f"\n$ {' '.join(command)}\n")
                 log.flush()
-                code = subprocess.call(command, stdout=log, stderr=subprocess.STDOUT, cwd=repo)
+                process = subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, cwd=repo)
+                if step.name == "sweep2":
+                    watch_budget(process, str(bin_dir / "segsweep"), out / "sweeps" / SWEEP2, log)
+                code = process.wait()
                 if code != 0:
                     ok = False
                     break

@@ -70,6 +70,9 @@ class TrialRecord:
     state: str | None = None
     #: Why the trial was pruned, failed or is being retried.
     reason: str | None = None
+    #: The scheduler's reason for stopping the trial, written before it stops it (sweeps._paired):
+    #: the driver and the trial's trackers both record it as the PRUNED reason.
+    pruned_by: str | None = None
     #: When the trial ended.
     ended: str | None = None
 

@@ -124,7 +124,10 @@ def test_cpu_space_searches_the_untrained_levers() -> None:
     space = load_space("cpu")
     assert set(space.params) == {"encoder", "arch", "loss", "batch_size", "lr", "epochs", "augment"}
     assert set(space.params["encoder"].choices) == {"mobilenetv2", "efficientnetb0", "resnet18", "seresnet18"}
-    assert set(space.params["arch"].choices) == {"unet", "fpn", "linknet"}
+    assert set(space.params["arch"].choices) == {"unet", "linknet"}  # FPN: 2.5x the epoch time, no better
+    # The hand pick trained 24 epochs beat its 12 (0.753 vs 0.668): the range reaches past both.
+    epochs = space.params["epochs"]
+    assert (epochs.low, epochs.high, epochs.step) == (6, 36, 6)
     assert set(space.params["loss"].choices) == {"iou", "dice", "bce_dice"}
     assert space.params["augment"].choices == (True, False)
     assert space.fixed == {"weights": "none", "image_size": 128, "folds": 3}

@@ -133,7 +133,7 @@ def test_one_objective_steers_the_study_the_scheduler_the_ranking_and_the_report
     searcher = _optuna.make_searcher(tmp_path / "study", "s", load_space("quick").define_by_run, 4, 1, 0)
     study = optuna.load_study(study_name="s", storage=SweepFolder(tmp_path / "study").optuna_url)
     assert searcher._mode == "min" and study.direction == optuna.study.StudyDirection.MINIMIZE
-    scheduler = runner.make_scheduler("asha", 3)
+    scheduler = runner.make_scheduler("asha", 3, tmp_path / "study")
     assert (scheduler._metric, scheduler._mode) == ("dice", "min")
 
     make_sweep(tmp_path, "s", default_trials(), data=tmp_path / "data")
