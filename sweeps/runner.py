@@ -646,6 +646,8 @@ def _shutdown_ray() -> None:
 #: Tries of a local Ray start: Ray gives its raylet a fixed 30 s to register, which a busy machine
 #: (a CI runner, a laptop building something else) can miss; a later try usually makes it.
 LOCAL_RAY_STARTS = 3
+#: The Ray setting of the niceness its workers add to the raylet's (Ray's default: 15).
+WORKER_NICENESS_ENV = "RAY_worker_niceness"
 
 
 def start_local_ray(object_store_bytes: int, **more: Any) -> None:
@@ -653,6 +655,11 @@ def start_local_ray(object_store_bytes: int, **more: Any) -> None:
     to ``ray.init`` (the sweep's quiet logging, a temp folder; the tests' CPU count)."""
     import ray
 
+    # Ray starts its workers at its raylet's niceness + 15 (ray_config_def.h's worker_niceness), so a
+    # sweep's trainings yield the CPU to anything else on the machine (measured in studies/kvasir-cpu:
+    # beside test suites at nice 19, its trials got a third of a core each). Trials run at the
+    # priority the user started the sweep with instead; a RAY_worker_niceness of the user's wins.
+    os.environ.setdefault(WORKER_NICENESS_ENV, "0")
     options = {
         "include_dashboard": False,
         "_node_ip_address": "127.0.0.1",

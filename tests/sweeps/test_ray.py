@@ -78,6 +78,15 @@ def test_sweep_records_every_trial_in_folder_study_and_leaderboard(tmp_path: Pat
     assert f"1     #{best.number}" in board and "COMPLETE" in board and "folds" in board
 
 
+def test_trials_run_at_the_drivers_priority_not_rays_plus_15(local_ray: None) -> None:
+    import ray
+
+    def niceness() -> int:  # nested: pickled by value, workers need not import the tests
+        return os.nice(0)
+
+    assert ray.get(ray.remote(niceness).remote()) == os.nice(0)
+
+
 @pytest.mark.slow
 def test_asha_prunes_and_failed_trials_carry_their_reason(tmp_path: Path, local_ray: None) -> None:
     spec = tiny_sweep_spec(
