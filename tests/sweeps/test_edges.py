@@ -1,0 +1,117 @@
+"""Say when the space is too small (sweeps.folder._edges): a winner at the edge of a numeric range with the
+evidence that the optimum lies beyond, the widened range, and the ``--warm-start`` command; in ``sweep status``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+from search_spaces import SearchSpace
+from sweeps._start import resolve_start_points, start_entries
+from sweeps.folder import SweepResults, format_leaderboard, load_sweep, space_edges
+from tests.support.fake_sweep import SPACE_WITH_EPOCHS, FakeTrial, make_sweep
+
+# The sweeps search SPACE_WITH_EPOCHS: epochs 4 to 8 in steps of 2, lr 1e-4 to 1e-2 on a log scale.
+RISING = [0.30, 0.35, 0.40, 0.45, 0.50, 0.55, 0.58, 0.60]  # best at the last epoch
+PLATEAU = [0.30, 0.45, 0.55, 0.60, 0.59, 0.60, 0.58, 0.59]  # best at epoch 4 of 8
+
+
+def _trial(dice: float, lr: float = 1e-3, epochs: int = 6, val_iou: list[float] | None = None, **kw: Any) -> FakeTrial:
+    params = {"encoder": "resnet18", "weights": "none", "batch_size": 8, "lr": lr, "epochs": epochs}
+    curves = [val_iou, val_iou] if val_iou is not None else None
+    return FakeTrial(params, [dice, dice], epochs=epochs, val_iou=curves, **kw)
+
+
+def _sweep(tmp_path: Path, trials: list[FakeTrial]) -> SweepResults:
+    make_sweep(tmp_path, "s", trials, space=SPACE_WITH_EPOCHS, with_study=False)
+    return load_sweep(tmp_path, "s")
+
+
+def test_epochs_at_the_upper_bound_still_improving_is_flagged_with_the_command(tmp_path: Path) -> None:
+    sweep = _sweep(tmp_path, [_trial(0.70, epochs=8, val_iou=RISING), _trial(0.60), _trial(0.55, lr=5e-3)])
+    edges = space_edges(sweep)
+    assert edges is not None
+    [flag] = edges.flags
+    assert (flag.param, flag.side, flag.value) == ("epochs", "upper", 8)
+    assert "still rising at the end in 2 of 2 folds" in flag.evidence
+    assert flag.widened == {"type": "int", "low": 4, "high": 16, "step": 2}  # the upper bound doubled
+    assert edges.widened_space is not None
+    widened = SearchSpace.from_dict(edges.widened_space)  # a space segsweep reads
+    assert widened.params["epochs"].high == 16
+    assert widened.params["lr"] == SearchSpace.from_dict(SPACE_WITH_EPOCHS).params["lr"]
+    # The winner at the widened most epochs is a starting point of the widened space, valid in it.
+    longer = {"encoder": "resnet18", "weights": "none", "batch_size": 8, "lr": 1e-3, "epochs": 16}
+    assert edges.longer_winner == {"label": "s/trial_00000-16-epochs", **longer}
+    [point] = resolve_start_points(start_entries(widened.start, "widened"), widened, {})
+    assert (point.label, point.params) == ("s/trial_00000-16-epochs", longer)
+    status = format_leaderboard(sweep)
+    file = tmp_path / "s" / "report" / "widened-space.yaml"
+    command = (
+        f"segsweep sweep run --warm-start s --storage {tmp_path} --space {file} --data /data/kvasir-seg "
+        "--name s-wide --trials 3 --limit 12 --image-size 64 --folds 2"
+    )
+    assert command in status
+    assert "epochs: {type: int, low: 4, high: 16, step: 2}" in status
+    # What a warm start from another space does, said where the command is.
+    assert (
+        "its best 3 trials run again first as starting points, then the widened space's `start:` entries, among"
+        in status
+    )
+    assert "the winner at 16 epochs (s/trial_00000-16-epochs)" in status
+
+
+@pytest.mark.parametrize(
+    ("curve", "drops"),
+    [
+        pytest.param(PLATEAU, [], id="plateaued"),
+        # Rising again only after the plateau rule cut the rate at the end of epoch 5: the schedule, not more epochs.
+        pytest.param([0.30, 0.45, 0.55, 0.60, 0.59, 0.62, 0.63, 0.64], [5], id="rising-after-a-cut"),
+    ],
+)
+def test_epochs_at_the_upper_bound_without_improvement_is_not_flagged(
+    tmp_path: Path, curve: list[float], drops: list[int]
+) -> None:
+    winner = _trial(0.70, epochs=8, val_iou=curve, lr_drops=[drops, drops])
+    sweep = _sweep(tmp_path, [winner, _trial(0.60), _trial(0.55, lr=5e-3)])
+    assert space_edges(sweep) is None
+    assert "Space too small?" not in format_leaderboard(sweep)
+
+
+def test_lr_at_a_bound_with_the_best_trials_crowding_is_flagged(tmp_path: Path) -> None:
+    trials = [_trial(0.70, lr=1.1e-4), _trial(0.69, lr=1.5e-4), _trial(0.68, lr=2.5e-4), _trial(0.50, lr=3e-3)]
+    edges = space_edges(_sweep(tmp_path, trials))
+    assert edges is not None
+    [flag] = edges.flags
+    assert (flag.param, flag.side) == ("lr", "lower")
+    assert "the best 3 trials all lie in the lowest quarter of it (lr 0.00011, 0.00015, 0.00025)" in flag.evidence
+    # Moved down by the range's log-width (a factor of 100): the new range spans twice the old on its log scale.
+    assert flag.widened == {"type": "float", "low": 1e-6, "high": 1e-2, "log": True}
+    assert "lr 0.00011 is at the lower bound of the space's range 0.0001 to 0.01 (log scale)" in flag.sentence()
+
+
+def test_lr_at_a_bound_without_the_crowd_is_not_flagged(tmp_path: Path) -> None:
+    # The winner sits at the bound, but the third best is mid-range: no sign the optimum lies below.
+    trials = [_trial(0.70, lr=1.1e-4), _trial(0.69, lr=1.5e-4), _trial(0.68, lr=1e-3)]
+    assert space_edges(_sweep(tmp_path, trials)) is None
+
+
+def test_a_winner_in_the_middle_flags_nothing(tmp_path: Path) -> None:
+    trials = [_trial(0.70, lr=1e-3, epochs=6), _trial(0.65, lr=1.2e-3), _trial(0.60, lr=8e-4)]
+    sweep = _sweep(tmp_path, trials)
+    assert space_edges(sweep) is None
+    assert "Space too small?" not in format_leaderboard(sweep)
+
+
+def test_an_overridden_parameter_is_not_judged(tmp_path: Path) -> None:
+    # `--epochs 8` over the space: its trials never ran the space's epochs, whatever their histories say.
+    sweep = _sweep(tmp_path, [_trial(0.7, epochs=8, val_iou=RISING), _trial(0.6)])
+    sweep.spec.specification["overrides"] = {**sweep.spec.overrides, "epochs": 8}
+    assert space_edges(sweep) is None
+
+
+def test_a_sweep_without_a_recorded_space_flags_nothing(tmp_path: Path) -> None:
+    # Judged against the space the sweep ran, never a built-in or file as it reads now.
+    make_sweep(tmp_path, "s", [_trial(0.7, epochs=8, val_iou=RISING), _trial(0.6)], with_study=False)
+    assert space_edges(load_sweep(tmp_path, "s")) is None
