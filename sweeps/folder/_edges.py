@@ -16,8 +16,8 @@ Two rules, each on the sweep's own records (:func:`edge_flags` is pure over them
   the best :data:`CROWD_TOP` ranked trials (the winner among them) all lie in the outer
   :data:`CROWD_SHARE` (quarter) on that side. Spread by chance, three trials fall in one given
   quarter with probability 1/64; a sweep whose best three all do there is pointing past the bound.
-  Epochs' upper side is judged by its histories only (the first rule): more epochs than the best
-  ones is what a history shows, not where trials crowd.
+  Epochs' upper side is judged by the histories only (the first rule): whether more epochs would help
+  is what a fold's curve shows, not where trials crowd.
 
 A parameter the sweep's options replaced (``--epochs 1``) is not judged: its trials never ran the
 space's values. The space is the one recorded in sweep.json (``space_definition``), never a file or
@@ -25,7 +25,9 @@ built-in read now: those may have changed since (a built-in widened in a later s
 
 The widened range: epochs' upper bound doubled; another bound moved out by the range's own width
 (the log-width for a log parameter), so the new range is twice the old on the scale it samples;
-a positive lower bound that would reach 0 or below is halved instead. The widened space is written by
+a positive lower bound that would reach 0 or below is halved instead. With epochs widened, the winner
+itself at the widened most epochs joins the space's ``start:`` (the configuration the rising curves
+point to: the warm start reruns the winner only as it was). The widened space is written by
 ``segsweep report`` beside the report (:data:`WIDENED_SPACE_FILE`); ``sweep status`` and the report
 both print the same command for it.
 """
@@ -43,14 +45,15 @@ from typing import TYPE_CHECKING, Any
 from segsweep.base.errors import ConfigError
 from sweeps.folder._ranking import format_value, is_eligible, rank_trials
 from sweeps.folder._sweep_results import SweepResults, TrialResult
+from trainer.config import CVConfig
 
 if TYPE_CHECKING:
     from search_spaces import Param, SearchSpace
 
 #: The epochs parameter, judged by the winner's histories.
 EPOCHS = "epochs"
-#: Last epochs of a fold in which validation IoU must still improve (the plateau rule's default patience).
-IMPROVING_WINDOW = 3
+#: Last epochs of a fold in which validation IoU must still improve: the plateau rule's default patience.
+IMPROVING_WINDOW = CVConfig.lr_patience
 #: The winner is at a bound when it lies within this share of the range from it.
 AT_BOUND = 0.10
 #: The best trials that must all lie near the same bound ...
@@ -152,11 +155,11 @@ class SpaceEdges:
         runs_first = (
             f"its best {min(WARM_START_TOP, len(self.sweep.completed()))} trials run again first as starting points"
         )
+        if self.widened_space.get("start"):
+            runs_first += ", then the widened space's `start:` entries"
         if self.longer_winner is not None:
-            runs_first += (
-                f", then the widened space's `start:` entries, among them the winner at {self.longer_winner[EPOCHS]} "
-                f"epochs ({self.longer_winner[LABEL_KEY]})"
-            )
+            longer = self.longer_winner
+            runs_first += f", among them the winner at {longer[EPOCHS]} epochs ({longer[LABEL_KEY]})"
         lines.append(
             f"To search the widened space ({where}: this sweep's space with those ranges widened), starting "
             f"from this sweep: `{self.command(space_file)}` (add your other options, e.g. --concurrency). "
