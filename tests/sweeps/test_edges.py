@@ -115,3 +115,29 @@ def test_a_sweep_without_a_recorded_space_flags_nothing(tmp_path: Path) -> None:
     # Judged against the space the sweep ran, never a built-in or file as it reads now.
     make_sweep(tmp_path, "s", [_trial(0.7, epochs=8, val_iou=RISING), _trial(0.6)], with_study=False)
     assert space_edges(load_sweep(tmp_path, "s")) is None
+
+
+def test_linear_and_stepped_ranges_widen_by_their_width_and_stay_valid(tmp_path: Path) -> None:
+    # lr_factor 0.1 to 0.5 (linear): its lower bound less the width would be negative, so it is halved;
+    # batch_size 4 to 16 in steps of 4: the upper bound moves out by the width, on the same grid.
+    space = {
+        "name": "linear",
+        "params": {
+            "batch_size": {"type": "int", "low": 4, "high": 16, "step": 4},
+            "lr_factor": {"type": "float", "low": 0.1, "high": 0.5},
+        },
+        "fixed": {"image_size": 64, "folds": 2},
+    }
+    trials = [
+        FakeTrial({"encoder": "resnet18", "weights": "none", "batch_size": 16, "lr": 1e-3, "lr_factor": f}, [d, d])
+        for f, d in [(0.1, 0.7), (0.12, 0.69), (0.15, 0.68), (0.4, 0.5)]
+    ]
+    make_sweep(tmp_path, "s", trials, space=space, with_study=False)
+    edges = space_edges(load_sweep(tmp_path, "s"))
+    assert edges is not None and edges.widened_space is not None
+    assert {f.param: (f.side, f.widened) for f in edges.flags} == {
+        "batch_size": ("upper", {"type": "int", "low": 4, "high": 28, "step": 4}),
+        "lr_factor": ("lower", {"type": "float", "low": 0.05, "high": 0.5}),
+    }
+    assert edges.longer_winner is None  # epochs not searched: no longer-trained winner to start from
+    SearchSpace.from_dict(edges.widened_space)
