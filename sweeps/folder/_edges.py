@@ -125,8 +125,9 @@ class SpaceEdges:
         data = spec.data if isinstance(spec.data, str) else (spec.data or {}).get("root")
         args: list[tuple[str, Any]] = [
             ("warm_start", self.sweep.name),
-            ("storage", self.sweep.path.parent),
-            ("space", space_file),
+            # Absolute, so the command runs from any folder (--storage and --out may have been relative).
+            ("storage", self.sweep.path.parent.absolute()),
+            ("space", Path(space_file).absolute()),
             ("data", data),
             ("name", new_sweep_name(self.sweep.name)),
             ("trials", spec.trials or len(self.sweep.trials)),

@@ -3,13 +3,17 @@ evidence that the optimum lies beyond, the widened range, and the ``--warm-start
 
 from __future__ import annotations
 
+import json
+import shlex
 from pathlib import Path
 from typing import Any
 
 import pytest
 
+from reports.report import build_report, write_report
 from search_spaces import SearchSpace
-from sweeps._start import resolve_start_points, start_entries
+from sweeps._start import prepare_warm_start, resolve_start_points, start_entries, sweep_start_points
+from sweeps.cli import build_parser, spec_from_args
 from sweeps.folder import SweepResults, format_leaderboard, load_sweep, space_edges
 from tests.support.fake_sweep import SPACE_WITH_EPOCHS, FakeTrial, make_sweep
 
@@ -141,3 +145,23 @@ def test_linear_and_stepped_ranges_widen_by_their_width_and_stay_valid(tmp_path:
     }
     assert edges.longer_winner is None  # epochs not searched: no longer-trained winner to start from
     SearchSpace.from_dict(edges.widened_space)
+
+
+def test_the_printed_command_runs_the_warm_start_the_hint_describes(tmp_path: Path) -> None:
+    # The report's command, parsed by `sweep run`, in the space the report wrote: another space than the
+    # earlier sweep's, so its best trials become starting points, then the winner at the widened epochs.
+    sweep = _sweep(tmp_path, [_trial(0.70, epochs=8, val_iou=RISING), _trial(0.60)])
+    record = json.loads((sweep.path / "sweep.json").read_text())
+    (sweep.path / "sweep.json").write_text(json.dumps({**record, "data_key": "k1"}))
+    report = build_report(load_sweep(tmp_path, "s"))
+    write_report(report, sweep.folder.report_dir, ["json"])
+    argv = shlex.split(report.best["space_edges"]["command"])
+    assert argv[:3] == ["segsweep", "sweep", "run"]
+    spec = spec_from_args(build_parser().parse_args(argv[1:]))
+    space = spec.load_space()
+    assert space.params["epochs"].high == 16
+    spec.space_definition = space.to_dict()  # as sweep run records it
+    assert prepare_warm_start(spec, space, "k1") == []  # nothing handed to the sampler ...
+    assert spec.warm_start_mode == "sweep 's' it searched another space: its best 2 trials became starting points"
+    labels = [point.label for point in sweep_start_points(spec, space)]
+    assert labels == ["s/trial_00000", "s/trial_00001", "s/trial_00000-16-epochs"]  # ... as the hint says
