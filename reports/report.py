@@ -33,6 +33,8 @@ from sweeps.folder import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     OBJECTIVE,
+    WIDENED_SPACE_FILE,
+    SpaceEdges,
     SweepResults,
     TestScore,
     TrialResult,
@@ -42,6 +44,8 @@ from sweeps.folder import (
     leaderboard_table,
     load_sweep,
     load_test_scores,
+    space_edges,
+    widened_space_yaml,
     winner_evidence,
 )
 from trainer.config import CVConfig
@@ -81,6 +85,8 @@ class Report:
     title: str
     sections: list[Section]
     best: dict[str, Any]
+    #: Text files written beside the report whatever its formats, by name (the widened space).
+    files: dict[str, str] = field(default_factory=dict)
 
 
 def pm(mean: float, std: float) -> str:
@@ -250,6 +256,11 @@ def _evidence(evidence: WinnerEvidence) -> Section:
     if (tied := evidence.tied_sentence()) is not None:
         blocks.append(tied)
     return Section("The winner's evidence", blocks)
+
+
+def _space_edges(edges: SpaceEdges, space_file: Path) -> Section:
+    """The ranges the winner sat at the edge of, with the evidence, and the command that widens them."""
+    return Section("Is the space too small?", list(edges.lines(space_file, written=True)))
 
 
 def _runtime_sentence(trial: TrialResult) -> str | None:
@@ -593,15 +604,19 @@ def _figures(sweep: SweepResults, choice: WinnerChoice, study: Any | None, why_n
     return Section("Figures", blocks)
 
 
-def build_report(sweep: SweepResults) -> Report:
-    """Everything the report says, independent of its format."""
+def build_report(sweep: SweepResults, out: Path | None = None) -> Report:
+    """Everything the report says, independent of its format; ``out`` is the folder it will be written
+    to (default the sweep's report folder), where the widened space goes."""
     choice = pick_winner(sweep)
     evidence = winner_evidence(sweep)
+    edges = space_edges(sweep)
+    space_file = (out if out is not None else sweep.folder.report_dir) / WIDENED_SPACE_FILE
     study, why_not = _load_study(sweep)
     sections = [
         _overview(sweep, choice),
         _winner(choice),
         *([_evidence(evidence)] if evidence is not None else []),
+        *([_space_edges(edges, space_file)] if edges is not None else []),
         _table2(sweep, choice.winner),
         _leaderboard(sweep),
         _pretraining(sweep),
@@ -609,7 +624,10 @@ def build_report(sweep: SweepResults) -> Report:
         _best_so_far_section(sweep),
         _figures(sweep, choice, study, why_not),
     ]
-    return Report(f"segsweep report: {sweep.name}", sections, best_configuration(sweep, choice, evidence))
+    best = best_configuration(sweep, choice, evidence)
+    best["space_edges"] = edges.to_dict(space_file) if edges is not None else None
+    written = {WIDENED_SPACE_FILE: widened_space_yaml(edges)} if edges is not None and edges.widened_space else {}
+    return Report(f"segsweep report: {sweep.name}", sections, best, written)
 
 
 # --- rendering -------------------------------------------------------------------------------------
@@ -712,6 +730,7 @@ def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS) ->
                 if isinstance(block, Figure):
                     files[out / "figures" / f"{block.name}.png"] = block.png
         files[out / "report.md"] = render_markdown(report).encode("utf-8")
+    files.update({out / name: text.encode("utf-8") for name, text in report.files.items()})
     written = [path for path in files if path.suffix != ".png"]
     with disk_full_as_error(out, sum(map(len, files.values())) + (1 << 16)):
         for path, content in files.items():
@@ -727,8 +746,8 @@ def run_report_command(name: str, storage: Path | None, out: Path | None, format
     sweep = load_sweep(storage, name)
     for line in sweep.warnings:
         print(f"segsweep: warning: {line}", file=sys.stderr)
-    report = build_report(sweep)
     folder = out if out is not None else sweep.folder.report_dir
+    report = build_report(sweep, folder)
     for path in write_report(report, folder, chosen):
         print(f"wrote {path}")
     best = report.best

@@ -14,6 +14,7 @@ from sweeps.folder._control import (
     read_stop_request,
     request_stop,
 )
+from sweeps.folder._edges import WIDENED_SPACE_FILE, EdgeFlag, SpaceEdges, space_edges, widened_space_yaml
 from sweeps.folder._evidence import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
@@ -94,12 +95,15 @@ __all__ = [
     "STUDY_TRIAL_ID_ATTR",
     "STUDY_WARM_START_ATTR",
     "TRIAL_STATES",
+    "WIDENED_SPACE_FILE",
     "DamagedRecord",
+    "EdgeFlag",
     "ImageScore",
     "NoSuchSweep",
     "Objective",
     "PairedDifference",
     "RunningTrial",
+    "SpaceEdges",
     "StopRequest",
     "SweepFolder",
     "SweepProgress",
@@ -140,11 +144,13 @@ __all__ = [
     "read_trial_record",
     "record_test_scores",
     "request_stop",
+    "space_edges",
     "storage_help",
     "storage_path",
     "summarise_sweep",
     "sweep_names",
     "update_trial_record",
+    "widened_space_yaml",
     "winner_evidence",
     "write_spec_record",
 ]

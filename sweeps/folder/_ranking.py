@@ -113,8 +113,8 @@ def format_text_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> 
 
 
 def format_leaderboard(sweep: SweepResults) -> str:
-    """``segsweep sweep status``: a summary line, the leaderboard, its notes, the winner's paired evidence and
-    the study's address."""
+    """``segsweep sweep status``: a summary line, the leaderboard, its notes, the winner's paired evidence, the
+    ranges the winner sat at the edge of (sweeps.folder._edges) and the study's address."""
     counts = {state: sum(t.state == state for t in sweep.trials) for state in (COMPLETE, RUNNING, PRUNED, FAILED)}
     total = sweep.spec.trials if sweep.spec.trials is not None else len(sweep.trials)
     lines = [
@@ -127,11 +127,15 @@ def format_leaderboard(sweep: SweepResults) -> str:
     if not rows:
         lines.append("(no trials yet)")
     lines += notes
-    # Imported here: the evidence module builds on this module's ranking.
+    # Imported here: the evidence and edges modules build on this module's ranking.
+    from sweeps.folder._edges import WIDENED_SPACE_FILE, space_edges
     from sweeps.folder._evidence import winner_evidence
 
     evidence = winner_evidence(sweep)
     if evidence is not None:
         lines += evidence.lines()
+    edges = space_edges(sweep)
+    if edges is not None:  # status writes nothing: the command names the file `segsweep report` writes
+        lines += edges.lines(sweep.folder.report_dir / WIDENED_SPACE_FILE, written=False)
     lines.append(f"Optuna study {sweep.name!r}: optuna-dashboard {sweep.optuna_storage_url}")
     return "\n".join(lines)

@@ -16,10 +16,11 @@ import pytest
 from reports.leaderboard import compare_pretraining, pick_winner
 from reports.report import build_report, render_html, render_markdown
 from reports.retrain import imitated_schedule
+from search_spaces import load_space
 from segsweep.base.errors import SegsweepError
 from sweeps.cli import main
 from sweeps.folder import load_sweep, rank_trials, record_test_scores
-from tests.support.fake_sweep import FakeTrial, make_sweep, read_json
+from tests.support.fake_sweep import SPACE_WITH_EPOCHS, FakeTrial, make_sweep, read_json
 from trainer.config import CVConfig, load_config_file
 
 
@@ -369,3 +370,26 @@ def test_report_of_a_sweep_without_per_image_scores_says_why(tmp_path: Path) -> 
     [section] = [s for s in report.sections if s.title == "The winner's evidence"]
     assert len(section.blocks) == 2 and str(section.blocks[1]).startswith("No paired evidence: the winner's folds")
     assert report.best["evidence"]["comparisons"] == []
+
+
+def test_report_flags_a_winner_at_the_edge_of_the_space_and_writes_the_widened_space(tmp_path: Path) -> None:
+    # The winner trained the space's most epochs (8) and its validation IoU was still rising at the end.
+    params = {"encoder": "resnet18", "weights": "none", "batch_size": 8, "lr": 1e-3}
+    trials = [
+        FakeTrial({**params, "epochs": 8}, [0.7, 0.7], epochs=8),
+        FakeTrial({**params, "epochs": 6, "lr": 2e-3}, [0.6, 0.6], epochs=6),
+    ]
+    make_sweep(tmp_path, "s", trials, space=SPACE_WITH_EPOCHS, with_study=False)
+    out = tmp_path / "r"
+    assert main(["report", "s", "--storage", str(tmp_path), "--out", str(out), "--format", "md,json"]) == 0
+    md = (out / "report.md").read_text()
+    assert "## Is the space too small?" in md
+    assert "The winner's epochs 8 is at the upper bound of the space's range 4 to 8" in md
+    command = f"segsweep sweep run --warm-start s --storage {tmp_path} --space {out / 'widened-space.yaml'} "
+    assert command in md
+    edges = read_json(out / "best.json")["space_edges"]
+    [flag] = edges["flags"]
+    assert (flag["param"], flag["side"], flag["widened"]["high"]) == ("epochs", "upper", 16)
+    assert edges["command"].startswith(command)
+    widened = load_space(out / "widened-space.yaml")  # the file the command names, a space segsweep reads
+    assert widened.name == "tiny-widened" and widened.params["epochs"].high == 16

@@ -29,6 +29,20 @@ DISTRIBUTIONS: dict[str, optuna.distributions.BaseDistribution] = {
     "lr": optuna.distributions.FloatDistribution(1e-4, 1e-2, log=True),
 }
 
+#: A recorded space (``make_sweep(space=...)``) over the fake trials' parameters and epochs 4 to 8, like ``cpu``.
+SPACE_WITH_EPOCHS: dict[str, Any] = {
+    "name": "tiny",
+    "description": "the fake trials' parameters and epochs",
+    "params": {
+        "encoder": {"type": "categorical", "choices": ["resnet18", "mobilenetv2"]},
+        "weights": {"type": "categorical", "choices": ["imagenet", "none"]},
+        "batch_size": {"type": "categorical", "choices": [4, 8]},
+        "lr": {"type": "float", "low": 1e-4, "high": 1e-2, "log": True},
+        "epochs": {"type": "int", "low": 4, "high": 8, "step": 2},
+    },
+    "fixed": {"image_size": 64, "folds": 2},
+}
+
 
 _OPTUNA_STATES = {
     "COMPLETE": optuna.trial.TrialState.COMPLETE,
@@ -55,6 +69,8 @@ class FakeTrial:
     image_dice: list[list[float]] | None = None
     #: False for a trial recorded before folds kept per-image scores.
     image_scores: bool = True
+    #: Each fold's validation IoU per epoch (``epochs`` of them), in place of a curve rising to the end.
+    val_iou: list[list[float]] | None = None
 
 
 def default_trials() -> list[FakeTrial]:
@@ -73,7 +89,13 @@ def default_trials() -> list[FakeTrial]:
 
 
 def _fold(
-    number: int, dice: float, epochs: int, drops: list[int], stems: list[str], image_dice: list[float] | None
+    number: int,
+    dice: float,
+    epochs: int,
+    drops: list[int],
+    stems: list[str],
+    image_dice: list[float] | None,
+    val_iou: list[float] | None = None,
 ) -> FoldResult:
     lr = 1e-3
     history = []
@@ -83,7 +105,7 @@ def _fold(
                 epoch,
                 loss=1.0 - 0.1 * epoch,
                 val_loss=1.05 - 0.09 * epoch,
-                val_iou=dice * (0.6 + 0.1 * epoch) / (0.6 + 0.1 * epochs) - 0.1,
+                val_iou=val_iou[epoch - 1] if val_iou else dice * (0.6 + 0.1 * epoch) / (0.6 + 0.1 * epochs) - 0.1,
                 lr=lr,
             )
         )
@@ -114,8 +136,10 @@ def make_sweep(
     image_size: int = 64,
     limit: int | None = 12,
     with_study: bool = True,
+    space: dict[str, Any] | None = None,
 ) -> Path:
-    """Write STORAGE/NAME as a sweep would and return its folder."""
+    """Write STORAGE/NAME as a sweep would and return its folder; ``space`` (a space in the YAML format)
+    is recorded as its ``space_definition``."""
     trials = default_trials() if trials is None else trials
     folder = SweepFolder.at(storage, name)
     path = folder.path
@@ -123,6 +147,7 @@ def make_sweep(
     spec = {
         "name": name, "data": str(data), "space": "quick", "trials": len(trials), "seed": 0,
         "overrides": {"limit": limit, "image_size": image_size, "folds": 2, "epochs": None},
+        **({"space_definition": space} if space is not None else {}),
     }  # fmt: skip
     write_spec_record(folder, spec)
     study = None
@@ -141,7 +166,7 @@ def make_sweep(
         folds = [
             _fold(i + 1, d, trial.epochs, trial.lr_drops[i] if i < len(trial.lr_drops) else [],
                   [f"case{j:03d}" for j in range(i * per_fold, (i + 1) * per_fold)],
-                  trial.image_dice[i] if trial.image_dice else None)
+                  trial.image_dice[i] if trial.image_dice else None, trial.val_iou[i] if trial.val_iou else None)
             for i, d in enumerate(trial.dice)
         ]  # fmt: skip
         if not trial.image_scores:  # as folds were written before per-image scores were kept
