@@ -90,7 +90,7 @@ class WorkerSpec:
     n_val: int
     #: intra-op threads through SEGSWEEP_THREADS (inter then min(2, intra), as a sweep's trial sets); None: TF's.
     threads: int | None = None
-    #: inter-op threads set explicitly before TensorFlow starts (overrides the above's inter).
+    #: inter-op threads: with it, both pools are set directly before TensorFlow starts (no SEGSWEEP_THREADS).
     inter_op: int | None = None
     jit_compile: bool = False
     env: dict[str, str] = field(default_factory=dict)
@@ -242,6 +242,7 @@ def run_worker(spec: WorkerSpec) -> dict[str, Any]:
 
     runtime = configure_tensorflow()
     imported = time.perf_counter() - started
+    before = matmul_ceiling(spec.ceiling_n) if spec.ceiling_n else {}
     clock = _Clock()
     epochs: list[dict[str, Any]] = []
     models: list[Any] = []
@@ -337,7 +338,10 @@ def run_worker(spec: WorkerSpec) -> dict[str, Any]:
             times.append(time.perf_counter() - begin)
         result["bare_step_seconds"] = statistics.median(times)
     if spec.ceiling_n:
-        result["ceiling"] = matmul_ceiling(spec.ceiling_n)
+        # Also measured before training: the ceiling is a maximum, and a shared machine's load changes.
+        after = matmul_ceiling(spec.ceiling_n)
+        result["ceiling"] = max(before, after, key=lambda c: c["flops"])
+        result["ceiling_before_and_after"] = [before, after]
     if spec.profile:
         result["profile"] = profile_flops(model, spec.batch_size, spec.image_size)
     result["seconds_total"] = time.perf_counter() - started
@@ -364,7 +368,8 @@ def worker_env(spec: WorkerSpec) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("SEGSWEEP_THREADS", ONEDNN_ENV, "TF_XLA_FLAGS")}
     env["SEGSWEEP_CACHE"] = spec.cache_dir
     if spec.threads is not None:
-        env["SEGSWEEP_THREADS"] = str(spec.threads)
+        if spec.inter_op is None:  # else the worker sets both pools itself (SEGSWEEP_THREADS would reset inter)
+            env["SEGSWEEP_THREADS"] = str(spec.threads)
         env.update({name: str(spec.threads) for name in BLAS_THREAD_ENVS})
     env.update(spec.env)
     return env
@@ -648,6 +653,9 @@ def run(args: argparse.Namespace) -> None:
             f"{r['share_outside_steps']:.1%} of a steady epoch outside training steps; "
             f"trial {r['trial_over_steps']:.2f}x its training steps"
         )
+        by_op = r["profile"]["step_flops_by_op"]
+        top = ", ".join(f"{op} {n / r['profile']['step_flops']:.0%}" for op, n in list(by_op.items())[:4])
+        print(f"  step FLOPs by op type: {top}")
     ratio = models_out[0]["ratio"] if models_out else float("nan")
     _common.finish(
         NAME,
