@@ -17,11 +17,13 @@ import pytest
 
 REPO = Path(__file__).resolve().parents[1]
 #: The benchmarks that build models or train in Ray take a minute or more each: `-m long` runs their smoke
-#: runs. sweep_scale's (instant folds, about 40 s) runs in CI: issue 13 asks for it there.
+#: runs. sweep_scale's (instant folds, about 40 s) runs in CI: issue 13 asks for it there; so does
+#: compute's (three tiny trainings in worker processes, about 50 s on a loaded machine): issue 24.
 _LONG = pytest.mark.long
 SCRIPTS = [
     "data_prep",
     "sweep_scale",
+    "compute",
     pytest.param("input_pipeline", marks=_LONG),
     pytest.param("training_path", marks=_LONG),
     pytest.param("sweep_overhead", marks=_LONG),
