@@ -382,20 +382,20 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     # the scheduler records the stop (a Ray Job ends STOPPED, not FAILED).
     done = stop(folder, at_once=args.now)
     if done is not None:
-        print(f"[segsweep] {done}; continue it later with `segsweep sweep submit {args.name} --resume`")
+        print(f"[segsweep] {done}; continue it later with `segsweep sweep submit {folder.cli_args} --resume`")
         return 0
     read_spec_record(folder)
     if not driver_running(folder):
         raise SegsweepError(
             f"sweep {folder.name!r} is not running (no driver holds {folder.driver_file}); nothing to stop. "
-            f"`segsweep sweep resume {folder.name}` continues it"
+            f"`segsweep sweep resume {folder.cli_args}` continues it"
         )
     request = request_stop(folder, "stopped by `segsweep sweep stop`", now=args.now)
     info = driver_info(folder)
     print(
         f"asked sweep {folder.name!r} (driver pid {info.get('pid')} on {info.get('host')}) to stop "
         + ("now" if request.now else "at the end of its running folds")
-        + f"; `segsweep sweep resume {folder.name}` continues it"
+        + f"; `segsweep sweep resume {folder.cli_args}` continues it"
     )
     return 0
 
@@ -431,7 +431,6 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             if args.slurm
             else submit.submit_ray_job(spec, args.ray, dry_run=args.dry_run)
         )
-    where = f" --storage {done.folder.storage}"
     if done.job_id is None:
         print(f"[segsweep] dry run: wrote {done.script}" if done.script else "[segsweep] dry run: nothing submitted")
         return 0
@@ -439,8 +438,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     if done.script:
         print(f"[segsweep] script {done.script}; log {done.folder.slurm_log(done.job_id)}")
     print(
-        f"[segsweep] follow it with `segsweep sweep status {done.folder.name}{where}`; stop it with "
-        f"`segsweep sweep stop {done.folder.name}{where}`"
+        f"[segsweep] follow it with `segsweep sweep status {done.folder.cli_args}`; stop it with "
+        f"`segsweep sweep stop {done.folder.cli_args}`"
     )
     if args.follow and done.kind == submit.RAY_JOB:
         state = submit.follow(done.folder)

@@ -34,9 +34,18 @@ from sweeps.folder._layout import (
     sweep_names,
 )
 from sweeps.folder._objective import OBJECTIVE, Objective
-from sweeps.folder._progress import RunningTrial, SweepProgress, SweepSummary, read_progress, summarise_sweep
+from sweeps.folder._progress import (
+    BatchProgress,
+    RunningTrial,
+    SweepProgress,
+    SweepSummary,
+    read_progress,
+    summarise_sweep,
+    write_batch_progress,
+)
 from sweeps.folder._ranking import (
     RANKING_RULE,
+    STOPPED,
     format_leaderboard,
     format_text_table,
     format_value,
@@ -44,6 +53,7 @@ from sweeps.folder._ranking import (
     leaderboard_table,
     mean_std,
     rank_trials,
+    shown_states,
 )
 from sweeps.folder._records import (
     STUDY_REASON_ATTR,
@@ -88,12 +98,14 @@ __all__ = [
     "PRUNED",
     "RANKING_RULE",
     "RUNNING",
+    "STOPPED",
     "STORAGE_ENV",
     "STUDY_REASON_ATTR",
     "STUDY_START_ATTR",
     "STUDY_TRIAL_ID_ATTR",
     "STUDY_WARM_START_ATTR",
     "TRIAL_STATES",
+    "BatchProgress",
     "DamagedRecord",
     "ImageScore",
     "NoSuchSweep",
@@ -140,11 +152,13 @@ __all__ = [
     "read_trial_record",
     "record_test_scores",
     "request_stop",
+    "shown_states",
     "storage_help",
     "storage_path",
     "summarise_sweep",
     "sweep_names",
     "update_trial_record",
     "winner_evidence",
+    "write_batch_progress",
     "write_spec_record",
 ]
