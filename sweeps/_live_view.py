@@ -66,25 +66,8 @@ def trial_line(trial: RunningTrial) -> str:
     return f"{trial.label} ({_short_params(trial.params)}): {where}, {iou}, {format_duration(trial.elapsed_s)}{state}"
 
 
-def finished_counts(progress: SweepProgress) -> str:
-    """``4/4 finished (1 complete, 3 pruned)``: the ended trials by state, in the leaderboard's words."""
-    parts = ", ".join(f"{n} {state.lower()}" for state, n in progress.ended.items() if n)
-    return f"{progress.finished}/{progress.trials_total} finished" + (f" ({parts})" if parts else "")
-
-
 def summary_line(progress: SweepProgress) -> str:
-    best = f"best {progress.best[0]} Dice {progress.best[1]:.4f}" if progress.best else "no trial complete yet"
-    eta = progress.eta_seconds
-    if eta == 0.0:
-        eta_text = "no trial left to run"
-    elif eta is not None:
-        eta_text = f"ETA ~{format_duration(eta)} if no trial is pruned"
-    else:
-        eta_text = "ETA after the first epoch"
-    return (
-        f"sweep {progress.name}: {finished_counts(progress)}, "
-        f"{len(progress.running)} running, {progress.pending} pending; {best}; {eta_text}"
-    )
+    return f"sweep {progress.name}: {progress.summary}"
 
 
 class ProgressView:

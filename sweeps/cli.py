@@ -127,10 +127,16 @@ def register(sub: Any) -> None:
     )
     status.add_argument("--interval", type=float, default=None, help="seconds between refreshes with --watch")
     status.add_argument("--follow", action="store_true", help="stream a submitted Ray Job's log until it ends")
+    machine = status.add_mutually_exclusive_group()
+    machine.add_argument(
+        "--json", action="store_true", help="print the sweep's state, counts and trials as JSON (fields: README)"
+    )
+    machine.add_argument("--csv", action="store_true", help="print the trial table as CSV (one row per trial)")
     status.set_defaults(handler=_cmd_status)
 
     listing = verbs.add_parser("list", help="every sweep in the storage folder, with its state")
     listing.add_argument("--storage", default=None, help=storage_help())
+    listing.add_argument("--json", action="store_true", help="print the sweeps as JSON (fields: README)")
     listing.set_defaults(handler=_cmd_list)
 
     _register_submit(verbs)
@@ -321,6 +327,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from sweeps.submit import describe, follow
 
     folder = SweepFolder.at(args.storage, args.name)
+    if args.json or args.csv:
+        return _print_machine_status(folder, as_json=args.json)
     if args.watch:
         from sweeps._live_view import REFRESH_S, watch
 
@@ -353,6 +361,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
     )
 
     storage = storage_path(args.storage)
+    if args.json:
+        from sweeps._machine_output import dumps, list_document
+
+        warnings: list[str] = []
+        document = list_document(storage, warnings)
+        _warn(warnings)
+        print(dumps(document))
+        return 0
     names = sweep_names(storage)
     if not names:
         print(f"no sweeps in {storage}")
@@ -369,6 +385,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
             [s.name, s.state, f"{s.finished}/{s.asked}", best, s.started or "-", s.last_update or "-", s.path, s.detail]
         )
     print(format_text_table(["sweep", "state", "trials", "best Dice", "started", "last update", "folder", ""], rows))
+    return 0
+
+
+def _print_machine_status(folder: Any, *, as_json: bool) -> int:
+    """``status --json`` / ``--csv`` (sweeps._machine_output): only the document on standard output."""
+    from sweeps._machine_output import dumps, status_document, trial_table
+
+    if as_json:
+        print(dumps(status_document(folder)))
+    else:
+        sys.stdout.write(trial_table(folder).to_csv(index=False))
     return 0
 
 

@@ -121,6 +121,64 @@ class SweepProgress:
         return sum(self.ended.values())
 
     @property
+    def finished_text(self) -> str:
+        """``4/4 finished (1 complete, 3 pruned)``: the ended trials by state, in the leaderboard's words."""
+        parts = ", ".join(f"{n} {state.lower()}" for state, n in self.ended.items() if n)
+        return f"{self.finished}/{self.trials_total} finished" + (f" ({parts})" if parts else "")
+
+    @property
+    def eta_text(self) -> str:
+        from sweeps.spec import format_duration
+
+        eta = self.eta_seconds
+        if eta == 0.0:
+            return "no trial left to run"
+        if eta is None:
+            return "ETA after the first epoch"
+        return f"ETA ~{format_duration(eta)} if no trial is pruned"
+
+    @property
+    def summary(self) -> str:
+        """The live view's summary: counts, the best so far and the ETA."""
+        return (
+            f"{self.finished_text}, {len(self.running)} running, {self.pending} pending; "
+            f"{self.best_text}; {self.eta_text}"
+        )
+
+    @property
+    def best_text(self) -> str:
+        return f"best {self.best[0]} Dice {self.best[1]:.4f}" if self.best else "no trial complete yet"
+
+    def _repr_html_(self) -> str:
+        """A notebook's view (``sweep.progress()``): a bar of the finished trials, one of each running
+        trial's epoch (its batches), and the summary line's counts, best and ETA."""
+        from html import escape
+
+        def bar(done: float, total: float) -> str:
+            return f'<progress value="{done:g}" max="{max(total, 1):g}" style="width:12em"></progress>'
+
+        rows = []
+        for trial in self.running:
+            state = "STOPPING" if trial.parked else "RUNNING"
+            where = f"fold {trial.fold}/{trial.n_folds or '?'}" if trial.fold else "starting"
+            batch = trial.batch
+            if batch is not None:
+                speed = f", {batch.images_per_second:.1f} img/s" if batch.images_per_second is not None else ""
+                epoch = (
+                    f"epoch {batch.epoch}/{trial.epochs or '?'} {bar(batch.batch, batch.batches)} "
+                    f"{batch.batch}/{batch.batches} batches{speed}"
+                )
+            else:
+                epoch = f"epoch {trial.epoch}/{trial.epochs or '?'} done" if trial.fold else ""
+            iou = f"{trial.val_iou:.4f}" if trial.val_iou is not None else "-"
+            cells = [escape(trial.label), state, escape(where), epoch, iou]
+            rows.append("<tr>" + "".join(f"<td>{c}</td>" for c in cells) + "</tr>")
+        head = "".join(f"<th>{c}</th>" for c in ("trial", "state", "fold", "epoch", "val IoU"))
+        table = f"<table><tr>{head}</tr>{''.join(rows)}</table>" if rows else ""
+        summary = escape(self.summary)
+        return f"<div><b>sweep {escape(self.name)}</b> {bar(self.finished, self.trials_total)} {summary}{table}</div>"
+
+    @property
     def pending(self) -> int:
         return max(0, self.trials_total - self.finished - len(self.running))
 
