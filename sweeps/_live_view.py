@@ -121,7 +121,11 @@ class ProgressView:
             )
         view = Group(table, Text(summary_line(progress)))
         if self._rich is None:
-            self._rich = Live(view, refresh_per_second=1, transient=False, redirect_stdout=False)
+            from rich.console import Console
+
+            # On the view's own stream (rich's default console is sys.stdout, whatever ``out`` is).
+            console = Console(file=self.out, force_terminal=self.live)
+            self._rich = Live(view, console=console, refresh_per_second=1, transient=False, redirect_stdout=False)
             self._rich.start()
         else:
             self._rich.update(view)

@@ -98,7 +98,8 @@ class RunningTrial:
         """Epochs this trial still trains if no scheduler stops it."""
         if not self.epochs or not self.n_folds:
             return 0
-        return (self.n_folds - self.fold) * self.epochs + (self.epochs - self.epoch)
+        # Before its first fold starts (fold 0) a trial has all folds ahead, as in fold 1 at epoch 0.
+        return (self.n_folds - max(1, self.fold)) * self.epochs + (self.epochs - self.epoch)
 
 
 @dataclass(frozen=True)
