@@ -13,7 +13,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sweeps.folder import DamagedRecord, SweepFolder, SweepSummary, shown_states, summarise_sweep, sweep_names
+from sweeps.folder import DamagedRecord, SweepFolder, SweepSummary, summarise_sweep, sweep_names
 
 #: The version of the JSON documents below; bumped when a field changes meaning or goes away.
 JSON_FORMAT = 1
@@ -21,23 +21,18 @@ JSON_FORMAT = 1
 
 def _plain(value: Any) -> Any:
     """A JSON value: NaN and pandas' missing values as null, numpy scalars as Python numbers."""
-    if value is None:
-        return None
-    if hasattr(value, "item") and not isinstance(value, str | bytes):  # numpy scalar
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    try:
-        import pandas as pd
+    import pandas as pd
 
-        if value is pd.NA or value is pd.NaT:
-            return None
-    except ImportError:  # pragma: no cover - pandas is a dependency
-        pass
     if isinstance(value, dict):
         return {str(k): _plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [_plain(v) for v in value]
+    if value is None or value is pd.NA or value is pd.NaT:
+        return None
+    if hasattr(value, "item") and not isinstance(value, str | bytes):  # a numpy scalar
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
     return value
 
 
@@ -50,12 +45,9 @@ def trial_table(folder: SweepFolder) -> Any:
 
 def status_document(folder: SweepFolder) -> dict[str, Any]:
     """``sweep status --json``: the sweep's state and counts, and one object per trial."""
-    from sweeps.api import Sweep
-
     summary = summarise_sweep(folder.require())
-    results = Sweep(folder).results()
-    states = list(shown_states(results).values())
     trials = trial_table(folder)
+    states = [str(state) for state in trials["state"]] if not trials.empty else []
     return {
         "format": JSON_FORMAT,
         **_summary_fields(summary),
