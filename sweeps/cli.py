@@ -13,11 +13,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import segsweep.base.env  # sets the Keras environment before anything imports it; umask at start
 from segsweep.base import version
 from segsweep.base.errors import ConfigError, SegsweepError
+
+if TYPE_CHECKING:
+    from sweeps.folder import SweepFolder
 
 #: Entry-point group through which each package adds its verbs: ``register(subparsers)``.
 VERBS_GROUP = "segsweep.verbs"
@@ -388,7 +391,7 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _print_machine_status(folder: Any, *, as_json: bool) -> int:
+def _print_machine_status(folder: SweepFolder, *, as_json: bool) -> int:
     """``status --json`` / ``--csv`` (sweeps._machine_output): only the document on standard output."""
     from sweeps._machine_output import dumps, status_document, trial_table
 
