@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from segsweep.base.errors import SegsweepError
-from sweeps.folder import SweepResults, TrialResult
+from sweeps.folder import SweepFolder, SweepResults, TrialResult
 from trainer.config import loads_encoder_weights
 
 WINNER_RULE = (
@@ -72,7 +72,7 @@ def pick_winner(sweep: SweepResults) -> WinnerChoice:
         raise SegsweepError(
             f"sweep {sweep.name!r} ({sweep.path}) has no trial that completed all its folds ({found}); "
             f"there is no winner to report yet: let `segsweep sweep run` finish a trial, or "
-            f"`segsweep sweep resume {sweep.name}` an interrupted sweep"
+            f"`segsweep sweep resume {SweepFolder(sweep.path).cli_args}` an interrupted sweep"
         )
     return WinnerChoice(eligible[0], eligible[1] if len(eligible) > 1 else None, len(eligible))
 

@@ -35,6 +35,7 @@ from sweeps.folder import (
     OBJECTIVE,
     WIDENED_SPACE_FILE,
     SpaceEdges,
+    SweepFolder,
     SweepResults,
     TestScore,
     TrialResult,
@@ -331,7 +332,7 @@ def _table2(sweep: SweepResults, winner: TrialResult) -> Section:
         blocks.append(generalisation_gap_sentence(winner.mean["dice"], winner.std["dice"], plain[0].dice_mean))
     if not scores:
         blocks.append(
-            f"No test set scored yet. `segsweep retrain {sweep.name} --out MODEL` then "
+            f"No test set scored yet. `segsweep retrain {SweepFolder(sweep.path).cli_args} --out MODEL` then "
             "`segsweep predict MODEL --images DIR --masks DIR --out DIR` records its scores in the sweep "
             "folder, and the next report shows them here."
         )

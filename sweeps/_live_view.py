@@ -29,24 +29,45 @@ def _short_params(params: dict[str, Any], width: int = 48) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+#: The state a running trial shows: training, or parked between folds while its sweep stops.
+RUNNING_SHOWN, STOPPING_SHOWN = "RUNNING", "STOPPING"
+
+
+def trial_state(trial: RunningTrial) -> str:
+    return STOPPING_SHOWN if trial.parked else RUNNING_SHOWN
+
+
+def progress_bar(done: int, total: int, width: int = 12) -> str:
+    """``[#####-------]``: ``done`` of ``total`` (an empty bar when the total is not known)."""
+    filled = min(width, round(width * done / total)) if total > 0 else 0
+    return "[" + "#" * filled + "-" * (width - filled) + "]"
+
+
+def epoch_progress(trial: RunningTrial) -> str:
+    """The epoch in training: a bar of its batches and images/s, or what the events say."""
+    batch = trial.batch
+    if batch is None:
+        return f"epoch {trial.epoch + 1}/{trial.epochs or '?'}" if trial.fold else "starting"
+    speed = f", {batch.images_per_second:.1f} img/s" if batch.images_per_second is not None else ""
+    return (
+        f"epoch {batch.epoch}/{trial.epochs or '?'} {progress_bar(batch.batch, batch.batches)} "
+        f"{batch.batch}/{batch.batches or '?'} batches{speed}"
+    )
+
+
 def trial_line(trial: RunningTrial) -> str:
-    label = f"#{trial.number}" if trial.number is not None else trial.trial_id
-    parked = ", waiting to stop" if trial.parked else ""
+    """A log's line for a trial, printed when it reaches a new epoch (the epochs it has done; a log gets
+    no bar inside the epoch, which the terminal's table shows)."""
+    state = "" if not trial.parked else f", {STOPPING_SHOWN} (waiting to stop)"
     if not trial.fold:
-        return f"{label} ({_short_params(trial.params)}): starting, {format_duration(trial.elapsed_s)}{parked}"
+        return f"{trial.label} ({_short_params(trial.params)}): starting, {format_duration(trial.elapsed_s)}{state}"
     where = f"fold {trial.fold}/{trial.n_folds or '?'}, epoch {trial.epoch}/{trial.epochs or '?'}"
     iou = f"val IoU {trial.val_iou:.4f}" if trial.val_iou is not None else "val IoU -"
-    return f"{label} ({_short_params(trial.params)}): {where}, {iou}, {format_duration(trial.elapsed_s)}{parked}"
+    return f"{trial.label} ({_short_params(trial.params)}): {where}, {iou}, {format_duration(trial.elapsed_s)}{state}"
 
 
 def summary_line(progress: SweepProgress) -> str:
-    best = f"best {progress.best[0]} Dice {progress.best[1]:.4f}" if progress.best else "no trial complete yet"
-    eta = progress.eta_seconds
-    eta_text = f"ETA ~{format_duration(eta)} if no trial is pruned" if eta is not None else "ETA after the first epoch"
-    return (
-        f"sweep {progress.name}: {progress.finished}/{progress.trials_total} trials finished, "
-        f"{len(progress.running)} running, {progress.pending} pending; {best}; {eta_text}"
-    )
+    return f"sweep {progress.name}: {progress.summary}"
 
 
 class ProgressView:
@@ -86,20 +107,25 @@ class ProgressView:
         from rich.text import Text
 
         table = Table(expand=False, show_edge=False)
-        for column in ("trial", "parameters", "fold", "epoch", "val IoU", "elapsed"):
+        for column in ("trial", "state", "parameters", "fold", "epoch", "val IoU", "elapsed"):
             table.add_column(column)
         for trial in progress.running:
             table.add_row(
-                f"#{trial.number}" if trial.number is not None else trial.trial_id,
+                trial.label,
+                trial_state(trial),
                 _short_params(trial.params, 60),
-                f"{trial.fold}/{trial.n_folds or '?'}",
-                f"{trial.epoch}/{trial.epochs or '?'}",
+                f"{trial.fold}/{trial.n_folds or '?'}" if trial.fold else "-",
+                epoch_progress(trial),
                 f"{trial.val_iou:.4f}" if trial.val_iou is not None else "-",
-                format_duration(trial.elapsed_s) + (" (stopping)" if trial.parked else ""),
+                format_duration(trial.elapsed_s),
             )
         view = Group(table, Text(summary_line(progress)))
         if self._rich is None:
-            self._rich = Live(view, refresh_per_second=1, transient=False, redirect_stdout=False)
+            from rich.console import Console
+
+            # On the view's own stream (rich's default console is sys.stdout, whatever ``out`` is).
+            console = Console(file=self.out, force_terminal=self.live)
+            self._rich = Live(view, console=console, refresh_per_second=1, transient=False, redirect_stdout=False)
             self._rich.start()
         else:
             self._rich.update(view)

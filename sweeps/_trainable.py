@@ -23,6 +23,7 @@ from typing import TYPE_CHECKING, Any
 from segsweep.base.errors import SegsweepError, one_line_error
 from sweeps.folder import (
     OBJECTIVE,
+    BatchProgress,
     SweepFolder,
     TrialRecord,
     append_event,
@@ -30,6 +31,7 @@ from sweeps.folder import (
     read_stop_request,
     read_trial_record,
     update_trial_record,
+    write_batch_progress,
 )
 from trainer.reporter import FoldPreview, MultiReporter, Reporter, StoppedEarly
 from trainer.results import (
@@ -325,6 +327,11 @@ class TuneFoldReporter(Reporter):
             val_iou=val_iou if math.isfinite(val_iou) else None,
             seconds=round(seconds, 2),
         )
+
+    def on_batch(self, fold: int, epoch: int, batch: int, batches: int, images_per_second: float) -> None:
+        """progress.json, for the live view's bar inside the epoch (not an event: it is rewritten ~1/s)."""
+        speed = images_per_second if math.isfinite(images_per_second) else None
+        write_batch_progress(self.folder, BatchProgress(fold, epoch, batch, batches, speed))
 
     def on_fold_end(self, result: FoldResult, completed: list[FoldResult], preview: FoldPreview | None) -> None:
         append_event(self.folder, "fold_end", fold=result.fold, dice=result.dice, seconds=result.seconds)

@@ -38,6 +38,7 @@ from sweeps.folder import (
     rank_trials,
     read_progress,
     request_stop,
+    shown_states,
 )
 from sweeps.spec import OVERRIDE_KEYS, SweepSpec, parse_duration
 
@@ -228,18 +229,22 @@ class Sweep:
     def trials(self) -> pd.DataFrame:
         """One row per trial in leaderboard order: rank, id, number, state, parameters (the values the
         trial ran with), folds done, Dice/IoU mean and std over folds, training seconds, reason, and
-        ``start``: the starting point's label where the trial ran one (None for the sampler's)."""
+        ``start``: the starting point's label where the trial ran one (None for the sampler's).
+        ``state`` is STOPPED for a trial its records keep RUNNING once no driver runs the sweep."""
         import pandas as pd
 
         rows = []
         rank = 0
-        for trial in rank_trials(self.results().trials):
+        results = self.results()
+        states = shown_states(results)  # RUNNING in the records, STOPPED once no driver runs the sweep
+        for trial in rank_trials(results.trials):
             eligible = is_eligible(trial)
             rank += eligible
             mean, std = trial.mean, trial.std
             rows.append({
                 "rank": rank if eligible else None, "trial_id": trial.trial_id, "number": trial.number,
-                "state": trial.state, **trial.ran_with, "folds_done": trial.folds_done, "n_folds": trial.n_folds,
+                "state": states[trial.trial_id], **trial.ran_with,
+                "folds_done": trial.folds_done, "n_folds": trial.n_folds,
                 "dice_mean": mean["dice"], "dice_std": std["dice"], "iou_mean": mean["iou"], "iou_std": std["iou"],
                 "seconds": trial.seconds, "reason": trial.reason, "start": trial.start,
             })  # fmt: skip

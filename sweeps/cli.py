@@ -13,11 +13,14 @@ import os
 import sys
 from collections.abc import Callable, Sequence
 from importlib.metadata import entry_points
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import segsweep.base.env  # sets the Keras environment before anything imports it; umask at start
 from segsweep.base import version
 from segsweep.base.errors import ConfigError, SegsweepError
+
+if TYPE_CHECKING:
+    from sweeps.folder import SweepFolder
 
 #: Entry-point group through which each package adds its verbs: ``register(subparsers)``.
 VERBS_GROUP = "segsweep.verbs"
@@ -127,10 +130,16 @@ def register(sub: Any) -> None:
     )
     status.add_argument("--interval", type=float, default=None, help="seconds between refreshes with --watch")
     status.add_argument("--follow", action="store_true", help="stream a submitted Ray Job's log until it ends")
+    machine = status.add_mutually_exclusive_group()
+    machine.add_argument(
+        "--json", action="store_true", help="print the sweep's state, counts and trials as JSON (fields: README)"
+    )
+    machine.add_argument("--csv", action="store_true", help="print the trial table as CSV (one row per trial)")
     status.set_defaults(handler=_cmd_status)
 
     listing = verbs.add_parser("list", help="every sweep in the storage folder, with its state")
     listing.add_argument("--storage", default=None, help=storage_help())
+    listing.add_argument("--json", action="store_true", help="print the sweeps as JSON (fields: README)")
     listing.set_defaults(handler=_cmd_list)
 
     _register_submit(verbs)
@@ -321,6 +330,8 @@ def _cmd_status(args: argparse.Namespace) -> int:
     from sweeps.submit import describe, follow
 
     folder = SweepFolder.at(args.storage, args.name)
+    if args.json or args.csv:
+        return _print_machine_status(folder, as_json=args.json)
     if args.watch:
         from sweeps._live_view import REFRESH_S, watch
 
@@ -353,6 +364,14 @@ def _cmd_list(args: argparse.Namespace) -> int:
     )
 
     storage = storage_path(args.storage)
+    if args.json:
+        from sweeps._machine_output import dumps, list_document
+
+        warnings: list[str] = []
+        document = list_document(storage, warnings)
+        _warn(warnings)
+        print(dumps(document))
+        return 0
     names = sweep_names(storage)
     if not names:
         print(f"no sweeps in {storage}")
@@ -372,6 +391,17 @@ def _cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
+def _print_machine_status(folder: SweepFolder, *, as_json: bool) -> int:
+    """``status --json`` / ``--csv`` (sweeps._machine_output): only the document on standard output."""
+    from sweeps._machine_output import dumps, status_document, trial_table
+
+    if as_json:
+        print(dumps(status_document(folder)))
+    else:
+        sys.stdout.write(trial_table(folder).to_csv(index=False))
+    return 0
+
+
 def _cmd_stop(args: argparse.Namespace) -> int:
     from segsweep.base.errors import SegsweepError
     from sweeps.folder import SweepFolder, driver_info, driver_running, read_spec_record, request_stop
@@ -382,20 +412,20 @@ def _cmd_stop(args: argparse.Namespace) -> int:
     # the scheduler records the stop (a Ray Job ends STOPPED, not FAILED).
     done = stop(folder, at_once=args.now)
     if done is not None:
-        print(f"[segsweep] {done}; continue it later with `segsweep sweep submit {args.name} --resume`")
+        print(f"[segsweep] {done}; continue it later with `segsweep sweep submit {folder.cli_args} --resume`")
         return 0
     read_spec_record(folder)
     if not driver_running(folder):
         raise SegsweepError(
             f"sweep {folder.name!r} is not running (no driver holds {folder.driver_file}); nothing to stop. "
-            f"`segsweep sweep resume {folder.name}` continues it"
+            f"`segsweep sweep resume {folder.cli_args}` continues it"
         )
     request = request_stop(folder, "stopped by `segsweep sweep stop`", now=args.now)
     info = driver_info(folder)
     print(
         f"asked sweep {folder.name!r} (driver pid {info.get('pid')} on {info.get('host')}) to stop "
         + ("now" if request.now else "at the end of its running folds")
-        + f"; `segsweep sweep resume {folder.name}` continues it"
+        + f"; `segsweep sweep resume {folder.cli_args}` continues it"
     )
     return 0
 
@@ -431,7 +461,6 @@ def _cmd_submit(args: argparse.Namespace) -> int:
             if args.slurm
             else submit.submit_ray_job(spec, args.ray, dry_run=args.dry_run)
         )
-    where = f" --storage {done.folder.storage}"
     if done.job_id is None:
         print(f"[segsweep] dry run: wrote {done.script}" if done.script else "[segsweep] dry run: nothing submitted")
         return 0
@@ -439,8 +468,8 @@ def _cmd_submit(args: argparse.Namespace) -> int:
     if done.script:
         print(f"[segsweep] script {done.script}; log {done.folder.slurm_log(done.job_id)}")
     print(
-        f"[segsweep] follow it with `segsweep sweep status {done.folder.name}{where}`; stop it with "
-        f"`segsweep sweep stop {done.folder.name}{where}`"
+        f"[segsweep] follow it with `segsweep sweep status {done.folder.cli_args}`; stop it with "
+        f"`segsweep sweep stop {done.folder.cli_args}`"
     )
     if args.follow and done.kind == submit.RAY_JOB:
         state = submit.follow(done.folder)

@@ -13,6 +13,7 @@ import dataclasses
 import logging
 import math
 import os
+import re
 import signal
 import time
 from collections.abc import Iterator
@@ -54,6 +55,30 @@ if TYPE_CHECKING:
 #: Dice is in the top third of the trials that reached that rung.
 ASHA_REDUCTION_FACTOR = 3
 _MIB = 1 << 20
+
+
+#: Ray Tune's own reporter stays silent: the driver's view is segsweep's (sweeps._live_view), one
+#: naming of trials (#N) and one state vocabulary (PRUNED, not Tune's TERMINATED).
+TUNE_VERBOSITY = 0
+#: Tune's default ("new") output engine prints its configuration table, a TensorBoard hint (into
+#: Ray's session folder, which segsweep deletes) and a final trial table even at verbose=0
+#: (ray/tune/experimental/output.py, TuneTerminalReporter.experiment_started and the forced last
+#: heartbeat); the legacy engine prints nothing at verbose=0. Read by Tune when ``fit`` starts.
+TUNE_NEW_OUTPUT_ENV = "RAY_AIR_NEW_OUTPUT"
+
+
+@contextlib.contextmanager
+def tune_output_silenced() -> Iterator[None]:
+    """Tune's legacy (silent at verbose 0) output engine for the block; the caller's setting after."""
+    before = os.environ.get(TUNE_NEW_OUTPUT_ENV)
+    os.environ[TUNE_NEW_OUTPUT_ENV] = "0"
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(TUNE_NEW_OUTPUT_ENV, None)
+        else:
+            os.environ[TUNE_NEW_OUTPUT_ENV] = before
 
 
 @dataclasses.dataclass
@@ -288,7 +313,9 @@ def _drive(
             )
             # The restored run config carries the last run's callbacks (budget clock included).
             assert tuner._local_tuner is not None  # a local (not Ray Client) Tuner
-            tuner._local_tuner.get_run_config().callbacks = callbacks
+            restored_config = tuner._local_tuner.get_run_config()
+            restored_config.callbacks = callbacks
+            restored_config.verbose = TUNE_VERBOSITY  # a sweep recorded by an older segsweep kept Tune's table
         else:
             from ray.tune.search import ConcurrencyLimiter
 
@@ -316,7 +343,7 @@ def _drive(
                     checkpoint_config=tune.CheckpointConfig(num_to_keep=n_folds + 1),
                     callbacks=callbacks,
                     log_to_file=True,
-                    verbose=1,
+                    verbose=TUNE_VERBOSITY,
                 ),
             )
             print(
@@ -326,7 +353,7 @@ def _drive(
             )
         tracking = _start_sweep_tracking(spec)
         try:
-            with _signal_handlers_kept():
+            with _signal_handlers_kept(), tune_output_silenced():
                 grid = tuner.fit()
         finally:
             pending = read_stop_request(spec.folder)
@@ -668,7 +695,8 @@ def start_local_ray(object_store_bytes: int, **more: Any) -> None:
     }
     for attempt in range(1, LOCAL_RAY_STARTS + 1):
         try:
-            ray.init(**options)
+            with ray_start_notices_hidden():
+                ray.init(**options)
             return
         except Exception as exc:
             if "timed out during startup" not in str(exc):
@@ -679,6 +707,39 @@ def start_local_ray(object_store_bytes: int, **more: Any) -> None:
             print(
                 f"[segsweep] Ray was slow to start (busy machine?); try {attempt + 1} of {LOCAL_RAY_STARTS}", flush=True
             )
+
+
+#: Ray's C++ core warns, before its logging starts, when it cannot reach a public DNS server to learn
+#: the machine's address (``network_util.cc``: "Failed to determine local IP via external connectivity
+#: to: 8.8.8.8:53 ..."): a machine with no route out, as in many clinics. A local Ray listens on
+#: 127.0.0.1 (``_node_ip_address``), so the fallback it takes changes nothing for the sweep.
+_RAY_NO_ROUTE_NOTICE = re.compile(r"network_util\.cc:\d+: Failed to determine local IP via external connectivity")
+#: Ray 2.60 enables token authentication for a new local cluster and warns that it did
+#: (``Token authentication is enabled for this Ray cluster...``): the safe default, nothing to act on.
+_RAY_TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+
+
+def is_ray_start_notice(line: str) -> bool:
+    """Whether ``line`` is one of the notices a local Ray's start writes that a sweep's user cannot act on."""
+    return bool(_RAY_NO_ROUTE_NOTICE.search(line))
+
+
+@contextlib.contextmanager
+def ray_start_notices_hidden() -> Iterator[None]:
+    """``ray.init`` without its no-route and token-authentication notices (other lines are kept)."""
+    from segsweep.base.env import native_logs_shown, startup_noise_filtered
+
+    if native_logs_shown():  # --verbose shows everything
+        yield
+        return
+    token_logger = logging.getLogger(_RAY_TOKEN_LOGGER)
+    level = token_logger.level
+    token_logger.setLevel(logging.ERROR)
+    try:
+        with startup_noise_filtered(is_ray_start_notice):
+            yield
+    finally:
+        token_logger.setLevel(level)
 
 
 def resolve_concurrency(spec: SweepSpec) -> int:

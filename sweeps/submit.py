@@ -204,7 +204,7 @@ def resubmit(
     folder.require()
     raise ConfigError(
         f"sweep {name!r} was not submitted before; say where it goes on: --slurm or --ray URL "
-        f"(or continue it here with `segsweep sweep resume {name}`)"
+        f"(or continue it here with `segsweep sweep resume {folder.cli_args}`)"
     )
 
 
@@ -221,7 +221,7 @@ def _refuse_if_running(folder: SweepFolder, last: dict[str, Any]) -> None:
     if state in ACTIVE_STATES:
         raise ConfigError(
             f"sweep {folder.name!r} is still {state} as {_job_label(last)}; stop it first with "
-            f"`segsweep sweep stop {folder.name}` (or wait for it)"
+            f"`segsweep sweep stop {folder.cli_args}` (or wait for it)"
         )
 
 

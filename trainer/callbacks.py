@@ -16,7 +16,7 @@ import tf_keras
 
 from trainer.config import CVConfig
 from trainer.results import EpochRecord
-from trainer.training import EpochCallback, TrainingError
+from trainer.training import BatchCallback, EpochCallback, TrainingError
 
 if TYPE_CHECKING:
     from trainer.checkpoint import EpochCheckpoint
@@ -136,6 +136,41 @@ class EpochRecorder(tf_keras.callbacks.Callback):
             )
 
 
+#: Seconds between two progress reports inside an epoch (a live view redraws about this often).
+BATCH_PROGRESS_EVERY_S = 1.0
+
+
+class BatchProgress(tf_keras.callbacks.Callback):
+    """Reports how far the running epoch is (batches, images/s) to ``on_batch``, at most every
+    BATCH_PROGRESS_EVERY_S seconds.
+
+    It reads no batch logs and says so (``_supports_tf_logs``): Keras then hands it the logs as
+    tensors instead of copying the loss to the host after every batch, so training keeps its pace.
+    """
+
+    def __init__(self, on_batch: BatchCallback, n_train: int) -> None:
+        super().__init__()
+        self._supports_tf_logs = True
+        self.on_batch = on_batch
+        self.n_train = n_train
+        self.epoch = 0
+        self.started = self.reported = time.perf_counter()
+
+    def on_epoch_begin(self, epoch: int, logs: Mapping[str, float] | None = None) -> None:
+        self.epoch = epoch + 1
+        self.started = self.reported = time.perf_counter()
+
+    def on_train_batch_end(self, batch: int, logs: Mapping[str, Any] | None = None) -> None:
+        at = time.perf_counter()
+        if at - self.reported < BATCH_PROGRESS_EVERY_S:
+            return
+        self.reported = at
+        steps = int((self.params or {}).get("steps") or 0)
+        done = batch + 1
+        images = self.n_train * done / steps if steps else float("nan")
+        self.on_batch(self.epoch, done, steps, images / (at - self.started) if at > self.started else float("nan"))
+
+
 class EpochCheckpointSaver(tf_keras.callbacks.Callback):
     """Saves the training state after each epoch (when the checkpoint is due), and puts the plateau
     rule's counters back when training resumes."""
@@ -186,6 +221,7 @@ def fit_callbacks(
     lr_drop_epochs: Sequence[int] | None,
     on_epoch: EpochCallback | None,
     n_train: int,
+    on_batch: BatchCallback | None = None,
     bn_batches: Callable[[], Iterator[np.ndarray]] | None = None,
     checkpoint: EpochCheckpoint | None = None,
     seed: int | None = None,
@@ -212,6 +248,8 @@ def fit_callbacks(
         callbacks.append(ScheduledLearningRateCuts(lr_drop_epochs, config.lr_factor))
     # After the schedules, so it sees the cut learning rate.
     callbacks.append(EpochRecorder(history, lr_drops, on_epoch, n_train))
+    if on_batch is not None:
+        callbacks.append(BatchProgress(on_batch, n_train))
     if checkpoint is not None:
         callbacks.append(EpochCheckpointSaver(checkpoint, plateau, history, lr_drops))  # last: the epoch is complete
     return callbacks

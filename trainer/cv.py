@@ -304,6 +304,7 @@ def _run_fold(
         checkpoint_path=fold_checkpoint_path(out_dir, number),
         on_epoch=lambda epoch, metrics: reporter.on_epoch(number, epoch, metrics),
         on_resumed=lambda history: reporter.on_fold_resumed(number, history),
+        on_batch=lambda epoch, batch, batches, speed: reporter.on_batch(number, epoch, batch, batches, speed),
     )
     val_images = np.asarray(data.images[np.sort(val_rows)])
     val_masks = np.asarray(data.masks[np.sort(val_rows)])[..., 0]

@@ -59,6 +59,10 @@ class Reporter:
     def on_epoch(self, fold: int, epoch: int, metrics: Mapping[str, float]) -> None:
         """Called after every epoch with loss, val_loss, val_iou and lr. ``epoch`` counts from 1."""
 
+    def on_batch(self, fold: int, epoch: int, batch: int, batches: int, images_per_second: float) -> None:
+        """Called during an epoch, about once a second (trainer.callbacks.BatchProgress): ``batch``
+        of ``batches`` done, at ``images_per_second`` so far in the epoch."""
+
     def on_fold_resumed(self, fold: int, history: list[EpochRecord]) -> None:
         """Called after on_fold_start when the fold goes on from an epoch checkpoint: ``history`` holds
         the epochs trained before (on_epoch follows for the rest)."""
@@ -95,6 +99,10 @@ class MultiReporter(Reporter):
     def on_epoch(self, fold: int, epoch: int, metrics: Mapping[str, float]) -> None:
         for r in self.reporters:
             r.on_epoch(fold, epoch, metrics)
+
+    def on_batch(self, fold: int, epoch: int, batch: int, batches: int, images_per_second: float) -> None:
+        for r in self.reporters:
+            r.on_batch(fold, epoch, batch, batches, images_per_second)
 
     def on_fold_resumed(self, fold: int, history: list[EpochRecord]) -> None:
         for r in self.reporters:

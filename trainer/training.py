@@ -28,6 +28,9 @@ if TYPE_CHECKING:
 
 #: Called after each epoch with its number (from 1) and its metrics (loss, val_loss, val_iou, lr, seconds, ...).
 EpochCallback = Callable[[int, Mapping[str, float]], None]
+#: Called during an epoch, at most every BATCH_PROGRESS_EVERY_S seconds: epoch (from 1), batches done,
+#: batches per epoch, training images per second so far in the epoch.
+BatchCallback = Callable[[int, int, int, float], None]
 
 
 class TrainingError(SegsweepError):
@@ -176,6 +179,7 @@ def train_one_model(
     lr_drop_epochs: Sequence[int] | None = None,
     on_epoch: EpochCallback | None = None,
     on_resumed: Callable[[list[EpochRecord]], None] | None = None,
+    on_batch: BatchCallback | None = None,
 ) -> TrainedModel:
     """Train one model of ``config`` on ``data``'s ``train_rows``: a cross-validation fold (kept for an
     ensemble or not) or a retrain on every development image (``fold`` RETRAIN_FOLD); cv and retrain both.
@@ -211,6 +215,7 @@ def train_one_model(
         val_indices=val_rows,
         lr_drop_epochs=lr_drop_epochs,
         on_epoch=on_epoch,
+        on_batch=on_batch,
         seed=seed,
         compile=False,
         checkpoint=checkpoint,
@@ -228,6 +233,7 @@ def fit(
     val_indices: Sequence[int] | np.ndarray | None = None,
     lr_drop_epochs: Sequence[int] | None = None,
     on_epoch: EpochCallback | None = None,
+    on_batch: BatchCallback | None = None,
     seed: int | None = None,
     compile: bool = True,
     checkpoint: EpochCheckpoint | None = None,
@@ -286,6 +292,7 @@ def fit(
         monitor_val=validation is not None,
         lr_drop_epochs=lr_drop_epochs,
         on_epoch=on_epoch,
+        on_batch=on_batch,
         n_train=len(indices),
         bn_batches=_bn_batches(images, indices, config, seed) if config.bn_reestimate else None,
         checkpoint=checkpoint,

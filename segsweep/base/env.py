@@ -24,7 +24,7 @@ import os
 import re
 import sys
 import tempfile
-from collections.abc import Iterator, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from types import ModuleType
 from typing import Any
 
@@ -35,6 +35,9 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")
 # albumentations asks PyPI for a newer version at import time: no traffic leaves the machine for that.
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+# MLflow logs INFO lines ("Creating initial MLflow database tables...") on the terminal of every
+# sweep, cv and report: its own level, read when mlflow is imported (here and in Ray's workers).
+os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
 
 
 #: Outputs can hold a clinic's data (images in caches and predictions, scores, databases): by default
@@ -103,8 +106,11 @@ def is_startup_noise(line: str) -> bool:
 
 
 @contextlib.contextmanager
-def startup_noise_filtered() -> Iterator[None]:
-    """Capture file descriptor 2 for the block; replay what is not start-up noise (all on error)."""
+def startup_noise_filtered(is_noise: Callable[[str], bool] = is_startup_noise) -> Iterator[None]:
+    """Capture file descriptor 2 for the block; replay what ``is_noise`` does not match (all on error).
+
+    The native libraries (TensorFlow's, Ray's) write before any Python logging is set up, so only
+    the file descriptor catches them."""
     try:
         sys.stderr.flush()
         saved = os.dup(2)
@@ -126,7 +132,7 @@ def startup_noise_filtered() -> Iterator[None]:
             os.close(saved)
             capture.seek(0)
             lines = capture.read().decode(errors="replace").splitlines(keepends=True)
-            kept = lines if failed else [line for line in lines if not is_startup_noise(line)]
+            kept = lines if failed else [line for line in lines if not is_noise(line)]
             if kept:
                 sys.stderr.write("".join(kept))
                 sys.stderr.flush()
@@ -168,6 +174,50 @@ def _remove_import_filter() -> None:
     sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _FilteredTensorFlowImport)]
 
 
+#: segmentation-models 1.0.1 prints this at import (``print``, not a logger): segsweep chose the
+#: framework itself (``SM_FRAMEWORK`` above), so the line tells the user nothing.
+SM_BANNER = re.compile(r"^Segmentation Models: using `[\w.]+` framework\.$")
+
+
+class _BannerlessLoader(importlib.abc.Loader):
+    """Runs the real loader of ``segmentation_models`` with its banner taken out of standard output."""
+
+    def __init__(self, loader: importlib.abc.Loader) -> None:
+        self._loader = loader
+
+    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
+        return self._loader.create_module(spec)
+
+    def exec_module(self, module: ModuleType) -> None:
+        import io
+
+        printed = io.StringIO()
+        try:
+            with contextlib.redirect_stdout(printed):
+                self._loader.exec_module(module)
+        finally:
+            kept = [line for line in printed.getvalue().splitlines(keepends=True) if not SM_BANNER.match(line.strip())]
+            sys.stdout.write("".join(kept))
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._loader, name)
+
+
+class _BannerlessSegmentationModels(importlib.abc.MetaPathFinder):
+    """Finds ``segmentation_models`` the usual way and takes the banner out of its import; then steps aside."""
+
+    def find_spec(
+        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
+    ) -> importlib.machinery.ModuleSpec | None:
+        if fullname != "segmentation_models":
+            return None
+        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _BannerlessSegmentationModels)]
+        spec = importlib.util.find_spec(fullname)
+        if spec is not None and spec.loader is not None:
+            spec.loader = _BannerlessLoader(spec.loader)
+        return spec
+
+
 def show_native_logs() -> None:
     """Show TensorFlow's native lines from now on, here and in child processes (``--verbose``)."""
     os.environ[VERBOSE_ENV] = "1"
@@ -182,3 +232,7 @@ if _TF_LOG_LEVEL not in os.environ:
 if not native_logs_shown() and "tensorflow" not in sys.modules:
     _remove_import_filter()
     sys.meta_path.insert(0, _FilteredTensorFlowImport())
+if "segmentation_models" not in sys.modules and not any(
+    isinstance(f, _BannerlessSegmentationModels) for f in sys.meta_path
+):
+    sys.meta_path.insert(0, _BannerlessSegmentationModels())

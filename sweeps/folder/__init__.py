@@ -35,9 +35,18 @@ from sweeps.folder._layout import (
     sweep_names,
 )
 from sweeps.folder._objective import OBJECTIVE, Objective
-from sweeps.folder._progress import RunningTrial, SweepProgress, SweepSummary, read_progress, summarise_sweep
+from sweeps.folder._progress import (
+    BatchProgress,
+    RunningTrial,
+    SweepProgress,
+    SweepSummary,
+    read_progress,
+    summarise_sweep,
+    write_batch_progress,
+)
 from sweeps.folder._ranking import (
     RANKING_RULE,
+    STOPPED,
     format_leaderboard,
     format_text_table,
     format_value,
@@ -45,6 +54,7 @@ from sweeps.folder._ranking import (
     leaderboard_table,
     mean_std,
     rank_trials,
+    shown_states,
 )
 from sweeps.folder._records import (
     STUDY_REASON_ATTR,
@@ -89,6 +99,7 @@ __all__ = [
     "PRUNED",
     "RANKING_RULE",
     "RUNNING",
+    "STOPPED",
     "STORAGE_ENV",
     "STUDY_REASON_ATTR",
     "STUDY_START_ATTR",
@@ -96,6 +107,7 @@ __all__ = [
     "STUDY_WARM_START_ATTR",
     "TRIAL_STATES",
     "WIDENED_SPACE_FILE",
+    "BatchProgress",
     "DamagedRecord",
     "EdgeFlag",
     "ImageScore",
@@ -144,6 +156,7 @@ __all__ = [
     "read_trial_record",
     "record_test_scores",
     "request_stop",
+    "shown_states",
     "space_edges",
     "storage_help",
     "storage_path",
@@ -152,5 +165,6 @@ __all__ = [
     "update_trial_record",
     "widened_space_yaml",
     "winner_evidence",
+    "write_batch_progress",
     "write_spec_record",
 ]

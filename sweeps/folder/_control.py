@@ -76,8 +76,8 @@ def hold_driver_lock(folder: SweepFolder) -> Iterator[None]:
             other = driver_info(folder)
             raise ConfigError(
                 f"sweep {folder.name!r} is already running (driver pid {other.get('pid')} on "
-                f"{other.get('host')}); follow it with `segsweep sweep status {folder.name} --watch`, "
-                f"or stop it with `segsweep sweep stop {folder.name}`"
+                f"{other.get('host')}); follow it with `segsweep sweep status {folder.cli_args} --watch`, "
+                f"or stop it with `segsweep sweep stop {folder.cli_args}`"
             ) from None
         handle.seek(0)
         handle.truncate()

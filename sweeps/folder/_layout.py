@@ -8,6 +8,7 @@
         trial.json             trial id, Optuna number, parameters, configuration, state, reason, times
         cv.json, folds/        the trainer's cross-validation output (trainer.results owns those names)
         events.jsonl           one line per attempt, fold and end (node, pid, times)
+        progress.json          a running trial's current epoch: batches done, images/s (rewritten ~1/s)
     ray/                       Ray Tune's experiment state (for resume)
     report/                    `segsweep report` output (report.html, report.md, figures/, best.json)
     driver.json                the running driver's host, pid and start (locked while it runs)
@@ -26,6 +27,7 @@ A sweep folder is the source of truth; trackers are sinks and are never read bac
 from __future__ import annotations
 
 import os
+import shlex
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -41,6 +43,7 @@ OPTUNA_FILE = "optuna.db"
 TRIALS_DIR = "trials"
 TRIAL_FILE = "trial.json"
 EVENTS_FILE = "events.jsonl"
+PROGRESS_FILE = "progress.json"
 RAY_DIR = "ray"
 REPORT_DIR = "report"
 PREDICTIONS_DIR = "predictions"
@@ -99,6 +102,12 @@ class SweepFolder:
     @property
     def storage(self) -> Path:
         return self.path.parent
+
+    @property
+    def cli_args(self) -> str:
+        """``NAME --storage STORAGE``, for the command lines segsweep's hints print: a hint names the
+        storage the sweep is in, so it works as printed (a default storage depends on the shell)."""
+        return f"{shlex.quote(self.name)} --storage {shlex.quote(str(self.storage))}"
 
     @property
     def spec_file(self) -> Path:

@@ -16,6 +16,20 @@ RANKING_RULE = (
     "folds they finished (a mean over some folds is not comparable with a mean over all)."
 )
 _UNRANKED_ORDER = {RUNNING: 0, PRUNED: 1, FAILED: 2}
+#: How status, the report and the API show a trial its records keep RUNNING once no driver runs the
+#: sweep (``sweep stop``, a budget, Ctrl-C, a driver that died): it is not training, and `sweep resume`
+#: continues it. The records stay RUNNING, which is what a resume and the study need.
+STOPPED = "STOPPED"
+
+
+def shown_states(sweep: SweepResults) -> dict[str, str]:
+    """Each trial's state as the views show it (trial id -> COMPLETE, PRUNED, FAILED, RUNNING or STOPPED)."""
+    from sweeps.folder._control import driver_running
+    from sweeps.folder._layout import SweepFolder
+
+    if any(t.state == RUNNING for t in sweep.trials) and not driver_running(SweepFolder(sweep.path)):
+        return {t.trial_id: STOPPED if t.state == RUNNING else t.state for t in sweep.trials}
+    return {t.trial_id: t.state for t in sweep.trials}
 
 
 def is_eligible(trial: TrialResult) -> bool:
@@ -66,6 +80,7 @@ def leaderboard_table(sweep: SweepResults) -> tuple[list[str], list[list[str]], 
     for trial in trials:
         param_names += [p for p in trial.params if p not in param_names]
     starts = any(t.start for t in trials)
+    states = shown_states(sweep)
     rows: list[list[str]] = []
     overridden: dict[str, set[str]] = {}
     rank = 0
@@ -82,7 +97,7 @@ def leaderboard_table(sweep: SweepResults) -> tuple[list[str], list[list[str]], 
             f"{trial.folds_done}/{trial.n_folds or '?'}",
             mean_std(trial, "dice"),
             mean_std(trial, "iou"),
-            trial.state,
+            states[trial.trial_id],
             trial.reason or "",
             *([trial.start or ""] if starts else []),
         ])  # fmt: skip
@@ -115,7 +130,8 @@ def format_text_table(columns: Sequence[str], rows: Sequence[Sequence[str]]) -> 
 def format_leaderboard(sweep: SweepResults) -> str:
     """``segsweep sweep status``: a summary line, the leaderboard, its notes, the winner's paired evidence, the
     ranges the winner sat at the edge of (sweeps.folder._edges) and the study's address."""
-    counts = {state: sum(t.state == state for t in sweep.trials) for state in (COMPLETE, RUNNING, PRUNED, FAILED)}
+    states = list(shown_states(sweep).values())
+    counts = {state: states.count(state) for state in (COMPLETE, RUNNING, STOPPED, PRUNED, FAILED)}
     total = sweep.spec.trials if sweep.spec.trials is not None else len(sweep.trials)
     lines = [
         f"sweep {sweep.name}: {len(sweep.trials)}/{total} trials proposed; "

@@ -170,6 +170,11 @@ class SweepRecord:
         return _optional(self.specification.get("trials"), int)
 
     @property
+    def concurrency(self) -> int | None:
+        """Trials run at once (``--concurrency``, or what the driver resolved it to)."""
+        return _optional(self.specification.get("concurrency"), int)
+
+    @property
     def created(self) -> str | None:
         return _optional(self.specification.get("created"), str)
 

@@ -281,3 +281,39 @@ def test_sweep_json_with_an_unknown_key_is_refused_in_one_line(tmp_path: Path) -
     assert SweepSpec.read(tmp_path, "s").trials == 2
     old = {k: v for k, v in record.items() if k not in ("format", "trial_retries")} | {"max_failures": 5}
     assert SweepSpec.from_dict(old).trial_retries == 5
+
+
+def test_status_json_and_csv_and_list_json_are_parsable_with_the_documented_fields(
+    capsys: pytest.CaptureFixture[str], tmp_path: Path
+) -> None:
+    import csv
+    import io
+
+    from tests.support.fake_sweep import make_sweep
+
+    make_sweep(tmp_path, "m", data=tmp_path / "data", with_study=False)
+    code, text = _run(capsys, "sweep", "status", "m", "--storage", str(tmp_path), "--json")
+    assert code == 0
+    status = json.loads(text)
+    assert {"format", "name", "state", "finished", "asked", "best_dice", "path", "counts", "trials"} <= set(status)
+    assert status["counts"] == {"COMPLETE": 3, "FAILED": 1, "PRUNED": 1} and status["finished"] == 5
+    first = status["trials"][0]
+    assert first["rank"] == 1 and first["state"] == "COMPLETE" and first["dice_mean"] == pytest.approx(0.64)
+    assert status["trials"][-1]["state"] == "FAILED" and status["trials"][-1]["dice_mean"] is None  # NaN: null
+
+    code, text = _run(capsys, "sweep", "status", "m", "--storage", str(tmp_path), "--csv")
+    rows = list(csv.DictReader(io.StringIO(text)))
+    assert code == 0 and len(rows) == 5 and rows[0]["trial_id"] == first["trial_id"] and rows[0]["rank"] == "1"
+
+    code, text = _run(capsys, "sweep", "list", "--storage", str(tmp_path), "--json")
+    listed = json.loads(text)
+    assert code == 0 and [s["name"] for s in listed["sweeps"]] == ["m"]
+    assert listed["sweeps"][0]["finished"] == 5 and listed["sweeps"][0]["state"] == "interrupted"
+
+
+def test_hints_name_the_storage_the_sweep_is_in(capsys: pytest.CaptureFixture[str], tmp_path: Path) -> None:
+    from tests.support.fake_sweep import make_sweep
+
+    make_sweep(tmp_path, "h", data=tmp_path / "data", with_study=False)
+    code, text = _run(capsys, "sweep", "stop", "h", "--storage", str(tmp_path))
+    assert code == 2 and f"`segsweep sweep resume h --storage {tmp_path}` continues it" in text, text

@@ -203,12 +203,18 @@ def test_time_budget_ends_the_run_cleanly_and_resume_finishes(
                            time_budget_s=4.0)  # fmt: skip
     outcome = run_sweep(spec, cv_runner=fake.fake_run_cv)
     assert _finish(outcome) == 1  # the CLI's exit code and last lines
-    assert "did not finish (time budget of 4s reached)" in capsys.readouterr().err
+    printed = capsys.readouterr()
+    assert "did not finish (time budget of 4s reached)" in printed.err
+    # One live view, segsweep's: none of Tune's trial tables, states or TensorBoard hint (run and restore).
+    for tune_words in ("Trial status", "TERMINATED", "tensorboard --logdir", "Configuration for experiment"):
+        assert tune_words not in printed.out + printed.err, tune_words
     sweep = load_sweep(tmp_path / "out", "b")
     assert sum(t.state == "COMPLETE" for t in sweep.trials) < 3, format_leaderboard(sweep)
     (tmp_path / "out" / "b" / "fake.json").write_text(json.dumps({"fold_seconds": 0.3}))  # quicker resumed folds
     resumed = resume_sweep(tmp_path / "out", "b", cv_runner=fake.fake_run_cv, time_budget_s=3600)
     assert resumed.finished and _finish(resumed) == 0
+    printed = capsys.readouterr()
+    assert "Trial status" not in printed.out + printed.err and "TERMINATED" not in printed.out + printed.err
     sweep = load_sweep(tmp_path / "out", "b")
     assert {t.state for t in sweep.trials} == {"COMPLETE"} and len(sweep.trials) == 3, format_leaderboard(sweep)
     for trial in sweep.trials:

@@ -414,3 +414,26 @@ def test_cv_on_real_kvasir_seg(real_kvasir_seg: Path, tmp_path: Path) -> None:
     assert result["complete"] and len(result["folds"]) == 2
     assert result["data"]["n_pairs"] == 40
     assert "mean ± std over 2 folds" in proc.stdout
+
+
+def test_a_running_epoch_reports_its_batches_and_speed_to_the_reporter(
+    tiny_data, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import trainer.callbacks
+
+    monkeypatch.setattr(trainer.callbacks, "BATCH_PROGRESS_EVERY_S", 0.0)  # every batch, for the test
+    batches: list[tuple[int, int, int, int, float]] = []
+
+    class BatchRecorder(Reporter):
+        def on_batch(self, fold: int, epoch: int, batch: int, batches_: int, images_per_second: float) -> None:
+            batches.append((fold, epoch, batch, batches_, images_per_second))
+
+    run_cv(CVConfig(**{**TINY, "folds": 2, "epochs": 1}), tiny_data[1], tmp_path, BatchRecorder())
+    per_fold = {fold: [b for b in batches if b[0] == fold] for fold in (1, 2)}
+    for fold, seen in per_fold.items():
+        assert seen, f"fold {fold} reported no batch"
+        steps = seen[0][3]
+        assert steps == 2 and [b[2] for b in seen] == list(range(1, steps + 1))  # 4 training images, batch 2
+        assert all(b[1] == 1 and b[4] > 0 for b in seen)
+    # It reads no batch logs: Keras must not copy the loss to the host after every batch for it.
+    assert trainer.callbacks.BatchProgress(lambda *a: None, 4)._supports_tf_logs
