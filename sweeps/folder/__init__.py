@@ -38,6 +38,7 @@ from sweeps.folder._progress import RunningTrial, SweepProgress, SweepSummary, r
 from sweeps.folder._ranking import (
     RANKING_RULE,
     format_leaderboard,
+    format_mean_std,
     format_text_table,
     format_value,
     is_eligible,
@@ -118,6 +119,7 @@ __all__ = [
     "driver_info",
     "driver_running",
     "format_leaderboard",
+    "format_mean_std",
     "format_text_table",
     "format_value",
     "hold_driver_lock",
