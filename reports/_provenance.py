@@ -108,7 +108,8 @@ def provenance(sweep: SweepResults, winner: TrialResult, command: list[str]) -> 
     commit = git_commit()
     rows.append(["git commit", f"{commit} (this report's source tree)" if commit else "not a git checkout"])
     try:
-        sweep_command = shlex.join(run_argv(SweepSpec.from_dict({"storage": str(sweep.path.parent), **sweep.spec.specification})))
+        recorded = {"storage": str(sweep.path.parent), **sweep.spec.specification}
+        sweep_command = shlex.join(run_argv(SweepSpec.from_dict(recorded)))
         rows.append(["sweep command", f"`{sweep_command}` (rebuilt from sweep.json: the options that define it)"])
     except (SegsweepError, TypeError, ValueError, KeyError) as exc:  # an older or edited sweep.json
         rows.append(["sweep command", f"not rebuilt from sweep.json ({exc})"])
