@@ -130,10 +130,11 @@ def _categories(values: Sequence[Any]) -> tuple[list[float], dict[str, Any]] | N
             ticks = sorted(set(numbers))
             return numbers, {"tickvals": ticks, "ticktext": [f"{v:.0f}" for v in ticks]}
         if min(numbers) > 0 and max(numbers) / min(numbers) >= 10:  # learning rates: a log axis
-            ticks = sorted(set(numbers))
+            decades = range(math.floor(math.log10(min(numbers))), math.ceil(math.log10(max(numbers))) + 1)
             return [math.log10(v) for v in numbers], {
-                "tickvals": [math.log10(v) for v in ticks],
-                "ticktext": [f"{v:.3g}" for v in ticks],
+                "tickvals": list(decades),
+                "ticktext": [f"{10.0**d:g}" for d in decades],
+                "range": [min(decades), max(decades)],
             }
         return numbers, {}
     names = sorted({str(v) for v in values})

@@ -68,9 +68,10 @@ def draw_picked(trial: TrialResult, picked: list[Picked]) -> bytes | str:
         return "No images drawn: the winner's folds recorded no per-image scores."
     missing = sorted({p.score.fold for p in picked if not (fold_model_dir(trial.path, p.score.fold)).is_dir()})
     if missing:
+        folds = ", ".join(map(str, missing))
         return (
-            f"No images drawn: the winner's fold models are not kept (fold(s) {', '.join(map(str, missing))} "
-            f"missing under {trial.path / 'models'}), and predictions are not stored. Run the sweep with "
+            f"No images drawn: the winner's fold models are not kept (none for fold(s) {folds}, which validated "
+            f"these images, under {trial.path / 'models'}), and predictions are not stored. Run the sweep with "
             "`--keep-models K` (the best K trials keep their fold models) to see them here; the table below "
             "names the best, median and worst images."
         )

@@ -180,5 +180,5 @@ def test_report_draws_the_winners_best_median_and_worst_images_with_its_fold_mod
     report = build_report(load_sweep(tmp_path, "kept"))
     [section] = [s for s in report.sections if s.title == "The winner on images"]
     assert not any(isinstance(b, Figure) for b in section.blocks)
-    said = "No images drawn: the winner's fold models are not kept (fold(s) 2"
+    said = "No images drawn: the winner's fold models are not kept (none for fold(s) 2,"
     assert any(str(b).startswith(said) for b in section.blocks)

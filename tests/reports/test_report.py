@@ -430,4 +430,3 @@ def test_gap_sentence_does_not_confirm_the_cv_estimate_outside_the_test_interval
     assert "does not confirm" in outside and "FLAG" not in outside
     one_image = generalisation_gap_sentence(0.80, 0.05, 0.75, None, 1)
     assert "neither confirms nor refutes" in one_image
-
