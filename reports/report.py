@@ -116,8 +116,9 @@ def interval_95(mean: float, std: float, n: int) -> tuple[float, float] | None:
 def pm_interval(mean: float, std: float, n: int) -> str:
     """``mean ± std [low, high]``: a test score with its 95 % interval over images."""
     interval = interval_95(mean, std, n)
-    bounds = f" [95 % {interval[0]:.4f} to {interval[1]:.4f}]" if interval else " [no interval: 1 image]"
-    return pm(mean, std, n) + bounds
+    if interval is None:
+        return pm(mean, std, n) + (" [no interval: 1 image]" if n == 1 else "")
+    return pm(mean, std, n) + f" [95 % {interval[0]:.4f} to {interval[1]:.4f}]"
 
 
 def data_path(sweep: SweepResults, trial: TrialResult | None = None) -> str | None:
