@@ -1,9 +1,11 @@
 """``segsweep report``: the sweep's leaderboard, its winner and why, as HTML, Markdown and JSON.
 
 The report is built once as a list of sections (paragraphs, tables, figures) and rendered to
-``report.html`` (one self-contained file: figures embedded as base64 PNG, styles inline, no scripts,
-opens offline), ``report.md`` (same tables, figures as PNG files in ``figures/`` beside it) and
-``best.json`` (the winner's configuration in the form ``segsweep cv --config`` reads).
+``report.html`` (one self-contained file that opens offline: interactive plotly figures with
+plotly.js inlined once, pictures as base64 PNG, styles and the few lines of table-sorting script
+inline, nothing fetched), ``report.md`` (same tables, static figures as PNG files in ``figures/``
+beside it), ``best.json`` (the winner's configuration in the form ``segsweep cv --config`` reads) and
+``per_image.csv`` (the winner's out-of-fold score of every image).
 """
 
 from __future__ import annotations
@@ -13,7 +15,7 @@ import html
 import logging
 import math
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -41,10 +43,12 @@ from sweeps.folder import (
     TrialResult,
     WinnerEvidence,
     attempt_spans,
+    format_mean_std,
     format_value,
     leaderboard_table,
     load_sweep,
     load_test_scores,
+    rank_trials,
     space_edges,
     widened_space_yaml,
     winner_evidence,
@@ -53,6 +57,8 @@ from trainer.config import CVConfig
 from trainer.results import read_cv_result
 
 FORMATS = ("md", "html", "json")
+#: The winner's out-of-fold score of every image, beside report.html and report.md.
+PER_IMAGE_CSV = "per_image.csv"
 #: Trials shown in the fold box plots.
 TOP_TRIALS = 5
 
@@ -63,13 +69,21 @@ logger = logging.getLogger(__name__)
 class Table:
     columns: list[str]
     rows: list[list[str]]
+    #: report.html lets the reader sort it by a column (numbers as numbers).
+    sortable: bool = False
+    #: Written beside the report under this name (and offered for download in report.html).
+    csv_name: str | None = None
+    csv: bytes | None = None
 
 
 @dataclass
 class Figure:
-    name: str  # file stem in figures/
+    name: str  # file stem in figures/, element id in report.html
     title: str
-    png: bytes
+    #: The static picture: report.md's figures/NAME.png, and report.html's when there is no ``plot``.
+    png: bytes | None = None
+    #: An interactive plotly figure, drawn in report.html (reports._figures).
+    plot: Any | None = None
 
 
 Block = str | Table | Figure
@@ -90,8 +104,28 @@ class Report:
     files: dict[str, str] = field(default_factory=dict)
 
 
-def pm(mean: float, std: float) -> str:
-    return "n/a" if math.isnan(mean) else f"{mean:.4f} ± {std:.4f}"
+def pm(mean: float, std: float, n: int) -> str:
+    """``mean ± std`` of ``n`` folds or images (``± –`` for one: no spread to show)."""
+    return format_mean_std(mean, std, n)
+
+
+def interval_95(mean: float, std: float, n: int) -> tuple[float, float] | None:
+    """A 95 % t interval of a mean Dice/IoU over ``n`` images (sample std), clipped to [0, 1]; None
+    for fewer than 2 images. From the recorded summary (predict keeps mean, std and n per test set)."""
+    if n < 2 or math.isnan(mean) or math.isnan(std):
+        return None
+    from scipy.stats import t
+
+    half = float(t.ppf(0.975, n - 1)) * std / math.sqrt(n)
+    return max(0.0, mean - half), min(1.0, mean + half)
+
+
+def pm_interval(mean: float, std: float, n: int) -> str:
+    """``mean ± std [low, high]``: a test score with its 95 % interval over images."""
+    interval = interval_95(mean, std, n)
+    if interval is None:
+        return pm(mean, std, n) + (" [no interval: 1 image]" if n == 1 else "")
+    return pm(mean, std, n) + f" [95 % {interval[0]:.4f} to {interval[1]:.4f}]"
 
 
 def data_path(sweep: SweepResults, trial: TrialResult | None = None) -> str | None:
@@ -214,9 +248,10 @@ def _winner(choice: WinnerChoice) -> Section:
             + ", ".join(f"{k} proposed {format_value(proposed)}" for k, (proposed, _ran) in overridden.items())
             + ")"
         )
+    n = winner.folds_done
     text = (
-        f"Winner: trial {winner.label}, {params}: mean Dice {pm(winner.mean['dice'], winner.std['dice'])}, "
-        f"mean IoU {pm(winner.mean['iou'], winner.std['iou'])} over {winner.folds_done} folds (mean ± sample "
+        f"Winner: trial {winner.label}, {params}: mean Dice {pm(winner.mean['dice'], winner.std['dice'], n)}, "
+        f"mean IoU {pm(winner.mean['iou'], winner.std['iou'], n)} over {n} folds (mean ± sample "
         f"standard deviation over folds)."
     )
     blocks: list[Block] = [WINNER_RULE, text, choice.gap_sentence()]
@@ -301,8 +336,8 @@ def _table2(sweep: SweepResults, winner: TrialResult) -> Section:
         header += [f"Dice{label}", f"IoU{label}"]
     development = [
         f"Development set, {winner.n_folds}-fold cross-validation (mean ± std over folds)",
-        pm(winner.mean["dice"], winner.std["dice"]),
-        pm(winner.mean["iou"], winner.std["iou"]),
+        pm(winner.mean["dice"], winner.std["dice"], winner.folds_done),
+        pm(winner.mean["iou"], winner.std["iou"], winner.folds_done),
     ]
     rows = [development + ["–"] * (len(header) - len(development))]
     for images, row in by_set.items():
@@ -313,23 +348,36 @@ def _table2(sweep: SweepResults, winner: TrialResult) -> Section:
             if first.n_overlap_with_training
             else ""
         )
-        cells = [f"Test set {images} ({n_images} images; mean ± std over images{leak})"]
+        cells = [f"Test set {images} ({n_images} images; mean ± std over images [95 % interval of the mean]{leak})"]
         for variant in variants:
             scored = row.get(variant)
             if scored is None:
                 cells += ["–", "–"]  # this test set was not predicted with this variant
             else:
-                cells += [pm(scored.dice_mean, scored.dice_std), pm(scored.iou_mean, scored.iou_std)]
+                cells += [
+                    pm_interval(scored.dice_mean, scored.dice_std, scored.n_images),
+                    pm_interval(scored.iou_mean, scored.iou_std, scored.n_images),
+                ]
         rows.append(cells)
     blocks: list[Block] = [
         "The shape of the paper's Table 2 for the winner: one row per test set (its newest prediction), "
         "one Dice and IoU column pair per variant it was predicted with. Test scores are MedAI-style (per image "
-        "at the original resolution, threshold 0.5, mean over images).",
+        "at the original resolution, threshold 0.5, mean over images); the bracket is a 95 % t interval of the "
+        "mean over the test images, so a small test set shows how little it pins down.",
         Table(header, rows),
     ]
     plain = [row["plain"] for row in by_set.values() if "plain" in row and not row["plain"].n_overlap_with_training]
     if plain:
-        blocks.append(generalisation_gap_sentence(winner.mean["dice"], winner.std["dice"], plain[0].dice_mean))
+        test = plain[0]
+        blocks.append(
+            generalisation_gap_sentence(
+                winner.mean["dice"],
+                winner.std["dice"],
+                test.dice_mean,
+                interval_95(test.dice_mean, test.dice_std, test.n_images),
+                test.n_images,
+            )
+        )
     if not scores:
         blocks.append(
             f"No test set scored yet. `segsweep retrain {SweepFolder(sweep.path).cli_args} --out MODEL` then "
@@ -353,11 +401,21 @@ def _variant_label(variant: str) -> str:
     return f"{text}, post-processed: {', '.join(options)}" if options else text
 
 
-def generalisation_gap_sentence(cv_dice: float, cv_std: float, test_dice: float) -> str:
-    """The winner's CV-to-test gap, flagged when larger than twice its fold standard deviation."""
+def generalisation_gap_sentence(
+    cv_dice: float,
+    cv_std: float,
+    test_dice: float,
+    test_interval: tuple[float, float] | None = None,
+    n_test: int | None = None,
+) -> str:
+    """The winner's CV-to-test gap, flagged when larger than twice its fold standard deviation; the CV
+    estimate is said to hold only with the test set's 95 % interval beside it (10 test images pin
+    little down)."""
     gap = cv_dice - test_dice
+    over = f" over {n_test} images" if n_test is not None else ""
+    measured = f", 95 % interval {test_interval[0]:.4f} to {test_interval[1]:.4f}{over}" if test_interval else over
     text = (
-        f"CV-to-test gap: cross-validation Dice {cv_dice:.4f} − test Dice {test_dice:.4f} = {gap:+.4f} "
+        f"CV-to-test gap: cross-validation Dice {cv_dice:.4f} − test Dice {test_dice:.4f}{measured} = {gap:+.4f} "
         f"(the winner's fold std is {cv_std:.4f}). "
     )
     if abs(gap) > 2 * cv_std:
@@ -369,7 +427,21 @@ def generalisation_gap_sentence(cv_dice: float, cv_std: float, test_dice: float)
             else "FLAG: the gap is larger than twice the fold std, with the test set scoring higher: the folds "
             "underestimate (retraining on all development images helps), or the test set is easier."
         )
-    return text + "Within twice the fold std: the cross-validation estimate holds on the test set."
+    if test_interval is None:
+        return text + (
+            "Within twice the fold std, but the test set gives no interval (one image), so it neither "
+            "confirms nor refutes the cross-validation estimate."
+        )
+    low, high = test_interval
+    if low <= cv_dice <= high:
+        return text + (
+            f"Within twice the fold std, and the cross-validation Dice lies inside the test set's 95 % interval "
+            f"(±{(high - low) / 2:.4f}): the test set agrees with the cross-validation estimate to that precision."
+        )
+    return text + (
+        "Within twice the fold std, but the cross-validation Dice lies outside the test set's 95 % interval: "
+        "the test set does not confirm the cross-validation estimate."
+    )
 
 
 def best_so_far(sweep: SweepResults) -> list[tuple[float, float, str]]:
@@ -421,8 +493,22 @@ def _trial_spans(trial: TrialResult) -> list[tuple[float, float]]:
     return spans
 
 
+def _figure(name: str, title: str, plot: Any, png: Callable[[], bytes] | None = None) -> Block:
+    """A figure (interactive ``plot``, static ``png`` for report.md), or the sentence ``plot`` is when
+    there is nothing worth drawing (reports._figures returns one for a single dot or line)."""
+    if isinstance(plot, str):
+        return plot
+    picture = None
+    if png is not None:
+        try:
+            picture = png()
+        except (ValueError, RuntimeError) as exc:  # Optuna's matplotlib plots refuse some studies
+            logger.info("static %s not drawn: %s", name, exc)
+    return Figure(name, title, png=picture, plot=plot)
+
+
 def _best_so_far_section(sweep: SweepResults) -> Section:
-    from reports import _plots
+    from reports import _figures, _plots
 
     points = best_so_far(sweep)
     section = Section("Best so far over wall time")
@@ -438,7 +524,12 @@ def _best_so_far_section(sweep: SweepResults) -> Section:
             ["minutes the sweep ran", "best mean Dice", "trial"],
             [[f"{seconds / 60:.1f}", f"{dice:.4f}", name] for seconds, dice, name in points],
         ),
-        Figure("best_so_far", f"Best {OBJECTIVE.display_name} so far over wall time", _plots.best_so_far(points)),
+        _figure(
+            "best_so_far",
+            f"Best {OBJECTIVE.display_name} so far over wall time",
+            _figures.best_so_far(points),
+            lambda: _plots.best_so_far(points),
+        ),
     ]
     return section
 
@@ -464,8 +555,8 @@ def _pretraining(sweep: SweepResults) -> Section:
             return ["none completed", "", ""]
         return [
             trial.label,
-            pm(trial.mean["dice"], trial.std["dice"]),
-            pm(trial.mean["iou"], trial.std["iou"]),
+            pm(trial.mean["dice"], trial.std["dice"], trial.folds_done),
+            pm(trial.mean["iou"], trial.std["iou"], trial.folds_done),
         ]
 
     overall = Table(
@@ -478,8 +569,8 @@ def _pretraining(sweep: SweepResults) -> Section:
         rows = []
         for encoder, (pre, untrained) in comparison.per_encoder.items():
             rows.append([
-                encoder, pre.label, pm(pre.mean["dice"], pre.std["dice"]),
-                untrained.label, pm(untrained.mean["dice"], untrained.std["dice"]),
+                encoder, pre.label, pm(pre.mean["dice"], pre.std["dice"], pre.folds_done),
+                untrained.label, pm(untrained.mean["dice"], untrained.std["dice"], untrained.folds_done),
                 f"{pre.mean['dice'] - untrained.mean['dice']:+.4f}",
             ])  # fmt: skip
         blocks += [
@@ -560,54 +651,116 @@ def _importance(study: Any | None, why_not: str | None) -> Section:
         "trials of the Optuna study, normalised to sum to 1. With few trials it is a rough guide, not a finding."
     )
     section.blocks.append(Table(["parameter", "importance"], [[p, f"{v:.3f}"] for p, v in importances.items()]))
+    from reports import _figures
+
+    section.blocks.append(_figure("importance", "Parameter importance (fANOVA)", _figures.importance(importances)))
     return section
 
 
-def _optuna_plots(study: Any | None, why_not: str | None) -> list[Block]:
-    from reports import _plots
-
-    if study is None:
-        return [f"Optuna plots not drawn: {why_not}."]
-    if _completed_in_study(study) < 1:
-        return ["Optuna plots not drawn: the Optuna study has no completed trial."]
-    blocks: list[Block] = []
-    for name, title, draw in (
-        ("optimisation_history", "Optimisation history (Optuna)", _plots.optimisation_history),
-        ("parallel_coordinate", "Parallel coordinates (Optuna)", _plots.parallel_coordinate),
-    ):
-        try:
-            blocks.append(Figure(name, title, draw(study)))
-        except (ValueError, RuntimeError) as exc:
-            blocks.append(f"{title} not drawn: {exc}.")
-    return blocks
-
-
 def _figures(sweep: SweepResults, choice: WinnerChoice, study: Any | None, why_not: str | None) -> Section:
-    from reports import _plots
+    """History, parallel coordinates, per-fold Dice and learning curves: interactive (from the sweep
+    folder, pruned trials marked) in report.html; report.md keeps static pictures (Optuna's for the
+    study's history and parallel coordinates, so none without an Optuna study)."""
+    from reports import _figures, _plots
 
-    blocks = _optuna_plots(study, why_not)
-    top = sweep.completed()[:TOP_TRIALS]
+    usable_study = study is not None and _completed_in_study(study) >= 1
+    blocks: list[Block] = []
+    if not usable_study:
+        blocks.append(
+            "Static Optuna plots (report.md) not drawn: "
+            + (f"{why_not}." if study is None else "the Optuna study has no completed trial.")
+        )
     blocks.append(
-        Figure(
+        _figure(
+            "optimisation_history",
+            "Optimisation history: each trial's mean Dice (x: pruned, at its finished folds) and the best so far",
+            _figures.optimisation_history(sweep.trials),
+            (lambda: _plots.optimisation_history(study)) if usable_study else None,
+        )
+    )
+    blocks.append(
+        _figure(
+            "parallel_coordinate",
+            "Parallel coordinates: parameters as trained, state and mean Dice of every scored trial",
+            _figures.parallel_coordinates(sweep.trials),
+            (lambda: _plots.parallel_coordinate(study)) if usable_study else None,
+        )
+    )
+    top = sweep.completed()[:TOP_TRIALS]
+    pruned = [t for t in rank_trials(sweep.trials) if t.state == "PRUNED" and t.folds][:TOP_TRIALS]
+    blocks.append(
+        _figure(
             "fold_dice",
-            f"Per-fold Dice of the top {len(top)} trial(s)",
-            _plots.fold_boxplots(top, [t.label for t in top]),
+            f"Per-fold Dice of the top {len(top)} trial(s)" + (f" and {len(pruned)} pruned" if pruned else ""),
+            _figures.fold_dice([*top, *pruned]),
+            (lambda: _plots.fold_boxplots(top, [t.label for t in top])) if top else None,
         )
     )
     if any(f.history for f in choice.winner.folds):
         blocks.append(
-            Figure(
+            _figure(
                 "learning_curves",
                 f"Learning curves of the winner's folds (trial {choice.winner.label})",
-                _plots.learning_curves(choice.winner),
+                _figures.learning_curves(choice.winner),
+                lambda: _plots.learning_curves(choice.winner),
             )
         )
     return Section("Figures", blocks)
 
 
-def build_report(sweep: SweepResults, out: Path | None = None) -> Report:
-    """Everything the report says, independent of its format; ``out`` is the folder it will be written
-    to (default the sweep's report folder), where the widened space goes."""
+def _images(winner: TrialResult) -> Section:
+    """The winner's best, median and worst out-of-fold images, and its score on every image."""
+    from reports import _gallery
+
+    scores = _gallery.ranked_scores(winner)
+    section = Section("The winner on images")
+    if not scores:
+        section.blocks.append("No per-image scores: the winner's folds were recorded before they were kept.")
+        return section
+    picked = _gallery.best_median_worst(scores)
+    drawn = _gallery.draw_picked(winner, picked)
+    names = ", ".join(f"{p.role} {p.score.stem} (fold {p.score.fold}, Dice {p.score.dice:.4f})" for p in picked)
+    if isinstance(drawn, bytes):
+        section.blocks += [
+            f"The winner's best, median and worst validation images, each predicted by the fold model that did "
+            f"not train on it (out-of-fold): {names}.",
+            _gallery.LEGEND,
+            Figure("winner_images", f"Best, median and worst out-of-fold images of trial {winner.label}", png=drawn),
+        ]
+    else:
+        section.blocks += [drawn, f"Best, median and worst: {names}."]
+    section.blocks += [
+        f"Out-of-fold Dice and IoU of each of the winner's {len(scores)} validation images (scored MedAI-style "
+        "at the training size), worst first; click a column to sort, or download it as CSV.",
+        Table(
+            ["image", "fold", "Dice", "IoU"],
+            [[s.stem, str(s.fold), f"{s.dice:.4f}", f"{s.iou:.4f}"] for s in scores],
+            sortable=True,
+            csv_name=PER_IMAGE_CSV,
+            csv=_gallery.per_image_csv(scores),
+        ),
+    ]
+    return section
+
+
+def _compute(sweep: SweepResults, winner: TrialResult, command: list[str] | None) -> Section:
+    """Per-trial training time, the sweep's total compute, and what produced the numbers."""
+    from reports import _provenance
+
+    columns, rows, total = _provenance.run_times(sweep)
+    provenance = _provenance.provenance(
+        sweep, winner, command if command is not None else ["(Python API: reports.report.build_report)"]
+    )
+    return Section(
+        "Run times and provenance",
+        [total, Table(columns, rows, sortable=True), Table(["", ""], provenance)],
+    )
+
+
+def build_report(sweep: SweepResults, command: list[str] | None = None, out: Path | None = None) -> Report:
+    """Everything the report says, independent of its format; ``command`` is the command line that
+    asked for it (shown in the provenance block), ``out`` the folder it will be written to (default
+    the sweep's report folder), where the widened space goes."""
     choice = pick_winner(sweep)
     evidence = winner_evidence(sweep)
     edges = space_edges(sweep)
@@ -624,6 +777,8 @@ def build_report(sweep: SweepResults, out: Path | None = None) -> Report:
         _importance(study, why_not),
         _best_so_far_section(sweep),
         _figures(sweep, choice, study, why_not),
+        _images(choice.winner),
+        _compute(sweep, choice.winner, command),
     ]
     best = best_configuration(sweep, choice, evidence)
     best["space_edges"] = edges.to_dict(space_file) if edges is not None else None
@@ -647,8 +802,13 @@ def render_markdown(report: Report, figures_folder: str = "figures") -> str:
                 lines.append("| " + " | ".join(_md_cell(c) for c in block.columns) + " |")
                 lines.append("|" + "---|" * len(block.columns))
                 lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
+                if block.csv_name:
+                    lines.append(f"\nAs CSV: [{block.csv_name}]({block.csv_name})")
             elif isinstance(block, Figure):
-                lines.append(f"![{block.title}]({figures_folder}/{block.name}.png)")
+                if block.png is not None:
+                    lines.append(f"![{block.title}]({figures_folder}/{block.name}.png)")
+                else:
+                    lines.append(f"*{block.title}: interactive figure in report.html.*")
             else:
                 lines.append(block)
             lines.append("")
@@ -665,6 +825,29 @@ figure { margin: 1em 0; }
 figure img { max-width: 100%; }
 figcaption { font-style: italic; color: #555; }
 code { background: #f4f4f4; padding: 0 0.2em; }
+table.sortable th { cursor: pointer; }
+table.sortable th::after { content: " \\2195"; color: #999; }
+"""
+
+#: Sorts a ``table.sortable`` by the clicked column (numbers as numbers), a second click reverses.
+_SORT_JS = """
+document.querySelectorAll("table.sortable th").forEach(function (th) {
+  th.addEventListener("click", function () {
+    var table = th.closest("table"), body = table.tBodies[0], col = th.cellIndex;
+    var up = th.dataset.order !== "asc";
+    table.querySelectorAll("th").forEach(function (h) { delete h.dataset.order; });
+    th.dataset.order = up ? "asc" : "desc";
+    var key = function (row) {
+      var text = row.cells[col].textContent.trim();
+      return text !== "" && !isNaN(Number(text)) ? Number(text) : text;
+    };
+    Array.from(body.rows).sort(function (a, b) {
+      var x = key(a), y = key(b);
+      var order = typeof x === "number" && typeof y === "number" ? x - y : String(x).localeCompare(String(y));
+      return up ? order : -order;
+    }).forEach(function (row) { body.appendChild(row); });
+  });
+});
 """
 
 
@@ -675,6 +858,9 @@ def _inline(text: str) -> str:
 
 
 def render_html(report: Report) -> str:
+    from reports._figures import figure_html
+
+    plotly_inlined = False
     out = [
         "<!DOCTYPE html>",
         '<html lang="en"><head><meta charset="utf-8">',
@@ -690,16 +876,31 @@ def render_html(report: Report) -> str:
                 body = "".join(
                     "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block.rows
                 )
-                out.append(f"<table><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>")
-            elif isinstance(block, Figure):
+                kind = ' class="sortable"' if block.sortable else ""
+                out.append(f"<table{kind}><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>")
+                if block.csv_name and block.csv is not None:
+                    # A data: link, so the download works from the HTML file alone (also written beside it).
+                    data = base64.b64encode(block.csv).decode("ascii")
+                    out.append(
+                        f'<p><a download="{html.escape(block.csv_name)}" href="data:text/csv;base64,{data}">'
+                        f"Download {html.escape(block.csv_name)}</a> (also written beside this report)</p>"
+                    )
+            elif isinstance(block, Figure) and block.plot is not None:
+                out.append(f'<figure id="{block.name}">')
+                out.append(figure_html(block.plot, f"plot-{block.name}", with_plotly_js=not plotly_inlined))
+                out.append(f"<figcaption>{html.escape(block.title)}</figcaption></figure>")
+                plotly_inlined = True
+            elif isinstance(block, Figure) and block.png is not None:
                 data = base64.b64encode(block.png).decode("ascii")
                 out.append(
                     f'<figure id="{block.name}"><img alt="{html.escape(block.title)}" '
                     f'src="data:image/png;base64,{data}"><figcaption>{html.escape(block.title)}</figcaption></figure>'
                 )
-            else:
+            elif isinstance(block, str):
                 out.append(f"<p>{_inline(block)}</p>")
         out.append("</section>")
+    if any(isinstance(b, Table) and b.sortable for s in report.sections for b in s.blocks):
+        out.append(f"<script>{_SORT_JS}</script>")
     out.append("</body></html>")
     return "\n".join(out)
 
@@ -728,10 +929,15 @@ def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS) ->
     if "md" in formats:
         for section in report.sections:
             for block in section.blocks:
-                if isinstance(block, Figure):
+                if isinstance(block, Figure) and block.png is not None:
                     files[out / "figures" / f"{block.name}.png"] = block.png
         files[out / "report.md"] = render_markdown(report).encode("utf-8")
     files.update({out / name: text.encode("utf-8") for name, text in report.files.items()})
+    if "html" in formats or "md" in formats:
+        for section in report.sections:
+            for block in section.blocks:
+                if isinstance(block, Table) and block.csv_name and block.csv is not None:
+                    files[out / block.csv_name] = block.csv
     written = [path for path in files if path.suffix != ".png"]
     with disk_full_as_error(out, sum(map(len, files.values())) + (1 << 16)):
         for path, content in files.items():
@@ -747,14 +953,16 @@ def run_report_command(name: str, storage: Path | None, out: Path | None, format
     sweep = load_sweep(storage, name)
     for line in sweep.warnings:
         print(f"segsweep: warning: {line}", file=sys.stderr)
+    command = ["segsweep", "report", name, *(["--storage", str(storage)] if storage is not None else []),
+               *(["--out", str(out)] if out is not None else []), "--format", formats]  # fmt: skip
     folder = out if out is not None else sweep.folder.report_dir
-    report = build_report(sweep, folder)
+    report = build_report(sweep, command, folder)
     for path in write_report(report, folder, chosen):
         print(f"wrote {path}")
     best = report.best
     print(
         f"winner: trial {best['trial_id']} ({encoder_of_best(best)}), mean CV Dice "
-        f"{pm(best['cv']['mean']['dice'], best['cv']['std']['dice'])}"
+        f"{pm(best['cv']['mean']['dice'], best['cv']['std']['dice'], len(best['cv']['folds']))}"
     )
     return 0
 

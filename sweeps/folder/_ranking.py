@@ -62,11 +62,22 @@ def format_value(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+def format_mean_std(mean: float, std: float, n: int) -> str:
+    """``mean ± std`` of ``n`` values (folds, images): the one formatter of a mean and its spread.
+
+    One value has no spread: ``0.6400 ± –``, never ``± 0.0000``, which reads as a spread measured to
+    be nil; no value (NaN mean) is ``n/a``.
+    """
+    if n < 1 or math.isnan(mean):
+        return "n/a"
+    return f"{mean:.4f} ± –" if n == 1 else f"{mean:.4f} ± {std:.4f}"
+
+
 def mean_std(trial: TrialResult, metric: str) -> str:
     """``mean ± std`` over the trial's finished folds ("" before its first fold)."""
     if not trial.folds or math.isnan(trial.mean[metric]):
         return ""
-    return f"{trial.mean[metric]:.4f} ± {trial.std[metric]:.4f}"
+    return format_mean_std(trial.mean[metric], trial.std[metric], trial.folds_done)
 
 
 def leaderboard_table(sweep: SweepResults) -> tuple[list[str], list[list[str]], list[str]]:

@@ -139,3 +139,46 @@ def test_postprocess_mask_drops_specks_and_fills_holes() -> None:
     both = postprocess_mask(mask, ["min-area", "fill-holes"])
     assert both.sum() == 1600
     assert np.array_equal(postprocess_mask(mask, []), mask)
+
+
+def test_report_draws_the_winners_best_median_and_worst_images_with_its_fold_models(
+    kept_cv: Path, tmp_path: Path
+) -> None:
+    """A sweep whose winner kept its fold models (`sweep run --keep-models 1`): the report predicts its
+    best, median and worst out-of-fold images with the fold model that validated each (issue 23)."""
+    import io
+    import re
+    import shutil
+
+    from PIL import Image
+
+    from reports import _gallery
+    from reports.report import Figure, build_report, render_html
+    from sweeps.folder import load_sweep
+    from tests.support.fake_sweep import FakeTrial, make_sweep
+
+    params = {"encoder": TINY_ENCODER, "weights": "none", "batch_size": 2, "lr": CVConfig(**TINY).lr}
+    path = make_sweep(tmp_path, "kept", [FakeTrial(params, [0.5, 0.6])], with_study=False)
+    trial_dir = path / "trials" / "trial_00000"
+    shutil.rmtree(trial_dir / "folds")  # the fabricated folds give way to the real, kept ones
+    for name in ("folds", "models", "cv.json"):
+        copy = shutil.copytree if (kept_cv / name).is_dir() else shutil.copy
+        copy(kept_cv / name, trial_dir / name)
+    report = build_report(load_sweep(tmp_path, "kept"))
+    [section] = [s for s in report.sections if s.title == "The winner on images"]
+    [figure] = [b for b in section.blocks if isinstance(b, Figure)]
+    assert figure.png is not None and figure.plot is None
+    with Image.open(io.BytesIO(figure.png)) as picture:
+        assert picture.size[0] >= 3 * 256  # three tiles: best, median, worst
+    assert _gallery.LEGEND in section.blocks
+    scores = _gallery.ranked_scores(load_sweep(tmp_path, "kept").trials[0])
+    assert [p.role for p in _gallery.best_median_worst(scores)] == ["best", "median", "worst"] and len(scores) == 12
+    page = re.sub(r"<script[^>]*>.*?</script>", "", render_html(report), flags=re.S)
+    assert 'id="winner_images"' in page and page.count('src="data:image/png;base64,') == 1
+
+    shutil.rmtree(trial_dir / "models" / "fold_02")  # a fold model gone: said, no picture
+    report = build_report(load_sweep(tmp_path, "kept"))
+    [section] = [s for s in report.sections if s.title == "The winner on images"]
+    assert not any(isinstance(b, Figure) for b in section.blocks)
+    said = "No images drawn: the winner's fold models are not kept (none for fold(s) 2,"
+    assert any(str(b).startswith(said) for b in section.blocks)

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import base64
-import io
 import json
 import os
 import re
@@ -19,7 +18,7 @@ from reports.retrain import imitated_schedule
 from search_spaces import load_space
 from segsweep.base.errors import SegsweepError
 from sweeps.cli import main
-from sweeps.folder import load_sweep, rank_trials, record_test_scores
+from sweeps.folder import format_leaderboard, load_sweep, rank_trials, record_test_scores
 from tests.support.fake_sweep import SPACE_WITH_EPOCHS, FakeTrial, make_sweep, read_json
 from trainer.config import CVConfig, load_config_file
 
@@ -86,8 +85,16 @@ def test_a_trial_pretrained_from_a_file_is_not_labelled_imagenet(tmp_path: Path)
     assert "pretrained from vgg16-polyps.h5" in md and "ImageNet" not in md
 
 
-#: The figures a report of the `storage` fixture's sweep draws, in order.
+#: The static figures (report.md's PNGs) a report of the `storage` fixture's sweep draws, in order.
 FIGURES = ("best_so_far", "optimisation_history", "parallel_coordinate", "fold_dice", "learning_curves")
+#: Its interactive figures (report.html's plotly divs): the static ones and the importance bars.
+PLOTS = (*FIGURES, "importance")
+
+
+def _without_scripts(page: str) -> str:
+    """The page with its inline scripts' bodies removed (plotly.js mentions URLs it never loads here:
+    map tiles' attributions)."""
+    return re.sub(r"<script[^>]*>.*?</script>", "<script></script>", page, flags=re.S)
 
 
 def test_report_writes_html_md_and_best_json(storage: Path, tmp_path: Path) -> None:
@@ -99,15 +106,24 @@ def test_report_writes_html_md_and_best_json(storage: Path, tmp_path: Path) -> N
         for needle in ("Leaderboard", "Winner", "Table 2", "Pretrained against untrained",
                        "Parameter importance", "1.24 times the winner"):  # fmt: skip
             assert needle in text
-    # Self-contained: no scripts, no stylesheets or images fetched from anywhere.
-    assert "<script" not in html and "<link" not in html
-    assert not re.search(r"""(src|href)=["'](?!data:)""", html)
-    images = re.findall(r'src="data:image/png;base64,([^"]+)"', html)
-    assert len(images) == len(FIGURES)
-    from PIL import Image
-
-    for data in images:
-        assert Image.open(io.BytesIO(base64.b64decode(data))).size[0] > 100
+    # Self-contained: no script, stylesheet or image fetched from anywhere; plotly.js inlined once.
+    markup = _without_scripts(html)
+    assert "<link" not in markup and not re.search(r"""(src|href)=["'](?!data:)""", markup)
+    assert "cdn.plot.ly" not in markup and html.count("plotly.js v") == 1
+    for name in PLOTS:
+        assert f'id="plot-{name}"' in html
+    # The winner's per-image table: sortable, and downloadable from the page and beside it.
+    assert '<table class="sortable"><thead><tr><th>image</th><th>fold</th><th>Dice</th><th>IoU</th>' in html
+    [link] = re.findall(r'<a download="per_image.csv" href="data:text/csv;base64,([^"]+)"', html)
+    csv_text = (out / "per_image.csv").read_text()
+    assert base64.b64decode(link).decode() == csv_text
+    rows = csv_text.splitlines()
+    assert rows[0] == "image,fold,dice,iou" and len(rows) == 1 + 12  # every out-of-fold image of the winner
+    assert "| Dice" in md and "As CSV: [per_image.csv](per_image.csv)" in md
+    assert "No images drawn: the winner's fold models are not kept" in md  # none kept in this sweep
+    for needle in ("Run times and provenance", "Total compute:", "segmentation-models", "sweep command",
+                   "`segsweep report quick1 --storage"):  # fmt: skip
+        assert needle in md
     for name in FIGURES:
         assert f"figures/{name}.png" in md
         assert (out / "figures" / f"{name}.png").stat().st_size > 1000
@@ -156,7 +172,9 @@ def test_importance_needs_two_completed_trials(tmp_path: Path) -> None:
     make_sweep(tmp_path, "one", trials)
     text = render_markdown(build_report(load_sweep(tmp_path, "one")))
     assert "needs at least 2 completed trials in the Optuna study; it has 1" in text
-    assert "optimisation_history.png" in text  # one trial still has a history
+    # One trial is a single dot: a sentence instead of a figure (issue 23).
+    assert "Optimisation history not drawn: 1 trial(s) with a score (trial #0 (trial_00000)" in text
+    assert "optimisation_history.png" not in text and "Parallel coordinates not drawn" in text
 
 
 def test_report_without_optuna_storage(tmp_path: Path) -> None:
@@ -177,8 +195,10 @@ def test_table2_shows_recorded_test_scores(storage: Path, tmp_path: Path) -> Non
     text = render_markdown(build_report(sweep))
     table2 = text.split("## Table 2")[1].split("## Leaderboard")[0]
     assert "|  | Dice | IoU | Dice (flip test-time augmentation) | IoU (flip test-time augmentation) |" in table2
-    row = "| Test set /test/images (120 images; mean ± std over images) |"
-    assert f"{row} 0.8100 ± 0.2000 | 0.7200 ± 0.2100 | 0.8200 ± 0.1900 | 0.7300 ± 0.2000 |" in table2
+    row = "| Test set /test/images (120 images; mean ± std over images [95 % interval of the mean]) |"
+    cells = ("0.8100 ± 0.2000 [95 % 0.7738 to 0.8462] | 0.7200 ± 0.2100 [95 % 0.6820 to 0.7580] | "
+             "0.8200 ± 0.1900 [95 % 0.7857 to 0.8543] | 0.7300 ± 0.2000 [95 % 0.6938 to 0.7662] |")  # fmt: skip
+    assert f"{row} {cells}" in table2
     assert table2.count("Test set /") == 1  # one row per test set; the other trial's scores are not the winner's
     assert "No test set scored yet" not in table2
 
@@ -208,16 +228,20 @@ def test_table2_has_one_row_per_test_set_with_the_variants_as_columns(storage: P
     )
     rows = {line.split(" | ")[0]: line.split(" | ")[1:] for line in lines[1:]}
     assert len(rows) == 3 and "Development set" in lines[1]
-    assert rows["| Test set /a (6 images; mean ± std over images)"][:6] == [
+    label = "images; mean ± std over images [95 % interval of the mean])"
+    # t(0.975, 5) = 2.5706: ± 2.5706 * 0.1 / sqrt(6) = ± 0.1049
+    assert [cell.split(" [")[0] for cell in rows[f"| Test set /a (6 {label}"][:6]] == [
         "0.5000 ± 0.1000",
         "0.4000 ± 0.1000",
         "0.6000 ± 0.1000",
         "0.5000 ± 0.1000",
         "0.5500 ± 0.1000",
-        "0.4500 ± 0.1000 |",
+        "0.4500 ± 0.1000",
     ]  # fmt: skip  (its newest prediction only: the older plain 0.1 is not mixed in)
-    assert rows["| Test set /b (6 images; mean ± std over images)"] == ["0.7000 ± 0.1000", "0.6000 ± 0.1000",
-                                                                        "–", "–", "–", "– |"]  # fmt: skip
+    assert rows[f"| Test set /a (6 {label}"][0] == "0.5000 ± 0.1000 [95 % 0.3951 to 0.6049]"
+    assert rows[f"| Test set /b (6 {label}"] == [
+        "0.7000 ± 0.1000 [95 % 0.5951 to 0.8049]", "0.6000 ± 0.1000 [95 % 0.4951 to 0.7049]", "–", "–", "–", "– |"
+    ]  # fmt: skip
 
 
 def test_table2_names_post_processed_rows(storage: Path, tmp_path: Path) -> None:
@@ -244,7 +268,7 @@ def test_html_escapes_text(tmp_path: Path) -> None:
     ]
     make_sweep(tmp_path, "esc", trials)
     html = render_html(build_report(load_sweep(tmp_path, "esc")))
-    assert "<script>" not in html and "&lt;script&gt;" in html
+    assert "<script>alert(1)" not in html and "&lt;script&gt;alert(1)&lt;/script&gt;" in html
 
 
 @pytest.mark.parametrize(
@@ -273,6 +297,7 @@ def _chromium() -> str | None:
     return None
 
 
+@pytest.mark.slow  # ~20 s: two Chromium starts
 def test_report_html_opens_in_headless_chromium_offline(storage: Path, tmp_path: Path) -> None:
     browser = _chromium()
     if browser is None:
@@ -284,7 +309,7 @@ def test_report_html_opens_in_headless_chromium_offline(storage: Path, tmp_path:
     base = [
         browser, "--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
         "--disable-component-update", "--disable-sync", "--no-first-run", "--disable-dev-shm-usage",
-        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,4000",
+        f"--user-data-dir={tmp_path / 'profile'}", "--window-size=1200,4000", "--virtual-time-budget=5000",
     ]  # fmt: skip
     # Offline for real where possible: a network namespace with nothing but loopback.
     if shutil.which("unshare") and os.geteuid() == 0:
@@ -294,7 +319,8 @@ def test_report_html_opens_in_headless_chromium_offline(storage: Path, tmp_path:
     dom = subprocess.run(
         [*base, "--dump-dom", url], check=True, timeout=120, capture_output=True, text=True, env=env
     ).stdout
-    assert "Leaderboard" in dom and dom.count("<img") == len(FIGURES)
+    assert "Leaderboard" in dom and dom.count('class="main-svg"') >= len(PLOTS)  # plotly drew every figure
+    assert "js-plotly-plot" in dom
     from PIL import Image
 
     with Image.open(screenshot) as shot:
@@ -393,3 +419,38 @@ def test_report_flags_a_winner_at_the_edge_of_the_space_and_writes_the_widened_s
     assert edges["command"].startswith(command)
     widened = load_space(out / "widened-space.yaml")  # the file the command names, a space segsweep reads
     assert widened.name == "tiny-widened" and widened.params["epochs"].high == 16
+
+
+def test_one_fold_trials_show_no_spread(tmp_path: Path) -> None:
+    # A one-fold trial printed "0.4000 ± 0.0000": a spread measured to be nil, where none was measured.
+    params = {"encoder": "mobilenet", "weights": "none", "batch_size": 4}
+    trials = [FakeTrial({**params, "lr": 1e-3}, [0.4], n_folds=1), FakeTrial({**params, "lr": 2e-3}, [0.3], n_folds=1)]
+    make_sweep(tmp_path, "one", trials)
+    sweep = load_sweep(tmp_path, "one")
+    md = render_markdown(build_report(sweep))
+    assert "± 0.0000" not in md and "mean Dice 0.4000 ± –" in md
+    assert "| #0 (trial_00000) | 0.4000 ± – |" in md  # the pretraining table
+    assert "0.4000 ± –" in format_leaderboard(sweep)  # `sweep status` shares the formatter
+
+
+def test_test_scores_carry_a_95_percent_interval_over_images(storage: Path, tmp_path: Path) -> None:
+    # 10 test images: Dice 0.62 ± 0.2 pins the mean down to about ± 0.14, so the CV estimate (0.64)
+    # may be said to agree only with that interval beside it.
+    sweep = load_sweep(storage, "quick1")
+    row = {"variant": "plain", "n_images": 10, "dice_mean": 0.62, "dice_std": 0.2, "iou_mean": 0.5, "iou_std": 0.2}
+    record_test_scores(sweep.path, "trial_00000", {"images": "/t", "out": str(tmp_path / "p"), "rows": [row]})
+    table2 = render_markdown(build_report(sweep)).split("## Table 2")[1].split("## Leaderboard")[0]
+    # t(0.975, 9) = 2.2622: 0.62 ± 2.2622 * 0.2 / sqrt(10) = 0.62 ± 0.1431
+    assert "| 0.6200 ± 0.2000 [95 % 0.4769 to 0.7631] |" in table2
+    assert "test Dice 0.6200, 95 % interval 0.4769 to 0.7631 over 10 images" in table2
+    assert "inside the test set's 95 % interval (±0.1431)" in table2
+    assert "holds on the test set" not in table2
+
+
+def test_gap_sentence_does_not_confirm_the_cv_estimate_outside_the_test_interval() -> None:
+    from reports.report import generalisation_gap_sentence
+
+    outside = generalisation_gap_sentence(0.80, 0.05, 0.75, (0.74, 0.76), 500)
+    assert "does not confirm" in outside and "FLAG" not in outside
+    one_image = generalisation_gap_sentence(0.80, 0.05, 0.75, None, 1)
+    assert "neither confirms nor refutes" in one_image
