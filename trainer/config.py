@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from segsweep.base.errors import ConfigError
+from segsweep.base.suggest import did_you_mean
 from trainer.losses import LOSSES
 
 #: The 32 encoders of segmentation-models 1.0.1 (``sm.get_available_backbone_names()``; a test keeps
@@ -150,12 +150,6 @@ class CVConfig:
         for name, value in values.items():
             kwargs[name] = coerce_value(name, value, known[name].type, source)
         return cls(**kwargs)
-
-
-def did_you_mean(word: str, options: Iterable[str]) -> str:
-    """``did you mean 'x'? `` naming the option closest to a misspelt ``word``; "" when none is close."""
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f"did you mean {close[0]!r}? " if close else ""
 
 
 def name_unknown(unknown: Sequence[str], valid: Iterable[str]) -> str:
