@@ -85,11 +85,17 @@ class CVConfig:
     def validate(self) -> None:
         """Raise ConfigError naming the first value that cannot be used and what to use instead."""
         if self.encoder not in ENCODERS:
-            raise ConfigError(f"unknown encoder {self.encoder!r}; choose one of: {', '.join(ENCODERS)}")
+            raise ConfigError(
+                f"unknown encoder {self.encoder!r}; {did_you_mean(self.encoder, ENCODERS)}choose one of: {', '.join(ENCODERS)}"
+            )
         if self.arch not in ARCHITECTURES:
-            raise ConfigError(f"unknown architecture {self.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+            raise ConfigError(
+                f"unknown architecture {self.arch!r}; {did_you_mean(self.arch, ARCHITECTURES)}choose one of: {', '.join(ARCHITECTURES)}"
+            )
         if self.loss not in LOSSES:
-            raise ConfigError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
+            raise ConfigError(
+                f"unknown loss {self.loss!r}; {did_you_mean(self.loss, LOSSES)}choose one of: {', '.join(LOSSES)}"
+            )
         if self.image_size > IMAGE_SIZE_MAX:
             raise ConfigError(
                 f"image size {self.image_size} is more than {IMAGE_SIZE_MAX} px, the largest segsweep trains; "
