@@ -165,7 +165,8 @@ def _sixteen_bit(ws: Workspace) -> list[str]:
 
 def _count_sixteen_bit(ws: Workspace, out: str) -> None:
     rows = [line.split(",") for line in out.strip().splitlines()[1:]]
-    assert len(rows) == 12 and all(int(r[3]) >= 1 for r in rows), out  # every mask has its objects
+    assert {r[0] for r in rows} == {f"case{i:03d}" for i in range(12)}, out
+    assert all(int(r[1]) >= 1 for r in rows), out  # every mask has its objects
 
 
 def _count_of(array_of: Callable[[Workspace], np.ndarray]) -> Callable[[Workspace], list[str]]:
@@ -627,7 +628,7 @@ FAULTS: list[Fault] = [
         "count reads 16-bit 0/255 masks at their depth (counted 0 objects before)",
         lambda ws: [_sixteen_bit(ws), "count", str(ws.data / "masks")][1:],
         0,
-        r"^image,height,width,count,areas,bboxes$",
+        r"^image,object,area_px,area_fraction,x,y,width,height$",
         stream="stdout-first",
         check=lambda ws, out: _count_sixteen_bit(ws, out),
     ),

@@ -86,11 +86,13 @@ class CVConfig:
         """Raise ConfigError naming the first value that cannot be used and what to use instead."""
         if self.encoder not in ENCODERS:
             raise ConfigError(
-                f"unknown encoder {self.encoder!r}; {did_you_mean(self.encoder, ENCODERS)}choose one of: {', '.join(ENCODERS)}"
+                f"unknown encoder {self.encoder!r}; {did_you_mean(self.encoder, ENCODERS)}"
+                f"choose one of: {', '.join(ENCODERS)}"
             )
         if self.arch not in ARCHITECTURES:
             raise ConfigError(
-                f"unknown architecture {self.arch!r}; {did_you_mean(self.arch, ARCHITECTURES)}choose one of: {', '.join(ARCHITECTURES)}"
+                f"unknown architecture {self.arch!r}; {did_you_mean(self.arch, ARCHITECTURES)}"
+                f"choose one of: {', '.join(ARCHITECTURES)}"
             )
         if self.loss not in LOSSES:
             raise ConfigError(

@@ -1,4 +1,4 @@
-""""Did you mean": the closest valid word to a misspelt one (verbs, options, spaces, encoders, keys)."""
+"""Suggestions for a misspelt word ("did you mean ...?"): verbs, options, spaces, encoders, keys."""
 
 from __future__ import annotations
 

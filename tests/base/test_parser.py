@@ -40,7 +40,8 @@ def test_an_unknown_word_with_nothing_close_gets_no_suggestion(capsys: pytest.Ca
     ("argv", "line"),
     [
         (["swep", "list"], "segsweep: error: argument COMMAND: invalid choice: 'swep' (did you mean 'sweep'? "),
-        (["sweep", "stat", "s"], "segsweep sweep: error: argument ACTION: invalid choice: 'stat' (did you mean 'status'? "),
+        (["sweep", "stat", "s"], "segsweep sweep: error: argument ACTION: invalid choice: 'stat' "
+         "(did you mean 'status'? "),
         (["export", "m", "--out", "o", "--format", "onxx"], "segsweep export: error: argument --format: invalid "
          "choice: 'onxx' (did you mean 'onnx'? choose from savedmodel, onnx)"),
     ],

@@ -27,8 +27,8 @@ from typing import Any
 
 import segsweep.base.env  # noqa: F401
 from segsweep.base.errors import ConfigError
-from segsweep.base.suggest import did_you_mean
 from segsweep.base.secrets import redact_params
+from segsweep.base.suggest import did_you_mean
 from trainer.reporter import MultiReporter, Reporter
 from trainer.tracking._backend import (
     TRACKER_BACKENDS,
