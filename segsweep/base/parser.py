@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import argparse
 from collections.abc import Sequence
-from typing import Any
+from typing import Any, cast
 
 from segsweep.base.suggest import did_you_mean
 
@@ -17,35 +17,30 @@ from segsweep.base.suggest import did_you_mean
 class SegsweepParser(argparse.ArgumentParser):
     """An ArgumentParser whose option and choice errors suggest the closest valid word.
 
-    Sub-command parsers (``add_subparsers().add_parser``) are of the same class and refuse an option
-    they do not know themselves, so the error carries the sub-command's usage.
+    Its sub-command parsers (``add_subparsers().add_parser``) are :class:`SubCommandParser`: each
+    refuses an option it does not know itself, so the error carries the sub-command's usage.
     """
 
-    def __init__(self, *args: Any, allow_abbrev: bool = False, **kwargs: Any) -> None:
+    #: Whether this parser is a verb's (anything after a verb is the verb's to take or refuse).
+    is_sub_command = False
+
+    def __init__(self, **kwargs: Any) -> None:
         # No prefix matching: a misspelt `--epoch` must be refused, not silently taken for `--epochs`.
-        super().__init__(*args, allow_abbrev=allow_abbrev, **kwargs)
-        self.is_sub_command = False
+        kwargs.setdefault("allow_abbrev", False)
+        super().__init__(**kwargs)
 
     def add_subparsers(self, **kwargs: Any) -> Any:
-        action = super().add_subparsers(**kwargs)
-        make_parser = action.add_parser
-
-        def add_parser(name: str, **parser_kwargs: Any) -> SegsweepParser:
-            parser: SegsweepParser = make_parser(name, **parser_kwargs)
-            parser.is_sub_command = True
-            return parser
-
-        action.add_parser = add_parser
-        return action
+        kwargs.setdefault("parser_class", SubCommandParser)
+        return super().add_subparsers(**kwargs)
 
     def parse_known_args(  # type: ignore[override]
         self, args: Sequence[str] | None = None, namespace: argparse.Namespace | None = None
     ) -> tuple[argparse.Namespace, list[str]]:
-        namespace, extras = super().parse_known_args(args, namespace)
+        parsed, extras = super().parse_known_args(args, namespace)
         if extras and self.is_sub_command:
             # Nothing after a sub-command belongs to its parent: what this parser leaves is an error of its own.
             self.error(self.unrecognized_message(extras))
-        return namespace, extras
+        return cast(argparse.Namespace, parsed), extras
 
     def unrecognized_message(self, extras: Sequence[str]) -> str:
         """argparse's "unrecognized arguments" line, with the closest known option for each unknown one."""
@@ -72,3 +67,9 @@ class SegsweepParser(argparse.ArgumentParser):
                 action,
                 f"invalid choice: {value!r} ({did_you_mean(str(value), choices)}choose from {', '.join(choices)})",
             )
+
+
+class SubCommandParser(SegsweepParser):
+    """The parser of a verb (``segsweep cv``, ``segsweep sweep run``)."""
+
+    is_sub_command = True
