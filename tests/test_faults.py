@@ -181,6 +181,10 @@ def _assert_in(text: str, out: str) -> None:
     assert text in out, out
 
 
+def _assert_absent(path: Path) -> None:
+    assert not path.exists(), sorted(path.rglob("*"))
+
+
 def _anti_aliased_masks(ws: Workspace) -> list[str]:
     from tests.support.synth import anti_aliased
 
@@ -933,7 +937,22 @@ FAULTS: list[Fault] = [
         "cv --encoder resnet9",
         lambda ws: cv(ws, "--encoder", "resnet9"),
         2,
-        r"^segsweep: error: .*unknown encoder 'resnet9'; choose one of",
+        r"^segsweep: error: .*unknown encoder 'resnet9'; (did you mean '\w+'\? )?choose one of",
+    ),
+    Fault(
+        "misspelt-encoder-cv",
+        "cv --encoder resnt34 (the list of 32 encoders, no hint)",
+        lambda ws: cv(ws, "--encoder", "resnt34"),
+        2,
+        r"^segsweep: error: unknown encoder 'resnt34'; did you mean 'resnet34'\? choose one of: vgg16, ",
+    ),
+    Fault(
+        "misspelt-space-sweep",
+        "sweep run --space qiuck (no hint)",
+        lambda ws: sweep(ws, "--space", "qiuck"),
+        2,
+        r"^segsweep: error: unknown search space 'qiuck'; did you mean 'quick'\? use a built-in \(paper, quick, cpu\)",
+        check=lambda ws, out: _assert_absent(ws.root / "sweeps" / "s"),
     ),
     Fault(
         "unknown-loss",
