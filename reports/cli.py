@@ -66,7 +66,8 @@ def register(sub: Any) -> None:
         "--min-area",
         type=float,
         default=DEFAULT_MIN_AREA,
-        help=f"counter's smallest object, fraction of the image (default {DEFAULT_MIN_AREA})",
+        help=f"counter's smallest object as a fraction of the image's area, the area_fraction of counts.csv "
+        f"(default {DEFAULT_MIN_AREA})",
     )
     predict.add_argument(
         "--postprocess",
@@ -98,15 +99,16 @@ def register(sub: Any) -> None:
         "count",
         help="count the objects (polyps) in a folder of masks",
         description="External contours of each binarised mask, dropping specks below --min-area; one CSV row "
-        "per image with the count and each object's area and bounding box (x y w h).",
+        "per object: image, object number, area in pixels and as a fraction of the image (area_fraction, the "
+        "unit of --min-area), bounding box x, y, width, height (an image without objects: one row, object 0).",
     )
     count.add_argument("masks", help="folder of masks")
     count.add_argument(
         "--min-area",
         type=float,
         default=DEFAULT_MIN_AREA,
-        help=f"smallest object as a fraction of the image's area (default {DEFAULT_MIN_AREA}, "
-        "chosen on Kvasir-SEG's masks)",
+        help=f"smallest object as a fraction of the image's area, counts.csv's area_fraction (default "
+        f"{DEFAULT_MIN_AREA}, chosen on Kvasir-SEG's masks)",
     )
     count.add_argument("--out", default=None, help="CSV file to write (default: standard output)")
     count.set_defaults(handler=_cmd_count)

@@ -149,8 +149,32 @@ def _serving_module(bundle: ModelBundle) -> tuple[tf.Module, tf_keras.Model]:
         mask = tf.cast(probabilities > threshold, tf.uint8)
         return {"probabilities": tf.identity(probabilities, name="probabilities"), "mask": mask}
 
+    @tf.function(input_signature=[tf.TensorSpec([None, size, size, 3], tf.uint8, name=INPUT_NAME)])
+    def checked_serve(images: tf.Tensor) -> dict[str, tf.Tensor]:
+        # A loaded SavedModel signature does not check its input's shape: a wrong size failed deep in
+        # the decoder (TensorFlow's "ConcatOp : Dimension 1 in both shapes must be equal") and a batch
+        # without its N axis aborted the whole process in a convolution. Checked first, in one line.
+        given = tf.shape(images)
+        # Padded so that the slice exists whatever the rank given; a rank other than 4 fails the size test.
+        fits = tf.logical_and(
+            tf.equal(tf.size(given), 4), tf.reduce_all(tf.equal(tf.pad(given, [[0, 4]])[1:4], [size, size, 3]))
+        )
+        check = tf.debugging.Assert(fits, [wrong_shape_message(size), given], summarize=8)
+        with tf.control_dependencies([check]):
+            return serve(tf.identity(images))
+
+    # ONNX is converted from `serve`: onnxruntime checks the declared input shape itself, in one line.
     module.serve = serve
+    module.checked_serve = checked_serve
     return module, model
+
+
+def wrong_shape_message(size: int) -> str:
+    """The start of the SavedModel's error for an input of the wrong shape (TensorFlow appends the shape given)."""
+    return (
+        f"images must be uint8 RGB of shape (N, {size}, {size}, 3), the trained size (export.json's input); "
+        f"resize them to {size}x{size} first. Shape given:"
+    )
 
 
 def _probe_images(size: int) -> np.ndarray:
@@ -208,7 +232,7 @@ def preprocessing_table(encoder: str) -> tuple[np.ndarray, tuple[int, ...]]:
 def _write_savedmodel(module: tf.Module, model: tf_keras.Model, bundle: ModelBundle, target: Path) -> dict[str, Any]:
     import tensorflow as tf
 
-    tf.saved_model.save(module, str(target), signatures={SIGNATURE: module.serve.get_concrete_function()})
+    tf.saved_model.save(module, str(target), signatures={SIGNATURE: module.checked_serve.get_concrete_function()})
     images = _probe_images(bundle.image_size)
     probabilities, expected = _keras_outputs(model, bundle, images)
     outputs = tf.saved_model.load(str(target)).signatures[SIGNATURE](**{INPUT_NAME: tf.constant(images)})
@@ -245,6 +269,7 @@ def _write_onnx(module: tf.Module, model: tf_keras.Model, bundle: ModelBundle, t
         proto, _ = tf2onnx.convert.from_function(module.serve, input_signature=spec, opset=ONNX_OPSET)
     except Exception as exc:  # tf2onnx raises bare Exceptions and ValueErrors from deep inside
         raise ExportError(f"tf2onnx {tf2onnx.__version__} could not convert the model: {exc}") from None
+    name_batch_axis(proto)
     write_bytes_atomic(target / ONNX_FILE, proto.SerializeToString())
     images = _probe_images(size)
     probabilities, expected = _keras_outputs(model, bundle, images)
@@ -269,6 +294,29 @@ def _write_onnx(module: tf.Module, model: tf_keras.Model, bundle: ModelBundle, t
     )
     check["summary"] += f" (onnxruntime {onnxruntime.__version__})"
     return check
+
+
+#: The name of the ONNX model's first (batch) axis, instead of the unk__NNN tf2onnx gives it.
+BATCH_AXIS = "batch"
+
+
+def name_batch_axis(proto: Any) -> None:
+    """Call the batch axis of the ONNX model's inputs and outputs ``batch``, wherever it appears.
+
+    tf2onnx names each unknown dimension of the signature ``unk__NNN`` (a new number for each input and
+    output). The names are renamed throughout the graph (its value_info too), so that every tensor's
+    first axis shows as the one batch axis it is.
+    """
+    graph = proto.graph
+    renamed = {
+        value.type.tensor_type.shape.dim[0].dim_param
+        for value in [*graph.input, *graph.output]
+        if value.type.tensor_type.shape.dim and value.type.tensor_type.shape.dim[0].dim_param
+    }
+    for value in [*graph.input, *graph.output, *graph.value_info]:
+        for dim in value.type.tensor_type.shape.dim:
+            if dim.dim_param in renamed:
+                dim.dim_param = BATCH_AXIS
 
 
 def exact_probabilities(model: tf_keras.Model, bundle: ModelBundle, images: np.ndarray) -> np.ndarray:

@@ -42,8 +42,10 @@ from reports.count import (
     COUNT_COLUMNS,
     DEFAULT_MIN_AREA,
     POSTPROCESS_OPTIONS,
+    CountedObject,
     check_min_area,
     count_objects,
+    object_rows,
     postprocess_mask,
 )
 from segsweep.base.errors import ConfigError, DataError, SegsweepError
@@ -83,7 +85,7 @@ class ImageResult:
     height: int
     width: int
     count: int
-    objects: list[Any]
+    objects: list[CountedObject]
     dice: float | None = None
     iou: float | None = None
     dice_tta: float | None = None
@@ -402,6 +404,8 @@ def summarise_prediction(prediction: Prediction) -> dict[str, Any]:
 
 
 def write_counts(path: Path, results: Sequence[ImageResult]) -> None:
+    """counts.csv (reports.count's columns, one row per object); with true masks, each row also
+    carries its image's ``true_count``."""
     import csv
     import io
 
@@ -411,17 +415,8 @@ def write_counts(path: Path, results: Sequence[ImageResult]) -> None:
     writer = csv.DictWriter(handle, fieldnames=columns)
     writer.writeheader()
     for r in results:
-        row: dict[str, Any] = {
-            "image": r.stem,
-            "height": r.height,
-            "width": r.width,
-            "count": r.count,
-            "areas": ";".join(str(o.area) for o in r.objects),
-            "bboxes": ";".join(f"{o.x} {o.y} {o.width} {o.height}" for o in r.objects),
-        }
-        if with_truth:
-            row["true_count"] = r.true_count
-        writer.writerow(row)
+        for row in object_rows(r.stem, r.height, r.width, r.objects):
+            writer.writerow({**row, "true_count": r.true_count} if with_truth else row)
     write_text_atomic(path, handle.getvalue())
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 from search_spaces._space import PARAM_TYPES, DefineByRun, Param, SearchSpace
 from search_spaces._yaml import load_space_file
 from segsweep.base.errors import ConfigError
+from segsweep.base.suggest import did_you_mean
 
 #: Built-in spaces by name: ``paper`` (Tzavara & Singstad 2021), ``quick`` (minutes on a CPU) and
 #: ``cpu`` (a real search on 2 cores, untrained light encoders at 128 px; 10 trials take hours:
@@ -25,7 +26,10 @@ BUILTIN_SPACES: tuple[str, ...] = ("paper", "quick", "cpu")
 def builtin_space_path(name: str) -> Path:
     """The YAML file of a built-in space."""
     if name not in BUILTIN_SPACES:
-        raise ConfigError(f"unknown built-in search space {name!r}; choose one of: {', '.join(BUILTIN_SPACES)}")
+        raise ConfigError(
+            f"unknown built-in search space {name!r}; {did_you_mean(name, BUILTIN_SPACES)}"
+            f"choose one of: {', '.join(BUILTIN_SPACES)}"
+        )
     return Path(str(resources.files("search_spaces") / "builtin" / f"{name}.yaml"))
 
 
@@ -37,7 +41,8 @@ def load_space(name_or_path: str | Path) -> SearchSpace:
     path = Path(name_or_path)
     if not path.exists() and path.suffix not in (".yaml", ".yml") and len(path.parts) == 1:
         raise ConfigError(
-            f"unknown search space {text!r}; use a built-in ({', '.join(BUILTIN_SPACES)}) or the path of a YAML file"
+            f"unknown search space {text!r}; {did_you_mean(text, BUILTIN_SPACES)}"
+            f"use a built-in ({', '.join(BUILTIN_SPACES)}) or the path of a YAML file"
         )
     return load_space_file(path)
 

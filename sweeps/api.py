@@ -17,6 +17,7 @@ the notebook) is used as it is.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -26,6 +27,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from segsweep.base.errors import SegsweepError
+from segsweep.base.suggest import did_you_mean
 from sweeps.folder import (
     SweepFolder,
     SweepProgress,
@@ -120,9 +122,14 @@ class Sweep:
             storage=str(storage if storage is not None else default_storage()),
             overrides=overrides, time_budget_s=_seconds(time_budget), max_failed_trials=max_failures,
         )  # fmt: skip
+        settable = [f.name for f in dataclasses.fields(spec) if f.name not in ("space_definition", "runs", "created")]
         for key, value in options.items():
-            if not hasattr(spec, key) or key in ("space_definition", "runs", "created"):
-                raise SegsweepError(f"Sweep.create: unknown option {key!r}; see `segsweep sweep run --help`")
+            if key not in settable:  # a field, not any attribute: `validate=...` must not replace the method
+                raise SegsweepError(
+                    f"Sweep.create: unknown option {key!r}; "
+                    f"{did_you_mean(key, [*settable, *OVERRIDE_KEYS, 'time_budget', 'max_failures'])}"
+                    "see `segsweep sweep run --help`"
+                )
             setattr(spec, key, value)
         spec.validate()
         if spec.folder.exists():

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING, Any
 import segsweep.base.env  # sets the Keras environment before anything imports it; umask at start
 from segsweep.base import version
 from segsweep.base.errors import ConfigError, SegsweepError
+from segsweep.base.parser import SegsweepParser
 
 if TYPE_CHECKING:
     from sweeps.folder import SweepFolder
@@ -35,7 +36,7 @@ def verb_registrations() -> list[Callable[[Any], None]]:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = SegsweepParser(
         prog="segsweep",
         description="Hyperparameter sweeps with experiment tracking for medical image segmentation.",
     )

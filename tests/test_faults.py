@@ -165,7 +165,8 @@ def _sixteen_bit(ws: Workspace) -> list[str]:
 
 def _count_sixteen_bit(ws: Workspace, out: str) -> None:
     rows = [line.split(",") for line in out.strip().splitlines()[1:]]
-    assert len(rows) == 12 and all(int(r[3]) >= 1 for r in rows), out  # every mask has its objects
+    assert {r[0] for r in rows} == {f"case{i:03d}" for i in range(12)}, out
+    assert all(int(r[1]) >= 1 for r in rows), out  # every mask has its objects
 
 
 def _count_of(array_of: Callable[[Workspace], np.ndarray]) -> Callable[[Workspace], list[str]]:
@@ -178,6 +179,10 @@ def _count_of(array_of: Callable[[Workspace], np.ndarray]) -> Callable[[Workspac
 
 def _assert_in(text: str, out: str) -> None:
     assert text in out, out
+
+
+def _assert_absent(path: Path) -> None:
+    assert not path.exists(), sorted(path.rglob("*"))
 
 
 def _anti_aliased_masks(ws: Workspace) -> list[str]:
@@ -627,7 +632,7 @@ FAULTS: list[Fault] = [
         "count reads 16-bit 0/255 masks at their depth (counted 0 objects before)",
         lambda ws: [_sixteen_bit(ws), "count", str(ws.data / "masks")][1:],
         0,
-        r"^image,height,width,count,areas,bboxes$",
+        r"^image,object,area_px,area_fraction,x,y,width,height$",
         stream="stdout-first",
         check=lambda ws, out: _count_sixteen_bit(ws, out),
     ),
@@ -932,7 +937,22 @@ FAULTS: list[Fault] = [
         "cv --encoder resnet9",
         lambda ws: cv(ws, "--encoder", "resnet9"),
         2,
-        r"^segsweep: error: .*unknown encoder 'resnet9'; choose one of",
+        r"^segsweep: error: .*unknown encoder 'resnet9'; (did you mean '\w+'\? )?choose one of",
+    ),
+    Fault(
+        "misspelt-encoder-cv",
+        "cv --encoder resnt34 (the list of 32 encoders, no hint)",
+        lambda ws: cv(ws, "--encoder", "resnt34"),
+        2,
+        r"^segsweep: error: unknown encoder 'resnt34'; did you mean 'resnet34'\? choose one of: vgg16, ",
+    ),
+    Fault(
+        "misspelt-space-sweep",
+        "sweep run --space qiuck (no hint)",
+        lambda ws: sweep(ws, "--space", "qiuck"),
+        2,
+        r"^segsweep: error: unknown search space 'qiuck'; did you mean 'quick'\? use a built-in \(paper, quick, cpu\)",
+        check=lambda ws, out: _assert_absent(ws.root / "sweeps" / "s"),
     ),
     Fault(
         "unknown-loss",

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import difflib
 import json
 import math
 from collections.abc import Iterable, Sequence
@@ -12,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from segsweep.base.errors import ConfigError
+from segsweep.base.suggest import did_you_mean
 from trainer.losses import LOSSES
 
 #: The 32 encoders of segmentation-models 1.0.1 (``sm.get_available_backbone_names()``; a test keeps
@@ -85,11 +85,19 @@ class CVConfig:
     def validate(self) -> None:
         """Raise ConfigError naming the first value that cannot be used and what to use instead."""
         if self.encoder not in ENCODERS:
-            raise ConfigError(f"unknown encoder {self.encoder!r}; choose one of: {', '.join(ENCODERS)}")
+            raise ConfigError(
+                f"unknown encoder {self.encoder!r}; {did_you_mean(self.encoder, ENCODERS)}"
+                f"choose one of: {', '.join(ENCODERS)}"
+            )
         if self.arch not in ARCHITECTURES:
-            raise ConfigError(f"unknown architecture {self.arch!r}; choose one of: {', '.join(ARCHITECTURES)}")
+            raise ConfigError(
+                f"unknown architecture {self.arch!r}; {did_you_mean(self.arch, ARCHITECTURES)}"
+                f"choose one of: {', '.join(ARCHITECTURES)}"
+            )
         if self.loss not in LOSSES:
-            raise ConfigError(f"unknown loss {self.loss!r}; choose one of: {', '.join(LOSSES)}")
+            raise ConfigError(
+                f"unknown loss {self.loss!r}; {did_you_mean(self.loss, LOSSES)}choose one of: {', '.join(LOSSES)}"
+            )
         if self.image_size > IMAGE_SIZE_MAX:
             raise ConfigError(
                 f"image size {self.image_size} is more than {IMAGE_SIZE_MAX} px, the largest segsweep trains; "
@@ -150,12 +158,6 @@ class CVConfig:
         for name, value in values.items():
             kwargs[name] = coerce_value(name, value, known[name].type, source)
         return cls(**kwargs)
-
-
-def did_you_mean(word: str, options: Iterable[str]) -> str:
-    """``did you mean 'x'? `` naming the option closest to a misspelt ``word``; "" when none is close."""
-    close = difflib.get_close_matches(word, list(options), n=1)
-    return f"did you mean {close[0]!r}? " if close else ""
 
 
 def name_unknown(unknown: Sequence[str], valid: Iterable[str]) -> str:

@@ -76,6 +76,15 @@ def check_output_dir(out_dir: Path) -> None:
     ensure_writable_folder(out_dir, "output folder", "choose another --out")
 
 
+def check_weights(config: CVConfig) -> None:
+    """Fail early when the encoder's weights (ImageNet or a file) cannot be had: before the data is
+    prepared (seconds to minutes) and before the output folder is created (no empty --out left)."""
+    if config.pretrained:
+        from trainer.weights import resolve_weights
+
+        resolve_weights(config.encoder, config.weights)
+
+
 def _save_fold_model(
     out_dir: Path,
     model: object,
@@ -155,11 +164,8 @@ def run_cv(
     config.validate()
     out_dir = Path(out_dir)
     folds = _checked_folds(config, data, val_stems)
+    check_weights(config)  # missing weights fail now, not inside fold 1
     check_output_dir(out_dir)
-    if config.pretrained:
-        from trainer.weights import resolve_weights
-
-        resolve_weights(config.encoder, config.weights)  # missing weights fail now, not inside fold 1
     from trainer.models import runtime_settings
 
     runtime = runtime_settings().to_dict()
@@ -399,6 +405,7 @@ def cross_validate(
     """
     config.validate()
     data_dir, out_dir = Path(data), Path(out)
+    check_weights(config)
     check_output_dir(out_dir)
     started = time.perf_counter()
     prepared = prepare_dataset(
@@ -447,6 +454,7 @@ def run_cv_command(
     (the ``runtime`` of the ``--config`` file ``recorded_source``): warn when this run's differs.
     """
     config.validate()
+    check_weights(config)
     check_output_dir(out_dir)
     from trainer.models import configure_tensorflow, runtime_differences
 

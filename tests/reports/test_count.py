@@ -15,6 +15,7 @@ from reports.count import (
     count_folder,
     count_objects,
     measure,
+    read_counts_csv,
 )
 from sweeps.cli import main
 
@@ -74,18 +75,42 @@ def test_count_command_writes_csv_and_lists_unreadable(tmp_path: Path, capsys: p
     out = tmp_path / "counts.csv"
     assert main(["count", str(masks), "--out", str(out)]) == 0
     rows = list(csv.DictReader(out.open()))
-    assert [r["image"] for r in rows] == ["a", "b"]
-    assert rows[0]["count"] == "2"
-    assert rows[0]["areas"].split(";")[1] == "200"
-    assert rows[0]["bboxes"].split(";")[1] == "10 10 20 10"
-    assert (rows[1]["count"], rows[1]["height"], rows[1]["width"]) == ("0", "40", "60")
+    # One row per object (a's two, largest first), and one for b, which has none.
+    assert [(r["image"], r["object"]) for r in rows] == [("a", "1"), ("a", "2"), ("b", "0")]
+    assert list(rows[0]) == ["image", "object", "area_px", "area_fraction", "x", "y", "width", "height"]
+    second = rows[1]
+    assert (second["area_px"], second["x"], second["y"], second["width"], second["height"]) == (
+        "200",
+        "10",
+        "10",
+        "20",
+        "10",
+    )
+    assert float(second["area_fraction"]) == pytest.approx(200 / _mask().size)  # the unit of --min-area
+    assert (rows[2]["area_px"], rows[2]["x"]) == ("0", "")
+    assert read_counts_csv(out) == {"a": 2, "b": 0}
     err = capsys.readouterr().err
     assert "c.png" in err
     assert f"skipped {masks / 'more' / 'd.png'}: in a subfolder of {masks}: only the files directly in it" in err
 
     assert main(["count", str(masks), "--min-area", "0"]) == 0
     printed = list(csv.DictReader(capsys.readouterr().out.splitlines()))
-    assert printed[0]["count"] == "3"
+    assert [r["object"] for r in printed if r["image"] == "a"] == ["1", "2", "3"]
+
+
+def test_min_area_is_the_unit_the_file_shows(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    # --min-area was a fraction of the image while counts.csv showed only pixels: a threshold read off
+    # the file's smallest object ("200") meant nothing to --min-area.
+    masks = tmp_path / "masks"
+    masks.mkdir()
+    cv2.imwrite(str(masks / "a.png"), _mask())
+    assert main(["count", str(masks)]) == 0
+    smallest = min(csv.DictReader(capsys.readouterr().out.splitlines()), key=lambda r: int(r["area_px"]))
+    assert main(["count", str(masks), "--min-area", smallest["area_fraction"]]) == 0  # kept at its own value
+    assert smallest["object"] in [r["object"] for r in csv.DictReader(capsys.readouterr().out.splitlines())]
+    just_above = str(float(smallest["area_fraction"]) * 1.01)
+    assert main(["count", str(masks), "--min-area", just_above]) == 0  # dropped just above it
+    assert smallest["area_px"] not in [r["area_px"] for r in csv.DictReader(capsys.readouterr().out.splitlines())]
 
 
 def test_count_bad_input_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -119,7 +144,7 @@ def test_anti_aliased_masks_are_counted_with_one_warning(tmp_path: Path, capsys:
     for name in ("a.png", "b.png"):
         cv2.imwrite(str(masks / name), anti_aliased((_mask() > 0).astype(np.uint8)))
     assert main(["count", str(masks), "--out", str(tmp_path / "counts.csv")]) == 0
-    assert [r["count"] for r in csv.DictReader((tmp_path / "counts.csv").open())] == ["2", "2"]
+    assert read_counts_csv(tmp_path / "counts.csv") == {"a": 2, "b": 2}
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("segsweep: warning: 2 mask(s) have anti-aliased edges"), err
 

@@ -268,3 +268,55 @@ def test_export_onto_a_full_disk_says_so_in_one_line_and_leaves_nothing(tmp_path
                     lines[0]), lines[0]  # fmt: skip
     after = result.stdout[result.stdout.index("rc=") :].split()
     assert after == ["rc=2"], result.stdout  # exit 2, and nothing on the device: no export, no staging folder
+
+
+def _readme_savedmodel_snippet() -> str:
+    """The README's SavedModel serving snippet (the ```python block that loads runs/model-savedmodel)."""
+    readme = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    (snippet,) = [b for b in re.findall(r"```python\n(.*?)```", readme, re.S) if "runs/model-savedmodel" in b]
+    return snippet
+
+
+@pytest.mark.slow
+def test_savedmodel_refuses_a_wrong_size_in_one_line_and_the_readme_snippet_serves_it(tmp_path: Path) -> None:
+    # Fed 96x96 images, a 64 px export failed inside the decoder with TensorFlow's "ConcatOp : Dimension 1
+    # in both shapes must be equal"; the README's snippet hard-coded 256 px instead of reading export.json.
+    import tensorflow as tf
+
+    from reports.export import export_bundle
+
+    export = export_bundle(_untrained_bundle(tmp_path, TINY_ENCODER, 64), tmp_path / "runs" / "model-savedmodel",
+                           "savedmodel")  # fmt: skip
+    serve = tf.saved_model.load(str(export)).signatures["serving_default"]
+    for shape, shown in [((1, 96, 96, 3), "[1 96 96 3]"), ((2, 64, 64, 1), "[2 64 64 1]"), ((64, 64, 3), "[64 64 3]")]:
+        with pytest.raises(tf.errors.InvalidArgumentError) as refused:
+            serve(images=tf.constant(np.zeros(shape, np.uint8)))
+        lines = [line for line in str(refused.value).splitlines() if "images must be" in line]
+        assert len(lines) == 1 and "ConcatOp" not in str(refused.value), str(refused.value)
+        assert "of shape (N, 64, 64, 3), the trained size" in lines[0] and lines[0].endswith(f"Shape given:] {shown}")
+    assert serve(images=tf.constant(np.zeros((2, 64, 64, 3), np.uint8)))["mask"].shape == (2, 64, 64)
+
+    # The README's snippet as a user runs it, beside runs/: it takes S from export.json.
+    cv2.imwrite(str(tmp_path / "polyp.jpg"), np.full((90, 120, 3), 128, np.uint8))
+    script = _readme_savedmodel_snippet() + "\nassert mask.shape == (64, 64) and mask.dtype == np.uint8, mask.shape\n"
+    subprocess.run(
+        [sys.executable, "-c", script + "import sys\n" + _CHECK_IMPORTS], check=True, timeout=600, cwd=tmp_path
+    )
+
+
+@pytest.mark.slow
+def test_the_onnx_batch_axis_is_named_batch(tmp_path: Path) -> None:
+    # tf2onnx named it unk__258 on the input, unk__259 and unk__260 on the outputs.
+    pytest.importorskip("tf2onnx", reason="the `export` extra is not installed")
+    import onnx
+
+    from reports.export import export_bundle
+
+    export = export_bundle(_untrained_bundle(tmp_path, TINY_ENCODER, 64), tmp_path / "onnx", "onnx")
+    graph = onnx.load(str(export / "model.onnx")).graph
+    axes = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*graph.input, *graph.output]
+    }
+    assert axes == {"images": ["batch", 64, 64, 3], "probabilities": ["batch", 64, 64], "mask": ["batch", 64, 64]}
+    assert not [d.dim_param for v in graph.value_info for d in v.type.tensor_type.shape.dim if "unk__" in d.dim_param]

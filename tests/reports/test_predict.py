@@ -151,8 +151,11 @@ def test_predict_writes_original_size_png_masks_metrics_counts(
     assert dice_score(truth[None], predicted[None]) == pytest.approx(metrics["per_image"][3]["dice"])
 
     rows = list(csv.DictReader((out / "counts.csv").open()))
-    assert [r["image"] for r in rows] == stems
+    assert list(dict.fromkeys(r["image"] for r in rows)) == stems  # one row per object, every image
     assert {r["true_count"] for r in rows} <= {"1", "2"}
+    from reports.count import read_counts_csv
+
+    assert read_counts_csv(out / "counts.csv") == {r["image"]: r["count"] for r in metrics["per_image"]}
     assert (out / "skipped.txt").read_text().startswith(str(test_set / "images" / "truncated.jpg"))
 
     # The winner's test scores reach the report's Table 2, flagged as training images.
@@ -420,7 +423,7 @@ def test_real_kvasir_seg_retrain_and_predict_medico_val(real_kvasir_seg: Path, t
         assert set(np.unique(mask)) <= {0, 255}
     metrics = read_json(out / "metrics.json")
     assert metrics["rows"][0]["n_images"] == 120 and metrics["overlap_with_training"] == []
-    assert len(list(csv.DictReader((out / "counts.csv").open()))) == 120
+    assert len({r["image"] for r in csv.DictReader((out / "counts.csv").open())}) == 120
     print(json.dumps({"rows": metrics["rows"], "count_agreement": metrics["count_agreement"]}), file=sys.stderr)
     assert os.environ.get("SEGSWEEP_CACHE")  # the run used the test's own cache
 

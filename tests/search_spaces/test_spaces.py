@@ -499,8 +499,12 @@ def test_empty_file_and_missing_params_say_what_to_write(tmp_path: Path) -> None
 
 
 def test_unknown_name_and_missing_file(tmp_path: Path) -> None:
-    with pytest.raises(ConfigError, match="unknown search space 'papr'; use a built-in"):
+    with pytest.raises(ConfigError, match="unknown search space 'papr'; did you mean 'paper'\\? use a built-in"):
         load_space("papr")
+    with pytest.raises(ConfigError, match="unknown search space 'xyz'; use a built-in"):  # nothing close: no hint
+        load_space("xyz")
+    with pytest.raises(ConfigError, match="unknown built-in search space 'cpuu'; did you mean 'cpu'\\? choose one of"):
+        builtin_space_path("cpuu")
     with pytest.raises(ConfigError, match="cannot read search space file"):
         load_space(tmp_path / "absent.yaml")
 

@@ -67,3 +67,15 @@ def test_images_frame_pairs_two_trials_image_by_image(tmp_path: Path) -> None:
     pairs = pair_image_scores(trials[0], trials[2])  # both complete on the same two folds
     assert len(pairs) == 12 and all(a.fold == b.fold for a, b in pairs.values())
     assert len(pair_image_scores(trials[0], trials[3])) == 6  # the pruned trial finished fold 1 only
+
+
+def test_a_misspelt_create_option_names_the_closest_and_no_method_is_replaced(tmp_path: Path) -> None:
+    from segsweep.base.errors import SegsweepError
+    from sweeps import Sweep
+
+    data = make_dataset(tmp_path / "data", 4)
+    with pytest.raises(SegsweepError, match=r"unknown option 'concurency'; did you mean 'concurrency'\? see"):
+        Sweep.create("s", data=data, space="quick", trials=1, storage=tmp_path / "runs", concurency=2)
+    # hasattr() let any attribute through: `validate=None` replaced the check itself.
+    with pytest.raises(SegsweepError, match=r"unknown option 'validate'"):
+        Sweep.create("s", data=data, space="quick", trials=1, storage=tmp_path / "runs", validate=None)

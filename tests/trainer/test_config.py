@@ -81,3 +81,19 @@ def test_fields_beside_config_mapping_are_refused(tmp_path: Path) -> None:
     path.write_text(json.dumps({"config": {"encoder": "vgg16", "epochs": 20}, "data": "/d", "sweep": "s"}))
     config, extras = load_config_file(path)
     assert (config.encoder, config.epochs, extras) == ("vgg16", 20, {"data": "/d"})
+
+
+@pytest.mark.parametrize(
+    ("field", "misspelt", "closest"),
+    [("encoder", "resnet43", "resnet34"), ("arch", "unte", "unet"), ("loss", "dcie", "dice")],
+)
+def test_a_misspelt_encoder_architecture_or_loss_names_the_closest(field: str, misspelt: str, closest: str) -> None:
+    with pytest.raises(ConfigError, match=rf"{misspelt!r}; did you mean {closest!r}\? choose one of: "):
+        CVConfig.from_dict({field: misspelt}).validate()
+
+
+def test_a_misspelt_configuration_key_names_the_closest(tmp_path: Path) -> None:
+    config = tmp_path / "c.json"
+    config.write_text('{"encodr": "resnet34"}')
+    with pytest.raises(ConfigError, match=r"unknown key\(s\) encodr \(did you mean 'encoder'\?\)"):
+        load_config_file(config)

@@ -437,3 +437,32 @@ def test_a_running_epoch_reports_its_batches_and_speed_to_the_reporter(
         assert all(b[1] == 1 and b[4] > 0 for b in seen)
     # It reads no batch logs: Keras must not copy the loss to the host after every batch for it.
     assert trainer.callbacks.BatchProgress(lambda *a: None, 4)._supports_tf_logs
+
+
+def test_missing_imagenet_weights_fail_before_the_data_is_prepared_and_leave_no_out(
+    tmp_path: Path, kvasir_seg_dir: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # `cv --weights imagenet` without the file spent ~14 s preparing the data, and left an empty --out.
+    import dataclasses
+
+    from sweeps.cli import main
+    from trainer import cv, weights
+
+    encoder = "mobilenetv2"
+    unreachable = dataclasses.replace(  # port 9 (discard): nothing listens, the connection is refused at once
+        weights.IMAGENET_WEIGHTS[encoder], url="http://127.0.0.1:9/" + weights.IMAGENET_WEIGHTS[encoder].file_name
+    )
+    monkeypatch.setitem(weights.IMAGENET_WEIGHTS, encoder, unreachable)
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path / "keras-home"))
+
+    def prepare_dataset(*args: object, **kwargs: object) -> None:
+        raise AssertionError("the data was prepared before the weights were checked")
+
+    monkeypatch.setattr(cv, "prepare_dataset", prepare_dataset)
+    out = tmp_path / "out"
+    argv = ["cv", "--data", str(kvasir_seg_dir), "--out", str(out), "--encoder", encoder, "--weights", "imagenet",
+            "--image-size", "64", "--tracker", "none", "--quiet"]  # fmt: skip
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith(f"segsweep: error: ImageNet weights of encoder '{encoder}' are not"), err
+    assert not out.exists()

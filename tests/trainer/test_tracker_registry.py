@@ -166,3 +166,10 @@ def test_a_failing_stand_in_warns_and_the_sweep_goes_on(
     with pytest.warns(TrackingWarning, match=r"JSON lines tracking is off for this sweep: .*disk full"):
         ctx = start_sweep_tracking("jsonl,mlflow", tmp_path / "s1", "s1", {})
     assert ctx.trackers == ("mlflow",)
+
+
+def test_a_misspelt_tracker_names_the_closest() -> None:
+    from trainer.tracking import parse_tracker_names
+
+    with pytest.raises(ConfigError, match=r"unknown tracker 'mlfow'; did you mean 'mlflow'\? use a comma-separated"):
+        parse_tracker_names("mlfow")

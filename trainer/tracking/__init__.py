@@ -28,6 +28,7 @@ from typing import Any
 import segsweep.base.env  # noqa: F401
 from segsweep.base.errors import ConfigError
 from segsweep.base.secrets import redact_params
+from segsweep.base.suggest import did_you_mean
 from trainer.reporter import MultiReporter, Reporter
 from trainer.tracking._backend import (
     TRACKER_BACKENDS,
@@ -87,7 +88,8 @@ def parse_tracker_names(names: str | None) -> tuple[str, ...]:
             continue
         if name not in TRACKER_BACKENDS:
             raise ConfigError(
-                f"unknown tracker {raw.strip()!r}; use a comma-separated list of {', '.join(TRACKER_BACKENDS)}, or none"
+                f"unknown tracker {raw.strip()!r}; {did_you_mean(name, [*TRACKER_BACKENDS, 'none'])}"
+                f"use a comma-separated list of {', '.join(TRACKER_BACKENDS)}, or none"
             )
         if name not in chosen:
             chosen.append(name)
