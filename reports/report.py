@@ -19,6 +19,7 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from reports.heldout import TestComparison, test_set_evidence
 from reports.leaderboard import (
     WINNER_RULE,
     WinnerChoice,
@@ -219,9 +220,12 @@ def _winner(choice: WinnerChoice) -> Section:
     return Section("Winner", blocks)
 
 
-def _evidence(evidence: WinnerEvidence) -> Section:
-    """The winner against each starting point and the runner-up, image by image (cross-validation only)."""
+def _evidence(evidence: WinnerEvidence, tests: Sequence[TestComparison] = ()) -> Section:
+    """The winner against each starting point and the runner-up, image by image; with ``tests``, the
+    winner against the starting points on the test sets their predictions scored (``--test-prediction``)."""
     blocks: list[Block] = [evidence.headline] if evidence.headline else []
+    # The headline's test part: per test set, the best-ranked starting point predicted on it.
+    blocks += list(dict((t.test_set, t.sentence()) for t in reversed(tests)).values())[::-1]
     blocks.append(
         "Paired comparison on the out-of-fold images: the winner's Dice minus the other trial's on each image "
         "both validated in the same fold, its mean, and a 95 % percentile bootstrap interval over images "
@@ -249,6 +253,20 @@ def _evidence(evidence: WinnerEvidence) -> Section:
     blocks += evidence.notes
     if (tied := evidence.tied_sentence()) is not None:
         blocks.append(tied)
+    if tests:
+        blocks.append(
+            "On test sets: the winner's prediction (`segsweep predict --masks`, plain) minus a starting point's on "
+            "each image of the test set, paired by image name, with the same bootstrap."
+        )
+        rows = [
+            [t.test_set, t.difference.other.start or "", t.difference.other.label, str(t.difference.n_pairs),
+             f"{t.difference.mean:+.4f}" if t.difference.n_pairs else "–",
+             f"{t.difference.low:+.4f} to {t.difference.high:+.4f}" if t.difference.n_pairs else "–",
+             t.difference.verdict or "not paired"]
+            for t in tests
+        ]  # fmt: skip
+        columns = ["test set", "starting point", "trial", "paired images", "mean difference", "95 % interval", "winner"]
+        blocks.append(Table(columns, rows))
     return Section("The winner's evidence", blocks)
 
 
@@ -593,15 +611,17 @@ def _figures(sweep: SweepResults, choice: WinnerChoice, study: Any | None, why_n
     return Section("Figures", blocks)
 
 
-def build_report(sweep: SweepResults) -> Report:
-    """Everything the report says, independent of its format."""
+def build_report(sweep: SweepResults, test_predictions: Sequence[Path] = ()) -> Report:
+    """Everything the report says, independent of its format; ``test_predictions`` are ``predict --masks``
+    folders of the winner and its starting points on test sets (reports.heldout pairs them)."""
     choice = pick_winner(sweep)
     evidence = winner_evidence(sweep)
+    tests = test_set_evidence(sweep, choice.winner, test_predictions) if test_predictions else []
     study, why_not = _load_study(sweep)
     sections = [
         _overview(sweep, choice),
         _winner(choice),
-        *([_evidence(evidence)] if evidence is not None else []),
+        *([_evidence(evidence, tests)] if evidence is not None else []),
         _table2(sweep, choice.winner),
         _leaderboard(sweep),
         _pretraining(sweep),
@@ -609,7 +629,10 @@ def build_report(sweep: SweepResults) -> Report:
         _best_so_far_section(sweep),
         _figures(sweep, choice, study, why_not),
     ]
-    return Report(f"segsweep report: {sweep.name}", sections, best_configuration(sweep, choice, evidence))
+    best = best_configuration(sweep, choice, evidence)
+    if best["evidence"] is not None:
+        best["evidence"]["test_sets"] = [t.to_dict() for t in tests]
+    return Report(f"segsweep report: {sweep.name}", sections, best)
 
 
 # --- rendering -------------------------------------------------------------------------------------
@@ -722,12 +745,14 @@ def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS) ->
     return written
 
 
-def run_report_command(name: str, storage: Path | None, out: Path | None, formats: str) -> int:
+def run_report_command(
+    name: str, storage: Path | None, out: Path | None, formats: str, test_predictions: Sequence[Path] = ()
+) -> int:
     chosen = parse_formats(formats)
     sweep = load_sweep(storage, name)
     for line in sweep.warnings:
         print(f"segsweep: warning: {line}", file=sys.stderr)
-    report = build_report(sweep)
+    report = build_report(sweep, test_predictions)
     folder = out if out is not None else sweep.folder.report_dir
     for path in write_report(report, folder, chosen):
         print(f"wrote {path}")

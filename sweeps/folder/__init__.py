@@ -15,10 +15,14 @@ from sweeps.folder._control import (
     request_stop,
 )
 from sweeps.folder._evidence import (
+    BEAT,
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
+    TIE,
+    WORSE,
     PairedDifference,
     WinnerEvidence,
+    difference_over_images,
     paired_bootstrap,
     winner_evidence,
 )
@@ -78,6 +82,7 @@ from sweeps.folder._sweep_results import (
 )
 
 __all__ = [
+    "BEAT",
     "BOOTSTRAP_RESAMPLES",
     "BOOTSTRAP_SEED",
     "COMPLETE",
@@ -93,7 +98,9 @@ __all__ = [
     "STUDY_START_ATTR",
     "STUDY_TRIAL_ID_ATTR",
     "STUDY_WARM_START_ATTR",
+    "TIE",
     "TRIAL_STATES",
+    "WORSE",
     "DamagedRecord",
     "ImageScore",
     "NoSuchSweep",
@@ -115,6 +122,7 @@ __all__ = [
     "attempt_spans",
     "clear_stop_request",
     "default_storage",
+    "difference_over_images",
     "driver_info",
     "driver_running",
     "format_leaderboard",
