@@ -13,6 +13,7 @@ import html
 import logging
 import math
 import sys
+import warnings
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
@@ -34,6 +35,7 @@ from sweeps.folder import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     OBJECTIVE,
+    STUDY_REPEAT_ATTR,
     SweepResults,
     TestScore,
     TrialResult,
@@ -508,9 +510,21 @@ def _load_study(sweep: SweepResults) -> tuple[Any | None, str | None]:
         return None, f"no Optuna storage at {sweep.folder.optuna_db}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return optuna.load_study(study_name=sweep.name, storage=sweep.optuna_storage_url), None
+        study = optuna.load_study(study_name=sweep.name, storage=sweep.optuna_storage_url)
     except KeyError:
         return None, f"{sweep.folder.optuna_db} holds no study named {sweep.name!r}"
+    trials = study.get_trials(deepcopy=False)
+    if not any(STUDY_REPEAT_ATTR in t.user_attrs for t in trials):
+        return study, None
+    # Proposals the searcher answered with an earlier trial's score (never trained, sweeps._optuna):
+    # left out, so the importance and the plots count each trained configuration once.
+    trained = optuna.create_study(study_name=sweep.name, direction=study.direction)
+    trained.add_trials([t for t in trials if STUDY_REPEAT_ATTR not in t.user_attrs])
+    if study.metric_names:  # the plots' axis name, as in the stored study
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            trained.set_metric_names(study.metric_names)
+    return trained, None
 
 
 def _completed_in_study(study: Any) -> int:

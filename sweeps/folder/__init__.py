@@ -51,6 +51,7 @@ from sweeps.folder._ranking import (
 )
 from sweeps.folder._records import (
     STUDY_REASON_ATTR,
+    STUDY_REPEAT_ATTR,
     STUDY_START_ATTR,
     STUDY_TRIAL_ID_ATTR,
     STUDY_WARM_START_ATTR,
@@ -95,6 +96,7 @@ __all__ = [
     "RUNNING",
     "STORAGE_ENV",
     "STUDY_REASON_ATTR",
+    "STUDY_REPEAT_ATTR",
     "STUDY_START_ATTR",
     "STUDY_TRIAL_ID_ATTR",
     "STUDY_WARM_START_ATTR",
