@@ -30,6 +30,7 @@ from ray.tune.search.optuna import OptunaSearch
 from sweeps._callbacks import interrupted_by_stop
 from sweeps.folder import (
     OBJECTIVE,
+    STUDY_EXHAUSTED_ATTR,
     STUDY_REASON_ATTR,
     STUDY_REPEAT_ATTR,
     STUDY_START_ATTR,
@@ -118,12 +119,16 @@ class FoldPruningOptunaSearch(OptunaSearch):
                 break
             self._answer_repeat(trial_id, ot_trial, scored)
         else:
-            print(
-                f"[segsweep] the sampler proposed only configurations the sweep has scored "
-                f"({MAX_REPEATED_PROPOSALS} in a row): the search space looks exhausted, so no further trial "
-                "starts; widen the space for more",
-                flush=True,
+            assert self._ot_study is not None
+            scored = self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            configurations = sum(STUDY_REPEAT_ATTR not in t.user_attrs for t in scored)
+            said = (
+                f"search space exhausted after {configurations} scored configurations: the sampler's last "
+                f"{MAX_REPEATED_PROPOSALS} proposals all repeated one; widen the space for more"
             )
+            # On the study, so the driver's end (sweeps.runner) calls the sweep finished, not interrupted.
+            self._ot_study.set_user_attr(STUDY_EXHAUSTED_ATTR, said)
+            print(f"[segsweep] {said}", flush=True)
             return Searcher.FINISHED
         ot_trial.set_user_attr(STUDY_TRIAL_ID_ATTR, trial_id)
         update_trial_record(
@@ -193,6 +198,18 @@ class FoldPruningOptunaSearch(OptunaSearch):
         # skip_if_finished: after a driver restart the study may already hold this trial's end.
         ot_trial.study.tell(ot_trial, value, state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
+
+
+def space_exhausted(sweep_dir: Path, study_name: str) -> str | None:
+    """Why the searcher ended the sweep before its ``--trials`` (every proposal a repeat), or None."""
+    if not SweepFolder(sweep_dir).optuna_db.is_file():
+        return None  # no study (opening one would create the file)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(sweep_dir))
+    except KeyError:
+        return None
+    said = study.user_attrs.get(STUDY_EXHAUSTED_ATTR)
+    return str(said) if said else None
 
 
 def completion_state(result: dict[str, Any] | None, *, error: bool) -> tuple[TrialState, float | None]:

@@ -50,6 +50,7 @@ from sweeps.folder._ranking import (
     rank_trials,
 )
 from sweeps.folder._records import (
+    STUDY_EXHAUSTED_ATTR,
     STUDY_REASON_ATTR,
     STUDY_REPEAT_ATTR,
     STUDY_START_ATTR,
@@ -95,6 +96,7 @@ __all__ = [
     "RANKING_RULE",
     "RUNNING",
     "STORAGE_ENV",
+    "STUDY_EXHAUSTED_ATTR",
     "STUDY_REASON_ATTR",
     "STUDY_REPEAT_ATTR",
     "STUDY_START_ATTR",

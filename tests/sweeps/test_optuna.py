@@ -19,9 +19,11 @@ from sweeps._optuna import (
     n_startup_trials,
     rebuild_study,
     reconcile_study,
+    space_exhausted,
 )
 from sweeps.folder import (
     OBJECTIVE,
+    STUDY_EXHAUSTED_ATTR,
     STUDY_REASON_ATTR,
     STUDY_REPEAT_ATTR,
     STUDY_START_ATTR,
@@ -269,6 +271,9 @@ def test_a_proposal_repeating_a_scored_configuration_is_answered_from_the_study(
     assert all(t.value == by_number[t.user_attrs[STUDY_REPEAT_ATTR]].value for t in repeats)
     assert all(t.params == by_number[t.user_attrs[STUDY_REPEAT_ATTR]].params for t in repeats)
     assert not any(STUDY_TRIAL_ID_ATTR in t.user_attrs for t in repeats)  # no Ray trial, no trial folder
+    # The study says why the search ended: the driver's end reads it (sweeps.runner), so does `sweep list`.
+    assert space_exhausted(tmp_path, "s") == study.user_attrs[STUDY_EXHAUSTED_ATTR]
+    assert study.user_attrs[STUDY_EXHAUSTED_ATTR].startswith("search space exhausted after 4 scored configurations")
 
 
 def test_a_warm_started_configuration_is_not_trained_again(tmp_path: Path) -> None:

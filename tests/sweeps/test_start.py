@@ -167,3 +167,41 @@ def test_warm_start_on_other_data_makes_its_best_trials_starting_points(tmp_path
     # They are checked against the space like any starting point, the sweep's data settings left out.
     points = resolve_start_points([StartEntry.from_dict(e) for e in spec.start], space, spec.cv_overrides())
     assert points[0].params == load_sweep(tmp_path, "quick1").completed()[0].params
+
+
+#: Four configurations (two encoders by two learning rates): a sweep of six exhausts them.
+_FOUR_CONFIGURATIONS = """\
+name: four
+params:
+  lr: {type: categorical, choices: [1.0e-3, 5.0e-3]}
+  encoder: {type: categorical, choices: [mobilenetv2, resnet18]}
+fixed:
+  weights: none
+  image_size: 64
+  folds: 2
+  epochs: 1
+  batch_size: 2
+"""
+
+
+@pytest.mark.slow
+def test_no_configuration_is_trained_twice_and_an_exhausted_space_ends_the_sweep(
+    tmp_path: Path, local_ray: None
+) -> None:
+    from sweeps.folder import summarise_sweep
+
+    spec = tiny_sweep_spec(tmp_path, "s", {"fold_seconds": 0.1}, trials=6, concurrency=1, scheduler="none")
+    (tmp_path / "tiny.yaml").write_text(_FOUR_CONFIGURATIONS)
+    outcome = run_sweep(spec, cv_runner=fake.fake_run_cv)
+    trained = [(t.config["encoder"], t.config["lr"]) for t in outcome.results.trials]
+    assert len(trained) == len(set(trained)) == 4  # each configuration once, then the searcher ends
+    assert outcome.finished  # not "interrupted": there is nothing left to resume
+    summary = summarise_sweep(SweepFolder.at(tmp_path / "out", "s"))
+    assert summary.state == "finished" and summary.detail.startswith("search space exhausted after 4 scored")
+
+    # A warm start from it on the same data and space: every configuration is scored, none trains again.
+    again = tiny_sweep_spec(tmp_path, "again", {"fold_seconds": 0.1}, trials=3, concurrency=1, scheduler="none")
+    (tmp_path / "tiny.yaml").write_text(_FOUR_CONFIGURATIONS)
+    again.warm_start = "s"
+    outcome = run_sweep(again, cv_runner=fake.fake_run_cv)
+    assert outcome.results.trials == [] and outcome.finished
