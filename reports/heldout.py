@@ -58,6 +58,7 @@ class TestComparison:
     """The winner minus one starting point on one test set (their predictions paired by stem)."""
 
     test_set: str
+    images: str  # the images folder the predictions read
     difference: PairedDifference
     winner_folder: Path
     other_folder: Path
@@ -78,6 +79,7 @@ class TestComparison:
     def to_dict(self) -> dict[str, Any]:
         return {
             "test_set": self.test_set,
+            "images": self.images,
             "variant": VARIANT,
             "winner_prediction": str(self.winner_folder),
             "other_prediction": str(self.other_folder),
@@ -193,7 +195,11 @@ def test_set_evidence(sweep: SweepResults, winner: TrialResult, folders: Sequenc
             role = f"starting point {other.trial.start}"
             comparisons.append(
                 TestComparison(
-                    mine.test_set, difference_over_images(differences, other.trial, role), mine.folder, other.folder
+                    mine.test_set,
+                    images,
+                    difference_over_images(differences, other.trial, role),
+                    mine.folder,
+                    other.folder,
                 )
             )
     return comparisons

@@ -226,8 +226,11 @@ def _evidence(evidence: WinnerEvidence, tests: Sequence[TestComparison] = ()) ->
     """The winner against each starting point and the runner-up, image by image; with ``tests``, the
     winner against the starting points on the test sets their predictions scored (``--test-prediction``)."""
     blocks: list[Block] = [evidence.headline] if evidence.headline else []
-    # The headline's test part: per test set, the best-ranked starting point predicted on it.
-    blocks += list(dict((t.test_set, t.sentence()) for t in reversed(tests)).values())[::-1]
+    # The headline's test part: per test set, the best-ranked starting point predicted on it (first).
+    headline_tests: dict[str, str] = {}
+    for test in tests:
+        headline_tests.setdefault(test.images, test.sentence())
+    blocks += headline_tests.values()
     blocks.append(
         "Paired comparison on the out-of-fold images: the winner's Dice minus the other trial's on each image "
         "both validated in the same fold, its mean, and a 95 % percentile bootstrap interval over images "

@@ -120,8 +120,8 @@ class FoldPruningOptunaSearch(OptunaSearch):
             self._answer_repeat(trial_id, ot_trial, scored)
         else:
             assert self._ot_study is not None
-            scored = self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
-            configurations = sum(STUDY_REPEAT_ATTR not in t.user_attrs for t in scored)
+            finished = self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            configurations = sum(STUDY_REPEAT_ATTR not in t.user_attrs for t in finished)
             said = (
                 f"search space exhausted after {configurations} scored configurations: the sampler's last "
                 f"{MAX_REPEATED_PROPOSALS} proposals all repeated one; widen the space for more"
