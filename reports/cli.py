@@ -25,6 +25,14 @@ def register(sub: Any) -> None:
     report.add_argument("--storage", default=None, help=storage_help())
     report.add_argument("--out", default=None, help="report folder (default STORAGE/NAME/report)")
     report.add_argument("--format", default="md,html,json", help="comma-separated: md, html, json (default all)")
+    report.add_argument(
+        "--test-prediction",
+        action="append",
+        default=[],
+        metavar="DIR",
+        help="a `segsweep predict --masks` folder of the winner's or a starting point's model on a test set "
+        "(repeatable: the winner's and the starting points'); the report pairs them image by image",
+    )
     report.set_defaults(handler=_cmd_report)
 
     retrain = sub.add_parser(
@@ -117,7 +125,13 @@ def register(sub: Any) -> None:
 def _cmd_report(args: argparse.Namespace) -> int:
     from reports.report import run_report_command
 
-    return run_report_command(args.name, args.storage, Path(args.out) if args.out else None, args.format)
+    return run_report_command(
+        args.name,
+        args.storage,
+        Path(args.out) if args.out else None,
+        args.format,
+        [Path(folder) for folder in args.test_prediction],
+    )
 
 
 def _cmd_retrain(args: argparse.Namespace) -> int:

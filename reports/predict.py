@@ -491,6 +491,10 @@ def predict(
                 metrics = {
                     "model": identity["model"],
                     "trial": bundle.source.get("trial"),
+                    # What the model is, kept with its scores (the bundle may move): the report pairs
+                    # two predictions of one test set by the configurations they were trained with.
+                    "config": bundle.config.to_dict(),
+                    "source": {k: bundle.source.get(k) for k in ("sweep", "sweep_path", "trial", "number")},
                     "ensemble": [str(b.path.resolve()) for b in bundles] if len(bundles) > 1 else None,
                     "postprocess": list(options),
                     "images": identity["images"],

@@ -15,12 +15,14 @@ import html
 import logging
 import math
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
 from typing import Any
 
+from reports.heldout import TestComparison, test_set_evidence
 from reports.leaderboard import (
     WINNER_RULE,
     WinnerChoice,
@@ -35,6 +37,7 @@ from sweeps.folder import (
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     OBJECTIVE,
+    STUDY_REPEAT_ATTR,
     WIDENED_SPACE_FILE,
     SpaceEdges,
     SweepFolder,
@@ -261,9 +264,15 @@ def _winner(choice: WinnerChoice) -> Section:
     return Section("Winner", blocks)
 
 
-def _evidence(evidence: WinnerEvidence) -> Section:
-    """The winner against each starting point and the runner-up, image by image (cross-validation only)."""
+def _evidence(evidence: WinnerEvidence, tests: Sequence[TestComparison] = ()) -> Section:
+    """The winner against each starting point and the runner-up, image by image; with ``tests``, the
+    winner against the starting points on the test sets their predictions scored (``--test-prediction``)."""
     blocks: list[Block] = [evidence.headline] if evidence.headline else []
+    # The headline's test part: per test set, the best-ranked starting point predicted on it (first).
+    headline_tests: dict[str, str] = {}
+    for test in tests:
+        headline_tests.setdefault(test.images, test.sentence())
+    blocks += headline_tests.values()
     blocks.append(
         "Paired comparison on the out-of-fold images: the winner's Dice minus the other trial's on each image "
         "both validated in the same fold, its mean, and a 95 % percentile bootstrap interval over images "
@@ -291,6 +300,20 @@ def _evidence(evidence: WinnerEvidence) -> Section:
     blocks += evidence.notes
     if (tied := evidence.tied_sentence()) is not None:
         blocks.append(tied)
+    if tests:
+        blocks.append(
+            "On test sets: the winner's prediction (`segsweep predict --masks`, plain) minus a starting point's on "
+            "each image of the test set, paired by image name, with the same bootstrap."
+        )
+        rows = [
+            [t.test_set, t.difference.other.start or "", t.difference.other.label, str(t.difference.n_pairs),
+             f"{t.difference.mean:+.4f}" if t.difference.n_pairs else "–",
+             f"{t.difference.low:+.4f} to {t.difference.high:+.4f}" if t.difference.n_pairs else "–",
+             t.difference.verdict or "not paired"]
+            for t in tests
+        ]  # fmt: skip
+        columns = ["test set", "starting point", "trial", "paired images", "mean difference", "95 % interval", "winner"]
+        blocks.append(Table(columns, rows))
     return Section("The winner's evidence", blocks)
 
 
@@ -593,9 +616,21 @@ def _load_study(sweep: SweepResults) -> tuple[Any | None, str | None]:
         return None, f"no Optuna storage at {sweep.folder.optuna_db}"
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     try:
-        return optuna.load_study(study_name=sweep.name, storage=sweep.optuna_storage_url), None
+        study = optuna.load_study(study_name=sweep.name, storage=sweep.optuna_storage_url)
     except KeyError:
         return None, f"{sweep.folder.optuna_db} holds no study named {sweep.name!r}"
+    trials = study.get_trials(deepcopy=False)
+    if not any(STUDY_REPEAT_ATTR in t.user_attrs for t in trials):
+        return study, None
+    # Proposals the searcher answered with an earlier trial's score (never trained, sweeps._optuna):
+    # left out, so the importance and the plots count each trained configuration once.
+    trained = optuna.create_study(study_name=sweep.name, direction=study.direction)
+    trained.add_trials([t for t in trials if STUDY_REPEAT_ATTR not in t.user_attrs])
+    if study.metric_names:  # the plots' axis name, as in the stored study
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+            trained.set_metric_names(study.metric_names)
+    return trained, None
 
 
 def _completed_in_study(study: Any) -> int:
@@ -757,19 +792,26 @@ def _compute(sweep: SweepResults, winner: TrialResult, command: list[str] | None
     )
 
 
-def build_report(sweep: SweepResults, command: list[str] | None = None, out: Path | None = None) -> Report:
+def build_report(
+    sweep: SweepResults,
+    command: list[str] | None = None,
+    out: Path | None = None,
+    test_predictions: Sequence[Path] = (),
+) -> Report:
     """Everything the report says, independent of its format; ``command`` is the command line that
     asked for it (shown in the provenance block), ``out`` the folder it will be written to (default
-    the sweep's report folder), where the widened space goes."""
+    the sweep's report folder), where the widened space goes; ``test_predictions`` are ``predict
+    --masks`` folders of the winner and its starting points on test sets (reports.heldout pairs them)."""
     choice = pick_winner(sweep)
     evidence = winner_evidence(sweep)
+    tests = test_set_evidence(sweep, choice.winner, test_predictions) if test_predictions else []
     edges = space_edges(sweep)
     space_file = (out if out is not None else sweep.folder.report_dir) / WIDENED_SPACE_FILE
     study, why_not = _load_study(sweep)
     sections = [
         _overview(sweep, choice),
         _winner(choice),
-        *([_evidence(evidence)] if evidence is not None else []),
+        *([_evidence(evidence, tests)] if evidence is not None else []),
         *([_space_edges(edges, space_file)] if edges is not None else []),
         _table2(sweep, choice.winner),
         _leaderboard(sweep),
@@ -781,6 +823,8 @@ def build_report(sweep: SweepResults, command: list[str] | None = None, out: Pat
         _compute(sweep, choice.winner, command),
     ]
     best = best_configuration(sweep, choice, evidence)
+    if best["evidence"] is not None:
+        best["evidence"]["test_sets"] = [t.to_dict() for t in tests]
     best["space_edges"] = edges.to_dict(space_file) if edges is not None else None
     written = {WIDENED_SPACE_FILE: widened_space_yaml(edges)} if edges is not None and edges.widened_space else {}
     return Report(f"segsweep report: {sweep.name}", sections, best, written)
@@ -948,15 +992,18 @@ def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS) ->
     return written
 
 
-def run_report_command(name: str, storage: Path | None, out: Path | None, formats: str) -> int:
+def run_report_command(
+    name: str, storage: Path | None, out: Path | None, formats: str, test_predictions: Sequence[Path] = ()
+) -> int:
     chosen = parse_formats(formats)
     sweep = load_sweep(storage, name)
     for line in sweep.warnings:
         print(f"segsweep: warning: {line}", file=sys.stderr)
     command = ["segsweep", "report", name, *(["--storage", str(storage)] if storage is not None else []),
-               *(["--out", str(out)] if out is not None else []), "--format", formats]  # fmt: skip
+               *(["--out", str(out)] if out is not None else []), "--format", formats,
+               *[arg for path in test_predictions for arg in ("--test-prediction", str(path))]]  # fmt: skip
     folder = out if out is not None else sweep.folder.report_dir
-    report = build_report(sweep, command, folder)
+    report = build_report(sweep, command, folder, test_predictions)
     for path in write_report(report, folder, chosen):
         print(f"wrote {path}")
     best = report.best

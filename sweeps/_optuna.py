@@ -4,6 +4,14 @@ Ray's ``OptunaSearch`` tells Optuna that a trial the scheduler stopped early is 
 its last (partial) result, so TPE learns from a one-fold mean as if it were a ten-fold one. Here a
 trial that ends before its last fold enters the study as PRUNED, carrying its folds' running means
 as intermediate values (steps = folds done); errors enter as FAIL.
+
+A proposal whose parameters equal a trial the study already scored (COMPLETE or PRUNED: this sweep's,
+or an earlier sweep's that ``--warm-start`` added) is not trained again: the searcher tells the
+study that trial's score for it (marked with ``STUDY_REPEAT_ATTR``; no Ray trial, no trial folder)
+and asks for another. TPE proposes a repeat readily once a small categorical space is mostly
+explored; after :data:`MAX_REPEATED_PROPOSALS` repeats in a row the space is taken as exhausted
+and the searcher ends the sweep. Optuna has no such check of its own (a sampler may propose any
+point again), nor has Ray's ``OptunaSearch``.
 """
 
 from __future__ import annotations
@@ -16,12 +24,15 @@ from typing import TYPE_CHECKING, Any
 
 import optuna
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from sweeps._callbacks import interrupted_by_stop
 from sweeps.folder import (
     OBJECTIVE,
+    STUDY_EXHAUSTED_ATTR,
     STUDY_REASON_ATTR,
+    STUDY_REPEAT_ATTR,
     STUDY_START_ATTR,
     STUDY_TRIAL_ID_ATTR,
     SweepFolder,
@@ -68,6 +79,12 @@ def make_sampler(trials: int, concurrency: int, seed: int) -> optuna.samplers.TP
         )
 
 
+#: Proposals in a row that repeat scored configurations before the space counts as exhausted. Each
+#: repeat costs an ask and a tell (a fraction of a second, no training) and stays in the study as a
+#: marked trial; TPE's prior keeps every unscored choice a chance at each ask.
+MAX_REPEATED_PROPOSALS = 20
+
+
 class FoldPruningOptunaSearch(OptunaSearch):
     """``OptunaSearch`` that records scheduler-stopped trials as PRUNED and writes trial.json.
 
@@ -90,11 +107,29 @@ class FoldPruningOptunaSearch(OptunaSearch):
         if self._ot_study is not None:  # a study made before segsweep named its objective
             name_objective(self._ot_study)
 
-    def suggest(self, trial_id: str) -> dict[str, Any] | None:
+    # Searcher.suggest's docstring allows Searcher.FINISHED (a str) though its annotation does not.
+    def suggest(self, trial_id: str) -> dict[str, Any] | str | None:  # type: ignore[override]
         if read_stop_request(SweepFolder(Path(self.sweep_dir))) is not None:
             return None  # the sweep is stopping: no new trial (Tune asks again later, or ends)
-        config = super().suggest(trial_id)
-        ot_trial = self._ot_trials[trial_id]
+        for _ in range(MAX_REPEATED_PROPOSALS):
+            config = super().suggest(trial_id)
+            ot_trial = self._ot_trials[trial_id]
+            scored = self._scored_with(ot_trial)
+            if scored is None:
+                break
+            self._answer_repeat(trial_id, ot_trial, scored)
+        else:
+            assert self._ot_study is not None
+            finished = self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED))
+            configurations = sum(STUDY_REPEAT_ATTR not in t.user_attrs for t in finished)
+            said = (
+                f"search space exhausted after {configurations} scored configurations: the sampler's last "
+                f"{MAX_REPEATED_PROPOSALS} proposals all repeated one; widen the space for more"
+            )
+            # On the study, so the driver's end (sweeps.runner) calls the sweep finished, not interrupted.
+            self._ot_study.set_user_attr(STUDY_EXHAUSTED_ATTR, said)
+            print(f"[segsweep] {said}", flush=True)
+            return Searcher.FINISHED
         ot_trial.set_user_attr(STUDY_TRIAL_ID_ATTR, trial_id)
         update_trial_record(
             SweepFolder(Path(self.sweep_dir)).trial_dir(trial_id),
@@ -107,6 +142,30 @@ class FoldPruningOptunaSearch(OptunaSearch):
             start=ot_trial.user_attrs.get(STUDY_START_ATTR),  # an enqueued starting point's label
         )
         return config
+
+    def _scored_with(self, ot_trial: optuna.Trial) -> optuna.trial.FrozenTrial | None:
+        """The study's scored trial (COMPLETE or PRUNED) with the parameters ``ot_trial`` was given, if any."""
+        assert self._ot_study is not None
+        params = ot_trial.params
+        for frozen in self._ot_study.get_trials(deepcopy=False, states=(TrialState.COMPLETE, TrialState.PRUNED)):
+            if frozen.params == params and frozen.number != ot_trial.number:
+                return frozen
+        return None
+
+    def _answer_repeat(self, trial_id: str, ot_trial: optuna.Trial, scored: optuna.trial.FrozenTrial) -> None:
+        """Tell the repeated proposal ``scored``'s result (its fold means, its state) and free ``trial_id``
+        for the next ask: the sampler learns the point is known, and nothing trains it again."""
+        for step, running_mean in sorted(scored.intermediate_values.items()):
+            ot_trial.report(running_mean, step)
+        ot_trial.set_user_attr(STUDY_REPEAT_ATTR, scored.number)
+        value = scored.value if scored.state == TrialState.COMPLETE else None  # PRUNED: its last running mean
+        ot_trial.study.tell(ot_trial, value, state=scored.state)
+        del self._ot_trials[trial_id]
+        print(
+            f"[segsweep] proposal {ot_trial.number} repeated the configuration of study trial {scored.number} "
+            f"(already {scored.state.name.lower()}): told the sampler its score, not training it again",
+            flush=True,
+        )
 
     def on_trial_result(self, trial_id: str, result: dict[str, Any]) -> None:
         if trial_id in self._completed_trials or trial_id not in self._ot_trials:
@@ -139,6 +198,18 @@ class FoldPruningOptunaSearch(OptunaSearch):
         # skip_if_finished: after a driver restart the study may already hold this trial's end.
         ot_trial.study.tell(ot_trial, value, state=state, skip_if_finished=True)
         self._completed_trials.add(trial_id)
+
+
+def space_exhausted(sweep_dir: Path, study_name: str) -> str | None:
+    """Why the searcher ended the sweep before its ``--trials`` (every proposal a repeat), or None."""
+    if not SweepFolder(sweep_dir).optuna_db.is_file():
+        return None  # no study (opening one would create the file)
+    try:
+        study = optuna.load_study(study_name=study_name, storage=open_storage(sweep_dir))
+    except KeyError:
+        return None
+    said = study.user_attrs.get(STUDY_EXHAUSTED_ATTR)
+    return str(said) if said else None
 
 
 def completion_state(result: dict[str, Any] | None, *, error: bool) -> tuple[TrialState, float | None]:

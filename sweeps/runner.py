@@ -808,11 +808,15 @@ def _reconcile(spec: SweepSpec, statuses: dict[str, str], *, stopped: bool = Fal
             elif status == "ERROR":
                 record = update_trial_record(folder, state=FAILED, ended=now())
         records[folder.name] = record
-    finished = bool(statuses) and all(s in ("TERMINATED", "ERROR") for s in statuses.values())
+    from sweeps._optuna import space_exhausted
+
+    # The searcher ends a sweep whose space holds no unscored configuration before --trials: finished.
+    exhausted = space_exhausted(spec.sweep_dir, spec.name) is not None
+    finished = (bool(statuses) or exhausted) and all(s in ("TERMINATED", "ERROR") for s in statuses.values())
     # Finished when every trial asked for has ended, stop or not: a trial that a stop ended
     # unfinished is still RUNNING in its record (it resumes); one that ended before the stop is not.
     ended = all(records[trial_id].state != RUNNING for trial_id in statuses if trial_id in records)
-    finished = finished and len(statuses) >= spec.trials and ended
+    finished = finished and (len(statuses) >= spec.trials or exhausted) and ended
     if finished:
         reconcile_study(spec.sweep_dir, spec.name, records)
     return finished
@@ -820,8 +824,12 @@ def _reconcile(spec: SweepSpec, statuses: dict[str, str], *, stopped: bool = Fal
 
 def _record_run(spec: SweepSpec, wall: float, restore: bool, finished: bool, stopped: str | None) -> None:
     """Append this run's wall time to sweep.json (per-trial overhead = wall - training time)."""
+    from sweeps._optuna import space_exhausted
+
     record = read_spec_record(spec.folder)
-    record.runs.append(
-        {"ended": now(), "wall_seconds": round(wall, 2), "resumed": restore, "finished": finished, "stopped": stopped}
-    )
+    run = {"ended": now(), "wall_seconds": round(wall, 2), "resumed": restore, "finished": finished, "stopped": stopped}
+    exhausted = space_exhausted(spec.sweep_dir, spec.name) if finished else None
+    if exhausted:  # said by `sweep list` and `sweep status`: why fewer trials than --trials ran
+        run["exhausted"] = exhausted
+    record.runs.append(run)
     write_spec_record(spec.folder, record)

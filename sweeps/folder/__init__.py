@@ -16,10 +16,14 @@ from sweeps.folder._control import (
 )
 from sweeps.folder._edges import WIDENED_SPACE_FILE, EdgeFlag, SpaceEdges, space_edges, widened_space_yaml
 from sweeps.folder._evidence import (
+    BEAT,
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
+    TIE,
+    WORSE,
     PairedDifference,
     WinnerEvidence,
+    difference_over_images,
     paired_bootstrap,
     winner_evidence,
 )
@@ -58,7 +62,9 @@ from sweeps.folder._ranking import (
     shown_states,
 )
 from sweeps.folder._records import (
+    STUDY_EXHAUSTED_ATTR,
     STUDY_REASON_ATTR,
+    STUDY_REPEAT_ATTR,
     STUDY_START_ATTR,
     STUDY_TRIAL_ID_ATTR,
     STUDY_WARM_START_ATTR,
@@ -90,6 +96,7 @@ from sweeps.folder._sweep_results import (
 )
 
 __all__ = [
+    "BEAT",
     "BOOTSTRAP_RESAMPLES",
     "BOOTSTRAP_SEED",
     "COMPLETE",
@@ -102,12 +109,16 @@ __all__ = [
     "RUNNING",
     "STOPPED",
     "STORAGE_ENV",
+    "STUDY_EXHAUSTED_ATTR",
     "STUDY_REASON_ATTR",
+    "STUDY_REPEAT_ATTR",
     "STUDY_START_ATTR",
     "STUDY_TRIAL_ID_ATTR",
     "STUDY_WARM_START_ATTR",
+    "TIE",
     "TRIAL_STATES",
     "WIDENED_SPACE_FILE",
+    "WORSE",
     "BatchProgress",
     "DamagedRecord",
     "EdgeFlag",
@@ -132,6 +143,7 @@ __all__ = [
     "attempt_spans",
     "clear_stop_request",
     "default_storage",
+    "difference_over_images",
     "driver_info",
     "driver_running",
     "format_leaderboard",

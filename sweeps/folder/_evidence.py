@@ -11,6 +11,7 @@ ranking of its own (the winner and runner-up are the first two of :func:`rank_tr
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -147,7 +148,13 @@ def paired_bootstrap(differences: np.ndarray) -> tuple[float, float, float]:
 def paired_difference(winner: TrialResult, other: TrialResult, role: str) -> PairedDifference:
     """The winner minus ``other`` on the images both scored in the same fold (finite scores only)."""
     pairs = pair_image_scores(winner, other)
-    diffs = np.array([mine.dice - theirs.dice for mine, theirs in pairs.values()], dtype=float)
+    return difference_over_images([mine.dice - theirs.dice for mine, theirs in pairs.values()], other, role)
+
+
+def difference_over_images(differences: Sequence[float], other: TrialResult, role: str) -> PairedDifference:
+    """The paired mean and bootstrap interval of per-image Dice ``differences`` (winner minus ``other``;
+    NaNs dropped): the cross-validation's out-of-fold images or a test set's (reports.test_evidence)."""
+    diffs = np.asarray(differences, dtype=float)
     diffs = diffs[np.isfinite(diffs)]
     if not len(diffs):
         return PairedDifference(other, role, 0, math.nan, math.nan, math.nan)
@@ -220,6 +227,7 @@ __all__ = [
     "WORSE",
     "PairedDifference",
     "WinnerEvidence",
+    "difference_over_images",
     "paired_bootstrap",
     "paired_difference",
     "winner_evidence",

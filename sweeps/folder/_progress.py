@@ -341,7 +341,7 @@ def summarise_sweep(folder: SweepFolder) -> SweepSummary:
         info = driver_info(folder)
         state, detail = "running", f"driver pid {info.get('pid')} on {info.get('host')}"
     elif last.get("finished"):
-        state, detail = "finished", ""
+        state, detail = "finished", str(last.get("exhausted") or "")
     elif last.get("stopped"):
         state, detail = "stopped", str(last["stopped"])
     else:

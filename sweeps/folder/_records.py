@@ -37,6 +37,11 @@ STUDY_REASON_ATTR = "reason"
 STUDY_START_ATTR = "segsweep_start"
 #: On a trial ``--warm-start`` added from an earlier sweep: ``SWEEP/TRIAL_ID`` it was scored in.
 STUDY_WARM_START_ATTR = "segsweep_warm_start"
+#: On a proposal that repeated a scored configuration: the number of the study's trial that scored it.
+#: The searcher told the proposal that trial's score and drew another; it has no trial folder.
+STUDY_REPEAT_ATTR = "segsweep_repeat_of"
+#: On the study: why the searcher ended the sweep before its --trials (every proposal a repeat).
+STUDY_EXHAUSTED_ATTR = "segsweep_space_exhausted"
 
 
 def now() -> str:

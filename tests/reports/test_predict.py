@@ -142,6 +142,8 @@ def test_predict_writes_original_size_png_masks_metrics_counts(
     assert metrics["skipped"][0]["file"].endswith("truncated.jpg")
     assert metrics["count_agreement"]["n_images"] == 12
     assert len(metrics["overlap_with_training"]) == 12
+    # The model's configuration travels with its scores: `report --test-prediction` pairs by it.
+    assert metrics["config"] == load_bundle(bundle).config.to_dict() and metrics["source"]["trial"] == "trial_00000"
 
     # The scores of a predicted mask file are the scores in metrics.json (lossless, original size).
     from trainer.metrics import dice_score

@@ -454,3 +454,23 @@ def test_gap_sentence_does_not_confirm_the_cv_estimate_outside_the_test_interval
     assert "does not confirm" in outside and "FLAG" not in outside
     one_image = generalisation_gap_sentence(0.80, 0.05, 0.75, None, 1)
     assert "neither confirms nor refutes" in one_image
+
+
+def test_importance_and_plots_leave_out_proposals_answered_from_the_study(tmp_path: Path) -> None:
+    import optuna
+
+    from sweeps.folder import STUDY_REPEAT_ATTR
+
+    params = {"encoder": "mobilenet", "weights": "none", "batch_size": 4}
+    make_sweep(
+        tmp_path, "s", [FakeTrial({**params, "lr": 1e-3}, [0.4, 0.5]), FakeTrial({**params, "lr": 2e-3}, [0.6, 0.5])]
+    )
+    study = optuna.load_study(study_name="s", storage=load_sweep(tmp_path, "s").optuna_storage_url)
+    first = study.trials[0]
+    for _ in range(3):  # the searcher's repeats of trial 0 (sweeps._optuna): no trial folder, never trained
+        study.add_trial(optuna.trial.create_trial(
+            value=first.value, params=first.params, distributions=first.distributions,
+            user_attrs={STUDY_REPEAT_ATTR: first.number},
+        ))  # fmt: skip
+    text = render_markdown(build_report(load_sweep(tmp_path, "s")))
+    assert "over the 2 completed trials" in text

@@ -8,6 +8,7 @@ from pathlib import Path
 import optuna
 import pytest
 from optuna.trial import TrialState
+from ray.tune.search import Searcher
 from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import load_space
@@ -18,10 +19,13 @@ from sweeps._optuna import (
     n_startup_trials,
     rebuild_study,
     reconcile_study,
+    space_exhausted,
 )
 from sweeps.folder import (
     OBJECTIVE,
+    STUDY_EXHAUSTED_ATTR,
     STUDY_REASON_ATTR,
+    STUDY_REPEAT_ATTR,
     STUDY_START_ATTR,
     STUDY_TRIAL_ID_ATTR,
     SweepFolder,
@@ -218,3 +222,75 @@ def test_study_names_its_objective_and_a_resumed_study_keeps_the_name(tmp_path: 
     restored.suggest("t2")
     assert _load(tmp_path, "old").metric_names == [OBJECTIVE.display_name]
     assert _load(tmp_path).metric_names == [OBJECTIVE.display_name]
+
+
+_FOUR_CONFIGURATIONS = """\
+name: four
+description: two encoders by two batch sizes, nothing continuous
+params:
+  encoder:
+    type: categorical
+    choices: [mobilenetv2, resnet18]
+  batch_size:
+    type: categorical
+    choices: [4, 8]
+fixed:
+  weights: none
+  image_size: 64
+  folds: 2
+  epochs: 1
+  lr: 1.0e-3
+"""
+
+
+def _run_searcher(searcher: OptunaSearch, n: int, score: float = 0.5) -> list[object]:
+    """Ask ``n`` times as Ray would, finishing each proposal with ``score``; the answers, in order."""
+    answers: list[object] = []
+    for i in range(n):
+        config = searcher.suggest(f"t{i}")
+        answers.append(config)
+        if isinstance(config, dict):
+            searcher.on_trial_complete(f"t{i}", _result(2, 2, score + 0.01 * i))
+    return answers
+
+
+def test_a_proposal_repeating_a_scored_configuration_is_answered_from_the_study(tmp_path: Path) -> None:
+    (tmp_path / "four.yaml").write_text(_FOUR_CONFIGURATIONS)
+    space = load_space(tmp_path / "four.yaml")
+    searcher = make_searcher(tmp_path, "s", space.define_by_run, trials=8, concurrency=1, seed=0)
+    answers = _run_searcher(searcher, 5)
+    trained = [a for a in answers if isinstance(a, dict)]
+    keys = {(a["encoder"], a["batch_size"]) for a in trained}
+    # Each of the four configurations trains once; then the space is exhausted and the search ends.
+    assert len(trained) == len(keys) == 4
+    assert answers[4] == Searcher.FINISHED
+    study = _load(tmp_path)
+    repeats = [t for t in study.trials if STUDY_REPEAT_ATTR in t.user_attrs]
+    assert repeats and all(t.state == TrialState.COMPLETE for t in repeats)
+    by_number = {t.number: t for t in study.trials}
+    assert all(t.value == by_number[t.user_attrs[STUDY_REPEAT_ATTR]].value for t in repeats)
+    assert all(t.params == by_number[t.user_attrs[STUDY_REPEAT_ATTR]].params for t in repeats)
+    assert not any(STUDY_TRIAL_ID_ATTR in t.user_attrs for t in repeats)  # no Ray trial, no trial folder
+    # The study says why the search ended: the driver's end reads it (sweeps.runner), so does `sweep list`.
+    assert space_exhausted(tmp_path, "s") == study.user_attrs[STUDY_EXHAUSTED_ATTR]
+    assert study.user_attrs[STUDY_EXHAUSTED_ATTR].startswith("search space exhausted after 4 scored configurations")
+
+
+def test_a_warm_started_configuration_is_not_trained_again(tmp_path: Path) -> None:
+    (tmp_path / "four.yaml").write_text(_FOUR_CONFIGURATIONS)
+    space = load_space(tmp_path / "four.yaml")
+    searcher = make_searcher(tmp_path, "s", space.define_by_run, trials=8, concurrency=1, seed=0)
+    assert searcher._ot_study is not None
+    earlier = []
+    for encoder, batch_size in (("mobilenetv2", 4), ("resnet18", 8), ("resnet18", 4)):
+        fixed = optuna.trial.FixedTrial({"encoder": encoder, "batch_size": batch_size})
+        space.define_by_run(fixed)
+        earlier.append(
+            optuna.trial.create_trial(
+                value=0.6, params=fixed.params, distributions=fixed.distributions, state=TrialState.COMPLETE
+            )
+        )
+    searcher._ot_study.add_trials(earlier)  # what --warm-start does with an earlier sweep's trials
+    [only, finished] = _run_searcher(searcher, 2)
+    assert isinstance(only, dict) and (only["encoder"], only["batch_size"]) == ("mobilenetv2", 8)
+    assert finished == Searcher.FINISHED

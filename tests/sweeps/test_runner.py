@@ -167,3 +167,26 @@ def test_a_dead_drivers_ray_folder_is_removed_by_the_next_start(
         assert not ours.exists()
     assert remove_stale_ray_folders(short_root) == [live]
     assert json.dumps(sorted(p.name for p in short_root.iterdir())) == json.dumps([old.name])
+
+
+def test_a_sweep_its_searcher_ended_on_an_exhausted_space_is_finished_and_says_why(tmp_path: Path) -> None:
+    """Four of six trials ran and the searcher found nothing unscored (sweeps._optuna): the driver's
+    end calls the sweep finished, not interrupted (which would invite a resume that finds nothing)."""
+    import optuna
+
+    from sweeps.folder import STUDY_EXHAUSTED_ATTR, SweepFolder, summarise_sweep
+    from sweeps.runner import _reconcile, _record_run
+    from sweeps.spec import SweepSpec
+    from tests.support.fake_sweep import FakeTrial, make_sweep
+
+    params = {"encoder": "mobilenet", "weights": "none", "batch_size": 4}
+    make_sweep(tmp_path, "s", [FakeTrial({**params, "lr": lr}, [0.5, 0.6]) for lr in (1e-3, 2e-3, 3e-3, 4e-3)])
+    spec = SweepSpec(name="s", data=str(tmp_path / "data"), space="quick", trials=6, storage=str(tmp_path))
+    statuses = {f"trial_{i:05d}": "TERMINATED" for i in range(4)}
+    assert not _reconcile(spec, statuses)  # fewer trials than asked, and nothing says why
+    study = optuna.load_study(study_name="s", storage=SweepFolder(tmp_path / "s").optuna_url)
+    study.set_user_attr(STUDY_EXHAUSTED_ATTR, "search space exhausted after 4 scored configurations: ...")
+    assert _reconcile(spec, statuses)
+    _record_run(spec, 1.0, False, True, None)
+    summary = summarise_sweep(SweepFolder(tmp_path / "s"))
+    assert (summary.state, summary.detail) == ("finished", "search space exhausted after 4 scored configurations: ...")
