@@ -244,6 +244,24 @@ def build_second_steps(segsweep: str, python: str, data: Path, out: Path) -> lis
         predict("predict-winner2", models / "winner2", "retrain-winner2"),
         retrain("retrain-handpick2", models / "handpick2", lambda: start_trial("hand-pick")),
         predict("predict-handpick2", models / "handpick2", "retrain-handpick2"),
+        Step(  # the report's verdict on the test set: the winner against the hand pick, image by image
+            "report-test2",
+            lambda: "On the test set" in _text(folder / "report" / "report.md"),
+            lambda: [
+                [
+                    segsweep,
+                    "report",
+                    SWEEP2,
+                    "--storage",
+                    str(sweeps),
+                    "--test-prediction",
+                    str(out / "predict" / "winner2"),
+                    "--test-prediction",
+                    str(out / "predict" / "handpick2"),
+                ]
+            ],
+            ["predict-winner2", "predict-handpick2"],
+        ),
     ]
 
 
