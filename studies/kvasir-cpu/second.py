@@ -48,6 +48,12 @@ def epoch_log(trial: TrialResult) -> list[tuple[float, float]]:
     ]
 
 
+def _fold1_end(trial: TrialResult) -> float:
+    assert trial.path is not None
+    ends = [_time(e["time"]) for e in read_events(trial.path) if e["event"] == "fold_end" and e.get("fold") == 1]
+    return min(ends) if ends else math.inf
+
+
 def paired(first: TrialResult, second: TrialResult) -> dict[str, Any]:
     pairs = pair_image_scores(first, second)
     diffs = np.array([a.dice - b.dice for a, b in pairs.values()], dtype=float)
@@ -152,6 +158,14 @@ def collect(out: Path) -> dict[str, Any]:
         share: spearman([fold1_at(t, frac) for t in full], [t.mean["dice"] for t in full])
         for share, frac in (("third", 1 / 3), ("half", 1 / 2), ("fold 1 at its end", 1.0))
     }
+    # ASHA (reduction factor 3, rung 1 = fold 1) on the same trials, in the order their fold 1 ended:
+    # a trial goes on if its fold-1 Dice is at or above the 67th percentile of the fold-1 Dice recorded
+    # at that rung so far, itself included (ray.tune.schedulers.async_hyperband._Bracket.cutoff).
+    asha_stops: dict[str, bool] = {}
+    recorded: list[float] = []
+    for trial in sorted((t for t in trials if t.folds), key=lambda t: _fold1_end(t)):
+        recorded.append(trial.folds[0].dice)
+        asha_stops[trial.trial_id] = trial.folds[0].dice < float(np.nanpercentile(recorded, (1 - 1 / 3) * 100))
     # The two paired rules on every trial's fold 1 against the winner: which would each have stopped?
     rule_checks = []
     if winner is not None:
@@ -164,6 +178,7 @@ def collect(out: Path) -> dict[str, Any]:
                 "trial": trial.label, "final_dice": trial.mean["dice"] if trial.all_folds_done else None,
                 "state": trial.state, "bootstrap_stops": bool(boot.get("high", 0) < 0),
                 "wilcoxon_p": wilcoxon_less(first_fold, winner), "fold1_diff": boot.get("mean"),
+                "asha_stops": asha_stops.get(trial.trial_id),
             })  # fmt: skip
     spent_total = float(spent[-1]) if len(spent) else 0.0
     return {
@@ -217,12 +232,13 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
     lines += ["", "Fold 1's validation IoU at a share of its epochs vs final CV Dice (Spearman, complete trials):", ""]
     lines += [f"- {k}: rho {_fmt(v['spearman'])} over {v['n']} trials" for k, v in summary["rank_checks"].items()]
     lines += ["", "Fold 1 against the winner, the two paired rules:", "",
-              "| trial | state | final CV Dice | fold-1 diff | bootstrap stops | Wilcoxon p (one-sided) |",
-              "| --- | --- | ---: | ---: | --- | ---: |"]  # fmt: skip
+              "| trial | state | final CV Dice | fold-1 diff | bootstrap stops | Wilcoxon p (one-sided) | ASHA stops |",
+              "| --- | --- | ---: | ---: | --- | ---: | --- |"]  # fmt: skip
     for r in summary["rule_checks"]:
         lines.append(
             f"| {r['trial']} | {r['state']} | {_fmt(r['final_dice'])} | {_fmt(r['fold1_diff'])} | "
-            f"{'yes' if r['bootstrap_stops'] else 'no'} | {_fmt(r['wilcoxon_p'], 4)} |"
+            f"{'yes' if r['bootstrap_stops'] else 'no'} | {_fmt(r['wilcoxon_p'], 4)} | "
+            f"{'-' if r['asha_stops'] is None else 'yes' if r['asha_stops'] else 'no'} |"
         )
     path.write_text("\n".join(lines) + "\n")
 
