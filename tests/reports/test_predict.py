@@ -163,8 +163,8 @@ def test_predict_writes_original_size_png_masks_metrics_counts(
     # The winner's test scores reach the report's Table 2, flagged as training images.
     assert main(["report", "s", "--storage", str(storage), "--format", "md"]) == 0
     table2 = (storage / "s" / "report" / "report.md").read_text().split("## Table 2")[1].split("## Leaderboard")[0]
-    assert f"| Test set {test_set / 'images'} (12 images; mean ± std over images; WARNING: 12 of them were " \
-           "training images) |" in table2  # fmt: skip
+    assert f"| Test set {test_set / 'images'} (12 images; mean ± std over images [95 % interval of the mean]; " \
+           "WARNING: 12 of them were training images) |" in table2  # fmt: skip
     assert "| Dice (flip test-time augmentation) |" in table2  # TTA is a column of the test set's row
 
 
@@ -221,7 +221,9 @@ def test_a_second_prediction_replaces_its_own_whole_and_never_mixes_with_another
     assert len(err) == 1 and f"--out {out} holds a prediction of {bundle.resolve()} on " in err[0]
     assert sorted(p.relative_to(out) for p in out.rglob("*")) == before
     assert main(["count", str(out / "masks")]) == 0
-    assert len(capsys.readouterr().out.strip().splitlines()) == 1 + 12  # header and the 12 images, once
+    rows = list(csv.DictReader(capsys.readouterr().out.strip().splitlines()))  # one row per object
+    objects = [(r["image"], r["object"]) for r in rows]
+    assert len(objects) == len(set(objects)) and len({r["image"] for r in rows}) == 12  # the 12 images, once
 
 
 @pytest.mark.slow

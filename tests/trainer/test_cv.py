@@ -296,7 +296,7 @@ def _segsweep(*args: str, cwd: Path | None = None) -> subprocess.CompletedProces
 @pytest.mark.parametrize(
     ("extra", "message"),
     [
-        (["--encoder", "resnet9"], "unknown encoder 'resnet9'; choose one of: vgg16"),
+        (["--encoder", "resnet9"], "unknown encoder 'resnet9'; did you mean 'resnet50'? choose one of: vgg16"),
         (["--image-size", "100"], "not a multiple of 32"),
         (["--folds", "1"], "folds must be at least 2"),
         (["--folds", "20"], "20 folds need at least 20 images"),
