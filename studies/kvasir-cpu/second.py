@@ -120,7 +120,10 @@ def collect(out: Path) -> dict[str, Any]:
     for trial in sorted(complete, key=lambda t: _time(t.ended or "9999-01-01T00:00:00+00:00")):
         if trial.ended and trial.mean["dice"] > best:
             best = trial.mean["dice"]
-            versus = paired(trial, hand) if hand is not None and hand is not trial and hand.all_folds_done else None
+            if trial is hand:
+                versus = {"n": 0, "self": True}  # the hand pick itself
+            else:
+                versus = paired(trial, hand) if hand is not None and hand.all_folds_done else None
             best_so_far.append(
                 {"trial_minutes": round(minutes_at(_time(trial.ended)), 1), "dice": best, "trial": trial.label,
                  "start": trial.start, "vs_hand_pick": versus}
@@ -196,6 +199,8 @@ def _fmt(value: Any, digits: int = 3) -> str:
 
 
 def _interval(v: dict[str, Any] | None) -> str:
+    if v and v.get("self"):
+        return "(the hand pick)"
     if not v or not v.get("n"):
         return "pending"
     return f"{v['mean']:+.3f} (95 % {v['low']:+.3f} to {v['high']:+.3f}, {v['n']} images)"
