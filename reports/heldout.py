@@ -20,9 +20,6 @@ from typing import Any
 from reports.predict import COMPLETE_STATE, read_prediction_record
 from segsweep.base.errors import ConfigError, SegsweepError
 from sweeps.folder import (
-    BEAT,
-    TIE,
-    WORSE,
     PairedDifference,
     SweepResults,
     TrialResult,
@@ -65,15 +62,8 @@ class TestComparison:
 
     def sentence(self) -> str:
         """``On medico2020_val: +0.070 Dice over your starting point hand-pick, 95 % interval ...``."""
-        d, label = self.difference, self.difference.other.start or self.difference.other.label
-        if d.verdict == BEAT:
-            said = f"{d.mean:+.3f} Dice over your starting point {label}, {d.interval()}"
-        elif d.verdict == TIE:
-            said = f"tied with your starting point {label}: {d.figures()}"
-        elif d.verdict == WORSE:
-            said = f"did not beat your starting point {label}: {d.figures()}"
-        else:
-            said = f"not compared with your starting point {label}: no image has a finite Dice in both"
+        label = self.difference.other.start or self.difference.other.label
+        said = self.difference.versus_starting_point(label, "no image has a finite Dice in both")
         return f"On the test set {self.test_set}, the winner's prediction: {said}."
 
     def to_dict(self) -> dict[str, Any]:

@@ -23,11 +23,10 @@ import contextlib
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from ray.tune.schedulers import FIFOScheduler, TrialScheduler
 
-from sweeps.folder import SweepFolder, load_sweep, pair_image_scores, paired_bootstrap, update_trial_record
-from sweeps.folder._sweep_results import TrialResult, load_trial
+from sweeps.folder import WORSE, SweepFolder, load_sweep, paired_difference, update_trial_record
+from sweeps.folder._sweep_results import TrialResult
 
 #: Fewer paired images than this never prune: an interval from a handful of images is not evidence.
 MIN_PAIRED_IMAGES = 10
@@ -35,18 +34,13 @@ MIN_PAIRED_IMAGES = 10
 
 def paired_prune_reason(challenger: TrialResult, incumbent: TrialResult) -> str | None:
     """Why ``challenger`` should stop (its paired interval against ``incumbent`` below 0), or None."""
-    pairs = pair_image_scores(challenger, incumbent)
-    diffs = np.array([mine.dice - theirs.dice for mine, theirs in pairs.values()], dtype=float)
-    diffs = diffs[np.isfinite(diffs)]
-    if len(diffs) < MIN_PAIRED_IMAGES:
-        return None
-    mean, low, high = paired_bootstrap(diffs)
-    if not high < 0:
+    d = paired_difference(challenger, incumbent, "incumbent")
+    if d.n_pairs < MIN_PAIRED_IMAGES or d.verdict != WORSE:
         return None
     return (
-        f"worse than the incumbent {incumbent.label} on the same {len(diffs)} images after "
-        f"{challenger.folds_done} of {challenger.n_folds} folds: Dice {mean:+.3f}, 95 % interval "
-        f"{low:+.3f} to {high:+.3f}"
+        f"worse than the incumbent {incumbent.label} on the same {d.n_pairs} images after "
+        f"{challenger.folds_done} of {challenger.n_folds} folds: Dice {d.mean:+.3f}, 95 % interval "
+        f"{d.low:+.3f} to {d.high:+.3f}"
     )
 
 
@@ -74,10 +68,10 @@ class PairedScheduler(FIFOScheduler):
         return TrialScheduler.STOP
 
     def _reason(self, trial_id: str) -> str | None:
-        folder = SweepFolder(self.sweep_dir)
-        challenger = load_trial(folder.trial_dir(trial_id))
-        incumbents = [t for t in load_sweep(folder.path.parent, folder.path.name).completed() if t.trial_id != trial_id]
-        if not incumbents:
+        sweep = load_sweep(self.sweep_dir.parent, self.sweep_dir.name)
+        challenger = next((t for t in sweep.trials if t.trial_id == trial_id), None)
+        incumbents = [t for t in sweep.completed() if t.trial_id != trial_id]
+        if challenger is None or not incumbents:
             return None
         return paired_prune_reason(challenger, incumbents[0])
 

@@ -25,6 +25,7 @@ from sweeps.folder._evidence import (
     WinnerEvidence,
     difference_over_images,
     paired_bootstrap,
+    paired_difference,
     winner_evidence,
 )
 from sweeps.folder._layout import (
@@ -161,6 +162,7 @@ __all__ = [
     "now",
     "pair_image_scores",
     "paired_bootstrap",
+    "paired_difference",
     "rank_trials",
     "read_events",
     "read_progress",

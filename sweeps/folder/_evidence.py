@@ -66,6 +66,17 @@ class PairedDifference:
         """``+0.031 Dice, 95 % interval +0.012 to +0.050, 880 paired images``."""
         return f"{self.mean:+.3f} Dice, {self.interval()}"
 
+    def versus_starting_point(self, label: str, unpaired: str) -> str:
+        """The verdict as a clause: ``+0.031 Dice over your starting point hand-pick, 95 % interval ...``,
+        ``tied with ...``, ``did not beat ...``, or ``not compared with ...: {unpaired}``."""
+        if self.verdict == BEAT:
+            return f"{self.mean:+.3f} Dice over your starting point {label}, {self.interval()}"
+        if self.verdict == TIE:
+            return f"tied with your starting point {label}: {self.figures()}"
+        if self.verdict == WORSE:
+            return f"did not beat your starting point {label}: {self.figures()}"
+        return f"not compared with your starting point {label}: {unpaired}"
+
     def to_dict(self) -> dict[str, Any]:
         finite = self.n_pairs > 0
         return {
@@ -171,15 +182,7 @@ def _headline(winner: TrialResult, best_start: PairedDifference | None) -> str |
         )
     if best_start is None:
         return None  # no starting points: nothing to say about them
-    label = best_start.other.start
-    if best_start.verdict == BEAT:
-        said = f"{best_start.mean:+.3f} Dice over your starting point {label}, {best_start.interval()}"
-    elif best_start.verdict == TIE:
-        said = f"tied with your starting point {label}: {best_start.figures()}"
-    elif best_start.verdict == WORSE:
-        said = f"did not beat your starting point {label}: {best_start.figures()}"
-    else:
-        said = f"not compared with your starting point {label}: {_UNPAIRED}"
+    said = best_start.versus_starting_point(str(best_start.other.start), _UNPAIRED)
     return f"Winner trial {winner.label}: {said}."
 
 
