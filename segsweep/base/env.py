@@ -138,40 +138,58 @@ def startup_noise_filtered(is_noise: Callable[[str], bool] = is_startup_noise) -
                 sys.stderr.flush()
 
 
-class _FilteredLoader(importlib.abc.Loader):
-    """Runs the real loader of ``tensorflow`` inside :func:`startup_noise_filtered`."""
+#: A context manager factory a module's first import runs inside.
+_ImportContext = Callable[[], contextlib.AbstractContextManager[Any]]
 
-    def __init__(self, loader: importlib.abc.Loader) -> None:
+
+class _LoaderInContext(importlib.abc.Loader):
+    """Runs a module's real loader inside ``context()`` (a context manager)."""
+
+    def __init__(self, loader: importlib.abc.Loader, context: _ImportContext) -> None:
         self._loader = loader
+        self._context = context
 
     def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
         return self._loader.create_module(spec)
 
     def exec_module(self, module: ModuleType) -> None:
-        with startup_noise_filtered():
+        with self._context():
             self._loader.exec_module(module)
 
     def __getattr__(self, name: str) -> Any:  # resource readers and the like come from the real loader
         return getattr(self._loader, name)
 
 
-class _FilteredTensorFlowImport(importlib.abc.MetaPathFinder):
-    """Finds ``tensorflow`` the usual way and filters its first import; then steps aside."""
+class _FirstImportInContext(importlib.abc.MetaPathFinder):
+    """Finds module ``name`` the usual way and runs its first import inside ``context()`` (unless
+    ``skip()`` says otherwise by then); then steps aside."""
+
+    def __init__(
+        self,
+        name: str,
+        context: _ImportContext,
+        skip: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.name, self._context, self._skip = name, context, skip
 
     def find_spec(
         self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
     ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "tensorflow":
+        if fullname != self.name:
             return None
-        _remove_import_filter()
+        _remove_first_import_wrapper(self.name)
         spec = importlib.util.find_spec(fullname)
-        if spec is not None and spec.loader is not None and not native_logs_shown():
-            spec.loader = _FilteredLoader(spec.loader)
+        if spec is not None and spec.loader is not None and not self._skip():
+            spec.loader = _LoaderInContext(spec.loader, self._context)
         return spec
 
 
+def _remove_first_import_wrapper(name: str) -> None:
+    sys.meta_path[:] = [f for f in sys.meta_path if not (isinstance(f, _FirstImportInContext) and f.name == name)]
+
+
 def _remove_import_filter() -> None:
-    sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _FilteredTensorFlowImport)]
+    _remove_first_import_wrapper("tensorflow")
 
 
 #: segmentation-models 1.0.1 prints this at import (``print``, not a logger): segsweep chose the
@@ -179,43 +197,18 @@ def _remove_import_filter() -> None:
 SM_BANNER = re.compile(r"^Segmentation Models: using `[\w.]+` framework\.$")
 
 
-class _BannerlessLoader(importlib.abc.Loader):
-    """Runs the real loader of ``segmentation_models`` with its banner taken out of standard output."""
+@contextlib.contextmanager
+def _sm_banner_removed() -> Iterator[None]:
+    """Standard output without segmentation-models' banner; every other line printed meanwhile is kept."""
+    import io
 
-    def __init__(self, loader: importlib.abc.Loader) -> None:
-        self._loader = loader
-
-    def create_module(self, spec: importlib.machinery.ModuleSpec) -> ModuleType | None:
-        return self._loader.create_module(spec)
-
-    def exec_module(self, module: ModuleType) -> None:
-        import io
-
-        printed = io.StringIO()
-        try:
-            with contextlib.redirect_stdout(printed):
-                self._loader.exec_module(module)
-        finally:
-            kept = [line for line in printed.getvalue().splitlines(keepends=True) if not SM_BANNER.match(line.strip())]
-            sys.stdout.write("".join(kept))
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self._loader, name)
-
-
-class _BannerlessSegmentationModels(importlib.abc.MetaPathFinder):
-    """Finds ``segmentation_models`` the usual way and takes the banner out of its import; then steps aside."""
-
-    def find_spec(
-        self, fullname: str, path: Sequence[str] | None, target: ModuleType | None = None
-    ) -> importlib.machinery.ModuleSpec | None:
-        if fullname != "segmentation_models":
-            return None
-        sys.meta_path[:] = [f for f in sys.meta_path if not isinstance(f, _BannerlessSegmentationModels)]
-        spec = importlib.util.find_spec(fullname)
-        if spec is not None and spec.loader is not None:
-            spec.loader = _BannerlessLoader(spec.loader)
-        return spec
+    printed = io.StringIO()
+    try:
+        with contextlib.redirect_stdout(printed):
+            yield
+    finally:
+        kept = [line for line in printed.getvalue().splitlines(keepends=True) if not SM_BANNER.match(line.strip())]
+        sys.stdout.write("".join(kept))
 
 
 def show_native_logs() -> None:
@@ -231,8 +224,8 @@ if _TF_LOG_LEVEL not in os.environ:
     os.environ[_LEVEL_OURS] = "1"
 if not native_logs_shown() and "tensorflow" not in sys.modules:
     _remove_import_filter()
-    sys.meta_path.insert(0, _FilteredTensorFlowImport())
+    sys.meta_path.insert(0, _FirstImportInContext("tensorflow", startup_noise_filtered, skip=native_logs_shown))
 if "segmentation_models" not in sys.modules and not any(
-    isinstance(f, _BannerlessSegmentationModels) for f in sys.meta_path
+    isinstance(f, _FirstImportInContext) and f.name == "segmentation_models" for f in sys.meta_path
 ):
-    sys.meta_path.insert(0, _BannerlessSegmentationModels())
+    sys.meta_path.insert(0, _FirstImportInContext("segmentation_models", _sm_banner_removed))
