@@ -25,7 +25,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run_study import BUDGET_TRIAL_MINUTES, SWEEP2
 
-from sweeps.folder import load_sweep, pair_image_scores, paired_bootstrap, read_events
+from sweeps.folder import (
+    PairedDifference,
+    difference_over_images,
+    load_sweep,
+    pair_image_scores,
+    paired_difference,
+    read_events,
+)
 from sweeps.folder._sweep_results import TrialResult
 
 HERE = Path(__file__).resolve().parent
@@ -54,14 +61,13 @@ def _fold1_end(trial: TrialResult) -> float:
     return min(ends) if ends else math.inf
 
 
+def _as_dict(d: PairedDifference) -> dict[str, Any]:
+    return {"n": d.n_pairs, "mean": d.mean, "low": d.low, "high": d.high} if d.n_pairs else {"n": 0}
+
+
 def paired(first: TrialResult, second: TrialResult) -> dict[str, Any]:
-    pairs = pair_image_scores(first, second)
-    diffs = np.array([a.dice - b.dice for a, b in pairs.values()], dtype=float)
-    diffs = diffs[np.isfinite(diffs)]
-    if not len(diffs):
-        return {"n": 0}
-    mean, low, high = paired_bootstrap(diffs)
-    return {"n": len(diffs), "mean": mean, "low": low, "high": high}
+    """``first`` minus ``second`` on their out-of-fold images: segsweep's own paired bootstrap."""
+    return _as_dict(paired_difference(first, second, "other"))
 
 
 def wilcoxon_less(first: TrialResult, second: TrialResult) -> float:
@@ -152,9 +158,9 @@ def collect(out: Path) -> dict[str, Any]:
             tests[name] = {"dice": float(np.mean(list(scores.values()))), "n": len(scores)}
     if winner_test and hand_test:
         common = sorted(set(winner_test) & set(hand_test))
-        mean, low, high = paired_bootstrap(np.array([winner_test[s] - hand_test[s] for s in common]))
-        verdicts["test medico2020_val: winner - hand-pick (retrained)"] = {"n": len(common), "mean": mean,
-                                                                          "low": low, "high": high}  # fmt: skip
+        assert hand is not None  # the hand pick's prediction comes from its trial's retrain
+        difference = difference_over_images([winner_test[s] - hand_test[s] for s in common], hand, "hand-pick")
+        verdicts["test medico2020_val: winner - hand-pick (retrained)"] = _as_dict(difference)
     # Pruning checks: does fold 1 at a third / half of its epochs rank trials as their CV Dice does?
     full = [t for t in trials if t.all_folds_done]
     rank_checks = {
