@@ -26,8 +26,11 @@ start-up included) is set against the time of its training steps: the goal is <=
 Levers, each against today's default (TensorFlow's own thread pools, oneDNN on, no XLA) in the
 same run: XLA (``jit_compile=True`` on the compiled model; and auto-clustering,
 ``TF_XLA_FLAGS=--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit``), intra/inter-op threads, oneDNN off
-(``TF_ENABLE_ONEDNN_OPTS=0``), batch size (images/s), and for K cores the layouts K trials of 1
-thread, K/2 of 2, 1 of K (workers started together; trial-minutes per trial, trials per hour).
+(``TF_ENABLE_ONEDNN_OPTS=0``), batch size (images/s), bfloat16 compute (``--mixed-precision bf16``;
+every other row pins float32, whatever ``auto`` resolves to here), and for K cores the layouts K
+trials of 1 thread, K/2 of 2, 1 of K, in float32 and in bfloat16 (workers started together;
+trial-minutes per trial, trials per hour, each against K x 1 float32: the sweep default before
+bfloat16). ``--precision-only`` runs the float32 and bfloat16 rows alone.
 Result check: every row's fold Dice against the default's; the thread-count noise is the largest
 Dice difference among the layouts' thread counts (same configuration, only threads differ). A
 lever that changes Dice by more than that noise changes results, not just speed (batch size
@@ -69,6 +72,10 @@ _HOOKS = (
 )
 #: oneDNN's and XLA's switches, and the BLAS thread variables a worker's numpy ceiling follows.
 ONEDNN_ENV = "TF_ENABLE_ONEDNN_OPTS"
+#: The trainer's precision switch: every row names its precision (float32 unless the row is bfloat16's),
+#: so a row measures the same thing whatever ``auto`` resolves to on the machine.
+PRECISION_ENV = "SEGSWEEP_MIXED_PRECISION"
+BF16 = {PRECISION_ENV: "bf16"}
 XLA_AUTO_JIT = {"TF_XLA_FLAGS": "--tf_xla_auto_jit=2 --tf_xla_cpu_global_jit"}
 BLAS_THREAD_ENVS = ("OMP_NUM_THREADS", "OPENBLAS_NUM_THREADS", "MKL_NUM_THREADS")
 
@@ -367,6 +374,7 @@ def tf_keras_callback() -> Any:
 def worker_env(spec: WorkerSpec) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k not in ("SEGSWEEP_THREADS", ONEDNN_ENV, "TF_XLA_FLAGS")}
     env["SEGSWEEP_CACHE"] = spec.cache_dir
+    env[PRECISION_ENV] = "off"
     if spec.threads is not None:
         if spec.inter_op is None:  # else the worker sets both pools itself (SEGSWEEP_THREADS would reset inter)
             env["SEGSWEEP_THREADS"] = str(spec.threads)
@@ -460,8 +468,21 @@ def main(argv: list[str] | None = None) -> None:
         spec = WorkerSpec(**json.loads(argv[1]))
         Path(argv[2]).write_text(json.dumps(run_worker(spec), default=float))
         return
-    args = _common.parser(NAME, __doc__.splitlines()[0]).parse_args(argv)
-    run(args)
+    p = _common.parser(NAME, __doc__.splitlines()[0])
+    p.add_argument(
+        "--precision-only",
+        action="store_true",
+        help="full mode's float32 and bfloat16 rows alone: each model in both, and the layouts in both (~25 min)",
+    )
+    p.add_argument(
+        "--dice-check",
+        type=int,
+        metavar="EPOCHS",
+        default=0,
+        help="only the result check: one fold of EPOCHS epochs in float32 and bfloat16 at 1 thread and at every "
+        "core, run at once; ratio: bfloat16's largest Dice change / the thread-count noise",
+    )
+    run(p.parse_args(argv))
 
 
 @dataclass(frozen=True)
@@ -535,6 +556,9 @@ def run(args: argparse.Namespace) -> None:
             return WorkerSpec(**values)
 
         rows: list[tuple[WorkerSpec, dict[str, Any]]] = []
+        if args.dice_check:
+            _dice_check(args, plan, [spec, run_group, tmp], cores)
+            return
 
         def measure(*specs: WorkerSpec) -> list[dict[str, Any]]:
             out = [summarise(r, s) for r, s in zip(run_group(list(specs), tmp), specs, strict=True)]
@@ -543,7 +567,7 @@ def run(args: argparse.Namespace) -> None:
                 print(f"  {s.label}: {_one_line(r)}", flush=True)
             return out
 
-        # (a)-(c) per model at today's default, with the profile and the ceiling.
+        # (a)-(c) per model at the float32 default (segsweep's before bfloat16), with the profile and the ceiling.
         for encoder, arch in plan.models:
             measure(
                 spec(
@@ -556,8 +580,13 @@ def run(args: argparse.Namespace) -> None:
                 )
             )
         encoder, arch = plan.models[0]
-        levers: list[WorkerSpec] = [spec("XLA jit_compile", encoder, arch, jit_compile=True)]
+        levers: list[WorkerSpec] = []
+        if not args.precision_only:
+            levers.append(spec("XLA jit_compile", encoder, arch, jit_compile=True))
         if not args.quick:
+            # bfloat16 compute (the trainer's --mixed-precision bf16): each model beside its float32 row.
+            levers += [spec(f"{e} {a} bfloat16", e, a, env=dict(BF16)) for e, a in plan.models]
+        if not args.quick and not args.precision_only:
             levers += [
                 spec("XLA auto-clustering", encoder, arch, env=dict(XLA_AUTO_JIT)),
                 spec(f"threads intra {cores} inter 1", encoder, arch, threads=cores, inter_op=1),
@@ -569,19 +598,22 @@ def run(args: argparse.Namespace) -> None:
             ]
         for lever in levers:
             measure(lever)
-        # Layouts: K trials of 1 thread, K/2 of 2, 1 of K, started together; the same short training.
-        layouts = sorted({1, min(2, cores), cores})
+        # Layouts: K trials of 1 thread, K/2 of 2, 1 of K, started together; the same short training,
+        # in float32 and in bfloat16.
+        thread_counts = sorted({1, min(2, cores), cores})
+        layouts = [(t, precision) for precision in ("float32", "bfloat16") for t in thread_counts]
         if args.quick:
-            layouts = [1]  # one trial of one thread: the path, not the layout comparison
+            layouts = [(1, "float32")]  # one trial of one thread: the path, not the layout comparison
         layout_rows = []
-        for threads in layouts:
+        for threads, precision in layouts:
             trials = 1 if args.quick else cores // threads
+            env = dict(BF16) if precision == "bfloat16" else {}
             group = [
-                spec(f"layout {trials}x{threads} thread(s) #{i + 1}", encoder, arch, threads=threads)
+                spec(f"layout {trials}x{threads} {precision} #{i + 1}", encoder, arch, threads=threads, env=env)
                 for i in range(trials)
             ]
             results = measure(*group)
-            layout_rows.append((threads, trials, results))
+            layout_rows.append((threads, trials, precision, results))
 
     default = rows[0][1]
     baseline_dice = default.get("dice", float("nan"))
@@ -610,6 +642,7 @@ def run(args: argparse.Namespace) -> None:
                 r["trial_over_steps"],
                 r["dice"],
                 r["dice"] - baseline_dice,
+                f"{r['runtime']['mixed_precision_policy']}, "
                 f"intra {r['runtime']['threads'] or 'TF'} inter {r['runtime']['inter_op_threads'] or 'TF'}"
                 + (f"; {r['achieved_flops'] / ceiling:.2f} of the default's ceiling" if "achieved_flops" in r else ""),
             ]
@@ -620,7 +653,7 @@ def run(args: argparse.Namespace) -> None:
         )
     )
     layouts_out = []
-    for threads, trials, results in layout_rows:
+    for threads, trials, precision, results in layout_rows:
         ok = [r for r in results if "error" not in r]
         if not ok:
             continue
@@ -628,6 +661,7 @@ def run(args: argparse.Namespace) -> None:
         layouts_out.append(
             {
                 "layout": f"{trials}x{threads}",
+                "precision": precision,
                 "threads": threads,
                 "trials": trials,
                 "trial_minutes": statistics.fmean(walls) / 60,
@@ -636,11 +670,22 @@ def run(args: argparse.Namespace) -> None:
             }
         )
         print(
-            f"layout {trials} trial(s) x {threads} thread(s): {statistics.fmean(walls) / 60:.2f} trial-minutes "
-            f"per trial, {trials * 3600 / max(walls):.1f} trials per hour"
+            f"layout {trials} trial(s) x {threads} thread(s), {precision}: {statistics.fmean(walls) / 60:.2f} "
+            f"trial-minutes per trial, {trials * 3600 / max(walls):.1f} trials per hour"
         )
-    # Same configuration, only the thread count differs: the default (TensorFlow's pools) and each layout.
-    thread_dice = [baseline_dice, *(d for layout in layouts_out for d in layout["dice"])]
+    # Today's sweep layout (K trials of 1 thread, float32) against each other layout: trials per hour.
+    today = next((lay for lay in layouts_out if lay["threads"] == 1 and lay["precision"] == "float32"), None)
+    for layout in layouts_out:
+        if today is not None and layout is not today:
+            layout["trials_per_hour_over_today"] = layout["trials_per_hour"] / today["trials_per_hour"]
+            print(
+                f"  {layout['layout']} {layout['precision']}: {layout['trials_per_hour_over_today']:.2f}x the trials "
+                f"per hour of {today['layout']} float32 (today's sweep default)"
+            )
+    # Same configuration and precision, only the thread count differs: the default (TensorFlow's pools)
+    # and each float32 layout.
+    float32_layouts = [lay for lay in layouts_out if lay["precision"] == "float32"]
+    thread_dice = [baseline_dice, *(d for layout in float32_layouts for d in layout["dice"])]
     noise = max(thread_dice) - min(thread_dice)
     print(f"thread-count noise (fold Dice range, default and layouts, same configuration): {noise:.4f}")
     for s, r in rows:
@@ -681,6 +726,41 @@ def run(args: argparse.Namespace) -> None:
             "goal": "fit >= 0.75 of the matmul ceiling; trial <= 1.15x its training steps",
         },
     )
+
+
+def _dice_check(args: argparse.Namespace, plan: Plan, tools: list[Any], cores: int) -> None:
+    """Fold Dice of the first model trained ``args.dice_check`` epochs (the cpu space's hand pick at
+    12) in float32 and bfloat16, at 1 thread (a sweep trial) and at every core (cv, retrain).
+
+    Timing plays no part (a fold's numbers depend on its threads, not on its speed), so the four
+    run at once. The thread-count noise is float32's difference between the two thread counts;
+    bfloat16 changes no result beyond it when its difference to float32 at each thread count is smaller.
+    """
+    spec, run_group, tmp = tools
+    encoder, arch = plan.models[0]
+    specs = [
+        spec(f"{precision} {threads} thread(s)", encoder, arch, epochs=args.dice_check, threads=threads,
+             env=dict(BF16) if precision == "bfloat16" else {})
+        for threads in sorted({1, cores}) for precision in ("float32", "bfloat16")
+    ]  # fmt: skip
+    results = run_group(specs, tmp)
+    dice = {s.label: r.get("dice", float("nan")) for s, r in zip(specs, results, strict=True)}
+    for label, value in dice.items():
+        print(f"  {label}: fold Dice {value:.4f}")
+    noise = abs(dice["float32 1 thread(s)"] - dice[f"float32 {cores} thread(s)"])
+    changes = {t: abs(dice[f"bfloat16 {t} thread(s)"] - dice[f"float32 {t} thread(s)"]) for t in sorted({1, cores})}
+    print(f"thread-count noise at {args.dice_check} epochs (float32, 1 vs {cores} threads): {noise:.4f}")
+    for threads, change in changes.items():
+        verdict = "within" if change <= noise else "beyond"
+        print(f"  bfloat16 vs float32 at {threads} thread(s): |dDice| {change:.4f} {verdict} thread-count noise")
+    _common.finish(
+        NAME,
+        args,
+        max(changes.values()) / noise if noise else float("inf"),
+        {"dice_check_epochs": args.dice_check, "dice": dice, "thread_count_noise_dice": noise,
+         "bfloat16_change": {str(t): c for t, c in changes.items()},
+         "runs": [{"spec": asdict(s), **r} for s, r in zip(specs, results, strict=True)]},
+    )  # fmt: skip
 
 
 def _one_line(result: dict[str, Any]) -> str:

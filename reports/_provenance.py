@@ -17,6 +17,7 @@ from typing import Any
 
 from segsweep.base.errors import SegsweepError
 from sweeps.folder import SweepResults, TrialResult
+from trainer.models import precision_label
 from trainer.results import read_cv_result
 
 #: The project root of this source tree (a git checkout in development; site-packages when installed).
@@ -123,7 +124,7 @@ def provenance(sweep: SweepResults, winner: TrialResult, command: list[str]) -> 
                 f"{runtime.get('cpus', '?')} CPUs, TensorFlow threads {threads or 'one per core'}, "
                 f"inter-op threads {runtime.get('inter_op_threads') or 'TensorFlow default'}, "
                 + (f"GPUs: {', '.join(map(str, gpus))}" if gpus else "no GPU")
-                + f", mixed precision {'on' if runtime.get('mixed_precision_enabled') else 'off'}",
+                + f", mixed precision {precision_label(runtime)}",
             ]
         )
     else:

@@ -57,6 +57,7 @@ from sweeps.folder import (
     winner_evidence,
 )
 from trainer.config import CVConfig
+from trainer.models import precision_label
 from trainer.results import read_cv_result
 
 FORMATS = ("md", "html", "json")
@@ -332,7 +333,7 @@ def _runtime_sentence(trial: TrialResult) -> str | None:
         return None
 
     def phrase(r: dict[str, Any]) -> str:
-        on = "on" if r.get("mixed_precision_enabled") else "off"
+        on = precision_label(r)
         threads = r.get("threads") or "one per core"
         return f"mixed precision {on} ({r.get('mixed_precision_reason', '?')}), TensorFlow threads {threads}"
 

@@ -32,6 +32,7 @@ from trainer.bundle import (
 )
 from trainer.checkpoint import RETRAIN_FOLD
 from trainer.config import CVConfig
+from trainer.models import precision_label
 from trainer.results import CV_FILE, EpochRecord, read_cv_result
 
 SCHEDULE_RULE = (
@@ -127,7 +128,7 @@ def _model_card(meta: Mapping[str, Any], history: Sequence[EpochRecord], schedul
     runtime = meta.get("runtime")
     if runtime:
         lines.append(
-            f"- Ran with mixed precision {'on' if runtime['mixed_precision_enabled'] else 'off'} "
+            f"- Ran with mixed precision {precision_label(runtime)} "
             f"({runtime['mixed_precision_reason']}), TensorFlow threads {runtime['threads'] or 'one per core'}"
         )
     if history:

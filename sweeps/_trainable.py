@@ -83,7 +83,7 @@ class TrialSetup:
     val_stems: tuple[str, ...] | None = None
     #: The cross-validation to run; None means trainer.cv.run_cv.
     cv_runner: CVRunner | None = None
-    #: --mixed-precision of the sweep (auto, on, off), resolved on the trial's node (its GPUs).
+    #: --mixed-precision of the sweep (auto, on, bf16, off), resolved on the trial's node (its GPUs, its CPU).
     mixed_precision: str = "auto"
 
 

@@ -73,6 +73,20 @@ def run_argv(spec: SweepSpec) -> list[str]:
             argv += [f"--{key.replace('_', '-')}", str(value)]
     if spec.tracker is not None:
         argv += ["--tracker", spec.tracker]
+    if spec.keep_models:
+        argv += ["--keep-models", str(spec.keep_models)]
+    if spec.skip_bad:
+        argv.append("--skip-bad")
+    if spec.warm_start is not None:
+        argv += ["--warm-start", spec.warm_start]
+    if spec.time_budget_s is not None:
+        argv += ["--time-budget", f"{spec.time_budget_s:g}"]
+    if spec.max_failed_trials is not None:
+        argv += ["--max-failures", str(spec.max_failed_trials)]
+    # Always said: left out, the job's SEGSWEEP_MIXED_PRECISION (or auto) would decide instead.
+    argv += ["--mixed-precision", spec.mixed_precision]
+    if spec.threads is not None:
+        argv += ["--threads", str(spec.threads)]
     return argv
 
 
@@ -82,6 +96,12 @@ def checked_spec(spec: SweepSpec) -> tuple[SweepSpec, int]:
     from search_spaces import load_space
 
     spec.validate()
+    if spec.start:
+        # The job's command line names no files of this machine; the entries would be lost on the way.
+        raise ConfigError(
+            "--start is not carried by `sweep submit`: put the starting points in the space file's `start:` "
+            "list (see search_spaces/builtin/cpu.yaml) and submit with --space FILE"
+        )
     if spec.address is not None:
         raise ConfigError(
             "--address is for `sweep run`; a submitted sweep starts Ray in its job (Slurm) or "

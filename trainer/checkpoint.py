@@ -82,9 +82,12 @@ def run_identity(
 class EpochCheckpoint:
     """One fold's checkpoint file: saved after each epoch, read once when the fold starts."""
 
-    def __init__(self, path: Path, identity: Mapping[str, Any]) -> None:
+    def __init__(self, path: Path, identity: Mapping[str, Any], precision: str | None = None) -> None:
         self.path = Path(path)
         self.identity = json.loads(dumps_strict(identity))  # as it reads back from the file
+        #: The Keras policy the epochs train under, written beside the identity (not part of it: a
+        #: resumed run follows it under ``--mixed-precision auto``, trainer.training.train_one_model).
+        self.precision = precision
         self.started = time.perf_counter()
         self._last_save: tuple[float, float] | None = None  # (when it ended, how long it took)
         #: The state this attempt resumed from (None: it started the fold from its first epoch).
@@ -107,7 +110,9 @@ class EpochCheckpoint:
         optimizer = model.optimizer
         arrays: dict[str, np.ndarray] = {
             "meta": np.frombuffer(
-                dumps_strict({"format": FORMAT, "identity": self.identity, "state": asdict(state)}).encode(),
+                dumps_strict(
+                    {"format": FORMAT, "identity": self.identity, "precision": self.precision, "state": asdict(state)}
+                ).encode(),
                 dtype=np.uint8,
             )
         }
@@ -119,6 +124,21 @@ class EpochCheckpoint:
             os.chmod(partial, _created_file_mode())
         ended = time.perf_counter()
         self._last_save = (ended, ended - started)
+
+    def recorded_precision(self) -> str | None:
+        """The policy the checkpoint's epochs trained under, when it is this run's and says (None: no
+        checkpoint, another run's, unreadable, or written before precisions were recorded)."""
+        if self.resumed is not None or not self.path.is_file():
+            return None
+        try:
+            with np.load(self.path, allow_pickle=False) as stored:
+                meta = json.loads(stored["meta"].tobytes().decode())  # the weights stay unread
+        except (OSError, ValueError, KeyError, TypeError, EOFError, zipfile.BadZipFile):
+            return None  # load() sets it aside, saying why
+        if meta.get("format") != FORMAT or meta.get("identity") != self.identity:
+            return None
+        precision = meta.get("precision")
+        return precision if isinstance(precision, str) else None
 
     def load(self, model: tf_keras.Model) -> EpochState | None:
         """Restore ``model`` (weights and optimizer) from the checkpoint and return its state.

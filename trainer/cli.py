@@ -122,8 +122,10 @@ def add_runtime_options(parser: Any) -> None:
 
     parser.add_argument(
         "--mixed-precision", choices=MIXED_PRECISION_CHOICES, default=None,
-        help="float16 compute with float32 weights: auto turns it on when every visible GPU has compute "
-        f"capability 7.0 or more (tensor cores); default ${MIXED_PRECISION_ENV}, else auto",
+        help="reduced-precision compute with float32 weights: on = float16 (GPUs with tensor cores), bf16 = "
+        "bfloat16 (CPUs with AVX512-BF16 or AMX, GPUs from Ampere); auto = float16 when every visible GPU "
+        "has compute capability 7.0 or more, bfloat16 on a CPU that has it natively, else off; "
+        f"default ${MIXED_PRECISION_ENV}, else auto",
     )  # fmt: skip
     parser.add_argument(
         "--threads", type=int, default=None,

@@ -256,20 +256,32 @@ def _data_record(data: PreparedData, data_source: str | None) -> dict[str, objec
 def _runtime_with_earlier_folds(
     out_dir: Path, completed: list[FoldResult], runtime: dict[str, object]
 ) -> dict[str, object]:
-    """This run's runtime record; with what the finished folds ran with beside it when their mixed
-    precision differs (said on standard error)."""
-    previous = read_cv_result(out_dir) if completed else None
-    if previous is None or not previous.runtime:
+    """This run's runtime record; with what the earlier run of ``out_dir`` (its finished folds, or the
+    fold it left mid-way) ran with beside it when their mixed precision differs (said on standard error)."""
+    from trainer.models import follow_recorded_precision, precision_label, recorded_policy
+
+    previous = read_cv_result(out_dir) if (out_dir / CV_FILE).is_file() else None
+    if previous is None or not previous.runtime or not (completed or _has_checkpoint(out_dir)):
+        return runtime  # nothing trained before: this run's own settings stand
+    # Under auto the remaining folds keep the finished folds' precision (auto may resolve otherwise on
+    # this machine or version); only an explicit --mixed-precision mixes two in one run.
+    runtime = follow_recorded_precision(previous.runtime).to_dict()
+    if recorded_policy(previous.runtime) == recorded_policy(runtime):
         return runtime
-    if previous.runtime.get("mixed_precision_enabled") == runtime["mixed_precision_enabled"]:
-        return runtime
+    earlier = f"{len(completed)} finished fold(s)" if completed else "the interrupted fold"
     print(
-        f"segsweep: warning: {len(completed)} finished fold(s) in {out_dir} ran with mixed precision "
-        f"{'on' if previous.runtime.get('mixed_precision_enabled') else 'off'}; the remaining folds run "
-        f"with it {'on' if runtime['mixed_precision_enabled'] else 'off'} (cv.json records both)",
+        f"segsweep: warning: {earlier} in {out_dir} ran with mixed precision "
+        f"{precision_label(previous.runtime)}; the remaining folds run with it {precision_label(runtime)} "
+        "(cv.json records both)",
         file=sys.stderr,
     )
     return {**runtime, "earlier": previous.runtime}
+
+
+def _has_checkpoint(out_dir: Path) -> bool:
+    """Whether an earlier run left a fold's epoch checkpoint in ``out_dir`` (a fold to resume mid-way)."""
+    folder = fold_checkpoint_path(out_dir, 1).parent
+    return folder.is_dir() and any(folder.glob("fold_*.npz"))
 
 
 def _tidy_finished_folds(out_dir: Path, done: set[int], keep_models: bool) -> None:
@@ -297,6 +309,7 @@ def _run_fold(
 ) -> tuple[FoldResult, FoldPreview, TrainedModel]:
     """Train fold ``number`` (resuming its checkpoint in ``out_dir``) and score it on its validation rows."""
     from trainer.metrics import medai_scores
+    from trainer.models import float32_model
     from trainer.training import predict_probabilities, train_one_model
 
     reporter.on_fold_start(number, len(train_rows), len(val_rows))
@@ -314,7 +327,8 @@ def _run_fold(
     )
     val_images = np.asarray(data.images[np.sort(val_rows)])
     val_masks = np.asarray(data.masks[np.sort(val_rows)])[..., 0]
-    probabilities = predict_probabilities(trained.model, val_images, config, batch_size=config.batch_size)
+    scorer = float32_model(trained.model, config)  # what the fold's saved model predicts
+    probabilities = predict_probabilities(scorer, val_images, config, batch_size=config.batch_size)
     scores = medai_scores(val_masks, probabilities)
     stems = [data.stems[i] for i in np.sort(val_rows)]
     result = FoldResult(
@@ -449,7 +463,7 @@ def run_cv_command(
 ) -> int:
     """`segsweep cv`: prepare the data (cached), cross-validate, print the table, write cv.json.
 
-    ``threads`` and ``mixed_precision`` (auto/on/off) fall back to SEGSWEEP_THREADS and
+    ``threads`` and ``mixed_precision`` (auto/on/bf16/off) fall back to SEGSWEEP_THREADS and
     SEGSWEEP_MIXED_PRECISION, then to TensorFlow's thread default and auto. ``recorded_runtime``
     (the ``runtime`` of the ``--config`` file ``recorded_source``): warn when this run's differs.
     """

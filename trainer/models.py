@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
@@ -16,8 +16,18 @@ from trainer.losses import make_loss
 if TYPE_CHECKING:
     import tf_keras
 
-#: Values of ``--mixed-precision``: ``auto`` is on when every visible GPU has tensor cores.
-MIXED_PRECISION_CHOICES = ("auto", "on", "off")
+#: Values of ``--mixed-precision``: ``on`` float16 compute (GPUs with tensor cores), ``bf16`` bfloat16
+#: compute (CPUs with AVX512-BF16 or AMX, GPUs from Ampere on), ``off`` float32; ``auto`` picks
+#: (:func:`resolve_mixed_precision`). Weights stay float32 and the output layer float32 in both.
+MIXED_PRECISION_CHOICES = ("auto", "on", "bf16", "off")
+#: The Keras policy a model trains under, by the resolved choice.
+PRECISION_POLICIES = {"off": "float32", "on": "mixed_float16", "bf16": "mixed_bfloat16"}
+#: CPU flags (Linux /proc/cpuinfo) of native bfloat16 dot products, which oneDNN's convolutions use.
+CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
+#: Whether ``auto`` trains in bfloat16 on a CPU that has them. Measured in benchmarks/bench_compute.py
+#: (benchmarks/README.md, section 7): the resnet18 U-Net's training steps run faster and its fold Dice
+#: moves less than a change of thread count moves it.
+AUTO_BF16_ON_CPU = True
 #: Lowest CUDA compute capability with tensor cores for float16 (Volta, V100); below it float16 is slower.
 MIXED_PRECISION_MIN_CAPABILITY = (7, 0)
 #: Environment fallbacks of ``--mixed-precision`` (``1``/``on``, ``0``/``off``, ``auto``) and ``--threads``.
@@ -29,8 +39,9 @@ THREADS_ENV = "SEGSWEEP_THREADS"
 class RuntimeSettings:
     """How TensorFlow runs in this process: recorded in cv.json (``runtime``), bundles and reports.
 
-    ``mixed_precision`` is what was asked (auto, on, off); ``mixed_precision_enabled`` what it resolved
-    to and ``mixed_precision_reason`` why. ``threads`` caps TensorFlow's intra-op pool (None: one per core,
+    ``mixed_precision`` is what was asked (auto, on, bf16, off); ``mixed_precision_policy`` the Keras
+    policy it resolved to, ``mixed_precision_enabled`` whether that is a reduced one and
+    ``mixed_precision_reason`` why. ``threads`` caps TensorFlow's intra-op pool (None: one per core,
     ``cpus`` of them), ``inter_op_threads`` its inter-op pool (None: TensorFlow's choice). These and the
     ``versions`` of TensorFlow, tf-keras, segmentation-models and segsweep change a run's numbers: on a
     CPU a fold repeats exactly only with the same thread counts and versions (README, Reproducing).
@@ -44,6 +55,8 @@ class RuntimeSettings:
     inter_op_threads: int | None = None
     cpus: int | None = None
     versions: tuple[tuple[str, str], ...] = ()
+    #: The Keras policy models train under: float32, mixed_float16 or mixed_bfloat16.
+    mixed_precision_policy: str = "float32"
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "gpus": list(self.gpus), "versions": dict(self.versions)}
@@ -51,9 +64,25 @@ class RuntimeSettings:
     def describe(self) -> str:
         """One phrase for console lines and reports."""
         return (
-            f"mixed precision {'on' if self.mixed_precision_enabled else 'off'} ({self.mixed_precision_reason}), "
+            f"mixed precision {precision_label(self.to_dict())} ({self.mixed_precision_reason}), "
             f"TensorFlow threads {self.threads or 'one per core'}"
         )
+
+
+def recorded_policy(runtime: Mapping[str, Any]) -> str:
+    """The Keras policy a recorded ``runtime`` trained under (records before bfloat16 name none:
+    enabled then meant float16)."""
+    policy = runtime.get("mixed_precision_policy")
+    if isinstance(policy, str) and policy in PRECISION_POLICIES.values():
+        return policy
+    return "mixed_float16" if runtime.get("mixed_precision_enabled") else "float32"
+
+
+def precision_label(runtime: Mapping[str, Any]) -> str:
+    """How a recorded ``runtime``'s precision reads in reports: off, on (float16) or on (bfloat16)."""
+    return {"float32": "off", "mixed_float16": "on (float16)", "mixed_bfloat16": "on (bfloat16)"}[
+        recorded_policy(runtime)
+    ]
 
 
 _runtime: RuntimeSettings | None = None
@@ -62,7 +91,7 @@ _runtime: RuntimeSettings | None = None
 def check_mixed_precision(value: str) -> str:
     """``value`` if it is one of auto/on/off (case-insensitive), else a ConfigError saying which to use."""
     choice = str(value).strip().lower()
-    aliases = {"1": "on", "true": "on", "0": "off", "false": "off"}
+    aliases = {"1": "on", "true": "on", "float16": "on", "bfloat16": "bf16", "0": "off", "false": "off"}
     choice = aliases.get(choice, choice)
     if choice not in MIXED_PRECISION_CHOICES:
         raise ConfigError(
@@ -85,19 +114,48 @@ def check_threads(value: int | str | None) -> int | None:
     return threads or None
 
 
-def resolve_mixed_precision(choice: str, gpu_capabilities: Sequence[tuple[int, int] | None]) -> tuple[bool, str]:
-    """(enabled, reason) for ``choice`` given the visible GPUs' compute capabilities (None: unknown)."""
+def resolve_mixed_precision(
+    choice: str, gpu_capabilities: Sequence[tuple[int, int] | None], cpu_bf16: bool = False
+) -> tuple[str, str]:
+    """(Keras policy, reason) for ``choice`` given the visible GPUs' compute capabilities (None:
+    unknown) and whether the CPU has native bfloat16 (:func:`cpu_has_bf16`).
+
+    ``auto``: float16 when every visible GPU has tensor cores; without a GPU, bfloat16 on a CPU
+    with native bfloat16 (``AUTO_BF16_ON_CPU``, measured); else float32.
+    """
     if choice == "on":
-        return True, "on as asked" + ("" if gpu_capabilities else "; no GPU visible, float16 is slow on CPUs")
+        return "mixed_float16", "on as asked" + (
+            "" if gpu_capabilities else "; no GPU visible, float16 is slow on CPUs"
+        )
+    if choice == "bf16":
+        slow = not gpu_capabilities and not cpu_bf16
+        return "mixed_bfloat16", "bf16 as asked" + ("; this CPU has no native bfloat16, it is slow" if slow else "")
     if choice == "off":
-        return False, "off as asked"
+        return "float32", "off as asked"
     if not gpu_capabilities:
-        return False, "auto: no GPU visible"
+        if cpu_bf16 and AUTO_BF16_ON_CPU:
+            return "mixed_bfloat16", "auto: no GPU visible, the CPU has native bfloat16"
+        return "float32", "auto: no GPU visible"
     shown = ", ".join("unknown" if c is None else f"{c[0]}.{c[1]}" for c in gpu_capabilities)
     if all(c is not None and c >= MIXED_PRECISION_MIN_CAPABILITY for c in gpu_capabilities):
-        return True, f"auto: GPU compute capability {shown}"
+        return "mixed_float16", f"auto: GPU compute capability {shown}"
     low = ".".join(map(str, MIXED_PRECISION_MIN_CAPABILITY))
-    return False, f"auto: GPU compute capability {shown}, below {low} on some GPU"
+    return "float32", f"auto: GPU compute capability {shown}, below {low} on some GPU"
+
+
+def cpu_has_bf16(cpuinfo: str | None = None) -> bool:
+    """Whether the CPU has native bfloat16 dot products (a flag of ``CPU_BF16_FLAGS`` in Linux's
+    /proc/cpuinfo; elsewhere False: auto then stays float32)."""
+    if cpuinfo is None:
+        try:
+            with open("/proc/cpuinfo", encoding="utf-8", errors="replace") as file:
+                cpuinfo = file.read()
+        except OSError:
+            return False
+    for line in cpuinfo.splitlines():
+        if line.startswith("flags"):
+            return any(flag in line.split() for flag in CPU_BF16_FLAGS)
+    return False
 
 
 def configure_tensorflow(threads: int | None = None, mixed_precision: str | None = None) -> RuntimeSettings:
@@ -133,16 +191,35 @@ def configure_tensorflow(threads: int | None = None, mixed_precision: str | None
     else:
         threads = _runtime.threads
     capabilities = [_capability(gpu) for gpu in gpus]
-    enabled, reason = resolve_mixed_precision(choice, capabilities)
+    policy, reason = resolve_mixed_precision(choice, capabilities, cpu_has_bf16())
     _runtime = RuntimeSettings(
-        choice, enabled, reason,
+        choice, policy != "float32", reason,
         # What TensorFlow holds (0: its default), not what was asked: pools set earlier in the process stand.
         tf.config.threading.get_intra_op_parallelism_threads() or None,
         tuple(gpu.name for gpu in gpus),
         inter_op_threads=tf.config.threading.get_inter_op_parallelism_threads() or None,
         cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         versions=tuple(library_versions().items()),
+        mixed_precision_policy=policy,
     )  # fmt: skip
+    return _runtime
+
+
+def follow_recorded_precision(recorded: Mapping[str, Any]) -> RuntimeSettings:
+    """Under ``auto``, train with the precision ``recorded`` (a resumed run's finished folds) ran with,
+    so that a run resumed on another machine or segsweep version stays one precision; an explicit
+    choice stands. Returns the settings in force."""
+    global _runtime
+    current = runtime_settings()
+    policy = recorded_policy(recorded)
+    if current.mixed_precision != "auto" or policy == current.mixed_precision_policy:
+        return current
+    _runtime = replace(
+        current,
+        mixed_precision_enabled=policy != "float32",
+        mixed_precision_policy=policy,
+        mixed_precision_reason=f"auto: {precision_label(recorded)}, as the run it resumes ran",
+    )
     return _runtime
 
 
@@ -172,7 +249,8 @@ def recorded_runtime_options(recorded: Mapping[str, Any], source: str) -> tuple[
             f"{source}: `runtime` is not as segsweep records it (threads a whole number or null, "
             "mixed_precision_enabled true or false); fix or remove it"
         )
-    return threads or 0, "on" if enabled else "off"
+    choice = {policy: name for name, policy in PRECISION_POLICIES.items()}[recorded_policy(recorded)]
+    return threads or 0, choice
 
 
 def runtime_differences(recorded: Mapping[str, Any], current: RuntimeSettings) -> list[str]:
@@ -182,14 +260,12 @@ def runtime_differences(recorded: Mapping[str, Any], current: RuntimeSettings) -
     def intra(threads: Any, cpus: Any) -> Any:
         return threads or cpus  # one per core: as many as the process may use
 
-    def on_off(enabled: Any) -> str:
-        return "on" if enabled else "off"
-
     pairs: list[tuple[str, Any, Any]] = [
         ("TensorFlow threads", intra(current.threads, current.cpus),
          intra(recorded.get("threads"), recorded.get("cpus"))),
         ("inter-op threads", current.inter_op_threads, recorded.get("inter_op_threads", current.inter_op_threads)),
-        ("mixed precision", on_off(current.mixed_precision_enabled), on_off(recorded.get("mixed_precision_enabled"))),
+        ("mixed precision", precision_label(current.to_dict()),
+         precision_label(recorded) if "mixed_precision_enabled" in recorded else None),
     ]  # fmt: skip
     versions = recorded.get("versions")
     recorded_versions: Mapping[str, Any] = versions if isinstance(versions, Mapping) else {}
@@ -248,8 +324,9 @@ def build_model(config: CVConfig, *, mixed_precision: bool | None = None, dtype:
     # stateless either way: initial weights do not change.
     tf_keras.backend.experimental.enable_tf_random_generator()
     mixed = mixed_precision_enabled() if mixed_precision is None else mixed_precision
-    # Set both ways: a process (a reused sweep worker) may build models under both settings.
-    tf_keras.mixed_precision.set_global_policy(dtype or ("mixed_float16" if mixed else "float32"))
+    policy = dtype or (mixed_precision_policy() if mixed else "float32")
+    # Set every time: a process (a reused sweep worker) may build models under several settings.
+    tf_keras.mixed_precision.set_global_policy(policy)
     weights_path = None
     if config.pretrained:
         from trainer.weights import resolve_weights
@@ -266,8 +343,8 @@ def build_model(config: CVConfig, *, mixed_precision: bool | None = None, dtype:
         from trainer.weights import load_encoder_weights
 
         load_encoder_weights(model, weights_path, config.encoder)
-    if mixed and dtype is None:
-        # The sigmoid ran in float16; the loss and metric get float32 (Keras' mixed-precision rule:
+    if policy.startswith("mixed_"):
+        # The sigmoid ran in float16 or bfloat16; the loss and metric get float32 (Keras' mixed-precision rule:
         # the model's output layer in float32), so the IoU loss does not lose precision near 0 and 1.
         output = tf_keras.layers.Activation("linear", dtype="float32", name="output_float32")(model.output)
         model = tf_keras.Model(model.input, output, name=model.name)
@@ -291,12 +368,18 @@ def compile_model(model: tf_keras.Model, config: CVConfig, lr: float | None = No
     )
 
 
-def mixed_precision_enabled() -> bool:
-    """Whether models train with float16 compute, float32 weights and output (``--mixed-precision``).
+def mixed_precision_policy() -> str:
+    """The Keras policy models of this process train under (float32, mixed_float16, mixed_bfloat16)."""
+    return runtime_settings().mixed_precision_policy
 
-    On GPUs with tensor cores (V100, A100, H100...) this roughly halves activation memory and speeds
-    up convolutions; on CPUs it is slower, so ``auto`` turns it on only there. Off, results match the
-    paper's float32.
+
+def mixed_precision_enabled() -> bool:
+    """Whether models train with reduced-precision compute, float32 weights and output
+    (``--mixed-precision``: float16, or bfloat16 with ``bf16`` or ``auto`` on a bfloat16 CPU).
+
+    On GPUs with tensor cores (V100, A100, H100...) float16 roughly halves activation memory and
+    speeds up convolutions; on CPUs float16 is slower, while bfloat16 is faster where the CPU has it
+    natively (benchmarks/README.md, section 7). Off, results match the paper's float32.
     """
     return runtime_settings().mixed_precision_enabled
 
@@ -314,7 +397,7 @@ def model_for_fold(config: CVConfig) -> tf_keras.Model:
     seed restore those initial weights and reset the optimizer instead, so Keras's traced training
     graph is reused rather than traced again for every fold.
     """
-    global _reusable
+    global _reusable, _float32_twin
     import tf_keras
 
     key = (
@@ -324,10 +407,11 @@ def model_for_fold(config: CVConfig) -> tf_keras.Model:
         config.image_size,
         config.loss,
         config.seed,
-        mixed_precision_enabled(),
+        mixed_precision_policy(),
     )
     if _reusable is None or _reusable[0] != key:
         _reusable = None
+        _float32_twin = None
         tf_keras.backend.clear_session()  # drop the previous configuration's model and graphs
         tf_keras.utils.set_random_seed(config.seed)
         model = build_model(config)
@@ -338,6 +422,30 @@ def model_for_fold(config: CVConfig) -> tf_keras.Model:
         model.set_weights(_reusable[2])
     reset_optimizer(model, config.lr)
     return model
+
+
+# A float32 model per process to score reduced-precision models with: (key, model).
+_float32_twin: tuple[tuple[Any, ...], Any] | None = None
+
+
+def float32_model(model: tf_keras.Model, config: CVConfig) -> tf_keras.Model:
+    """``model`` when every layer computes in float32; else a float32 model of ``config`` holding
+    ``model``'s weights (built once per configuration and process).
+
+    Folds are scored with it: bundles load in float32 (trainer.bundle), so a fold's recorded Dice is
+    what its saved model predicts, whatever precision it trained in.
+    """
+    global _float32_twin
+    if all(getattr(layer, "compute_dtype", "float32") in (None, "float32") for layer in model.layers):
+        return model
+    from dataclasses import replace as replace_config
+
+    key = (config.arch, config.encoder, config.image_size)
+    if _float32_twin is None or _float32_twin[0] != key:
+        _float32_twin = (key, build_model(replace_config(config, weights="none"), mixed_precision=False))
+    twin = _float32_twin[1]
+    twin.set_weights(model.get_weights())
+    return twin
 
 
 def reset_optimizer(model: tf_keras.Model, lr: float) -> None:

@@ -8,6 +8,7 @@ overlaps training instead of stalling it.
 from __future__ import annotations
 
 import math
+import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -18,7 +19,15 @@ import numpy as np
 from segsweep.base.errors import SegsweepError
 from trainer.checkpoint import EpochCheckpoint, run_identity
 from trainer.config import CVConfig
-from trainer.models import compile_model, configure_tensorflow, model_for_fold, preprocessing
+from trainer.models import (
+    compile_model,
+    configure_tensorflow,
+    follow_recorded_precision,
+    mixed_precision_policy,
+    model_for_fold,
+    precision_label,
+    preprocessing,
+)
 from trainer.results import EpochRecord
 
 if TYPE_CHECKING:
@@ -197,9 +206,15 @@ def train_one_model(
     import tf_keras
 
     schedule = {} if lr_drop_epochs is None else {"drop_epochs": list(lr_drop_epochs)}
-    checkpoint = EpochCheckpoint(
-        checkpoint_path, run_identity(config.to_dict(), data.key, fold, train_rows, **schedule)
-    )
+    identity = run_identity(config.to_dict(), data.key, fold, train_rows, **schedule)
+    recorded = EpochCheckpoint(checkpoint_path, identity).recorded_precision()
+    if recorded is not None and recorded != mixed_precision_policy():
+        # Resuming mid-way: under auto the epochs to come keep the precision the earlier ones ran in.
+        record = {"mixed_precision_policy": recorded, "mixed_precision_enabled": recorded != "float32"}
+        if follow_recorded_precision(record).mixed_precision_policy == recorded:
+            print(f"segsweep: mixed precision {precision_label(record)} (auto), as the interrupted training ran",
+                  file=sys.stderr, flush=True)  # fmt: skip
+    checkpoint = EpochCheckpoint(checkpoint_path, identity, precision=mixed_precision_policy())
     model = model_for_fold(config)
     tf_keras.utils.set_random_seed(seed)
     resumed = checkpoint.load(model)

@@ -220,8 +220,10 @@ def build_second_steps(segsweep: str, python: str, data: Path, out: Path) -> lis
             if target.exists() and not (target / "weights.h5").is_file():
                 shutil.rmtree(target)  # an interrupted retrain's leftovers
             chosen = trial()
+            # float32, as the sweep's folds ran (it started before auto trained in bfloat16 on such CPUs):
+            # the test-set verdict then compares the configurations, not two precisions.
             return [[segsweep, "retrain", SWEEP2, "--storage", str(sweeps), "--out", str(target), "--quiet",
-                     *(["--trial", chosen] if chosen else [])]]  # fmt: skip
+                     "--mixed-precision", "off", *(["--trial", chosen] if chosen else [])]]  # fmt: skip
 
         return Step(name, lambda: (target / "weights.h5").is_file(), commands, ["sweep2"])
 

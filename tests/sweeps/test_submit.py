@@ -6,6 +6,7 @@ The real Slurm and Ray Jobs runs are in tests/sweeps/test_slurm.py and tests/swe
 from __future__ import annotations
 
 import subprocess
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -33,6 +34,21 @@ def test_run_argv_parses_back_to_the_same_spec(tmp_path: Path) -> None:
     )
     args = build_parser().parse_args(run_argv(spec)[1:])
     assert spec_from_args(args) == spec
+    # Every option a job needs reaches it: a cluster's environment (SEGSWEEP_MIXED_PRECISION) decides none.
+    spec = replace(spec, keep_models=3, skip_bad=True, warm_start="earlier", time_budget_s=5400.0,
+                   max_failed_trials=4, mixed_precision="bf16", threads=2)  # fmt: skip
+    args = build_parser().parse_args(run_argv(spec)[1:])
+    assert spec_from_args(args) == spec
+
+
+def test_a_submitted_sweep_with_start_files_is_refused_in_one_line(tmp_path: Path) -> None:
+    from segsweep.base.errors import ConfigError
+    from sweeps.submit import checked_spec
+
+    spec = SweepSpec(name="s", data=str(tmp_path), space="quick", trials=2, storage=str(tmp_path),
+                     start=[{"label": "mine", "source": "best.json", "values": {"lr": 1e-3}}])  # fmt: skip
+    with pytest.raises(ConfigError, match="--start is not carried by `sweep submit`"):
+        checked_spec(spec)
 
 
 def _dry_run(tmp_path: Path, kvasir_seg_dir: Path, *extra: str) -> SweepFolder:

@@ -152,3 +152,15 @@ def test_the_plateau_rule_goes_on_with_its_counters(tmp_path: Path) -> None:
     for callback in callbacks:
         callback.on_train_begin()
     assert plateau.best == float("-inf") and plateau.wait == 1
+
+
+def test_a_checkpoint_says_the_precision_its_epochs_ran_in(tmp_path: Path) -> None:
+    path = tmp_path / "fold_01.npz"
+    assert EpochCheckpoint(path, IDENTITY).recorded_precision() is None  # nothing saved yet
+    EpochCheckpoint(path, IDENTITY, precision="mixed_bfloat16").save(_trained_model(), STATE)
+    assert EpochCheckpoint(path, IDENTITY).recorded_precision() == "mixed_bfloat16"
+    other = run_identity({"encoder": "vgg16", "lr": 2e-3}, "data-key", 1, np.arange(6))
+    assert EpochCheckpoint(path, other).recorded_precision() is None  # another run's: load() sets it aside
+    EpochCheckpoint(path, IDENTITY).save(_trained_model(), STATE)  # precision not given (not known)
+    assert EpochCheckpoint(path, IDENTITY).recorded_precision() is None
+    assert EpochCheckpoint(path, IDENTITY).load(_fresh_model()) is not None  # the precision is no part of the identity

@@ -35,19 +35,47 @@ def fresh_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     tf_keras.mixed_precision.set_global_policy("float32")
 
 
-def test_auto_is_on_only_when_every_visible_gpu_has_tensor_cores() -> None:
-    assert models.resolve_mixed_precision("auto", []) == (False, "auto: no GPU visible")
-    assert models.resolve_mixed_precision("auto", [(8, 0), (7, 0)])[0] is True
+def test_auto_is_float16_only_when_every_visible_gpu_has_tensor_cores() -> None:
+    assert models.resolve_mixed_precision("auto", []) == ("float32", "auto: no GPU visible")
+    assert models.resolve_mixed_precision("auto", [(8, 0), (7, 0)])[0] == "mixed_float16"
     assert models.resolve_mixed_precision("auto", [(8, 0), (6, 1)]) == (
-        False, "auto: GPU compute capability 8.0, 6.1, below 7.0 on some GPU")  # fmt: skip
-    assert models.resolve_mixed_precision("auto", [None])[0] is False
-    assert models.resolve_mixed_precision("on", [])[0] is True
-    assert models.resolve_mixed_precision("off", [(9, 0)]) == (False, "off as asked")
+        "float32", "auto: GPU compute capability 8.0, 6.1, below 7.0 on some GPU")  # fmt: skip
+    assert models.resolve_mixed_precision("auto", [None])[0] == "float32"
+    assert models.resolve_mixed_precision("on", [])[0] == "mixed_float16"
+    assert models.resolve_mixed_precision("off", [(9, 0)]) == ("float32", "off as asked")
+
+
+def test_auto_is_bfloat16_on_a_cpu_that_has_it_and_a_gpu_decides_where_one_is_visible() -> None:
+    assert models.resolve_mixed_precision("auto", [], cpu_bf16=True) == (
+        "mixed_bfloat16", "auto: no GPU visible, the CPU has native bfloat16")  # fmt: skip
+    assert models.resolve_mixed_precision("auto", [(8, 0)], cpu_bf16=True)[0] == "mixed_float16"
+    assert models.resolve_mixed_precision("auto", [(6, 1)], cpu_bf16=True)[0] == "float32"
+    assert models.resolve_mixed_precision("bf16", [], cpu_bf16=True) == ("mixed_bfloat16", "bf16 as asked")
+    assert "no native bfloat16" in models.resolve_mixed_precision("bf16", [])[1]
+    assert models.resolve_mixed_precision("off", [], cpu_bf16=True)[0] == "float32"
+
+
+def test_native_bfloat16_is_read_from_the_cpu_flags() -> None:
+    assert models.cpu_has_bf16("processor : 0\nflags : fpu avx2 avx512f avx512_bf16 avx512_vnni\n")
+    assert models.cpu_has_bf16("flags : fpu amx_bf16 amx_tile\n")
+    assert not models.cpu_has_bf16("flags : fpu avx2 avx512f avx512_vnni\n")
+    assert not models.cpu_has_bf16("")  # no flags line (not Linux): auto stays float32
+
+
+def test_recorded_precisions_read_back_and_repeat() -> None:
+    old_float16 = {"threads": 1, "mixed_precision_enabled": True}  # written before bfloat16 existed
+    bf16 = {"threads": None, "mixed_precision_enabled": True, "mixed_precision_policy": "mixed_bfloat16"}
+    assert models.recorded_policy(old_float16) == "mixed_float16" and models.precision_label(old_float16) == (
+        "on (float16)")  # fmt: skip
+    assert models.recorded_runtime_options(bf16, "best.json") == (0, "bf16")
+    assert models.recorded_runtime_options(old_float16, "best.json") == (1, "on")
+    assert models.precision_label({"mixed_precision_enabled": False}) == "off"
 
 
 def test_bad_values_are_one_line_errors_naming_the_fix() -> None:
     assert models.check_mixed_precision("ON") == "on" and models.check_mixed_precision("1") == "on"
-    with pytest.raises(ConfigError, match="choose one of auto, on, off"):
+    assert models.check_mixed_precision("bfloat16") == "bf16"
+    with pytest.raises(ConfigError, match="choose one of auto, on, bf16, off"):
         models.check_mixed_precision("fp16")
     assert models.check_threads(0) is None and models.check_threads("4") == 4
     with pytest.raises(ConfigError, match="SEGSWEEP_THREADS"):
@@ -73,8 +101,11 @@ def test_cpu_auto_resolves_off_and_on_builds_a_float32_output_model(fresh_runtim
     if tf.config.list_physical_devices("GPU"):
         pytest.skip("this machine has a GPU: auto depends on its compute capability")
     settings = models.configure_tensorflow()
-    assert settings.mixed_precision == "auto" and not settings.mixed_precision_enabled
-    assert settings.mixed_precision_reason == "auto: no GPU visible"
+    bf16 = models.cpu_has_bf16() and models.AUTO_BF16_ON_CPU
+    assert settings.mixed_precision == "auto" and settings.mixed_precision_enabled is bf16
+    assert settings.mixed_precision_reason == (
+        "auto: no GPU visible, the CPU has native bfloat16" if bf16 else "auto: no GPU visible"
+    )
     assert models.configure_tensorflow() is settings  # fit() calls it again: the settings stand
 
     on = models.configure_tensorflow(mixed_precision="on")
@@ -142,7 +173,9 @@ def test_verbose_cv_shows_tensorflow_startup_lines(kvasir_seg_dir: Path, tmp_pat
     verbose = _segsweep_cv(kvasir_seg_dir, tmp_path / "b", "--verbose")
     assert verbose.returncode == 0, verbose.stderr
     assert json.loads((tmp_path / "b" / "cv.json").read_text())["runtime"]["mixed_precision_reason"] == (
-        "auto: no GPU visible"
+        "auto: no GPU visible, the CPU has native bfloat16"
+        if models.cpu_has_bf16() and models.AUTO_BF16_ON_CPU
+        else "auto: no GPU visible"
     )
     if not any(m in verbose.stderr for m in NOISE_MARKERS):
         pytest.skip("TensorFlow prints no oneDNN or cuInit line on this machine, even with --verbose")
