@@ -482,7 +482,17 @@ def main(argv: list[str] | None = None) -> None:
         help="only the result check: one fold of EPOCHS epochs in float32 and bfloat16 at 1 thread and at every "
         "core, run at once; ratio: bfloat16's largest Dice change / the thread-count noise",
     )
-    run(p.parse_args(argv))
+    p.add_argument(
+        "--layers",
+        action="store_true",
+        help="only the first model's convolutions, each alone at its shapes (forward and both gradients), "
+        "against the matmul ceiling; ratio: all of them together / the ceiling",
+    )
+    args = p.parse_args(argv)
+    if args.layers:
+        _layers(args, quick_plan() if args.quick else FULL)
+        return
+    run(args)
 
 
 @dataclass(frozen=True)
@@ -761,6 +771,85 @@ def _dice_check(args: argparse.Namespace, plan: Plan, tools: list[Any], cores: i
          "bfloat16_change": {str(t): c for t, c in changes.items()},
          "runs": [{"spec": asdict(s), **r} for s, r in zip(specs, results, strict=True)]},
     )  # fmt: skip
+
+
+def conv_layer_rates(model: Any, batch: int, repeats: int = 5) -> list[dict[str, Any]]:
+    """Each Conv2D of ``model`` alone at its own shapes: the seconds of its forward pass and both of its
+    gradients (input and kernel: what a training step does with it), its FLOPs (2 x outputs x kernel
+    size x input channels, three times), and the FLOP/s; best of ``repeats`` after a warm-up."""
+    import tensorflow as tf
+    import tf_keras
+
+    layers: list[Any] = []
+
+    def walk(layer: Any) -> None:
+        if isinstance(layer, tf_keras.layers.Conv2D) and not isinstance(layer, tf_keras.layers.DepthwiseConv2D):
+            layers.append(layer)
+        for inner in getattr(layer, "layers", ()):
+            walk(inner)
+
+    for layer in model.layers:
+        walk(layer)
+    # The graph's shapes leave the spatial sizes open: one pass of a zero image gives them.
+    import numpy as np
+
+    size = int(model.input.shape[1])
+    probe = tf_keras.Model(model.input, [t for layer in layers for t in (layer.input, layer.output)])
+    shapes = [tuple(int(d) for d in a.shape) for a in probe(np.zeros((1, size, size, 3), np.float32))]
+    rows = []
+    for place, layer in enumerate(layers):
+        _, h, w, c_in = shapes[2 * place]
+        _, h_out, w_out, c_out = shapes[2 * place + 1]
+        kh, kw = layer.kernel_size
+        x = tf.Variable(tf.random.normal((batch, h, w, c_in)))
+        kernel = tf.Variable(tf.random.normal((kh, kw, c_in, c_out)) * 0.01)
+        strides, padding = layer.strides, layer.padding.upper()
+
+        @tf.function
+        def step(x: Any = x, kernel: Any = kernel, strides: Any = strides, padding: str = padding) -> Any:
+            with tf.GradientTape() as tape:
+                y = tf.nn.conv2d(x, kernel, strides=strides, padding=padding)
+                loss = tf.reduce_sum(y)
+            return tape.gradient(loss, [x, kernel])
+
+        step()  # trace and warm up
+        best = float("inf")
+        for _ in range(repeats):
+            started = time.perf_counter()
+            grads = step()
+            _ = [g.numpy() for g in grads]
+            best = min(best, time.perf_counter() - started)
+        flops = 3 * 2 * batch * h_out * w_out * kh * kw * c_in * c_out
+        rows.append({"layer": layer.name, "input": [h, w, c_in], "output": [h_out, w_out, c_out],
+                     "kernel": [kh, kw], "stride": list(strides), "seconds": best, "flops": flops,
+                     "flops_per_second": flops / best})  # fmt: skip
+    return rows
+
+
+def _layers(args: argparse.Namespace, plan: Plan) -> None:
+    """``--layers``: the first model's convolutions, one by one, against the matmul ceiling."""
+    from trainer.config import CVConfig
+    from trainer.models import build_model, configure_tensorflow
+
+    configure_tensorflow(mixed_precision="off")
+    encoder, arch = plan.models[0]
+    model = build_model(CVConfig(encoder=encoder, arch=arch, weights="none", image_size=plan.image_size))
+    ceiling = matmul_ceiling(plan.ceiling_n)
+    rows = conv_layer_rates(model, plan.batch_size)
+    total_seconds = sum(r["seconds"] for r in rows)
+    total_flops = sum(r["flops"] for r in rows)
+    table = []
+    for r in sorted(rows, key=lambda r: -r["seconds"]):
+        table.append([r["layer"], "x".join(map(str, r["input"])), "x".join(map(str, r["output"])),
+                      f"{r['kernel'][0]}x{r['kernel'][1]}/{r['stride'][0]}", r["flops"] / 1e9, r["seconds"] * 1e3,
+                      r["seconds"] / total_seconds, r["flops_per_second"] / ceiling["flops"]])  # fmt: skip
+    print(_common.table(["conv", "input", "output", "kernel/stride", "GFLOP", "ms", "share of time",
+                         "of ceiling"], table))  # fmt: skip
+    overall = total_flops / total_seconds / ceiling["flops"]
+    print(f"{len(rows)} convolutions: {total_flops / 1e9:.1f} GFLOP in {total_seconds:.3f} s alone = "
+          f"{overall:.2f} of the {ceiling['flops'] / 1e9:.0f} GFLOP/s matmul ceiling")  # fmt: skip
+    _common.finish(NAME, args, overall, {"layers": rows, "ceiling": ceiling, "model": f"{encoder} {arch}",
+                                         "image_size": plan.image_size, "batch_size": plan.batch_size})  # fmt: skip
 
 
 def _one_line(result: dict[str, Any]) -> str:

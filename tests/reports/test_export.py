@@ -128,6 +128,21 @@ def test_onnx_export_matches_predict(bundle: Path, predicted: Path, kvasir_seg_d
     expected = _predict_masks(predicted, images)
     assert served.shape == expected.shape
     assert mask_iou(served, expected) >= 0.999
+    _assert_the_batch_axis_is_named_batch(export / "model.onnx", size=64)
+
+
+def _assert_the_batch_axis_is_named_batch(model: Path, size: int) -> None:
+    # tf2onnx named it unk__258 on the input, unk__259 and unk__260 on the outputs.
+    import onnx
+
+    graph = onnx.load(str(model)).graph
+    axes = {
+        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
+        for v in [*graph.input, *graph.output]
+    }
+    assert axes == {"images": ["batch", size, size, 3], "probabilities": ["batch", size, size],
+                    "mask": ["batch", size, size]}  # fmt: skip
+    assert not [d.dim_param for v in graph.value_info for d in v.type.tensor_type.shape.dim if "unk__" in d.dim_param]
 
 
 def test_every_encoders_preprocessing_is_an_exact_uint8_lookup() -> None:
@@ -302,21 +317,3 @@ def test_savedmodel_refuses_a_wrong_size_in_one_line_and_the_readme_snippet_serv
     subprocess.run(
         [sys.executable, "-c", script + "import sys\n" + _CHECK_IMPORTS], check=True, timeout=600, cwd=tmp_path
     )
-
-
-@pytest.mark.slow
-def test_the_onnx_batch_axis_is_named_batch(tmp_path: Path) -> None:
-    # tf2onnx named it unk__258 on the input, unk__259 and unk__260 on the outputs.
-    pytest.importorskip("tf2onnx", reason="the `export` extra is not installed")
-    import onnx
-
-    from reports.export import export_bundle
-
-    export = export_bundle(_untrained_bundle(tmp_path, TINY_ENCODER, 64), tmp_path / "onnx", "onnx")
-    graph = onnx.load(str(export / "model.onnx")).graph
-    axes = {
-        v.name: [d.dim_param or d.dim_value for d in v.type.tensor_type.shape.dim]
-        for v in [*graph.input, *graph.output]
-    }
-    assert axes == {"images": ["batch", 64, 64, 3], "probabilities": ["batch", 64, 64], "mask": ["batch", 64, 64]}
-    assert not [d.dim_param for v in graph.value_info for d in v.type.tensor_type.shape.dim if "unk__" in d.dim_param]
