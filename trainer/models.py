@@ -30,7 +30,7 @@ CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 AUTO_BF16_ON_CPU = True
 #: Lowest CUDA compute capability with tensor cores for float16 (Volta, V100); below it float16 is slower.
 MIXED_PRECISION_MIN_CAPABILITY = (7, 0)
-#: Environment fallbacks of ``--mixed-precision`` (``1``/``on``, ``0``/``off``, ``auto``) and ``--threads``.
+#: Environment fallbacks of ``--mixed-precision`` (``1``/``on``, ``bf16``, ``0``/``off``, ``auto``) and ``--threads``.
 MIXED_PRECISION_ENV = "SEGSWEEP_MIXED_PRECISION"
 THREADS_ENV = "SEGSWEEP_THREADS"
 
@@ -89,7 +89,8 @@ _runtime: RuntimeSettings | None = None
 
 
 def check_mixed_precision(value: str) -> str:
-    """``value`` if it is one of auto/on/off (case-insensitive), else a ConfigError saying which to use."""
+    """``value`` if it is one of auto/on/bf16/off (case-insensitive; float16 and bfloat16 are aliases), else a
+    ConfigError saying which to use."""
     choice = str(value).strip().lower()
     aliases = {"1": "on", "true": "on", "float16": "on", "bfloat16": "bf16", "0": "off", "false": "off"}
     choice = aliases.get(choice, choice)
