@@ -184,6 +184,8 @@ export RAY_AUTH_MODE=token
 RAY_AUTH_TOKEN=$(python -c 'import secrets; print(secrets.token_hex(32))')
 export RAY_AUTH_TOKEN  # srun passes the environment to every node; the token is never written down
 export RAY_USAGE_STATS_ENABLED=0
+# Trials at the job's own priority: Ray would add 15 to its workers' niceness (sweeps.runner.start_local_ray).
+export RAY_worker_niceness=${{RAY_worker_niceness:-0}}
 RAY_TEMP=/tmp/ray-${{SLURM_JOB_ID}}
 # Room for the prepared data set (one copy per node, mapped by every trial) plus Ray's own objects.
 OBJECT_STORE_BYTES={object_store_bytes}

@@ -111,6 +111,7 @@ def test_dry_run_writes_a_readable_batch_script_and_submits_nothing(tmp_path: Pa
         "#SBATCH --signal=B:TERM@",
         "module load cuda/12\nsource /opt/venv/bin/activate",
         "export RAY_AUTH_MODE=token",
+        "export RAY_worker_niceness=${RAY_worker_niceness:-0}",  # trials not at nice 15
         "--num-gpus=4",
         f"segsweep sweep resume s1 --storage {tmp_path}",
         "--trials 3",
