@@ -199,6 +199,7 @@ def _retrain_holding_lock(sweep: SweepResults | Sweep, out: str | Path, *, trial
     _check_same_data(trial, Path(root), data.key, len(data))
     fold_drops = [list(f.lr_drops) for f in trial.folds]
     drop_epochs = imitated_schedule(fold_drops, config.epochs)
+    _keep_float32_of_the_folds(trial)
     if verbose:
         print(
             f"retraining trial {trial.label} ({config.encoder}, weights {config.weights}) on {len(data)} "
@@ -298,6 +299,18 @@ def cv_folder_as_sweep(folder: Path) -> SweepResults:
     )  # fmt: skip
     return SweepResults(name=folder.name, path=folder, spec=SweepRecord({"data": (cv.data or {}).get("path")}),
                         trials=[trial])  # fmt: skip
+
+
+def _keep_float32_of_the_folds(trial: TrialResult) -> None:
+    """Under ``--mixed-precision auto``, retrain in float32 when the trial's folds ran in float32: the
+    final model is then trained as the cross-validation that chose it was (a sweep from before
+    auto trained in bfloat16 on this CPU, or from a machine without it). Folds that ran in reduced
+    precision leave auto to this machine: float16 from a GPU would crawl on a CPU."""
+    from trainer.models import follow_recorded_precision, recorded_policy
+
+    cv = read_cv_result(trial.path) if trial.path is not None else None
+    if cv is not None and cv.runtime and recorded_policy(cv.runtime) == "float32":
+        follow_recorded_precision(cv.runtime, why="as the trial's folds ran")
 
 
 def run_retrain_command(

@@ -206,10 +206,10 @@ def configure_tensorflow(threads: int | None = None, mixed_precision: str | None
     return _runtime
 
 
-def follow_recorded_precision(recorded: Mapping[str, Any]) -> RuntimeSettings:
+def follow_recorded_precision(recorded: Mapping[str, Any], why: str = "as the run it resumes ran") -> RuntimeSettings:
     """Under ``auto``, train with the precision ``recorded`` (a resumed run's finished folds) ran with,
     so that a run resumed on another machine or segsweep version stays one precision; an explicit
-    choice stands. Returns the settings in force."""
+    choice stands. ``why`` ends the recorded reason. Returns the settings in force."""
     global _runtime
     current = runtime_settings()
     policy = recorded_policy(recorded)
@@ -219,7 +219,7 @@ def follow_recorded_precision(recorded: Mapping[str, Any]) -> RuntimeSettings:
         current,
         mixed_precision_enabled=policy != "float32",
         mixed_precision_policy=policy,
-        mixed_precision_reason=f"auto: {precision_label(recorded)}, as the run it resumes ran",
+        mixed_precision_reason=f"auto: {precision_label(recorded)}, {why}",
     )
     return _runtime
 

@@ -83,3 +83,31 @@ def test_a_run_resumed_under_auto_keeps_its_finished_folds_precision(
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1
     assert "ran with mixed precision off; the remaining folds run with it on (bfloat16)" in err[0]
+
+
+def test_a_retrain_under_auto_trains_in_float32_when_the_trials_folds_did(
+    precision: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import importlib
+
+    retrain_module = importlib.import_module("reports.retrain")  # reports.retrain is also the function's name
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda cpuinfo=None: True)
+    trial = SimpleNamespace(path=tmp_path)
+    folds_ran = {"mixed_precision_enabled": False}
+    monkeypatch.setattr(retrain_module, "read_cv_result", lambda path: SimpleNamespace(runtime=folds_ran))
+    assert models.configure_tensorflow(mixed_precision="auto").mixed_precision_policy == "mixed_bfloat16"
+    retrain_module._keep_float32_of_the_folds(trial)  # type: ignore[arg-type]
+    settings = models.runtime_settings()
+    assert settings.mixed_precision_policy == "float32"
+    assert settings.mixed_precision_reason == "auto: off, as the trial's folds ran"
+    # Folds in bfloat16 (or float16 from a GPU) leave auto to this machine; an explicit choice stands.
+    monkeypatch.setattr(models, "_runtime", None)
+    models.configure_tensorflow(mixed_precision="auto")
+    folds_ran = {"mixed_precision_enabled": True, "mixed_precision_policy": "mixed_float16"}
+    retrain_module._keep_float32_of_the_folds(trial)  # type: ignore[arg-type]
+    assert models.runtime_settings().mixed_precision_policy == "mixed_bfloat16"
+    monkeypatch.setattr(models, "_runtime", None)
+    models.configure_tensorflow(mixed_precision="bf16")
+    folds_ran = {"mixed_precision_enabled": False}
+    retrain_module._keep_float32_of_the_folds(trial)  # type: ignore[arg-type]
+    assert models.runtime_settings().mixed_precision_policy == "mixed_bfloat16"
