@@ -177,7 +177,7 @@ def _retrain_holding_lock(sweep: SweepResults | Sweep, out: str | Path, *, trial
     out = Path(out)
 
     from trainer.data import prepare_dataset
-    from trainer.models import runtime_settings
+    from trainer.models import precision_for_run, runtime_settings
     from trainer.training import train_one_model
 
     trial = choose_trial(sweep, trial_id)
@@ -199,6 +199,7 @@ def _retrain_holding_lock(sweep: SweepResults | Sweep, out: str | Path, *, trial
     _check_same_data(trial, Path(root), data.key, len(data))
     fold_drops = [list(f.lr_drops) for f in trial.folds]
     drop_epochs = imitated_schedule(fold_drops, config.epochs)
+    precision_for_run(config)
     _keep_float32_of_the_folds(trial)
     if verbose:
         print(

@@ -166,16 +166,16 @@ def run_cv(
     folds = _checked_folds(config, data, val_stems)
     check_weights(config)  # missing weights fail now, not inside fold 1
     check_output_dir(out_dir)
-    from trainer.models import runtime_settings
+    from trainer.models import precision_for_run, runtime_settings
 
-    runtime = runtime_settings().to_dict()
+    runtime = precision_for_run(config).to_dict()
     reporter = reporter or Reporter()
-    if verbose:
-        reporter = MultiReporter([_ConsoleReporter(len(folds), config.epochs), reporter])
-        print(f"runtime: {runtime_settings().describe()}", flush=True)
     data_info = _data_record(data, data_source)
     completed = load_finished_folds(out_dir, config, data.key)
     runtime = _runtime_with_earlier_folds(out_dir, completed, runtime)
+    if verbose:
+        reporter = MultiReporter([_ConsoleReporter(len(folds), config.epochs), reporter])
+        print(f"runtime: {runtime_settings().describe()}", flush=True)
     done = {f.fold for f in completed}
     _tidy_finished_folds(out_dir, done, keep_models)
     previous_seconds = sum(f.seconds for f in completed)

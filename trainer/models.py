@@ -28,6 +28,10 @@ CPU_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 #: (benchmarks/README.md, section 7): the resnet18 U-Net's training steps run faster and its fold Dice
 #: moves less than a change of thread count moves it.
 AUTO_BF16_ON_CPU = True
+#: Encoder families whose training was measured faster in bfloat16 on such a CPU (benchmarks/README.md,
+#: section 7: resnet18 1.75x, seresnet18 1.26x, mobilenetv2 1.26x); ``auto`` keeps float32 for the
+#: others (efficientnetb0 trained 0.77-0.95x as fast: its swish and depthwise layers gain nothing).
+AUTO_BF16_ENCODER_PREFIXES = ("resnet", "seresnet", "mobilenetv2")
 #: Lowest CUDA compute capability with tensor cores for float16 (Volta, V100); below it float16 is slower.
 MIXED_PRECISION_MIN_CAPABILITY = (7, 0)
 #: Environment fallbacks of ``--mixed-precision`` (``1``/``on``, ``bf16``, ``0``/``off``, ``auto``) and ``--threads``.
@@ -86,6 +90,9 @@ def precision_label(runtime: Mapping[str, Any]) -> str:
 
 
 _runtime: RuntimeSettings | None = None
+#: What configure_tensorflow resolved, before a run adjusted it (precision_for_run): each run of a
+#: process (a reused sweep worker's trials) starts from it again.
+_resolved: RuntimeSettings | None = None
 
 
 def check_mixed_precision(value: str) -> str:
@@ -168,7 +175,7 @@ def configure_tensorflow(threads: int | None = None, mixed_precision: str | None
     else auto) decides the Keras policy of the models build_model makes from now on. Thread pools
     cannot change once TensorFlow has started: later calls keep the first thread count.
     """
-    global _runtime
+    global _runtime, _resolved
     import tensorflow as tf
 
     if _runtime is not None and threads is None and mixed_precision is None:
@@ -203,6 +210,30 @@ def configure_tensorflow(threads: int | None = None, mixed_precision: str | None
         versions=tuple(library_versions().items()),
         mixed_precision_policy=policy,
     )  # fmt: skip
+    _resolved = _runtime
+    return _runtime
+
+
+def precision_for_run(config: CVConfig) -> RuntimeSettings:
+    """The settings one run (a cross-validation, a retrain) of ``config`` starts with: what
+    configure_tensorflow resolved, with ``auto``'s bfloat16 on a CPU kept for the encoders measured
+    faster in it (``AUTO_BF16_ENCODER_PREFIXES``), float32 for the others. A run's own adjustments
+    (follow_recorded_precision) end with it: the next run of the process starts here again."""
+    global _runtime
+    base = _resolved if _resolved is not None and _runtime is not None else runtime_settings()
+    _runtime = base
+    if (
+        base.mixed_precision == "auto"
+        and base.mixed_precision_policy == "mixed_bfloat16"
+        and not base.gpus
+        and not config.encoder.startswith(AUTO_BF16_ENCODER_PREFIXES)
+    ):
+        _runtime = replace(
+            base,
+            mixed_precision_enabled=False,
+            mixed_precision_policy="float32",
+            mixed_precision_reason=f"auto: no GPU visible; bfloat16 is not measured faster for {config.encoder}",
+        )
     return _runtime
 
 

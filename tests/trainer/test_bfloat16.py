@@ -25,10 +25,12 @@ TINY = {"encoder": TINY_ENCODER, "weights": "none", "image_size": 64, "batch_siz
 def precision(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test sets the process's precision itself; later tests get float32 models again."""
     monkeypatch.setattr(models, "_runtime", None)
+    monkeypatch.setattr(models, "_resolved", None)
     yield
     import tf_keras
 
     monkeypatch.setattr(models, "_runtime", None)
+    monkeypatch.setattr(models, "_resolved", None)
     tf_keras.mixed_precision.set_global_policy("float32")
 
 
@@ -111,3 +113,22 @@ def test_a_retrain_under_auto_trains_in_float32_when_the_trials_folds_did(
     folds_ran = {"mixed_precision_enabled": False}
     retrain_module._keep_float32_of_the_folds(trial)  # type: ignore[arg-type]
     assert models.runtime_settings().mixed_precision_policy == "mixed_bfloat16"
+
+
+def test_auto_keeps_float32_for_encoders_not_measured_faster_and_each_run_starts_afresh(
+    precision: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr(models, "cpu_has_bf16", lambda cpuinfo=None: True)
+    assert models.configure_tensorflow(mixed_precision="auto").mixed_precision_policy == "mixed_bfloat16"
+    slower = models.precision_for_run(CVConfig(encoder="efficientnetb0", weights="none"))
+    assert slower.mixed_precision_policy == "float32"
+    assert slower.mixed_precision_reason == "auto: no GPU visible; bfloat16 is not measured faster for efficientnetb0"
+    # The next run of the process (a reused sweep worker's next trial) starts from auto's resolution again.
+    assert models.precision_for_run(CVConfig(encoder="resnet18", weights="none")).mixed_precision_policy == (
+        "mixed_bfloat16")  # fmt: skip
+    models.follow_recorded_precision({"mixed_precision_enabled": False})  # a resumed trial's adjustment
+    assert models.precision_for_run(CVConfig(encoder="seresnet18", weights="none")).mixed_precision_policy == (
+        "mixed_bfloat16")  # fmt: skip
+    models.configure_tensorflow(mixed_precision="bf16")  # asked for: every encoder
+    assert models.precision_for_run(CVConfig(encoder="efficientnetb0", weights="none")).mixed_precision_policy == (
+        "mixed_bfloat16")  # fmt: skip

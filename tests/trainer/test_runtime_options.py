@@ -27,6 +27,7 @@ NOISE_MARKERS = ("cuInit", "oneDNN")
 def fresh_runtime(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
     """Each test configures TensorFlow's settings anew; later tests get float32 models again."""
     monkeypatch.setattr(models, "_runtime", None)
+    monkeypatch.setattr(models, "_resolved", None)
     for name in (models.MIXED_PRECISION_ENV, models.THREADS_ENV):
         monkeypatch.delenv(name, raising=False)
     yield
