@@ -567,7 +567,7 @@ def run(args: argparse.Namespace) -> None:
 
         rows: list[tuple[WorkerSpec, dict[str, Any]]] = []
         if args.dice_check:
-            _dice_check(args, plan, [spec, run_group, tmp], cores)
+            _dice_check(args, plan, spec, tmp, cores)
             return
 
         def measure(*specs: WorkerSpec) -> list[dict[str, Any]]:
@@ -738,7 +738,7 @@ def run(args: argparse.Namespace) -> None:
     )
 
 
-def _dice_check(args: argparse.Namespace, plan: Plan, tools: list[Any], cores: int) -> None:
+def _dice_check(args: argparse.Namespace, plan: Plan, spec: Callable[..., WorkerSpec], tmp: Path, cores: int) -> None:
     """Fold Dice of the first model trained ``args.dice_check`` epochs (the cpu space's hand pick at
     12) in float32 and bfloat16, at 1 thread (a sweep trial) and at every core (cv, retrain).
 
@@ -746,7 +746,6 @@ def _dice_check(args: argparse.Namespace, plan: Plan, tools: list[Any], cores: i
     run at once. The thread-count noise is float32's difference between the two thread counts;
     bfloat16 changes no result beyond it when its difference to float32 at each thread count is smaller.
     """
-    spec, run_group, tmp = tools
     encoder, arch = plan.models[0]
     specs = [
         spec(f"{precision} {threads} thread(s)", encoder, arch, epochs=args.dice_check, threads=threads,

@@ -228,11 +228,8 @@ def precision_for_run(config: CVConfig) -> RuntimeSettings:
         and not base.gpus
         and not config.encoder.startswith(AUTO_BF16_ENCODER_PREFIXES)
     ):
-        _runtime = replace(
-            base,
-            mixed_precision_enabled=False,
-            mixed_precision_policy="float32",
-            mixed_precision_reason=f"auto: no GPU visible; bfloat16 is not measured faster for {config.encoder}",
+        _runtime = _with_policy(
+            base, "float32", f"auto: no GPU visible; bfloat16 is not measured faster for {config.encoder}"
         )
     return _runtime
 
@@ -246,13 +243,16 @@ def follow_recorded_precision(recorded: Mapping[str, Any], why: str = "as the ru
     policy = recorded_policy(recorded)
     if current.mixed_precision != "auto" or policy == current.mixed_precision_policy:
         return current
-    _runtime = replace(
-        current,
-        mixed_precision_enabled=policy != "float32",
-        mixed_precision_policy=policy,
-        mixed_precision_reason=f"auto: {precision_label(recorded)}, {why}",
-    )
+    _runtime = _with_policy(current, policy, f"auto: {precision_label(recorded)}, {why}")
     return _runtime
+
+
+def _with_policy(settings: RuntimeSettings, policy: str, reason: str) -> RuntimeSettings:
+    """``settings`` training under ``policy`` for ``reason`` (``mixed_precision_enabled`` follows it)."""
+    return replace(
+        settings, mixed_precision_policy=policy, mixed_precision_enabled=policy != "float32",
+        mixed_precision_reason=reason,
+    )  # fmt: skip
 
 
 def library_versions() -> dict[str, str]:
@@ -470,11 +470,9 @@ def float32_model(model: tf_keras.Model, config: CVConfig) -> tf_keras.Model:
     global _float32_twin
     if all(getattr(layer, "compute_dtype", "float32") in (None, "float32") for layer in model.layers):
         return model
-    from dataclasses import replace as replace_config
-
     key = (config.arch, config.encoder, config.image_size)
     if _float32_twin is None or _float32_twin[0] != key:
-        _float32_twin = (key, build_model(replace_config(config, weights="none"), mixed_precision=False))
+        _float32_twin = (key, build_model(replace(config, weights="none"), mixed_precision=False))
     twin = _float32_twin[1]
     twin.set_weights(model.get_weights())
     return twin

@@ -210,7 +210,7 @@ def train_one_model(
     recorded = EpochCheckpoint(checkpoint_path, identity).recorded_precision()
     if recorded is not None and recorded != mixed_precision_policy():
         # Resuming mid-way: under auto the epochs to come keep the precision the earlier ones ran in.
-        record = {"mixed_precision_policy": recorded, "mixed_precision_enabled": recorded != "float32"}
+        record = {"mixed_precision_policy": recorded}
         if follow_recorded_precision(record).mixed_precision_policy == recorded:
             print(f"segsweep: mixed precision {precision_label(record)} (auto), as the interrupted training ran",
                   file=sys.stderr, flush=True)  # fmt: skip
