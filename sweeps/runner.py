@@ -675,6 +675,35 @@ def _shutdown_ray() -> None:
 LOCAL_RAY_STARTS = 3
 #: The Ray setting of the niceness its workers add to the raylet's (Ray's default: 15).
 WORKER_NICENESS_ENV = "RAY_worker_niceness"
+#: Ray's switch for clusters of several machines (``ray_constants.ENABLE_RAY_CLUSTER``; off by
+#: default on macOS and Windows only). While it is on, Ray turns a node address of 127.0.0.1 into
+#: the machine's network address (``services.resolve_ip_for_localhost``), and the GCS, raylet,
+#: workers and agents of a one-machine Ray then listen on every interface: measured, a local sweep
+#: had its GCS on ``*:PORT`` and its dashboard agent on the LAN address. Off, they listen on 127.0.0.1.
+RAY_CLUSTER_ENV = "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER"
+
+
+@contextlib.contextmanager
+def _ray_cluster_switch_off() -> Iterator[None]:
+    """Ray's multi-machine switch off while a local Ray starts, then as it was.
+
+    The processes Ray starts read the variable (and keep it); this process imported Ray before, so
+    its constant is set too. Restored after the start: a later ``ray.init(address=...)`` in the same
+    process (a notebook moving to a cluster) must learn the machine's address again.
+    """
+    from ray._private import ray_constants
+
+    saved_env, saved_flag = os.environ.get(RAY_CLUSTER_ENV), ray_constants.ENABLE_RAY_CLUSTER
+    os.environ[RAY_CLUSTER_ENV] = "0"
+    ray_constants.ENABLE_RAY_CLUSTER = False
+    try:
+        yield
+    finally:
+        ray_constants.ENABLE_RAY_CLUSTER = saved_flag
+        if saved_env is None:
+            os.environ.pop(RAY_CLUSTER_ENV, None)
+        else:
+            os.environ[RAY_CLUSTER_ENV] = saved_env
 
 
 def start_local_ray(object_store_bytes: int, **more: Any) -> None:
@@ -695,7 +724,7 @@ def start_local_ray(object_store_bytes: int, **more: Any) -> None:
     }
     for attempt in range(1, LOCAL_RAY_STARTS + 1):
         try:
-            with ray_start_notices_hidden():
+            with ray_start_notices_hidden(), _ray_cluster_switch_off():
                 ray.init(**options)
             return
         except Exception as exc:
@@ -712,7 +741,7 @@ def start_local_ray(object_store_bytes: int, **more: Any) -> None:
 #: Ray's C++ core warns, before its logging starts, when it cannot reach a public DNS server to learn
 #: the machine's address (``network_util.cc``: "Failed to determine local IP via external connectivity
 #: to: 8.8.8.8:53 ..."): a machine with no route out, as in many clinics. A local Ray listens on
-#: 127.0.0.1 (``_node_ip_address``), so the fallback it takes changes nothing for the sweep.
+#: 127.0.0.1 (``_ray_cluster_switch_off``), so the fallback it takes changes nothing for the sweep.
 _RAY_NO_ROUTE_NOTICE = re.compile(r"network_util\.cc:\d+: Failed to determine local IP via external connectivity")
 #: Ray 2.60 enables token authentication for a new local cluster and warns that it did
 #: (``Token authentication is enabled for this Ray cluster...``): the safe default, nothing to act on.

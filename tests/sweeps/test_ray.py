@@ -8,6 +8,7 @@ trial); the ``slow`` ones run the real trainer through the ``segsweep`` command.
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import os
 import signal
@@ -85,6 +86,40 @@ def test_trials_run_at_the_drivers_priority_not_rays_plus_15(local_ray: None) ->
         return os.nice(0)
 
     assert ray.get(ray.remote(niceness).remote()) == os.nice(0)
+
+
+def _is_loopback(host: str) -> bool:
+    address = ipaddress.ip_address(host)
+    mapped = getattr(address, "ipv4_mapped", None)  # ::ffff:127.0.0.1, a dual-stack socket's loopback
+    return (mapped or address).is_loopback
+
+
+def test_a_local_ray_listens_on_loopback_only_and_restores_rays_cluster_switch(local_ray: None) -> None:
+    # Ray turned the 127.0.0.1 it was given into the machine's network address and bound its GCS,
+    # raylet and workers to every interface. A wildcard bind shows here even inside the tests'
+    # loopback-only namespace, where the machine's address is 127.0.0.1 too.
+    import psutil
+    import ray
+    from ray._private import ray_constants
+
+    from sweeps.runner import RAY_CLUSTER_ENV
+
+    def worker_pid() -> int:  # nested: pickled by value
+        return os.getpid()
+
+    assert ray.get(ray.remote(worker_pid).remote()) != os.getpid()  # a worker is up and listening
+    children = psutil.Process().children(recursive=True)
+    # Started with Ray's multi-machine switch off (sweeps.runner._ray_cluster_switch_off), which keeps
+    # them on 127.0.0.1 where the machine has a network address too (test_runner.py fakes one). Ray's
+    # Python processes retitle themselves over their environment: the C++ ones show it.
+    cores = [child for child in children if child.name() in ("gcs_server", "raylet")]  # the others retitle
+    assert len(cores) == 2 and {core.environ().get(RAY_CLUSTER_ENV) for core in cores} == {"0"}
+    ours = {os.getpid()} | {child.pid for child in children}
+    listeners = [c for c in psutil.net_connections(kind="inet") if c.status == psutil.CONN_LISTEN and c.pid in ours]
+    assert len({c.pid for c in listeners}) >= 3, listeners  # the GCS, the raylet, a worker at least
+    assert all(_is_loopback(c.laddr.ip) for c in listeners), [(c.pid, c.laddr) for c in listeners]
+    # The switch is off only while Ray starts: a later ray.init(address=...) joins a real cluster.
+    assert RAY_CLUSTER_ENV not in os.environ and (sys.platform == "linux") == ray_constants.ENABLE_RAY_CLUSTER
 
 
 @pytest.mark.slow

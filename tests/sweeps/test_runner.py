@@ -16,7 +16,14 @@ from pathlib import Path
 
 import pytest
 
-from sweeps.runner import RAY_FOLDER_PREFIX, _tune_forwards_no_secrets, private_ray_folder, remove_stale_ray_folders
+from sweeps.runner import (
+    RAY_CLUSTER_ENV,
+    RAY_FOLDER_PREFIX,
+    _ray_cluster_switch_off,
+    _tune_forwards_no_secrets,
+    private_ray_folder,
+    remove_stale_ray_folders,
+)
 from tests.support.fake_driver import environment
 from tests.support.ray import TINY_SPACE, stop_processes_using, wait_for
 from tests.support.synth import make_dataset
@@ -44,6 +51,27 @@ if sys.argv[1] == "sigint":
 sys.argv = ["segsweep", *sys.argv[2:]]
 sys.exit(main())
 """
+
+
+def test_a_local_ray_keeps_127_0_0_1_where_the_machine_has_a_network_address(monkeypatch: pytest.MonkeyPatch) -> None:
+    # Ray replaced the 127.0.0.1 of start_local_ray with the machine's address and then listened on every
+    # interface (measured: the GCS on *:PORT, the dashboard agent on the LAN address). The tests' network
+    # namespace has no address but loopback, so the machine's address is faked here, where Ray learns it.
+    import ray
+    from ray._private import ray_constants, services
+
+    monkeypatch.setattr(ray._private.worker, "_global_node", None)  # no Ray of this process answers first
+    monkeypatch.setattr(services, "node_ip_address_from_perspective", lambda address=None: "192.0.2.77")
+    monkeypatch.setattr(ray_constants, "ENABLE_RAY_CLUSTER", True)  # Linux's default
+    monkeypatch.delenv(RAY_CLUSTER_ENV, raising=False)
+    assert services.resolve_ip_for_localhost("127.0.0.1") == "192.0.2.77"  # what ray.init did with it
+
+    with _ray_cluster_switch_off():
+        assert services.resolve_ip_for_localhost("127.0.0.1") == "127.0.0.1"
+        assert os.environ[RAY_CLUSTER_ENV] == "0"  # for the raylet, workers and agents it starts
+
+    # Only while Ray starts: a later ray.init(address=...) in this process joins a cluster at its address.
+    assert services.get_node_ip_address() == "192.0.2.77" and RAY_CLUSTER_ENV not in os.environ
 
 
 @pytest.fixture
