@@ -19,7 +19,7 @@ from typing import Any
 from segsweep.base.errors import ConfigError
 from sweeps._slurm import SlurmOptions
 from sweeps.folder import SweepFolder, append_submission, now, read_submissions, request_stop, storage_path
-from sweeps.spec import OVERRIDE_KEYS, SweepSpec
+from sweeps.spec import OVERRIDES, RUN_OPTIONS, SweepSpec
 
 SLURM, RAY_JOB = "slurm", "ray-job"
 #: Lines of a job's log that ``sweep status`` shows.
@@ -37,57 +37,39 @@ class Submitted:
     address: str | None = None
 
 
+#: ``sweep run`` options a job is not given: it joins the Ray its job starts, and it cannot read the
+#: submitting machine's files (checked_spec refuses both).
+NOT_CARRIED = ("address", "start")
+
+
 def run_argv(spec: SweepSpec) -> list[str]:
     """The ``segsweep sweep run`` command line that makes ``spec`` (without ``--address``).
 
-    The inverse of ``sweeps.cli.spec_from_args``; a test parses it back to the same spec.
+    The inverse of ``sweeps.cli.spec_from_args``, derived from the same declaration
+    (``sweeps.spec.RUN_OPTIONS``), so an option added there reaches submitted jobs too; a test parses
+    it back to the same spec. Every set value is said: a cluster's environment (its
+    SEGSWEEP_MIXED_PRECISION, say) decides nothing the submitting user chose.
     """
-    argv = [
-        "segsweep",
-        "sweep",
-        "run",
-        "--data",
-        spec.data,
-        "--space",
-        spec.space,
-        "--trials",
-        str(spec.trials),
-        "--name",
-        spec.name,
-        "--storage",
-        spec.storage,
-        "--cpus-per-trial",
-        f"{spec.cpus_per_trial:g}",
-        "--gpus-per-trial",
-        f"{spec.gpus_per_trial:g}",
-        "--scheduler",
-        spec.scheduler,
-        "--seed",
-        str(spec.seed),
-    ]
-    if spec.concurrency is not None:
-        argv += ["--concurrency", str(spec.concurrency)]
-    for key in OVERRIDE_KEYS:
-        value = spec.overrides.get(key)
-        if value is not None:
-            argv += [f"--{key.replace('_', '-')}", str(value)]
-    if spec.tracker is not None:
-        argv += ["--tracker", spec.tracker]
-    if spec.keep_models:
-        argv += ["--keep-models", str(spec.keep_models)]
-    if spec.skip_bad:
-        argv.append("--skip-bad")
-    if spec.warm_start is not None:
-        argv += ["--warm-start", spec.warm_start]
-    if spec.time_budget_s is not None:
-        argv += ["--time-budget", f"{spec.time_budget_s:g}"]
-    if spec.max_failed_trials is not None:
-        argv += ["--max-failures", str(spec.max_failed_trials)]
-    # Always said: left out, the job's SEGSWEEP_MIXED_PRECISION (or auto) would decide instead.
-    argv += ["--mixed-precision", spec.mixed_precision]
-    if spec.threads is not None:
-        argv += ["--threads", str(spec.threads)]
+    argv = ["segsweep", "sweep", "run"]
+    for option in RUN_OPTIONS:
+        if option.key in NOT_CARRIED:
+            continue
+        value = spec.overrides.get(option.key) if option.target == OVERRIDES else getattr(spec, option.target)
+        if option.action == "store_true":
+            argv += [option.flag] if value else []
+        elif value is not None:
+            argv += [option.flag, _argument_text(value)]
     return argv
+
+
+def _argument_text(value: Any) -> str:
+    """``value`` as the command line gives it back: floats in their shortest plain decimals (5400, 0.5),
+    since --time-budget takes no exponent."""
+    if isinstance(value, float):
+        import numpy as np
+
+        return np.format_float_positional(value, trim="-")
+    return str(value)
 
 
 def checked_spec(spec: SweepSpec) -> tuple[SweepSpec, int]:

@@ -37,8 +37,14 @@ def test_run_argv_parses_back_to_the_same_spec(tmp_path: Path) -> None:
     # Every option a job needs reaches it: a cluster's environment (SEGSWEEP_MIXED_PRECISION) decides none.
     spec = replace(spec, keep_models=3, skip_bad=True, warm_start="earlier", time_budget_s=5400.0,
                    max_failed_trials=4, mixed_precision="bf16", threads=2)  # fmt: skip
-    args = build_parser().parse_args(run_argv(spec)[1:])
-    assert spec_from_args(args) == spec
+    argv = run_argv(spec)
+    assert spec_from_args(build_parser().parse_args(argv[1:])) == spec
+    # Derived from RUN_OPTIONS: every option but the two a job cannot take. A new option fails here until
+    # the spec above sets it, and then the round trip checks it.
+    from sweeps.spec import RUN_OPTIONS
+    from sweeps.submit import NOT_CARRIED
+
+    assert {a for a in argv if a.startswith("--")} == {o.flag for o in RUN_OPTIONS if o.key not in NOT_CARRIED}
 
 
 def test_a_submitted_sweep_with_start_files_is_refused_in_one_line(tmp_path: Path) -> None:
