@@ -74,6 +74,7 @@ class TestComparison:
             "winner_prediction": str(self.winner_folder),
             "other_prediction": str(self.other_folder),
             **self.difference.to_dict(),
+            "sentence": self.sentence(),  # `sweep status` repeats it from best.json
         }
 
 

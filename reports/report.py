@@ -34,6 +34,7 @@ from reports.leaderboard import (
 from segsweep.base.errors import ConfigError, SegsweepError
 from segsweep.base.files import disk_full_as_error, write_bytes_atomic, write_json_atomic
 from sweeps.folder import (
+    BEST_FILE,
     BOOTSTRAP_RESAMPLES,
     BOOTSTRAP_SEED,
     OBJECTIVE,
@@ -988,8 +989,8 @@ def write_report(report: Report, out: Path, formats: Sequence[str] = FORMATS) ->
         for path, content in files.items():
             write_bytes_atomic(path, content)
         if "json" in formats:
-            write_json_atomic(out / "best.json", report.best)
-            written.append(out / "best.json")
+            write_json_atomic(out / BEST_FILE, report.best)
+            written.append(out / BEST_FILE)
     return written
 
 

@@ -29,6 +29,7 @@ from sweeps.folder._evidence import (
     winner_evidence,
 )
 from sweeps.folder._layout import (
+    BEST_FILE,
     DEFAULT_STORAGE,
     FORMAT_VERSION,
     STORAGE_ENV,
@@ -98,6 +99,7 @@ from sweeps.folder._sweep_results import (
 
 __all__ = [
     "BEAT",
+    "BEST_FILE",
     "BOOTSTRAP_RESAMPLES",
     "BOOTSTRAP_SEED",
     "COMPLETE",

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from sweeps.folder._ranking import is_eligible, rank_trials
+from sweeps.folder._records import read_json_record
 from sweeps.folder._sweep_results import SweepResults, TrialResult, pair_image_scores
 
 BOOTSTRAP_RESAMPLES = 10_000
@@ -141,6 +142,31 @@ class WinnerEvidence:
             "tied_with_winner": [t.trial_id for t in self.tied],
             "notes": self.notes,
         }
+
+
+def reported_test_sets(sweep: SweepResults, winner: TrialResult) -> list[str]:
+    """The test-set sentences of the report in the sweep's report folder, for ``sweep status``.
+
+    They are the report's own (``report --test-prediction`` pairs the predictions; this module cannot,
+    as reports build on it), said only while their winner is still the sweep's: after a new winner a
+    line says the report's comparison is of an earlier one.
+    """
+    path = sweep.folder.report_best_file
+    try:
+        record = read_json_record(path)
+    except (OSError, ValueError):
+        return [f"Cannot read {path}: rerun `segsweep report {sweep.folder.cli_args}` to write it again."]
+    evidence = record.get("evidence") if isinstance(record, dict) else None
+    tests = evidence.get("test_sets") if isinstance(evidence, dict) else None
+    if not isinstance(evidence, dict) or not tests:
+        return []
+    if evidence.get("winner") != winner.trial_id:
+        return [
+            f"The test-set comparison in {path} is of trial {evidence.get('winner')}, no longer the winner: "
+            f"predict the test set with the retrained {winner.label} and rerun `segsweep report "
+            f"{sweep.folder.cli_args} --test-prediction ...`."
+        ]
+    return [f"{t['sentence']} (from {path})" for t in tests if isinstance(t, dict) and t.get("sentence")]
 
 
 def paired_bootstrap(differences: np.ndarray) -> tuple[float, float, float]:

@@ -46,6 +46,8 @@ EVENTS_FILE = "events.jsonl"
 PROGRESS_FILE = "progress.json"
 RAY_DIR = "ray"
 REPORT_DIR = "report"
+#: The report's record of the winner (its configuration, evidence, test sets), in REPORT_DIR or --out.
+BEST_FILE = "best.json"
 PREDICTIONS_DIR = "predictions"
 #: A request to stop the sweep (``segsweep sweep stop``, a time budget, Ctrl-C), read by its driver.
 STOP_FILE = "stop.json"
@@ -140,6 +142,11 @@ class SweepFolder:
     @property
     def report_dir(self) -> Path:
         return self.path / REPORT_DIR
+
+    @property
+    def report_best_file(self) -> Path:
+        """The best.json of the report written to its default folder (``sweep status`` reads its test sets)."""
+        return self.report_dir / BEST_FILE
 
     @property
     def predictions_dir(self) -> Path:

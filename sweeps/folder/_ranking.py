@@ -156,11 +156,11 @@ def format_leaderboard(sweep: SweepResults) -> str:
     lines += notes
     # Imported here: the evidence and edges modules build on this module's ranking.
     from sweeps.folder._edges import WIDENED_SPACE_FILE, space_edges
-    from sweeps.folder._evidence import winner_evidence
+    from sweeps.folder._evidence import reported_test_sets, winner_evidence
 
     evidence = winner_evidence(sweep)
     if evidence is not None:
-        lines += evidence.lines()
+        lines += evidence.lines() + reported_test_sets(sweep, evidence.winner)
     edges = space_edges(sweep)
     if edges is not None:  # status writes nothing: the command names the file `segsweep report` writes
         lines += edges.lines(sweep.folder.report_dir / WIDENED_SPACE_FILE, written=False)

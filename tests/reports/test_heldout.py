@@ -87,6 +87,34 @@ def test_the_report_states_the_winner_against_the_starting_point_on_the_test_set
     assert compared["winner_prediction"] == str(winner) and compared["other_prediction"] == str(start)
 
 
+def test_sweep_status_repeats_the_reports_test_set_verdict_while_its_winner_is_the_sweeps(tmp_path: Path) -> None:
+    from sweeps.folder import format_leaderboard
+
+    _sweep(tmp_path)
+    noisy = [b + 0.07 + (0.04 if i % 2 else -0.04) for i, b in enumerate(BASE)]
+    winner = _prediction(tmp_path / "p-winner", tmp_path, "trial_00001", noisy)
+    start = _prediction(tmp_path / "p-start", tmp_path, "trial_00000", BASE)
+    assert load_sweep(tmp_path, "s").folder.report_best_file.parent.name == "report"
+    assert "On the test set" not in format_leaderboard(load_sweep(tmp_path, "s"))  # no report yet
+    assert main(["report", "s", "--storage", str(tmp_path), "--test-prediction", str(start),
+                 "--test-prediction", str(winner)]) == 0  # fmt: skip
+    sweep = load_sweep(tmp_path, "s")
+    best = sweep.folder.report_best_file
+    [compared] = read_json(best)["evidence"]["test_sets"]
+    status = format_leaderboard(sweep)
+    assert f"{compared['sentence']} (from {best})" in status
+    assert "On the test set medico2020_val, the winner's prediction: +0.070 Dice over your starting point" in status
+
+    # A report of an earlier winner: its test verdict is not said as the current winner's.
+    record = read_json(best)
+    record["evidence"]["winner"] = "trial_00000"
+    best.write_text(json.dumps(record))
+    status = format_leaderboard(load_sweep(tmp_path, "s"))
+    assert "On the test set" not in status and "is of trial trial_00000, no longer the winner" in status
+    best.write_text("{damaged")
+    assert f"Cannot read {best}: rerun `segsweep report" in format_leaderboard(load_sweep(tmp_path, "s"))
+
+
 def test_predictions_that_do_not_pair_are_refused_in_one_line(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
