@@ -20,7 +20,7 @@ from sweeps._start import (
     resolve_start_points,
     warm_start_trials,
 )
-from sweeps.folder import STUDY_START_ATTR, SweepFolder, format_leaderboard, load_sweep
+from sweeps.folder import STUDY_START_ATTR, STUDY_WARM_START_ATTR, SweepFolder, format_leaderboard, load_sweep
 from sweeps.runner import run_sweep
 from sweeps.spec import SweepSpec
 from tests.support import fake_cv as fake
@@ -167,3 +167,27 @@ def test_warm_start_on_other_data_makes_its_best_trials_starting_points(tmp_path
     # They are checked against the space like any starting point, the sweep's data settings left out.
     points = resolve_start_points([StartEntry.from_dict(e) for e in spec.start], space, spec.cv_overrides())
     assert points[0].params == load_sweep(tmp_path, "quick1").completed()[0].params
+
+
+@pytest.mark.slow
+def test_a_warm_started_sweep_runs_only_its_own_trials_and_its_sampler_holds_the_earlier_ones(
+    tmp_path: Path, local_ray: None
+) -> None:
+    first = tiny_sweep_spec(tmp_path, "a", {"fold_seconds": 0.05}, trials=2, concurrency=1, scheduler="none")
+    assert run_sweep(first, cv_runner=fake.fake_run_cv).finished
+    (tmp_path / "out" / "b").mkdir()
+    (tmp_path / "out" / "b" / "fake.json").write_text(json.dumps({"fold_seconds": 0.05}))
+    second = SweepSpec(name="b", data=first.data, space=first.space, storage=first.storage, trials=2,
+                       tracker="none", concurrency=1, scheduler="none", warm_start="a")  # fmt: skip
+    assert run_sweep(second, cv_runner=fake.fake_run_cv).finished
+
+    earlier, sweep = load_sweep(tmp_path / "out", "a"), load_sweep(tmp_path / "out", "b")
+    assert len(sweep.trials) == 2 and all(t.state == "COMPLETE" for t in sweep.trials)  # its own trials only
+    study = optuna.load_study(study_name="b", storage=SweepFolder(sweep.path).optuna_url)
+    given = [t for t in study.trials if STUDY_WARM_START_ATTR in t.user_attrs]
+    assert len(study.trials) == 4 and sorted(t.value for t in given) == sorted(
+        t.mean["dice"] for t in earlier.completed()
+    )
+    scored = [t.params for t in earlier.trials]
+    assert all(t.params not in scored for t in sweep.trials)  # no configuration the earlier sweep scored
+    assert "2 scored trials of sweep 'a' given to the sampler" in format_leaderboard(sweep)
