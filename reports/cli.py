@@ -45,6 +45,11 @@ def register(sub: Any) -> None:
     retrain.add_argument("--storage", default=None, help=storage_help())
     retrain.add_argument("--out", required=True, help="model bundle folder to create")
     retrain.add_argument("--trial", default=None, help="retrain this trial id instead of the winner")
+    retrain.add_argument(
+        "--seed", type=int, default=None,
+        help="train with this seed instead of the trial's: a second retrain of one configuration measures how "
+        "much the final model owes to the draw (recorded in the bundle's configuration and card)",
+    )  # fmt: skip
     retrain.add_argument("--quiet", action="store_true", help="no per-epoch lines")
     add_runtime_options(retrain)
     retrain.set_defaults(handler=_cmd_retrain)
@@ -142,8 +147,8 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
     try:
         with sigterm_interrupts():
             return run_retrain_command(
-                args.name, args.storage, Path(args.out), trial_id=args.trial, verbose=not args.quiet,
-                threads=args.threads, mixed_precision=args.mixed_precision,
+                args.name, args.storage, Path(args.out), trial_id=args.trial, seed=args.seed,
+                verbose=not args.quiet, threads=args.threads, mixed_precision=args.mixed_precision,
             )  # fmt: skip
     except KeyboardInterrupt:
         checkpoint = retrain_checkpoint_path(args.out)
@@ -152,13 +157,13 @@ def _cmd_retrain(args: argparse.Namespace) -> int:
 
 
 def retrain_command(args: argparse.Namespace) -> str:
-    """The `segsweep retrain` command that resumes this one: the same sweep, trial and --out."""
+    """The `segsweep retrain` command that resumes this one: the same sweep, trial, seed and --out."""
     import shlex
 
     from trainer.cli import option_words
 
     words = ["segsweep", "retrain", args.name,
-             *option_words(args, ["storage", "out", "trial", "threads", "mixed_precision"])]  # fmt: skip
+             *option_words(args, ["storage", "out", "trial", "seed", "threads", "mixed_precision"])]  # fmt: skip
     return shlex.join(words + (["--quiet"] if args.quiet else []))
 
 

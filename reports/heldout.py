@@ -4,8 +4,9 @@
 configuration the model was trained with. Given the winner's prediction and a starting point's of
 the same test set, the report pairs them by image stem and states the paired mean difference with
 the bootstrap interval of the cross-validation evidence (:func:`sweeps.folder.difference_over_images`:
-one home for the statistics). Which trial a prediction is of comes from its model's configuration,
-never from the folder's name: a prediction whose configuration is neither the winner's nor a
+one home for the statistics). Which trial a prediction is of comes from its model's configuration
+(its seed aside, which ``retrain --seed`` changes; the sentence then names the seed), never from the
+folder's name: a prediction whose configuration is neither the winner's nor a
 starting point's, of other images, or unfinished, is refused.
 """
 
@@ -42,6 +43,12 @@ class TestPrediction:
     masks: str
     dice: dict[str, float]  # image stem -> plain Dice
     trial: TrialResult
+    seed: int  # the predicting model's training seed (``retrain --seed`` may have changed the trial's)
+
+    def retrained_seed(self) -> int | None:
+        """The seed, where ``retrain --seed`` gave another than the trial's."""
+        trial_seed = CVConfig.from_dict(self.trial.config, source=f"trial {self.trial.trial_id}").seed
+        return self.seed if self.seed != trial_seed else None
 
     @property
     def test_set(self) -> str:
@@ -59,12 +66,18 @@ class TestComparison:
     difference: PairedDifference
     winner_folder: Path
     other_folder: Path
+    winner_seed: int | None = None  # set where the model was retrained with another seed than its trial's
+    other_seed: int | None = None
 
     def sentence(self) -> str:
         """``On medico2020_val: +0.070 Dice over your starting point hand-pick, 95 % interval ...``."""
         label = self.difference.other.start or self.difference.other.label
         said = self.difference.versus_starting_point(label, "no image has a finite Dice in both")
-        return f"On the test set {self.test_set}, the winner's prediction: {said}."
+        seeds = [f"{who} retrained with seed {seed}" for who, seed in
+                 (("the winner", self.winner_seed), (label, self.other_seed)) if seed is not None]  # fmt: skip
+        return f"On the test set {self.test_set}, the winner's prediction: {said}" + (
+            f" ({'; '.join(seeds)})." if seeds else "."
+        )
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -73,9 +86,16 @@ class TestComparison:
             "variant": VARIANT,
             "winner_prediction": str(self.winner_folder),
             "other_prediction": str(self.other_folder),
+            "winner_retrained_seed": self.winner_seed,
+            "other_retrained_seed": self.other_seed,
             **self.difference.to_dict(),
             "sentence": self.sentence(),  # `sweep status` repeats it from best.json
         }
+
+
+#: Configuration fields a prediction's model may differ in from its trial: ``retrain --seed`` trains the
+#: same configuration from another draw (to measure what a test score owes to it).
+_NOT_COMPARED = ("seed",)
 
 
 def _configuration(values: Any, where: str) -> dict[str, Any]:
@@ -83,6 +103,11 @@ def _configuration(values: Any, where: str) -> dict[str, Any]:
     if not isinstance(values, dict):
         raise ConfigError(f"{_OPTION} {where}: no model configuration recorded; rerun `segsweep predict` with --masks")
     return CVConfig.from_dict(values, source=where).to_dict()
+
+
+def _compared(config: dict[str, Any]) -> dict[str, Any]:
+    """The fields by which a prediction's model is matched to a trial."""
+    return {key: value for key, value in config.items() if key not in _NOT_COMPARED}
 
 
 def _model_configuration(metrics: dict[str, Any], folder: Path) -> dict[str, Any]:
@@ -99,7 +124,7 @@ def _model_configuration(metrics: dict[str, Any], folder: Path) -> dict[str, Any
             f"{_OPTION} {folder}: its metrics.json does not record the model's configuration and the model "
             f"{metrics.get('model')} is not there to read it from; rerun `segsweep predict` (with --masks) into it"
         ) from None
-    return bundle.config.to_dict()
+    return _configuration(bundle.config.to_dict(), str(bundle.path))
 
 
 def read_test_prediction(folder: Path, sweep: SweepResults, candidates: Sequence[TrialResult]) -> TestPrediction:
@@ -126,7 +151,10 @@ def read_test_prediction(folder: Path, sweep: SweepResults, candidates: Sequence
     if not dice:
         raise ConfigError(f"{_OPTION} {folder}: its metrics.json holds no per-image Dice; predict with --masks")
     config = _model_configuration(metrics, folder)
-    matching = [t for t in candidates if _configuration(t.config, f"trial {t.trial_id} configuration") == config]
+    matching = [
+        t for t in candidates
+        if _compared(_configuration(t.config, f"trial {t.trial_id} configuration")) == _compared(config)
+    ]  # fmt: skip
     if not matching:
         names = ", ".join(
             f"{t.label} ({'winner' if t is candidates[0] else f'starting point {t.start}'})" for t in candidates
@@ -139,7 +167,9 @@ def read_test_prediction(folder: Path, sweep: SweepResults, candidates: Sequence
         )
     source = metrics.get("source") if isinstance(metrics.get("source"), dict) else {}
     named = [t for t in matching if t.trial_id == (source or {}).get("trial")]
-    return TestPrediction(folder, str(metrics.get("images")), str(metrics.get("masks")), dice, (named or matching)[0])
+    return TestPrediction(
+        folder, str(metrics.get("images")), str(metrics.get("masks")), dice, (named or matching)[0], int(config["seed"])
+    )
 
 
 def test_set_evidence(sweep: SweepResults, winner: TrialResult, folders: Sequence[Path]) -> list[TestComparison]:
@@ -191,6 +221,8 @@ def test_set_evidence(sweep: SweepResults, winner: TrialResult, folders: Sequenc
                     difference_over_images(differences, other.trial, role),
                     mine.folder,
                     other.folder,
+                    mine.retrained_seed(),
+                    other.retrained_seed(),
                 )
             )
     return comparisons

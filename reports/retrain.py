@@ -11,6 +11,7 @@ import math
 import statistics
 import sys
 from collections.abc import Mapping, Sequence
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -120,7 +121,12 @@ def _model_card(meta: Mapping[str, Any], history: Sequence[EpochRecord], schedul
         f"- {config['arch']} with encoder {config['encoder']}, encoder weights at start: {config['weights']}",
         f"- Loss {config['loss']}, Adam, lr {config['lr']:g}, batch size {config['batch_size']}, "
         f"{config['epochs']} epochs, augmentation {'on' if config['augment'] else 'off'}, "
-        f"seed {config['seed']}",
+        f"seed {config['seed']}"
+        + (
+            f" (the trial's was {source['trial_seed']}: retrained with --seed)"
+            if source.get("trial_seed", config["seed"]) != config["seed"]
+            else ""
+        ),
         f"- Learning-rate cuts after epochs: {schedule['drop_epochs'] or 'none'}",
         f"- Rule: {schedule['rule']}",
         f"- Cuts of the cross-validation folds: {schedule['fold_drops']}",
@@ -160,18 +166,30 @@ def _model_card(meta: Mapping[str, Any], history: Sequence[EpochRecord], schedul
     return "\n".join(lines)
 
 
-def retrain(sweep: SweepResults | Sweep, out: str | Path, *, trial_id: str | None = None, verbose: bool = True) -> Path:
+def retrain(
+    sweep: SweepResults | Sweep,
+    out: str | Path,
+    *,
+    trial_id: str | None = None,
+    seed: int | None = None,
+    verbose: bool = True,
+) -> Path:
     """Train the winner (or ``trial_id``) on every development image; write the model bundle at ``out``.
+
+    ``seed`` replaces the trial's seed (the bundle's configuration says the one it trained with, its
+    source the trial's): two retrains of one configuration tell how much a test score owes to the draw.
 
     ``out`` is locked from before training to the bundle's rename: a second retrain into it stops at
     once ("being written by pid N"), not in write_bundle after training; a killed one's staging
     folder is removed.
     """
     with writing_lock(Path(out)):
-        return _retrain_holding_lock(sweep, out, trial_id=trial_id, verbose=verbose)
+        return _retrain_holding_lock(sweep, out, trial_id=trial_id, seed=seed, verbose=verbose)
 
 
-def _retrain_holding_lock(sweep: SweepResults | Sweep, out: str | Path, *, trial_id: str | None, verbose: bool) -> Path:
+def _retrain_holding_lock(
+    sweep: SweepResults | Sweep, out: str | Path, *, trial_id: str | None, seed: int | None, verbose: bool
+) -> Path:
     if isinstance(sweep, Sweep):
         sweep = sweep.results()
     out = Path(out)
@@ -186,6 +204,9 @@ def _retrain_holding_lock(sweep: SweepResults | Sweep, out: str | Path, *, trial
         config.validate()
     except ConfigError as exc:
         raise SegsweepError(f"cannot retrain trial {trial.trial_id}: {exc}") from None
+    trial_seed = config.seed
+    if seed is not None:
+        config = replace(config, seed=seed)
     root = data_path(sweep, trial)
     if root is None:
         raise DataError(f"{sweep.folder.spec_file} does not say which data set the sweep ran on (no 'data')")
@@ -242,6 +263,7 @@ def _retrain_holding_lock(sweep: SweepResults | Sweep, out: str | Path, *, trial
             "number": trial.number,
             "params": trial.params,
             "chosen_as": choice,
+            "trial_seed": trial_seed,  # the configuration's seed is the one this bundle trained with
             "cv": {"n_folds": trial.n_folds, "folds_done": trial.folds_done, "state": trial.state,
                    "mean": trial.mean, "std": trial.std},
         },
@@ -320,6 +342,7 @@ def run_retrain_command(
     out: Path,
     *,
     trial_id: str | None = None,
+    seed: int | None = None,
     verbose: bool = True,
     threads: int | None = None,
     mixed_precision: str | None = None,
@@ -329,7 +352,7 @@ def run_retrain_command(
     from trainer.models import configure_tensorflow
 
     configure_tensorflow(threads, mixed_precision)
-    bundle = retrain(sweep, out, trial_id=trial_id, verbose=verbose)
+    bundle = retrain(sweep, out, trial_id=trial_id, seed=seed, verbose=verbose)
     meta = json.loads((bundle / CONFIG_FILE).read_text())
     print(f"wrote model bundle {bundle} ({meta['seconds']:.0f} s of training)", file=sys.stderr)
     return 0

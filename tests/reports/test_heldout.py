@@ -34,11 +34,12 @@ def _sweep(storage: Path) -> None:
 
 def _prediction(
     out: Path, storage: Path, trial_id: str, dice: list[float], *, images: Path | None = None,
-    stems: list[str] = STEMS, state: str = "complete",
+    stems: list[str] = STEMS, state: str = "complete", seed: int | None = None,
 ) -> Path:  # fmt: skip
     """A `predict --masks` output folder as predict writes it: prediction.json and metrics.json with the
-    model's configuration (here the trial's) and each image's Dice."""
+    model's configuration (here the trial's, with ``seed`` where retrained with another) and each image's Dice."""
     config = next(t.config for t in load_sweep(storage, "s").trials if t.trial_id == trial_id)
+    config = config if seed is None else {**config, "seed": seed}
     images = images or out.parent / "medico2020_val" / "images"
     out.mkdir(parents=True)
     (out / "prediction.json").write_text(json.dumps({"state": state, "images": str(images)}))
@@ -85,6 +86,20 @@ def test_the_report_states_the_winner_against_the_starting_point_on_the_test_set
     assert compared["test_set"] == "medico2020_val" and compared["n_pairs"] == N_IMAGES
     assert compared["verdict"] == verdict and compared["mean_difference"] == pytest.approx(shift)
     assert compared["winner_prediction"] == str(winner) and compared["other_prediction"] == str(start)
+
+
+def test_a_winner_retrained_with_another_seed_is_still_the_winner_and_the_sentence_names_the_seed(
+    tmp_path: Path,
+) -> None:
+    _sweep(tmp_path)
+    noisy = [b + 0.07 + (0.04 if i % 2 else -0.04) for i, b in enumerate(BASE)]
+    winner = _prediction(tmp_path / "p-winner", tmp_path, "trial_00001", noisy, seed=7)  # retrain --seed 7
+    start = _prediction(tmp_path / "p-start", tmp_path, "trial_00000", BASE)
+    assert _report(tmp_path, start, winner) == 0
+    [compared] = read_json(tmp_path / "r" / "best.json")["evidence"]["test_sets"]
+    assert (compared["winner_retrained_seed"], compared["other_retrained_seed"]) == (7, None)
+    assert compared["sentence"].endswith("(the winner retrained with seed 7).")
+    assert compared["sentence"] in (tmp_path / "r" / "report.md").read_text()
 
 
 def test_sweep_status_repeats_the_reports_test_set_verdict_while_its_winner_is_the_sweeps(tmp_path: Path) -> None:

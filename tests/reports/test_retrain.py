@@ -15,7 +15,7 @@ import pytest
 from segsweep.base.files import write_json_atomic
 from sweeps.cli import main
 from tests.support import TINY_ENCODER, checkpoint_every_epoch
-from trainer.bundle import load_bundle, retrain_checkpoint_path
+from trainer.bundle import CARD_FILE, CONFIG_FILE, load_bundle, retrain_checkpoint_path
 from trainer.config import CVConfig
 from trainer.data import prepare_dataset
 from trainer.results import CV_FILE, CVResult, EpochRecord, FoldResult
@@ -123,6 +123,18 @@ def test_retrain_stopped_after_an_epoch_resumes_there_and_ends_as_if_never_stopp
     np.testing.assert_allclose([h["loss"] for h in history[1]], [h["loss"] for h in history[0]], rtol=1e-5)
     for a, b in zip(whole.load_model().get_weights(), resumed.load_model().get_weights(), strict=True):
         np.testing.assert_allclose(a, b, rtol=1e-4, atol=1e-6)
+
+
+def test_retrain_with_another_seed_records_the_seed_it_trained_with_and_the_trials(
+    cv_folder: Path, tmp_path: Path
+) -> None:
+    assert CONFIG.seed != 7
+    assert main(["retrain", str(cv_folder), "--out", str(tmp_path / "seed7"), "--seed", "7", "--quiet"]) == 0
+    bundle = load_bundle(tmp_path / "seed7")
+    meta = json.loads((bundle.path / CONFIG_FILE).read_text())
+    assert bundle.config.seed == 7 and meta["source"]["trial_seed"] == CONFIG.seed
+    card = (bundle.path / CARD_FILE).read_text()
+    assert f"seed 7 (the trial's was {CONFIG.seed}: retrained with --seed)" in card
 
 
 def test_a_second_retrain_into_the_same_out_stops_before_training(
