@@ -151,16 +151,18 @@ def collect(out: Path) -> dict[str, Any]:
             verdicts[f"cv: winner {winner.label} - {other.start}"] = paired(winner, other)
         if len(ranked) > 1:
             verdicts[f"cv: winner - runner-up {ranked[1].label}"] = paired(winner, ranked[1])
-    winner_test, hand_test = test_scores(out, "winner2"), test_scores(out, "handpick2")
     tests: dict[str, Any] = {}
-    for name, scores in (("winner2", winner_test), ("handpick2", hand_test)):
-        if scores is not None:
-            tests[name] = {"dice": float(np.mean(list(scores.values()))), "n": len(scores)}
-    if winner_test and hand_test:
-        common = sorted(set(winner_test) & set(hand_test))
-        assert hand is not None  # the hand pick's prediction comes from its trial's retrain
-        difference = difference_over_images([winner_test[s] - hand_test[s] for s in common], hand, "hand-pick")
-        verdicts["test medico2020_val: winner - hand-pick (retrained)"] = _as_dict(difference)
+    # Each pair retrained twice: the trials' seed (0), then seed 1 (run_study.py's RETRAIN_SEED2).
+    for suffix, draw in (("", "retrained"), ("-seed1", "retrained with seed 1")):
+        winner_test, hand_test = test_scores(out, f"winner2{suffix}"), test_scores(out, f"handpick2{suffix}")
+        for name, scores in ((f"winner2{suffix}", winner_test), (f"handpick2{suffix}", hand_test)):
+            if scores is not None:
+                tests[name] = {"dice": float(np.mean(list(scores.values()))), "n": len(scores)}
+        if winner_test and hand_test:
+            common = sorted(set(winner_test) & set(hand_test))
+            assert hand is not None  # the hand pick's prediction comes from its trial's retrain
+            difference = difference_over_images([winner_test[s] - hand_test[s] for s in common], hand, "hand-pick")
+            verdicts[f"test medico2020_val: winner - hand-pick ({draw})"] = _as_dict(difference)
     # Pruning checks: does fold 1 at a third / half of its epochs rank trials as their CV Dice does?
     full = [t for t in trials if t.all_folds_done]
     rank_checks = {
