@@ -236,6 +236,15 @@ def build_second_steps(segsweep: str, python: str, data: Path, out: Path) -> lis
                    "--out", str(target), "--tta", "--postprocess", POSTPROCESS]  # fmt: skip
         return Step(name, lambda: (target / "metrics.json").is_file(), lambda: [command], [needs, "val-set"])
 
+    def report_test(name: str, report_dir: Path, suffix: str) -> Step:
+        """The report's verdict on the test set: the winner against the hand pick, image by image."""
+        winner, hand = out / "predict" / f"winner2{suffix}", out / "predict" / f"handpick2{suffix}"
+        where = [] if report_dir == folder / "report" else ["--out", str(report_dir)]  # else the sweep's own
+        command = [segsweep, "report", SWEEP2, "--storage", str(sweeps), *where,
+                   "--test-prediction", str(winner), "--test-prediction", str(hand)]  # fmt: skip
+        return Step(name, lambda: "On the test set" in _text(report_dir / "report.md"), lambda: [command],
+                    [f"predict-{winner.name}", f"predict-{hand.name}"])  # fmt: skip
+
     models = out / "models"
     return [
         Step(
@@ -249,24 +258,7 @@ def build_second_steps(segsweep: str, python: str, data: Path, out: Path) -> lis
         predict("predict-winner2", models / "winner2", "retrain-winner2"),
         retrain("retrain-handpick2", models / "handpick2", lambda: start_trial("hand-pick")),
         predict("predict-handpick2", models / "handpick2", "retrain-handpick2"),
-        Step(  # the report's verdict on the test set: the winner against the hand pick, image by image
-            "report-test2",
-            lambda: "On the test set" in _text(folder / "report" / "report.md"),
-            lambda: [
-                [
-                    segsweep,
-                    "report",
-                    SWEEP2,
-                    "--storage",
-                    str(sweeps),
-                    "--test-prediction",
-                    str(out / "predict" / "winner2"),
-                    "--test-prediction",
-                    str(out / "predict" / "handpick2"),
-                ]
-            ],
-            ["predict-winner2", "predict-handpick2"],
-        ),
+        report_test("report-test2", folder / "report", ""),
         # Retrains are noisy (issue 20: 0.024 and 0.034 Dice on another machine): both again from another
         # draw, and the verdict on the test set again from that pair, in a report folder of its own.
         retrain("retrain-winner2-seed1", models / "winner2-seed1", lambda: None, seed=RETRAIN_SEED2),
@@ -275,26 +267,7 @@ def build_second_steps(segsweep: str, python: str, data: Path, out: Path) -> lis
             "retrain-handpick2-seed1", models / "handpick2-seed1", lambda: start_trial("hand-pick"), seed=RETRAIN_SEED2
         ),
         predict("predict-handpick2-seed1", models / "handpick2-seed1", "retrain-handpick2-seed1"),
-        Step(
-            "report-test2-seed1",
-            lambda: "On the test set" in _text(out / "reports" / "second-seed1" / "report.md"),
-            lambda: [
-                [
-                    segsweep,
-                    "report",
-                    SWEEP2,
-                    "--storage",
-                    str(sweeps),
-                    "--out",
-                    str(out / "reports" / "second-seed1"),
-                    "--test-prediction",
-                    str(out / "predict" / "winner2-seed1"),
-                    "--test-prediction",
-                    str(out / "predict" / "handpick2-seed1"),
-                ]
-            ],
-            ["predict-winner2-seed1", "predict-handpick2-seed1"],
-        ),
+        report_test("report-test2-seed1", out / "reports" / "second-seed1", "-seed1"),
     ]
 
 
