@@ -19,7 +19,6 @@ rank test can call a trial worse whose mean is higher.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
@@ -59,9 +58,15 @@ class PairedScheduler(FIFOScheduler):
         folds_done, n_folds = int(result.get("folds_done") or 0), int(result.get("n_folds") or 0)
         if not 0 < folds_done < n_folds:
             return TrialScheduler.CONTINUE
-        reason = None
-        with contextlib.suppress(Exception):  # a record caught mid-write: decide at the next fold
+        try:
             reason = self._reason(str(trial.trial_id))
+        except Exception as exc:  # a record caught mid-write: decide at the next fold, and say so
+            print(
+                f"[segsweep] paired pruning: cannot compare trial {trial.trial_id} after fold {folds_done} "
+                f"({type(exc).__name__}: {exc}); it runs on",
+                flush=True,
+            )
+            return TrialScheduler.CONTINUE
         if reason is None:
             return TrialScheduler.CONTINUE
         update_trial_record(SweepFolder(self.sweep_dir).trial_dir(str(trial.trial_id)), pruned_by=reason)

@@ -125,3 +125,19 @@ def test_a_real_sweep_prunes_on_paired_evidence_and_every_record_gives_one_reaso
         assert (trial.reason or "").startswith(f"worse than the incumbent {first.label} on the same 12 images")
         ends = [e for e in read_events(trial.path) if e["event"] == "trial_end"]
         assert ends and ends[-1]["reason"] == trial.reason
+
+
+def test_a_sweep_folder_it_cannot_read_lets_the_trial_run_on_and_says_why(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    shifts = [-0.08 if i % 4 else 0.04 for i in range(len(BASE))]
+    sweep_dir = make_sweep(tmp_path, "s", [_trial(1e-3, [0.0] * 40), _trial(2e-3, shifts, folds=1, state="RUNNING")])
+
+    def unreadable(*args: object) -> None:
+        raise OSError("Stale file handle")  # a network file system's hiccup, say
+
+    monkeypatch.setattr("sweeps._paired.load_sweep", unreadable)
+    assert _decide(sweep_dir, "trial_00001") == TrialScheduler.CONTINUE
+    said = capsys.readouterr().out
+    assert said.startswith("[segsweep] paired pruning: cannot compare trial trial_00001 after fold 1 (")
+    assert said.rstrip().endswith("it runs on")
