@@ -104,15 +104,15 @@ def leaderboard_table(sweep: SweepResults) -> tuple[list[str], list[list[str]], 
         rows.append([
             str(rank) if eligible else "-",
             trial.label,
+            *([trial.start or ""] if starts else []),
             *[format_value(ran_with[p]) + ("*" if p in replaced else "") if p in ran_with else "" for p in param_names],
             f"{trial.folds_done}/{trial.n_folds or '?'}",
             mean_std(trial, "dice"),
             mean_std(trial, "iou"),
             states[trial.trial_id],
-            trial.reason or "",
-            *([trial.start or ""] if starts else []),
+            trial.reason or "",  # last: a sentence, the widest cell
         ])  # fmt: skip
-    columns = ["rank", "trial", *param_names, "folds", "Dice", "IoU", "state", "reason", *(["start"] if starts else [])]
+    columns = ["rank", "trial", *(["start"] if starts else []), *param_names, "folds", "Dice", "IoU", "state", "reason"]
     notes = [RANKING_RULE]
     if starts:
         notes.append(
