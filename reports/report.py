@@ -64,6 +64,8 @@ from trainer.results import read_cv_result
 FORMATS = ("md", "html", "json")
 #: The winner's out-of-fold score of every image, beside report.html and report.md.
 PER_IMAGE_CSV = "per_image.csv"
+#: The worst images report.md lists (report.html and per_image.csv list every one).
+MD_PER_IMAGE_ROWS = 20
 #: Trials shown in the fold box plots.
 TOP_TRIALS = 5
 
@@ -79,6 +81,8 @@ class Table:
     #: Written beside the report under this name (and offered for download in report.html).
     csv_name: str | None = None
     csv: bytes | None = None
+    #: report.md shows only the first rows (a page, not 880 lines); report.html and the CSV hold them all.
+    md_rows: int | None = None
 
 
 @dataclass
@@ -768,13 +772,14 @@ def _images(winner: TrialResult) -> Section:
         section.blocks += [drawn, f"Best, median and worst: {names}."]
     section.blocks += [
         f"Out-of-fold Dice and IoU of each of the winner's {len(scores)} validation images (scored MedAI-style "
-        "at the training size), worst first; click a column to sort, or download it as CSV.",
+        "at the training size), worst first (in report.html, click a column to sort).",
         Table(
             ["image", "fold", "Dice", "IoU"],
             [[s.stem, str(s.fold), f"{s.dice:.4f}", f"{s.iou:.4f}"] for s in scores],
             sortable=True,
             csv_name=PER_IMAGE_CSV,
             csv=_gallery.per_image_csv(scores),
+            md_rows=MD_PER_IMAGE_ROWS,
         ),
     ]
     return section
@@ -847,7 +852,10 @@ def render_markdown(report: Report, figures_folder: str = "figures") -> str:
             if isinstance(block, Table):
                 lines.append("| " + " | ".join(_md_cell(c) for c in block.columns) + " |")
                 lines.append("|" + "---|" * len(block.columns))
-                lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in block.rows]
+                shown = block.rows[: block.md_rows] if block.md_rows is not None else block.rows
+                lines += ["| " + " | ".join(_md_cell(c) for c in row) + " |" for row in shown]
+                if len(shown) < len(block.rows):
+                    lines.append(f"\nThe first {len(shown)} of {len(block.rows)} rows; report.html has them all.")
                 if block.csv_name:
                     lines.append(f"\nAs CSV: [{block.csv_name}]({block.csv_name})")
             elif isinstance(block, Figure):

@@ -474,3 +474,15 @@ def test_importance_and_plots_leave_out_proposals_answered_from_the_study(tmp_pa
         ))  # fmt: skip
     text = render_markdown(build_report(load_sweep(tmp_path, "s")))
     assert "over the 2 completed trials" in text
+
+
+def test_report_md_lists_the_first_rows_of_a_long_table_and_html_every_row() -> None:
+    from reports.report import Report, Section, Table, render_html, render_markdown
+
+    rows = [[f"img{i:03d}", f"{i / 100:.4f}"] for i in range(30)]
+    table = Table(["image", "Dice"], rows, sortable=True, csv_name="per_image.csv", csv=b"x", md_rows=20)
+    report = Report("r", [Section("The winner on images", [table])], {}, {})
+    md = render_markdown(report)
+    assert "| img019 |" in md and "| img020 |" not in md
+    assert "The first 20 of 30 rows; report.html has them all." in md and "As CSV: [per_image.csv]" in md
+    assert "img029" in render_html(report)
