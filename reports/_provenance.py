@@ -83,11 +83,12 @@ def run_times(sweep: SweepResults) -> tuple[list[str], list[list[str]], str]:
         )
     total = sum(t.seconds for t in sweep.trials)
     folds = sum(t.folds_done for t in sweep.trials)
-    wall = sum(float(run.get("wall_seconds") or 0.0) for run in sweep.spec.runs)
+    # The trials' attempts, not the driver's run records: a driver killed with its machine records no run.
+    wall = sweep.running_seconds()
     sentence = (
-        f"Total compute: {_duration(total)} of training over {folds} finished folds of {len(sweep.trials)} trials"
-        + (f"; the sweep's driver ran {_duration(wall)} of wall time" if wall else "")
-        + " (fold training time only: data preparation and scheduling are not in it)."
+        f"Total compute: {_duration(total)} of training over {folds} finished folds of {len(sweep.trials)} trials "
+        "(fold training time only: data preparation and scheduling are not in it)"
+        + (f"; the sweep ran {_duration(wall)} of wall time (its trials' attempts, pauses left out)." if wall else ".")
     )
     columns = ["trial", "state", "folds", "training seconds", "seconds per fold", "TensorFlow threads"]
     return columns, rows, sentence

@@ -18,7 +18,6 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import datetime
 from pathlib import Path
 from typing import Any
 
@@ -46,7 +45,6 @@ from sweeps.folder import (
     TestScore,
     TrialResult,
     WinnerEvidence,
-    attempt_spans,
     format_mean_std,
     format_value,
     leaderboard_table,
@@ -477,49 +475,20 @@ def best_so_far(sweep: SweepResults) -> list[tuple[float, float, str]]:
     """(seconds the sweep had run, best value of the sweep's objective so far, trial) at each new best.
 
     Only trials that completed all folds count (the winner rule), at their end times. The time axis
-    is the sweep's running time: the union of its trials' attempts (each from its ``attempt`` event
-    to its last event), so the pauses of a stopped and resumed sweep (a night, a session, a Slurm
-    queue) are left out; on a curve over calendar time they would read as trials that bought
-    nothing. A trial without events counts from its start to its end.
+    is the sweep's running time (``SweepResults.running_seconds``: its trials' attempts), so the
+    pauses of a stopped and resumed sweep are left out; on a curve over calendar time they would read
+    as trials that bought nothing.
     """
-    spans = sorted(span for trial in sweep.trials for span in _trial_spans(trial))
-    merged: list[list[float]] = []
-    for begin, end in spans:
-        if merged and begin <= merged[-1][1]:
-            merged[-1][1] = max(merged[-1][1], end)
-        else:
-            merged.append([begin, end])
-
-    def running(until: float) -> float:
-        return sum(max(0.0, min(end, until) - begin) for begin, end in merged)
-
     ended = []
     for trial in sweep.completed():
-        finished = _timestamp(trial.ended)
+        finished = trial.end_time()
         if finished is not None:
-            ended.append((running(finished), trial.mean[OBJECTIVE.metric], trial.label))
+            ended.append((sweep.running_seconds(finished), trial.mean[OBJECTIVE.metric], trial.label))
     points: list[tuple[float, float, str]] = []
     for seconds, value, name in sorted(ended):
         if not points or OBJECTIVE.better(value, points[-1][1]):
             points.append((seconds, value, name))
     return points
-
-
-def _timestamp(text: Any) -> float | None:
-    try:
-        return datetime.fromisoformat(text).timestamp() if isinstance(text, str) and text else None
-    except ValueError:
-        return None
-
-
-def _trial_spans(trial: TrialResult) -> list[tuple[float, float]]:
-    """When the trial ran: one (start, end) per attempt, from its events; else its start to its end."""
-    spans = attempt_spans(trial.path) if trial.path is not None else []
-    if not spans:
-        begin, end = _timestamp(trial.started), _timestamp(trial.ended)
-        if begin is not None and end is not None and end >= begin:
-            spans.append((begin, end))
-    return spans
 
 
 def _figure(name: str, title: str, plot: Any, png: Callable[[], bytes] | None = None) -> Block:

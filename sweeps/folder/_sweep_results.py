@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
+from datetime import datetime
 from pathlib import Path
 from typing import Any
 
 from sweeps.folder._layout import EVENTS_FILE, TRIAL_FILE, SweepFolder
-from sweeps.folder._records import read_spec_record, read_trial_record
+from sweeps.folder._records import attempt_spans, read_spec_record, read_trial_record
 from sweeps.folder._schema import SweepRecord
 from trainer.reporter import COMPLETE, FAILED, PRUNED, RUNNING
 from trainer.results import CV_FILE, FoldResult, read_cv_result, read_fold_files, summarise
@@ -70,6 +72,10 @@ class TrialResult:
             for name, value in self.params.items()
             if name in self.config and self.config[name] != value
         }
+
+    def end_time(self) -> float | None:
+        """When the trial ended, in POSIX seconds (None while it runs or if unrecorded)."""
+        return _timestamp(self.ended)
 
     @property
     def label(self) -> str:
@@ -141,6 +147,45 @@ class SweepResults:
         from sweeps.folder._ranking import is_eligible, rank_trials
 
         return [t for t in rank_trials(self.trials) if is_eligible(t)]
+
+    def running_spans(self) -> list[tuple[float, float]]:
+        """When the sweep ran, in POSIX seconds: the union of its trials' attempts, sorted, merged.
+
+        Each attempt runs from its ``attempt`` event to its last event (a trial without events from its
+        start to its end), so the pauses between a stop and a resume (a night, a session, a Slurm queue)
+        are left out. The trials' own events count, not the driver's run records: a driver killed with
+        its machine records no run, and its trials' events are still there.
+        """
+        spans = sorted(span for trial in self.trials for span in _trial_spans(trial))
+        merged: list[tuple[float, float]] = []
+        for begin, end in spans:
+            if merged and begin <= merged[-1][1]:
+                merged[-1] = (merged[-1][0], max(merged[-1][1], end))
+            else:
+                merged.append((begin, end))
+        return merged
+
+    def running_seconds(self, until: float | None = None) -> float:
+        """How long the sweep had run (``running_spans``) by ``until`` (POSIX seconds; default: all of it)."""
+        end = math.inf if until is None else until
+        return sum(max(0.0, min(stop, end) - start) for start, stop in self.running_spans())
+
+
+def _timestamp(text: Any) -> float | None:
+    try:
+        return datetime.fromisoformat(text).timestamp() if isinstance(text, str) and text else None
+    except ValueError:
+        return None
+
+
+def _trial_spans(trial: TrialResult) -> list[tuple[float, float]]:
+    """When the trial ran: one (start, end) per attempt, from its events; else its start to its end."""
+    spans = attempt_spans(trial.path) if trial.path is not None else []
+    if not spans:
+        begin, end = _timestamp(trial.started), _timestamp(trial.ended)
+        if begin is not None and end is not None and end >= begin:
+            spans.append((begin, end))
+    return spans
 
 
 def load_sweep(storage: str | Path | None, name: str) -> SweepResults:

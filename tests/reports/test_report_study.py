@@ -54,10 +54,16 @@ def test_best_so_far_leaves_out_the_pause_of_a_stopped_and_resumed_sweep(tmp_pat
             append_event(SweepFolder(path).trial_dir(trial_id), event, time=f"2025-01-01T{time}+00:00")
         _set_times(path, trial_id, lines[0][1] + "+00:00", lines[-1][1] + "+00:00")
 
-    points = best_so_far(load_sweep(tmp_path, "s"))
+    sweep = load_sweep(tmp_path, "s")
+    points = best_so_far(sweep)
 
     # Running time: 00:00-00:20 (both trials) and 05:00-05:20, 40 minutes, not 320.
     assert [(seconds, round(dice, 4)) for seconds, dice, _ in points] == [(600.0, 0.5), (2400.0, 0.7)]
+    # The provenance block gives the same running time. The driver's run records had none of it: a
+    # driver killed with its machine writes no run (the study's sweep read 115 min against 176).
+    assert sweep.spec.runs == [] and sweep.running_seconds() == 2400.0
+    md = render_markdown(build_report(sweep))
+    assert "; the sweep ran 40.0 min of wall time (its trials' attempts, pauses left out)." in md
 
 
 def test_gap_larger_than_twice_the_fold_std_is_flagged() -> None:
