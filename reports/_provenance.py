@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from segsweep.base.errors import SegsweepError
-from sweeps.folder import SweepResults, TrialResult
+from sweeps.folder import SweepResults, TrialResult, shown_states
 from trainer.models import precision_label
 from trainer.results import read_cv_result
 
@@ -68,13 +68,14 @@ def run_times(sweep: SweepResults) -> tuple[list[str], list[list[str]], str]:
     scheduling are left out), so their sum is the compute the trials spent training.
     """
     rows = []
+    states = shown_states(sweep)
     for trial in sweep.trials:
         runtime = _runtime(trial)
         threads = runtime.get("threads")
         rows.append(
             [
                 trial.label,
-                trial.state,
+                states[trial.trial_id],
                 f"{trial.folds_done}/{trial.n_folds}",
                 f"{trial.seconds:.0f}",
                 f"{trial.seconds / trial.folds_done:.0f}" if trial.folds_done else "–",

@@ -51,6 +51,7 @@ from sweeps.folder import (
     load_sweep,
     load_test_scores,
     rank_trials,
+    shown_states,
     space_edges,
     widened_space_yaml,
     winner_evidence,
@@ -215,8 +216,8 @@ def data_quality(trial: TrialResult | None) -> str | None:
 
 def _overview(sweep: SweepResults, choice: WinnerChoice) -> Section:
     states: dict[str, int] = {}
-    for trial in sweep.trials:
-        states[trial.state] = states.get(trial.state, 0) + 1
+    for state in shown_states(sweep).values():  # as status says them: RUNNING of a stopped sweep is STOPPED
+        states[state] = states.get(state, 0) + 1
     spec = sweep.spec
     rows = [
         ["sweep", sweep.name],

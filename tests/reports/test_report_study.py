@@ -80,3 +80,15 @@ def test_table2_states_the_winners_gap(tmp_path: Path) -> None:
     record_test_scores(path, "trial_00000", {"images": "/t", "out": str(tmp_path / "p"), "rows": rows})
     table2 = render_markdown(build_report(load_sweep(tmp_path, "s"))).split("## Table 2")[1].split("## ")[0]
     assert "CV-to-test gap" in table2 and "+0.1600" in table2 and "FLAG" in table2
+
+
+def test_the_report_calls_the_running_trials_of_a_stopped_sweep_stopped_as_status_does(tmp_path: Path) -> None:
+    from sweeps.folder import format_leaderboard
+
+    trials = [FakeTrial(PARAMS, [0.5, 0.5]), FakeTrial({**PARAMS, "lr": 2e-3}, [0.6], state="RUNNING")]
+    make_sweep(tmp_path, "s", trials)  # no driver holds the sweep: it was stopped, or its machine was
+    sweep = load_sweep(tmp_path, "s")
+    assert "STOPPED" in format_leaderboard(sweep)
+    md = render_markdown(build_report(sweep))
+    assert "| trials | 2 (1 complete, 1 stopped) |" in md and "running" not in md.split("## Winner")[0]
+    assert "| #1 (trial_00001) | STOPPED | 1/2 |" in md.split("## Run times and provenance")[1]
