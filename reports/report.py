@@ -481,10 +481,11 @@ def best_so_far(sweep: SweepResults) -> list[tuple[float, float, str]]:
     as trials that bought nothing.
     """
     ended = []
+    spans = sweep.running_spans()
     for trial in sweep.completed():
         finished = trial.end_time()
         if finished is not None:
-            ended.append((sweep.running_seconds(finished), trial.mean[OBJECTIVE.metric], trial.label))
+            ended.append((sweep.running_seconds(finished, spans), trial.mean[OBJECTIVE.metric], trial.label))
     points: list[tuple[float, float, str]] = []
     for seconds, value, name in sorted(ended):
         if not points or OBJECTIVE.better(value, points[-1][1]):

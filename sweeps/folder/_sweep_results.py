@@ -165,10 +165,12 @@ class SweepResults:
                 merged.append((begin, end))
         return merged
 
-    def running_seconds(self, until: float | None = None) -> float:
-        """How long the sweep had run (``running_spans``) by ``until`` (POSIX seconds; default: all of it)."""
+    def running_seconds(self, until: float | None = None, spans: list[tuple[float, float]] | None = None) -> float:
+        """How long the sweep had run by ``until`` (POSIX seconds; default: all of it). ``spans``: its
+        ``running_spans()``, read once by a caller asking at many times (each read opens every trial's events)."""
         end = math.inf if until is None else until
-        return sum(max(0.0, min(stop, end) - start) for start, stop in self.running_spans())
+        spans = self.running_spans() if spans is None else spans
+        return sum(max(0.0, min(stop, end) - start) for start, stop in spans)
 
 
 def _timestamp(text: Any) -> float | None:
