@@ -53,7 +53,21 @@ def status_document(folder: SweepFolder) -> dict[str, Any]:
         **_summary_fields(summary),
         "counts": {state: states.count(state) for state in sorted(set(states))},
         "trials": [{str(k): _plain(v) for k, v in row.items()} for row in trials.to_dict(orient="records")],
+        "evidence": _evidence(folder),
     }
+
+
+def _evidence(folder: SweepFolder) -> dict[str, Any] | None:
+    """The winner's paired evidence as the report's best.json gives it (None while no trial may win), with
+    the report's test-set comparisons while its winner is the sweep's (``sweep status`` says the same)."""
+    from sweeps.folder import load_sweep, report_test_sets, winner_evidence
+
+    sweep = load_sweep(folder.path.parent, folder.name)
+    evidence = winner_evidence(sweep)
+    if evidence is None:
+        return None
+    tests, note = report_test_sets(sweep, evidence.winner)
+    return _plain({**evidence.to_dict(), "test_sets": tests, "test_sets_note": note})
 
 
 def list_document(storage: Path, warnings: list[str]) -> dict[str, Any]:

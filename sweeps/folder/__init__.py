@@ -26,6 +26,7 @@ from sweeps.folder._evidence import (
     difference_over_images,
     paired_bootstrap,
     paired_difference,
+    report_test_sets,
     winner_evidence,
 )
 from sweeps.folder._layout import (
@@ -173,6 +174,7 @@ __all__ = [
     "read_submissions",
     "read_trial_record",
     "record_test_scores",
+    "report_test_sets",
     "request_stop",
     "shown_states",
     "space_edges",

@@ -144,29 +144,37 @@ class WinnerEvidence:
         }
 
 
-def reported_test_sets(sweep: SweepResults, winner: TrialResult) -> list[str]:
-    """The test-set sentences of the report in the sweep's report folder, for ``sweep status``.
+def report_test_sets(sweep: SweepResults, winner: TrialResult) -> tuple[list[dict[str, Any]], str | None]:
+    """The test-set comparisons of the report in the sweep's report folder (best.json's
+    ``evidence.test_sets``) while their winner is still the sweep's, and a line saying why there are
+    none when there is a report's comparison to say it of (an earlier winner's, or a damaged file).
 
     They are the report's own (``report --test-prediction`` pairs the predictions; this module cannot,
-    as reports build on it), said only while their winner is still the sweep's: after a new winner a
-    line says the report's comparison is of an earlier one.
+    as reports build on it).
     """
     path = sweep.folder.report_best_file
     try:
         record = read_json_record(path)
     except (OSError, ValueError):
-        return [f"Cannot read {path}: rerun `segsweep report {sweep.folder.cli_args}` to write it again."]
+        return [], f"Cannot read {path}: rerun `segsweep report {sweep.folder.cli_args}` to write it again."
     evidence = record.get("evidence") if isinstance(record, dict) else None
     tests = evidence.get("test_sets") if isinstance(evidence, dict) else None
-    if not isinstance(evidence, dict) or not tests:
-        return []
+    if not isinstance(evidence, dict) or not isinstance(tests, list) or not tests:
+        return [], None
     if evidence.get("winner") != winner.trial_id:
-        return [
+        return [], (
             f"The test-set comparison in {path} is of trial {evidence.get('winner')}, no longer the winner: "
             f"predict the test set with the retrained {winner.label} and rerun `segsweep report "
             f"{sweep.folder.cli_args} --test-prediction ...`."
-        ]
-    return [f"{t['sentence']} (from {path})" for t in tests if isinstance(t, dict) and t.get("sentence")]
+        )
+    return [t for t in tests if isinstance(t, dict)], None
+
+
+def reported_test_sets(sweep: SweepResults, winner: TrialResult) -> list[str]:
+    """``report_test_sets`` as ``sweep status`` says it: each comparison's sentence, or why there is none."""
+    tests, problem = report_test_sets(sweep, winner)
+    path = sweep.folder.report_best_file
+    return [problem] if problem else [f"{t['sentence']} (from {path})" for t in tests if t.get("sentence")]
 
 
 def paired_bootstrap(differences: np.ndarray) -> tuple[float, float, float]:

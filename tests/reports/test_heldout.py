@@ -119,6 +119,13 @@ def test_sweep_status_repeats_the_reports_test_set_verdict_while_its_winner_is_t
     status = format_leaderboard(sweep)
     assert f"{compared['sentence']} (from {best})" in status
     assert "On the test set medico2020_val, the winner's prediction: +0.070 Dice over your starting point" in status
+    # sweep status --json: the same evidence for programs (a CI job asking "did the sweep beat my start?").
+    from sweeps._machine_output import status_document
+
+    evidence = status_document(sweep.folder)["evidence"]
+    assert evidence["winner"] == "trial_00001" and evidence["comparisons"][0]["verdict"] == "beat"
+    assert evidence["test_sets"] == [compared] and evidence["test_sets_note"] is None
+    json.dumps(evidence, allow_nan=False)
 
     # A report of an earlier winner: its test verdict is not said as the current winner's.
     record = read_json(best)
@@ -126,6 +133,8 @@ def test_sweep_status_repeats_the_reports_test_set_verdict_while_its_winner_is_t
     best.write_text(json.dumps(record))
     status = format_leaderboard(load_sweep(tmp_path, "s"))
     assert "On the test set" not in status and "is of trial trial_00000, no longer the winner" in status
+    evidence = status_document(sweep.folder)["evidence"]
+    assert evidence["test_sets"] == [] and "no longer the winner" in evidence["test_sets_note"]
     best.write_text("{damaged")
     assert f"Cannot read {best}: rerun `segsweep report" in format_leaderboard(load_sweep(tmp_path, "s"))
 
