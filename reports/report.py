@@ -841,9 +841,10 @@ def render_markdown(report: Report, figures_folder: str = "figures") -> str:
 
 
 _CSS = """
-body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 75em; padding: 0 1em; color: #222; }
-table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.9em; }
-th, td { border: 1px solid #ccc; padding: 0.25em 0.6em; text-align: left; vertical-align: top; }
+body { font-family: system-ui, sans-serif; margin: 2em auto; max-width: 110em; padding: 0 1em; color: #222; }
+p, h1, h2 { max-width: 75em; }  /* text at a readable measure; tables may use the width */
+table { border-collapse: collapse; margin: 0.5em 0 1em; font-size: 0.85em; }
+th, td { border: 1px solid #ccc; padding: 0.2em 0.45em; text-align: left; vertical-align: top; }
 th { background: #f2f2f2; }
 tr:nth-child(even) td { background: #fafafa; }
 figure { margin: 1em 0; }
@@ -851,6 +852,9 @@ figure img { max-width: 100%; }
 figcaption { font-style: italic; color: #555; }
 code { background: #f4f4f4; padding: 0 0.2em; }
 table.sortable th { cursor: pointer; }
+.table-wrap { overflow-x: auto; }
+td { white-space: nowrap; }
+td.sentence { white-space: normal; min-width: 15em; }
 table.sortable th::after { content: " \\2195"; color: #999; }
 """
 
@@ -898,11 +902,15 @@ def render_html(report: Report) -> str:
         for block in section.blocks:
             if isinstance(block, Table):
                 header = "".join(f"<th>{html.escape(c)}</th>" for c in block.columns)
-                body = "".join(
-                    "<tr>" + "".join(f"<td>{html.escape(c)}</td>" for c in row) + "</tr>" for row in block.rows
-                )
+                # Cells keep to one line (a "0.7078 ± 0.0296" split in three reads badly) but sentences (a
+                # pruned trial's reason, a command), which wrap in a column wide enough to read; a table
+                # still wider than the page scrolls in its own box.
+                body = "".join("<tr>" + "".join(_html_cell(c) for c in row) + "</tr>" for row in block.rows)
                 kind = ' class="sortable"' if block.sortable else ""
-                out.append(f"<table{kind}><thead><tr>{header}</tr></thead><tbody>{body}</tbody></table>")
+                out.append(
+                    f'<div class="table-wrap"><table{kind}><thead><tr>{header}</tr></thead>'
+                    f"<tbody>{body}</tbody></table></div>"
+                )
                 if block.csv_name and block.csv is not None:
                     # A data: link, so the download works from the HTML file alone (also written beside it).
                     data = base64.b64encode(block.csv).decode("ascii")
@@ -928,6 +936,15 @@ def render_html(report: Report) -> str:
         out.append(f"<script>{_SORT_JS}</script>")
     out.append("</body></html>")
     return "\n".join(out)
+
+
+#: A cell longer than this is a sentence: it may wrap (report.html).
+_SENTENCE_CHARS = 40
+
+
+def _html_cell(text: str) -> str:
+    kind = ' class="sentence"' if len(text) > _SENTENCE_CHARS else ""
+    return f"<td{kind}>{html.escape(text)}</td>"
 
 
 def parse_formats(text: str) -> list[str]:
