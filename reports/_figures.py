@@ -25,6 +25,10 @@ from sweeps.folder._sweep_results import COMPLETE, PRUNED
 _HEIGHT = 420
 _COMPLETE_MARKER = {"symbol": "circle", "size": 9, "color": "#1f77b4"}
 _PRUNED_MARKER = {"symbol": "x", "size": 9, "color": "#d62728"}
+#: A trial with some folds done that neither completed nor was pruned: a running trial's partial mean
+#: was drawn as "completed" before.
+_UNFINISHED = "unfinished"
+_UNFINISHED_MARKER = {"symbol": "circle-open", "size": 9, "color": "#7f7f7f"}
 
 
 def _integer_axis(largest: int, title: str, first: int = 0) -> dict[str, Any]:
@@ -60,11 +64,18 @@ def optimisation_history(trials: Sequence[TrialResult]) -> go.Figure | str:
         only = f" (trial {scored[0].label}, mean Dice {scored[0].mean['dice']:.4f})" if scored else ""
         return f"Optimisation history not drawn: {len(scored)} trial(s) with a score{only}, a single dot at most."
     figure = go.Figure()
+
+    def group(trial: TrialResult) -> str:
+        if trial.state == COMPLETE and trial.all_folds_done:
+            return COMPLETE
+        return PRUNED if trial.state == PRUNED else _UNFINISHED
+
     for state, marker, name in (
         (COMPLETE, _COMPLETE_MARKER, "completed"),
         (PRUNED, _PRUNED_MARKER, "pruned (mean of its finished folds)"),
+        (_UNFINISHED, _UNFINISHED_MARKER, "not finished: running, stopped or failed (mean of its finished folds)"),
     ):
-        chosen = [t for t in scored if (t.state == PRUNED) == (state == PRUNED)]
+        chosen = [t for t in scored if group(t) == state]
         if chosen:
             figure.add_trace(
                 go.Scatter(

@@ -685,7 +685,8 @@ def _figures(sweep: SweepResults, choice: WinnerChoice, study: Any | None, why_n
     blocks.append(
         _figure(
             "optimisation_history",
-            "Optimisation history: each trial's mean Dice (x: pruned, at its finished folds) and the best so far",
+            "Optimisation history: each trial's mean Dice (x: pruned, open: not finished, both at their finished "
+            "folds) and the best so far",
             _figures.optimisation_history(sweep.trials),
             (lambda: _plots.optimisation_history(study)) if usable_study else None,
         )

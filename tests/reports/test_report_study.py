@@ -92,3 +92,17 @@ def test_the_report_calls_the_running_trials_of_a_stopped_sweep_stopped_as_statu
     md = render_markdown(build_report(sweep))
     assert "| trials | 2 (1 complete, 1 stopped) |" in md and "running" not in md.split("## Winner")[0]
     assert "| #1 (trial_00001) | STOPPED | 1/2 |" in md.split("## Run times and provenance")[1]
+
+
+def test_the_optimisation_history_draws_a_running_trial_as_not_finished_not_as_completed(tmp_path: Path) -> None:
+    from reports._figures import optimisation_history
+
+    trials = [
+        FakeTrial(PARAMS, [0.5, 0.5]),
+        FakeTrial({**PARAMS, "lr": 2e-3}, [0.4], state="PRUNED"),
+        FakeTrial({**PARAMS, "lr": 3e-3}, [0.7], state="RUNNING"),  # one fold of two: a partial mean
+    ]
+    make_sweep(tmp_path, "s", trials)
+    figure = optimisation_history(load_sweep(tmp_path, "s").trials)
+    drawn = {trace.name.split(" ")[0]: list(trace.x) for trace in figure.data if trace.mode == "markers"}
+    assert drawn == {"completed": [0], "pruned": [1], "not": [2]}
