@@ -21,6 +21,21 @@ TRUE_COLOUR: tuple[int, int, int] = (0, 220, 0)
 PREDICTED_COLOUR: tuple[int, int, int] = (255, 0, 255)
 _CAPTION_HEIGHT = 22
 _GAP = 4
+_FONT = cv2.FONT_HERSHEY_SIMPLEX
+_FONT_SCALE = 0.45
+
+
+def _caption(name: str, tail: str, width: int) -> str:
+    """``name`` + ``tail`` in ``width`` pixels: the name shortened (ending "..") so the Dice is never cut."""
+
+    def fits(text: str) -> bool:
+        return cv2.getTextSize(text, _FONT, _FONT_SCALE, 1)[0][0] <= width
+
+    if fits(name + tail):
+        return name + tail
+    while name and not fits(name + ".." + tail):
+        name = name[:-1]
+    return name + ".." + tail
 
 
 def render_preview(preview: FoldPreview, *, threshold: float = DEFAULT_THRESHOLD, tile: int = 256) -> np.ndarray:
@@ -50,8 +65,8 @@ def render_preview(preview: FoldPreview, *, threshold: float = DEFAULT_THRESHOLD
             contours, _ = cv2.findContours(big, cv2.RETR_LIST, cv2.CHAIN_APPROX_SIMPLE)
             cv2.drawContours(canvas, contours, -1, colour, thickness)
         caption = np.full((_CAPTION_HEIGHT, side, 3), 255, dtype=np.uint8)
-        text = f"{stem[:24]}  Dice {float(dice_score(truth[None], predicted[None])):.2f}"
-        cv2.putText(caption, text, (4, _CAPTION_HEIGHT - 7), cv2.FONT_HERSHEY_SIMPLEX, 0.45, (0, 0, 0), 1, cv2.LINE_AA)
+        text = _caption(stem, f"  Dice {float(dice_score(truth[None], predicted[None])):.2f}", side - 8)
+        cv2.putText(caption, text, (4, _CAPTION_HEIGHT - 7), _FONT, _FONT_SCALE, (0, 0, 0), 1, cv2.LINE_AA)
         tiles.append(np.vstack([caption, canvas]))
     gap = np.full((tiles[0].shape[0], _GAP, 3), 255, dtype=np.uint8)
     row: list[np.ndarray] = []

@@ -267,6 +267,18 @@ def test_preview_png_draws_true_and_predicted_contours_losslessly() -> None:
         render_preview(FoldPreview((), preview.images[:0], preview.true_masks[:0], preview.probabilities[:0]))
 
 
+def test_a_preview_caption_shortens_a_long_name_and_never_cuts_its_dice() -> None:
+    import cv2
+
+    from trainer.preview import _caption
+
+    # A Kvasir-SEG stem with the report's "best: " before it ran past a 256 px tile, cutting its Dice.
+    text = _caption("best: cju5vi4nxlc530817uoqm2m7a", "  Dice 0.98", 248)
+    assert text.endswith("..  Dice 0.98") and text.startswith("best: cju5vi4")
+    assert cv2.getTextSize(text, cv2.FONT_HERSHEY_SIMPLEX, 0.45, 1)[0][0] <= 248
+    assert _caption("fold 1: img3", "  Dice 0.50", 248) == "fold 1: img3  Dice 0.50"  # short: as it is
+
+
 # --- how a run ended: the same states in MLflow, Neptune and a sweep's trial.json ---------------------
 
 
