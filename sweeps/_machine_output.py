@@ -13,7 +13,17 @@ import math
 from pathlib import Path
 from typing import Any
 
-from sweeps.folder import DamagedRecord, SweepFolder, SweepSummary, summarise_sweep, sweep_names
+from sweeps.folder import (
+    DamagedRecord,
+    SweepFolder,
+    SweepResults,
+    SweepSummary,
+    load_sweep,
+    report_test_sets,
+    summarise_sweep,
+    sweep_names,
+    winner_evidence,
+)
 
 #: The version of the JSON documents below; bumped when a field changes meaning or goes away.
 JSON_FORMAT = 1
@@ -45,24 +55,24 @@ def trial_table(folder: SweepFolder) -> Any:
 
 def status_document(folder: SweepFolder) -> dict[str, Any]:
     """``sweep status --json``: the sweep's state and counts, and one object per trial."""
+    from sweeps.api import trial_frame
+
     summary = summarise_sweep(folder.require())
-    trials = trial_table(folder)
+    results = load_sweep(folder.storage, folder.name)  # read once: the trial table and the evidence
+    trials = trial_frame(results)
     states = [str(state) for state in trials["state"]] if not trials.empty else []
     return {
         "format": JSON_FORMAT,
         **_summary_fields(summary),
         "counts": {state: states.count(state) for state in sorted(set(states))},
         "trials": [{str(k): _plain(v) for k, v in row.items()} for row in trials.to_dict(orient="records")],
-        "evidence": _evidence(folder),
+        "evidence": _evidence(results),
     }
 
 
-def _evidence(folder: SweepFolder) -> dict[str, Any] | None:
+def _evidence(sweep: SweepResults) -> dict[str, Any] | None:
     """The winner's paired evidence as the report's best.json gives it (None while no trial may win), with
     the report's test-set comparisons while its winner is the sweep's (``sweep status`` says the same)."""
-    from sweeps.folder import load_sweep, report_test_sets, winner_evidence
-
-    sweep = load_sweep(folder.path.parent, folder.name)
     evidence = winner_evidence(sweep)
     if evidence is None:
         return None

@@ -238,27 +238,7 @@ class Sweep:
         trial ran with), folds done, Dice/IoU mean and std over folds, training seconds, reason, and
         ``start``: the starting point's label where the trial ran one (None for the sampler's).
         ``state`` is STOPPED for a trial its records keep RUNNING once no driver runs the sweep."""
-        import pandas as pd
-
-        rows = []
-        rank = 0
-        results = self.results()
-        states = shown_states(results)  # RUNNING in the records, STOPPED once no driver runs the sweep
-        for trial in rank_trials(results.trials):
-            eligible = is_eligible(trial)
-            rank += eligible
-            mean, std = trial.mean, trial.std
-            rows.append({
-                "rank": rank if eligible else None, "trial_id": trial.trial_id, "number": trial.number,
-                "state": states[trial.trial_id], **trial.ran_with,
-                "folds_done": trial.folds_done, "n_folds": trial.n_folds,
-                "dice_mean": mean["dice"], "dice_std": std["dice"], "iou_mean": mean["iou"], "iou_std": std["iou"],
-                "seconds": trial.seconds, "reason": trial.reason, "start": trial.start,
-            })  # fmt: skip
-        frame = pd.DataFrame(rows)
-        if not frame.empty:
-            frame["rank"] = frame["rank"].astype("Int64")
-        return frame
+        return trial_frame(self.results())
 
     def folds(self) -> pd.DataFrame:
         """One row per finished fold of every trial (tidy): trial, fold, Dice, IoU, epochs, LR drops."""
@@ -310,6 +290,30 @@ class Sweep:
 
         winner = self.winner()
         return CVConfig.from_dict(dict(winner.config), source=f"trial {winner.trial_id} of sweep {self.name!r}")
+
+
+def trial_frame(results: SweepResults) -> pd.DataFrame:
+    """``Sweep.trials()`` of sweep results already read (``sweep status --json`` reads the folder once)."""
+    import pandas as pd
+
+    rows = []
+    rank = 0
+    states = shown_states(results)  # RUNNING in the records, STOPPED once no driver runs the sweep
+    for trial in rank_trials(results.trials):
+        eligible = is_eligible(trial)
+        rank += eligible
+        mean, std = trial.mean, trial.std
+        rows.append({
+            "rank": rank if eligible else None, "trial_id": trial.trial_id, "number": trial.number,
+            "state": states[trial.trial_id], **trial.ran_with,
+            "folds_done": trial.folds_done, "n_folds": trial.n_folds,
+            "dice_mean": mean["dice"], "dice_std": std["dice"], "iou_mean": mean["iou"], "iou_std": std["iou"],
+            "seconds": trial.seconds, "reason": trial.reason, "start": trial.start,
+        })  # fmt: skip
+    frame = pd.DataFrame(rows)
+    if not frame.empty:
+        frame["rank"] = frame["rank"].astype("Int64")
+    return frame
 
 
 def open_sweep(name: str, storage: str | Path | None = None) -> Sweep:
