@@ -43,12 +43,8 @@ class TestPrediction:
     masks: str
     dice: dict[str, float]  # image stem -> plain Dice
     trial: TrialResult
-    seed: int  # the predicting model's training seed (``retrain --seed`` may have changed the trial's)
-
-    def retrained_seed(self) -> int | None:
-        """The seed, where ``retrain --seed`` gave another than the trial's."""
-        trial_seed = CVConfig.from_dict(self.trial.config, source=f"trial {self.trial.trial_id}").seed
-        return self.seed if self.seed != trial_seed else None
+    #: The model's training seed where ``retrain --seed`` gave it another than the trial's, else None.
+    retrained_seed: int | None = None
 
     @property
     def test_set(self) -> str:
@@ -151,10 +147,8 @@ def read_test_prediction(folder: Path, sweep: SweepResults, candidates: Sequence
     if not dice:
         raise ConfigError(f"{_OPTION} {folder}: its metrics.json holds no per-image Dice; predict with --masks")
     config = _model_configuration(metrics, folder)
-    matching = [
-        t for t in candidates
-        if _compared(_configuration(t.config, f"trial {t.trial_id} configuration")) == _compared(config)
-    ]  # fmt: skip
+    configs = {t.trial_id: _configuration(t.config, f"trial {t.trial_id} configuration") for t in candidates}
+    matching = [t for t in candidates if _compared(configs[t.trial_id]) == _compared(config)]
     if not matching:
         names = ", ".join(
             f"{t.label} ({'winner' if t is candidates[0] else f'starting point {t.start}'})" for t in candidates
@@ -167,9 +161,10 @@ def read_test_prediction(folder: Path, sweep: SweepResults, candidates: Sequence
         )
     source = metrics.get("source") if isinstance(metrics.get("source"), dict) else {}
     named = [t for t in matching if t.trial_id == (source or {}).get("trial")]
-    return TestPrediction(
-        folder, str(metrics.get("images")), str(metrics.get("masks")), dice, (named or matching)[0], int(config["seed"])
-    )
+    trial = (named or matching)[0]
+    seed = int(config["seed"])
+    retrained = seed if seed != configs[trial.trial_id]["seed"] else None
+    return TestPrediction(folder, str(metrics.get("images")), str(metrics.get("masks")), dice, trial, retrained)
 
 
 def test_set_evidence(sweep: SweepResults, winner: TrialResult, folders: Sequence[Path]) -> list[TestComparison]:
@@ -221,8 +216,8 @@ def test_set_evidence(sweep: SweepResults, winner: TrialResult, folders: Sequenc
                     difference_over_images(differences, other.trial, role),
                     mine.folder,
                     other.folder,
-                    mine.retrained_seed(),
-                    other.retrained_seed(),
+                    mine.retrained_seed,
+                    other.retrained_seed,
                 )
             )
     return comparisons
