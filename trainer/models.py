@@ -61,6 +61,9 @@ class RuntimeSettings:
     versions: tuple[tuple[str, str], ...] = ()
     #: The Keras policy models train under: float32, mixed_float16 or mixed_bfloat16.
     mixed_precision_policy: str = "float32"
+    #: TF_ENABLE_ONEDNN_OPTS as TensorFlow read it ("1" unless the user chose; segsweep.base.env): oneDNN's
+    #: kernels and Eigen's give slightly different numbers, so a fold repeats exactly only with the same.
+    onednn_opts: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
         return {**asdict(self), "gpus": list(self.gpus), "versions": dict(self.versions)}
@@ -209,6 +212,7 @@ def configure_tensorflow(threads: int | None = None, mixed_precision: str | None
         cpus=len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count(),
         versions=tuple(library_versions().items()),
         mixed_precision_policy=policy,
+        onednn_opts=os.environ.get("TF_ENABLE_ONEDNN_OPTS"),
     )  # fmt: skip
     _resolved = _runtime
     return _runtime

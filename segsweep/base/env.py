@@ -30,6 +30,12 @@ from typing import Any
 
 os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
+# TensorFlow turns its oneDNN kernels on by itself only on CPUs with AVX-512 or newer; on an AVX2-only
+# CPU (many AMD EPYC and Ryzen, older Xeons) convolutions then run Eigen's im2col path. Measured on
+# such a 2-core EPYC: resnet18 U-Net, 128 px, batch 8, 6.0-6.4 training images/s with oneDNN against
+# 3.0-3.3 without (benchmarks/README.md, section 7: 0.33x on the AVX-512 machine). A user's own
+# TF_ENABLE_ONEDNN_OPTS wins; cv.json's runtime records the value a run trained with.
+os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 # segsweep never phones home, and neither do the libraries it starts.
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("MLFLOW_DISABLE_TELEMETRY", "true")

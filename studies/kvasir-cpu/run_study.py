@@ -14,11 +14,13 @@ set medico2020_val (120 pairs the sweep never saw), scored MedAI-style at the or
 from __future__ import annotations
 
 import argparse
+import fcntl
 import json
 import os
 import shutil
 import subprocess
 import sys
+import tarfile
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -208,7 +210,8 @@ def build_second_steps(segsweep: str, python: str, data: Path, out: Path) -> lis
             return [[segsweep, "sweep", "resume", SWEEP2, "--storage", str(sweeps)]]
         return [[segsweep, "sweep", "run", "--data", str(data), "--dev-split", "medico2020_train", "--space",
                  "cpu", "--trials", str(SWEEP2_TRIALS), "--concurrency", "2", "--seed", "0", "--keep-models",
-                 str(KEEP_TOP), "--tracker", "none", "--name", SWEEP2, "--storage", str(sweeps)]]  # fmt: skip
+                 str(KEEP_TOP), "--tracker", "none", "--mixed-precision", "off", "--name", SWEEP2,
+                 "--storage", str(sweeps)]]  # fmt: skip
 
     def start_trial(label: str) -> str | None:
         for record in folder.glob("trials/*/trial.json"):
@@ -362,8 +365,6 @@ def _sweep_finished(folder: Path) -> bool:
 def _step_lock(path: Path) -> IO[str] | None:
     """An exclusive lock on ``path`` held while the returned file is open, or None if another
     process holds it: two runs of this script never work on the same step."""
-    import fcntl
-
     handle = open(path, "a")  # noqa: SIM115 - closed by the caller's with block
     try:
         fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -399,6 +400,61 @@ def link_val(data: Path, val: Path) -> None:
                 link.symlink_to(files[stem].resolve())
 
 
+#: Where the study's records travel between machines (the outputs live outside the repository, and a
+#: new machine starts without them): everything under --out but what it can rebuild or must not hold.
+SNAPSHOT_DIR = Path(__file__).resolve().parent / "state"
+#: Not in a snapshot: model weights (the repository holds results, not weights), a running fold's epoch
+#: checkpoints (a resumed fold starts over without them), the linked test set (``val-set`` relinks it)
+#: and locks.
+SNAPSHOT_SKIP_DIRS = frozenset({"models", "checkpoints", "data", "mlartifacts", ".neptune"})
+SNAPSHOT_SKIP_SUFFIXES = frozenset({".h5", ".keras", ".npz", ".onnx", ".lock", ".png", ".jpg"})
+#: Figures the results need are re-drawn from the records (``segsweep report``, second.py).
+
+
+def snapshot_members(out: Path) -> list[Path]:
+    """The files of OUT a snapshot holds, relative to OUT, in a stable order."""
+    kept: list[Path] = []
+    for path in sorted(out.rglob("*")):
+        relative = path.relative_to(out)
+        if path.is_symlink() or not path.is_file():
+            continue
+        if SNAPSHOT_SKIP_DIRS.intersection(relative.parts[:-1]) or path.suffix in SNAPSHOT_SKIP_SUFFIXES:
+            continue
+        kept.append(relative)
+    return kept
+
+
+def write_snapshot(out: Path, archive: Path) -> int:
+    """Pack OUT's records into ARCHIVE (tar.xz); the sweep must be paused (no driver writing)."""
+    members = snapshot_members(out)
+    archive.parent.mkdir(parents=True, exist_ok=True)
+    partial = archive.with_name(archive.name + ".partial")
+    with tarfile.open(partial, "w:xz") as tar:
+        for relative in members:
+            info = tar.gettarinfo(str(out / relative), arcname=str(relative))
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            with open(out / relative, "rb") as handle:
+                tar.addfile(info, handle)
+    partial.replace(archive)
+    return len(members)
+
+
+def restore_snapshot(archive: Path, out: Path) -> int:
+    """Unpack ARCHIVE into OUT, which must not hold a study already (nothing is overwritten).
+
+    Ray Tune's saved state names the sweep folder by its absolute path, so OUT must be the path the
+    snapshot was taken from (it is recorded in the archive's ``out.txt``).
+    """
+    with tarfile.open(archive, "r:xz") as tar:
+        names = tar.getnames()
+        taken = [n for n in names if (out / n).exists()]
+        if taken:
+            raise FileExistsError(f"{out / taken[0]} exists; restore into an empty --out")
+        tar.extractall(out, filter="data")
+    return len(names)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", default=None, help="Kvasir-SEG folder (default ../shared/data/kvasir-seg)")
@@ -411,6 +467,12 @@ def main() -> int:
     parser.add_argument("--list", action="store_true", help="list the steps and whether each is done")
     parser.add_argument("--run", choices=("first", "second"), default="first",
                         help="first: the first study; second: the reshaped cpu sweep with starting points")  # fmt: skip
+    parser.add_argument(
+        "--snapshot", action="store_true", help=f"pack OUT's records (no weights) into {SNAPSHOT_DIR.name}/RUN.tar.xz"
+    )
+    parser.add_argument(
+        "--restore", action="store_true", help="unpack that snapshot into OUT (an empty folder) on a new machine"
+    )
     parser.add_argument("--link-val", nargs=2, metavar=("DATA", "VAL"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.link_val:
@@ -426,6 +488,9 @@ def main() -> int:
     if out.is_relative_to(repo):
         print(f"run_study.py: {out} is inside the repository; put study outputs elsewhere", file=sys.stderr)
         return 2
+    archive = SNAPSHOT_DIR / f"{args.run}.tar.xz"
+    if args.snapshot or args.restore:
+        return _snapshot_or_restore(out, archive, restore=args.restore)
     bin_dir = Path(sys.executable).parent
     build = build_second_steps if args.run == "second" else build_steps
     steps = build(str(bin_dir / "segsweep"), sys.executable, data, out)
@@ -481,6 +546,50 @@ def main() -> int:
                   flush=True)  # fmt: skip
     print(f"[study] finished; incomplete: {', '.join(failed) or 'none'}", flush=True)
     return 1 if failed else 0
+
+
+def _snapshot_or_restore(out: Path, archive: Path, *, restore: bool) -> int:
+    if restore:
+        if not archive.is_file():
+            print(f"run_study.py: {archive} does not exist; there is no snapshot to restore", file=sys.stderr)
+            return 2
+        try:
+            recorded = ""
+            with tarfile.open(archive, "r:xz") as tar:
+                member = tar.extractfile("out.txt")
+                recorded = member.read().decode().strip() if member else ""
+            if recorded and Path(recorded) != out:
+                print(f"run_study.py: {archive} was taken from --out {recorded}; Ray Tune's saved state names "
+                      f"that path, so restore it there", file=sys.stderr)  # fmt: skip
+                return 2
+            count = restore_snapshot(archive, out)
+        except FileExistsError as exc:
+            print(f"run_study.py: {exc}", file=sys.stderr)
+            return 2
+        print(f"[study] restored {count} files from {archive} into {out}")
+        return 0
+    driver = out / "sweeps" / SWEEP2 / "driver.json"
+    if _driver_running(driver):
+        print(f"run_study.py: a sweep driver is running ({driver}); pause it first with `segsweep sweep stop "
+              f"{SWEEP2} --storage {out / 'sweeps'} --now`", file=sys.stderr)  # fmt: skip
+        return 2
+    (out / "out.txt").write_text(f"{out}\n")
+    count = write_snapshot(out, archive)
+    print(f"[study] {count} files of {out} packed into {archive} ({archive.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def _driver_running(driver: Path) -> bool:
+    """The driver holds driver.json locked while it runs (sweeps.folder): a free lock means none runs."""
+    if not driver.is_file():
+        return False
+    with open(driver) as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(handle, fcntl.LOCK_UN)
+    return False
 
 
 if __name__ == "__main__":
