@@ -48,6 +48,10 @@ SWEEP2_TRIALS = 14
 #: The seed of the second retrain of the second run's winner and hand pick (their trials' seed is 0).
 RETRAIN_SEED2 = 1
 BUDGET_TRIAL_MINUTES = 850.0
+#: The hand pick's three folds took 43.1 trial-minutes in the second run's first attempt, on the kind of
+#: machine the first sweep counted its 850 on (results/second-attempt1.json). Another machine's budget is
+#: the same compute: 850 times its own hand-pick minutes over these (machine_scale).
+REFERENCE_HAND_PICK_MINUTES = 43.1
 KEEP_TOP = 3
 POSTPROCESS = "min-area,fill-holes"
 
@@ -274,6 +278,23 @@ def build_second_steps(segsweep: str, python: str, data: Path, out: Path) -> lis
     ]
 
 
+def machine_scale(sweep_dir: Path) -> float | None:
+    """This machine's trial-minutes per reference trial-minute: its hand pick's over REFERENCE_HAND_PICK_MINUTES.
+
+    None until the hand-pick starting point has completed (the budget cannot be judged before). A sweep
+    resumed on yet another machine keeps the first machine's figure: say so where it happens.
+    """
+    for record in sweep_dir.glob("trials/*/trial.json"):
+        try:
+            info = json.loads(record.read_text())
+        except (OSError, json.JSONDecodeError):
+            continue
+        if info.get("start") == "hand-pick" and info.get("state") == "COMPLETE":
+            spent, _ = _events_minutes(record.parent / "events.jsonl")
+            return spent / REFERENCE_HAND_PICK_MINUTES
+    return None
+
+
 def trial_minutes(sweep_dir: Path) -> tuple[float, float]:
     """(training minutes spent, minutes still to come in the folds running now) over every trial.
 
@@ -284,25 +305,34 @@ def trial_minutes(sweep_dir: Path) -> tuple[float, float]:
     """
     spent = coming = 0.0
     for events_file in sweep_dir.glob("trials/*/events.jsonl"):
-        fold_epochs: list[float] = []
-        epochs_total, running = 0, False
-        for line in events_file.read_text().splitlines():
-            try:
-                event = json.loads(line)
-            except json.JSONDecodeError:
-                continue
-            kind = event.get("event")
-            if kind == "fold_start":
-                fold_epochs, running = [], True
-            elif kind == "epoch":
-                seconds = float(event.get("seconds") or 0.0)
-                spent += seconds
-                fold_epochs.append(seconds)
-                epochs_total = int(event.get("epochs") or 0)
-            elif kind in ("fold_end", "trial_end", "parked", "interrupted"):
-                running = False
-        if running and fold_epochs:
-            coming += max(0, epochs_total - len(fold_epochs)) * (sum(fold_epochs) / len(fold_epochs))
+        trial_spent, trial_coming = _events_minutes(events_file)
+        spent, coming = spent + trial_spent, coming + trial_coming
+    return spent, coming
+
+
+def _events_minutes(events_file: Path) -> tuple[float, float]:
+    """One trial's (minutes spent, minutes its running fold still needs), from its events.jsonl."""
+    spent = 0.0
+    fold_epochs: list[float] = []
+    epochs_total, running = 0, False
+    for line in events_file.read_text().splitlines() if events_file.is_file() else []:
+        try:
+            event = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        kind = event.get("event")
+        if kind == "fold_start":
+            fold_epochs, running = [], True
+        elif kind == "epoch":
+            seconds = float(event.get("seconds") or 0.0)
+            spent += seconds
+            fold_epochs.append(seconds)
+            epochs_total = int(event.get("epochs") or 0)
+        elif kind in ("fold_end", "trial_end", "parked", "interrupted"):
+            running = False
+    coming = 0.0
+    if running and fold_epochs:
+        coming = max(0, epochs_total - len(fold_epochs)) * (sum(fold_epochs) / len(fold_epochs))
     return spent / 60, coming / 60
 
 
@@ -333,13 +363,20 @@ def _any_running(sweep_dir: Path) -> bool:
 
 
 def watch_budget(process: subprocess.Popen[bytes], segsweep: str, sweep_dir: Path, log: IO[str]) -> None:
-    """Ask the sweep to stop (running folds finish) once spent + coming reaches the budget."""
+    """Ask the sweep to stop (running folds finish) once spent + coming reaches the budget.
+
+    The budget is BUDGET_TRIAL_MINUTES of the reference machine, in this machine's minutes (machine_scale).
+    """
     while process.poll() is None:
         time.sleep(60)
-        spent, coming = trial_minutes(sweep_dir)
-        if spent + coming < BUDGET_TRIAL_MINUTES or _budget_file(sweep_dir).is_file():
+        scale = machine_scale(sweep_dir)
+        if scale is None or _budget_file(sweep_dir).is_file():
             continue
-        record = {"budget_trial_minutes": BUDGET_TRIAL_MINUTES, "spent_at_stop": round(spent, 1),
+        spent, coming = trial_minutes(sweep_dir)
+        if spent + coming < BUDGET_TRIAL_MINUTES * scale:
+            continue
+        record = {"budget_trial_minutes": BUDGET_TRIAL_MINUTES, "machine_scale": round(scale, 3),
+                  "budget_here": round(BUDGET_TRIAL_MINUTES * scale, 1), "spent_at_stop": round(spent, 1),
                   "coming_at_stop": round(coming, 1), "stopped": time.strftime("%Y-%m-%dT%H:%M:%S")}  # fmt: skip
         _budget_file(sweep_dir).write_text(json.dumps(record, indent=2) + "\n")
         log.write(f"\n[study] budget reached ({spent:.0f} spent + {coming:.0f} coming): sweep stop\n")

@@ -23,7 +23,7 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_study import BUDGET_TRIAL_MINUTES, SWEEP2
+from run_study import BUDGET_TRIAL_MINUTES, REFERENCE_HAND_PICK_MINUTES, SWEEP2, machine_scale
 
 from sweeps.folder import (
     PairedDifference,
@@ -192,7 +192,13 @@ def collect(out: Path) -> dict[str, Any]:
                 "asha_stops": asha_stops.get(trial.trial_id),
             })  # fmt: skip
     spent_total = float(spent[-1]) if len(spent) else 0.0
+    # Minutes of the machine the budget was counted on (run_study.machine_scale): the axis both sweeps share.
+    scale = machine_scale(out / "sweeps" / SWEEP2)
+    for entry in best_so_far:
+        entry["reference_minutes"] = None if scale is None else round(entry["trial_minutes"] / scale, 1)
     return {
+        "machine_scale": scale, "reference_hand_pick_minutes": REFERENCE_HAND_PICK_MINUTES,
+        "reference_minutes_spent": None if scale is None else round(spent_total / scale, 1),
         "sweep": SWEEP2, "trials": rows, "best_so_far": best_so_far, "verdicts": verdicts, "test": tests,
         "rank_checks": {k: {"spearman": v[0], "n": v[1]} for k, v in rank_checks.items()},
         "rule_checks": rule_checks, "trial_minutes_spent": round(spent_total, 1),
@@ -215,8 +221,18 @@ def _interval(v: dict[str, Any] | None) -> str:
 
 
 def write_markdown(summary: dict[str, Any], path: Path) -> None:
-    lines = [f"# Second run ({summary['sweep']}): {summary['trial_minutes_spent']:.0f} of "
-             f"{summary['budget_trial_minutes']:.0f} trial-minutes spent", "",
+    scale = summary.get("machine_scale")
+    where = (
+        f"{summary['reference_minutes_spent']:.0f} of {summary['budget_trial_minutes']:.0f} reference "
+        "trial-minutes spent "
+        f"({summary['trial_minutes_spent']:.0f} on this machine, {scale:.2f}x the reference's: its hand pick took "
+        f"{scale * summary['reference_hand_pick_minutes']:.1f} trial-minutes against "
+        f"{summary['reference_hand_pick_minutes']})"
+        if scale
+        else f"{summary['trial_minutes_spent']:.0f} trial-minutes spent on this machine (its speed against the "
+        "reference is known once the hand pick completes)"
+    )
+    lines = [f"# Second run ({summary['sweep']}): {where}", "",
              "| trial | start | encoder / arch | loss | batch | lr | epochs | aug | folds | CV Dice | state | "
              "trial-min | reason |", "|---|---|---|---|--:|--:|--:|---|--:|--:|---|--:|---|"]  # fmt: skip
     for r in summary["trials"]:
@@ -233,9 +249,13 @@ def write_markdown(summary: dict[str, Any], path: Path) -> None:
             f"{r['folds']} | {dice} | {r['state']} | {r['trial_minutes']:.0f} | {r['reason'] or ''} |"
         )
     lines += ["", "Best so far (complete trials, in the order they ended):", "",
-              "| trial-minutes | best CV Dice | trial | vs hand-pick (paired, CV) |", "|--:|--:|---|---|"]  # fmt: skip
+              "| trial-minutes | reference trial-minutes | best CV Dice | trial | vs hand-pick (paired, CV) |",
+              "|--:|--:|--:|---|---|"]  # fmt: skip
     for b in summary["best_so_far"]:
-        lines.append(f"| {b['trial_minutes']:.0f} | {b['dice']:.4f} | {b['trial']} | {_interval(b['vs_hand_pick'])} |")
+        lines.append(
+            f"| {b['trial_minutes']:.0f} | {_fmt(b.get('reference_minutes'), 0)} | {b['dice']:.4f} | {b['trial']} | "
+            f"{_interval(b['vs_hand_pick'])} |"
+        )
     lines += ["", "Paired verdicts:", ""]
     lines += [f"- {name}: {_interval(v)}" for name, v in summary["verdicts"].items()] or ["- pending"]
     lines += ["", "Test set (retrained on medico2020_train, plain prediction):", ""]
@@ -267,9 +287,14 @@ def plot(summary: dict[str, Any], path: Path) -> None:
     xs = [0.0] + [x for x, _ in first] + [850.0]
     ys = [math.nan] + [y for _, y in first] + [first[-1][1]]
     ax.step(xs, ys, where="post", label="first sweep (10 trials, ASHA; x: running min x 850/449)", color="tab:gray")
-    second = summary["best_so_far"]
+    attempt1 = json.loads((HERE / "results" / "second-attempt1.json").read_text())
+    lost = attempt1["best_so_far"]
+    ax.step([b["trial_minutes"] for b in lost] + [attempt1["trial_minutes_spent"]],
+            [b["dice"] for b in lost] + [lost[-1]["dice"]], where="post", color="tab:blue", alpha=0.4,
+            label=f"second sweep, attempt 1 (records lost at {attempt1['trial_minutes_spent']:.0f})")  # fmt: skip
+    second, scale = summary["best_so_far"], summary.get("machine_scale") or 1.0
     if second:
-        xs2 = [b["trial_minutes"] for b in second] + [summary["trial_minutes_spent"]]
+        xs2 = [b["trial_minutes"] / scale for b in second] + [summary["trial_minutes_spent"] / scale]
         ys2 = [b["dice"] for b in second] + [second[-1]["dice"]]
         ax.step(xs2, ys2, where="post", label="second sweep (starting points, paired pruning)", color="tab:blue")
     for row in summary["trials"]:
@@ -278,9 +303,9 @@ def plot(summary: dict[str, Any], path: Path) -> None:
                        label=f"starting point {row['start']} ({row['dice']:.3f})")  # fmt: skip
     ax.axvline(425, color="black", linewidth=0.5, linestyle="--")
     ax.axvline(850, color="black", linewidth=0.5)
-    ax.set_xlabel("trial-minutes of training")
+    ax.set_xlabel("trial-minutes of training (the reference machine's; run_study.machine_scale)")
     ax.set_ylabel("best mean CV Dice (3 folds)")
-    ax.set_xlim(0, max(900, summary["trial_minutes_spent"] + 20))
+    ax.set_xlim(0, max(900, summary["trial_minutes_spent"] / scale + 20))
     ax.legend(fontsize=7, loc="lower right")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
