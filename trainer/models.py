@@ -302,6 +302,7 @@ def runtime_differences(recorded: Mapping[str, Any], current: RuntimeSettings) -
         ("inter-op threads", current.inter_op_threads, recorded.get("inter_op_threads", current.inter_op_threads)),
         ("mixed precision", precision_label(current.to_dict()),
          precision_label(recorded) if "mixed_precision_enabled" in recorded else None),
+        ("TF_ENABLE_ONEDNN_OPTS", current.onednn_opts, recorded.get("onednn_opts")),
     ]  # fmt: skip
     versions = recorded.get("versions")
     recorded_versions: Mapping[str, Any] = versions if isinstance(versions, Mapping) else {}

@@ -296,6 +296,13 @@ def test_a_rerun_that_differs_from_the_recorded_runtime_says_so_in_one_line(
     monkeypatch.setattr("trainer.cv.prepare_dataset", stop)
     same = models.configure_tensorflow().to_dict()
     assert models.runtime_differences(same, models.runtime_settings()) == []
+    assert same["onednn_opts"] == "1"  # segsweep.base.env's default
+    other_kernels = {**same, "onednn_opts": "0"}  # Eigen's convolutions: other numbers
+    assert models.runtime_differences(other_kernels, models.runtime_settings()) == [
+        "TF_ENABLE_ONEDNN_OPTS 1 (recorded 0)"
+    ]
+    older = {k: v for k, v in same.items() if k != "onednn_opts"}  # written before it was recorded
+    assert models.runtime_differences(older, models.runtime_settings()) == []
     recorded = {**same, "threads": 97, "versions": {**same["versions"], "tensorflow": "2.0.0"}}
     with pytest.raises(DataRead):
         run_cv_command(  # untrained: ImageNet weights are checked (and missing here) before the data
