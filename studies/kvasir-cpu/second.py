@@ -25,9 +25,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from run_study import BUDGET_TRIAL_MINUTES, REFERENCE_HAND_PICK_MINUTES, SWEEP2, machine_scale
 
+from reports.heldout import test_set_evidence
+from segsweep.base.errors import SegsweepError
 from sweeps.folder import (
     PairedDifference,
-    difference_over_images,
     load_sweep,
     pair_image_scores,
     paired_difference,
@@ -158,11 +159,16 @@ def collect(out: Path) -> dict[str, Any]:
         for name, scores in ((f"winner2{suffix}", winner_test), (f"handpick2{suffix}", hand_test)):
             if scores is not None:
                 tests[name] = {"dice": float(np.mean(list(scores.values()))), "n": len(scores)}
-        if winner_test and hand_test:
-            common = sorted(set(winner_test) & set(hand_test))
-            assert hand is not None  # the hand pick's prediction comes from its trial's retrain
-            difference = difference_over_images([winner_test[s] - hand_test[s] for s in common], hand, "hand-pick")
-            verdicts[f"test medico2020_val: winner - hand-pick ({draw})"] = _as_dict(difference)
+        if winner is not None and winner_test and hand_test:
+            # Paired as `report --test-prediction` pairs them (each bundle matched to its trial).
+            folders = [out / "predict" / f"winner2{suffix}", out / "predict" / f"handpick2{suffix}"]
+            try:
+                comparisons = test_set_evidence(sweep, winner, folders)
+            except SegsweepError as exc:  # e.g. the winner changed after its retrain: say it, pair nothing
+                verdicts[f"test: winner - hand-pick ({draw})"] = {"n": 0, "error": str(exc)}
+                continue
+            for comparison in comparisons:
+                verdicts[f"test {comparison.test_set}: winner - hand-pick ({draw})"] = _as_dict(comparison.difference)
     # Pruning checks: does fold 1 at a third / half of its epochs rank trials as their CV Dice does?
     full = [t for t in trials if t.all_folds_done]
     rank_checks = {
