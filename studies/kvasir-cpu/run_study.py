@@ -47,6 +47,8 @@ SWEEP2 = "kvasir-cpu-2"
 SWEEP2_TRIALS = 14
 #: The seed of the second retrain of the second run's winner and hand pick (their trials' seed is 0).
 RETRAIN_SEED2 = 1
+#: The step, model, prediction and report names of that second retrain end with this.
+SEED2_SUFFIX = f"-seed{RETRAIN_SEED2}"
 BUDGET_TRIAL_MINUTES = 850.0
 #: The hand pick's three folds took 43.1 trial-minutes in the second run's first attempt, on the kind of
 #: machine the first sweep counted its 850 on (results/second-attempt1.json). Another machine's budget is
@@ -268,13 +270,18 @@ def build_second_steps(segsweep: str, python: str, data: Path, out: Path) -> lis
         report_test("report-test2", folder / "report", ""),
         # Retrains are noisy (issue 20: 0.024 and 0.034 Dice on another machine): both again from another
         # draw, and the verdict on the test set again from that pair, in a report folder of its own.
-        retrain("retrain-winner2-seed1", models / "winner2-seed1", lambda: None, seed=RETRAIN_SEED2),
-        predict("predict-winner2-seed1", models / "winner2-seed1", "retrain-winner2-seed1"),
+        retrain(f"retrain-winner2{SEED2_SUFFIX}", models / f"winner2{SEED2_SUFFIX}", lambda: None, seed=RETRAIN_SEED2),
+        predict(f"predict-winner2{SEED2_SUFFIX}", models / f"winner2{SEED2_SUFFIX}", f"retrain-winner2{SEED2_SUFFIX}"),
         retrain(
-            "retrain-handpick2-seed1", models / "handpick2-seed1", lambda: start_trial("hand-pick"), seed=RETRAIN_SEED2
+            f"retrain-handpick2{SEED2_SUFFIX}",
+            models / f"handpick2{SEED2_SUFFIX}",
+            lambda: start_trial("hand-pick"),
+            seed=RETRAIN_SEED2,
         ),
-        predict("predict-handpick2-seed1", models / "handpick2-seed1", "retrain-handpick2-seed1"),
-        report_test("report-test2-seed1", out / "reports" / "second-seed1", "-seed1"),
+        predict(
+            f"predict-handpick2{SEED2_SUFFIX}", models / f"handpick2{SEED2_SUFFIX}", f"retrain-handpick2{SEED2_SUFFIX}"
+        ),
+        report_test(f"report-test2{SEED2_SUFFIX}", out / "reports" / f"second{SEED2_SUFFIX}", SEED2_SUFFIX),
     ]
 
 

@@ -23,7 +23,14 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from run_study import BUDGET_TRIAL_MINUTES, REFERENCE_HAND_PICK_MINUTES, SWEEP2, machine_scale
+from run_study import (
+    BUDGET_TRIAL_MINUTES,
+    REFERENCE_HAND_PICK_MINUTES,
+    RETRAIN_SEED2,
+    SEED2_SUFFIX,
+    SWEEP2,
+    machine_scale,
+)
 
 from reports.heldout import test_set_evidence
 from segsweep.base.errors import SegsweepError
@@ -153,8 +160,8 @@ def collect(out: Path) -> dict[str, Any]:
         if len(ranked) > 1:
             verdicts[f"cv: winner - runner-up {ranked[1].label}"] = paired(winner, ranked[1])
     tests: dict[str, Any] = {}
-    # Each pair retrained twice: the trials' seed (0), then seed 1 (run_study.py's RETRAIN_SEED2).
-    for suffix, draw in (("", "retrained"), ("-seed1", "retrained with seed 1")):
+    # Each pair retrained twice: the trials' seed (0), then run_study.py's RETRAIN_SEED2.
+    for suffix, draw in (("", "retrained"), (SEED2_SUFFIX, f"retrained with seed {RETRAIN_SEED2}")):
         winner_test, hand_test = test_scores(out, f"winner2{suffix}"), test_scores(out, f"handpick2{suffix}")
         for name, scores in ((f"winner2{suffix}", winner_test), (f"handpick2{suffix}", hand_test)):
             if scores is not None:
