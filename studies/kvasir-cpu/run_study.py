@@ -451,8 +451,8 @@ SNAPSHOT_DIR = Path(__file__).resolve().parent / "state"
 #: checkpoints (a resumed fold starts over without them), the linked test set (``val-set`` relinks it)
 #: and locks.
 SNAPSHOT_SKIP_DIRS = frozenset({"models", "checkpoints", "data", "mlartifacts", ".neptune"})
+#: Images are left out too: the figures the results need are re-drawn from the records (report, second.py).
 SNAPSHOT_SKIP_SUFFIXES = frozenset({".h5", ".keras", ".npz", ".onnx", ".lock", ".png", ".jpg"})
-#: Figures the results need are re-drawn from the records (``segsweep report``, second.py).
 
 
 def snapshot_members(out: Path) -> list[Path]:
@@ -612,28 +612,17 @@ def _snapshot_or_restore(out: Path, archive: Path, *, restore: bool) -> int:
             return 2
         print(f"[study] restored {count} files from {archive} into {out}")
         return 0
-    driver = out / "sweeps" / SWEEP2 / "driver.json"
-    if _driver_running(driver):
-        print(f"run_study.py: a sweep driver is running ({driver}); pause it first with `segsweep sweep stop "
-              f"{SWEEP2} --storage {out / 'sweeps'} --now`", file=sys.stderr)  # fmt: skip
+    from sweeps.folder import SweepFolder, driver_running
+
+    folder = SweepFolder.at(out / "sweeps", SWEEP2)
+    if driver_running(folder):
+        print(f"run_study.py: a sweep driver is running ({folder.driver_file}); pause it first with `segsweep "
+              f"sweep stop {SWEEP2} --storage {out / 'sweeps'} --now`", file=sys.stderr)  # fmt: skip
         return 2
     (out / "out.txt").write_text(f"{out}\n")
     count = write_snapshot(out, archive)
     print(f"[study] {count} files of {out} packed into {archive} ({archive.stat().st_size / 1e6:.1f} MB)")
     return 0
-
-
-def _driver_running(driver: Path) -> bool:
-    """The driver holds driver.json locked while it runs (sweeps.folder): a free lock means none runs."""
-    if not driver.is_file():
-        return False
-    with open(driver) as handle:
-        try:
-            fcntl.flock(handle, fcntl.LOCK_SH | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(handle, fcntl.LOCK_UN)
-    return False
 
 
 if __name__ == "__main__":
