@@ -92,6 +92,9 @@ def test_a_snapshot_carries_the_records_and_no_weights_to_an_empty_folder(tmp_pa
         (trial / relative).write_text(text)
     (out / "data").mkdir()
     (out / "data" / "image.jpg").symlink_to(trial / "trial.json")
+    monkeypatch.setattr("sys.argv", ["run_study.py", "--run", "second", "--out", str(tmp_path / "no"), "--snapshot"])
+    assert study.main() == 2  # a mistyped --out: one line, nothing written
+    assert "holds no study" in capsys.readouterr().err and not (tmp_path / "state").exists()
     monkeypatch.setattr("sys.argv", ["run_study.py", "--run", "second", "--out", str(out), "--snapshot"])
     assert study.main() == 0
     monkeypatch.setattr("sys.argv", ["run_study.py", "--run", "second", "--out", str(out), "--restore"])

@@ -612,6 +612,10 @@ def _snapshot_or_restore(out: Path, archive: Path, *, restore: bool) -> int:
             return 2
         print(f"[study] restored {count} files from {archive} into {out}")
         return 0
+    if not (out / "sweeps").is_dir():
+        print(f"run_study.py: {out} holds no study (no sweeps/ folder); pass the --out the study ran with",
+              file=sys.stderr)  # fmt: skip
+        return 2
     from sweeps.folder import SweepFolder, driver_running
 
     folder = SweepFolder.at(out / "sweeps", SWEEP2)
