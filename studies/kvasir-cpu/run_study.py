@@ -25,7 +25,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import IO, Any
 
 #: The study's protocol, shared by every cross-validation and the sweep.
 PROTOCOL = ["--dev-split", "medico2020_train", "--image-size", "128", "--folds", "3", "--seed", "0"]
@@ -220,11 +220,8 @@ def build_second_steps(segsweep: str, python: str, data: Path, out: Path) -> lis
                  "--storage", str(sweeps)]]  # fmt: skip
 
     def start_trial(label: str) -> str | None:
-        for record in folder.glob("trials/*/trial.json"):
-            info = json.loads(record.read_text())
-            if info.get("start") == label:
-                return str(info["trial_id"])
-        return None
+        found = _starting_point(folder, label)
+        return None if found is None else str(found[1]["trial_id"])
 
     def retrain(name: str, target: Path, trial: Callable[[], str | None], seed: int | None = None) -> Step:
         def commands() -> list[list[str]]:
@@ -291,14 +288,25 @@ def machine_scale(sweep_dir: Path) -> float | None:
     None until the hand-pick starting point has completed (the budget cannot be judged before). A sweep
     resumed on yet another machine keeps the first machine's figure: say so where it happens.
     """
+    try:
+        found = _starting_point(sweep_dir, "hand-pick")
+    except (OSError, json.JSONDecodeError):  # a trial.json being rewritten: the watcher asks again in a minute
+        return None
+    if found is None or found[1].get("state") != "COMPLETE":
+        return None
+    spent, _ = _events_minutes(found[0] / "events.jsonl")
+    return spent / REFERENCE_HAND_PICK_MINUTES
+
+
+def _starting_point(sweep_dir: Path, label: str) -> tuple[Path, dict[str, Any]] | None:
+    """The trial folder and trial.json of the starting point ``label``, or None before it has one.
+
+    An unreadable trial.json raises: the retrain of a starting point must not silently pick another trial.
+    """
     for record in sweep_dir.glob("trials/*/trial.json"):
-        try:
-            info = json.loads(record.read_text())
-        except (OSError, json.JSONDecodeError):
-            continue
-        if info.get("start") == "hand-pick" and info.get("state") == "COMPLETE":
-            spent, _ = _events_minutes(record.parent / "events.jsonl")
-            return spent / REFERENCE_HAND_PICK_MINUTES
+        info = json.loads(record.read_text())
+        if info.get("start") == label:
+            return record.parent, info
     return None
 
 
